@@ -1,0 +1,128 @@
+"""Run the dataflow: one process per worker (the GIL), Bytewax recovery on.
+
+``run`` starts N worker processes that form one Bytewax cluster over loopback TCP, forwards
+SIGTERM/SIGINT to them (each ends its partitions cleanly) and returns their exit status. A
+worker dies with its parent (PR_SET_PDEATHSIG), so ``kill -9`` of ``onestock run`` leaves no
+orphan behind, and the next run resumes from the recovery snapshots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax._bytewax import cli_main
+from bytewax.recovery import RecoveryConfig, init_db_dir
+
+from dataflows.flow import build_flow
+from dataflows.source import STOP
+from onestock.settings import Settings
+from state.server import free_port
+
+RECOVERY_PARTITIONS = 4
+INSTANCE_KEY = "os:instance"
+
+
+def recovery_dir(home: Path, instance: str) -> Path:
+    """Snapshots belong to one Redis dataset (its stream ids): one directory per instance id."""
+    return Path(home).absolute() / "recovery" / instance
+
+
+def prepare_recovery(path: Path) -> None:
+    if not any(path.glob("part-*")):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, RECOVERY_PARTITIONS)
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """One worker process of the cluster (started by ``run``)."""
+    p = argparse.ArgumentParser(prog="python -m dataflows.runner")
+    p.add_argument("--url", required=True)
+    p.add_argument("--recovery", required=True, type=Path)
+    p.add_argument("--process-id", type=int, default=0)
+    p.add_argument("--addresses", default="")
+    p.add_argument("--shards", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--poll-ms", type=int, default=20)
+    p.add_argument("--snapshot-ms", type=int, default=1000)
+    p.add_argument("--until-drained", action="store_true")
+    a = p.parse_args(argv)
+    _die_with_parent()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: STOP.set())
+    settings = Settings(
+        shards=a.shards, batch_size=a.batch_size, poll_ms=a.poll_ms, snapshot_ms=a.snapshot_ms
+    )
+    flow = build_flow(a.url, settings, until_drained=a.until_drained)
+    addresses = a.addresses.split(";") if a.addresses else None
+    cli_main(
+        flow,
+        workers_per_process=1,
+        process_id=a.process_id if addresses else None,
+        addresses=addresses,
+        epoch_interval=timedelta(milliseconds=a.snapshot_ms),
+        recovery_config=RecoveryConfig(str(a.recovery)),
+    )
+    return 0
+
+
+def run(url: str, instance: str, settings: Settings, *, until_drained: bool = False) -> int:
+    """Run ``settings.workers`` worker processes until drained or stopped; their exit status."""
+    workers = max(1, settings.workers)
+    rdir = recovery_dir(settings.home, instance)
+    prepare_recovery(rdir)
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(workers)) if workers > 1 else ""
+    procs = []
+    for i in range(workers):
+        cmd = [
+            sys.executable, "-m", "dataflows.runner",
+            "--url", url, "--recovery", str(rdir), "--process-id", str(i),
+            "--addresses", addresses, "--shards", str(settings.shards),
+            "--batch-size", str(settings.batch_size), "--poll-ms", str(settings.poll_ms),
+            "--snapshot-ms", str(settings.snapshot_ms),
+        ]  # fmt: skip
+        if until_drained:
+            cmd.append("--until-drained")
+        procs.append(subprocess.Popen(cmd))
+
+    def forward(signum: int, _frame: object) -> None:
+        for pr in procs:
+            if pr.poll() is None:
+                pr.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        status = 0
+        while any(pr.poll() is None for pr in procs):
+            for pr in procs:
+                rc = pr.poll()
+                if rc not in (None, 0):  # one worker failed: the cluster cannot go on without it
+                    status = status or rc
+                    forward(signal.SIGTERM, None)
+            time.sleep(0.05)
+        for pr in procs:
+            status = status or (pr.returncode if pr.returncode and pr.returncode > 0 else 0)
+        return status
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(worker_main())

@@ -1,0 +1,77 @@
+"""Synthetic Double-Eleven bursts: deterministic order events for the demo and the benchmark.
+
+Pure generation (no Redis): customers spread over Chinese cities, most buying the hot SKU,
+some multi-line baskets, some in-store pickups, and a sprinkle of garbage the pipeline must
+survive.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from importlib.resources import files
+
+import orjson
+
+from onestock.types import Catalog, catalog_decoder
+
+T0 = datetime(2026, 11, 11, tzinfo=UTC)
+CITIES = [  # (lat, lon) of buyers' home cities
+    (31.23, 121.47), (39.90, 116.40), (23.13, 113.26), (30.27, 120.15), (22.54, 114.06),
+    (30.57, 104.07), (30.59, 114.31), (32.06, 118.80), (34.34, 108.94), (29.56, 106.55),
+]  # fmt: skip
+GARBAGE = [
+    b"not json at all",
+    b"[1, 2, 3]",
+    b'{"channel": "tmall", "lines": []}',
+    b'{"order_id": 42}',
+]
+
+
+def demo_catalog_bytes() -> bytes:
+    return files("onestock").joinpath("demo/catalog.json").read_bytes()
+
+
+def demo_catalog() -> Catalog:
+    return catalog_decoder.decode(demo_catalog_bytes())
+
+
+def orders(n: int, catalog: Catalog, *, seed: int = 11, garbage: float = 0.001) -> Iterator[bytes]:
+    """``n`` raw events (JSON bytes), paid over the first minutes after midnight."""
+    rnd = random.Random(seed)
+    skus = [s.sku for s in catalog.skus]
+    hot = skus[0]
+    channels = [c.id for c in catalog.channels if c.kind == "online"]
+    pickups = [loc.id for loc in catalog.locations if loc.allows_pickup]
+    for i in range(n):
+        if rnd.random() < garbage:
+            yield GARBAGE[i % len(GARBAGE)]
+            continue
+        lat, lon = rnd.choice(CITIES)
+        r = rnd.random()
+        if r < 0.75:
+            lines = [{"sku": hot, "qty": 1}]
+        elif r < 0.95:
+            lines = [{"sku": s, "qty": rnd.randint(1, 2)} for s in rnd.sample(skus, 2)]
+        else:
+            lines = [{"sku": rnd.choice(skus), "qty": rnd.randint(1, 3)}]
+        delivery: dict[str, str] = {"mode": "ship"}
+        if pickups and rnd.random() < 0.05:
+            delivery = {"mode": "pickup", "store": rnd.choice(pickups)}
+        paid = T0 + timedelta(milliseconds=i * 3 + rnd.randint(0, 50))
+        yield orjson.dumps(
+            {
+                "order_id": f"D11-{i:08d}",
+                "channel": rnd.choice(channels),
+                "customer": {
+                    "id": f"c-{rnd.randint(1, n // 2 + 1)}",
+                    "vip": rnd.random() < 0.1,
+                    "lat": round(lat + rnd.uniform(-0.3, 0.3), 4),
+                    "lon": round(lon + rnd.uniform(-0.3, 0.3), 4),
+                },
+                "lines": lines,
+                "delivery": delivery,
+                "paid_at": paid.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            }
+        )

@@ -1,0 +1,196 @@
+"""The ``onestock`` command (Typer). User mistakes print one line and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Annotated, Iterator
+
+import msgspec
+import redis
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from onestock import ops
+from onestock.errors import OnestockError
+from onestock.settings import Settings
+from state.server import stop_embedded
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="One inventory for every sales channel, decided at flash-sale peaks.")
+catalog_app = typer.Typer(no_args_is_help=True, help="Catalog: channels, locations, SKUs, stock.")
+orders_app = typer.Typer(no_args_is_help=True, help="Order events onto the input stream.")
+redis_app = typer.Typer(no_args_is_help=True, help="The embedded Redis server under ONESTOCK_HOME.")
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(orders_app, name="orders")
+app.add_typer(redis_app, name="redis")
+err = Console(stderr=True)
+
+RedisUrl = Annotated[str | None, typer.Option("--redis-url", envvar="ONESTOCK_REDIS_URL",
+                     help="Redis (or Redis Cluster node) URL; default: the embedded server.")]
+Out = Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")]
+
+
+def _settings(redis_url: str | None, **kw: object) -> Settings:
+    return Settings.from_env(redis_url=redis_url, **kw)
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[IO[bytes]]:
+    if path is None:
+        yield sys.stdout.buffer
+        sys.stdout.flush()
+        return
+    try:
+        with path.open("wb") as fh:
+            yield fh
+    except OSError as exc:
+        raise OnestockError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+@catalog_app.command("load")
+def catalog_load(path: Path, redis_url: RedisUrl = None) -> None:
+    """Validate the whole catalog, then load it (SKUs it names get their stock replaced)."""
+    store = ops.open_store(_settings(redis_url))
+    cat = ops.load_catalog(store, path)
+    err.print(f"loaded {path}: {len(cat.skus)} SKUs, {len(cat.locations)} locations, "
+              f"{len(cat.channels)} channels")
+
+
+@orders_app.command("push")
+def orders_push(
+    path: Annotated[str, typer.Argument(help="JSON Lines file, or - for stdin.")],
+    redis_url: RedisUrl = None,
+    shards: Annotated[int | None, typer.Option(help="Input shards K (fixed by the first push).")] = None,
+) -> None:
+    """Append order events, as-is, one per line (blank lines are skipped)."""
+    store = ops.open_store(_settings(redis_url))
+    if path == "-":
+        n = ops.push(store, ops.read_lines(sys.stdin.buffer), shards)
+    else:
+        try:
+            fh = open(path, "rb")
+        except OSError as exc:
+            raise OnestockError(f"{path}: cannot read: {exc.strerror}") from None
+        with fh:
+            n = ops.push(store, ops.read_lines(fh), shards)
+    err.print(f"pushed {n} events")
+
+
+@app.command("run")
+def run(
+    redis_url: RedisUrl = None,
+    until_drained: Annotated[bool, typer.Option(help="Exit 0 once every pushed event has its outcome.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default 2).")] = None,
+) -> None:
+    """Run the Bytewax dataflow (recovery on: a killed run resumes without loss or duplicates)."""
+    from dataflows.runner import run as run_flow
+
+    settings = _settings(redis_url, workers=workers)
+    if settings.workers < 1 or settings.workers > 64:
+        raise OnestockError(f"--workers must be 1..64, not {settings.workers}")
+    url = ops.resolve_url(settings)
+    store = ops.Store.connect(url)
+    settings = replace(settings, redis_url=url, shards=ops.shards_for_run(store, settings))
+    if settings.workers > settings.shards:
+        raise OnestockError(f"--workers {settings.workers} exceeds the {settings.shards} input shards")
+    rc = run_flow(url, ops.instance_id(store), settings, until_drained=until_drained)
+    raise typer.Exit(rc if rc >= 0 else 1)
+
+
+@app.command("fulfilments")
+def fulfilments(redis_url: RedisUrl = None, out: Out = None) -> None:
+    """Every final fulfilment record as JSON Lines, exactly one per order id."""
+    store = ops.open_store(_settings(redis_url))
+    with _output(out) as fh:
+        ops.write_records(store, _shards(store), fh)
+
+
+@app.command("deadletters")
+def deadletters(redis_url: RedisUrl = None, out: Out = None) -> None:
+    """Every dead letter as JSON Lines: {"raw": ..., "reason": ...}."""
+    store = ops.open_store(_settings(redis_url))
+    with _output(out) as fh:
+        ops.write_deadletters(store, _shards(store), fh)
+
+
+def _shards(store: ops.Store) -> int:
+    try:
+        return store.shard_count()
+    except OnestockError:
+        return 0
+
+
+@app.command("stock")
+def stock(
+    redis_url: RedisUrl = None,
+    sku: Annotated[str | None, typer.Option(help="Only this SKU.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The one-inventory view: stock per location, total, and what each channel can sell."""
+    view = ops.stock_view(ops.open_store(_settings(redis_url)), sku)
+    if as_json:
+        sys.stdout.buffer.write(msgspec.json.encode(view) + b"\n")
+        return
+    table = Table(title="one inventory")
+    for col in ("SKU", "total", "by location", "available by channel"):
+        table.add_column(col)
+    for name, v in view.items():
+        table.add_row(
+            name, str(v.total),
+            ", ".join(f"{loc} {q}" for loc, q in v.locations.items()),
+            ", ".join(f"{ch} {q}" for ch, q in v.available.items()),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@app.command("demo")
+def demo(
+    orders: Annotated[int, typer.Option("--orders", help="Orders in the burst.")] = 200_000,
+    workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = 2,
+) -> None:
+    """Self-contained: embedded Redis, demo catalog, a flash-sale burst through the real pipeline."""
+    from onestock.demo_run import run_demo
+
+    raise typer.Exit(run_demo(orders, workers))
+
+
+@app.command("bench")
+def bench(
+    orders: Annotated[int, typer.Option("--orders", help="Orders to drain.")] = 1_000_000,
+    workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = 2,
+    out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+) -> None:
+    """Drain N pre-pushed orders through the dataflow and through a bare loop; print both."""
+    from onestock.bench import run_bench
+
+    run_bench(orders, workers, out)
+
+
+@redis_app.command("url")
+def redis_url_cmd() -> None:
+    """Start the embedded server if needed and print its URL."""
+    print(ops.resolve_url(Settings.from_env()))
+
+
+@redis_app.command("stop")
+def redis_stop() -> None:
+    """Stop the embedded server (its AOF stays under ONESTOCK_HOME)."""
+    stopped = stop_embedded(Settings.from_env().home)
+    err.print("stopped" if stopped else "not running")
+
+
+def main() -> None:
+    try:
+        app()
+    except OnestockError as exc:
+        print(f"onestock: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        print(f"onestock: error: Redis unreachable: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,137 @@
+"""Decode one raw event into exactly one of: a valid order, an invalid order, a dead letter.
+
+The contract: anything with a usable string ``order_id`` ends as a fulfilment record (valid
+orders are decided, invalid ones rejected with reason ``invalid`` and a human ``detail``);
+everything else becomes a dead letter carrying the raw text and the reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+import orjson
+
+from onestock.types import Line, Order, order_decoder
+
+MAX_ORDER_ID = 256
+
+
+class Valid(msgspec.Struct):
+    order: Order
+    paid_ms: int
+
+
+class Invalid(msgspec.Struct):
+    order_id: str
+    channel: str | None
+    paid_at: str | None
+    detail: str
+
+
+class Dead(msgspec.Struct):
+    raw: str
+    reason: str
+
+
+Decoded = Valid | Invalid | Dead
+
+
+def text_of(raw: bytes | str) -> str:
+    """The raw event as text for a dead letter (never fails: bad UTF-8 is replaced)."""
+    return raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
+
+
+def parse_time_ms(value: str) -> int:
+    """RFC 3339 with an explicit offset -> epoch milliseconds; ValueError otherwise."""
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        raise ValueError(f"time {value!r} has no UTC offset")
+    return int(dt.timestamp() * 1000)
+
+
+def decode(raw: bytes | str) -> Decoded:
+    """Classify one raw event; never raises."""
+    try:
+        order = order_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        return _classify_bad(raw, str(exc))
+    except msgspec.DecodeError as exc:
+        return Dead(text_of(raw), f"not JSON: {exc}")
+    try:
+        paid_ms = parse_time_ms(order.paid_at)
+    except ValueError:
+        return Invalid(
+            order.order_id,
+            order.channel,
+            order.paid_at,
+            f"paid_at: {order.paid_at!r} is not an RFC 3339 time with an offset - at `$.paid_at`",
+        )
+    if order.delivery.mode == "pickup" and order.delivery.store is None:
+        return Invalid(
+            order.order_id,
+            order.channel,
+            order.paid_at,
+            "delivery: pickup needs a `store` - at `$.delivery.store`",
+        )
+    if (order.customer.lat is None) != (order.customer.lon is None):
+        return Invalid(
+            order.order_id,
+            order.channel,
+            order.paid_at,
+            "customer: give both lat and lon, or neither - at `$.customer`",
+        )
+    order.lines = merge_lines(order.lines)
+    return Valid(order, paid_ms)
+
+
+def merge_lines(lines: list[Line]) -> list[Line]:
+    """Two lines of one SKU reserve as one (sum of quantities), keeping first-seen order."""
+    if len(lines) == 1:
+        return lines
+    merged: dict[str, int] = {}
+    for line in lines:
+        merged[line.sku] = merged.get(line.sku, 0) + line.qty
+    if len(merged) == len(lines):
+        return lines
+    return [Line(sku, qty) for sku, qty in merged.items()]
+
+
+def order_id_of(raw: bytes | str) -> str | None:
+    """The usable order_id of a raw event, if it has one (used to pick its shard too)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict):
+        oid = obj.get("order_id")
+        if isinstance(oid, str) and 0 < len(oid) <= MAX_ORDER_ID:
+            return oid
+    return None
+
+
+def _classify_bad(raw: bytes | str, error: str) -> Decoded:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Dead(text_of(raw), f"not JSON: {exc}")
+    if not isinstance(obj, dict):
+        return Dead(text_of(raw), f"not an object: a JSON {type(obj).__name__}")
+    oid = obj.get("order_id")
+    if oid is None:
+        return Dead(text_of(raw), "no order_id")
+    if not isinstance(oid, str):
+        return Dead(text_of(raw), f"order_id is not a string: {type(oid).__name__}")
+    if not 0 < len(oid) <= MAX_ORDER_ID:
+        return Dead(text_of(raw), f"order_id must be 1 to {MAX_ORDER_ID} characters")
+    kind = obj.get("type")
+    if kind not in (None, "order"):
+        return Dead(text_of(raw), f"unsupported event type {kind!r}")
+    channel = obj.get("channel")
+    paid_at = obj.get("paid_at")
+    return Invalid(
+        oid,
+        channel if isinstance(channel, str) else None,
+        paid_at if isinstance(paid_at, str) else None,
+        error,
+    )

@@ -1,0 +1,175 @@
+"""The work behind the commands, callable from tests and the benchmark without the CLI."""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+import msgspec
+
+from onestock import catalog as catalogs
+from onestock.errors import OnestockError
+from onestock.events import order_id_of
+from onestock.records import dead_from_entry, encode_record, record_from_entry
+from onestock.settings import Settings
+from onestock.types import Catalog, FulfilmentRecord, json_encoder
+from state import keys
+from state.server import embedded_url
+from state.store import Store
+
+
+def resolve_url(settings: Settings) -> str:
+    """--redis-url / ONESTOCK_REDIS_URL, else the embedded server (started if needed)."""
+    return settings.redis_url or embedded_url(settings.home)
+
+
+def open_store(settings: Settings) -> Store:
+    return Store.connect(resolve_url(settings))
+
+
+def instance_id(store: Store) -> str:
+    """A random id fixed by the first run against this Redis dataset (keys recovery state)."""
+    store.r.set("os:instance", uuid.uuid4().hex, nx=True)
+    return store.r.get("os:instance").decode()  # type: ignore[union-attr]
+
+
+def load_catalog(store: Store, path: Path) -> Catalog:
+    """Validate the whole file (and its merge with what is loaded) before the first write."""
+    new = catalogs.read(path)
+    _, old = store.catalog()
+    merged = catalogs.validate(catalogs.merge(old, new), str(path))
+    store.load_catalog(merged, [s.sku for s in new.skus])
+    return merged
+
+
+def shard_of(raw: bytes, shards: int) -> int:
+    """Same order id -> same shard, so its copies are decided in sequence by one worker."""
+    oid = order_id_of(raw)
+    key = oid.encode() if oid is not None else raw
+    return zlib.crc32(key) % shards
+
+
+def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    for line in stream:
+        line = line.rstrip(b"\r\n")
+        if line.strip():
+            yield line
+
+
+def push(store: Store, lines: Iterable[bytes], shards: int | None = None) -> int:
+    k = store.shard_count(shards) if shards else _shards_or_default(store)
+    return store.push(((shard_of(raw, k), raw) for raw in lines))
+
+
+def _shards_or_default(store: Store) -> int:
+    from onestock.settings import DEFAULT_SHARDS
+
+    try:
+        return store.shard_count()
+    except OnestockError:
+        return store.shard_count(DEFAULT_SHARDS)
+
+
+def shards_for_run(store: Store, settings: Settings) -> int:
+    try:
+        return store.shard_count()
+    except OnestockError:
+        return store.shard_count(settings.shards)
+
+
+def records(store: Store, shards: int) -> Iterator[FulfilmentRecord]:
+    for fields in store.entries(keys.outbox, shards):
+        yield record_from_entry(fields)
+
+
+def write_records(store: Store, shards: int, out: IO[bytes]) -> int:
+    n = 0
+    for rec in records(store, shards):
+        out.write(encode_record(rec) + b"\n")
+        n += 1
+    return n
+
+
+def write_deadletters(store: Store, shards: int, out: IO[bytes]) -> int:
+    n = 0
+    for fields in store.entries(keys.deadbox, shards):
+        out.write(json_encoder.encode(dead_from_entry(fields)) + b"\n")
+        n += 1
+    return n
+
+
+class StockView(msgspec.Struct):
+    total: int
+    locations: dict[str, int]
+    available: dict[str, int]
+
+
+def stock_view(store: Store, sku: str | None = None) -> dict[str, StockView]:
+    _, cat = store.catalog()
+    if cat is None:
+        raise OnestockError("no catalog loaded: run `onestock catalog load PATH` first")
+    names = [s.sku for s in cat.skus]
+    if sku is not None:
+        if sku not in names:
+            raise OnestockError(f"unknown SKU {sku!r}")
+        names = [sku]
+    levels = store.stock_levels(names)
+    view = {}
+    for name in names:
+        locs = levels.get(name, {})
+        total = sum(locs.values())
+        view[name] = StockView(total, locs, {c.id: total for c in cat.channels})
+    return view
+
+
+class Audit(msgspec.Struct):
+    """What a finished run adds up to; ``oversold`` must be 0."""
+
+    records: int
+    accepted: int
+    rejected: Counter[str]
+    dead: int
+    duplicates: int
+    oversold: int  # units below zero, or missing between loaded - shipped and current stock
+    latencies_ms: list[int]
+    first_decided_ms: int
+    last_decided_ms: int
+
+
+def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit:
+    """Re-add every record against the loaded stock: conservation and one record per order."""
+    shipped: Counter[tuple[str, str]] = Counter()
+    rejected: Counter[str] = Counter()
+    seen: set[str] = set()
+    dup = accepted = n = 0
+    lat: list[int] = []
+    first, last = 2**63, 0
+    for fields in store.entries(keys.outbox, shards):
+        n += 1
+        oid = fields[b"o"].decode()
+        dup += oid in seen
+        seen.add(oid)
+        rec = record_from_entry(fields)
+        decided, received = int(fields[b"d"]), int(fields[b"r"])
+        lat.append(decided - received)
+        first, last = min(first, decided), max(last, decided)
+        if rec.status == "accepted":
+            accepted += 1
+            for ship in rec.shipments:
+                for ln in ship.lines:
+                    shipped[(ln.sku, ship.location)] += ln.qty
+        else:
+            rejected[rec.reason or "?"] += 1
+    now = store.stock_levels(loaded)
+    oversold = 0
+    for sku, locs in loaded.items():
+        for loc in set(locs) | set(now.get(sku, {})):
+            expect = locs.get(loc, 0) - shipped[(sku, loc)]
+            have = now.get(sku, {}).get(loc, 0)
+            oversold += max(0, -have) + abs(expect - have)
+    dead = store.count(keys.deadbox, shards)
+    return Audit(n, accepted, rejected, dead, dup, oversold, lat, first, last)

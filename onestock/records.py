@@ -1,0 +1,81 @@
+"""Stored outcomes <-> fulfilment records.
+
+A decision is stored compactly (``A`` + location/sku/qty triples, or ``R`` + reason [+ detail],
+fields separated by \\x1f) and an output stream entry holds a few short fields; the public JSON
+record of the contract is rebuilt from them on export. This keeps a 20-million-order day small.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from onestock.types import DeadLetter, FulfilmentRecord, Shipment, ShipLine, json_encoder
+
+SEP = "\x1f"
+
+# Output stream fields: order id, outcome, channel, paid_at, delivery mode, received ms, decided ms.
+F_ORDER, F_OUTCOME, F_CHANNEL, F_PAID, F_MODE, F_RECEIVED, F_DECIDED = (
+    b"o", b"s", b"c", b"p", b"m", b"r", b"d"
+)
+
+
+def rejected(reason: str, detail: str | None = None) -> str:
+    return f"R{SEP}{reason}" if detail is None else f"R{SEP}{reason}{SEP}{detail}"
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch milliseconds -> RFC 3339 UTC with milliseconds, e.g. 2026-11-11T00:00:00.180Z."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def shipments(outcome: str, mode: str) -> list[Shipment]:
+    """Accepted outcome -> shipments grouped by location, in allocation order."""
+    fields = outcome.split(SEP)
+    by_loc: dict[str, Shipment] = {}
+    for i in range(1, len(fields) - 2, 3):
+        loc, sku, qty = fields[i], fields[i + 1], int(fields[i + 2])
+        ship = by_loc.get(loc)
+        if ship is None:
+            ship = by_loc[loc] = Shipment(location=loc, mode=mode, lines=[])
+        ship.lines.append(ShipLine(sku=sku, qty=qty))
+    return list(by_loc.values())
+
+
+def record_from_entry(fields: dict[bytes, bytes]) -> FulfilmentRecord:
+    """One output stream entry -> the contract's fulfilment record."""
+    outcome = fields[F_OUTCOME].decode()
+    channel = fields.get(F_CHANNEL, b"").decode() or None
+    paid = fields.get(F_PAID, b"").decode() or None
+    mode = fields.get(F_MODE, b"ship").decode()
+    common = dict(
+        order_id=fields[F_ORDER].decode(),
+        channel=channel,
+        gift=None,
+        paid_at=paid,
+        received_at=iso_ms(int(fields[F_RECEIVED])),
+        decided_at=iso_ms(int(fields[F_DECIDED])),
+    )
+    if outcome.startswith("A"):
+        return FulfilmentRecord(
+            status="accepted", reason=None, shipments=shipments(outcome, mode), **common
+        )
+    parts = outcome.split(SEP, 2)
+    return FulfilmentRecord(
+        status="rejected",
+        reason=parts[1],
+        shipments=[],
+        detail=parts[2] if len(parts) > 2 else None,
+        **common,
+    )
+
+
+def encode_record(rec: FulfilmentRecord) -> bytes:
+    """JSON of a record; ``detail`` appears only on records that have one."""
+    raw = json_encoder.encode(rec)
+    if rec.detail is None:
+        raw = raw.replace(b',"detail":null', b"")
+    return raw
+
+
+def dead_from_entry(fields: dict[bytes, bytes]) -> DeadLetter:
+    return DeadLetter(raw=fields[b"raw"].decode(errors="replace"), reason=fields[b"reason"].decode())

@@ -1,0 +1,105 @@
+"""Routing rules of the contract, computed in Python.
+
+Python ranks the candidate locations for each order (great-circle distance, ties by lower
+``priority`` then id; a customer without coordinates by priority); the Lua decision takes the
+first candidate that still has the stock, so choice and decrement are one atomic step.
+``plan`` is the same rule over a stock snapshot, used for orders whose SKUs span hash slots.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onestock.types import Catalog, Line
+
+EARTH_KM = 6371.0088
+Allocation = tuple[str, str, int]  # (location, sku, qty)
+
+
+class Router:
+    """Ranks a catalog's locations for customers; rankings are little-endian uint16 strings."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        # Pre-sort by (priority, id) so a stable sort on distance breaks ties as the contract says.
+        locs = sorted(catalog.locations, key=lambda loc: (loc.priority, loc.id))
+        if len(locs) > 65535:
+            raise ValueError("at most 65535 locations")
+        self.ids: list[str] = [loc.id for loc in locs]
+        self.index: dict[str, int] = {loc_id: i for i, loc_id in enumerate(self.ids)}
+        self.pickup: set[str] = {loc.id for loc in locs if loc.allows_pickup}
+        has = np.array([loc.lat is not None and loc.lon is not None for loc in locs], dtype=bool)
+        lat = np.array([loc.lat if loc.lat is not None else 0.0 for loc in locs], dtype=np.float64)
+        lon = np.array([loc.lon if loc.lon is not None else 0.0 for loc in locs], dtype=np.float64)
+        self._has_coords = has
+        self._lat = np.radians(lat)
+        self._lon = np.radians(lon)
+        self._cos_lat = np.cos(self._lat)
+        self.by_priority: bytes = np.arange(len(locs), dtype="<u2").tobytes()
+
+    def distances_km(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """Great-circle distances, shape (customers, locations); inf where a location has none."""
+        la = np.radians(lat)[:, None]
+        lo = np.radians(lon)[:, None]
+        h = (
+            np.sin((self._lat - la) / 2) ** 2
+            + np.cos(la) * self._cos_lat * np.sin((self._lon - lo) / 2) ** 2
+        )
+        d = 2 * EARTH_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+        d[:, ~self._has_coords] = np.inf
+        return d
+
+    def rank_batch(self, coords: list[tuple[float, float] | None]) -> list[bytes]:
+        """One ranking per customer: nearest first; customers without coordinates by priority."""
+        out: list[bytes] = [self.by_priority] * len(coords)
+        idx = [i for i, c in enumerate(coords) if c is not None]
+        if not idx or not self.ids:
+            return out
+        lat = np.fromiter((coords[i][0] for i in idx), dtype=np.float64, count=len(idx))  # type: ignore[index]
+        lon = np.fromiter((coords[i][1] for i in idx), dtype=np.float64, count=len(idx))  # type: ignore[index]
+        order = np.argsort(self.distances_km(lat, lon), axis=1, kind="stable").astype("<u2")
+        for row, i in zip(order, idx):
+            out[i] = row.tobytes()
+        return out
+
+    def decode(self, ranking: bytes) -> list[str]:
+        return [self.ids[i] for i in np.frombuffer(ranking, dtype="<u2")]
+
+
+def plan(
+    lines: list[Line],
+    stock: dict[str, dict[str, int]],
+    candidates: list[str],
+    pickup_store: str | None,
+) -> list[Allocation] | str:
+    """Allocate an order all-or-nothing; returns allocations or a reject reason.
+
+    Ship: the first candidate that holds every line; otherwise each line is taken from the
+    candidates nearest first (a line may split). Pickup: the named store holds every line.
+    """
+    for line in lines:
+        if line.sku not in stock:
+            return "unknown_sku"
+    if pickup_store is not None:
+        if all(stock[ln.sku].get(pickup_store, 0) >= ln.qty for ln in lines):
+            return [(pickup_store, ln.sku, ln.qty) for ln in lines]
+        return "pickup_unavailable"
+    for loc in candidates:
+        if all(stock[ln.sku].get(loc, 0) >= ln.qty for ln in lines):
+            return [(loc, ln.sku, ln.qty) for ln in lines]
+    taken: list[Allocation] = []
+    for line in lines:
+        need = line.qty
+        for loc in candidates:
+            have = stock[line.sku].get(loc, 0)
+            if have > 0:
+                take = min(have, need)
+                taken.append((loc, line.sku, take))
+                need -= take
+                if need == 0:
+                    break
+        if need:
+            return "sold_out"
+    # Group by location, nearest first, so shipments read in route order.
+    rank = {loc: i for i, loc in enumerate(candidates)}
+    taken.sort(key=lambda a: rank[a[0]])
+    return taken

@@ -1,0 +1,45 @@
+"""Settings as one dataclass, from the environment (``ONESTOCK_*``) with CLI overrides."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_SHARDS = 16  # >= the most dataflow workers we support on one machine (8)
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        from onestock.errors import OnestockError
+
+        raise OnestockError(f"{name}={raw!r} is not a whole number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None  # None: the embedded server under `home`
+    home: Path = field(default_factory=lambda: Path(".onestock"))
+    shards: int = DEFAULT_SHARDS
+    batch_size: int = 500  # events read per shard per batch; one Lua call decides them
+    poll_ms: int = 20  # how soon a caught-up shard is polled again
+    snapshot_ms: int = 1000  # Bytewax epoch / snapshot interval
+    workers: int = 2
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        s = cls(
+            redis_url=os.environ.get("ONESTOCK_REDIS_URL") or None,
+            home=Path(os.environ.get("ONESTOCK_HOME") or ".onestock"),
+            shards=_int("ONESTOCK_SHARDS", DEFAULT_SHARDS),
+            batch_size=_int("ONESTOCK_BATCH_SIZE", 500),
+            poll_ms=_int("ONESTOCK_POLL_MS", 20),
+            snapshot_ms=_int("ONESTOCK_SNAPSHOT_MS", 1000),
+            workers=_int("ONESTOCK_WORKERS", 2),
+        )
+        return replace(s, **{k: v for k, v in overrides.items() if v is not None})

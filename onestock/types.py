@@ -1,0 +1,157 @@
+"""The shared vocabulary: catalog, order events, fulfilment records, dead letters.
+
+Everything here is a msgspec Struct so that decoding *is* validation: a bad field fails with
+a message that names its JSON path (``$.lines[0].qty``). Nothing here talks to Redis.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+NonEmpty = Annotated[str, Meta(min_length=1, max_length=256)]
+Qty = Annotated[int, Meta(ge=1, le=1_000_000)]
+Count = Annotated[int, Meta(ge=0, le=10**12)]
+Lat = Annotated[float, Meta(ge=-90, le=90)]
+Lon = Annotated[float, Meta(ge=-180, le=180)]
+Time = Annotated[datetime, Meta(tz=True)]
+
+
+# -- catalog -------------------------------------------------------------------------------
+
+
+class Channel(Struct, forbid_unknown_fields=True):
+    id: NonEmpty
+    kind: Literal["online", "store"] = "online"
+
+
+class Location(Struct, forbid_unknown_fields=True):
+    id: NonEmpty
+    kind: Literal["warehouse", "store"] = "warehouse"
+    lat: Lat | None = None
+    lon: Lon | None = None
+    priority: int = 0
+    pickup: bool | None = None  # None: stores allow pickup, warehouses do not
+    safety_stock: Count = 0  # (later) units online channels cannot take
+
+    @property
+    def allows_pickup(self) -> bool:
+        return self.pickup if self.pickup is not None else self.kind == "store"
+
+
+class ChannelLock(Struct, forbid_unknown_fields=True):
+    channel: NonEmpty
+    qty: Count
+    until: Time
+
+
+class Sku(Struct, forbid_unknown_fields=True):
+    sku: NonEmpty
+    stock: dict[NonEmpty, Count]
+    per_customer_limit: Annotated[int, Meta(ge=1)] | None = None
+    low_stock_threshold: Count | None = None
+    channel_locks: list[ChannelLock] = []
+    vip_presale_until: Time | None = None
+
+
+class Campaign(Struct, forbid_unknown_fields=True):
+    id: NonEmpty
+    sku: NonEmpty
+    gift_sku: NonEmpty
+    first_n: Annotated[int, Meta(ge=1)]
+    lateness_ms: Annotated[int, Meta(ge=0)] = 2000
+
+
+class Catalog(Struct, forbid_unknown_fields=True):
+    channels: list[Channel]
+    locations: list[Location]
+    skus: list[Sku]
+    campaigns: list[Campaign] = []
+
+
+# -- order events --------------------------------------------------------------------------
+
+
+class Customer(Struct):
+    id: NonEmpty
+    vip: bool = False
+    lat: Lat | None = None
+    lon: Lon | None = None
+
+
+class Line(Struct):
+    sku: NonEmpty
+    qty: Qty
+
+
+class Delivery(Struct, frozen=True):
+    mode: Literal["ship", "pickup"] = "ship"
+    store: NonEmpty | None = None
+
+
+class Order(Struct):
+    """The canonical order event. Unknown fields are ignored (forward compatible)."""
+
+    order_id: NonEmpty
+    channel: NonEmpty
+    customer: Customer
+    lines: Annotated[list[Line], Meta(min_length=1, max_length=1000)]
+    paid_at: NonEmpty
+    delivery: Delivery = Delivery()
+    type: Literal["order"] | None = None
+
+
+# -- outcomes ------------------------------------------------------------------------------
+
+
+class ShipLine(Struct):
+    sku: str
+    qty: int
+
+
+class Shipment(Struct):
+    location: str
+    mode: str
+    lines: list[ShipLine]
+
+
+class Gift(Struct):
+    campaign: str
+    sku: str
+    rank: int
+
+
+class FulfilmentRecord(Struct, omit_defaults=False):
+    order_id: str
+    status: Literal["accepted", "rejected"]
+    reason: str | None
+    channel: str | None
+    shipments: list[Shipment]
+    gift: Gift | None
+    paid_at: str | None
+    received_at: str
+    decided_at: str
+    detail: str | None = None
+
+
+class DeadLetter(Struct):
+    raw: str
+    reason: str
+
+
+REJECT_REASONS = (
+    "sold_out",
+    "unknown_sku",
+    "unknown_channel",
+    "invalid",
+    "pickup_unavailable",
+    "limit_exceeded",
+    "vip_only",
+)
+
+catalog_decoder = msgspec.json.Decoder(Catalog)
+order_decoder = msgspec.json.Decoder(Order)
+json_encoder = msgspec.json.Encoder()

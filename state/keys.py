@@ -1,0 +1,69 @@
+"""The key layout. Every key a script touches together shares one ``{hash tag}``.
+
+- ``{s<N>}``: one input shard N: its input stream, its output streams, its registry of
+  emitted order ids and its trim watermark, so ``emit.lua`` is one slot.
+- ``{k:<sku>}``: one SKU: its stock per location, its decision records and its parts of
+  orders that span slots, so ``decide.lua`` touches only SKUs of one slot.
+"""
+
+from __future__ import annotations
+
+from redis.crc import key_slot
+
+PREFIX = "os"
+CATALOG = f"{PREFIX}:catalog"  # JSON of the loaded catalog
+CATALOG_VERSION = f"{PREFIX}:catalog:version"  # INCR on every load; workers re-read on change
+SHARDS = f"{PREFIX}:shards"  # K, fixed once the first event is pushed
+STOCK_MARKER = "\x00sku"  # field present in every stock hash: the SKU exists even at 0 units
+SEP = "\x1f"  # separates fields inside a stored outcome
+
+
+def shard_tag(shard: int) -> str:
+    return f"{PREFIX}:{{s{shard}}}"
+
+
+def inbox(shard: int) -> str:
+    return f"{shard_tag(shard)}:in"
+
+
+def outbox(shard: int) -> str:
+    return f"{shard_tag(shard)}:out"
+
+
+def deadbox(shard: int) -> str:
+    return f"{shard_tag(shard)}:dl"
+
+
+def emitted(shard: int) -> str:
+    return f"{shard_tag(shard)}:done"
+
+
+def watermark(shard: int) -> str:
+    return f"{shard_tag(shard)}:wm"
+
+
+def sku_tag(sku: str) -> str:
+    return f"{PREFIX}:{{k:{sku}}}"
+
+
+def stock(sku: str) -> str:
+    return f"{sku_tag(sku)}:stock"
+
+
+def decisions(sku: str) -> str:
+    return f"{sku_tag(sku)}:dec"
+
+
+def parts(sku: str) -> str:
+    return f"{sku_tag(sku)}:parts"
+
+
+_slots: dict[str, int] = {}
+
+
+def sku_slot(sku: str) -> int:
+    """The cluster hash slot of a SKU's keys (cached: it is asked for every order line)."""
+    slot = _slots.get(sku)
+    if slot is None:
+        slot = _slots[sku] = key_slot(stock(sku).encode())
+    return slot

@@ -1,0 +1,158 @@
+-- decide.lua: decide a batch of orders against the stock of one hash slot, each atomically.
+--
+-- KEYS: for SKU i of this call (1-based): KEYS[2i-1] = its stock hash (location -> units),
+--       KEYS[2i] = its decision hash (order id -> stored outcome). All in one slot.
+-- ARGV: nskus, nlocs, sku names (nskus), location ids (nlocs), norders, then per order:
+--       order_id, home (SKU index whose decision hash keeps the outcome),
+--       pickup (location index, 0 = ship), ranking (candidate location indices, 2-byte
+--       little-endian each, nearest first), nlines, then nlines pairs (sku index, qty >= 1).
+-- Returns: one outcome per order, fields separated by \31:
+--       "A" followed by (location, sku, qty) triples, or "R" followed by a reason.
+-- A replayed order id returns its stored outcome and changes nothing. Stock never goes
+-- below zero. The whole ARGV is validated before the first write (no rollback in Redis).
+local SEP = '\31'
+local MARKER = '\0sku'
+
+local function bad(msg) return redis.error_reply('ERR decide.lua: ' .. msg) end
+
+local nskus, nlocs = tonumber(ARGV[1]), tonumber(ARGV[2])
+if not nskus or not nlocs or nskus < 1 or #KEYS ~= 2 * nskus then return bad('bad header') end
+local skus, locs = {}, {}
+local p = 3
+for i = 1, nskus do skus[i] = ARGV[p]; p = p + 1 end
+for i = 1, nlocs do locs[i] = ARGV[p]; p = p + 1 end
+local norders = tonumber(ARGV[p]); p = p + 1
+if not norders then return bad('bad order count') end
+
+local orders = {}
+for o = 1, norders do
+  local oid, home, pickup, ranking, nl =
+    ARGV[p], tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), ARGV[p + 3], tonumber(ARGV[p + 4])
+  if not (oid and home and pickup and ranking and nl) or home < 1 or home > nskus
+     or pickup < 0 or pickup > nlocs or #ranking % 2 ~= 0 or nl < 1 then
+    return bad('malformed order #' .. o)
+  end
+  p = p + 5
+  local lines = {}
+  for l = 1, nl do
+    local s, q = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+    if not s or not q or s < 1 or s > nskus or q < 1 or q ~= math.floor(q) then
+      return bad('malformed line ' .. l .. ' of order #' .. o)
+    end
+    lines[l] = { s, q }
+    p = p + 2
+  end
+  orders[o] = { oid, home, pickup, ranking, lines }
+end
+if p - 1 ~= #ARGV then return bad('trailing arguments') end
+
+-- Read each SKU's stock once; decide in Lua tables; write back only what changed.
+local stock, exists, dirty = {}, {}, {}
+for s = 1, nskus do
+  local flat = redis.call('HGETALL', KEYS[2 * s - 1])
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = tonumber(flat[i + 1]) end
+  stock[s], exists[s], dirty[s] = t, t[MARKER] ~= nil, {}
+end
+
+local function take(allocs)
+  local parts = { 'A' }
+  for _, a in ipairs(allocs) do
+    local s, loc, q = a[1], a[2], a[3]
+    stock[s][loc] = stock[s][loc] - q
+    dirty[s][loc] = true
+    parts[#parts + 1] = loc
+    parts[#parts + 1] = skus[s]
+    parts[#parts + 1] = q
+  end
+  return table.concat(parts, SEP)
+end
+
+local function holds_all(loc, lines)
+  for _, ln in ipairs(lines) do
+    if (stock[ln[1]][loc] or 0) < ln[2] then return false end
+  end
+  return true
+end
+
+local function whole(loc, lines)
+  local allocs = {}
+  for i, ln in ipairs(lines) do allocs[i] = { ln[1], loc, ln[2] } end
+  return take(allocs)
+end
+
+local function decide_one(od)
+  local pickup, ranking, lines = od[3], od[4], od[5]
+  for _, ln in ipairs(lines) do
+    if not exists[ln[1]] then return 'R' .. SEP .. 'unknown_sku' end
+  end
+  if pickup > 0 then
+    local loc = locs[pickup]
+    if holds_all(loc, lines) then return whole(loc, lines) end
+    return 'R' .. SEP .. 'pickup_unavailable'
+  end
+  local ncand = #ranking / 2
+  local cands = {}
+  for i = 1, ncand do
+    local lo, hi = string.byte(ranking, 2 * i - 1, 2 * i)
+    local loc = locs[lo + 256 * hi + 1]
+    if loc then
+      if holds_all(loc, lines) then return whole(loc, lines) end
+      cands[#cands + 1] = loc
+    end
+  end
+  -- No single location holds every line: split, each line nearest first.
+  local allocs, seq = {}, 0
+  for _, ln in ipairs(lines) do
+    local s, need = ln[1], ln[2]
+    for r, loc in ipairs(cands) do
+      local have = stock[s][loc] or 0
+      if have > 0 then
+        local q = math.min(have, need)
+        seq = seq + 1
+        allocs[#allocs + 1] = { s, loc, q, r, seq }
+        need = need - q
+        if need == 0 then break end
+      end
+    end
+    if need > 0 then return 'R' .. SEP .. 'sold_out' end
+  end
+  table.sort(allocs, function(a, b)
+    if a[4] ~= b[4] then return a[4] < b[4] end
+    return a[5] < b[5]
+  end)
+  return take(allocs)
+end
+
+local decided, records, out = {}, {}, {}
+for s = 1, nskus do records[s] = {} end
+for o = 1, norders do
+  local od = orders[o]
+  local oid, home = od[1], od[2]
+  local prev = decided[oid] or redis.call('HGET', KEYS[2 * home], oid)
+  if prev then
+    out[o] = prev
+  else
+    local res = decide_one(od)
+    decided[oid] = res
+    local rec = records[home]
+    rec[#rec + 1] = oid
+    rec[#rec + 1] = res
+    out[o] = res
+  end
+end
+
+local CHUNK = 4000
+for s = 1, nskus do
+  local args = {}
+  for loc in pairs(dirty[s]) do
+    args[#args + 1] = loc
+    args[#args + 1] = stock[s][loc]
+  end
+  if #args > 0 then redis.call('HSET', KEYS[2 * s - 1], unpack(args)) end
+  local rec = records[s]
+  for i = 1, #rec, CHUNK do
+    redis.call('HSET', KEYS[2 * s], unpack(rec, i, math.min(i + CHUNK - 1, #rec)))
+  end
+end
+return out

