@@ -13,13 +13,12 @@ from typing import Any
 import msgspec
 
 from onestock import events
-from onestock.records import SEP, rejected
-from onestock.routing import Router, plan
+from dataflows.cross_slot import decide_cross
+from onestock.records import SEP, pack, rejected
+from onestock.routing import Router
 from onestock.types import Catalog, Order
 from state import keys
 from state.store import Store, Waiter
-
-MAX_CROSS_SLOT_ATTEMPTS = 50
 
 
 class Decided(msgspec.Struct):
@@ -27,7 +26,7 @@ class Decided(msgspec.Struct):
 
     shard: int
     last_id: str
-    records: list[list[Any]]  # [order_id, registry value, field, value, ...]
+    records: list[list[str]]  # [order_id, registry value, packed record]
     dead: list[list[Any]]  # [entry id, raw text, reason]
 
 
@@ -60,7 +59,7 @@ class Decider:
     def process(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
         """Outcomes for a batch read from ``shard`` (entry id, raw event)."""
         self.refresh()
-        decided_ms = int(time.time() * 1000)
+        decided = str(int(time.time() * 1000))
         firsts: dict[str, tuple[str, events.Decoded]] = {}
         dead: list[list[Any]] = []
         for eid, raw in entries:
@@ -96,8 +95,10 @@ class Decider:
                 cross.append(o)
         for group in slot_orders.values():
             self._decide_slot(group, outcome)
-        for o in cross:
-            outcome[o.order_id] = self._decide_cross(o)
+        if cross:
+            router = self.view.router
+            rankings = [router.decode(r) for r in self._rankings(cross)]
+            decide_cross(self.store, self.wait.call, cross, rankings, outcome)
         records = []
         for oid, (eid, d) in firsts.items():
             res = outcome[oid]
@@ -108,10 +109,7 @@ class Decider:
                 channel, paid, mode = d.channel or "", d.paid_at or "", "ship"  # type: ignore[union-attr]
             registry = res if res[0] == "A" else "R"
             received = eid.partition("-")[0]
-            records.append(
-                [oid, registry, "o", oid, "s", res, "c", channel, "p", paid, "m", mode,
-                 "r", received, "d", decided_ms]
-            )  # fmt: skip
+            records.append([oid, registry, pack(oid, channel, paid, mode, received, decided, res)])
         last_id = entries[-1][0] if entries else "0-0"
         return Decided(shard, last_id, records, dead)
 
@@ -155,53 +153,17 @@ class Decider:
                     sku_index[ln.sku] = len(sku_index) + 1
             # The outcome lives with the order's smallest SKU name: the same key on every replay.
             home = sku_index[min(ln.sku for ln in lines)]
+            spec = [o.order_id, str(home)]
             if o.delivery.mode == "pickup":
-                body += [o.order_id, home, view.loc_index[o.delivery.store], b"", len(lines)]  # type: ignore[index]
+                spec.append(str(view.loc_index[o.delivery.store]))  # type: ignore[index]
+                ranking = b""
             else:
-                body += [o.order_id, home, 0, ranking, len(lines)]
+                spec.append("0")
             for ln in lines:
-                body += [sku_index[ln.sku], ln.qty]
+                spec += [str(sku_index[ln.sku]), str(ln.qty)]
+            body += [SEP.join(spec), ranking]
         skus = list(sku_index)
         args = [len(skus), len(view.router.ids), *skus, *view.router.ids, *body]
         results = self.wait.call(self.store.decide_slot, skus, args)
         for o, res in zip(orders, results):
             outcome[o.order_id] = res.decode()
-
-    def _decide_cross(self, o: Order) -> str:
-        """An order whose SKUs span slots: reserve slot by slot, compensate on failure."""
-        call = self.wait.call
-        groups_by_slot: dict[int, list[str]] = {}
-        for ln in o.lines:
-            groups_by_slot.setdefault(keys.sku_slot(ln.sku), []).append(ln.sku)
-        groups = [sorted(g) for _, g in sorted(groups_by_slot.items())]
-        ranking = self.view.router.decode(self._rankings([o])[0])
-        rank = {loc: i for i, loc in enumerate(ranking)}
-        parts = call(self.store.read_parts, o.order_id, groups)
-        if all(p is not None for p in parts):  # reserved whole before a crash: same outcome
-            triples = SEP.join(p.decode() for p in parts).split(SEP)
-            allocs = [(triples[i], triples[i + 1], int(triples[i + 2])) for i in range(0, len(triples), 3)]
-            return _accepted(sorted(allocs, key=lambda a: rank.get(a[0], len(rank))))
-        for g, p in zip(groups, parts):  # a half-reserved order from a crash: undo, then redo
-            if p is not None:
-                call(self.store.release_part, o.order_id, g)
-        store = o.delivery.store if o.delivery.mode == "pickup" else None
-        for _ in range(MAX_CROSS_SLOT_ATTEMPTS):
-            stock = call(self.store.stock_levels, [ln.sku for ln in o.lines])
-            res = plan(o.lines, stock, ranking, store)
-            if isinstance(res, str):
-                return rejected(res)
-            reserved: list[list[str]] = []
-            for g in groups:
-                allocs = [a for a in res if a[1] in g]
-                if call(self.store.reserve_part, o.order_id, g, allocs) == 0:
-                    break  # someone took the stock since we read it: compensate and re-plan
-                reserved.append(g)
-            else:
-                return _accepted(res)
-            for g in reserved:
-                call(self.store.release_part, o.order_id, g)
-        return rejected("sold_out")
-
-
-def _accepted(allocs: list[tuple[str, str, int]]) -> str:
-    return SEP.join(["A", *(f"{loc}{SEP}{sku}{SEP}{qty}" for loc, sku, qty in allocs)])

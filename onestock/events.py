@@ -58,6 +58,8 @@ def decode(raw: bytes | str) -> Decoded:
         return _classify_bad(raw, str(exc))
     except msgspec.DecodeError as exc:
         return Dead(text_of(raw), f"not JSON: {exc}")
+    if _has_control(order.order_id):
+        return Dead(text_of(raw), "order_id contains control characters")
     try:
         paid_ms = parse_time_ms(order.paid_at)
     except ValueError:
@@ -105,7 +107,7 @@ def order_id_of(raw: bytes | str) -> str | None:
         return None
     if isinstance(obj, dict):
         oid = obj.get("order_id")
-        if isinstance(oid, str) and 0 < len(oid) <= MAX_ORDER_ID:
+        if isinstance(oid, str) and 0 < len(oid) <= MAX_ORDER_ID and not _has_control(oid):
             return oid
     return None
 
@@ -124,6 +126,8 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
         return Dead(text_of(raw), f"order_id is not a string: {type(oid).__name__}")
     if not 0 < len(oid) <= MAX_ORDER_ID:
         return Dead(text_of(raw), f"order_id must be 1 to {MAX_ORDER_ID} characters")
+    if _has_control(oid):
+        return Dead(text_of(raw), "order_id contains control characters")
     kind = obj.get("type")
     if kind not in (None, "order"):
         return Dead(text_of(raw), f"unsupported event type {kind!r}")
@@ -135,3 +139,7 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
         paid_at if isinstance(paid_at, str) else None,
         error,
     )
+
+
+def _has_control(text: str) -> bool:
+    return not text.isprintable() and any(ord(ch) < 32 or ord(ch) == 127 for ch in text)

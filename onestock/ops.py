@@ -14,7 +14,7 @@ import msgspec
 from onestock import catalog as catalogs
 from onestock.errors import OnestockError
 from onestock.events import order_id_of
-from onestock.records import dead_from_entry, encode_record, record_from_entry
+from onestock.records import SEP, dead_from_entry, encode_record, record_from_entry, record_from_packed
 from onestock.settings import Settings
 from onestock.types import Catalog, FulfilmentRecord, json_encoder
 from state import keys
@@ -150,11 +150,12 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
     first, last = 2**63, 0
     for fields in store.entries(keys.outbox, shards):
         n += 1
-        oid = fields[b"o"].decode()
+        packed = fields[b"v"].decode()
+        oid, _, _, _, received_s, decided_s, _ = packed.split(SEP, 6)
         dup += oid in seen
         seen.add(oid)
-        rec = record_from_entry(fields)
-        decided, received = int(fields[b"d"]), int(fields[b"r"])
+        rec = record_from_packed(packed)
+        decided, received = int(decided_s), int(received_s)
         lat.append(decided - received)
         first, last = min(first, decided), max(last, decided)
         if rec.status == "accepted":

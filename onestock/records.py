@@ -1,8 +1,8 @@
 """Stored outcomes <-> fulfilment records.
 
 A decision is stored compactly (``A`` + location/sku/qty triples, or ``R`` + reason [+ detail],
-fields separated by \\x1f) and an output stream entry holds a few short fields; the public JSON
-record of the contract is rebuilt from them on export. This keeps a 20-million-order day small.
+fields separated by \\x1f) and an output stream entry is one packed string; the public JSON
+record of the contract is rebuilt from it on export. This keeps a 20-million-order day small.
 """
 
 from __future__ import annotations
@@ -13,10 +13,16 @@ from onestock.types import DeadLetter, FulfilmentRecord, Shipment, ShipLine, jso
 
 SEP = "\x1f"
 
-# Output stream fields: order id, outcome, channel, paid_at, delivery mode, received ms, decided ms.
-F_ORDER, F_OUTCOME, F_CHANNEL, F_PAID, F_MODE, F_RECEIVED, F_DECIDED = (
-    b"o", b"s", b"c", b"p", b"m", b"r", b"d"
-)
+
+
+def pack(oid: str, channel: str, paid: str, mode: str, received_ms: str, decided_ms: str,
+         outcome: str) -> str:
+    """One output stream entry (field ``v``); the outcome goes last since it holds SEPs."""
+    return SEP.join((oid, _clean(channel), _clean(paid), mode, received_ms, decided_ms, outcome))
+
+
+def _clean(text: str) -> str:
+    return text.replace(SEP, "\ufffd") if SEP in text else text
 
 
 def rejected(reason: str, detail: str | None = None) -> str:
@@ -41,19 +47,16 @@ def shipments(outcome: str, mode: str) -> list[Shipment]:
     return list(by_loc.values())
 
 
-def record_from_entry(fields: dict[bytes, bytes]) -> FulfilmentRecord:
+def record_from_packed(packed: str) -> FulfilmentRecord:
     """One output stream entry -> the contract's fulfilment record."""
-    outcome = fields[F_OUTCOME].decode()
-    channel = fields.get(F_CHANNEL, b"").decode() or None
-    paid = fields.get(F_PAID, b"").decode() or None
-    mode = fields.get(F_MODE, b"ship").decode()
+    oid, channel, paid, mode, received, decided, outcome = packed.split(SEP, 6)
     common = dict(
-        order_id=fields[F_ORDER].decode(),
-        channel=channel,
+        order_id=oid,
+        channel=channel or None,
         gift=None,
-        paid_at=paid,
-        received_at=iso_ms(int(fields[F_RECEIVED])),
-        decided_at=iso_ms(int(fields[F_DECIDED])),
+        paid_at=paid or None,
+        received_at=iso_ms(int(received)),
+        decided_at=iso_ms(int(decided)),
     )
     if outcome.startswith("A"):
         return FulfilmentRecord(
@@ -67,6 +70,10 @@ def record_from_entry(fields: dict[bytes, bytes]) -> FulfilmentRecord:
         detail=parts[2] if len(parts) > 2 else None,
         **common,
     )
+
+
+def record_from_entry(fields: dict[bytes, bytes]) -> FulfilmentRecord:
+    return record_from_packed(fields[b"v"].decode())
 
 
 def encode_record(rec: FulfilmentRecord) -> bytes:

@@ -86,8 +86,8 @@ class Store:
         self.r = client
         self._decide = client.register_script(_lua("decide"))
         self._emit = client.register_script(_lua("emit"))
-        self._reserve_part = client.register_script(_lua("reserve_part"))
-        self._release_part = client.register_script(_lua("release_part"))
+        self._reserve_parts = client.register_script(_lua("reserve_parts"))
+        self._release_parts = client.register_script(_lua("release_parts"))
         self._set_stock = client.register_script(_lua("set_stock"))
 
     @classmethod
@@ -183,28 +183,27 @@ class Store:
 
     def decide_slot(self, skus: list[str], args: list[Any]) -> list[bytes]:
         """One atomic call deciding a batch of orders whose SKUs all live in one slot."""
+        return self._decide(keys=self._sku_keys(skus, keys.decisions), args=args)  # type: ignore[no-any-return]
+
+    def _sku_keys(self, skus: list[str], second: Callable[[str], str]) -> list[str]:
         ks: list[str] = []
         for sku in skus:
-            ks += [keys.stock(sku), keys.decisions(sku)]
-        return self._decide(keys=ks, args=args)  # type: ignore[no-any-return]
+            ks += [keys.stock(sku), second(sku)]
+        return ks
 
-    def reserve_part(self, oid: str, skus: list[str], allocs: list[tuple[str, str, int]]) -> int:
-        """Reserve one slot's allocations of a cross-slot order: 1 now, 2 before, 0 no stock."""
-        index = {sku: i + 1 for i, sku in enumerate(skus)}
-        args: list[Any] = [oid, len(allocs)]
-        for loc, sku, qty in allocs:
-            args += [index[sku], loc, qty]
-        ks = [keys.parts(skus[0])] + [keys.stock(s) for s in skus]
-        return int(self._reserve_part(keys=ks, args=args + skus))
+    def reserve_parts(self, skus: list[str], args: list[Any]) -> list[int]:
+        """One slot's parts of many cross-slot orders: per order 1 now, 2 before, 0 no stock."""
+        return self._reserve_parts(keys=self._sku_keys(skus, keys.parts), args=args)  # type: ignore[no-any-return]
 
-    def release_part(self, oid: str, skus: list[str]) -> int:
-        ks = [keys.parts(skus[0])] + [keys.stock(s) for s in skus]
-        return int(self._release_part(keys=ks, args=[oid, *skus]))
+    def release_parts(self, skus: list[str], args: list[Any]) -> int:
+        """Undo one slot's parts of orders (idempotent)."""
+        return int(self._release_parts(keys=self._sku_keys(skus, keys.parts), args=args))
 
-    def read_parts(self, oid: str, groups: list[list[str]]) -> list[bytes | None]:
+    def read_parts(self, wanted: list[tuple[str, str]]) -> list[bytes | None]:
+        """The stored part of each (order id, home SKU), None where nothing is reserved."""
         pipe = self.r.pipeline(transaction=False)
-        for skus in groups:
-            pipe.hget(keys.parts(skus[0]), oid)
+        for oid, home in wanted:
+            pipe.hget(keys.parts(home), oid)
         return pipe.execute()  # type: ignore[no-any-return]
 
     # -- outputs ---------------------------------------------------------------------------
@@ -215,14 +214,14 @@ class Store:
         found = self.r.hmget(keys.emitted(shard), order_ids)
         return [v is not None for v in found]
 
-    def emit(self, shard: int, last_id: str, records: list[list[Any]], dead: list[list[Any]]) -> None:
+    def emit(self, shard: int, last_id: str, records: list[list[str]], dead: list[list[str]]) -> None:
         """Write a decided batch exactly once and advance the shard's trim watermark.
 
-        ``records``: [order_id, registry value, field, value, ...]; ``dead``: [entry id, raw, reason].
+        ``records``: [order_id, registry value, packed record]; ``dead``: [entry id, raw, reason].
         """
         args: list[Any] = [last_id, len(records)]
         for rec in records:
-            args += [rec[0], rec[1], (len(rec) - 2) // 2, *rec[2:]]
+            args += rec
         args.append(len(dead))
         for d in dead:
             args += d

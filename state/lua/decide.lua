@@ -2,10 +2,11 @@
 --
 -- KEYS: for SKU i of this call (1-based): KEYS[2i-1] = its stock hash (location -> units),
 --       KEYS[2i] = its decision hash (order id -> stored outcome). All in one slot.
--- ARGV: nskus, nlocs, sku names (nskus), location ids (nlocs), norders, then per order:
---       order_id, home (SKU index whose decision hash keeps the outcome),
---       pickup (location index, 0 = ship), ranking (candidate location indices, 2-byte
---       little-endian each, nearest first), nlines, then nlines pairs (sku index, qty >= 1).
+-- ARGV: nskus, nlocs, sku names (nskus), location ids (nlocs), norders, then per order two
+--       arguments: a spec "order_id,home,pickup,sku,qty,sku,qty..." (fields separated by
+--       \31; home = SKU index whose decision hash keeps the outcome; pickup = location index,
+--       0 = ship; sku = SKU index), and the ranking (candidate location indices, 2-byte
+--       little-endian each, nearest first; empty for pickup).
 -- Returns: one outcome per order, fields separated by \31:
 --       "A" followed by (location, sku, qty) triples, or "R" followed by a reason.
 -- A replayed order id returns its stored outcome and changes nothing. Stock never goes
@@ -26,21 +27,23 @@ if not norders then return bad('bad order count') end
 
 local orders = {}
 for o = 1, norders do
-  local oid, home, pickup, ranking, nl =
-    ARGV[p], tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), ARGV[p + 3], tonumber(ARGV[p + 4])
-  if not (oid and home and pickup and ranking and nl) or home < 1 or home > nskus
-     or pickup < 0 or pickup > nlocs or #ranking % 2 ~= 0 or nl < 1 then
+  local spec, ranking = ARGV[p], ARGV[p + 1]
+  if not spec or not ranking or #ranking % 2 ~= 0 then return bad('malformed order #' .. o) end
+  p = p + 2
+  local f = {}
+  for field in string.gmatch(spec, '[^' .. SEP .. ']+') do f[#f + 1] = field end
+  local oid, home, pickup = f[1], tonumber(f[2]), tonumber(f[3])
+  if not oid or not home or not pickup or home < 1 or home > nskus or pickup < 0
+     or pickup > nlocs or #f < 5 or #f % 2 ~= 1 then
     return bad('malformed order #' .. o)
   end
-  p = p + 5
   local lines = {}
-  for l = 1, nl do
-    local s, q = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+  for i = 4, #f, 2 do
+    local s, q = tonumber(f[i]), tonumber(f[i + 1])
     if not s or not q or s < 1 or s > nskus or q < 1 or q ~= math.floor(q) then
-      return bad('malformed line ' .. l .. ' of order #' .. o)
+      return bad('malformed line of order #' .. o)
     end
-    lines[l] = { s, q }
-    p = p + 2
+    lines[#lines + 1] = { s, q }
   end
   orders[o] = { oid, home, pickup, ranking, lines }
 end
@@ -124,17 +127,36 @@ local function decide_one(od)
   return take(allocs)
 end
 
-local decided, records, out = {}, {}, {}
+-- One HMGET per decision hash for the whole batch (a replayed order keeps its outcome).
+local CHUNK = 4000
+local ids_by_home = {}
+for o = 1, norders do
+  local h = orders[o][2]
+  ids_by_home[h] = ids_by_home[h] or {}
+  local ids = ids_by_home[h]
+  ids[#ids + 1] = orders[o][1]
+end
+local stored = {}
+for h, ids in pairs(ids_by_home) do
+  for i = 1, #ids, CHUNK do
+    local got = redis.call('HMGET', KEYS[2 * h], unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+    for j = 1, #got do
+      if got[j] then stored[ids[i + j - 1]] = got[j] end
+    end
+  end
+end
+
+local records, out = {}, {}
 for s = 1, nskus do records[s] = {} end
 for o = 1, norders do
   local od = orders[o]
   local oid, home = od[1], od[2]
-  local prev = decided[oid] or redis.call('HGET', KEYS[2 * home], oid)
+  local prev = stored[oid]
   if prev then
     out[o] = prev
   else
     local res = decide_one(od)
-    decided[oid] = res
+    stored[oid] = res
     local rec = records[home]
     rec[#rec + 1] = oid
     rec[#rec + 1] = res
@@ -142,7 +164,6 @@ for o = 1, norders do
   end
 end
 
-local CHUNK = 4000
 for s = 1, nskus do
   local args = {}
   for loc in pairs(dirty[s]) do

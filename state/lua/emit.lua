@@ -4,7 +4,7 @@
 --       KEYS[2] fulfilment stream, KEYS[3] dead-letter stream, KEYS[4] input stream,
 --       KEYS[5] watermark (the last input entry id whose outcome is written). One slot.
 -- ARGV: last input entry id of the batch, nrecords, then per record:
---       order_id, registry value, nfields, nfields (name, value) pairs;
+--       order_id, registry value, the packed record (stored as field "v");
 --       then ndead, then per dead letter: input entry id, raw text, reason.
 -- Returns: {records written, dead letters written}. A record whose order id is already in
 -- the registry is skipped: replays after a crash never produce a second record.
@@ -22,22 +22,35 @@ end
 if not string.match(last, '^%d+%-%d+$') then return redis.error_reply('ERR emit.lua: bad id') end
 
 -- validate the shape before the first write
-local p, recs = 3, {}
-for r = 1, nrec do
-  local oid, val, nf = ARGV[p], ARGV[p + 1], tonumber(ARGV[p + 2])
-  if not oid or not val or not nf then return redis.error_reply('ERR emit.lua: bad record ' .. r) end
-  recs[r] = { oid, val, p + 3, nf }
-  p = p + 3 + 2 * nf
-end
+local p = 3 + 3 * nrec
 local ndl = tonumber(ARGV[p])
-if not ndl or p + 3 * ndl ~= #ARGV then return redis.error_reply('ERR emit.lua: bad tail') end
+if not ndl or p + 3 * ndl ~= #ARGV then return redis.error_reply('ERR emit.lua: bad shape') end
 
-local written, dead = 0, 0
-for _, r in ipairs(recs) do
-  if redis.call('HSETNX', KEYS[1], r[1], r[2]) == 1 then
-    redis.call('XADD', KEYS[2], '*', unpack(ARGV, r[3], r[3] + 2 * r[4] - 1))
-    written = written + 1
+-- One HMGET for the registry, then one HSET and the XADDs for records not yet written.
+local CHUNK = 4000
+local fresh, written, dead = {}, 0, 0
+local seen = {}
+for i = 3, 2 + 3 * nrec, 3 * CHUNK do
+  local ids = {}
+  for j = i, math.min(i + 3 * CHUNK - 1, 2 + 3 * nrec), 3 do ids[#ids + 1] = ARGV[j] end
+  local got = redis.call('HMGET', KEYS[1], unpack(ids))
+  for k = 1, #got do
+    local j = i + 3 * (k - 1)
+    if not got[k] and not seen[ARGV[j]] then
+      seen[ARGV[j]] = true
+      fresh[#fresh + 1] = j
+    end
   end
+end
+local reg = {}
+for _, j in ipairs(fresh) do
+  redis.call('XADD', KEYS[2], '*', 'v', ARGV[j + 2])
+  reg[#reg + 1] = ARGV[j]
+  reg[#reg + 1] = ARGV[j + 1]
+  written = written + 1
+end
+for i = 1, #reg, CHUNK do
+  redis.call('HSET', KEYS[1], unpack(reg, i, math.min(i + CHUNK - 1, #reg)))
 end
 for i = 1, ndl do
   local q = p + 3 * (i - 1) + 1

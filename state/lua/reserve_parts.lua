@@ -1,0 +1,67 @@
+-- reserve_parts.lua: reserve this slot's part of many orders whose SKUs span hash slots.
+--
+-- KEYS: for SKU i of this call: KEYS[2i-1] = its stock hash, KEYS[2i] = its parts hash
+--       (order id -> the allocations reserved here for that order). All in one slot.
+-- ARGV: nskus, sku names (nskus), norders, then per order: order_id, home (SKU index whose
+--       parts hash keeps this order's part), nallocs, nallocs triples (sku index, location, qty).
+-- Returns: per order 1 reserved now, 2 already reserved by an earlier call (unchanged),
+--          0 not enough stock (nothing changed for that order). Each order's part is all or
+--          nothing; orders are applied in ARGV order.
+local SEP = '\31'
+local function bad(msg) return redis.error_reply('ERR reserve_parts.lua: ' .. msg) end
+local nskus = tonumber(ARGV[1])
+if not nskus or #KEYS ~= 2 * nskus then return bad('bad header') end
+local names = {}
+for i = 1, nskus do names[i] = ARGV[1 + i] end
+local p = 2 + nskus
+local norders = tonumber(ARGV[p]); p = p + 1
+if not norders then return bad('bad order count') end
+local orders = {}
+for o = 1, norders do
+  local oid, home, n = ARGV[p], tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
+  if not oid or not home or not n or home < 1 or home > nskus or n < 1 then
+    return bad('malformed order #' .. o)
+  end
+  p = p + 3
+  local allocs = {}
+  for i = 1, n do
+    local s, loc, q = tonumber(ARGV[p]), ARGV[p + 1], tonumber(ARGV[p + 2])
+    if not s or s < 1 or s > nskus or not loc or not q or q < 1 then
+      return bad('malformed allocation ' .. i .. ' of order #' .. o)
+    end
+    allocs[i] = { s, loc, q }
+    p = p + 3
+  end
+  orders[o] = { oid, home, allocs }
+end
+if p - 1 ~= #ARGV then return bad('trailing arguments') end
+
+local out = {}
+for o, od in ipairs(orders) do
+  local oid, home, allocs = od[1], od[2], od[3]
+  if redis.call('HEXISTS', KEYS[2 * home], oid) == 1 then
+    out[o] = 2
+  else
+    local need, ok = {}, true
+    for _, a in ipairs(allocs) do
+      local k = a[1] .. SEP .. a[2]
+      need[k] = (need[k] or 0) + a[3]
+      local have = tonumber(redis.call('HGET', KEYS[2 * a[1] - 1], a[2]) or '0')
+      if have < need[k] then ok = false; break end
+    end
+    if ok then
+      local stored = {}
+      for _, a in ipairs(allocs) do
+        redis.call('HINCRBY', KEYS[2 * a[1] - 1], a[2], -a[3])
+        stored[#stored + 1] = a[2]
+        stored[#stored + 1] = names[a[1]]
+        stored[#stored + 1] = a[3]
+      end
+      redis.call('HSET', KEYS[2 * home], oid, table.concat(stored, SEP))
+      out[o] = 1
+    else
+      out[o] = 0
+    end
+  end
+end
+return out

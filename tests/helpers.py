@@ -1,0 +1,58 @@
+"""Small builders shared by the tests: orders, catalogs, and one-batch decisions."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+
+from dataflows.decider import Decider
+from onestock import ops
+from onestock.records import record_from_packed
+from onestock.types import FulfilmentRecord
+from state import keys
+from state.store import Store
+
+_ids = itertools.count(1)
+
+
+def order(oid: str, *lines: tuple[str, int], channel: str = "tmall", lat: float | None = None,
+          lon: float | None = None, pickup: str | None = None, **extra: Any) -> dict[str, Any]:
+    customer: dict[str, Any] = {"id": f"c-{oid}"}
+    if lat is not None:
+        customer.update(lat=lat, lon=lon)
+    return {
+        "order_id": oid,
+        "channel": channel,
+        "customer": customer,
+        "lines": [{"sku": s, "qty": q} for s, q in lines],
+        "delivery": {"mode": "pickup", "store": pickup} if pickup else {"mode": "ship"},
+        "paid_at": "2026-11-11T00:00:00.120Z",
+        **extra,
+    }
+
+
+def raw(event: Any) -> bytes:
+    return event if isinstance(event, bytes) else orjson.dumps(event)
+
+
+def decide(store: Store, events: list[Any], shard: int = 0, decider: Decider | None = None
+           ) -> tuple[list[FulfilmentRecord], list[list[str]]]:
+    """Decide one batch as the dataflow would, emit it, and return what this batch wrote."""
+    d = decider or Decider(store, say=lambda _m: None)
+    base = next(_ids) * 1_000_000
+    entries = [(f"{base + i}-0", raw(e)) for i, e in enumerate(events)]
+    before = store.r.xlen(keys.outbox(shard))
+    out = d.process(shard, entries)
+    d.emit(out)
+    rows = store.r.xrange(keys.outbox(shard), "-", "+")[before:]
+    return [record_from_packed(f[b"v"].decode()) for _, f in rows], out.dead
+
+
+def stock(store: Store, sku: str) -> dict[str, int]:
+    return store.stock_levels([sku]).get(sku, {})
+
+
+def all_records(store: Store, shards: int) -> list[FulfilmentRecord]:
+    return list(ops.records(store, shards))

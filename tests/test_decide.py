@@ -1,0 +1,141 @@
+"""Decisions against a real Redis: routing, splits, pickup, all-or-nothing, idempotency."""
+
+from __future__ import annotations
+
+import pytest
+
+from dataflows.decider import Decider
+from state import keys
+from state.store import Store
+from tests.conftest import load
+from tests.helpers import decide, order, stock
+
+CATALOG = {
+    "channels": [{"id": "tmall", "kind": "online"}, {"id": "pos", "kind": "store"}],
+    "locations": [
+        {"id": "wh-shanghai", "kind": "warehouse", "lat": 31.23, "lon": 121.47, "priority": 1},
+        {"id": "wh-beijing", "kind": "warehouse", "lat": 39.90, "lon": 116.40, "priority": 0},
+        {"id": "st-hangzhou", "kind": "store", "lat": 30.27, "lon": 120.15, "priority": 5,
+         "pickup": True},
+        {"id": "wh-nowhere", "kind": "warehouse", "priority": 0},
+    ],
+    "skus": [
+        {"sku": "SNEAKER", "stock": {"wh-shanghai": 5, "wh-beijing": 5, "st-hangzhou": 2}},
+        {"sku": "TEE", "stock": {"wh-beijing": 3, "st-hangzhou": 1}},
+        {"sku": "EMPTY", "stock": {}},
+    ],
+}
+HANGZHOU = (30.28, 120.16)
+BEIJING = (39.91, 116.41)
+
+
+# TEE-11093 shares SNEAKER's hash slot (one Lua call); TEE does not (slot-by-slot path).
+@pytest.fixture(params=["TEE", "TEE-11093"], ids=["cross-slot", "same-slot"])
+def tee(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def loaded(store: Store, tee: str) -> Store:
+    cat = {**CATALOG, "skus": [dict(s, sku=tee) if s["sku"] == "TEE" else s for s in CATALOG["skus"]]}
+    load(store, cat)
+    return store
+
+
+def shipped(rec) -> list[tuple[str, str, str, int]]:  # type: ignore[no-untyped-def]
+    return [(s.location, s.mode, ln.sku, ln.qty) for s in rec.shipments for ln in s.lines]
+
+
+def test_ship_goes_to_the_nearest_location_that_holds_every_line(loaded: Store) -> None:
+    recs, _ = decide(loaded, [order("o1", ("SNEAKER", 1), lat=HANGZHOU[0], lon=HANGZHOU[1])])
+    assert recs[0].status == "accepted"
+    assert shipped(recs[0]) == [("st-hangzhou", "ship", "SNEAKER", 1)]
+    recs, _ = decide(loaded, [order("o2", ("SNEAKER", 1), lat=BEIJING[0], lon=BEIJING[1])])
+    assert shipped(recs[0]) == [("wh-beijing", "ship", "SNEAKER", 1)]
+    assert stock(loaded, "SNEAKER") == {"wh-shanghai": 5, "wh-beijing": 4, "st-hangzhou": 1}
+
+
+def test_nearest_location_lacking_one_line_is_skipped_for_one_that_holds_all(loaded: Store, tee: str) -> None:
+    # Hangzhou holds 2 SNEAKER and 1 TEE: an order of 2 TEE must go whole to Beijing.
+    recs, _ = decide(loaded, [order("o1", ("SNEAKER", 1), (tee, 2), lat=HANGZHOU[0], lon=HANGZHOU[1])])
+    assert shipped(recs[0]) == [("wh-beijing", "ship", "SNEAKER", 1), ("wh-beijing", "ship", tee, 2)]
+
+
+def test_customer_without_coordinates_is_served_by_priority_then_id(loaded: Store) -> None:
+    recs, _ = decide(loaded, [order("o1", ("SNEAKER", 1))])
+    assert shipped(recs[0]) == [("wh-beijing", "ship", "SNEAKER", 1)]
+
+
+def test_lines_split_nearest_first_when_no_single_location_can(loaded: Store) -> None:
+    recs, _ = decide(loaded, [order("o1", ("SNEAKER", 11), lat=HANGZHOU[0], lon=HANGZHOU[1])])
+    assert recs[0].status == "accepted"
+    assert shipped(recs[0]) == [
+        ("st-hangzhou", "ship", "SNEAKER", 2),
+        ("wh-shanghai", "ship", "SNEAKER", 5),
+        ("wh-beijing", "ship", "SNEAKER", 4),
+    ]
+    assert sum(stock(loaded, "SNEAKER").values()) == 1
+
+
+def test_order_is_all_or_nothing(loaded: Store, tee: str) -> None:
+    before = stock(loaded, "SNEAKER"), stock(loaded, tee)
+    recs, _ = decide(loaded, [order("o1", ("SNEAKER", 2), (tee, 5))])
+    assert (recs[0].status, recs[0].reason, recs[0].shipments) == ("rejected", "sold_out", [])
+    assert (stock(loaded, "SNEAKER"), stock(loaded, tee)) == before
+
+
+def test_pickup_is_served_by_the_named_store_or_rejected(loaded: Store) -> None:
+    recs, _ = decide(loaded, [order("p1", ("SNEAKER", 2), pickup="st-hangzhou", lat=BEIJING[0], lon=BEIJING[1])])
+    assert shipped(recs[0]) == [("st-hangzhou", "pickup", "SNEAKER", 2)]
+    recs, _ = decide(loaded, [order("p2", ("SNEAKER", 1), pickup="st-hangzhou")])
+    assert (recs[0].status, recs[0].reason) == ("rejected", "pickup_unavailable")
+    recs, _ = decide(loaded, [order("p3", ("SNEAKER", 1), pickup="wh-beijing")])
+    assert recs[0].reason == "pickup_unavailable"
+    recs, _ = decide(loaded, [order("p4", ("SNEAKER", 1), pickup="st-atlantis")])
+    assert recs[0].reason == "invalid" and "st-atlantis" in (recs[0].detail or "")
+    assert stock(loaded, "SNEAKER")["wh-beijing"] == 5
+
+
+def test_unknown_sku_and_channel_are_rejected_and_change_nothing(loaded: Store) -> None:
+    recs, _ = decide(loaded, [order("u1", ("NOPE", 1)), order("u2", ("SNEAKER", 1), channel="ebay")])
+    assert [r.reason for r in recs] == ["unknown_sku", "unknown_channel"]
+    assert sum(stock(loaded, "SNEAKER").values()) == 12
+
+
+def test_sku_with_no_stock_anywhere_is_sold_out_not_unknown(loaded: Store) -> None:
+    recs, _ = decide(loaded, [order("e1", ("EMPTY", 1))])
+    assert recs[0].reason == "sold_out"
+
+
+def test_replayed_order_keeps_its_outcome_and_changes_nothing(loaded: Store, tee: str) -> None:
+    d = Decider(loaded, say=lambda _m: None)
+    o = order("r1", (tee, 3), lat=BEIJING[0], lon=BEIJING[1])
+    first = d.process(0, [("1-0", __import__("orjson").dumps(o))])
+    # A crash before emit: the same entry is decided again after resume.
+    again = d.process(0, [("1-0", __import__("orjson").dumps(o))])
+    assert first.records[0][2].split("\x1f")[-4:] == again.records[0][2].split("\x1f")[-4:]
+    assert stock(loaded, tee) == {"wh-beijing": 0, "st-hangzhou": 1}
+    d.emit(first)
+    d.emit(again)
+    assert loaded.r.xlen(keys.outbox(0)) == 1
+
+
+def test_duplicate_deliveries_produce_one_record(loaded: Store) -> None:
+    o = order("d1", ("SNEAKER", 1))
+    recs, _ = decide(loaded, [o, o, o])
+    assert len(recs) == 1
+    recs, _ = decide(loaded, [o])  # a webhook retry much later
+    assert recs == []
+    assert sum(stock(loaded, "SNEAKER").values()) == 11
+
+
+def test_first_copy_wins_even_when_a_later_copy_differs(loaded: Store, tee: str) -> None:
+    recs, _ = decide(loaded, [order("x1", ("SNEAKER", 1), qty_note=1)])
+    recs2, _ = decide(loaded, [order("x1", (tee, 1))])
+    assert len(recs) == 1 and recs2 == []
+    assert stock(loaded, tee) == {"wh-beijing": 3, "st-hangzhou": 1}
+
+
+def test_two_lines_of_one_sku_reserve_as_one(loaded: Store, tee: str) -> None:
+    recs, _ = decide(loaded, [order("m1", (tee, 2), (tee, 1))])
+    assert shipped(recs[0]) == [("wh-beijing", "ship", tee, 3)]

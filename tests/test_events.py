@@ -1,0 +1,110 @@
+"""The decoder: every raw event is exactly one of valid, invalid (record) or dead letter."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from onestock import events
+from tests.helpers import order
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_to_exactly_one_outcome(raw: bytes) -> None:
+    d = events.decode(raw)
+    assert isinstance(d, events.Valid | events.Invalid | events.Dead)
+    if isinstance(d, events.Dead):
+        assert d.reason and isinstance(d.raw, str)
+
+
+@given(json_values)
+def test_json_without_a_usable_order_id_is_a_dead_letter(value: object) -> None:
+    if isinstance(value, dict):
+        value.pop("order_id", None)
+    d = events.decode(json.dumps(value).encode())
+    assert isinstance(d, events.Dead)
+
+
+@given(st.text(min_size=1, max_size=40).filter(str.isprintable),
+       st.dictionaries(st.sampled_from(["channel", "customer", "lines", "paid_at", "delivery"]), json_values))
+def test_a_usable_order_id_always_ends_as_a_record(oid: str, fields: dict[str, object]) -> None:
+    d = events.decode(json.dumps({**fields, "order_id": oid}).encode())
+    assert isinstance(d, events.Valid | events.Invalid)
+    if isinstance(d, events.Invalid):
+        assert d.order_id == oid and d.detail
+
+
+@given(st.builds(order, st.text(min_size=1, max_size=20).filter(str.isprintable),
+                 st.tuples(st.text(min_size=1, max_size=10), st.integers(1, 100)),
+                 lat=st.floats(-90, 90), lon=st.floats(-180, 180)))
+def test_well_formed_orders_decode_valid_and_round_trip(o: dict[str, object]) -> None:
+    d = events.decode(orjson.dumps(o))
+    assert isinstance(d, events.Valid)
+    assert d.order.order_id == o["order_id"]
+
+
+GOOD = order("g1", ("SKU", 1))
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", "not JSON"),
+        (b"{", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[]", "not an object"),
+        (b"42", "not an object"),
+        (b'"order"', "not an object"),
+        (b"null", "not an object"),
+        (b"{}", "no order_id"),
+        (b'{"order_id": null}', "no order_id"),
+        (b'{"order_id": 7}', "order_id is not a string"),
+        (b'{"order_id": ""}', "order_id must be"),
+        (orjson.dumps({"order_id": "x" * 300}), "order_id must be"),
+        (b'{"order_id": "a\\u0000b"}', "control characters"),
+        (b'{"type": "cancel", "order_id": "g1"}', "unsupported event type"),
+    ],
+)
+def test_garbage_becomes_a_dead_letter_with_its_reason(raw: bytes, reason: str) -> None:
+    d = events.decode(raw)
+    assert isinstance(d, events.Dead)
+    assert reason in d.reason
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"lines": []}, "$.lines"),
+        ({"lines": [{"sku": "A", "qty": 0}]}, "$.lines[0].qty"),
+        ({"lines": [{"sku": "A", "qty": "1"}]}, "$.lines[0].qty"),
+        ({"lines": [{"qty": 1}]}, "$.lines[0]"),
+        ({"channel": 5}, "$.channel"),
+        ({"customer": None}, "$.customer"),
+        ({"customer": {"id": "c", "lat": 91, "lon": 0}}, "$.customer.lat"),
+        ({"customer": {"id": "c", "lat": 30}}, "$.customer"),
+        ({"paid_at": "yesterday"}, "$.paid_at"),
+        ({"paid_at": "2026-11-11T00:00:00"}, "$.paid_at"),
+        ({"delivery": {"mode": "teleport"}}, "$.delivery.mode"),
+        ({"delivery": {"mode": "pickup"}}, "$.delivery.store"),
+    ],
+)
+def test_invalid_orders_are_rejected_with_a_detail_naming_the_field(change: dict, where: str) -> None:  # type: ignore[type-arg]
+    d = events.decode(orjson.dumps({**GOOD, **change}))
+    assert isinstance(d, events.Invalid), d
+    assert d.order_id == "g1"
+    assert where in d.detail, d.detail
+
+
+def test_unknown_fields_are_ignored() -> None:
+    d = events.decode(orjson.dumps({**GOOD, "coupon": "X", "customer": {"id": "c", "tier": 3}}))
+    assert isinstance(d, events.Valid)

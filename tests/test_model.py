@@ -1,0 +1,135 @@
+"""Hypothesis: the pipeline's decisions equal a plain Python model of the contract's routing."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dataflows.decider import Decider
+from state.store import Store
+from tests.conftest import load
+from tests.helpers import decide, order
+
+# SKU names: A and A2 share a hash slot (one Lua call), B does not (slot-by-slot path).
+SKUS = ["TEE", "TEE-11093", "SNEAKER"]
+CHANNELS = ["tmall", "pos"]
+GRID = st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0])
+
+
+@st.composite
+def catalogs(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 4))
+    locations = []
+    for i in range(n):
+        loc: dict[str, Any] = {"id": f"L{i}", "kind": draw(st.sampled_from(["warehouse", "store"])),
+                               "priority": draw(st.integers(0, 2))}
+        if draw(st.booleans()) or i == 0:
+            loc.update(lat=draw(GRID), lon=draw(GRID))
+        locations.append(loc)
+    skus = []
+    for sku in draw(st.lists(st.sampled_from(SKUS), min_size=1, max_size=3, unique=True)):
+        stock = {f"L{i}": draw(st.integers(0, 5)) for i in range(n) if draw(st.booleans())}
+        skus.append({"sku": sku, "stock": stock})
+    return {"channels": [{"id": c} for c in CHANNELS], "locations": locations, "skus": skus}
+
+
+@st.composite
+def orders(draw: st.DrawFn, n_locs: int = 4) -> dict[str, Any]:
+    lines = draw(st.lists(st.tuples(st.sampled_from(SKUS + ["NOPE"]), st.integers(1, 4)),
+                          min_size=1, max_size=3, unique_by=lambda t: t[0]))
+    coords = draw(st.one_of(st.none(), st.tuples(GRID, GRID)))
+    pickup = draw(st.one_of(st.none(), st.sampled_from([f"L{i}" for i in range(n_locs)])))
+    return order("?", *lines, channel=draw(st.sampled_from(CHANNELS + ["ebay"])),
+                 lat=coords[0] if coords else None, lon=coords[1] if coords else None,
+                 pickup=pickup)
+
+
+def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    la1, lo1, la2, lo2 = map(math.radians, (*a, *b))
+    h = math.sin((la2 - la1) / 2) ** 2 + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
+    return 2 * 6371.0088 * math.asin(math.sqrt(min(1.0, h)))
+
+
+def model(cat: dict[str, Any], stock: dict[str, dict[str, int]], o: dict[str, Any]) -> Any:
+    """The contract, read literally. Returns (reason,) or [(location, sku, qty), ...]."""
+    locs = {loc["id"]: loc for loc in cat["locations"]}
+    lines = o["lines"]
+    if o["channel"] not in CHANNELS:
+        return ("unknown_channel",)
+    if any(ln["sku"] not in stock for ln in lines):
+        return ("unknown_sku",)
+    if o["delivery"]["mode"] == "pickup":
+        store = o["delivery"]["store"]
+        if store not in locs:
+            return ("invalid",)
+        if locs[store]["kind"] != "store" or any(stock[ln["sku"]].get(store, 0) < ln["qty"] for ln in lines):
+            return ("pickup_unavailable",)
+        return [(store, ln["sku"], ln["qty"]) for ln in lines]
+    c = o["customer"]
+
+    def key(loc: dict[str, Any]) -> tuple[float, int, str]:
+        if "lat" in c and "lat" in loc:
+            return (_km((c["lat"], c["lon"]), (loc["lat"], loc["lon"])), loc["priority"], loc["id"])
+        if "lat" in c:
+            return (math.inf, loc["priority"], loc["id"])
+        return (0.0, loc["priority"], loc["id"])
+
+    ranked = [loc["id"] for loc in sorted(locs.values(), key=key)]
+    for loc in ranked:
+        if all(stock[ln["sku"]].get(loc, 0) >= ln["qty"] for ln in lines):
+            return [(loc, ln["sku"], ln["qty"]) for ln in lines]
+    taken = []
+    for ln in lines:
+        need = ln["qty"]
+        for loc in ranked:
+            q = min(need, stock[ln["sku"]].get(loc, 0))
+            if q:
+                taken.append((loc, ln["sku"], q))
+                need -= q
+        if need:
+            return ("sold_out",)
+    return sorted(taken, key=lambda t: ranked.index(t[0]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cat=catalogs(), batch=st.lists(orders(), min_size=1, max_size=10), split=st.integers(1, 10))
+def test_decisions_match_the_contract_model(store: Store, cat: dict[str, Any],
+                                            batch: list[dict[str, Any]], split: int) -> None:
+    store.r.flushall()
+    load(store, cat)
+    stock = {s["sku"]: dict(s["stock"]) for s in cat["skus"]}
+    d = Decider(store, say=lambda _m: None)
+    got = []
+    for i, o in enumerate(batch):
+        o["order_id"] = f"o{i}"
+    for i in range(0, len(batch), split):
+        recs, _ = decide(store, batch[i : i + split], decider=d)
+        got += recs
+    assert [r.order_id for r in got] == [o["order_id"] for o in batch]
+    for o, rec in zip(batch, got):
+        want = model(cat, stock, o)
+        if isinstance(want, tuple):
+            assert (rec.status, rec.reason) == ("rejected", want[0]), o
+        else:
+            for loc, sku, q in want:
+                stock[sku][loc] -= q
+            assert rec.status == "accepted", (o, rec)
+            mode = o["delivery"]["mode"]
+            assert [(s.location, s.mode, ln.sku, ln.qty) for s in rec.shipments for ln in s.lines] == [
+                (loc, mode, sku, q) for loc, sku, q in _grouped(want)
+            ], o
+    have = store.stock_levels(stock)
+    assert {k: {loc: q for loc, q in v.items()} for k, v in have.items()} == stock
+    assert all(q >= 0 for v in have.values() for q in v.values())
+
+
+def _grouped(allocs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Shipments list each location once, its lines in allocation order."""
+    order_locs: list[str] = []
+    for loc, _, _ in allocs:
+        if loc not in order_locs:
+            order_locs.append(loc)
+    return [a for loc in order_locs for a in allocs if a[0] == loc]
