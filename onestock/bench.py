@@ -1,0 +1,140 @@
+"""``onestock bench``: drain N pre-pushed orders through the dataflow and through a bare loop.
+
+Both contenders run in the same invocation, on the same orders, against the same fresh Redis:
+
+- **bare loop**: W plain Python processes (W = the dataflow's workers), each looping over
+  its shards with redis-py: XRANGE a batch, ``Decider.process`` (decode, rank, one Lua call
+  per slot), ``emit.lua``. The same Redis work with no framework: the practical ceiling.
+- **dataflow**: ``onestock run --until-drained --workers W``, the real Bytewax pipeline with
+  recovery on.
+
+The ratio dataflow / bare is what to watch on a shared, noisy machine.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from onestock import burst, harness
+from onestock.settings import DEFAULT_SHARDS
+from state.store import Store
+
+SLOW_US = 5000  # script calls slower than this are counted (target: well under 10 ms)
+
+
+class Figures(msgspec.Struct):
+    orders: int
+    workers: int
+    bare_orders_per_s: float
+    dataflow_orders_per_s: float
+    dataflow_drain_orders_per_s: float
+    ratio: float
+    memory_growth_mb: float
+    script_calls: int
+    script_avg_us: float
+    script_calls_over_5ms: int
+    script_slowest_ms: float
+
+
+def _bare_worker(url: str, mine: list[int], batch: int) -> None:
+    from dataflows.decider import Decider
+
+    store = Store.connect(url)
+    d = Decider(store, say=lambda _m: None)
+    last = {s: "0-0" for s in mine}
+    while True:
+        got = 0
+        for s in mine:
+            rows = store.read(s, last[s], batch)
+            if rows:
+                last[s] = rows[-1][0]
+                got += len(rows)
+                d.emit(d.process(s, rows))
+        if not got:
+            return
+
+
+def bare_loop(url: str, workers: int, batch: int = 500) -> float:
+    """Seconds for W plain processes to drain every shard."""
+    ctx = mp.get_context("spawn")
+    shards = list(range(DEFAULT_SHARDS))
+    procs = [ctx.Process(target=_bare_worker, args=(url, shards[i::workers], batch)) for i in range(workers)]
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return time.perf_counter() - t0
+
+
+def _script_stats(store: Store) -> tuple[int, float, int, float]:
+    stats = store.r.info("commandstats").get("cmdstat_evalsha", {})
+    slow = [e for e in store.r.slowlog_get(10_000) if e["command"].startswith(b"EVALSHA")]
+    slowest = max((e["duration"] for e in slow), default=0) / 1000
+    return int(stats.get("calls", 0)), float(stats.get("usec_per_call", 0.0)), len(slow), slowest
+
+
+def run_bench(n: int, workers: int, out: Path | None) -> Figures:
+    console = Console()
+    console.print(f"generating {n:,} orders ...")
+    lines = list(burst.orders(n, burst.demo_catalog(), seed=2026))
+    with harness.scratch_redis("onestock-bench-") as (server, home):
+        store = Store.connect(server.url)
+
+        def prepare() -> int:
+            harness.reset(store)
+            store.r.config_set("slowlog-log-slower-than", SLOW_US)
+            store.r.slowlog_reset()
+            before = store.memory_used()
+            harness.push(store, lines)
+            store.r.config_resetstat()
+            return before
+
+        console.print("bare loop ...")
+        prepare()
+        bare_s = bare_loop(server.url, workers)
+
+        console.print("dataflow ...")
+        before = prepare()
+        t0 = time.perf_counter()
+        proc = harness.start_dataflow(server.url, home, workers, until_drained=True)
+        if proc.wait() != 0:
+            raise RuntimeError(f"the dataflow exited with status {proc.returncode}")
+        flow_s = time.perf_counter() - t0
+        calls, avg_us, slow, slowest = _script_stats(store)
+        growth = (store.memory_used() - before) / 2**20
+        decided = [int(f[b"v"].split(b"\x1f")[5]) for f in _outputs(store)]
+        drain_s = (max(decided) - min(decided)) / 1000 if decided else flow_s
+    figs = Figures(
+        orders=n, workers=workers,
+        bare_orders_per_s=n / bare_s, dataflow_orders_per_s=n / flow_s,
+        dataflow_drain_orders_per_s=n / max(drain_s, 1e-3), ratio=bare_s / flow_s,
+        memory_growth_mb=growth, script_calls=calls, script_avg_us=avg_us,
+        script_calls_over_5ms=slow, script_slowest_ms=slowest,
+    )  # fmt: skip
+    table = Table(title=f"onestock bench: {n:,} orders, {workers} workers")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("bare loop (ceiling), orders/s", f"{figs.bare_orders_per_s:,.0f}")
+    table.add_row("dataflow, orders/s (process start to exit)", f"{figs.dataflow_orders_per_s:,.0f}")
+    table.add_row("dataflow, orders/s (first to last decision)", f"{figs.dataflow_drain_orders_per_s:,.0f}")
+    table.add_row("ratio dataflow / bare (wall)", f"{figs.ratio:.2f}")
+    table.add_row("Redis memory growth, MB", f"{figs.memory_growth_mb:,.1f}")
+    table.add_row("Lua calls, mean us", f"{calls:,} x {avg_us:,.0f}")
+    table.add_row(f"Lua calls over {SLOW_US // 1000} ms (slowest ms)", f"{slow} ({slowest:.1f})")
+    console.print(table)
+    if out is not None:
+        out.write_bytes(msgspec.json.format(msgspec.json.encode(figs)))
+    return figs
+
+
+def _outputs(store: Store):  # type: ignore[no-untyped-def]
+    from state import keys
+
+    return store.entries(keys.outbox, DEFAULT_SHARDS)

@@ -1,0 +1,143 @@
+"""End to end through the real ``onestock`` commands and real Bytewax runs (subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from onestock import burst, ops
+from state.server import RedisServer
+from state.store import Store
+from tests.conftest import ROOT, onestock
+
+CATALOG = ROOT / "onestock" / "demo" / "catalog.json"
+GARBAGE = [b"not json", b"[1,2]", b'{"no_id": 1}', b'{"order_id": 3}', b'{"order_id": "bad-1", "lines": 5}']
+
+
+def burst_lines(n: int, seed: int = 3) -> list[bytes]:
+    return list(burst.orders(n, burst.demo_catalog(), seed=seed, garbage=0.0))
+
+
+def loaded_stock() -> dict[str, dict[str, int]]:
+    return {s.sku: dict(s.stock) for s in burst.demo_catalog().skus}
+
+
+def start_run(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "onestock", "run", *args],
+        env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def wait_for(cond, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def outcomes(store: Store) -> int:
+    k = store.shard_count()
+    from state import keys
+
+    return store.count(keys.outbox, k) + store.count(keys.deadbox, k)
+
+
+def check_exactly_once(store: Store, order_ids: set[str], dead: int) -> None:
+    k = store.shard_count()
+    audit = ops.audit(store, k, loaded_stock())
+    seen = [r.order_id for r in ops.records(store, k)]
+    assert audit.duplicates == 0
+    assert set(seen) == order_ids
+    assert len(seen) == len(order_ids)
+    assert audit.dead == dead
+    assert audit.oversold == 0
+
+
+def test_until_drained_gives_every_event_exactly_one_outcome(cli_env: dict[str, str], url: str) -> None:
+    onestock("catalog", "load", str(CATALOG), env=cli_env)
+    lines = burst_lines(3000) + GARBAGE
+    lines.insert(10, lines[5])  # a duplicate delivery
+    onestock("orders", "push", "-", input=b"\n".join(lines) + b"\n", env=cli_env)
+    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
+    store = Store.connect(url)
+    ids = {orjson.loads(x)["order_id"] for x in lines if x.startswith(b'{"order_id": "') or b'"D11-' in x}
+    ids.add("bad-1")
+    check_exactly_once(store, ids, dead=4)
+    out = onestock("fulfilments", env=cli_env).stdout.splitlines()
+    assert len(out) == len(ids)
+    bad = [orjson.loads(x) for x in out if b'"bad-1"' in x][0]
+    assert bad["status"] == "rejected" and bad["reason"] == "invalid" and "$.lines" in bad["detail"]
+    dead = [orjson.loads(x) for x in onestock("deadletters", env=cli_env).stdout.splitlines()]
+    assert sorted(d["raw"] for d in dead) == sorted(x.decode() for x in GARBAGE[:4])
+    # Input is trimmed behind the outputs (whole stream nodes of <= 100 entries at a time).
+    assert store.backlog(store.shard_count()) <= 100 * store.shard_count() < len(lines)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_burst_then_resume_loses_and_duplicates_nothing(cli_env: dict[str, str], url: str) -> None:
+    onestock("catalog", "load", str(CATALOG), env=cli_env)
+    lines = burst_lines(40000, seed=9)
+    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
+    store = Store.connect(url)
+    for kill_at in (3000, 15000):
+        proc = start_run(cli_env, "--workers", "2")
+        wait_for(lambda: outcomes(store) >= kill_at or proc.poll() is not None, timeout=90)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert outcomes(store) < len(lines), "the burst drained before the kill: make it bigger"
+    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=180)
+    check_exactly_once(store, {orjson.loads(x)["order_id"] for x in lines}, dead=0)
+
+
+def test_sigterm_stops_cleanly_and_the_next_run_carries_on(cli_env: dict[str, str], url: str) -> None:
+    onestock("catalog", "load", str(CATALOG), env=cli_env)
+    first = burst_lines(2000, seed=4)
+    onestock("orders", "push", "-", input=b"\n".join(first), env=cli_env)
+    store = Store.connect(url)
+    proc = start_run(cli_env, "--workers", "2")
+    wait_for(lambda: outcomes(store) >= 500)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    second = burst_lines(1000, seed=5)
+    second = [x.replace(b"D11-", b"B-") for x in second]
+    onestock("orders", "push", "-", input=b"\n".join(second), env=cli_env)
+    onestock("run", "--until-drained", env=cli_env, timeout=120)
+    ids = {orjson.loads(x)["order_id"] for x in first + second}
+    check_exactly_once(store, ids, dead=0)
+
+
+@pytest.mark.slow
+def test_redis_restarted_under_a_running_dataflow(tmp_path: Path, home: Path) -> None:
+    server = RedisServer(tmp_path / "redis", persistent=True).start()
+    env = {"ONESTOCK_REDIS_URL": server.url, "ONESTOCK_HOME": str(home)}
+    try:
+        onestock("catalog", "load", str(CATALOG), env=env)
+        lines = burst_lines(6000, seed=6)
+        onestock("orders", "push", "-", input=b"\n".join(lines[:3000]), env=env)
+        store = Store.connect(server.url)
+        proc = start_run(env, "--workers", "2")
+        wait_for(lambda: outcomes(store) >= 3000, timeout=90)
+        server.stop()  # SIGTERM: the AOF is flushed, as in a planned restart
+        time.sleep(2.0)
+        server.start()
+        onestock("orders", "push", "-", input=b"\n".join(lines[3000:]), env=env)
+        store = Store.connect(server.url)
+        wait_for(lambda: outcomes(store) >= 6000, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        err = proc.stderr.read().decode()  # type: ignore[union-attr]
+        assert "unreachable" in err and "back" in err, err
+        check_exactly_once(store, {orjson.loads(x)["order_id"] for x in lines}, dead=0)
+    finally:
+        server.stop()
