@@ -7,6 +7,7 @@ everything else becomes a dead letter carrying the raw text and the reason.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import msgspec
@@ -102,8 +103,8 @@ def merge_lines(lines: list[Line]) -> list[Line]:
 def order_id_of(raw: bytes | str) -> str | None:
     """The usable order_id of a raw event, if it has one (used to pick its shard too)."""
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        obj = _loads_any(raw)
+    except (ValueError, RecursionError):
         return None
     if isinstance(obj, dict):
         oid = obj.get("order_id")
@@ -112,10 +113,22 @@ def order_id_of(raw: bytes | str) -> str | None:
     return None
 
 
+def _loads_any(raw: bytes | str) -> object:
+    """orjson, falling back to the stdlib for what orjson refuses (integers over 64 bits)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _classify_bad(raw: bytes | str, error: str) -> Decoded:
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        obj = _loads_any(raw)
+    except (ValueError, RecursionError) as exc:
         return Dead(text_of(raw), f"not JSON: {exc}")
     if not isinstance(obj, dict):
         return Dead(text_of(raw), f"not an object: a JSON {type(obj).__name__}")

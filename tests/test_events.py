@@ -13,7 +13,7 @@ from onestock import events
 from tests.helpers import order
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
@@ -108,3 +108,13 @@ def test_invalid_orders_are_rejected_with_a_detail_naming_the_field(change: dict
 def test_unknown_fields_are_ignored() -> None:
     d = events.decode(orjson.dumps({**GOOD, "coupon": "X", "customer": {"id": "c", "tier": 3}}))
     assert isinstance(d, events.Valid)
+
+
+def test_infinity_is_not_json_so_the_event_is_a_dead_letter() -> None:
+    d = events.decode(b'{"order_id": "i1", "channel": Infinity}')
+    assert isinstance(d, events.Dead) and "not JSON" in d.reason
+
+
+def test_integers_beyond_64_bits_still_leave_a_usable_order_id() -> None:
+    d = events.decode(b'{"order_id": "big", "channel": 123456789012345678901234567890}')
+    assert isinstance(d, events.Invalid) and "$.channel" in d.detail
