@@ -13,6 +13,9 @@
 -- below zero. The whole ARGV is validated before the first write (no rollback in Redis).
 local SEP = '\31'
 local MARKER = '\0sku'
+local FIELD = '[^' .. SEP .. ']+'
+local tonumber, byte, gmatch, concat, call = tonumber, string.byte, string.gmatch, table.concat, redis.call
+local SOLD_OUT, UNKNOWN, NO_PICKUP = 'R' .. SEP .. 'sold_out', 'R' .. SEP .. 'unknown_sku', 'R' .. SEP .. 'pickup_unavailable'
 
 local function bad(msg) return redis.error_reply('ERR decide.lua: ' .. msg) end
 
@@ -31,7 +34,7 @@ for o = 1, norders do
   if not spec or not ranking or #ranking % 2 ~= 0 then return bad('malformed order #' .. o) end
   p = p + 2
   local f = {}
-  for field in string.gmatch(spec, '[^' .. SEP .. ']+') do f[#f + 1] = field end
+  for field in gmatch(spec, FIELD) do f[#f + 1] = field end
   local oid, home, pickup = f[1], tonumber(f[2]), tonumber(f[3])
   if not oid or not home or not pickup or home < 1 or home > nskus or pickup < 0
      or pickup > nlocs or #f < 5 or #f % 2 ~= 1 then
@@ -50,29 +53,36 @@ end
 if p - 1 ~= #ARGV then return bad('trailing arguments') end
 
 -- Read each SKU's stock once; decide in Lua tables; write back only what changed.
-local stock, exists, dirty = {}, {}, {}
+-- total[s] (units over all locations) answers a sold-out order without scanning locations.
+local stock, exists, dirty, total = {}, {}, {}, {}
 for s = 1, nskus do
-  local flat = redis.call('HGETALL', KEYS[2 * s - 1])
-  local t = {}
-  for i = 1, #flat, 2 do t[flat[i]] = tonumber(flat[i + 1]) end
-  stock[s], exists[s], dirty[s] = t, t[MARKER] ~= nil, {}
+  local flat = call('HGETALL', KEYS[2 * s - 1])
+  local t, sum = {}, 0
+  for i = 1, #flat, 2 do
+    local q = tonumber(flat[i + 1])
+    t[flat[i]] = q
+    if flat[i] ~= MARKER and q > 0 then sum = sum + q end
+  end
+  stock[s], exists[s], dirty[s], total[s] = t, t[MARKER] ~= nil, {}, sum
 end
 
 local function take(allocs)
-  local parts = { 'A' }
-  for _, a in ipairs(allocs) do
+  local parts, n = { 'A' }, 1
+  for i = 1, #allocs do
+    local a = allocs[i]
     local s, loc, q = a[1], a[2], a[3]
     stock[s][loc] = stock[s][loc] - q
+    total[s] = total[s] - q
     dirty[s][loc] = true
-    parts[#parts + 1] = loc
-    parts[#parts + 1] = skus[s]
-    parts[#parts + 1] = q
+    parts[n + 1], parts[n + 2], parts[n + 3] = loc, skus[s], q
+    n = n + 3
   end
-  return table.concat(parts, SEP)
+  return concat(parts, SEP)
 end
 
 local function holds_all(loc, lines)
-  for _, ln in ipairs(lines) do
+  for i = 1, #lines do
+    local ln = lines[i]
     if (stock[ln[1]][loc] or 0) < ln[2] then return false end
   end
   return true
@@ -86,18 +96,21 @@ end
 
 local function decide_one(od)
   local pickup, ranking, lines = od[3], od[4], od[5]
-  for _, ln in ipairs(lines) do
-    if not exists[ln[1]] then return 'R' .. SEP .. 'unknown_sku' end
+  for i = 1, #lines do
+    if not exists[lines[i][1]] then return UNKNOWN end
   end
   if pickup > 0 then
     local loc = locs[pickup]
     if holds_all(loc, lines) then return whole(loc, lines) end
-    return 'R' .. SEP .. 'pickup_unavailable'
+    return NO_PICKUP
+  end
+  for i = 1, #lines do
+    if total[lines[i][1]] < lines[i][2] then return SOLD_OUT end
   end
   local ncand = #ranking / 2
   local cands = {}
   for i = 1, ncand do
-    local lo, hi = string.byte(ranking, 2 * i - 1, 2 * i)
+    local lo, hi = byte(ranking, 2 * i - 1, 2 * i)
     local loc = locs[lo + 256 * hi + 1]
     if loc then
       if holds_all(loc, lines) then return whole(loc, lines) end
@@ -118,7 +131,7 @@ local function decide_one(od)
         if need == 0 then break end
       end
     end
-    if need > 0 then return 'R' .. SEP .. 'sold_out' end
+    if need > 0 then return SOLD_OUT end
   end
   table.sort(allocs, function(a, b)
     if a[4] ~= b[4] then return a[4] < b[4] end
@@ -139,7 +152,7 @@ end
 local stored = {}
 for h, ids in pairs(ids_by_home) do
   for i = 1, #ids, CHUNK do
-    local got = redis.call('HMGET', KEYS[2 * h], unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+    local got = call('HMGET', KEYS[2 * h], unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
     for j = 1, #got do
       if got[j] then stored[ids[i + j - 1]] = got[j] end
     end
@@ -170,10 +183,10 @@ for s = 1, nskus do
     args[#args + 1] = loc
     args[#args + 1] = stock[s][loc]
   end
-  if #args > 0 then redis.call('HSET', KEYS[2 * s - 1], unpack(args)) end
+  if #args > 0 then call('HSET', KEYS[2 * s - 1], unpack(args)) end
   local rec = records[s]
   for i = 1, #rec, CHUNK do
-    redis.call('HSET', KEYS[2 * s], unpack(rec, i, math.min(i + CHUNK - 1, #rec)))
+    call('HSET', KEYS[2 * s], unpack(rec, i, math.min(i + CHUNK - 1, #rec)))
   end
 end
 return out
