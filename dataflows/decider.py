@@ -6,6 +6,7 @@ call ``Decider.process`` so the ceiling they are compared against does the same 
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,10 @@ from onestock.routing import Router
 from onestock.types import Catalog, Order
 from state import keys
 from state.store import Store, Waiter
+
+
+_HEAD = struct.Struct("<HHH")  # home SKU index, pickup location index (0 = ship), lines
+_LINE = struct.Struct("<HI")  # SKU index, qty
 
 
 class Decided(msgspec.Struct):
@@ -142,6 +147,7 @@ class Decider:
         return self.view.router.rank_batch(coords)  # type: ignore[arg-type]
 
     def _decide_slot(self, orders: list[Order], outcome: dict[str, str]) -> None:
+        """One decide.lua call; each order is its id and a binary spec (see the script)."""
         view = self.view
         sku_index: dict[str, int] = {}
         body: list[Any] = [len(orders)]
@@ -152,16 +158,17 @@ class Decider:
                 if ln.sku not in sku_index:
                     sku_index[ln.sku] = len(sku_index) + 1
             # The outcome lives with the order's smallest SKU name: the same key on every replay.
-            home = sku_index[min(ln.sku for ln in lines)]
-            spec = [o.order_id, str(home)]
+            home = sku_index[min(ln.sku for ln in lines)] if len(lines) > 1 else sku_index[lines[0].sku]
             if o.delivery.mode == "pickup":
-                spec.append(str(view.loc_index[o.delivery.store]))  # type: ignore[index]
+                head = _HEAD.pack(home, view.loc_index[o.delivery.store], len(lines))  # type: ignore[index]
                 ranking = b""
             else:
-                spec.append("0")
-            for ln in lines:
-                spec += [str(sku_index[ln.sku]), str(ln.qty)]
-            body += [SEP.join(spec), ranking]
+                head = _HEAD.pack(home, 0, len(lines))
+            if len(lines) == 1:
+                spec = head + _LINE.pack(sku_index[lines[0].sku], lines[0].qty) + ranking
+            else:
+                spec = head + b"".join(_LINE.pack(sku_index[ln.sku], ln.qty) for ln in lines) + ranking
+            body += [o.order_id, spec]
         skus = list(sku_index)
         args = [len(skus), len(view.router.ids), *skus, *view.router.ids, *body]
         results = self.wait.call(self.store.decide_slot, skus, args)

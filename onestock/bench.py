@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onestock import burst, harness
+from onestock.records import packed_records
 from onestock.settings import DEFAULT_SHARDS
 from state.store import Store
 
@@ -109,7 +110,7 @@ def run_bench(n: int, workers: int, out: Path | None) -> Figures:
         flow_s = time.perf_counter() - t0
         calls, avg_us, slow, slowest = _script_stats(store)
         growth = (store.memory_used() - before) / 2**20
-        decided = [int(f[b"v"].split(b"\x1f")[5]) for f in _outputs(store)]
+        decided = [int(p.split("\x1f")[5]) for f in _outputs(store) for p in packed_records(f)]
         drain_s = (max(decided) - min(decided)) / 1000 if decided else flow_s
     figs = Figures(
         orders=n, workers=workers,

@@ -37,8 +37,13 @@ def demo_catalog() -> Catalog:
     return catalog_decoder.decode(demo_catalog_bytes())
 
 
-def orders(n: int, catalog: Catalog, *, seed: int = 11, garbage: float = 0.001) -> Iterator[bytes]:
-    """``n`` raw events (JSON bytes), paid over the first minutes after midnight."""
+def orders(n: int, catalog: Catalog, *, seed: int = 11, garbage: float = 0.001,
+           baskets: float = 0.2) -> Iterator[bytes]:
+    """``n`` raw events (JSON bytes), paid over the first minutes after midnight.
+
+    Mix: ``baskets`` two-SKU orders, 5% one line of another SKU, the rest one unit of the
+    hot SKU; 5% in-store pickups; ``garbage`` lines the pipeline must survive.
+    """
     rnd = random.Random(seed)
     skus = [s.sku for s in catalog.skus]
     hot = skus[0]
@@ -50,7 +55,7 @@ def orders(n: int, catalog: Catalog, *, seed: int = 11, garbage: float = 0.001) 
             continue
         lat, lon = rnd.choice(CITIES)
         r = rnd.random()
-        if r < 0.75:
+        if r < 0.95 - baskets:
             lines = [{"sku": hot, "qty": 1}]
         elif r < 0.95:
             lines = [{"sku": s, "qty": rnd.randint(1, 2)} for s in rnd.sample(skus, 2)]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from onestock import burst, ops
 from onestock.settings import DEFAULT_SHARDS
-from state import keys
 from state.server import RedisServer
 from state.store import Store
 
@@ -52,7 +51,7 @@ def push(store: Store, lines: list[bytes], shards: int = DEFAULT_SHARDS,
 
 
 def outcomes(store: Store, shards: int = DEFAULT_SHARDS) -> int:
-    return store.count(keys.outbox, shards) + store.count(keys.deadbox, shards)
+    return sum(store.outcome_counts(shards))
 
 
 def start_dataflow(url: str, home: Path, workers: int, *, until_drained: bool) -> subprocess.Popen[bytes]:

@@ -14,7 +14,13 @@ import msgspec
 from onestock import catalog as catalogs
 from onestock.errors import OnestockError
 from onestock.events import order_id_of
-from onestock.records import SEP, dead_from_entry, encode_record, record_from_entry, record_from_packed
+from onestock.records import (
+    SEP,
+    dead_from_entry,
+    encode_record,
+    packed_records,
+    record_from_packed,
+)
 from onestock.settings import Settings
 from onestock.types import Catalog, FulfilmentRecord, json_encoder
 from state import keys
@@ -83,7 +89,8 @@ def shards_for_run(store: Store, settings: Settings) -> int:
 
 def records(store: Store, shards: int) -> Iterator[FulfilmentRecord]:
     for fields in store.entries(keys.outbox, shards):
-        yield record_from_entry(fields)
+        for packed in packed_records(fields):
+            yield record_from_packed(packed)
 
 
 def write_records(store: Store, shards: int, out: IO[bytes]) -> int:
@@ -148,9 +155,8 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
     dup = accepted = n = 0
     lat: list[int] = []
     first, last = 2**63, 0
-    for fields in store.entries(keys.outbox, shards):
+    for packed in (p for f in store.entries(keys.outbox, shards) for p in packed_records(f)):
         n += 1
-        packed = fields[b"v"].decode()
         oid, _, _, _, received_s, decided_s, _ = packed.split(SEP, 6)
         dup += oid in seen
         seen.add(oid)
@@ -172,5 +178,5 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
             expect = locs.get(loc, 0) - shipped[(sku, loc)]
             have = now.get(sku, {}).get(loc, 0)
             oversold += max(0, -have) + abs(expect - have)
-    dead = store.count(keys.deadbox, shards)
+    dead = store.outcome_counts(shards)[1]
     return Audit(n, accepted, rejected, dead, dup, oversold, lat, first, last)

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 
 from onestock.types import DeadLetter, FulfilmentRecord, Shipment, ShipLine, json_encoder
 
-SEP = "\x1f"
+SEP = "\x1f"  # between the fields of one record or outcome
+RS = "\x1e"  # between the records of one output stream entry
 
 
 
@@ -22,7 +23,9 @@ def pack(oid: str, channel: str, paid: str, mode: str, received_ms: str, decided
 
 
 def _clean(text: str) -> str:
-    return text.replace(SEP, "\ufffd") if SEP in text else text
+    if SEP in text or RS in text:
+        return text.replace(SEP, "\ufffd").replace(RS, "\ufffd")
+    return text
 
 
 def rejected(reason: str, detail: str | None = None) -> str:
@@ -72,8 +75,9 @@ def record_from_packed(packed: str) -> FulfilmentRecord:
     )
 
 
-def record_from_entry(fields: dict[bytes, bytes]) -> FulfilmentRecord:
-    return record_from_packed(fields[b"v"].decode())
+def packed_records(fields: dict[bytes, bytes]) -> list[str]:
+    """The packed records of one output stream entry (one decided batch)."""
+    return fields[b"v"].decode().split(RS)
 
 
 def encode_record(rec: FulfilmentRecord) -> bytes:

@@ -38,6 +38,10 @@ def emitted(shard: int) -> str:
     return f"{shard_tag(shard)}:done"
 
 
+def counters(shard: int) -> str:
+    return f"{shard_tag(shard)}:counts"
+
+
 def watermark(shard: int) -> str:
     return f"{shard_tag(shard)}:wm"
 

@@ -239,9 +239,21 @@ class Store:
                 keys.deadbox(shard),
                 keys.inbox(shard),
                 keys.watermark(shard),
+                keys.counters(shard),
             ],
             args=args,
         )
+
+    def outcome_counts(self, shards: int) -> tuple[int, int]:
+        """(records, dead letters) written so far over all shards."""
+        pipe = self.r.pipeline(transaction=False)
+        for s in range(shards):
+            pipe.hmget(keys.counters(s), ["records", "dead"])
+        recs = dead = 0
+        for r, d in pipe.execute():
+            recs += int(r or 0)
+            dead += int(d or 0)
+        return recs, dead
 
     def entries(self, stream_of: Callable[[int], str], shards: int) -> Iterator[dict[bytes, bytes]]:
         """Every entry of a per-shard output stream, merged across shards in entry-id order."""

@@ -9,7 +9,7 @@ import orjson
 
 from dataflows.decider import Decider
 from onestock import ops
-from onestock.records import record_from_packed
+from onestock.records import packed_records, record_from_packed
 from onestock.types import FulfilmentRecord
 from state import keys
 from state.store import Store
@@ -47,7 +47,7 @@ def decide(store: Store, events: list[Any], shard: int = 0, decider: Decider | N
     out = d.process(shard, entries)
     d.emit(out)
     rows = store.r.xrange(keys.outbox(shard), "-", "+")[before:]
-    return [record_from_packed(f[b"v"].decode()) for _, f in rows], out.dead
+    return [record_from_packed(p) for _, f in rows for p in packed_records(f)], out.dead
 
 
 def stock(store: Store, sku: str) -> dict[str, int]:

@@ -46,10 +46,7 @@ def wait_for(cond, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-de
 
 
 def outcomes(store: Store) -> int:
-    k = store.shard_count()
-    from state import keys
-
-    return store.count(keys.outbox, k) + store.count(keys.deadbox, k)
+    return sum(store.outcome_counts(store.shard_count()))
 
 
 def check_exactly_once(store: Store, order_ids: set[str], dead: int) -> None:

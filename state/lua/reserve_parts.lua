@@ -36,32 +36,68 @@ for o = 1, norders do
 end
 if p - 1 ~= #ARGV then return bad('trailing arguments') end
 
-local out = {}
+-- Batch the Redis work: one HMGET per parts hash, one HGETALL per SKU, decisions on Lua
+-- tables, then one HSET per stock hash and per parts hash.
+local call, unpack = redis.call, unpack
+local done, by_home = {}, {}
+for _, od in ipairs(orders) do
+  local ids = by_home[od[2]]
+  if not ids then ids = {}; by_home[od[2]] = ids end
+  ids[#ids + 1] = od[1]
+end
+for h, ids in pairs(by_home) do
+  local got = call('HMGET', KEYS[2 * h], unpack(ids))
+  for k = 1, #ids do
+    if got[k] then done[ids[k]] = true end
+  end
+end
+local stock, dirty = {}, {}
+for s = 1, nskus do
+  local flat = call('HGETALL', KEYS[2 * s - 1])
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = tonumber(flat[i + 1]) end
+  stock[s], dirty[s] = t, {}
+end
+
+local out, parts = {}, {}
+for s = 1, nskus do parts[s] = {} end
 for o, od in ipairs(orders) do
   local oid, home, allocs = od[1], od[2], od[3]
-  if redis.call('HEXISTS', KEYS[2 * home], oid) == 1 then
+  if done[oid] then
     out[o] = 2
   else
     local need, ok = {}, true
     for _, a in ipairs(allocs) do
       local k = a[1] .. SEP .. a[2]
       need[k] = (need[k] or 0) + a[3]
-      local have = tonumber(redis.call('HGET', KEYS[2 * a[1] - 1], a[2]) or '0')
-      if have < need[k] then ok = false; break end
+      if (stock[a[1]][a[2]] or 0) < need[k] then ok = false; break end
     end
     if ok then
       local stored = {}
       for _, a in ipairs(allocs) do
-        redis.call('HINCRBY', KEYS[2 * a[1] - 1], a[2], -a[3])
+        stock[a[1]][a[2]] = stock[a[1]][a[2]] - a[3]
+        dirty[a[1]][a[2]] = true
         stored[#stored + 1] = a[2]
         stored[#stored + 1] = names[a[1]]
         stored[#stored + 1] = a[3]
       end
-      redis.call('HSET', KEYS[2 * home], oid, table.concat(stored, SEP))
+      local rec = parts[home]
+      rec[#rec + 1] = oid
+      rec[#rec + 1] = table.concat(stored, SEP)
+      done[oid] = true
       out[o] = 1
     else
       out[o] = 0
     end
   end
+end
+for s = 1, nskus do
+  local args = {}
+  for loc in pairs(dirty[s]) do
+    args[#args + 1] = loc
+    args[#args + 1] = stock[s][loc]
+  end
+  if #args > 0 then call('HSET', KEYS[2 * s - 1], unpack(args)) end
+  if #parts[s] > 0 then call('HSET', KEYS[2 * s], unpack(parts[s])) end
 end
 return out
