@@ -18,7 +18,7 @@ from dataflows.cross_slot import decide_cross
 from onestock.records import SEP, pack, rejected
 from onestock.routing import Router
 from onestock.types import Catalog, Order
-from state import keys
+from state.keys import sku_slot
 from state.store import Store, Waiter
 
 
@@ -31,7 +31,7 @@ class Decided(msgspec.Struct):
 
     shard: int
     last_id: str
-    records: list[list[str]]  # [order_id, registry value, packed record]
+    records: list[str]  # flat: order_id, registry value, packed record, order_id, ...
     dead: list[list[Any]]  # [entry id, raw text, reason]
 
 
@@ -67,12 +67,14 @@ class Decider:
         decided = str(int(time.time() * 1000))
         firsts: dict[str, tuple[str, events.Decoded]] = {}
         dead: list[list[Any]] = []
+        decode, Dead, Valid = events.decode, events.Dead, events.Valid
         for eid, raw in entries:
-            d = events.decode(raw)
-            if isinstance(d, events.Dead):
-                dead.append([eid, d.raw, d.reason])
+            d = decode(raw)
+            cls = d.__class__
+            if cls is Dead:
+                dead.append([eid, d.raw, d.reason])  # type: ignore[union-attr]
                 continue
-            oid = d.order.order_id if isinstance(d, events.Valid) else d.order_id
+            oid = d.order.order_id if cls is Valid else d.order_id  # type: ignore[union-attr]
             if oid not in firsts:  # a later copy in the same batch changes nothing
                 firsts[oid] = (eid, d)
         ids = list(firsts)
@@ -85,17 +87,21 @@ class Decider:
                 del firsts[oid]
                 continue
             d = firsts[oid][1]
-            if isinstance(d, events.Invalid):
-                outcome[oid] = rejected("invalid", d.detail)
+            if d.__class__ is not Valid:
+                outcome[oid] = rejected("invalid", d.detail)  # type: ignore[union-attr]
                 continue
             o = d.order  # type: ignore[union-attr]
             reason = self._precheck(o)
             if reason is not None:
                 outcome[oid] = reason
                 continue
-            slots = {keys.sku_slot(ln.sku) for ln in o.lines}
-            if len(slots) == 1:
-                slot_orders.setdefault(slots.pop(), []).append(o)
+            lines = o.lines
+            slot = sku_slot(lines[0].sku)
+            if len(lines) == 1 or all(sku_slot(ln.sku) == slot for ln in lines):
+                group = slot_orders.get(slot)
+                if group is None:
+                    group = slot_orders[slot] = []
+                group.append(o)
             else:
                 cross.append(o)
         for group in slot_orders.values():
@@ -104,17 +110,17 @@ class Decider:
             router = self.view.router
             rankings = [router.decode(r) for r in self._rankings(cross)]
             decide_cross(self.store, self.wait.call, cross, rankings, outcome)
-        records = []
+        records: list[str] = []
+        add = records.extend
         for oid, (eid, d) in firsts.items():
             res = outcome[oid]
-            if isinstance(d, events.Valid):
-                o = d.order
+            if d.__class__ is Valid:
+                o = d.order  # type: ignore[union-attr]
                 channel, paid, mode = o.channel, o.paid_at, o.delivery.mode
             else:
                 channel, paid, mode = d.channel or "", d.paid_at or "", "ship"  # type: ignore[union-attr]
-            registry = res if res[0] == "A" else "R"
             received = eid.partition("-")[0]
-            records.append([oid, registry, pack(oid, channel, paid, mode, received, decided, res)])
+            add((oid, res if res[0] == "A" else "R", pack(oid, channel, paid, mode, received, decided, res)))
         last_id = entries[-1][0] if entries else "0-0"
         return Decided(shard, last_id, records, dead)
 

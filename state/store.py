@@ -208,10 +208,17 @@ class Store:
 
     def read_parts(self, wanted: list[tuple[str, str]]) -> list[bytes | None]:
         """The stored part of each (order id, home SKU), None where nothing is reserved."""
+        by_home: dict[str, list[int]] = {}
+        for i, (_, home) in enumerate(wanted):
+            by_home.setdefault(home, []).append(i)
         pipe = self.r.pipeline(transaction=False)
-        for oid, home in wanted:
-            pipe.hget(keys.parts(home), oid)
-        return pipe.execute()  # type: ignore[no-any-return]
+        for home, idx in by_home.items():
+            pipe.hmget(keys.parts(home), [wanted[i][0] for i in idx])
+        out: list[bytes | None] = [None] * len(wanted)
+        for idx, got in zip(by_home.values(), pipe.execute()):
+            for i, value in zip(idx, got):
+                out[i] = value
+        return out
 
     # -- outputs ---------------------------------------------------------------------------
 
@@ -221,15 +228,13 @@ class Store:
         found = self.r.hmget(keys.emitted(shard), order_ids)
         return [v is not None for v in found]
 
-    def emit(self, shard: int, last_id: str, records: list[list[str]], dead: list[list[str]]) -> None:
+    def emit(self, shard: int, last_id: str, records: list[str], dead: list[list[str]]) -> None:
         """Write a decided batch exactly once and advance the shard's trim watermark.
 
-        ``records``: [order_id, registry value, packed record]; ``dead``: [entry id, raw, reason].
+        ``records`` is flat: order_id, registry value, packed record, order_id, ...;
+        ``dead``: [entry id, raw, reason] each.
         """
-        args: list[Any] = [last_id, len(records)]
-        for rec in records:
-            args += rec
-        args.append(len(dead))
+        args: list[Any] = [last_id, len(records) // 3, *records, len(dead)]
         for d in dead:
             args += d
         self._emit(
