@@ -32,7 +32,10 @@ def sh(*cmd: str | Path) -> None:
 
 def ensure_venv() -> None:
     if sys.version_info[:2] not in ((3, 11), (3, 12)):
-        sys.exit(f"dev.py: onestock needs Python 3.11 or 3.12 (Bytewax 0.21.1 wheels); this is {sys.version.split()[0]}")
+        sys.exit(
+            "dev.py: onestock needs Python 3.11 or 3.12 (Bytewax 0.21.1 wheels); "
+            f"this is {sys.version.split()[0]}"
+        )
     want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == want and PY.exists():
         return

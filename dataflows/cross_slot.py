@@ -45,7 +45,9 @@ def accepted(allocs: list[Allocation]) -> str:
     return SEP.join(["A", *(f"{loc}{SEP}{sku}{SEP}{qty}" for loc, sku, qty in allocs)])
 
 
-def _slot_args(batch: list[tuple[_Item, int, list[Allocation] | None]]) -> tuple[list[str], list[Any]]:
+def _slot_args(
+    batch: list[tuple[_Item, int, list[Allocation] | None]],
+) -> tuple[list[str], list[Any]]:
     """ARGV for reserve_parts/release_parts on one slot: SKU table, then per-order entries."""
     names: dict[str, int] = {}
     for item, slot, _ in batch:
@@ -78,7 +80,7 @@ def decide_cross(
     outcome: dict[str, str],
 ) -> None:
     """Decide cross-slot orders into ``outcome``; ``call`` wraps Redis calls (retry on outage)."""
-    items = [_Item(o, r) for o, r in zip(orders, rankings)]
+    items = [_Item(o, r) for o, r in zip(orders, rankings, strict=True)]
     wanted = [(it.order.order_id, skus[0]) for it in items for skus in it.slots.values()]
     found = iter(call(store.read_parts, wanted))
     pending, partial = [], []
@@ -125,7 +127,7 @@ def _attempt(
     failed: dict[str, _Item] = {}
     for batch in by_slot.values():
         statuses = call(store.reserve_parts, *_slot_args(batch))  # type: ignore[arg-type]
-        for (it, _, _), status in zip(batch, statuses):
+        for (it, _, _), status in zip(batch, statuses, strict=True):
             if status == 0:
                 failed[it.order.order_id] = it
     if failed:

@@ -13,14 +13,13 @@ from typing import Any
 
 import msgspec
 
-from onestock import events
 from dataflows.cross_slot import decide_cross
-from onestock.records import SEP, pack, rejected
+from onestock import events
+from onestock.records import pack, rejected
 from onestock.routing import Router
 from onestock.types import Catalog, Order
 from state.keys import sku_slot
 from state.store import Store, Waiter
-
 
 _HEAD = struct.Struct("<HHH")  # home SKU index, pickup location index (0 = ship), lines
 _LINE = struct.Struct("<HI")  # SKU index, qty
@@ -48,8 +47,12 @@ class _View:
 
 
 class Decider:
-    def __init__(self, store: Store, say: Callable[[str], None] = print,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        say: Callable[[str], None] = print,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.store = store
         self.wait = Waiter(say, stopping)
         self.version = -1
@@ -82,7 +85,7 @@ class Decider:
         outcome: dict[str, str] = {}
         slot_orders: dict[int, list[Order]] = {}
         cross: list[Order] = []
-        for oid, seen in zip(ids, done):
+        for oid, seen in zip(ids, done, strict=True):
             if seen:  # replay of an order whose record exists: skip it entirely
                 del firsts[oid]
                 continue
@@ -120,7 +123,13 @@ class Decider:
             else:
                 channel, paid, mode = d.channel or "", d.paid_at or "", "ship"  # type: ignore[union-attr]
             received = eid.partition("-")[0]
-            add((oid, res if res[0] == "A" else "R", pack(oid, channel, paid, mode, received, decided, res)))
+            add(
+                (
+                    oid,
+                    res if res[0] == "A" else "R",
+                    pack(oid, channel, paid, mode, received, decided, res),
+                )
+            )
         last_id = entries[-1][0] if entries else "0-0"
         return Decided(shard, last_id, records, dead)
 
@@ -140,15 +149,16 @@ class Decider:
         if o.delivery.mode == "pickup":
             store = o.delivery.store
             if store not in view.locations:
-                return rejected("invalid", f"delivery.store: unknown location {store!r} - at `$.delivery.store`")
+                return rejected(
+                    "invalid", f"delivery.store: unknown location {store!r} - at `$.delivery.store`"
+                )
             if store not in view.router.pickup:
                 return rejected("pickup_unavailable")
         return None
 
     def _rankings(self, orders: list[Order]) -> list[bytes]:
         coords = [
-            (o.customer.lat, o.customer.lon) if o.customer.lat is not None else None
-            for o in orders
+            (o.customer.lat, o.customer.lon) if o.customer.lat is not None else None for o in orders
         ]
         return self.view.router.rank_batch(coords)  # type: ignore[arg-type]
 
@@ -158,13 +168,17 @@ class Decider:
         sku_index: dict[str, int] = {}
         body: list[Any] = [len(orders)]
         rankings = self._rankings(orders)
-        for o, ranking in zip(orders, rankings):
+        for o, ranking in zip(orders, rankings, strict=True):
             lines = o.lines
             for ln in lines:
                 if ln.sku not in sku_index:
                     sku_index[ln.sku] = len(sku_index) + 1
             # The outcome lives with the order's smallest SKU name: the same key on every replay.
-            home = sku_index[min(ln.sku for ln in lines)] if len(lines) > 1 else sku_index[lines[0].sku]
+            home = (
+                sku_index[min(ln.sku for ln in lines)]
+                if len(lines) > 1
+                else sku_index[lines[0].sku]
+            )
             if o.delivery.mode == "pickup":
                 head = _HEAD.pack(home, view.loc_index[o.delivery.store], len(lines))  # type: ignore[index]
                 ranking = b""
@@ -173,10 +187,12 @@ class Decider:
             if len(lines) == 1:
                 spec = head + _LINE.pack(sku_index[lines[0].sku], lines[0].qty) + ranking
             else:
-                spec = head + b"".join(_LINE.pack(sku_index[ln.sku], ln.qty) for ln in lines) + ranking
+                spec = (
+                    head + b"".join(_LINE.pack(sku_index[ln.sku], ln.qty) for ln in lines) + ranking
+                )
             body += [o.order_id, spec]
         skus = list(sku_index)
         args = [len(skus), len(view.router.ids), *skus, *view.router.ids, *body]
         results = self.wait.call(self.store.decide_slot, skus, args)
-        for o, res in zip(orders, results):
+        for o, res in zip(orders, results, strict=True):
             outcome[o.order_id] = res.decode()

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from onestock import burst, harness
 from onestock.records import packed_records
-from onestock.settings import DEFAULT_SHARDS
+from onestock.settings import DEFAULT_SHARDS, Settings
 from state.store import Store
 
 SLOW_US = 5000  # script calls slower than this are counted (target: well under 10 ms)
@@ -65,7 +65,10 @@ def bare_loop(url: str, workers: int, batch: int = 500) -> float:
     """Seconds for W plain processes to drain every shard."""
     ctx = mp.get_context("spawn")
     shards = list(range(DEFAULT_SHARDS))
-    procs = [ctx.Process(target=_bare_worker, args=(url, shards[i::workers], batch)) for i in range(workers)]
+    procs = [
+        ctx.Process(target=_bare_worker, args=(url, shards[i::workers], batch))
+        for i in range(workers)
+    ]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
@@ -99,7 +102,7 @@ def run_bench(n: int, workers: int, out: Path | None) -> Figures:
 
         console.print("bare loop ...")
         prepare()
-        bare_s = bare_loop(server.url, workers)
+        bare_s = bare_loop(server.url, workers, Settings.from_env().batch_size)
 
         console.print("dataflow ...")
         before = prepare()
@@ -123,8 +126,12 @@ def run_bench(n: int, workers: int, out: Path | None) -> Figures:
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("bare loop (ceiling), orders/s", f"{figs.bare_orders_per_s:,.0f}")
-    table.add_row("dataflow, orders/s (process start to exit)", f"{figs.dataflow_orders_per_s:,.0f}")
-    table.add_row("dataflow, orders/s (first to last decision)", f"{figs.dataflow_drain_orders_per_s:,.0f}")
+    table.add_row(
+        "dataflow, orders/s (process start to exit)", f"{figs.dataflow_orders_per_s:,.0f}"
+    )
+    table.add_row(
+        "dataflow, orders/s (first to last decision)", f"{figs.dataflow_drain_orders_per_s:,.0f}"
+    )
     table.add_row("ratio dataflow / bare (wall)", f"{figs.ratio:.2f}")
     table.add_row("Redis memory growth, MB", f"{figs.memory_growth_mb:,.1f}")
     table.add_row("Lua calls, mean us", f"{calls:,} x {avg_us:,.0f}")

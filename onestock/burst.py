@@ -37,8 +37,9 @@ def demo_catalog() -> Catalog:
     return catalog_decoder.decode(demo_catalog_bytes())
 
 
-def orders(n: int, catalog: Catalog, *, seed: int = 11, garbage: float = 0.001,
-           baskets: float = 0.2) -> Iterator[bytes]:
+def orders(
+    n: int, catalog: Catalog, *, seed: int = 11, garbage: float = 0.001, baskets: float = 0.2
+) -> Iterator[bytes]:
     """``n`` raw events (JSON bytes), paid over the first minutes after midnight.
 
     Mix: ``baskets`` two-SKU orders, 5% one line of another SKU, the rest one unit of the

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Annotated, Iterator
+from typing import IO, Annotated
 
 import msgspec
 import redis
@@ -19,8 +20,12 @@ from onestock.errors import OnestockError
 from onestock.settings import Settings
 from state.server import stop_embedded
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="One inventory for every sales channel, decided at flash-sale peaks.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="One inventory for every sales channel, decided at flash-sale peaks.",
+)
 catalog_app = typer.Typer(no_args_is_help=True, help="Catalog: channels, locations, SKUs, stock.")
 orders_app = typer.Typer(no_args_is_help=True, help="Order events onto the input stream.")
 redis_app = typer.Typer(no_args_is_help=True, help="The embedded Redis server under ONESTOCK_HOME.")
@@ -29,8 +34,14 @@ app.add_typer(orders_app, name="orders")
 app.add_typer(redis_app, name="redis")
 err = Console(stderr=True)
 
-RedisUrl = Annotated[str | None, typer.Option("--redis-url", envvar="ONESTOCK_REDIS_URL",
-                     help="Redis (or Redis Cluster node) URL; default: the embedded server.")]
+RedisUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url",
+        envvar="ONESTOCK_REDIS_URL",
+        help="Redis (or Redis Cluster node) URL; default: the embedded server.",
+    ),
+]
 Out = Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")]
 
 
@@ -56,15 +67,19 @@ def catalog_load(path: Path, redis_url: RedisUrl = None) -> None:
     """Validate the whole catalog, then load it (SKUs it names get their stock replaced)."""
     store = ops.open_store(_settings(redis_url))
     cat = ops.load_catalog(store, path)
-    err.print(f"loaded {path}: {len(cat.skus)} SKUs, {len(cat.locations)} locations, "
-              f"{len(cat.channels)} channels")
+    err.print(
+        f"loaded {path}: {len(cat.skus)} SKUs, {len(cat.locations)} locations, "
+        f"{len(cat.channels)} channels"
+    )
 
 
 @orders_app.command("push")
 def orders_push(
     path: Annotated[str, typer.Argument(help="JSON Lines file, or - for stdin.")],
     redis_url: RedisUrl = None,
-    shards: Annotated[int | None, typer.Option(help="Input shards K (fixed by the first push).")] = None,
+    shards: Annotated[
+        int | None, typer.Option(help="Input shards K (fixed by the first push).")
+    ] = None,
 ) -> None:
     """Append order events, as-is, one per line (blank lines are skipped)."""
     store = ops.open_store(_settings(redis_url))
@@ -83,7 +98,9 @@ def orders_push(
 @app.command("run")
 def run(
     redis_url: RedisUrl = None,
-    until_drained: Annotated[bool, typer.Option(help="Exit 0 once every pushed event has its outcome.")] = False,
+    until_drained: Annotated[
+        bool, typer.Option(help="Exit 0 once every pushed event has its outcome.")
+    ] = False,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default 2).")] = None,
 ) -> None:
     """Run the Bytewax dataflow (recovery on: a killed run resumes without loss or duplicates)."""
@@ -96,7 +113,9 @@ def run(
     store = ops.Store.connect(url)
     settings = replace(settings, redis_url=url, shards=ops.shards_for_run(store, settings))
     if settings.workers > settings.shards:
-        raise OnestockError(f"--workers {settings.workers} exceeds the {settings.shards} input shards")
+        raise OnestockError(
+            f"--workers {settings.workers} exceeds the {settings.shards} input shards"
+        )
     rc = run_flow(url, ops.instance_id(store), settings, until_drained=until_drained)
     raise typer.Exit(rc if rc >= 0 else 1)
 
@@ -152,7 +171,7 @@ def demo(
     orders: Annotated[int, typer.Option("--orders", help="Orders in the burst.")] = 200_000,
     workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = 2,
 ) -> None:
-    """Self-contained: embedded Redis, demo catalog, a flash-sale burst through the real pipeline."""
+    """Self-contained: own Redis, demo catalog, a flash-sale burst through the real pipeline."""
     from onestock.demo_run import run_demo
 
     raise typer.Exit(run_demo(orders, workers))

@@ -32,7 +32,12 @@ def run_demo(n: int, workers: int) -> int:
         loaded = harness.reset(store)
         lines = list(burst.orders(n, burst.demo_catalog()))
         proc = harness.start_dataflow(server.url, home, workers, until_drained=False)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=console) as bar:
             pushed = bar.add_task("pushed ", total=n)
             decided = bar.add_task("decided", total=n)
@@ -51,12 +56,19 @@ def run_demo(n: int, workers: int) -> int:
     table.add_row("dead letters", f"{audit.dead:,}")
     table.add_row("gifts awarded", "0 (no campaign in the demo catalog)")
     table.add_row("orders/s (push to last decision)", f"{n / elapsed:,.0f}")
-    table.add_row("latency p50 / p99 (received -> decided)",
-                  f"{_pct(audit.latencies_ms, 0.5)} ms / {_pct(audit.latencies_ms, 0.99)} ms")
+    table.add_row(
+        "latency p50 / p99 (received -> decided)",
+        f"{_pct(audit.latencies_ms, 0.5)} ms / {_pct(audit.latencies_ms, 0.99)} ms",
+    )
     table.add_row("duplicate records", str(audit.duplicates))
     table.add_row("oversell", str(audit.oversold))
     console.print(table)
-    ok = rc == 0 and audit.oversold == 0 and audit.duplicates == 0 and audit.records + audit.dead == n
+    ok = (
+        rc == 0
+        and audit.oversold == 0
+        and audit.duplicates == 0
+        and audit.records + audit.dead == n
+    )
     if not ok:
         console.print("[red]demo failed: see the figures above[/]")
     return 0 if ok else 1

@@ -41,8 +41,13 @@ def reset(store: Store, shards: int = DEFAULT_SHARDS) -> dict[str, dict[str, int
     return {s.sku: dict(s.stock) for s in cat.skus}
 
 
-def push(store: Store, lines: list[bytes], shards: int = DEFAULT_SHARDS,
-         progress: Callable[[int], None] | None = None, chunk: int = 20_000) -> None:
+def push(
+    store: Store,
+    lines: list[bytes],
+    shards: int = DEFAULT_SHARDS,
+    progress: Callable[[int], None] | None = None,
+    chunk: int = 20_000,
+) -> None:
     for i in range(0, len(lines), chunk):
         part = lines[i : i + chunk]
         store.push((ops.shard_of(raw, shards), raw) for raw in part)
@@ -54,7 +59,9 @@ def outcomes(store: Store, shards: int = DEFAULT_SHARDS) -> int:
     return sum(store.outcome_counts(shards))
 
 
-def start_dataflow(url: str, home: Path, workers: int, *, until_drained: bool) -> subprocess.Popen[bytes]:
+def start_dataflow(
+    url: str, home: Path, workers: int, *, until_drained: bool
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "ONESTOCK_REDIS_URL": url, "ONESTOCK_HOME": str(home)}
     args = [sys.executable, "-m", "onestock", "run", "--workers", str(workers)]
     if until_drained:
@@ -68,8 +75,9 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait(timeout=120)
 
 
-def wait_outcomes(store: Store, n: int, proc: subprocess.Popen[bytes],
-                  tick: Callable[[int], None] | None = None) -> None:
+def wait_outcomes(
+    store: Store, n: int, proc: subprocess.Popen[bytes], tick: Callable[[int], None] | None = None
+) -> None:
     """Block until ``n`` events have outcomes (or the dataflow died)."""
     done = 0
     while done < n:

@@ -68,7 +68,7 @@ def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
 
 def push(store: Store, lines: Iterable[bytes], shards: int | None = None) -> int:
     k = store.shard_count(shards) if shards else _shards_or_default(store)
-    return store.push(((shard_of(raw, k), raw) for raw in lines))
+    return store.push((shard_of(raw, k), raw) for raw in lines)
 
 
 def _shards_or_default(store: Store) -> int:

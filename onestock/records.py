@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from onestock.types import DeadLetter, FulfilmentRecord, Shipment, ShipLine, json_encoder
+from onestock.types import DeadLetter, FulfilmentRecord, ShipLine, Shipment, json_encoder
 
 SEP = "\x1f"  # between the fields of one record or outcome
 RS = "\x1e"  # between the records of one output stream entry
 
 
-
-def pack(oid: str, channel: str, paid: str, mode: str, received_ms: str, decided_ms: str,
-         outcome: str) -> str:
+def pack(
+    oid: str, channel: str, paid: str, mode: str, received_ms: str, decided_ms: str, outcome: str
+) -> str:
     """One output stream entry (field ``v``); the outcome goes last since it holds SEPs."""
     return SEP.join((oid, _clean(channel), _clean(paid), mode, received_ms, decided_ms, outcome))
 
@@ -89,4 +89,6 @@ def encode_record(rec: FulfilmentRecord) -> bytes:
 
 
 def dead_from_entry(fields: dict[bytes, bytes]) -> DeadLetter:
-    return DeadLetter(raw=fields[b"raw"].decode(errors="replace"), reason=fields[b"reason"].decode())
+    return DeadLetter(
+        raw=fields[b"raw"].decode(errors="replace"), reason=fields[b"reason"].decode()
+    )

@@ -57,7 +57,7 @@ class Router:
         lat = np.fromiter((coords[i][0] for i in idx), dtype=np.float64, count=len(idx))  # type: ignore[index]
         lon = np.fromiter((coords[i][1] for i in idx), dtype=np.float64, count=len(idx))  # type: ignore[index]
         order = np.argsort(self.distances_km(lat, lon), axis=1, kind="stable").astype("<u2")
-        for row, i in zip(order, idx):
+        for row, i in zip(order, idx, strict=True):
             out[i] = row.tobytes()
         return out
 

@@ -111,12 +111,20 @@ class RedisServer:
         while True:
             if self.proc is not None and self.proc.poll() is not None:
                 log = self.home / "redis.log"
-                tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-                raise OnestockError(f"redis-server exited at start: {' '.join(tail) or self.binary}")
+                tail = (
+                    log.read_text(errors="replace").strip().splitlines()[-1:]
+                    if log.exists()
+                    else []
+                )
+                raise OnestockError(
+                    f"redis-server exited at start: {' '.join(tail) or self.binary}"
+                )
             if self.ping():
                 return
             if time.monotonic() > deadline:
-                raise OnestockError(f"redis-server did not answer within {timeout:.0f}s at {self.url}")
+                raise OnestockError(
+                    f"redis-server did not answer within {timeout:.0f}s at {self.url}"
+                )
             time.sleep(0.02)
 
     def ping(self) -> bool:

@@ -126,7 +126,7 @@ class Store:
         for sku in skus:
             pipe.hgetall(keys.stock(sku))
         out: dict[str, dict[str, int]] = {}
-        for sku, flat in zip(skus, pipe.execute()):
+        for sku, flat in zip(skus, pipe.execute(), strict=True):
             if flat:
                 out[sku] = {
                     k.decode(): int(v) for k, v in flat.items() if k.decode() != keys.STOCK_MARKER
@@ -215,8 +215,8 @@ class Store:
         for home, idx in by_home.items():
             pipe.hmget(keys.parts(home), [wanted[i][0] for i in idx])
         out: list[bytes | None] = [None] * len(wanted)
-        for idx, got in zip(by_home.values(), pipe.execute()):
-            for i, value in zip(idx, got):
+        for idx, got in zip(by_home.values(), pipe.execute(), strict=True):
+            for i, value in zip(idx, got, strict=True):
                 out[i] = value
         return out
 

@@ -37,7 +37,9 @@ BINARIES = _binaries()
 
 
 @pytest.fixture(scope="session", params=BINARIES, ids=[b[0] for b in BINARIES])
-def redis_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def redis_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer]:
     """One throwaway server per binary for the whole session (no persistence: speed)."""
     home = tmp_path_factory.mktemp(request.param[0])
     server = RedisServer(home, persistent=False, binary=request.param[1]).start()
@@ -69,8 +71,13 @@ def load(store: Store, data: dict) -> Catalog:  # type: ignore[type-arg]
     return cat
 
 
-def onestock(*args: str, env: dict[str, str] | None = None, input: bytes | None = None,
-             timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+def onestock(
+    *args: str,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    timeout: float = 120,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
     """Run the real ``onestock`` command line in a subprocess."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(

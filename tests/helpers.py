@@ -17,8 +17,15 @@ from state.store import Store
 _ids = itertools.count(1)
 
 
-def order(oid: str, *lines: tuple[str, int], channel: str = "tmall", lat: float | None = None,
-          lon: float | None = None, pickup: str | None = None, **extra: Any) -> dict[str, Any]:
+def order(
+    oid: str,
+    *lines: tuple[str, int],
+    channel: str = "tmall",
+    lat: float | None = None,
+    lon: float | None = None,
+    pickup: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     customer: dict[str, Any] = {"id": f"c-{oid}"}
     if lat is not None:
         customer.update(lat=lat, lon=lon)
@@ -37,8 +44,9 @@ def raw(event: Any) -> bytes:
     return event if isinstance(event, bytes) else orjson.dumps(event)
 
 
-def decide(store: Store, events: list[Any], shard: int = 0, decider: Decider | None = None
-           ) -> tuple[list[FulfilmentRecord], list[list[str]]]:
+def decide(
+    store: Store, events: list[Any], shard: int = 0, decider: Decider | None = None
+) -> tuple[list[FulfilmentRecord], list[list[str]]]:
     """Decide one batch as the dataflow would, emit it, and return what this batch wrote."""
     d = decider or Decider(store, say=lambda _m: None)
     base = next(_ids) * 1_000_000

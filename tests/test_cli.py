@@ -28,19 +28,30 @@ def base() -> dict:  # type: ignore[type-arg]
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda c: c["skus"][1]["stock"].update({"wh-mars": 1}), "$.skus[1].stock.wh-mars: unknown location"),
+        (
+            lambda c: c["skus"][1]["stock"].update({"wh-mars": 1}),
+            "$.skus[1].stock.wh-mars: unknown location",
+        ),
         (lambda c: c["skus"][0]["stock"].update({"wh-shanghai": -1}), "$.skus[0].stock"),
         (lambda c: c["locations"][0].update(lat=200), "$.locations[0].lat"),
         (lambda c: c["channels"].append({"id": "tmall"}), "$.channels[5].id: duplicate channel"),
         (lambda c: c["skus"].append(dict(c["skus"][0])), "duplicate SKU"),
         (lambda c: c.pop("locations"), "missing required field `locations`"),
         (lambda c: c["skus"][0].update(colour="red"), "$.skus[0]"),
-        (lambda c: c.update(campaigns=[{"id": "G", "sku": "NOPE", "gift_sku": "TOTE-BAG", "first_n": 3}]),
-         "$.campaigns[0].sku: unknown SKU"),
+        (
+            lambda c: c.update(
+                campaigns=[{"id": "G", "sku": "NOPE", "gift_sku": "TOTE-BAG", "first_n": 3}]
+            ),
+            "$.campaigns[0].sku: unknown SKU",
+        ),
     ],
 )
 def test_invalid_catalog_is_refused_whole_with_its_json_path(
-    tmp_path: Path, cli_env: dict[str, str], url: str, mutate, expected: str  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    url: str,
+    mutate,
+    expected: str,  # type: ignore[no-untyped-def]
 ) -> None:
     cat = base()
     mutate(cat)
@@ -62,7 +73,9 @@ def test_invalid_catalog_is_refused_whole_with_its_json_path(
         (["run", "--workers", "0"], "--workers must be"),
     ],
 )
-def test_user_mistakes_print_one_line_and_exit_2(cli_env: dict[str, str], args: list[str], expected: str) -> None:
+def test_user_mistakes_print_one_line_and_exit_2(
+    cli_env: dict[str, str], args: list[str], expected: str
+) -> None:
     proc = onestock(*args, env=cli_env, check=False)
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
@@ -72,7 +85,11 @@ def test_user_mistakes_print_one_line_and_exit_2(cli_env: dict[str, str], args: 
 def test_not_json_catalog_names_the_file(tmp_path: Path, cli_env: dict[str, str]) -> None:
     path = write(tmp_path, "{ not json")
     proc = onestock("catalog", "load", str(path), env=cli_env, check=False)
-    assert proc.returncode == 2 and b"not valid JSON" in proc.stderr and str(path).encode() in proc.stderr
+    assert (
+        proc.returncode == 2
+        and b"not valid JSON" in proc.stderr
+        and str(path).encode() in proc.stderr
+    )
 
 
 def test_stock_json_is_the_one_inventory_view(cli_env: dict[str, str]) -> None:
@@ -86,7 +103,9 @@ def test_stock_json_is_the_one_inventory_view(cli_env: dict[str, str]) -> None:
     assert list(one) == ["JACKET-L"]
 
 
-def test_reloading_a_catalog_replaces_only_the_skus_it_names(tmp_path: Path, cli_env: dict[str, str]) -> None:
+def test_reloading_a_catalog_replaces_only_the_skus_it_names(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
     onestock("catalog", "load", str(CATALOG), env=cli_env)
     cat = base()
     cat["skus"] = [{"sku": "TEE-M", "stock": {"wh-shanghai": 5}}]
@@ -98,7 +117,10 @@ def test_reloading_a_catalog_replaces_only_the_skus_it_names(tmp_path: Path, cli
 
 def test_fulfilments_out_writes_a_file(tmp_path: Path, cli_env: dict[str, str]) -> None:
     onestock("catalog", "load", str(CATALOG), env=cli_env)
-    line = b'{"order_id":"f1","channel":"tmall","customer":{"id":"c"},"lines":[{"sku":"TEE-M","qty":1}],"paid_at":"2026-11-11T00:00:00Z"}'
+    line = (
+        b'{"order_id":"f1","channel":"tmall","customer":{"id":"c"},'
+        b'"lines":[{"sku":"TEE-M","qty":1}],"paid_at":"2026-11-11T00:00:00Z"}'
+    )
     onestock("orders", "push", "-", input=line + b"\n\n", env=cli_env)
     onestock("run", "--until-drained", "--workers", "1", env=cli_env)
     out = tmp_path / "f.jsonl"
@@ -106,7 +128,9 @@ def test_fulfilments_out_writes_a_file(tmp_path: Path, cli_env: dict[str, str]) 
     rec = orjson.loads(out.read_text())
     assert rec["order_id"] == "f1" and rec["status"] == "accepted" and rec["gift"] is None
     # no coordinates: priority 0 first, then id: wh-beijing lacks TEE-M, so wh-guangzhou
-    assert rec["shipments"] == [{"location": "wh-guangzhou", "mode": "ship", "lines": [{"sku": "TEE-M", "qty": 1}]}]
+    assert rec["shipments"] == [
+        {"location": "wh-guangzhou", "mode": "ship", "lines": [{"sku": "TEE-M", "qty": 1}]}
+    ]
     assert rec["paid_at"] == "2026-11-11T00:00:00Z" and rec["received_at"].endswith("Z")
     assert "detail" not in rec
 
@@ -127,7 +151,9 @@ def test_embedded_redis_starts_once_with_aof_and_keeps_data(tmp_path: Path) -> N
         onestock("redis", "stop", env=env, check=False)
 
 
-def test_redis_server_class_uses_a_loopback_port_when_the_socket_path_is_too_long(tmp_path: Path) -> None:
+def test_redis_server_class_uses_a_loopback_port_when_the_socket_path_is_too_long(
+    tmp_path: Path,
+) -> None:
     deep = tmp_path / ("x" * 120)
     server = RedisServer(deep, persistent=False).start()
     try:

@@ -15,8 +15,14 @@ CATALOG = {
     "locations": [
         {"id": "wh-shanghai", "kind": "warehouse", "lat": 31.23, "lon": 121.47, "priority": 1},
         {"id": "wh-beijing", "kind": "warehouse", "lat": 39.90, "lon": 116.40, "priority": 0},
-        {"id": "st-hangzhou", "kind": "store", "lat": 30.27, "lon": 120.15, "priority": 5,
-         "pickup": True},
+        {
+            "id": "st-hangzhou",
+            "kind": "store",
+            "lat": 30.27,
+            "lon": 120.15,
+            "priority": 5,
+            "pickup": True,
+        },
         {"id": "wh-nowhere", "kind": "warehouse", "priority": 0},
     ],
     "skus": [
@@ -37,7 +43,10 @@ def tee(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def loaded(store: Store, tee: str) -> Store:
-    cat = {**CATALOG, "skus": [dict(s, sku=tee) if s["sku"] == "TEE" else s for s in CATALOG["skus"]]}
+    cat = {
+        **CATALOG,
+        "skus": [dict(s, sku=tee) if s["sku"] == "TEE" else s for s in CATALOG["skus"]],
+    }
     load(store, cat)
     return store
 
@@ -55,10 +64,17 @@ def test_ship_goes_to_the_nearest_location_that_holds_every_line(loaded: Store) 
     assert stock(loaded, "SNEAKER") == {"wh-shanghai": 5, "wh-beijing": 4, "st-hangzhou": 1}
 
 
-def test_nearest_location_lacking_one_line_is_skipped_for_one_that_holds_all(loaded: Store, tee: str) -> None:
+def test_nearest_location_lacking_one_line_is_skipped_for_one_that_holds_all(
+    loaded: Store, tee: str
+) -> None:
     # Hangzhou holds 2 SNEAKER and 1 TEE: an order of 2 TEE must go whole to Beijing.
-    recs, _ = decide(loaded, [order("o1", ("SNEAKER", 1), (tee, 2), lat=HANGZHOU[0], lon=HANGZHOU[1])])
-    assert shipped(recs[0]) == [("wh-beijing", "ship", "SNEAKER", 1), ("wh-beijing", "ship", tee, 2)]
+    recs, _ = decide(
+        loaded, [order("o1", ("SNEAKER", 1), (tee, 2), lat=HANGZHOU[0], lon=HANGZHOU[1])]
+    )
+    assert shipped(recs[0]) == [
+        ("wh-beijing", "ship", "SNEAKER", 1),
+        ("wh-beijing", "ship", tee, 2),
+    ]
 
 
 def test_customer_without_coordinates_is_served_by_priority_then_id(loaded: Store) -> None:
@@ -85,7 +101,9 @@ def test_order_is_all_or_nothing(loaded: Store, tee: str) -> None:
 
 
 def test_pickup_is_served_by_the_named_store_or_rejected(loaded: Store) -> None:
-    recs, _ = decide(loaded, [order("p1", ("SNEAKER", 2), pickup="st-hangzhou", lat=BEIJING[0], lon=BEIJING[1])])
+    recs, _ = decide(
+        loaded, [order("p1", ("SNEAKER", 2), pickup="st-hangzhou", lat=BEIJING[0], lon=BEIJING[1])]
+    )
     assert shipped(recs[0]) == [("st-hangzhou", "pickup", "SNEAKER", 2)]
     recs, _ = decide(loaded, [order("p2", ("SNEAKER", 1), pickup="st-hangzhou")])
     assert (recs[0].status, recs[0].reason) == ("rejected", "pickup_unavailable")
@@ -97,7 +115,9 @@ def test_pickup_is_served_by_the_named_store_or_rejected(loaded: Store) -> None:
 
 
 def test_unknown_sku_and_channel_are_rejected_and_change_nothing(loaded: Store) -> None:
-    recs, _ = decide(loaded, [order("u1", ("NOPE", 1)), order("u2", ("SNEAKER", 1), channel="ebay")])
+    recs, _ = decide(
+        loaded, [order("u1", ("NOPE", 1)), order("u2", ("SNEAKER", 1), channel="ebay")]
+    )
     assert [r.reason for r in recs] == ["unknown_sku", "unknown_channel"]
     assert sum(stock(loaded, "SNEAKER").values()) == 12
 

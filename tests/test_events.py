@@ -13,8 +13,14 @@ from onestock import events
 from tests.helpers import order
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -35,8 +41,12 @@ def test_json_without_a_usable_order_id_is_a_dead_letter(value: object) -> None:
     assert isinstance(d, events.Dead)
 
 
-@given(st.text(min_size=1, max_size=40).filter(str.isprintable),
-       st.dictionaries(st.sampled_from(["channel", "customer", "lines", "paid_at", "delivery"]), json_values))
+@given(
+    st.text(min_size=1, max_size=40).filter(str.isprintable),
+    st.dictionaries(
+        st.sampled_from(["channel", "customer", "lines", "paid_at", "delivery"]), json_values
+    ),
+)
 def test_a_usable_order_id_always_ends_as_a_record(oid: str, fields: dict[str, object]) -> None:
     d = events.decode(json.dumps({**fields, "order_id": oid}).encode())
     assert isinstance(d, events.Valid | events.Invalid)
@@ -44,9 +54,15 @@ def test_a_usable_order_id_always_ends_as_a_record(oid: str, fields: dict[str, o
         assert d.order_id == oid and d.detail
 
 
-@given(st.builds(order, st.text(min_size=1, max_size=20).filter(str.isprintable),
-                 st.tuples(st.text(min_size=1, max_size=10), st.integers(1, 100)),
-                 lat=st.floats(-90, 90), lon=st.floats(-180, 180)))
+@given(
+    st.builds(
+        order,
+        st.text(min_size=1, max_size=20).filter(str.isprintable),
+        st.tuples(st.text(min_size=1, max_size=10), st.integers(1, 100)),
+        lat=st.floats(-90, 90),
+        lon=st.floats(-180, 180),
+    )
+)
 def test_well_formed_orders_decode_valid_and_round_trip(o: dict[str, object]) -> None:
     d = events.decode(orjson.dumps(o))
     assert isinstance(d, events.Valid)
@@ -98,7 +114,9 @@ def test_garbage_becomes_a_dead_letter_with_its_reason(raw: bytes, reason: str) 
         ({"delivery": {"mode": "pickup"}}, "$.delivery.store"),
     ],
 )
-def test_invalid_orders_are_rejected_with_a_detail_naming_the_field(change: dict, where: str) -> None:  # type: ignore[type-arg]
+def test_invalid_orders_are_rejected_with_a_detail_naming_the_field(
+    change: dict, where: str
+) -> None:  # type: ignore[type-arg]
     d = events.decode(orjson.dumps({**GOOD, **change}))
     assert isinstance(d, events.Invalid), d
     assert d.order_id == "g1"

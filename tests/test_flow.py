@@ -18,7 +18,13 @@ from state.store import Store
 from tests.conftest import ROOT, onestock
 
 CATALOG = ROOT / "onestock" / "demo" / "catalog.json"
-GARBAGE = [b"not json", b"[1,2]", b'{"no_id": 1}', b'{"order_id": 3}', b'{"order_id": "bad-1", "lines": 5}']
+GARBAGE = [
+    b"not json",
+    b"[1,2]",
+    b'{"no_id": 1}',
+    b'{"order_id": 3}',
+    b'{"order_id": "bad-1", "lines": 5}',
+]
 
 
 def burst_lines(n: int, seed: int = 3) -> list[bytes]:
@@ -60,14 +66,20 @@ def check_exactly_once(store: Store, order_ids: set[str], dead: int) -> None:
     assert audit.oversold == 0
 
 
-def test_until_drained_gives_every_event_exactly_one_outcome(cli_env: dict[str, str], url: str) -> None:
+def test_until_drained_gives_every_event_exactly_one_outcome(
+    cli_env: dict[str, str], url: str
+) -> None:
     onestock("catalog", "load", str(CATALOG), env=cli_env)
     lines = burst_lines(3000) + GARBAGE
     lines.insert(10, lines[5])  # a duplicate delivery
     onestock("orders", "push", "-", input=b"\n".join(lines) + b"\n", env=cli_env)
     onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
     store = Store.connect(url)
-    ids = {orjson.loads(x)["order_id"] for x in lines if x.startswith(b'{"order_id": "') or b'"D11-' in x}
+    ids = {
+        orjson.loads(x)["order_id"]
+        for x in lines
+        if x.startswith(b'{"order_id": "') or b'"D11-' in x
+    }
     ids.add("bad-1")
     check_exactly_once(store, ids, dead=4)
     out = onestock("fulfilments", env=cli_env).stdout.splitlines()
@@ -81,14 +93,16 @@ def test_until_drained_gives_every_event_exactly_one_outcome(cli_env: dict[str, 
 
 
 @pytest.mark.slow
-def test_kill_9_mid_burst_then_resume_loses_and_duplicates_nothing(cli_env: dict[str, str], url: str) -> None:
+def test_kill_9_mid_burst_then_resume_loses_and_duplicates_nothing(
+    cli_env: dict[str, str], url: str
+) -> None:
     onestock("catalog", "load", str(CATALOG), env=cli_env)
     lines = burst_lines(40000, seed=9)
     onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
     store = Store.connect(url)
     for kill_at in (3000, 15000):
         proc = start_run(cli_env, "--workers", "2")
-        wait_for(lambda: outcomes(store) >= kill_at or proc.poll() is not None, timeout=90)
+        wait_for(lambda p=proc, k=kill_at: outcomes(store) >= k or p.poll() is not None, timeout=90)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert outcomes(store) < len(lines), "the burst drained before the kill: make it bigger"
@@ -96,7 +110,9 @@ def test_kill_9_mid_burst_then_resume_loses_and_duplicates_nothing(cli_env: dict
     check_exactly_once(store, {orjson.loads(x)["order_id"] for x in lines}, dead=0)
 
 
-def test_sigterm_stops_cleanly_and_the_next_run_carries_on(cli_env: dict[str, str], url: str) -> None:
+def test_sigterm_stops_cleanly_and_the_next_run_carries_on(
+    cli_env: dict[str, str], url: str
+) -> None:
     onestock("catalog", "load", str(CATALOG), env=cli_env)
     first = burst_lines(2000, seed=4)
     onestock("orders", "push", "-", input=b"\n".join(first), env=cli_env)

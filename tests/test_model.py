@@ -25,8 +25,11 @@ def catalogs(draw: st.DrawFn) -> dict[str, Any]:
     n = draw(st.integers(1, 4))
     locations = []
     for i in range(n):
-        loc: dict[str, Any] = {"id": f"L{i}", "kind": draw(st.sampled_from(["warehouse", "store"])),
-                               "priority": draw(st.integers(0, 2))}
+        loc: dict[str, Any] = {
+            "id": f"L{i}",
+            "kind": draw(st.sampled_from(["warehouse", "store"])),
+            "priority": draw(st.integers(0, 2)),
+        }
         if draw(st.booleans()) or i == 0:
             loc.update(lat=draw(GRID), lon=draw(GRID))
         locations.append(loc)
@@ -39,18 +42,32 @@ def catalogs(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def orders(draw: st.DrawFn, n_locs: int = 4) -> dict[str, Any]:
-    lines = draw(st.lists(st.tuples(st.sampled_from(SKUS + ["NOPE"]), st.integers(1, 4)),
-                          min_size=1, max_size=3, unique_by=lambda t: t[0]))
+    lines = draw(
+        st.lists(
+            st.tuples(st.sampled_from(SKUS + ["NOPE"]), st.integers(1, 4)),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda t: t[0],
+        )
+    )
     coords = draw(st.one_of(st.none(), st.tuples(GRID, GRID)))
     pickup = draw(st.one_of(st.none(), st.sampled_from([f"L{i}" for i in range(n_locs)])))
-    return order("?", *lines, channel=draw(st.sampled_from(CHANNELS + ["ebay"])),
-                 lat=coords[0] if coords else None, lon=coords[1] if coords else None,
-                 pickup=pickup)
+    return order(
+        "?",
+        *lines,
+        channel=draw(st.sampled_from(CHANNELS + ["ebay"])),
+        lat=coords[0] if coords else None,
+        lon=coords[1] if coords else None,
+        pickup=pickup,
+    )
 
 
 def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
     la1, lo1, la2, lo2 = map(math.radians, (*a, *b))
-    h = math.sin((la2 - la1) / 2) ** 2 + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
+    h = (
+        math.sin((la2 - la1) / 2) ** 2
+        + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
+    )
     return 2 * 6371.0088 * math.asin(math.sqrt(min(1.0, h)))
 
 
@@ -66,7 +83,9 @@ def model(cat: dict[str, Any], stock: dict[str, dict[str, int]], o: dict[str, An
         store = o["delivery"]["store"]
         if store not in locs:
             return ("invalid",)
-        if locs[store]["kind"] != "store" or any(stock[ln["sku"]].get(store, 0) < ln["qty"] for ln in lines):
+        if locs[store]["kind"] != "store" or any(
+            stock[ln["sku"]].get(store, 0) < ln["qty"] for ln in lines
+        ):
             return ("pickup_unavailable",)
         return [(store, ln["sku"], ln["qty"]) for ln in lines]
     c = o["customer"]
@@ -95,10 +114,13 @@ def model(cat: dict[str, Any], stock: dict[str, dict[str, int]], o: dict[str, An
     return sorted(taken, key=lambda t: ranked.index(t[0]))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(cat=catalogs(), batch=st.lists(orders(), min_size=1, max_size=10), split=st.integers(1, 10))
-def test_decisions_match_the_contract_model(store: Store, cat: dict[str, Any],
-                                            batch: list[dict[str, Any]], split: int) -> None:
+def test_decisions_match_the_contract_model(
+    store: Store, cat: dict[str, Any], batch: list[dict[str, Any]], split: int
+) -> None:
     store.r.flushall()
     load(store, cat)
     stock = {s["sku"]: dict(s["stock"]) for s in cat["skus"]}
@@ -126,9 +148,9 @@ def test_decisions_match_the_contract_model(store: Store, cat: dict[str, Any],
                 stock[sku][loc] -= q
             assert rec.status == "accepted", (o, rec)
             mode = o["delivery"]["mode"]
-            assert [(s.location, s.mode, ln.sku, ln.qty) for s in rec.shipments for ln in s.lines] == [
-                (loc, mode, sku, q) for loc, sku, q in _grouped(want)
-            ], o
+            assert [
+                (s.location, s.mode, ln.sku, ln.qty) for s in rec.shipments for ln in s.lines
+            ] == [(loc, mode, sku, q) for loc, sku, q in _grouped(want)], o
     have = store.stock_levels(stock)
     assert {k: {loc: q for loc, q in v.items()} for k, v in have.items()} == stock
     assert all(q >= 0 for v in have.values() for q in v.values())

@@ -34,8 +34,15 @@ def _racer(url: str, shard: int, start: mp.Event) -> None:  # type: ignore[valid
     events = []
     for i in range(ORDERS_EACH):
         lines = [("HOT", 1 + i % 2)] + ([("SIDE", 1)] if i % 5 == 0 else [])
-        events.append(order(f"p{shard}-{i}", *lines, lat=30 + i % 10, lon=115 + i % 7,
-                            channel="tmall" if i % 2 else "jd"))
+        events.append(
+            order(
+                f"p{shard}-{i}",
+                *lines,
+                lat=30 + i % 10,
+                lon=115 + i % 7,
+                channel="tmall" if i % 2 else "jd",
+            )
+        )
     start.wait()  # type: ignore[attr-defined]
     for b in range(0, ORDERS_EACH, 25):
         chunk = events[b : b + 25]

@@ -1,0 +1,1 @@
+"""The Bytewax pipeline: sources -> decide -> sinks, and the runner for worker processes."""
