@@ -6,6 +6,7 @@ import pytest
 
 from dataflows.decider import Decider
 from onestock import ops
+from state import keys
 from state.store import Store
 from tests.conftest import load
 from tests.helpers import decide, order, stock
@@ -160,3 +161,46 @@ def test_first_copy_wins_even_when_a_later_copy_differs(loaded: Store, tee: str)
 def test_two_lines_of_one_sku_reserve_as_one(loaded: Store, tee: str) -> None:
     recs, _ = decide(loaded, [order("m1", (tee, 2), (tee, 1))])
     assert shipped(recs[0]) == [("wh-beijing", "ship", tee, 3)]
+
+
+def test_cross_slot_order_is_compensated_when_a_later_slot_fails(loaded: Store, tee: str) -> None:
+    """Plan on a stale read (as if another worker took TEE in between), then reserve."""
+    if tee != "TEE":
+        pytest.skip("needs SKUs in different slots")
+    stale = loaded.stock_levels(["SNEAKER", tee])
+    fresh_read = loaded.stock_levels
+    reads = []
+
+    def stale_once(skus):  # type: ignore[no-untyped-def]
+        reads.append(skus)
+        return {k: dict(v) for k, v in stale.items()} if len(reads) == 1 else fresh_read(skus)
+
+    decide(loaded, [order("thief", (tee, 3))])  # takes every TEE at wh-beijing
+    d = Decider(loaded, say=lambda _m: None)
+    loaded.stock_levels = stale_once  # type: ignore[method-assign]
+    recs, _ = decide(loaded, [order("victim", ("SNEAKER", 1), (tee, 2))], decider=d)
+    loaded.stock_levels = fresh_read  # type: ignore[method-assign]
+    assert len(reads) >= 2, "the stale plan failed and was re-planned on a fresh read"
+    assert (recs[0].status, recs[0].reason) == ("rejected", "sold_out")
+    # SNEAKER was reserved in its slot by the stale plan, then released: nothing leaked.
+    assert stock(loaded, "SNEAKER") == {"wh-shanghai": 5, "wh-beijing": 5, "st-hangzhou": 2}
+    assert loaded.r.hlen(keys.parts("SNEAKER")) == 0
+
+
+def test_half_reserved_cross_slot_order_from_a_crash_is_undone_then_redone(
+    loaded: Store, tee: str
+) -> None:
+    if tee != "TEE":
+        pytest.skip("needs SKUs in different slots")
+    # A crash after the SNEAKER slot was reserved at Shanghai, before the TEE slot.
+    assert loaded.reserve_parts(
+        ["SNEAKER"], [1, "SNEAKER", 1, "half", 1, 1, 1, "wh-shanghai", 1]
+    ) == [1]
+    recs, _ = decide(
+        loaded, [order("half", ("SNEAKER", 1), (tee, 1), lat=BEIJING[0], lon=BEIJING[1])]
+    )
+    assert shipped(recs[0]) == [
+        ("wh-beijing", "ship", "SNEAKER", 1),
+        ("wh-beijing", "ship", tee, 1),
+    ]
+    assert stock(loaded, "SNEAKER") == {"wh-shanghai": 5, "wh-beijing": 4, "st-hangzhou": 2}

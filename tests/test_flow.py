@@ -154,3 +154,52 @@ def test_redis_restarted_under_a_running_dataflow(tmp_path: Path, home: Path) ->
         check_exactly_once(store, {orjson.loads(x)["order_id"] for x in lines}, dead=0)
     finally:
         server.stop()
+
+
+HOT_CATALOG = {
+    "channels": [{"id": "tmall"}, {"id": "douyin"}],
+    "locations": [{"id": "wh-a", "lat": 31.2, "lon": 121.5}, {"id": "st-b", "kind": "store"}],
+    "skus": [{"sku": "HOT", "stock": {"wh-a": 29, "st-b": 8}}],
+}
+
+
+def test_four_dataflow_workers_race_on_one_hot_sku(
+    tmp_path: Path, cli_env: dict[str, str], url: str
+) -> None:
+    path = tmp_path / "hot.json"
+    path.write_bytes(orjson.dumps(HOT_CATALOG))
+    onestock("catalog", "load", str(path), env=cli_env)
+    orders = [
+        orjson.dumps({
+            "order_id": f"H-{i}", "channel": "tmall" if i % 2 else "douyin",
+            "customer": {"id": f"c{i}", "lat": 30 + i % 5, "lon": 120},
+            "lines": [{"sku": "HOT", "qty": 1 + i % 3}], "paid_at": "2026-11-11T00:00:00Z",
+        })
+        for i in range(4000)
+    ]  # fmt: skip
+    onestock("orders", "push", "-", input=b"\n".join(orders), env=cli_env)
+    onestock("run", "--until-drained", "--workers", "4", env=cli_env, timeout=180)
+    store = Store.connect(url)
+    recs = list(ops.records(store, store.shard_count()))
+    assert len(recs) == 4000 and len({r.order_id for r in recs}) == 4000
+    sold = sum(ln.qty for r in recs for s in r.shipments for ln in s.lines)
+    left = store.stock_levels(["HOT"])["HOT"]
+    assert sold == 37 and left == {"wh-a": 0, "st-b": 0}
+
+
+def test_recovery_snapshots_hold_each_shards_read_position(
+    cli_env: dict[str, str], home: Path
+) -> None:
+    import sqlite3
+
+    onestock("catalog", "load", str(CATALOG), env=cli_env)
+    onestock("orders", "push", "-", input=b"\n".join(burst_lines(500, seed=8)), env=cli_env)
+    onestock("run", "--until-drained", env=cli_env, timeout=120)
+    parts = list((home / "recovery").glob("*/part-*.sqlite3"))
+    assert parts, "no recovery partitions"
+    snaps = []
+    for p in parts:
+        with sqlite3.connect(p) as db:
+            snaps += db.execute("SELECT step_id, state_key FROM snaps").fetchall()
+    read = {key for step, key in snaps if step.endswith("read")}
+    assert read == {str(s) for s in range(16)}
