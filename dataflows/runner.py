@@ -99,6 +99,8 @@ def run(url: str, instance: str, settings: Settings, *, until_drained: bool = Fa
         if until_drained:
             cmd.append("--until-drained")
         procs.append(subprocess.Popen(cmd))
+        if i == 0 and workers > 1:
+            time.sleep(0.3)  # let process 0 listen first: fewer "connection refused" retries
 
     def forward(signum: int, _frame: object) -> None:
         for pr in procs:

@@ -14,9 +14,17 @@ from onestock.errors import CatalogError
 from onestock.types import Catalog, catalog_decoder
 
 
-def _check_id(where: str, value: str) -> None:
-    if any(ord(ch) < 32 for ch in value):
-        raise CatalogError(f"{where}: control characters are not allowed in ids")
+def _unique_ids(source: str, section: str, field: str, what: str, ids: list[str]) -> set[str]:
+    """The set of ids of one catalog section; a duplicate or a control character is refused."""
+    seen: set[str] = set()
+    for i, value in enumerate(ids):
+        where = f"{source}: $.{section}[{i}].{field}"
+        if any(ord(ch) < 32 for ch in value):
+            raise CatalogError(f"{where}: control characters are not allowed in ids")
+        if value in seen:
+            raise CatalogError(f"{where}: duplicate {what} {value!r}")
+        seen.add(value)
+    return seen
 
 
 def validate(catalog: Catalog, source: str = "catalog") -> Catalog:
@@ -25,37 +33,23 @@ def validate(catalog: Catalog, source: str = "catalog") -> Catalog:
     def fail(path: str, msg: str) -> None:
         raise CatalogError(f"{source}: {path}: {msg}")
 
-    channels: set[str] = set()
-    for i, ch in enumerate(catalog.channels):
-        _check_id(f"{source}: $.channels[{i}].id", ch.id)
-        if ch.id in channels:
-            fail(f"$.channels[{i}].id", f"duplicate channel {ch.id!r}")
-        channels.add(ch.id)
-    locations: set[str] = set()
+    channels = _unique_ids(source, "channels", "id", "channel", [c.id for c in catalog.channels])
+    locations = _unique_ids(
+        source, "locations", "id", "location", [loc.id for loc in catalog.locations]
+    )
+    skus = _unique_ids(source, "skus", "sku", "SKU", [s.sku for s in catalog.skus])
+    _unique_ids(source, "campaigns", "id", "campaign", [c.id for c in catalog.campaigns])
     for i, loc in enumerate(catalog.locations):
-        _check_id(f"{source}: $.locations[{i}].id", loc.id)
-        if loc.id in locations:
-            fail(f"$.locations[{i}].id", f"duplicate location {loc.id!r}")
         if (loc.lat is None) != (loc.lon is None):
             fail(f"$.locations[{i}]", "give both lat and lon, or neither")
-        locations.add(loc.id)
-    skus: set[str] = set()
     for i, sku in enumerate(catalog.skus):
-        _check_id(f"{source}: $.skus[{i}].sku", sku.sku)
-        if sku.sku in skus:
-            fail(f"$.skus[{i}].sku", f"duplicate SKU {sku.sku!r}")
-        skus.add(sku.sku)
         for loc_id in sku.stock:
             if loc_id not in locations:
                 fail(f"$.skus[{i}].stock.{loc_id}", f"unknown location {loc_id!r}")
         for j, lock in enumerate(sku.channel_locks):
             if lock.channel not in channels:
                 fail(f"$.skus[{i}].channel_locks[{j}].channel", f"unknown channel {lock.channel!r}")
-    campaigns: set[str] = set()
     for i, camp in enumerate(catalog.campaigns):
-        if camp.id in campaigns:
-            fail(f"$.campaigns[{i}].id", f"duplicate campaign {camp.id!r}")
-        campaigns.add(camp.id)
         for name in ("sku", "gift_sku"):
             if getattr(camp, name) not in skus:
                 fail(f"$.campaigns[{i}].{name}", f"unknown SKU {getattr(camp, name)!r}")
