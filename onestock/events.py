@@ -18,19 +18,18 @@ from onestock.types import Line, Order, order_decoder
 MAX_ORDER_ID = 256
 
 
-class Valid(msgspec.Struct):
+class Valid(msgspec.Struct, gc=False):
     order: Order
-    paid_ms: int
 
 
-class Invalid(msgspec.Struct):
+class Invalid(msgspec.Struct, gc=False):
     order_id: str
     channel: str | None
     paid_at: str | None
     detail: str
 
 
-class Dead(msgspec.Struct):
+class Dead(msgspec.Struct, gc=False):
     raw: str
     reason: str
 
@@ -62,8 +61,10 @@ def decode(raw: bytes | str) -> Decoded:
     if not order.order_id.isprintable() and _has_control(order.order_id):
         return Dead(text_of(raw), "order_id contains control characters")
     try:
-        paid_ms = parse_time_ms(order.paid_at)
+        paid = datetime.fromisoformat(order.paid_at)
     except ValueError:
+        paid = None
+    if paid is None or paid.tzinfo is None:
         return Invalid(
             order.order_id,
             order.channel,
@@ -85,7 +86,7 @@ def decode(raw: bytes | str) -> Decoded:
             "customer: give both lat and lon, or neither - at `$.customer`",
         )
     order.lines = merge_lines(order.lines)
-    return Valid(order, paid_ms)
+    return Valid(order)
 
 
 def merge_lines(lines: list[Line]) -> list[Line]:
