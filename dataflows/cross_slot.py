@@ -68,8 +68,8 @@ def _release(store: Store, call: Callable[..., Any], items: list[_Item]) -> None
     for item in items:
         for slot in item.slots:
             by_slot[slot].append((item, slot, None))
-    for batch in by_slot.values():
-        call(store.release_parts, *_slot_args(batch))
+    if by_slot:
+        call(store.release_parts, [_slot_args(batch) for batch in by_slot.values()])
 
 
 def decide_cross(
@@ -125,8 +125,9 @@ def _attempt(
         for slot, slot_skus in it.slots.items():
             by_slot[slot].append((it, slot, [a for a in res if a[1] in slot_skus]))
     failed: dict[str, _Item] = {}
-    for batch in by_slot.values():
-        statuses = call(store.reserve_parts, *_slot_args(batch))  # type: ignore[arg-type]
+    batches = list(by_slot.values())
+    results = call(store.reserve_parts, [_slot_args(b) for b in batches]) if batches else []  # type: ignore[arg-type]
+    for batch, statuses in zip(batches, results, strict=True):
         for (it, _, _), status in zip(batch, statuses, strict=True):
             if status == 0:
                 failed[it.order.order_id] = it

@@ -107,8 +107,13 @@ class Decider:
                 group.append(o)
             else:
                 cross.append(o)
-        for group in slot_orders.values():
-            self._decide_slot(group, outcome)
+        if slot_orders:
+            groups = list(slot_orders.values())
+            calls = [self._slot_call(group) for group in groups]
+            results = self.wait.call(self.store.decide_slots, calls)
+            for group, res in zip(groups, results, strict=True):
+                for o, r in zip(group, res, strict=True):
+                    outcome[o.order_id] = r.decode()
         if cross:
             router = self.view.router
             rankings = [router.decode(r) for r in self._rankings(cross)]
@@ -162,8 +167,8 @@ class Decider:
         ]
         return self.view.router.rank_batch(coords)  # type: ignore[arg-type]
 
-    def _decide_slot(self, orders: list[Order], outcome: dict[str, str]) -> None:
-        """One decide.lua call; each order is its id and a binary spec (see the script)."""
+    def _slot_call(self, orders: list[Order]) -> tuple[list[str], list[Any]]:
+        """(SKUs, ARGV) of one decide.lua call: each order is its id and a binary spec."""
         view = self.view
         sku_index: dict[str, int] = {}
         body: list[Any] = [len(orders)]
@@ -192,7 +197,4 @@ class Decider:
                 )
             body += [o.order_id, spec]
         skus = list(sku_index)
-        args = [len(skus), len(view.router.ids), *skus, *view.router.ids, *body]
-        results = self.wait.call(self.store.decide_slot, skus, args)
-        for o, res in zip(orders, results, strict=True):
-            outcome[o.order_id] = res.decode()
+        return skus, [len(skus), len(view.router.ids), *skus, *view.router.ids, *body]

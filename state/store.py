@@ -188,9 +188,21 @@ class Store:
 
     # -- decisions -------------------------------------------------------------------------
 
-    def decide_slot(self, skus: list[str], args: list[Any]) -> list[bytes]:
-        """One atomic call deciding a batch of orders whose SKUs all live in one slot."""
-        return self._decide(keys=self._sku_keys(skus, keys.decisions), args=args)  # type: ignore[no-any-return]
+    def decide_slots(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[bytes]]:
+        """One atomic decide.lua call per slot (SKUs, ARGV), all in one round trip."""
+        return self._per_slot(self._decide, keys.decisions, calls)
+
+    def _per_slot(
+        self, script: Any, second: Callable[[str], str], calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Independent one-slot script calls, pipelined on a single server (each stays atomic;
+        a Redis Cluster client runs them one by one, each routed to its slot's node)."""
+        if len(calls) == 1 or not isinstance(self.r, redis.Redis):
+            return [script(keys=self._sku_keys(s, second), args=a) for s, a in calls]
+        pipe = self.r.pipeline(transaction=False)
+        for s, a in calls:
+            script(keys=self._sku_keys(s, second), args=a, client=pipe)
+        return pipe.execute()  # type: ignore[no-any-return]
 
     def _sku_keys(self, skus: list[str], second: Callable[[str], str]) -> list[str]:
         ks: list[str] = []
@@ -198,13 +210,14 @@ class Store:
             ks += [keys.stock(sku), second(sku)]
         return ks
 
-    def reserve_parts(self, skus: list[str], args: list[Any]) -> list[int]:
-        """One slot's parts of many cross-slot orders: per order 1 now, 2 before, 0 no stock."""
-        return self._reserve_parts(keys=self._sku_keys(skus, keys.parts), args=args)  # type: ignore[no-any-return]
+    def reserve_parts(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[int]]:
+        """Each slot's parts of many cross-slot orders (one call per slot, one round trip):
+        per order 1 reserved now, 2 reserved before, 0 not enough stock."""
+        return self._per_slot(self._reserve_parts, keys.parts, calls)
 
-    def release_parts(self, skus: list[str], args: list[Any]) -> int:
-        """Undo one slot's parts of orders (idempotent)."""
-        return int(self._release_parts(keys=self._sku_keys(skus, keys.parts), args=args))
+    def release_parts(self, calls: list[tuple[list[str], list[Any]]]) -> list[int]:
+        """Undo each slot's parts of orders (idempotent)."""
+        return self._per_slot(self._release_parts, keys.parts, calls)
 
     def read_parts(self, wanted: list[tuple[str, str]]) -> list[bytes | None]:
         """The stored part of each (order id, home SKU), None where nothing is reserved."""

@@ -193,9 +193,8 @@ def test_half_reserved_cross_slot_order_from_a_crash_is_undone_then_redone(
     if tee != "TEE":
         pytest.skip("needs SKUs in different slots")
     # A crash after the SNEAKER slot was reserved at Shanghai, before the TEE slot.
-    assert loaded.reserve_parts(
-        ["SNEAKER"], [1, "SNEAKER", 1, "half", 1, 1, 1, "wh-shanghai", 1]
-    ) == [1]
+    part = (["SNEAKER"], [1, "SNEAKER", 1, "half", 1, 1, 1, "wh-shanghai", 1])
+    assert loaded.reserve_parts([part]) == [[1]]
     recs, _ = decide(
         loaded, [order("half", ("SNEAKER", 1), (tee, 1), lat=BEIJING[0], lon=BEIJING[1])]
     )
