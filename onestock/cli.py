@@ -82,16 +82,17 @@ def orders_push(
     ] = None,
 ) -> None:
     """Append order events, as-is, one per line (blank lines are skipped)."""
-    store = ops.open_store(_settings(redis_url))
+    settings = _settings(redis_url)
+    store = ops.open_store(settings)
     if path == "-":
-        n = ops.push(store, ops.read_lines(sys.stdin.buffer), shards)
+        n = ops.push(store, ops.read_lines(sys.stdin.buffer), shards, settings.shards)
     else:
         try:
             fh = open(path, "rb")
         except OSError as exc:
             raise OnestockError(f"{path}: cannot read: {exc.strerror}") from None
         with fh:
-            n = ops.push(store, ops.read_lines(fh), shards)
+            n = ops.push(store, ops.read_lines(fh), shards, settings.shards)
     err.print(f"pushed {n} events")
 
 
@@ -111,7 +112,7 @@ def run(
         raise OnestockError(f"--workers must be 1..64, not {settings.workers}")
     url = ops.resolve_url(settings)
     store = ops.Store.connect(url)
-    settings = replace(settings, redis_url=url, shards=ops.shards_for_run(store, settings))
+    settings = replace(settings, redis_url=url, shards=ops.fix_shards(store, None, settings.shards))
     if settings.workers > settings.shards:
         raise OnestockError(
             f"--workers {settings.workers} exceeds the {settings.shards} input shards"

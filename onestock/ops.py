@@ -21,7 +21,7 @@ from onestock.records import (
     packed_records,
     record_from_packed,
 )
-from onestock.settings import Settings
+from onestock.settings import DEFAULT_SHARDS, Settings
 from onestock.types import Catalog, FulfilmentRecord, json_encoder
 from state import keys
 from state.server import embedded_url
@@ -66,25 +66,22 @@ def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
             yield line
 
 
-def push(store: Store, lines: Iterable[bytes], shards: int | None = None) -> int:
-    k = store.shard_count(shards) if shards else _shards_or_default(store)
+def fix_shards(store: Store, wanted: int | None, default: int = DEFAULT_SHARDS) -> int:
+    """K: the count already stored, else ``wanted`` (or ``default``) becomes it. An explicit
+    ``wanted`` that differs from the stored count is an error."""
+    if wanted is not None:
+        return store.shard_count(wanted)
+    try:
+        return store.shard_count()
+    except OnestockError:
+        return store.shard_count(default)
+
+
+def push(
+    store: Store, lines: Iterable[bytes], shards: int | None = None, default: int = DEFAULT_SHARDS
+) -> int:
+    k = fix_shards(store, shards, default)
     return store.push((shard_of(raw, k), raw) for raw in lines)
-
-
-def _shards_or_default(store: Store) -> int:
-    from onestock.settings import DEFAULT_SHARDS
-
-    try:
-        return store.shard_count()
-    except OnestockError:
-        return store.shard_count(DEFAULT_SHARDS)
-
-
-def shards_for_run(store: Store, settings: Settings) -> int:
-    try:
-        return store.shard_count()
-    except OnestockError:
-        return store.shard_count(settings.shards)
 
 
 def records(store: Store, shards: int) -> Iterator[FulfilmentRecord]:

@@ -289,11 +289,5 @@ class Store:
         for _, fields in heapq.merge(*(one(s) for s in range(shards)), key=lambda t: t[0]):
             yield fields
 
-    def count(self, stream_of: Callable[[int], str], shards: int) -> int:
-        pipe = self.r.pipeline(transaction=False)
-        for s in range(shards):
-            pipe.xlen(stream_of(s))
-        return sum(pipe.execute())
-
     def memory_used(self) -> int:
         return int(self.r.info("memory")["used_memory"])
