@@ -17,7 +17,7 @@ from rich.table import Table
 
 from onestock import ops
 from onestock.errors import OnestockError
-from onestock.settings import Settings
+from onestock.settings import DEFAULT_WORKERS, Settings
 from state.server import stop_embedded
 
 app = typer.Typer(
@@ -102,7 +102,7 @@ def run(
     until_drained: Annotated[
         bool, typer.Option(help="Exit 0 once every pushed event has its outcome.")
     ] = False,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default 2).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default 3).")] = None,
 ) -> None:
     """Run the Bytewax dataflow (recovery on: a killed run resumes without loss or duplicates)."""
     from dataflows.runner import run as run_flow
@@ -170,7 +170,7 @@ def stock(
 @app.command("demo")
 def demo(
     orders: Annotated[int, typer.Option("--orders", help="Orders in the burst.")] = 200_000,
-    workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = 2,
+    workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = DEFAULT_WORKERS,
 ) -> None:
     """Self-contained: own Redis, demo catalog, a flash-sale burst through the real pipeline."""
     from onestock.demo_run import run_demo
@@ -181,7 +181,7 @@ def demo(
 @app.command("bench")
 def bench(
     orders: Annotated[int, typer.Option("--orders", help="Orders to drain.")] = 1_000_000,
-    workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = 2,
+    workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = DEFAULT_WORKERS,
     out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
 ) -> None:
     """Drain N pre-pushed orders through the dataflow and through a bare loop; print both."""
