@@ -16,7 +16,7 @@ For a batch of such orders:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from onestock.records import SEP, rejected
@@ -46,7 +46,7 @@ def accepted(allocs: list[Allocation]) -> str:
 
 
 def _slot_args(
-    batch: list[tuple[_Item, int, list[Allocation] | None]],
+    batch: Sequence[tuple[_Item, int, list[Allocation] | None]],
 ) -> tuple[list[str], list[Any]]:
     """ARGV for reserve_parts/release_parts on one slot: SKU table, then per-order entries."""
     names: dict[str, int] = {}

@@ -53,25 +53,19 @@ def shipments(outcome: str, mode: str) -> list[Shipment]:
 def record_from_packed(packed: str) -> FulfilmentRecord:
     """One output stream entry -> the contract's fulfilment record."""
     oid, channel, paid, mode, received, decided, outcome = packed.split(SEP, 6)
-    common = dict(
+    accepted = outcome.startswith("A")
+    parts = [] if accepted else outcome.split(SEP, 2)
+    return FulfilmentRecord(
         order_id=oid,
+        status="accepted" if accepted else "rejected",
+        reason=None if accepted else parts[1],
         channel=channel or None,
+        shipments=shipments(outcome, mode) if accepted else [],
         gift=None,
         paid_at=paid or None,
         received_at=iso_ms(int(received)),
         decided_at=iso_ms(int(decided)),
-    )
-    if outcome.startswith("A"):
-        return FulfilmentRecord(
-            status="accepted", reason=None, shipments=shipments(outcome, mode), **common
-        )
-    parts = outcome.split(SEP, 2)
-    return FulfilmentRecord(
-        status="rejected",
-        reason=parts[1],
-        shipments=[],
         detail=parts[2] if len(parts) > 2 else None,
-        **common,
     )
 
 

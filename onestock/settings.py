@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 DEFAULT_SHARDS = 16  # >= the most dataflow workers we support on one machine (8)
 # Three worker processes on two cores: while one waits on a Redis round trip another decodes;
@@ -45,4 +46,5 @@ class Settings:
             snapshot_ms=_int("ONESTOCK_SNAPSHOT_MS", 1000),
             workers=_int("ONESTOCK_WORKERS", DEFAULT_WORKERS),
         )
-        return replace(s, **{k: v for k, v in overrides.items() if v is not None})
+        given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+        return replace(s, **given)

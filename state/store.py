@@ -163,7 +163,7 @@ class Store:
 
     def read(self, shard: int, after: str, count: int) -> list[tuple[str, bytes]]:
         """Up to ``count`` entries strictly after ``after``; never blocks."""
-        rows = self._raw.xrange(keys.inbox(shard), min=f"({after}", max="+", count=count)
+        rows: Any = self._raw.xrange(keys.inbox(shard), min=f"({after}", max="+", count=count)
         if rows and isinstance(rows[0][1], dict):  # a cluster client parsed them anyway
             return [(eid.decode(), fields[b"e"]) for eid, fields in rows]
         return [(eid.decode(), fields[1]) for eid, fields in rows]
@@ -279,7 +279,7 @@ class Store:
         def one(shard: int) -> Iterator[tuple[tuple[int, int], dict[bytes, bytes]]]:
             after = "0-0"
             while True:
-                rows = self.r.xrange(stream_of(shard), min=f"({after}", max="+", count=5000)
+                rows: Any = self.r.xrange(stream_of(shard), min=f"({after}", max="+", count=5000)
                 if not rows:
                     return
                 for eid, fields in rows:

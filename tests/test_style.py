@@ -23,3 +23,13 @@ def test_ruff_format_is_clean() -> None:
         text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mypy_passes() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "onestock", "state", "dataflows"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
