@@ -203,3 +203,42 @@ def test_recovery_snapshots_hold_each_shards_read_position(
             snaps += db.execute("SELECT step_id, state_key FROM snaps").fetchall()
     read = {key for step, key in snaps if step.endswith("read")}
     assert read == {str(s) for s in range(16)}
+
+
+EVERY_GARBAGE = [
+    b"\x00\x01\x02 binary",
+    b"\xef\xbb\xbf{}",  # a byte-order mark
+    b"[" * 5000 + b"]" * 5000,  # nested past any parser's depth
+    b'{"order_id": "huge", "note": "' + b"x" * 1_000_000 + b'"}',  # a 1 MB invalid order
+    b"null",
+    b"true",
+    b'"just a string"',
+    b"1e999",
+    b'{"order_id": NaN}',
+    b'{"order_id": "tab\\tid", "channel": "tmall"}',
+    b'{"order_id": ["a"]}',
+    b'{"order_id": "inv-1", "lines": "many"}',
+    b'{"order_id": "inv-1", "lines": "again"}',  # a second copy of an invalid order
+    b'{"order_id": "vip", "channel": "tmall", "customer": {"id": "c", "vip": "yes"},'
+    b' "lines": [{"sku": "TEE-M", "qty": 1}], "paid_at": "2026-11-11T00:00:00Z"}',
+    b'{"type": "return", "order_id": "r-1"}',
+    '{"order_id": "\u00fcn\u00efc\u00f6d\u00e9", "channel": "tmall"}'.encode(),
+]
+
+
+def test_every_garbage_form_ends_as_exactly_one_outcome_and_the_pipeline_goes_on(
+    cli_env: dict[str, str], url: str
+) -> None:
+    onestock("catalog", "load", str(CATALOG), env=cli_env)
+    good = burst_lines(200, seed=12)
+    onestock("orders", "push", "-", input=b"\n".join(EVERY_GARBAGE + good), env=cli_env)
+    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
+    store = Store.connect(url)
+    recs = {r.order_id: r for r in ops.records(store, store.shard_count())}
+    dead = onestock("deadletters", env=cli_env).stdout.splitlines()
+    invalid = {"huge", "inv-1", "vip", "\u00fcn\u00efc\u00f6d\u00e9"}
+    assert invalid <= set(recs) and all(recs[i].reason == "invalid" for i in invalid)
+    assert len(recs) == len(invalid) + len(good)  # the 200 good orders are all decided
+    assert len(dead) == len(EVERY_GARBAGE) - 5  # inv-1's second copy adds nothing
+    reasons = [orjson.loads(d)["reason"] for d in dead]
+    assert all(reasons), reasons
