@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from onestock.events import paid_ms
 from onestock.records import SEP, rejected
 from onestock.routing import Allocation, plan
 from onestock.types import Order
@@ -46,7 +47,7 @@ def accepted(allocs: list[Allocation]) -> str:
 
 
 def _slot_args(
-    batch: Sequence[tuple[_Item, int, list[Allocation] | None]],
+    batch: Sequence[tuple[_Item, int, list[Allocation] | None]], check_only: bool = False
 ) -> tuple[list[str], list[Any]]:
     """ARGV for reserve_parts/release_parts on one slot: SKU table, then per-order entries."""
     names: dict[str, int] = {}
@@ -55,12 +56,20 @@ def _slot_args(
             names.setdefault(sku, len(names) + 1)
     args: list[Any] = [len(names), *names, len(batch)]
     for item, slot, allocs in batch:
-        args += [item.order.order_id, names[item.slots[slot][0]]]
-        if allocs is not None:
+        o = item.order
+        args += [o.order_id, names[item.slots[slot][0]]]
+        if allocs is not None:  # reserve: the rules' inputs, then the allocations
+            args += [o.customer.id, int(o.customer.vip), paid_ms(o.paid_at), int(check_only)]
             args.append(len(allocs))
             for loc, sku, qty in allocs:
                 args += [names[sku], loc, qty]
     return list(names), args
+
+
+def _stored_allocations(part: bytes) -> list[Allocation]:
+    """A stored part: customer, then (location, sku, qty, counted) quadruples."""
+    f = part.decode().split(SEP)
+    return [(f[i], f[i + 1], int(f[i + 2])) for i in range(1, len(f), 4)]
 
 
 def _release(store: Store, call: Callable[..., Any], items: list[_Item]) -> None:
@@ -78,8 +87,10 @@ def decide_cross(
     orders: list[Order],
     rankings: list[list[str]],
     outcome: dict[str, str],
+    ruled: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> None:
-    """Decide cross-slot orders into ``outcome``; ``call`` wraps Redis calls (retry on outage)."""
+    """Decide cross-slot orders into ``outcome``; ``call`` wraps Redis calls (retry on outage).
+    ``ruled``: SKUs with a per-customer limit or a VIP pre-sale (judged before the stock)."""
     items = [_Item(o, r) for o, r in zip(orders, rankings, strict=True)]
     wanted = [(it.order.order_id, skus[0]) for it in items for skus in it.slots.values()]
     found = iter(call(store.read_parts, wanted))
@@ -88,8 +99,7 @@ def decide_cross(
         parts = [next(found) for _ in it.slots]
         if all(p is not None for p in parts):
             rank = {loc: i for i, loc in enumerate(it.ranking)}
-            f = SEP.join(p.decode() for p in parts).split(SEP)  # type: ignore[union-attr]
-            allocs = [(f[i], f[i + 1], int(f[i + 2])) for i in range(0, len(f), 3)]
+            allocs = [a for p in parts for a in _stored_allocations(p)]  # type: ignore[arg-type]
             outcome[it.order.order_id] = accepted(sorted(allocs, key=lambda a: rank.get(a[0], 0)))
             continue
         if any(p is not None for p in parts):
@@ -100,40 +110,68 @@ def decide_cross(
     for _ in range(MAX_ATTEMPTS):
         if not pending:
             return
-        pending = _attempt(store, call, pending, outcome)
+        pending = _attempt(store, call, pending, outcome, ruled)
     for it in pending:
         outcome[it.order.order_id] = rejected("sold_out")
 
 
 def _attempt(
-    store: Store, call: Callable[..., Any], pending: list[_Item], outcome: dict[str, str]
+    store: Store,
+    call: Callable[..., Any],
+    pending: list[_Item],
+    outcome: dict[str, str],
+    ruled: set[str],
 ) -> list[_Item]:
+    """One round: plan, reserve (or, where the stock cannot serve an order whose SKUs have
+    rules, judge the rules first), release what failed; returns the orders to plan again."""
     skus = sorted({ln.sku for it in pending for ln in it.order.lines})
     stock = call(store.stock_levels, skus)
     plans: dict[str, list[Allocation]] = {}
-    by_slot: dict[int, list[tuple[_Item, int, list[Allocation]]]] = defaultdict(list)
+    no_stock: dict[str, str] = {}
+    reserve: dict[int, list[tuple[_Item, int, list[Allocation]]]] = defaultdict(list)
+    judge: dict[int, list[tuple[_Item, int, list[Allocation]]]] = defaultdict(list)
     for it in pending:
         o = it.order
         pickup = o.delivery.store if o.delivery.mode == "pickup" else None
         res = plan(o.lines, stock, it.ranking, pickup)
         if isinstance(res, str):
-            outcome[o.order_id] = rejected(res)
+            if res == "unknown_sku" or not any(ln.sku in ruled for ln in o.lines):
+                outcome[o.order_id] = rejected(res)
+                continue
+            no_stock[o.order_id] = res  # unless a rule, judged first, rejects it
+            for slot, slot_skus in it.slots.items():
+                lines = [("", ln.sku, ln.qty) for ln in o.lines if ln.sku in slot_skus]
+                judge[slot].append((it, slot, lines))
             continue
         plans[o.order_id] = res
         for loc, sku, qty in res:
             stock[sku][loc] -= qty
         for slot, slot_skus in it.slots.items():
-            by_slot[slot].append((it, slot, [a for a in res if a[1] in slot_skus]))
+            reserve[slot].append((it, slot, [a for a in res if a[1] in slot_skus]))
+    batches = list(reserve.values()) + list(judge.values())
+    calls = [_slot_args(b) for b in reserve.values()]
+    calls += [_slot_args(b, check_only=True) for b in judge.values()]
+    results = call(store.reserve_parts, calls) if calls else []
     failed: dict[str, _Item] = {}
-    batches = list(by_slot.values())
-    results = call(store.reserve_parts, [_slot_args(b) for b in batches]) if batches else []  # type: ignore[arg-type]
+    broken: dict[str, int] = {}  # order id -> 3 (vip_only) or 4 (limit_exceeded)
     for batch, statuses in zip(batches, results, strict=True):
         for (it, _, _), status in zip(batch, statuses, strict=True):
-            if status == 0:
-                failed[it.order.order_id] = it
-    if failed:
-        _release(store, call, list(failed.values()))
+            oid = it.order.order_id
+            if status in (3, 4):
+                broken[oid] = min(broken.get(oid, 4), status)
+            elif status == 0:
+                failed[oid] = it
+    undo = [it for it in pending if it.order.order_id in failed or it.order.order_id in plans
+            and it.order.order_id in broken]  # fmt: skip
+    if undo:
+        _release(store, call, undo)
+    for oid, status in broken.items():
+        outcome[oid] = rejected("vip_only" if status == 3 else "limit_exceeded")
+        failed.pop(oid, None)
+    for oid, reason in no_stock.items():
+        if oid not in broken:
+            outcome[oid] = rejected(reason)
     for oid, allocs in plans.items():
-        if oid not in failed:
+        if oid not in failed and oid not in broken:
             outcome[oid] = accepted(allocs)
     return list(failed.values())

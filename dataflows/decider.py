@@ -15,13 +15,15 @@ import msgspec
 
 from dataflows.cross_slot import decide_cross
 from onestock import events
+from onestock.events import paid_ms
 from onestock.records import pack, rejected
 from onestock.routing import Router
 from onestock.types import Catalog, Order
 from state.keys import sku_slot
 from state.store import Store, Waiter
 
-_HEAD = struct.Struct("<HHH")  # home SKU index, pickup location index (0 = ship), lines
+# home SKU index, pickup location index (0 = ship), lines, flags (bit 0: VIP), paid_at ms
+_HEAD = struct.Struct("<HHHBQ")
 _LINE = struct.Struct("<HI")  # SKU index, qty
 
 
@@ -42,6 +44,12 @@ class _View:
         self.router = Router(catalog)
         self.channels = {c.id for c in catalog.channels}
         self.skus = {s.sku for s in catalog.skus}
+        # SKUs with rules judged before the stock (per-customer limit, VIP pre-sale)
+        self.ruled = {
+            s.sku
+            for s in catalog.skus
+            if s.per_customer_limit is not None or s.vip_presale_until is not None
+        }
         self.locations = set(self.router.ids)
         self.loc_index = {loc: i + 1 for i, loc in enumerate(self.router.ids)}
 
@@ -117,7 +125,7 @@ class Decider:
         if cross:
             router = self.view.router
             rankings = [router.decode(r) for r in self._rankings(cross)]
-            decide_cross(self.store, self.wait.call, cross, rankings, outcome)
+            decide_cross(self.store, self.wait.call, cross, rankings, outcome, self.view.ruled)
         records: list[str] = []
         add = records.extend
         for oid, (eid, d) in firsts.items():
@@ -184,17 +192,19 @@ class Decider:
                 if len(lines) > 1
                 else sku_index[lines[0].sku]
             )
+            paid = paid_ms(o.paid_at)
             if o.delivery.mode == "pickup":
-                head = _HEAD.pack(home, view.loc_index[o.delivery.store], len(lines))  # type: ignore[index]
+                pickup = view.loc_index[o.delivery.store]  # type: ignore[index]
+                head = _HEAD.pack(home, pickup, len(lines), o.customer.vip, paid)
                 ranking = b""
             else:
-                head = _HEAD.pack(home, 0, len(lines))
+                head = _HEAD.pack(home, 0, len(lines), o.customer.vip, paid)
             if len(lines) == 1:
                 spec = head + _LINE.pack(sku_index[lines[0].sku], lines[0].qty) + ranking
             else:
                 spec = (
                     head + b"".join(_LINE.pack(sku_index[ln.sku], ln.qty) for ln in lines) + ranking
                 )
-            body += [o.order_id, spec]
+            body += [o.order_id, spec, o.customer.id]
         skus = list(sku_index)
         return skus, [len(skus), len(view.router.ids), *skus, *view.router.ids, *body]

@@ -50,6 +50,11 @@ def parse_time_ms(value: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def paid_ms(paid_at: str) -> int:
+    """``paid_at`` of a decoded (valid) order in epoch milliseconds, for time-boxed rules."""
+    return int(datetime.fromisoformat(paid_at).timestamp() * 1000)
+
+
 def decode(raw: bytes | str) -> Decoded:
     """Classify one raw event; never raises."""
     try:

@@ -15,6 +15,10 @@ CATALOG = f"{PREFIX}:catalog"  # JSON of the loaded catalog
 CATALOG_VERSION = f"{PREFIX}:catalog:version"  # INCR on every load; workers re-read on change
 SHARDS = f"{PREFIX}:shards"  # K, fixed once the first event is pushed
 STOCK_MARKER = "\x00sku"  # field present in every stock hash: the SKU exists even at 0 units
+# The SKU's rules live beside its stock (fields that start with NUL are never locations), so
+# one HGETALL gives a script everything it needs about the SKU.
+RULE_LIMIT = "\x00limit"  # per_customer_limit, units
+RULE_VIP_UNTIL = "\x00vip"  # vip_presale_until, epoch milliseconds
 SEP = "\x1f"  # separates fields inside a stored outcome
 
 
@@ -56,6 +60,11 @@ def stock(sku: str) -> str:
 
 def decisions(sku: str) -> str:
     return f"{sku_tag(sku)}:dec"
+
+
+def bought(sku: str) -> str:
+    """Units of this SKU each customer was sold (per-customer limits)."""
+    return f"{sku_tag(sku)}:bought"
 
 
 def parts(sku: str) -> str:

@@ -112,9 +112,14 @@ class Store:
         """Store the (already validated and merged) catalog; replace stock of the named SKUs."""
         by_sku = {s.sku: s for s in catalog.skus}
         for name in replace_stock:
+            sku = by_sku[name]
             flat: list[Any] = []
-            for loc, qty in by_sku[name].stock.items():
+            for loc, qty in sku.stock.items():
                 flat += [loc, qty]
+            if sku.per_customer_limit is not None:
+                flat += [keys.RULE_LIMIT, sku.per_customer_limit]
+            if sku.vip_presale_until is not None:
+                flat += [keys.RULE_VIP_UNTIL, int(sku.vip_presale_until.timestamp() * 1000)]
             self._set_stock(keys=[keys.stock(name)], args=flat)
         self.r.set(keys.CATALOG, json_encoder.encode(catalog))
         self.r.incr(keys.CATALOG_VERSION)
@@ -128,8 +133,9 @@ class Store:
         out: dict[str, dict[str, int]] = {}
         for sku, flat in zip(skus, pipe.execute(), strict=True):
             if flat:
+                # fields that start with NUL are the marker and the SKU's rules
                 out[sku] = {
-                    k.decode(): int(v) for k, v in flat.items() if k.decode() != keys.STOCK_MARKER
+                    k.decode(): int(v) for k, v in flat.items() if not k.startswith(b"\x00")
                 }
         return out
 
@@ -205,9 +211,11 @@ class Store:
         return pipe.execute()  # type: ignore[no-any-return]
 
     def _sku_keys(self, skus: list[str], second: Callable[[str], str]) -> list[str]:
+        """Per SKU, in order: its stock hash, ``second`` (decisions or parts), its counters
+        of units sold per customer."""
         ks: list[str] = []
         for sku in skus:
-            ks += [keys.stock(sku), second(sku)]
+            ks += [keys.stock(sku), second(sku), keys.bought(sku)]
         return ks
 
     def reserve_parts(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +19,8 @@ from tests.helpers import decide, order
 SKUS = ["TEE", "TEE-11093", "SNEAKER"]
 CHANNELS = ["tmall", "pos"]
 GRID = st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0])
+PRESALE_END = "2026-11-11T00:30:00Z"
+BEFORE_END, AFTER_END = "2026-11-11T00:29:59.999Z", "2026-11-11T08:30:00.001+08:00"
 
 
 @st.composite
@@ -36,7 +39,12 @@ def catalogs(draw: st.DrawFn) -> dict[str, Any]:
     skus = []
     for sku in draw(st.lists(st.sampled_from(SKUS), min_size=1, max_size=3, unique=True)):
         stock = {f"L{i}": draw(st.integers(0, 5)) for i in range(n) if draw(st.booleans())}
-        skus.append({"sku": sku, "stock": stock})
+        entry: dict[str, Any] = {"sku": sku, "stock": stock}
+        if draw(st.booleans()):
+            entry["per_customer_limit"] = draw(st.integers(1, 4))
+        if draw(st.booleans()):
+            entry["vip_presale_until"] = PRESALE_END
+        skus.append(entry)
     return {"channels": [{"id": c} for c in CHANNELS], "locations": locations, "skus": skus}
 
 
@@ -52,7 +60,7 @@ def orders(draw: st.DrawFn, n_locs: int = 4) -> dict[str, Any]:
     )
     coords = draw(st.one_of(st.none(), st.tuples(GRID, GRID)))
     pickup = draw(st.one_of(st.none(), st.sampled_from([f"L{i}" for i in range(n_locs)])))
-    return order(
+    o = order(
         "?",
         *lines,
         channel=draw(st.sampled_from(CHANNELS + ["ebay"])),
@@ -60,6 +68,10 @@ def orders(draw: st.DrawFn, n_locs: int = 4) -> dict[str, Any]:
         lon=coords[1] if coords else None,
         pickup=pickup,
     )
+    o["customer"]["id"] = draw(st.sampled_from(["c1", "c2", "c3"]))  # shared: limits bite
+    o["customer"]["vip"] = draw(st.booleans())
+    o["paid_at"] = draw(st.sampled_from([BEFORE_END, PRESALE_END, AFTER_END]))
+    return o
 
 
 def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -71,21 +83,40 @@ def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 2 * 6371.0088 * math.asin(math.sqrt(min(1.0, h)))
 
 
-def model(cat: dict[str, Any], stock: dict[str, dict[str, int]], o: dict[str, Any]) -> Any:
-    """The contract, read literally. Returns (reason,) or [(location, sku, qty), ...]."""
+def model(
+    cat: dict[str, Any],
+    stock: dict[str, dict[str, int]],
+    bought: dict[tuple[str, str], int],
+    o: dict[str, Any],
+) -> Any:
+    """The contract, read literally. Returns (reason,) or [(location, sku, qty), ...].
+
+    Checks in order: channel, SKUs, the pickup location, then the rules (VIP pre-sale judged
+    at paid_at, per-customer limit), then the stock."""
     locs = {loc["id"]: loc for loc in cat["locations"]}
+    rules = {s["sku"]: s for s in cat["skus"]}
     lines = o["lines"]
     if o["channel"] not in CHANNELS:
         return ("unknown_channel",)
     if any(ln["sku"] not in stock for ln in lines):
         return ("unknown_sku",)
-    if o["delivery"]["mode"] == "pickup":
+    pickup = o["delivery"]["mode"] == "pickup"
+    if pickup and o["delivery"]["store"] not in locs:
+        return ("invalid",)
+    if pickup and locs[o["delivery"]["store"]]["kind"] != "store":
+        return ("pickup_unavailable",)
+    paid = datetime.fromisoformat(o["paid_at"])
+    for ln in lines:
+        end = rules[ln["sku"]].get("vip_presale_until")
+        if end and not o["customer"]["vip"] and paid < datetime.fromisoformat(end):
+            return ("vip_only",)
+    for ln in lines:
+        cap = rules[ln["sku"]].get("per_customer_limit")
+        if cap and bought.get((ln["sku"], o["customer"]["id"]), 0) + ln["qty"] > cap:
+            return ("limit_exceeded",)
+    if pickup:
         store = o["delivery"]["store"]
-        if store not in locs:
-            return ("invalid",)
-        if locs[store]["kind"] != "store" or any(
-            stock[ln["sku"]].get(store, 0) < ln["qty"] for ln in lines
-        ):
+        if any(stock[ln["sku"]].get(store, 0) < ln["qty"] for ln in lines):
             return ("pickup_unavailable",)
         return [(store, ln["sku"], ln["qty"]) for ln in lines]
     c = o["customer"]
@@ -138,14 +169,19 @@ def test_decisions_match_the_contract_model(
         sequence += sorted(chunk, key=_spans_slots)
     assert sorted(r.order_id for r in got) == sorted(o["order_id"] for o in batch)
     by_id = {r.order_id: r for r in got}
+    bought: dict[tuple[str, str], int] = {}
+    limited = {s["sku"] for s in cat["skus"] if "per_customer_limit" in s}
     for o in sequence:
         rec = by_id[o["order_id"]]
-        want = model(cat, stock, o)
+        want = model(cat, stock, bought, o)
         if isinstance(want, tuple):
             assert (rec.status, rec.reason) == ("rejected", want[0]), o
         else:
             for loc, sku, q in want:
                 stock[sku][loc] -= q
+                if sku in limited:
+                    key = (sku, o["customer"]["id"])
+                    bought[key] = bought.get(key, 0) + q
             assert rec.status == "accepted", (o, rec)
             mode = o["delivery"]["mode"]
             assert [

@@ -1,13 +1,20 @@
 -- decide.lua: decide a batch of orders against the stock of one hash slot, each atomically.
 --
--- KEYS: for SKU i of this call (1-based): KEYS[2i-1] = its stock hash (location -> units),
---       KEYS[2i] = its decision hash (order id -> stored outcome). All in one slot.
--- ARGV: nskus, nlocs, sku names (nskus), location ids (nlocs), norders, then per order two
---       arguments: the order id, and a little-endian binary spec:
+-- KEYS: for SKU i of this call (1-based): KEYS[3i-2] = its stock hash (location -> units,
+--       plus NUL-prefixed fields: the marker and its rules), KEYS[3i-1] = its decision hash
+--       (order id -> stored outcome), KEYS[3i] = units sold per customer. All in one slot.
+-- ARGV: nskus, nlocs, sku names (nskus), location ids (nlocs), norders, then per order three
+--       arguments: the order id, a little-endian binary spec, and the customer id (may be
+--       empty when no SKU of the order has a per-customer limit). The spec:
 --         u16 home    SKU index whose decision hash keeps the outcome
 --         u16 pickup  location index of the pickup store, 0 = ship
---         u16 nlines, then per line: u16 sku index, u32 qty >= 1
+--         u16 nlines
+--         u8  flags   bit 0: the customer is a VIP
+--         u64 paid_at in epoch milliseconds (time-boxed rules are judged at paid_at)
+--         then per line: u16 sku index, u32 qty >= 1
 --         then the ranking: u16 location indices, nearest first (empty for pickup).
+-- Rules, checked in this order before any stock: vip_only (before the SKU's pre-sale end
+-- only VIPs buy it), limit_exceeded (units sold to the customer + qty > the SKU's limit).
 -- Returns: one outcome per order, fields separated by \31:
 --       "A" followed by (location, sku, qty) triples, or "R" followed by a reason.
 -- A replayed order id returns its stored outcome and changes nothing. Stock never goes
@@ -15,49 +22,53 @@
 -- not roll back a failing script): decisions run on Lua tables, written back at the end.
 local SEP = '\31'
 local MARKER = '\0sku'
+local RULE_LIMIT, RULE_VIP = '\0limit', '\0vip'
 local tonumber, byte, concat, call, unpack = tonumber, string.byte, table.concat, redis.call, unpack
 local SOLD_OUT = 'R' .. SEP .. 'sold_out'
 local UNKNOWN = 'R' .. SEP .. 'unknown_sku'
+local VIP_ONLY = 'R' .. SEP .. 'vip_only'
+local LIMIT = 'R' .. SEP .. 'limit_exceeded'
+local HEAD = 15 -- bytes before the first line
 local NO_PICKUP = 'R' .. SEP .. 'pickup_unavailable'
 local CHUNK = 4000
 
 local function bad(msg) return redis.error_reply('ERR decide.lua: ' .. msg) end
 
 local nskus, nlocs = tonumber(ARGV[1]), tonumber(ARGV[2])
-if not nskus or not nlocs or nskus < 1 or #KEYS ~= 2 * nskus then return bad('bad header') end
+if not nskus or not nlocs or nskus < 1 or #KEYS ~= 3 * nskus then return bad('bad header') end
 local skus, locs = {}, {}
 for i = 1, nskus do skus[i] = ARGV[2 + i] end
 for i = 1, nlocs do locs[i] = ARGV[2 + nskus + i] end
 local first = 4 + nskus + nlocs -- ARGV index of the first order id
 local norders = tonumber(ARGV[first - 1])
-if not norders or #ARGV ~= first - 1 + 2 * norders then return bad('bad order count') end
+if not norders or #ARGV ~= first - 1 + 3 * norders then return bad('bad order count') end
 
 -- Pass 1: validate every spec and collect order ids per decision hash (no writes yet).
 local ids_by_home = {}
 for o = 1, norders do
-  local blob = ARGV[first + 2 * o - 1]
+  local blob = ARGV[first + 3 * o - 2]
   local h1, h2, p1, p2, n1, n2 = byte(blob, 1, 6)
-  if not n2 then return bad('malformed order #' .. o) end
+  if #blob < HEAD then return bad('malformed order #' .. o) end
   local home, pickup, nl = h1 + 256 * h2, p1 + 256 * p2, n1 + 256 * n2
-  local rest = #blob - 6 - 6 * nl
+  local rest = #blob - HEAD - 6 * nl
   if home < 1 or home > nskus or pickup > nlocs or nl < 1 or rest < 0 or rest % 2 ~= 0 then
     return bad('malformed order #' .. o)
   end
-  for pos = 7, 1 + 6 * nl, 6 do
+  for pos = HEAD + 1, HEAD - 5 + 6 * nl, 6 do
     local s1, s2, q1, q2, q3, q4 = byte(blob, pos, pos + 5)
     local s = s1 + 256 * s2
     if s < 1 or s > nskus or q1 + q2 + q3 + q4 == 0 then return bad('malformed line of order #' .. o) end
   end
   local ids = ids_by_home[home]
   if not ids then ids = {}; ids_by_home[home] = ids end
-  ids[#ids + 1] = ARGV[first + 2 * o - 2]
+  ids[#ids + 1] = ARGV[first + 3 * o - 3]
 end
 
 -- A replayed order keeps its stored outcome: one HMGET per decision hash for the batch.
 local stored = {}
 for h, ids in pairs(ids_by_home) do
   for i = 1, #ids, CHUNK do
-    local got = call('HMGET', KEYS[2 * h], unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+    local got = call('HMGET', KEYS[3 * h - 1], unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
     for j = 1, #got do
       if got[j] then stored[ids[i + j - 1]] = got[j] end
     end
@@ -65,16 +76,32 @@ for h, ids in pairs(ids_by_home) do
 end
 
 -- Each SKU's stock read once; total[s] answers a sold-out order without scanning locations.
-local stock, exists, dirty, total = {}, {}, {}, {}
+local stock, exists, dirty, total, limit, vip_until = {}, {}, {}, {}, {}, {}
+local sold, sold_dirty = {}, {}
 for s = 1, nskus do
-  local flat = call('HGETALL', KEYS[2 * s - 1])
+  local flat = call('HGETALL', KEYS[3 * s - 2])
   local t, sum = {}, 0
   for i = 1, #flat, 2 do
     local q = tonumber(flat[i + 1])
     t[flat[i]] = q
-    if flat[i] ~= MARKER and q > 0 then sum = sum + q end
+    if byte(flat[i], 1) ~= 0 and q > 0 then sum = sum + q end
   end
   stock[s], exists[s], dirty[s], total[s] = t, t[MARKER] ~= nil, {}, sum
+  limit[s], vip_until[s] = t[RULE_LIMIT], t[RULE_VIP]
+  if limit[s] then
+    -- units already sold to each customer of this batch
+    local custs, seen = {}, {}
+    for o = 1, norders do
+      local c = ARGV[first + 3 * o - 1]
+      if c ~= '' and not seen[c] then seen[c] = true; custs[#custs + 1] = c end
+    end
+    local counts = {}
+    for i = 1, #custs, CHUNK do
+      local got = call('HMGET', KEYS[3 * s], unpack(custs, i, math.min(i + CHUNK - 1, #custs)))
+      for j = 1, #got do counts[custs[i + j - 1]] = tonumber(got[j] or '0') end
+    end
+    sold[s], sold_dirty[s] = counts, {}
+  end
 end
 
 local function take(s, loc, q)
@@ -147,23 +174,14 @@ local function decide_many(blob, pickup, lines, at)
   return concat(parts, SEP)
 end
 
-local function decide_one(blob)
-  local _, _, p1, p2, n1, n2 = byte(blob, 1, 6)
-  local pickup, nl = p1 + 256 * p2, n1 + 256 * n2
-  local lines = {}
-  for pos = 7, 1 + 6 * nl, 6 do
-    local s1, s2, q1, q2, q3, q4 = byte(blob, pos, pos + 5)
-    local s = s1 + 256 * s2
-    if not exists[s] then return UNKNOWN end
-    lines[#lines + 1] = s
-    lines[#lines + 1] = q1 + 256 * (q2 + 256 * (q3 + 256 * q4))
-  end
+-- Stock only: sold_out, pickup_unavailable, or the allocations.
+local function decide_stock(blob, pickup, nl, lines)
   if pickup == 0 then
     for i = 1, #lines, 2 do
       if total[lines[i]] < lines[i + 1] then return SOLD_OUT end
     end
   end
-  local at = 7 + 6 * nl
+  local at = HEAD + 1 + 6 * nl
   if nl == 1 and pickup == 0 then -- the common case, without the general machinery
     local s, q = lines[1], lines[2]
     local st = stock[s]
@@ -179,16 +197,64 @@ local function decide_one(blob)
   return decide_many(blob, pickup, lines, at)
 end
 
+-- vip_only / limit_exceeded / nil: the rules of the order's SKUs, judged at paid_at.
+local function rules(blob, lines, customer)
+  local f, t1, t2, t3, t4, t5, t6 = byte(blob, 7, 13)
+  local vip = f % 2 == 1
+  local paid = t1 + 256 * (t2 + 256 * (t3 + 256 * (t4 + 256 * (t5 + 256 * t6))))
+  for i = 1, #lines, 2 do
+    local until_ms = vip_until[lines[i]]
+    if until_ms and not vip and paid < until_ms then return VIP_ONLY end
+  end
+  for i = 1, #lines, 2 do
+    local s = lines[i]
+    if limit[s] and (customer == '' or (sold[s][customer] or 0) + lines[i + 1] > limit[s]) then
+      return LIMIT
+    end
+  end
+  return nil
+end
+
+local function count_sold(lines, customer)
+  for i = 1, #lines, 2 do
+    local s = lines[i]
+    if limit[s] then
+      sold[s][customer] = (sold[s][customer] or 0) + lines[i + 1]
+      sold_dirty[s][customer] = true
+    end
+  end
+end
+
+local function decide_one(blob, customer)
+  local _, _, p1, p2, n1, n2 = byte(blob, 1, 6)
+  local pickup, nl = p1 + 256 * p2, n1 + 256 * n2
+  local lines, ruled = {}, false
+  for pos = HEAD + 1, HEAD - 5 + 6 * nl, 6 do
+    local s1, s2, q1, q2, q3, q4 = byte(blob, pos, pos + 5)
+    local s = s1 + 256 * s2
+    if not exists[s] then return UNKNOWN end
+    ruled = ruled or limit[s] ~= nil or vip_until[s] ~= nil
+    lines[#lines + 1] = s
+    lines[#lines + 1] = q1 + 256 * (q2 + 256 * (q3 + 256 * q4))
+  end
+  if not ruled then return decide_stock(blob, pickup, nl, lines) end
+  local broken = rules(blob, lines, customer)
+  if broken then return broken end
+  local res = decide_stock(blob, pickup, nl, lines)
+  if byte(res, 1) == 65 then count_sold(lines, customer) end -- 'A': count what was sold
+  return res
+end
+
 -- Pass 2: decide in order, on the Lua tables.
 local records, out = {}, {}
 for s = 1, nskus do records[s] = {} end
 for o = 1, norders do
-  local oid, blob = ARGV[first + 2 * o - 2], ARGV[first + 2 * o - 1]
+  local oid, blob, customer = ARGV[first + 3 * o - 3], ARGV[first + 3 * o - 2], ARGV[first + 3 * o - 1]
   local prev = stored[oid]
   if prev then
     out[o] = prev
   else
-    local res = decide_one(blob)
+    local res = decide_one(blob, customer)
     stored[oid] = res
     local h1, h2 = byte(blob, 1, 2)
     local rec = records[h1 + 256 * h2]
@@ -205,10 +271,18 @@ for s = 1, nskus do
     args[#args + 1] = loc
     args[#args + 1] = stock[s][loc]
   end
-  if #args > 0 then call('HSET', KEYS[2 * s - 1], unpack(args)) end
+  if #args > 0 then call('HSET', KEYS[3 * s - 2], unpack(args)) end
   local rec = records[s]
   for i = 1, #rec, CHUNK do
-    call('HSET', KEYS[2 * s], unpack(rec, i, math.min(i + CHUNK - 1, #rec)))
+    call('HSET', KEYS[3 * s - 1], unpack(rec, i, math.min(i + CHUNK - 1, #rec)))
+  end
+  if sold_dirty[s] then
+    local counts = {}
+    for c in pairs(sold_dirty[s]) do
+      counts[#counts + 1] = c
+      counts[#counts + 1] = sold[s][c]
+    end
+    if #counts > 0 then call('HSET', KEYS[3 * s], unpack(counts)) end
   end
 end
 return out

@@ -1,13 +1,15 @@
 -- release_parts.lua: undo this slot's part of orders that could not be reserved whole.
 --
--- KEYS: as reserve_parts.lua: per SKU i, KEYS[2i-1] stock hash, KEYS[2i] parts hash.
+-- KEYS: as reserve_parts.lua: per SKU i, KEYS[3i-2] stock hash, KEYS[3i-1] parts hash,
+--       KEYS[3i] units sold per customer.
 -- ARGV: nskus, sku names (nskus), norders, then per order: order_id, home (SKU index).
--- Returns: how many parts were released. Idempotent: releasing twice is a no-op.
+-- Returns: how many parts were released: their units go back to the locations they came
+-- from and leave the customer's count. Idempotent: releasing twice is a no-op.
 local SEP = '\31'
 local nskus = tonumber(ARGV[1])
-if not nskus or #KEYS ~= 2 * nskus then return redis.error_reply('ERR release_parts.lua: bad header') end
-local stock_of = {}
-for i = 1, nskus do stock_of[ARGV[1 + i]] = KEYS[2 * i - 1] end
+if not nskus or #KEYS ~= 3 * nskus then return redis.error_reply('ERR release_parts.lua: bad header') end
+local index = {}
+for i = 1, nskus do index[ARGV[1 + i]] = i end
 local p = 2 + nskus
 local norders = tonumber(ARGV[p])
 if not norders or #ARGV ~= p + 2 * norders then return redis.error_reply('ERR release_parts.lua: bad orders') end
@@ -15,12 +17,12 @@ local parsed = {}
 for o = 1, norders do
   local oid, home = ARGV[p + 2 * o - 1], tonumber(ARGV[p + 2 * o])
   if not home or home < 1 or home > nskus then return redis.error_reply('ERR release_parts.lua: bad home') end
-  local stored = redis.call('HGET', KEYS[2 * home], oid)
+  local stored = redis.call('HGET', KEYS[3 * home - 1], oid)
   if stored then
     local f = {}
     for field in string.gmatch(stored, '[^' .. SEP .. ']+') do f[#f + 1] = field end
-    for i = 1, #f, 3 do
-      if not stock_of[f[i + 1]] then
+    for i = 2, #f, 4 do
+      if not index[f[i + 1]] then
         return redis.error_reply('ERR release_parts.lua: SKU not in KEYS: ' .. f[i + 1])
       end
     end
@@ -29,7 +31,12 @@ for o = 1, norders do
 end
 for _, x in ipairs(parsed) do
   local f = x[3]
-  for i = 1, #f, 3 do redis.call('HINCRBY', stock_of[f[i + 1]], f[i], tonumber(f[i + 2])) end
-  redis.call('HDEL', KEYS[2 * x[2]], x[1])
+  local customer = f[1]
+  for i = 2, #f, 4 do
+    local s, q = index[f[i + 1]], tonumber(f[i + 2])
+    redis.call('HINCRBY', KEYS[3 * s - 2], f[i], q)
+    if f[i + 3] == '1' then redis.call('HINCRBY', KEYS[3 * s], customer, -q) end
+  end
+  redis.call('HDEL', KEYS[3 * x[2] - 1], x[1])
 end
 return #parsed

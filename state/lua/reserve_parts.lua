@@ -1,16 +1,25 @@
 -- reserve_parts.lua: reserve this slot's part of many orders whose SKUs span hash slots.
 --
--- KEYS: for SKU i of this call: KEYS[2i-1] = its stock hash, KEYS[2i] = its parts hash
---       (order id -> the allocations reserved here for that order). All in one slot.
+-- KEYS: for SKU i of this call: KEYS[3i-2] = its stock hash (with its NUL-prefixed rules),
+--       KEYS[3i-1] = its parts hash (order id -> what is reserved here for that order),
+--       KEYS[3i] = units sold per customer. All in one slot.
 -- ARGV: nskus, sku names (nskus), norders, then per order: order_id, home (SKU index whose
---       parts hash keeps this order's part), nallocs, nallocs triples (sku index, location, qty).
--- Returns: per order 1 reserved now, 2 already reserved by an earlier call (unchanged),
---          0 not enough stock (nothing changed for that order). Each order's part is all or
---          nothing; orders are applied in ARGV order.
+--       parts hash keeps this order's part), customer id, vip (0/1), paid_at (epoch ms),
+--       check_only (1: judge the rules only, write nothing), nallocs, nallocs triples
+--       (sku index, location, qty).
+-- Returns: per order 1 reserved now (or, check_only, the rules pass), 2 already reserved by
+--          an earlier call (unchanged), 0 not enough stock, 3 vip_only, 4 limit_exceeded
+--          (nothing changed for that order). Rules are judged before stock.
+--          Each order's part is all or nothing; orders are applied in ARGV order.
+-- A stored part is "customer" followed by (location, sku, qty, counted) quadruples, counted
+-- = 1 where the units were added to the customer's count (release_parts takes them back).
 local SEP = '\31'
+local RULE_LIMIT, RULE_VIP = '\0limit', '\0vip'
+local call, unpack, tonumber = redis.call, unpack, tonumber
 local function bad(msg) return redis.error_reply('ERR reserve_parts.lua: ' .. msg) end
+
 local nskus = tonumber(ARGV[1])
-if not nskus or #KEYS ~= 2 * nskus then return bad('bad header') end
+if not nskus or #KEYS ~= 3 * nskus then return bad('bad header') end
 local names = {}
 for i = 1, nskus do names[i] = ARGV[1 + i] end
 local p = 2 + nskus
@@ -18,11 +27,14 @@ local norders = tonumber(ARGV[p]); p = p + 1
 if not norders then return bad('bad order count') end
 local orders = {}
 for o = 1, norders do
-  local oid, home, n = ARGV[p], tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
-  if not oid or not home or not n or home < 1 or home > nskus or n < 1 then
+  local oid, home, customer = ARGV[p], tonumber(ARGV[p + 1]), ARGV[p + 2]
+  local vip, paid, check_only = ARGV[p + 3] == '1', tonumber(ARGV[p + 4]), ARGV[p + 5] == '1'
+  local n = tonumber(ARGV[p + 6])
+  if not oid or not home or not customer or not paid or not n or home < 1 or home > nskus
+     or n < 1 then
     return bad('malformed order #' .. o)
   end
-  p = p + 3
+  p = p + 7
   local allocs = {}
   for i = 1, n do
     local s, loc, q = tonumber(ARGV[p]), ARGV[p + 1], tonumber(ARGV[p + 2])
@@ -32,13 +44,12 @@ for o = 1, norders do
     allocs[i] = { s, loc, q }
     p = p + 3
   end
-  orders[o] = { oid, home, allocs }
+  orders[o] = { oid, home, allocs, customer, vip, paid, check_only }
 end
 if p - 1 ~= #ARGV then return bad('trailing arguments') end
 
 -- Batch the Redis work: one HMGET per parts hash, one HGETALL per SKU, decisions on Lua
--- tables, then one HSET per stock hash and per parts hash.
-local call, unpack = redis.call, unpack
+-- tables, then one HSET per stock hash, per parts hash and per counters hash.
 local done, by_home = {}, {}
 for _, od in ipairs(orders) do
   local ids = by_home[od[2]]
@@ -46,49 +57,79 @@ for _, od in ipairs(orders) do
   ids[#ids + 1] = od[1]
 end
 for h, ids in pairs(by_home) do
-  local got = call('HMGET', KEYS[2 * h], unpack(ids))
+  local got = call('HMGET', KEYS[3 * h - 1], unpack(ids))
   for k = 1, #ids do
     if got[k] then done[ids[k]] = true end
   end
 end
-local stock, dirty = {}, {}
+local stock, dirty, limit, vip_until, sold, sold_dirty = {}, {}, {}, {}, {}, {}
 for s = 1, nskus do
-  local flat = call('HGETALL', KEYS[2 * s - 1])
+  local flat = call('HGETALL', KEYS[3 * s - 2])
   local t = {}
   for i = 1, #flat, 2 do t[flat[i]] = tonumber(flat[i + 1]) end
-  stock[s], dirty[s] = t, {}
+  stock[s], dirty[s], limit[s], vip_until[s] = t, {}, t[RULE_LIMIT], t[RULE_VIP]
+  if limit[s] then
+    local custs, seen = {}, {}
+    for _, od in ipairs(orders) do
+      if not seen[od[4]] then seen[od[4]] = true; custs[#custs + 1] = od[4] end
+    end
+    local got = call('HMGET', KEYS[3 * s], unpack(custs))
+    local counts = {}
+    for k = 1, #custs do counts[custs[k]] = tonumber(got[k] or '0') end
+    sold[s], sold_dirty[s] = counts, {}
+  end
+end
+
+local function check(allocs, customer, vip, paid, check_only)
+  local need, per_sku = {}, {}
+  for _, a in ipairs(allocs) do
+    local s = a[1]
+    if vip_until[s] and not vip and paid < vip_until[s] then return 3 end
+    per_sku[s] = (per_sku[s] or 0) + a[3]
+  end
+  for s, q in pairs(per_sku) do
+    if limit[s] and (customer == '' or (sold[s][customer] or 0) + q > limit[s]) then return 4 end
+  end
+  if check_only then return 1 end
+  for _, a in ipairs(allocs) do
+    local k = a[1] .. SEP .. a[2]
+    need[k] = (need[k] or 0) + a[3]
+    if (stock[a[1]][a[2]] or 0) < need[k] then return 0 end
+  end
+  return 1
 end
 
 local out, parts = {}, {}
 for s = 1, nskus do parts[s] = {} end
 for o, od in ipairs(orders) do
-  local oid, home, allocs = od[1], od[2], od[3]
+  local oid, home, allocs, customer, vip, paid, check_only = unpack(od)
   if done[oid] then
     out[o] = 2
   else
-    local need, ok = {}, true
-    for _, a in ipairs(allocs) do
-      local k = a[1] .. SEP .. a[2]
-      need[k] = (need[k] or 0) + a[3]
-      if (stock[a[1]][a[2]] or 0) < need[k] then ok = false; break end
-    end
-    if ok then
-      local stored = {}
+    local status = check(allocs, customer, vip, paid, check_only)
+    if status == 1 and not check_only then
+      local stored = { customer }
       for _, a in ipairs(allocs) do
-        stock[a[1]][a[2]] = stock[a[1]][a[2]] - a[3]
-        dirty[a[1]][a[2]] = true
-        stored[#stored + 1] = a[2]
-        stored[#stored + 1] = names[a[1]]
-        stored[#stored + 1] = a[3]
+        local s, loc, q = a[1], a[2], a[3]
+        stock[s][loc] = stock[s][loc] - q
+        dirty[s][loc] = true
+        local counted = 0
+        if limit[s] then
+          sold[s][customer] = (sold[s][customer] or 0) + q
+          sold_dirty[s][customer] = true
+          counted = 1
+        end
+        stored[#stored + 1] = loc
+        stored[#stored + 1] = names[s]
+        stored[#stored + 1] = q
+        stored[#stored + 1] = counted
       end
       local rec = parts[home]
       rec[#rec + 1] = oid
       rec[#rec + 1] = table.concat(stored, SEP)
       done[oid] = true
-      out[o] = 1
-    else
-      out[o] = 0
     end
+    out[o] = status
   end
 end
 for s = 1, nskus do
@@ -97,7 +138,15 @@ for s = 1, nskus do
     args[#args + 1] = loc
     args[#args + 1] = stock[s][loc]
   end
-  if #args > 0 then call('HSET', KEYS[2 * s - 1], unpack(args)) end
-  if #parts[s] > 0 then call('HSET', KEYS[2 * s], unpack(parts[s])) end
+  if #args > 0 then call('HSET', KEYS[3 * s - 2], unpack(args)) end
+  if #parts[s] > 0 then call('HSET', KEYS[3 * s - 1], unpack(parts[s])) end
+  if sold_dirty[s] then
+    local counts = {}
+    for c in pairs(sold_dirty[s]) do
+      counts[#counts + 1] = c
+      counts[#counts + 1] = sold[s][c]
+    end
+    if #counts > 0 then call('HSET', KEYS[3 * s], unpack(counts)) end
+  end
 end
 return out

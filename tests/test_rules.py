@@ -1,0 +1,140 @@
+"""Per-customer limits and VIP pre-sales, decided in the same Lua call as the stock."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+
+from dataflows.decider import Decider
+from state import keys
+from state.store import Store
+from tests.conftest import load
+from tests.helpers import decide, order, raw, stock
+
+END = "2026-11-11T00:30:00Z"
+
+
+def catalog(tee: str, limit: int | None = 2, presale: str | None = END) -> dict:  # type: ignore[type-arg]
+    sneaker: dict = {"sku": "SNEAKER", "stock": {"wh-a": 50}}  # type: ignore[type-arg]
+    if limit is not None:
+        sneaker["per_customer_limit"] = limit
+    if presale is not None:
+        sneaker["vip_presale_until"] = presale
+    return {
+        "channels": [{"id": "tmall"}, {"id": "douyin"}, {"id": "pos", "kind": "store"}],
+        "locations": [{"id": "wh-a", "lat": 31.2, "lon": 121.5}],
+        "skus": [sneaker, {"sku": tee, "stock": {"wh-a": 50}}],
+    }
+
+
+# TEE-11093 shares SNEAKER's hash slot (decide.lua); TEE does not (reserve_parts.lua).
+@pytest.fixture(params=["TEE", "TEE-11093"], ids=["cross-slot", "same-slot"])
+def tee(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def buy(
+    oid: str,
+    *lines: tuple[str, int],
+    customer: str = "c1",
+    vip: bool = False,
+    paid: str = "2026-11-11T01:00:00Z",
+    channel: str = "tmall",
+) -> dict:  # type: ignore[type-arg]
+    o = order(oid, *lines, channel=channel, paid_at=paid)
+    o["customer"] = {"id": customer, "vip": vip}
+    return o
+
+
+def reasons(recs) -> list[str | None]:  # type: ignore[no-untyped-def]
+    return [r.reason if r.status == "rejected" else "ok" for r in recs]
+
+
+def test_before_the_presale_ends_only_vips_buy(store: Store, tee: str) -> None:
+    load(store, catalog(tee, limit=None))
+    recs, _ = decide(store, [
+        buy("v1", ("SNEAKER", 1), vip=False, paid="2026-11-11T00:29:59.999Z"),
+        buy("v2", ("SNEAKER", 1), (tee, 1), vip=False, paid="2026-11-11T08:29:00+08:00"),
+        buy("v3", ("SNEAKER", 1), vip=True, paid="2026-11-11T00:00:00Z"),
+        buy("v4", ("SNEAKER", 1), vip=False, paid=END),  # the pre-sale is over at its end
+        buy("v5", (tee, 1), vip=False, paid="2026-11-11T00:00:00Z"),  # TEE has no pre-sale
+    ])  # fmt: skip
+    assert dict(zip([r.order_id for r in recs], reasons(recs), strict=True)) == {
+        "v1": "vip_only", "v2": "vip_only", "v3": "ok", "v4": "ok", "v5": "ok",
+    }  # fmt: skip
+    assert stock(store, "SNEAKER") == {"wh-a": 48}
+    assert stock(store, tee) == {"wh-a": 49}
+
+
+def test_limit_counts_every_order_and_channel_of_a_customer(store: Store, tee: str) -> None:
+    load(store, catalog(tee, limit=3, presale=None))
+    recs, _ = decide(store, [
+        buy("l1", ("SNEAKER", 2), channel="tmall"),
+        buy("l2", ("SNEAKER", 2), channel="douyin"),  # 2 + 2 > 3
+        buy("l3", ("SNEAKER", 1), (tee, 5), channel="pos"),  # exactly 3
+        buy("l4", ("SNEAKER", 1), customer="c2"),  # another customer
+    ])  # fmt: skip
+    assert reasons(recs) == ["ok", "limit_exceeded", "ok", "ok"]
+    recs, _ = decide(store, [buy("l5", ("SNEAKER", 1), channel="douyin")])  # a later batch
+    assert reasons(recs) == ["limit_exceeded"]
+    assert stock(store, "SNEAKER") == {"wh-a": 46}
+    assert store.r.hgetall(keys.bought("SNEAKER")) == {b"c1": b"3", b"c2": b"1"}
+
+
+def test_a_replay_never_counts_twice(store: Store, tee: str) -> None:
+    load(store, catalog(tee, limit=2, presale=None))
+    d = Decider(store, say=lambda _m: None)
+    o = raw(buy("r1", ("SNEAKER", 2), (tee, 1)))
+    first = d.process(0, [("1-0", o)])
+    again = d.process(0, [("1-0", o)])  # a crash before emit: the same entry once more
+    assert first.records[2].split("\x1f")[-4:] == again.records[2].split("\x1f")[-4:]
+    assert store.r.hget(keys.bought("SNEAKER"), "c1") == b"2"
+    assert stock(store, "SNEAKER") == {"wh-a": 48}
+
+
+def test_a_rule_is_judged_before_the_stock(store: Store, tee: str) -> None:
+    cat = catalog(tee, limit=1, presale=END)
+    cat["skus"][0]["stock"] = {"wh-a": 0}
+    load(store, cat)
+    recs, _ = decide(store, [
+        buy("s1", ("SNEAKER", 1), (tee, 1), vip=False, paid="2026-11-11T00:00:00Z"),
+        buy("s2", ("SNEAKER", 2), (tee, 1), vip=True),
+        buy("s3", ("SNEAKER", 1), (tee, 1), vip=True),
+    ])  # fmt: skip
+    assert reasons(recs) == ["vip_only", "limit_exceeded", "sold_out"]
+
+
+def test_a_cross_slot_order_that_breaks_a_rule_leaves_nothing_reserved(store: Store) -> None:
+    load(store, catalog("TEE", limit=1, presale=None))
+    recs, _ = decide(store, [buy("x1", ("SNEAKER", 2), ("TEE", 1))])
+    assert reasons(recs) == ["limit_exceeded"]
+    assert stock(store, "TEE") == {"wh-a": 50} and stock(store, "SNEAKER") == {"wh-a": 50}
+    assert store.r.hlen(keys.parts("TEE")) == 0 and store.r.hlen(keys.bought("SNEAKER")) == 0
+
+
+def _one_customer(url: str, shard: int, start: mp.Event) -> None:  # type: ignore[valid-type]
+    store = Store.connect(url)
+    d = Decider(store, say=lambda _m: None)
+    start.wait()  # type: ignore[attr-defined]
+    for i in range(40):
+        o = buy(f"w{shard}-{i}", ("SNEAKER", 1), customer="whale", channel="tmall")
+        d.emit(d.process(shard, [(f"{i + 1}-0", raw(o))]))
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_one_customers_orders_on_many_workers_at_once_respect_the_limit(
+    store: Store, url: str, round_: int
+) -> None:
+    load(store, catalog("TEE", limit=7, presale=None))
+    ctx = mp.get_context("fork")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_one_customer, args=(url, s, start)) for s in range(6)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert stock(store, "SNEAKER") == {"wh-a": 43}
+    assert store.r.hget(keys.bought("SNEAKER"), "whale") == b"7"
