@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from state.store import TRANSIENT, Store
+from state.store import TRANSIENT, Store, parse_id
 
 # Set by the worker's SIGTERM/SIGINT handler: partitions end, in-flight batches finish.
 STOP = threading.Event()
@@ -91,4 +91,10 @@ class ShardSource(FixedPartitionedSource[Batch, str]):
         return [str(s) for s in range(self.shards)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: str | None) -> _ShardPartition:
-        return _ShardPartition(self, int(for_part), resume_state)
+        # Resume from the snapshot; with none (a new recovery directory over an old dataset),
+        # from the shard's watermark: everything up to it already has its outcome.
+        shard = int(for_part)
+        mark = self.store.watermark(shard) or "0-0"
+        if resume_state is not None and parse_id(resume_state) < parse_id(mark):
+            mark = resume_state
+        return _ShardPartition(self, shard, mark)

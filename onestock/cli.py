@@ -102,7 +102,7 @@ def run(
     until_drained: Annotated[
         bool, typer.Option(help="Exit 0 once every pushed event has its outcome.")
     ] = False,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default 3).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default 2).")] = None,
 ) -> None:
     """Run the Bytewax dataflow (recovery on: a killed run resumes without loss or duplicates)."""
     from dataflows.runner import run as run_flow

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_SHARDS = 16  # >= the most dataflow workers we support on one machine (8)
-# Three worker processes on two cores: while one waits on a Redis round trip another decodes;
-# measured 53k orders/s drained against 47k with two (README, "Measured figures").
-DEFAULT_WORKERS = 3
+# Two worker processes on two cores. Three overlap more Redis round trips but, with Redis on
+# the same cores, measured erratically (37k to 53k orders/s drained) where two held 45-49k.
+DEFAULT_WORKERS = 2
 
 
 def _int(name: str, default: int) -> int:

@@ -185,6 +185,11 @@ class Store:
         top = parse_id(newest[0][0].decode())
         return wm is not None and parse_id(wm.decode()) >= top and parse_id(last_read) >= top
 
+    def watermark(self, shard: int) -> str | None:
+        """The last input entry id of the shard whose outcome is written."""
+        wm: Any = self.r.get(keys.watermark(shard))
+        return wm.decode() if wm is not None else None
+
     def backlog(self, shards: int) -> int:
         """Entries still in the input streams (consumed entries are trimmed behind them)."""
         pipe = self.r.pipeline(transaction=False)
