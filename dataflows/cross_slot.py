@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from onestock.events import paid_ms
 from onestock.records import SEP, rejected
@@ -29,12 +29,21 @@ from state.store import Store
 MAX_ATTEMPTS = 20
 
 
-class _Item:
-    __slots__ = ("order", "ranking", "slots")
+class Rules(NamedTuple):
+    """What the catalog says beyond stock, as the cross-slot path needs it."""
 
-    def __init__(self, order: Order, ranking: list[str]) -> None:
+    ruled: set[str]  # SKUs with a per-customer limit or a VIP pre-sale (judged before stock)
+    floors: dict[str, int]  # safety stock per location: units online channels cannot take
+    store_channels: set[str]  # channels of kind "store" (they may take safety stock)
+
+
+class _Item:
+    __slots__ = ("order", "ranking", "slots", "store_channel")
+
+    def __init__(self, order: Order, ranking: list[str], rules: Rules) -> None:
         self.order = order
         self.ranking = ranking
+        self.store_channel = order.channel in rules.store_channels
         slots: dict[int, list[str]] = defaultdict(list)
         for ln in order.lines:
             slots[keys.sku_slot(ln.sku)].append(ln.sku)
@@ -46,21 +55,31 @@ def accepted(allocs: list[Allocation]) -> str:
     return SEP.join(["A", *(f"{loc}{SEP}{sku}{SEP}{qty}" for loc, sku, qty in allocs)])
 
 
+# (order, slot, allocations in that slot or None to release, judge the rules only)
+_Entry = tuple[_Item, int, list[Allocation] | None, bool]
+
+
 def _slot_args(
-    batch: Sequence[tuple[_Item, int, list[Allocation] | None]], check_only: bool = False
+    batch: Sequence[_Entry], floors: dict[str, int] | None = None
 ) -> tuple[list[str], list[Any]]:
-    """ARGV for reserve_parts/release_parts on one slot: SKU table, then per-order entries."""
+    """ARGV for one slot: SKU table (then, to reserve, the safety stock), per-order entries.
+    ``floors`` None: release_parts; else reserve_parts."""
     names: dict[str, int] = {}
-    for item, slot, _ in batch:
+    for item, slot, _, _ in batch:
         for sku in item.slots[slot]:
             names.setdefault(sku, len(names) + 1)
-    args: list[Any] = [len(names), *names, len(batch)]
-    for item, slot, allocs in batch:
+    args: list[Any] = [len(names), *names]
+    if floors is not None:
+        args.append(len(floors))
+        for loc, units in floors.items():
+            args += [loc, units]
+    args.append(len(batch))
+    for item, slot, allocs, check_only in batch:
         o = item.order
         args += [o.order_id, names[item.slots[slot][0]]]
         if allocs is not None:  # reserve: the rules' inputs, then the allocations
             args += [o.customer.id, int(o.customer.vip), paid_ms(o.paid_at), int(check_only)]
-            args.append(len(allocs))
+            args += [int(item.store_channel), len(allocs)]
             for loc, sku, qty in allocs:
                 args += [names[sku], loc, qty]
     return list(names), args
@@ -73,10 +92,10 @@ def _stored_allocations(part: bytes) -> list[Allocation]:
 
 
 def _release(store: Store, call: Callable[..., Any], items: list[_Item]) -> None:
-    by_slot: dict[int, list[tuple[_Item, int, None]]] = defaultdict(list)
+    by_slot: dict[int, list[_Entry]] = defaultdict(list)
     for item in items:
         for slot in item.slots:
-            by_slot[slot].append((item, slot, None))
+            by_slot[slot].append((item, slot, None, False))
     if by_slot:
         call(store.release_parts, [_slot_args(batch) for batch in by_slot.values()])
 
@@ -87,11 +106,10 @@ def decide_cross(
     orders: list[Order],
     rankings: list[list[str]],
     outcome: dict[str, str],
-    ruled: set[str] = frozenset(),  # type: ignore[assignment]
+    rules: Rules,
 ) -> None:
-    """Decide cross-slot orders into ``outcome``; ``call`` wraps Redis calls (retry on outage).
-    ``ruled``: SKUs with a per-customer limit or a VIP pre-sale (judged before the stock)."""
-    items = [_Item(o, r) for o, r in zip(orders, rankings, strict=True)]
+    """Decide cross-slot orders into ``outcome``; ``call`` wraps Redis calls (retry on outage)."""
+    items = [_Item(o, r, rules) for o, r in zip(orders, rankings, strict=True)]
     wanted = [(it.order.order_id, skus[0]) for it in items for skus in it.slots.values()]
     found = iter(call(store.read_parts, wanted))
     pending, partial = [], []
@@ -110,7 +128,7 @@ def decide_cross(
     for _ in range(MAX_ATTEMPTS):
         if not pending:
             return
-        pending = _attempt(store, call, pending, outcome, ruled)
+        pending = _attempt(store, call, pending, outcome, rules)
     for it in pending:
         outcome[it.order.order_id] = rejected("sold_out")
 
@@ -120,7 +138,7 @@ def _attempt(
     call: Callable[..., Any],
     pending: list[_Item],
     outcome: dict[str, str],
-    ruled: set[str],
+    rules: Rules,
 ) -> list[_Item]:
     """One round: plan, reserve (or, where the stock cannot serve an order whose SKUs have
     rules, judge the rules first), release what failed; returns the orders to plan again."""
@@ -128,50 +146,73 @@ def _attempt(
     stock = call(store.stock_levels, skus)
     plans: dict[str, list[Allocation]] = {}
     no_stock: dict[str, str] = {}
-    reserve: dict[int, list[tuple[_Item, int, list[Allocation]]]] = defaultdict(list)
-    judge: dict[int, list[tuple[_Item, int, list[Allocation]]]] = defaultdict(list)
+    # per slot, in arrival order: reservations, and rules-only judgements for orders the stock
+    # cannot serve (one call per slot, so an earlier order's count is seen by a later one)
+    by_slot: dict[int, list[_Entry]] = defaultdict(list)
     for it in pending:
         o = it.order
         pickup = o.delivery.store if o.delivery.mode == "pickup" else None
-        res = plan(o.lines, stock, it.ranking, pickup)
+        res = plan(o.lines, stock, it.ranking, pickup, None if it.store_channel else rules.floors)
         if isinstance(res, str):
-            if res == "unknown_sku" or not any(ln.sku in ruled for ln in o.lines):
+            if res == "unknown_sku":
                 outcome[o.order_id] = rejected(res)
                 continue
             no_stock[o.order_id] = res  # unless a rule, judged first, rejects it
+            if not any(ln.sku in rules.ruled for ln in o.lines):
+                continue
             for slot, slot_skus in it.slots.items():
                 lines = [("", ln.sku, ln.qty) for ln in o.lines if ln.sku in slot_skus]
-                judge[slot].append((it, slot, lines))
+                by_slot[slot].append((it, slot, lines, True))
             continue
         plans[o.order_id] = res
         for loc, sku, qty in res:
             stock[sku][loc] -= qty
         for slot, slot_skus in it.slots.items():
-            reserve[slot].append((it, slot, [a for a in res if a[1] in slot_skus]))
-    batches = list(reserve.values()) + list(judge.values())
-    calls = [_slot_args(b) for b in reserve.values()]
-    calls += [_slot_args(b, check_only=True) for b in judge.values()]
+            by_slot[slot].append((it, slot, [a for a in res if a[1] in slot_skus], False))
+    batches = list(by_slot.values())
+    calls = [_slot_args(b, rules.floors) for b in batches]
     results = call(store.reserve_parts, calls) if calls else []
     failed: dict[str, _Item] = {}
     broken: dict[str, int] = {}  # order id -> 3 (vip_only) or 4 (limit_exceeded)
     for batch, statuses in zip(batches, results, strict=True):
-        for (it, _, _), status in zip(batch, statuses, strict=True):
+        for (it, _, _, _), status in zip(batch, statuses, strict=True):
             oid = it.order.order_id
             if status in (3, 4):
                 broken[oid] = min(broken.get(oid, 4), status)
             elif status == 0:
                 failed[oid] = it
-    undo = [it for it in pending if it.order.order_id in failed or it.order.order_id in plans
-            and it.order.order_id in broken]  # fmt: skip
+    # In arrival order: once an order's plan did not go through (no stock after all, or a
+    # rule), the orders after it may have planned around units it never took, or been judged
+    # on counts that included it, so they are released and decided again on a fresh read;
+    # the ones before it stand.
+    again: list[_Item] = []
+    undo: list[_Item] = []
+    suspect = False
+    for it in pending:
+        oid = it.order.order_id
+        if oid in broken:
+            if oid in plans:
+                undo.append(it)
+            if suspect:  # its count may hold units of an earlier order that is undone
+                again.append(it)
+            else:
+                outcome[oid] = rejected("vip_only" if broken[oid] == 3 else "limit_exceeded")
+            suspect = suspect or oid in plans
+        elif oid in failed:
+            undo.append(it)
+            again.append(it)
+            suspect = True
+        elif oid in plans:
+            if suspect:
+                undo.append(it)
+                again.append(it)
+            else:
+                outcome[oid] = accepted(plans[oid])
+        elif oid in no_stock:
+            if suspect:
+                again.append(it)
+            else:
+                outcome[oid] = rejected(no_stock[oid])
     if undo:
         _release(store, call, undo)
-    for oid, status in broken.items():
-        outcome[oid] = rejected("vip_only" if status == 3 else "limit_exceeded")
-        failed.pop(oid, None)
-    for oid, reason in no_stock.items():
-        if oid not in broken:
-            outcome[oid] = rejected(reason)
-    for oid, allocs in plans.items():
-        if oid not in failed and oid not in broken:
-            outcome[oid] = accepted(allocs)
-    return list(failed.values())
+    return again

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from dataflows.cross_slot import decide_cross
+from dataflows.cross_slot import Rules, decide_cross
 from onestock import events
 from onestock.events import paid_ms
 from onestock.records import pack, rejected
@@ -22,7 +22,8 @@ from onestock.types import Catalog, Order
 from state.keys import sku_slot
 from state.store import Store, Waiter
 
-# home SKU index, pickup location index (0 = ship), lines, flags (bit 0: VIP), paid_at ms
+# home SKU index, pickup location index (0 = ship), lines, flags (bit 0: VIP, bit 1: store
+# channel), paid_at ms
 _HEAD = struct.Struct("<HHHBQ")
 _LINE = struct.Struct("<HI")  # SKU index, qty
 
@@ -51,6 +52,12 @@ class _View:
             if s.per_customer_limit is not None or s.vip_presale_until is not None
         }
         self.locations = set(self.router.ids)
+        by_id = {loc.id: loc for loc in catalog.locations}
+        # units online channels cannot take, per location in router order (store channels can)
+        self.safety = [by_id[loc].safety_stock for loc in self.router.ids]
+        self.floors = {loc: n for loc, n in zip(self.router.ids, self.safety, strict=True) if n}
+        self.store_channels = {c.id for c in catalog.channels if c.kind == "store"}
+        self.rules = Rules(self.ruled, self.floors, self.store_channels)
         self.loc_index = {loc: i + 1 for i, loc in enumerate(self.router.ids)}
 
 
@@ -125,7 +132,7 @@ class Decider:
         if cross:
             router = self.view.router
             rankings = [router.decode(r) for r in self._rankings(cross)]
-            decide_cross(self.store, self.wait.call, cross, rankings, outcome, self.view.ruled)
+            decide_cross(self.store, self.wait.call, cross, rankings, outcome, self.view.rules)
         records: list[str] = []
         add = records.extend
         for oid, (eid, d) in firsts.items():
@@ -193,12 +200,13 @@ class Decider:
                 else sku_index[lines[0].sku]
             )
             paid = paid_ms(o.paid_at)
+            flags = o.customer.vip | (2 if o.channel in view.store_channels else 0)
             if o.delivery.mode == "pickup":
                 pickup = view.loc_index[o.delivery.store]  # type: ignore[index]
-                head = _HEAD.pack(home, pickup, len(lines), o.customer.vip, paid)
+                head = _HEAD.pack(home, pickup, len(lines), flags, paid)
                 ranking = b""
             else:
-                head = _HEAD.pack(home, 0, len(lines), o.customer.vip, paid)
+                head = _HEAD.pack(home, 0, len(lines), flags, paid)
             if len(lines) == 1:
                 spec = head + _LINE.pack(sku_index[lines[0].sku], lines[0].qty) + ranking
             else:
@@ -207,4 +215,5 @@ class Decider:
                 )
             body += [o.order_id, spec, o.customer.id]
         skus = list(sku_index)
-        return skus, [len(skus), len(view.router.ids), *skus, *view.router.ids, *body]
+        ids = view.router.ids
+        return skus, [len(skus), len(ids), *skus, *ids, *view.safety, *body]

@@ -70,27 +70,34 @@ def plan(
     stock: dict[str, dict[str, int]],
     candidates: list[str],
     pickup_store: str | None,
+    floors: dict[str, int] | None = None,
 ) -> list[Allocation] | str:
     """Allocate an order all-or-nothing; returns allocations or a reject reason.
 
     Ship: the first candidate that holds every line; otherwise each line is taken from the
     candidates nearest first (a line may split). Pickup: the named store holds every line.
+    ``floors``: units per location the order may not take (safety stock, online channels).
     """
+    floors = floors or {}
+
+    def free(sku: str, loc: str) -> int:
+        return stock[sku].get(loc, 0) - floors.get(loc, 0)
+
     for line in lines:
         if line.sku not in stock:
             return "unknown_sku"
     if pickup_store is not None:
-        if all(stock[ln.sku].get(pickup_store, 0) >= ln.qty for ln in lines):
+        if all(free(ln.sku, pickup_store) >= ln.qty for ln in lines):
             return [(pickup_store, ln.sku, ln.qty) for ln in lines]
         return "pickup_unavailable"
     for loc in candidates:
-        if all(stock[ln.sku].get(loc, 0) >= ln.qty for ln in lines):
+        if all(free(ln.sku, loc) >= ln.qty for ln in lines):
             return [(loc, ln.sku, ln.qty) for ln in lines]
     taken: list[Allocation] = []
     for line in lines:
         need = line.qty
         for loc in candidates:
-            have = stock[line.sku].get(loc, 0)
+            have = free(line.sku, loc)
             if have > 0:
                 take = min(have, need)
                 taken.append((loc, line.sku, take))

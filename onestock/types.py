@@ -34,12 +34,12 @@ class Location(Struct, forbid_unknown_fields=True):
     lat: Lat | None = None
     lon: Lon | None = None
     priority: int = 0
-    pickup: bool | None = None  # None: stores allow pickup, warehouses do not
-    safety_stock: Count = 0  # (later) units online channels cannot take
+    pickup: bool = False  # in-store pickup happens only where this is true
+    safety_stock: Count = 0  # units of each SKU here that online channels cannot take
 
     @property
     def allows_pickup(self) -> bool:
-        return self.pickup if self.pickup is not None else self.kind == "store"
+        return self.pickup
 
 
 class ChannelLock(Struct, forbid_unknown_fields=True):

@@ -35,6 +35,10 @@ def catalogs(draw: st.DrawFn) -> dict[str, Any]:
         }
         if draw(st.booleans()) or i == 0:
             loc.update(lat=draw(GRID), lon=draw(GRID))
+        if draw(st.booleans()):
+            loc["pickup"] = True
+        if draw(st.booleans()):
+            loc["safety_stock"] = draw(st.integers(1, 3))
         locations.append(loc)
     skus = []
     for sku in draw(st.lists(st.sampled_from(SKUS), min_size=1, max_size=3, unique=True)):
@@ -45,7 +49,8 @@ def catalogs(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.booleans()):
             entry["vip_presale_until"] = PRESALE_END
         skus.append(entry)
-    return {"channels": [{"id": c} for c in CHANNELS], "locations": locations, "skus": skus}
+    channels = [{"id": "tmall", "kind": "online"}, {"id": "pos", "kind": "store"}]
+    return {"channels": channels, "locations": locations, "skus": skus}
 
 
 @st.composite
@@ -103,7 +108,7 @@ def model(
     pickup = o["delivery"]["mode"] == "pickup"
     if pickup and o["delivery"]["store"] not in locs:
         return ("invalid",)
-    if pickup and locs[o["delivery"]["store"]]["kind"] != "store":
+    if pickup and not locs[o["delivery"]["store"]].get("pickup"):
         return ("pickup_unavailable",)
     paid = datetime.fromisoformat(o["paid_at"])
     for ln in lines:
@@ -114,9 +119,15 @@ def model(
         cap = rules[ln["sku"]].get("per_customer_limit")
         if cap and bought.get((ln["sku"], o["customer"]["id"]), 0) + ln["qty"] > cap:
             return ("limit_exceeded",)
+    online = o["channel"] != "pos"
+
+    def free(sku: str, loc: str) -> int:
+        """What this order may take: online channels leave the safety stock."""
+        return stock[sku].get(loc, 0) - (locs[loc].get("safety_stock", 0) if online else 0)
+
     if pickup:
         store = o["delivery"]["store"]
-        if any(stock[ln["sku"]].get(store, 0) < ln["qty"] for ln in lines):
+        if any(free(ln["sku"], store) < ln["qty"] for ln in lines):
             return ("pickup_unavailable",)
         return [(store, ln["sku"], ln["qty"]) for ln in lines]
     c = o["customer"]
@@ -130,13 +141,13 @@ def model(
 
     ranked = [loc["id"] for loc in sorted(locs.values(), key=key)]
     for loc in ranked:
-        if all(stock[ln["sku"]].get(loc, 0) >= ln["qty"] for ln in lines):
+        if all(free(ln["sku"], loc) >= ln["qty"] for ln in lines):
             return [(loc, ln["sku"], ln["qty"]) for ln in lines]
     taken = []
     for ln in lines:
         need = ln["qty"]
         for loc in ranked:
-            q = min(need, stock[ln["sku"]].get(loc, 0))
+            q = min(need, max(0, free(ln["sku"], loc)))
             if q:
                 taken.append((loc, ln["sku"], q))
                 need -= q

@@ -3,13 +3,15 @@
 -- KEYS: for SKU i of this call (1-based): KEYS[3i-2] = its stock hash (location -> units,
 --       plus NUL-prefixed fields: the marker and its rules), KEYS[3i-1] = its decision hash
 --       (order id -> stored outcome), KEYS[3i] = units sold per customer. All in one slot.
--- ARGV: nskus, nlocs, sku names (nskus), location ids (nlocs), norders, then per order three
+-- ARGV: nskus, nlocs, sku names (nskus), location ids (nlocs), safety stock per location
+--       (nlocs: units that online channels cannot take there), norders, then per order three
 --       arguments: the order id, a little-endian binary spec, and the customer id (may be
 --       empty when no SKU of the order has a per-customer limit). The spec:
 --         u16 home    SKU index whose decision hash keeps the outcome
 --         u16 pickup  location index of the pickup store, 0 = ship
 --         u16 nlines
---         u8  flags   bit 0: the customer is a VIP
+--         u8  flags   bit 0: the customer is a VIP; bit 1: a store-kind channel (it may
+--                     take safety stock)
 --         u64 paid_at in epoch milliseconds (time-boxed rules are judged at paid_at)
 --         then per line: u16 sku index, u32 qty >= 1
 --         then the ranking: u16 location indices, nearest first (empty for pickup).
@@ -38,8 +40,14 @@ local nskus, nlocs = tonumber(ARGV[1]), tonumber(ARGV[2])
 if not nskus or not nlocs or nskus < 1 or #KEYS ~= 3 * nskus then return bad('bad header') end
 local skus, locs = {}, {}
 for i = 1, nskus do skus[i] = ARGV[2 + i] end
-for i = 1, nlocs do locs[i] = ARGV[2 + nskus + i] end
-local first = 4 + nskus + nlocs -- ARGV index of the first order id
+local safety, NONE = {}, {}
+for i = 1, nlocs do
+  locs[i] = ARGV[2 + nskus + i]
+  local units = tonumber(ARGV[2 + nskus + nlocs + i])
+  if not units then return bad('bad safety stock') end
+  if units > 0 then safety[locs[i]] = units end
+end
+local first = 4 + nskus + 2 * nlocs -- ARGV index of the first order id
 local norders = tonumber(ARGV[first - 1])
 if not norders or #ARGV ~= first - 1 + 3 * norders then return bad('bad order count') end
 
@@ -110,9 +118,11 @@ local function take(s, loc, q)
   dirty[s][loc] = true
 end
 
-local function holds_all(loc, lines)
+-- floors: units per location this order may not take (safety stock, for online channels)
+local function holds_all(loc, lines, floors)
+  local floor = floors[loc] or 0
   for i = 1, #lines, 2 do
-    if (stock[lines[i]][loc] or 0) < lines[i + 1] then return false end
+    if (stock[lines[i]][loc] or 0) - floor < lines[i + 1] then return false end
   end
   return true
 end
@@ -130,10 +140,10 @@ local function whole(loc, lines)
 end
 
 -- lines: flat {sku index, qty, sku index, qty, ...}; ranking starts at byte `at` of blob.
-local function decide_many(blob, pickup, lines, at)
+local function decide_many(blob, pickup, lines, at, floors)
   if pickup > 0 then
     local loc = locs[pickup]
-    if holds_all(loc, lines) then return whole(loc, lines) end
+    if holds_all(loc, lines, floors) then return whole(loc, lines) end
     return NO_PICKUP
   end
   local cands = {}
@@ -141,7 +151,7 @@ local function decide_many(blob, pickup, lines, at)
     local lo, hi = byte(blob, pos, pos + 1)
     local loc = locs[lo + 256 * hi + 1]
     if loc then
-      if holds_all(loc, lines) then return whole(loc, lines) end
+      if holds_all(loc, lines, floors) then return whole(loc, lines) end
       cands[#cands + 1] = loc
     end
   end
@@ -150,7 +160,7 @@ local function decide_many(blob, pickup, lines, at)
   for i = 1, #lines, 2 do
     local s, need = lines[i], lines[i + 1]
     for r = 1, #cands do
-      local have = stock[s][cands[r]] or 0
+      local have = (stock[s][cands[r]] or 0) - (floors[cands[r]] or 0)
       if have > 0 then
         local q = math.min(have, need)
         allocs[#allocs + 1] = { s, cands[r], q, r, #allocs }
@@ -176,6 +186,7 @@ end
 
 -- Stock only: sold_out, pickup_unavailable, or the allocations.
 local function decide_stock(blob, pickup, nl, lines)
+  local floors = byte(blob, 7) % 4 >= 2 and NONE or safety
   if pickup == 0 then
     for i = 1, #lines, 2 do
       if total[lines[i]] < lines[i + 1] then return SOLD_OUT end
@@ -188,13 +199,13 @@ local function decide_stock(blob, pickup, nl, lines)
     for pos = at, #blob - 1, 2 do
       local lo, hi = byte(blob, pos, pos + 1)
       local loc = locs[lo + 256 * hi + 1]
-      if loc and (st[loc] or 0) >= q then
+      if loc and (st[loc] or 0) - (floors[loc] or 0) >= q then
         take(s, loc, q)
         return 'A' .. SEP .. loc .. SEP .. skus[s] .. SEP .. q
       end
     end
   end
-  return decide_many(blob, pickup, lines, at)
+  return decide_many(blob, pickup, lines, at, floors)
 end
 
 -- vip_only / limit_exceeded / nil: the rules of the order's SKUs, judged at paid_at.

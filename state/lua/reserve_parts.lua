@@ -3,10 +3,11 @@
 -- KEYS: for SKU i of this call: KEYS[3i-2] = its stock hash (with its NUL-prefixed rules),
 --       KEYS[3i-1] = its parts hash (order id -> what is reserved here for that order),
 --       KEYS[3i] = units sold per customer. All in one slot.
--- ARGV: nskus, sku names (nskus), norders, then per order: order_id, home (SKU index whose
---       parts hash keeps this order's part), customer id, vip (0/1), paid_at (epoch ms),
---       check_only (1: judge the rules only, write nothing), nallocs, nallocs triples
---       (sku index, location, qty).
+-- ARGV: nskus, sku names (nskus), nsafe, nsafe pairs (location, units online channels may
+--       not take there), norders, then per order: order_id, home (SKU index whose parts hash
+--       keeps this order's part), customer id, vip (0/1), paid_at (epoch ms), check_only
+--       (1: judge the rules only, write nothing), store_channel (1: may take safety stock),
+--       nallocs, nallocs triples (sku index, location, qty).
 -- Returns: per order 1 reserved now (or, check_only, the rules pass), 2 already reserved by
 --          an earlier call (unchanged), 0 not enough stock, 3 vip_only, 4 limit_exceeded
 --          (nothing changed for that order). Rules are judged before stock.
@@ -23,18 +24,26 @@ if not nskus or #KEYS ~= 3 * nskus then return bad('bad header') end
 local names = {}
 for i = 1, nskus do names[i] = ARGV[1 + i] end
 local p = 2 + nskus
+local nsafe = tonumber(ARGV[p]); p = p + 1
+if not nsafe then return bad('bad safety stock') end
+local safety = {}
+for _ = 1, nsafe do
+  safety[ARGV[p]] = tonumber(ARGV[p + 1])
+  if not safety[ARGV[p]] then return bad('bad safety stock') end
+  p = p + 2
+end
 local norders = tonumber(ARGV[p]); p = p + 1
 if not norders then return bad('bad order count') end
 local orders = {}
 for o = 1, norders do
   local oid, home, customer = ARGV[p], tonumber(ARGV[p + 1]), ARGV[p + 2]
   local vip, paid, check_only = ARGV[p + 3] == '1', tonumber(ARGV[p + 4]), ARGV[p + 5] == '1'
-  local n = tonumber(ARGV[p + 6])
+  local store_channel, n = ARGV[p + 6] == '1', tonumber(ARGV[p + 7])
   if not oid or not home or not customer or not paid or not n or home < 1 or home > nskus
      or n < 1 then
     return bad('malformed order #' .. o)
   end
-  p = p + 7
+  p = p + 8
   local allocs = {}
   for i = 1, n do
     local s, loc, q = tonumber(ARGV[p]), ARGV[p + 1], tonumber(ARGV[p + 2])
@@ -44,7 +53,7 @@ for o = 1, norders do
     allocs[i] = { s, loc, q }
     p = p + 3
   end
-  orders[o] = { oid, home, allocs, customer, vip, paid, check_only }
+  orders[o] = { oid, home, allocs, customer, vip, paid, check_only, store_channel }
 end
 if p - 1 ~= #ARGV then return bad('trailing arguments') end
 
@@ -80,7 +89,7 @@ for s = 1, nskus do
   end
 end
 
-local function check(allocs, customer, vip, paid, check_only)
+local function check(allocs, customer, vip, paid, check_only, store_channel)
   local need, per_sku = {}, {}
   for _, a in ipairs(allocs) do
     local s = a[1]
@@ -94,7 +103,8 @@ local function check(allocs, customer, vip, paid, check_only)
   for _, a in ipairs(allocs) do
     local k = a[1] .. SEP .. a[2]
     need[k] = (need[k] or 0) + a[3]
-    if (stock[a[1]][a[2]] or 0) < need[k] then return 0 end
+    local floor = store_channel and 0 or (safety[a[2]] or 0)
+    if (stock[a[1]][a[2]] or 0) - floor < need[k] then return 0 end
   end
   return 1
 end
@@ -102,11 +112,11 @@ end
 local out, parts = {}, {}
 for s = 1, nskus do parts[s] = {} end
 for o, od in ipairs(orders) do
-  local oid, home, allocs, customer, vip, paid, check_only = unpack(od)
+  local oid, home, allocs, customer, vip, paid, check_only, store_channel = unpack(od)
   if done[oid] then
     out[o] = 2
   else
-    local status = check(allocs, customer, vip, paid, check_only)
+    local status = check(allocs, customer, vip, paid, check_only, store_channel)
     if status == 1 and not check_only then
       local stored = { customer }
       for _, a in ipairs(allocs) do
