@@ -122,11 +122,15 @@ def stock_view(store: Store, sku: str | None = None) -> dict[str, StockView]:
             raise OnestockError(f"unknown SKU {sku!r}")
         names = [sku]
     levels = store.stock_levels(names)
+    safety = {loc.id: loc.safety_stock for loc in cat.locations if loc.safety_stock}
     view = {}
     for name in names:
         locs = levels.get(name, {})
         total = sum(locs.values())
-        view[name] = StockView(total, locs, {c.id: total for c in cat.channels})
+        # online channels cannot take a location's safety stock; store channels can
+        held = sum(min(q, safety.get(loc, 0)) for loc, q in locs.items() if q > 0)
+        available = {c.id: total - (held if c.kind == "online" else 0) for c in cat.channels}
+        view[name] = StockView(total, locs, available)
     return view
 
 

@@ -138,3 +138,52 @@ def test_one_customers_orders_on_many_workers_at_once_respect_the_limit(
         assert p.exitcode == 0
     assert stock(store, "SNEAKER") == {"wh-a": 43}
     assert store.r.hget(keys.bought("SNEAKER"), "whale") == b"7"
+
+
+SAFE = {
+    "channels": [{"id": "tmall", "kind": "online"}, {"id": "pos", "kind": "store"}],
+    "locations": [
+        {
+            "id": "st-a",
+            "kind": "store",
+            "lat": 30.3,
+            "lon": 120.2,
+            "pickup": True,
+            "safety_stock": 2,
+        },
+        {"id": "wh-b", "lat": 39.9, "lon": 116.4},
+        {"id": "st-c", "kind": "store", "lat": 31.2, "lon": 121.5},  # no pickup here
+    ],
+    "skus": [{"sku": "SNEAKER", "stock": {"st-a": 3, "wh-b": 1, "st-c": 5}}],
+}
+NEAR_A = {"lat": 30.3, "lon": 120.2}
+
+
+def test_online_channels_leave_the_safety_stock_store_channels_may_take_it(store: Store) -> None:
+    load(store, SAFE)
+    recs, _ = decide(store, [
+        order("s1", ("SNEAKER", 1), channel="tmall", **NEAR_A),  # st-a has 3 - 2 = 1 free
+        order("s2", ("SNEAKER", 1), channel="tmall", **NEAR_A),  # no longer: next nearest
+        order("s3", ("SNEAKER", 2), channel="pos", **NEAR_A),  # the store takes its own 2
+        order("p1", ("SNEAKER", 1), channel="tmall", pickup="st-a"),  # nothing free there
+    ])  # fmt: skip
+    assert [(r.order_id, r.reason or r.shipments[0].location) for r in recs] == [
+        ("s1", "st-a"), ("s2", "st-c"), ("s3", "st-a"), ("p1", "pickup_unavailable"),
+    ]  # fmt: skip
+    assert stock(store, "SNEAKER") == {"st-a": 0, "wh-b": 1, "st-c": 4}
+
+
+def test_pickup_only_where_the_location_says_pickup(store: Store) -> None:
+    load(store, SAFE)
+    recs, _ = decide(store, [order("p2", ("SNEAKER", 1), channel="pos", pickup="st-c")])
+    assert recs[0].reason == "pickup_unavailable"
+    recs, _ = decide(store, [order("p3", ("SNEAKER", 3), channel="pos", pickup="st-a")])
+    assert [(s.location, s.mode) for s in recs[0].shipments] == [("st-a", "pickup")]
+
+
+def test_stock_view_shows_what_each_channel_can_sell(store: Store) -> None:
+    from onestock import ops
+
+    load(store, SAFE)
+    view = ops.stock_view(store)["SNEAKER"]
+    assert view.total == 9 and view.available == {"tmall": 7, "pos": 9}
