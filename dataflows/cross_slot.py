@@ -35,6 +35,7 @@ class Rules(NamedTuple):
     ruled: set[str]  # SKUs with a per-customer limit or a VIP pre-sale (judged before stock)
     floors: dict[str, int]  # safety stock per location: units online channels cannot take
     store_channels: set[str]  # channels of kind "store" (they may take safety stock)
+    fewest: bool  # split over as few locations as possible (else nearest first)
 
 
 class _Item:
@@ -152,7 +153,8 @@ def _attempt(
     for it in pending:
         o = it.order
         pickup = o.delivery.store if o.delivery.mode == "pickup" else None
-        res = plan(o.lines, stock, it.ranking, pickup, None if it.store_channel else rules.floors)
+        floors = None if it.store_channel else rules.floors
+        res = plan(o.lines, stock, it.ranking, pickup, floors, rules.fewest)
         if isinstance(res, str):
             if res == "unknown_sku":
                 outcome[o.order_id] = rejected(res)

@@ -57,7 +57,8 @@ class _View:
         self.safety = [by_id[loc].safety_stock for loc in self.router.ids]
         self.floors = {loc: n for loc, n in zip(self.router.ids, self.safety, strict=True) if n}
         self.store_channels = {c.id for c in catalog.channels if c.kind == "store"}
-        self.rules = Rules(self.ruled, self.floors, self.store_channels)
+        self.fewest = int(catalog.routing == "fewest_shipments")
+        self.rules = Rules(self.ruled, self.floors, self.store_channels, bool(self.fewest))
         self.loc_index = {loc: i + 1 for i, loc in enumerate(self.router.ids)}
 
 
@@ -216,4 +217,4 @@ class Decider:
             body += [o.order_id, spec, o.customer.id]
         skus = list(sku_index)
         ids = view.router.ids
-        return skus, [len(skus), len(ids), *skus, *ids, *view.safety, *body]
+        return skus, [len(skus), len(ids), view.fewest, *skus, *ids, *view.safety, *body]

@@ -87,4 +87,5 @@ def merge(old: Catalog | None, new: Catalog) -> Catalog:
         locations=new.locations,
         skus=[s for s in old.skus if s.sku not in named] + new.skus,
         campaigns=[c for c in old.campaigns if c.id not in camps] + new.campaigns,
+        routing=new.routing,
     )

@@ -8,6 +8,8 @@ first candidate that still has the stock, so choice and decrement are one atomic
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from onestock.types import Catalog, Line
@@ -35,6 +37,10 @@ class Router:
         self._lon = np.radians(lon)
         self._cos_lat = np.cos(self._lat)
         self.by_priority: bytes = np.arange(len(locs), dtype="<u2").tobytes()
+        # "priority" routing: lower priority first, nearest within a priority, then id
+        self._priority = (
+            np.array([loc.priority for loc in locs]) if catalog.routing == "priority" else None
+        )
 
     def distances_km(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         """Great-circle distances, shape (customers, locations); inf where a location has none."""
@@ -56,7 +62,11 @@ class Router:
             return out
         lat = np.fromiter((coords[i][0] for i in idx), dtype=np.float64, count=len(idx))  # type: ignore[index]
         lon = np.fromiter((coords[i][1] for i in idx), dtype=np.float64, count=len(idx))  # type: ignore[index]
-        order = np.argsort(self.distances_km(lat, lon), axis=1, kind="stable").astype("<u2")
+        order = np.argsort(self.distances_km(lat, lon), axis=1, kind="stable")
+        if self._priority is not None:  # a stable re-sort by priority keeps distance order
+            by_prio = np.argsort(self._priority[order], axis=1, kind="stable")
+            order = np.take_along_axis(order, by_prio, axis=1)
+        order = order.astype("<u2")
         for row, i in zip(order, idx, strict=True):
             out[i] = row.tobytes()
         return out
@@ -71,12 +81,14 @@ def plan(
     candidates: list[str],
     pickup_store: str | None,
     floors: dict[str, int] | None = None,
+    fewest: bool = False,
 ) -> list[Allocation] | str:
     """Allocate an order all-or-nothing; returns allocations or a reject reason.
 
     Ship: the first candidate that holds every line; otherwise each line is taken from the
     candidates nearest first (a line may split). Pickup: the named store holds every line.
     ``floors``: units per location the order may not take (safety stock, online channels).
+    ``fewest``: split over as few locations as possible (greedy), instead of nearest first.
     """
     floors = floors or {}
 
@@ -93,6 +105,8 @@ def plan(
     for loc in candidates:
         if all(free(ln.sku, loc) >= ln.qty for ln in lines):
             return [(loc, ln.sku, ln.qty) for ln in lines]
+    if fewest:
+        return _split_fewest(lines, candidates, free)
     taken: list[Allocation] = []
     for line in lines:
         need = line.qty
@@ -107,6 +121,35 @@ def plan(
         if need:
             return "sold_out"
     # Group by location, nearest first, so shipments read in route order.
+    rank = {loc: i for i, loc in enumerate(candidates)}
+    taken.sort(key=lambda a: rank[a[0]])
+    return taken
+
+
+def _split_fewest(
+    lines: list[Line], candidates: list[str], free: Callable[[str, str], int]
+) -> list[Allocation] | str:
+    """Again and again the location that can ship the most of what is missing (ties: the
+    better ranked), all it can, until nothing is missing."""
+    need = {ln.sku: ln.qty for ln in lines}
+    used: set[str] = set()
+    taken: list[Allocation] = []
+    while any(need.values()):
+        best, best_units = None, 0
+        for loc in candidates:
+            if loc in used:
+                continue
+            units = sum(min(max(free(sku, loc), 0), q) for sku, q in need.items())
+            if units > best_units:
+                best, best_units = loc, units
+        if best is None:
+            return "sold_out"
+        used.add(best)
+        for ln in lines:
+            q = min(max(free(ln.sku, best), 0), need[ln.sku])
+            if q:
+                taken.append((best, ln.sku, q))
+                need[ln.sku] -= q
     rank = {loc: i for i, loc in enumerate(candidates)}
     taken.sort(key=lambda a: rank[a[0]])
     return taken

@@ -70,6 +70,9 @@ class Catalog(Struct, forbid_unknown_fields=True):
     locations: list[Location]
     skus: list[Sku]
     campaigns: list[Campaign] = []
+    # nearest: the contract's default; priority: lower priority first, then nearest;
+    # fewest_shipments: a single location if any, else as few locations as possible.
+    routing: Literal["nearest", "priority", "fewest_shipments"] = "nearest"
 
 
 # -- order events --------------------------------------------------------------------------

@@ -50,7 +50,8 @@ def catalogs(draw: st.DrawFn) -> dict[str, Any]:
             entry["vip_presale_until"] = PRESALE_END
         skus.append(entry)
     channels = [{"id": "tmall", "kind": "online"}, {"id": "pos", "kind": "store"}]
-    return {"channels": channels, "locations": locations, "skus": skus}
+    routing = draw(st.sampled_from(["nearest", "priority", "fewest_shipments"]))
+    return {"channels": channels, "locations": locations, "skus": skus, "routing": routing}
 
 
 @st.composite
@@ -132,17 +133,21 @@ def model(
         return [(store, ln["sku"], ln["qty"]) for ln in lines]
     c = o["customer"]
 
-    def key(loc: dict[str, Any]) -> tuple[float, int, str]:
+    def key(loc: dict[str, Any]) -> tuple[float, float, str]:
         if "lat" in c and "lat" in loc:
-            return (_km((c["lat"], c["lon"]), (loc["lat"], loc["lon"])), loc["priority"], loc["id"])
-        if "lat" in c:
-            return (math.inf, loc["priority"], loc["id"])
-        return (0.0, loc["priority"], loc["id"])
+            km = _km((c["lat"], c["lon"]), (loc["lat"], loc["lon"]))
+        else:
+            km = math.inf if "lat" in c else 0.0
+        if cat["routing"] == "priority":
+            return (loc["priority"], km, loc["id"])
+        return (km, loc["priority"], loc["id"])
 
     ranked = [loc["id"] for loc in sorted(locs.values(), key=key)]
     for loc in ranked:
         if all(free(ln["sku"], loc) >= ln["qty"] for ln in lines):
             return [(loc, ln["sku"], ln["qty"]) for ln in lines]
+    if cat["routing"] == "fewest_shipments":
+        return _fewest(lines, ranked, free)
     taken = []
     for ln in lines:
         need = ln["qty"]
@@ -201,6 +206,29 @@ def test_decisions_match_the_contract_model(
     have = store.stock_levels(stock)
     assert {k: {loc: q for loc, q in v.items()} for k, v in have.items()} == stock
     assert all(q >= 0 for v in have.values() for q in v.values())
+
+
+def _fewest(lines: list[dict[str, Any]], ranked: list[str], free: Any) -> Any:
+    """Greedy: the location shipping the most of what is missing, ties to the better ranked."""
+    need = {ln["sku"]: ln["qty"] for ln in lines}
+    taken: list[tuple[str, str, int]] = []
+    left = set(ranked)
+    while sum(need.values()):
+        scores = [
+            (sum(min(max(free(k, loc), 0), q) for k, q in need.items()), loc)
+            for loc in ranked
+            if loc in left
+        ]
+        best = max(scores, key=lambda t: t[0], default=(0, None))  # first of the highest
+        if not best[0]:
+            return ("sold_out",)
+        left.discard(best[1])
+        for ln in lines:
+            q = min(max(free(ln["sku"], best[1]), 0), need[ln["sku"]])
+            if q:
+                taken.append((best[1], ln["sku"], q))
+                need[ln["sku"]] -= q
+    return sorted(taken, key=lambda t: ranked.index(t[0]))
 
 
 def _spans_slots(o: dict[str, Any]) -> bool:

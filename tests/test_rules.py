@@ -187,3 +187,57 @@ def test_stock_view_shows_what_each_channel_can_sell(store: Store) -> None:
     load(store, SAFE)
     view = ops.stock_view(store)["SNEAKER"]
     assert view.total == 9 and view.available == {"tmall": 7, "pos": 9}
+
+
+STRATEGY = {
+    "channels": [{"id": "tmall"}],
+    "locations": [
+        {"id": "st-near", "kind": "store", "lat": 30.3, "lon": 120.2, "priority": 5},
+        {"id": "wh-mid", "lat": 31.2, "lon": 121.5, "priority": 0},
+        {"id": "wh-far", "lat": 39.9, "lon": 116.4, "priority": 0},
+    ],
+    "skus": [
+        {"sku": "A", "stock": {"st-near": 1, "wh-mid": 1, "wh-far": 1}},
+        {"sku": "B", "stock": {"st-near": 1, "wh-far": 1}},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("routing", "shipments"),
+    [
+        # each line nearest first: three shipments
+        (
+            "nearest",
+            [("st-near", "A", 1), ("st-near", "B", 1), ("wh-mid", "A", 1), ("wh-far", "B", 1)],
+        ),
+        # warehouses (priority 0) before the store, nearest first among them
+        (
+            "priority",
+            [("wh-mid", "A", 1), ("wh-far", "A", 1), ("wh-far", "B", 1), ("st-near", "B", 1)],
+        ),
+        # as few locations as possible: two shipments
+        (
+            "fewest_shipments",
+            [("st-near", "A", 1), ("st-near", "B", 1), ("wh-far", "A", 1), ("wh-far", "B", 1)],
+        ),
+    ],
+)
+def test_routing_strategies_split_an_order_no_single_location_can_serve(
+    store: Store, routing: str, shipments: list[tuple[str, str, int]]
+) -> None:
+    load(store, {**STRATEGY, "routing": routing})
+    recs, _ = decide(store, [order("two-two", ("A", 2), ("B", 2), lat=30.3, lon=120.2)])
+    assert [(s.location, ln.sku, ln.qty) for s in recs[0].shipments for ln in s.lines] == shipments
+
+
+@pytest.mark.parametrize(
+    ("routing", "where"),
+    [("nearest", "st-near"), ("priority", "wh-mid"), ("fewest_shipments", "st-near")],
+)
+def test_every_strategy_prefers_one_location_that_holds_every_line(
+    store: Store, routing: str, where: str
+) -> None:
+    load(store, {**STRATEGY, "routing": routing})
+    recs, _ = decide(store, [order("one", ("A", 1), lat=30.3, lon=120.2)])
+    assert [s.location for s in recs[0].shipments] == [where]

@@ -3,7 +3,8 @@
 -- KEYS: for SKU i of this call (1-based): KEYS[3i-2] = its stock hash (location -> units,
 --       plus NUL-prefixed fields: the marker and its rules), KEYS[3i-1] = its decision hash
 --       (order id -> stored outcome), KEYS[3i] = units sold per customer. All in one slot.
--- ARGV: nskus, nlocs, sku names (nskus), location ids (nlocs), safety stock per location
+-- ARGV: nskus, nlocs, fewest (1: split an order over as few locations as possible, else
+--       nearest first), sku names (nskus), location ids (nlocs), safety stock per location
 --       (nlocs: units that online channels cannot take there), norders, then per order three
 --       arguments: the order id, a little-endian binary spec, and the customer id (may be
 --       empty when no SKU of the order has a per-customer limit). The spec:
@@ -38,16 +39,17 @@ local function bad(msg) return redis.error_reply('ERR decide.lua: ' .. msg) end
 
 local nskus, nlocs = tonumber(ARGV[1]), tonumber(ARGV[2])
 if not nskus or not nlocs or nskus < 1 or #KEYS ~= 3 * nskus then return bad('bad header') end
+local fewest = ARGV[3] == '1'
 local skus, locs = {}, {}
-for i = 1, nskus do skus[i] = ARGV[2 + i] end
+for i = 1, nskus do skus[i] = ARGV[3 + i] end
 local safety, NONE = {}, {}
 for i = 1, nlocs do
-  locs[i] = ARGV[2 + nskus + i]
-  local units = tonumber(ARGV[2 + nskus + nlocs + i])
+  locs[i] = ARGV[3 + nskus + i]
+  local units = tonumber(ARGV[3 + nskus + nlocs + i])
   if not units then return bad('bad safety stock') end
   if units > 0 then safety[locs[i]] = units end
 end
-local first = 4 + nskus + 2 * nlocs -- ARGV index of the first order id
+local first = 5 + nskus + 2 * nlocs -- ARGV index of the first order id
 local norders = tonumber(ARGV[first - 1])
 if not norders or #ARGV ~= first - 1 + 3 * norders then return bad('bad order count') end
 
@@ -139,6 +141,59 @@ local function whole(loc, lines)
   return concat(parts, SEP)
 end
 
+-- allocs: {sku index, location, qty, candidate rank, sequence}; shipments in route order.
+local function take_all(allocs)
+  table.sort(allocs, function(a, b)
+    if a[4] ~= b[4] then return a[4] < b[4] end
+    return a[5] < b[5]
+  end)
+  local parts = { 'A' }
+  for _, a in ipairs(allocs) do
+    take(a[1], a[2], a[3])
+    parts[#parts + 1] = a[2]
+    parts[#parts + 1] = skus[a[1]]
+    parts[#parts + 1] = a[3]
+  end
+  return concat(parts, SEP)
+end
+
+-- Fewest shipments (greedy): again and again the location that can ship the most of what is
+-- still missing (ties: the better ranked), all it can, until nothing is missing.
+local function split_fewest(lines, cands, floors)
+  local need, left, allocs, used = {}, 0, {}, {}
+  for i = 1, #lines, 2 do
+    need[i] = lines[i + 1]
+    left = left + lines[i + 1]
+  end
+  while left > 0 do
+    local best, best_units = nil, 0
+    for r = 1, #cands do
+      local loc = cands[r]
+      if not used[loc] then
+        local units = 0
+        for i = 1, #lines, 2 do
+          local have = (stock[lines[i]][loc] or 0) - (floors[loc] or 0)
+          if have > 0 then units = units + math.min(have, need[i]) end
+        end
+        if units > best_units then best, best_units = r, units end
+      end
+    end
+    if not best then return SOLD_OUT end
+    local loc = cands[best]
+    used[loc] = true
+    for i = 1, #lines, 2 do
+      local have = (stock[lines[i]][loc] or 0) - (floors[loc] or 0)
+      local q = math.min(math.max(have, 0), need[i])
+      if q > 0 then
+        allocs[#allocs + 1] = { lines[i], loc, q, best, #allocs }
+        need[i] = need[i] - q
+        left = left - q
+      end
+    end
+  end
+  return take_all(allocs)
+end
+
 -- lines: flat {sku index, qty, sku index, qty, ...}; ranking starts at byte `at` of blob.
 local function decide_many(blob, pickup, lines, at, floors)
   if pickup > 0 then
@@ -155,6 +210,7 @@ local function decide_many(blob, pickup, lines, at, floors)
       cands[#cands + 1] = loc
     end
   end
+  if fewest then return split_fewest(lines, cands, floors) end
   -- No single location holds every line: split, each line nearest first.
   local allocs = {}
   for i = 1, #lines, 2 do
@@ -170,18 +226,7 @@ local function decide_many(blob, pickup, lines, at, floors)
     end
     if need > 0 then return SOLD_OUT end
   end
-  table.sort(allocs, function(a, b)
-    if a[4] ~= b[4] then return a[4] < b[4] end
-    return a[5] < b[5]
-  end)
-  local parts = { 'A' }
-  for _, a in ipairs(allocs) do
-    take(a[1], a[2], a[3])
-    parts[#parts + 1] = a[2]
-    parts[#parts + 1] = skus[a[1]]
-    parts[#parts + 1] = a[3]
-  end
-  return concat(parts, SEP)
+  return take_all(allocs)
 end
 
 -- Stock only: sold_out, pickup_unavailable, or the allocations.
