@@ -242,3 +242,46 @@ def test_every_garbage_form_ends_as_exactly_one_outcome_and_the_pipeline_goes_on
     assert len(dead) == len(EVERY_GARBAGE) - 5  # inv-1's second copy adds nothing
     reasons = [orjson.loads(d)["reason"] for d in dead]
     assert all(reasons), reasons
+
+
+def test_a_catalog_reload_takes_effect_under_a_running_dataflow(
+    tmp_path: Path, cli_env: dict[str, str], url: str
+) -> None:
+    cat = {
+        "channels": [{"id": "tmall"}],
+        "locations": [{"id": "wh-a", "lat": 31.2, "lon": 121.5}],
+        "skus": [{"sku": "HOT", "stock": {"wh-a": 5}}, {"sku": "COLD", "stock": {"wh-a": 9}}],
+    }
+    path = tmp_path / "cat.json"
+    path.write_bytes(orjson.dumps(cat))
+    onestock("catalog", "load", str(path), env=cli_env)
+
+    def wave(prefix: str, n: int, customer: str = "c") -> bytes:
+        line = {"channel": "tmall", "customer": {"id": customer},
+                "lines": [{"sku": "HOT", "qty": 1}], "paid_at": "2026-11-11T00:00:00Z"}  # fmt: skip
+        return b"\n".join(orjson.dumps({**line, "order_id": f"{prefix}-{i}"}) for i in range(n))
+
+    store = Store.connect(url)
+    onestock("orders", "push", "-", input=wave("a", 8), env=cli_env)
+    proc = start_run(cli_env, "--workers", "2")
+    try:
+        wait_for(lambda: outcomes(store) >= 8)
+        # restock HOT to 3 and add a limit of 2 per customer, while the dataflow runs
+        cat["skus"] = [{"sku": "HOT", "stock": {"wh-a": 3}, "per_customer_limit": 2}]
+        path.write_bytes(orjson.dumps(cat))
+        onestock("catalog", "load", str(path), env=cli_env)
+        onestock("orders", "push", "-", input=wave("b", 3, customer="c2"), env=cli_env)
+        wait_for(lambda: outcomes(store) >= 11)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    recs = {r.order_id: r for r in ops.records(store, store.shard_count())}
+    assert sum(r.status == "accepted" for k, r in recs.items() if k.startswith("a-")) == 5
+    b = [(r.status, r.reason) for k, r in recs.items() if k.startswith("b-")]
+    assert sorted(b, key=str) == [
+        ("accepted", None),
+        ("accepted", None),
+        ("rejected", "limit_exceeded"),
+    ]
+    levels = store.stock_levels(["HOT", "COLD"])
+    assert levels == {"HOT": {"wh-a": 1}, "COLD": {"wh-a": 9}}  # COLD, not named, kept
