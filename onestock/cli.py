@@ -137,6 +137,14 @@ def deadletters(redis_url: RedisUrl = None, out: Out = None) -> None:
         ops.write_deadletters(store, _shards(store), fh)
 
 
+@app.command("alerts")
+def alerts(redis_url: RedisUrl = None, out: Out = None) -> None:
+    """Low-stock and sold-out alerts as JSON Lines: {"sku", "remaining", "reason", "time"}."""
+    store = ops.open_store(_settings(redis_url))
+    with _output(out) as fh:
+        ops.write_alerts(store, fh)
+
+
 def _shards(store: ops.Store) -> int:
     try:
         return store.shard_count()

@@ -18,6 +18,7 @@ from onestock.records import (
     SEP,
     dead_from_entry,
     encode_record,
+    iso_ms,
     packed_records,
     record_from_packed,
 )
@@ -102,6 +103,27 @@ def write_deadletters(store: Store, shards: int, out: IO[bytes]) -> int:
     n = 0
     for fields in store.entries(keys.deadbox, shards):
         out.write(json_encoder.encode(dead_from_entry(fields)) + b"\n")
+        n += 1
+    return n
+
+
+class Alert(msgspec.Struct):
+    sku: str
+    remaining: int
+    reason: str  # low_stock or sold_out
+    time: str
+
+
+def write_alerts(store: Store, out: IO[bytes]) -> int:
+    """Every low-stock / sold-out alert of the catalog's SKUs, oldest first, as JSON Lines."""
+    _, cat = store.catalog()
+    n = 0
+    skus = [s.sku for s in cat.skus] if cat else []
+    for f in store.merged([keys.alerts(sku) for sku in skus]):
+        alert = Alert(
+            f[b"sku"].decode(), int(f[b"remaining"]), f[b"reason"].decode(), iso_ms(int(f[b"at"]))
+        )
+        out.write(json_encoder.encode(alert) + b"\n")
         n += 1
     return n
 

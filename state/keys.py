@@ -19,6 +19,7 @@ STOCK_MARKER = "\x00sku"  # field present in every stock hash: the SKU exists ev
 # one HGETALL gives a script everything it needs about the SKU.
 RULE_LIMIT = "\x00limit"  # per_customer_limit, units
 RULE_VIP_UNTIL = "\x00vip"  # vip_presale_until, epoch milliseconds
+RULE_LOW = "\x00low"  # low_stock_threshold, units (the flag "\x00alerted" marks a fired alert)
 SEP = "\x1f"  # separates fields inside a stored outcome
 
 
@@ -65,6 +66,11 @@ def decisions(sku: str) -> str:
 def bought(sku: str) -> str:
     """Units of this SKU each customer was sold (per-customer limits)."""
     return f"{sku_tag(sku)}:bought"
+
+
+def alerts(sku: str) -> str:
+    """Low-stock and sold-out alerts of this SKU (a stream in its slot)."""
+    return f"{sku_tag(sku)}:alerts"
 
 
 def parts(sku: str) -> str:

@@ -118,6 +118,8 @@ class Store:
                 flat += [loc, qty]
             if sku.per_customer_limit is not None:
                 flat += [keys.RULE_LIMIT, sku.per_customer_limit]
+            if sku.low_stock_threshold is not None:
+                flat += [keys.RULE_LOW, sku.low_stock_threshold]
             if sku.vip_presale_until is not None:
                 flat += [keys.RULE_VIP_UNTIL, int(sku.vip_presale_until.timestamp() * 1000)]
             self._set_stock(keys=[keys.stock(name)], args=flat)
@@ -217,10 +219,10 @@ class Store:
 
     def _sku_keys(self, skus: list[str], second: Callable[[str], str]) -> list[str]:
         """Per SKU, in order: its stock hash, ``second`` (decisions or parts), its counters
-        of units sold per customer."""
+        of units sold per customer, its alerts stream."""
         ks: list[str] = []
         for sku in skus:
-            ks += [keys.stock(sku), second(sku), keys.bought(sku)]
+            ks += [keys.stock(sku), second(sku), keys.bought(sku), keys.alerts(sku)]
         return ks
 
     def reserve_parts(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[int]]:
@@ -288,18 +290,22 @@ class Store:
 
     def entries(self, stream_of: Callable[[int], str], shards: int) -> Iterator[dict[bytes, bytes]]:
         """Every entry of a per-shard output stream, merged across shards in entry-id order."""
+        return self.merged([stream_of(s) for s in range(shards)])
 
-        def one(shard: int) -> Iterator[tuple[tuple[int, int], dict[bytes, bytes]]]:
+    def merged(self, streams: list[str]) -> Iterator[dict[bytes, bytes]]:
+        """Every entry of several streams, merged in entry-id order."""
+
+        def one(key: str) -> Iterator[tuple[tuple[int, int], dict[bytes, bytes]]]:
             after = "0-0"
             while True:
-                rows: Any = self.r.xrange(stream_of(shard), min=f"({after}", max="+", count=5000)
+                rows: Any = self.r.xrange(key, min=f"({after}", max="+", count=5000)
                 if not rows:
                     return
                 for eid, fields in rows:
                     yield parse_id(eid.decode()), fields
                 after = rows[-1][0].decode()
 
-        for _, fields in heapq.merge(*(one(s) for s in range(shards)), key=lambda t: t[0]):
+        for _, fields in heapq.merge(*(one(k) for k in streams), key=lambda t: t[0]):
             yield fields
 
     def memory_used(self) -> int:

@@ -241,3 +241,51 @@ def test_every_strategy_prefers_one_location_that_holds_every_line(
     load(store, {**STRATEGY, "routing": routing})
     recs, _ = decide(store, [order("one", ("A", 1), lat=30.3, lon=120.2)])
     assert [s.location for s in recs[0].shipments] == [where]
+
+
+def alerts_of(store: Store) -> list[tuple[str, int, str]]:
+    import io
+
+    from onestock import ops
+
+    buf = io.BytesIO()
+    ops.write_alerts(store, buf)
+    import orjson
+
+    return [
+        (a["sku"], a["remaining"], a["reason"])
+        for a in map(orjson.loads, buf.getvalue().splitlines())
+    ]
+
+
+def low_catalog(tee: str, threshold: int = 3, units: int = 6) -> dict:  # type: ignore[type-arg]
+    return {
+        "channels": [{"id": "tmall"}],
+        "locations": [{"id": "wh-a", "lat": 31.2, "lon": 121.5}],
+        "skus": [
+            {"sku": "SNEAKER", "stock": {"wh-a": units}, "low_stock_threshold": threshold},
+            {"sku": tee, "stock": {"wh-a": 50}},
+        ],
+    }
+
+
+def test_one_alert_when_stock_falls_to_the_threshold_and_again_only_after_a_restock(
+    store: Store, tee: str
+) -> None:
+    load(store, low_catalog(tee))
+    decide(store, [buy(f"a{i}", ("SNEAKER", 1), (tee, 1), customer=f"c{i}") for i in range(2)])
+    assert alerts_of(store) == []  # 4 left, above 3
+    decide(store, [buy(f"b{i}", ("SNEAKER", 1), (tee, 1), customer=f"d{i}") for i in range(4)])
+    assert alerts_of(store) == [("SNEAKER", 3, "low_stock")]  # exactly one, at 3 (then 0)
+    load(store, low_catalog(tee, units=2))  # a reload still below the threshold: no new alert
+    decide(store, [buy("c1", ("SNEAKER", 1), customer="e1")])
+    assert alerts_of(store) == [("SNEAKER", 3, "low_stock")]
+    load(store, low_catalog(tee, units=10))  # a restock above it re-arms the alert
+    decide(store, [buy(f"d{i}", ("SNEAKER", 2), customer=f"f{i}") for i in range(5)])
+    assert alerts_of(store) == [("SNEAKER", 3, "low_stock"), ("SNEAKER", 2, "low_stock")]
+
+
+def test_a_sell_out_in_one_step_is_a_sold_out_alert(store: Store, tee: str) -> None:
+    load(store, low_catalog(tee, threshold=1, units=2))
+    decide(store, [buy("z", ("SNEAKER", 2), (tee, 1))])
+    assert alerts_of(store) == [("SNEAKER", 0, "sold_out")]

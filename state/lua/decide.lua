@@ -1,8 +1,9 @@
 -- decide.lua: decide a batch of orders against the stock of one hash slot, each atomically.
 --
--- KEYS: for SKU i of this call (1-based): KEYS[3i-2] = its stock hash (location -> units,
---       plus NUL-prefixed fields: the marker and its rules), KEYS[3i-1] = its decision hash
---       (order id -> stored outcome), KEYS[3i] = units sold per customer. All in one slot.
+-- KEYS: for SKU i of this call (1-based): KEYS[4i-3] = its stock hash (location -> units,
+--       plus NUL-prefixed fields: the marker, its rules, its alert flag), KEYS[4i-2] = its
+--       decision hash (order id -> stored outcome), KEYS[4i-1] = units sold per customer,
+--       KEYS[4i] = its low-stock alerts stream. All in one slot.
 -- ARGV: nskus, nlocs, fewest (1: split an order over as few locations as possible, else
 --       nearest first), sku names (nskus), location ids (nlocs), safety stock per location
 --       (nlocs: units that online channels cannot take there), norders, then per order three
@@ -37,8 +38,30 @@ local CHUNK = 4000
 
 local function bad(msg) return redis.error_reply('ERR decide.lua: ' .. msg) end
 
+-- Low-stock alert (rule '\0low' of SKU i), settled after every order that took its units:
+-- one alert when they fall to or below the threshold (remaining = units right after that
+-- order; sold_out at 0), flagged '\0alerted' in the stock hash; the flag clears once a
+-- restock lifts the units above the threshold, and only then can the next alert fire.
+local function settle_alert(i, name, units, fields)
+  local low = fields['\0low']
+  if not low then return end
+  if units <= low then
+    if not fields['\0alerted'] then
+      local now = redis.call('TIME')
+      local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+      redis.call('XADD', KEYS[4 * i], '*', 'sku', name, 'remaining', units,
+        'reason', units == 0 and 'sold_out' or 'low_stock', 'at', at)
+      redis.call('HSET', KEYS[4 * i - 3], '\0alerted', 1)
+      fields['\0alerted'] = 1
+    end
+  elseif fields['\0alerted'] then
+    redis.call('HDEL', KEYS[4 * i - 3], '\0alerted')
+    fields['\0alerted'] = nil
+  end
+end
+
 local nskus, nlocs = tonumber(ARGV[1]), tonumber(ARGV[2])
-if not nskus or not nlocs or nskus < 1 or #KEYS ~= 3 * nskus then return bad('bad header') end
+if not nskus or not nlocs or nskus < 1 or #KEYS ~= 4 * nskus then return bad('bad header') end
 local fewest = ARGV[3] == '1'
 local skus, locs = {}, {}
 for i = 1, nskus do skus[i] = ARGV[3 + i] end
@@ -78,7 +101,7 @@ end
 local stored = {}
 for h, ids in pairs(ids_by_home) do
   for i = 1, #ids, CHUNK do
-    local got = call('HMGET', KEYS[3 * h - 1], unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+    local got = call('HMGET', KEYS[4 * h - 2], unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
     for j = 1, #got do
       if got[j] then stored[ids[i + j - 1]] = got[j] end
     end
@@ -89,7 +112,7 @@ end
 local stock, exists, dirty, total, limit, vip_until = {}, {}, {}, {}, {}, {}
 local sold, sold_dirty = {}, {}
 for s = 1, nskus do
-  local flat = call('HGETALL', KEYS[3 * s - 2])
+  local flat = call('HGETALL', KEYS[4 * s - 3])
   local t, sum = {}, 0
   for i = 1, #flat, 2 do
     local q = tonumber(flat[i + 1])
@@ -107,7 +130,7 @@ for s = 1, nskus do
     end
     local counts = {}
     for i = 1, #custs, CHUNK do
-      local got = call('HMGET', KEYS[3 * s], unpack(custs, i, math.min(i + CHUNK - 1, #custs)))
+      local got = call('HMGET', KEYS[4 * s - 1], unpack(custs, i, math.min(i + CHUNK - 1, #custs)))
       for j = 1, #got do counts[custs[i + j - 1]] = tonumber(got[j] or '0') end
     end
     sold[s], sold_dirty[s] = counts, {}
@@ -293,11 +316,18 @@ local function decide_one(blob, customer)
     lines[#lines + 1] = s
     lines[#lines + 1] = q1 + 256 * (q2 + 256 * (q3 + 256 * q4))
   end
-  if not ruled then return decide_stock(blob, pickup, nl, lines) end
-  local broken = rules(blob, lines, customer)
-  if broken then return broken end
+  if ruled then
+    local broken = rules(blob, lines, customer)
+    if broken then return broken end
+  end
   local res = decide_stock(blob, pickup, nl, lines)
-  if byte(res, 1) == 65 then count_sold(lines, customer) end -- 'A': count what was sold
+  if byte(res, 1) == 65 then -- 'A'
+    if ruled then count_sold(lines, customer) end
+    for i = 1, #lines, 2 do
+      local s = lines[i]
+      settle_alert(s, skus[s], total[s], stock[s])
+    end
+  end
   return res
 end
 
@@ -322,15 +352,16 @@ end
 
 -- Write back what changed.
 for s = 1, nskus do
+  settle_alert(s, skus[s], total[s], stock[s])
   local args = {}
   for loc in pairs(dirty[s]) do
     args[#args + 1] = loc
     args[#args + 1] = stock[s][loc]
   end
-  if #args > 0 then call('HSET', KEYS[3 * s - 2], unpack(args)) end
+  if #args > 0 then call('HSET', KEYS[4 * s - 3], unpack(args)) end
   local rec = records[s]
   for i = 1, #rec, CHUNK do
-    call('HSET', KEYS[3 * s - 1], unpack(rec, i, math.min(i + CHUNK - 1, #rec)))
+    call('HSET', KEYS[4 * s - 2], unpack(rec, i, math.min(i + CHUNK - 1, #rec)))
   end
   if sold_dirty[s] then
     local counts = {}
@@ -338,7 +369,7 @@ for s = 1, nskus do
       counts[#counts + 1] = c
       counts[#counts + 1] = sold[s][c]
     end
-    if #counts > 0 then call('HSET', KEYS[3 * s], unpack(counts)) end
+    if #counts > 0 then call('HSET', KEYS[4 * s - 1], unpack(counts)) end
   end
 end
 return out

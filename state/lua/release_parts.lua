@@ -1,13 +1,35 @@
 -- release_parts.lua: undo this slot's part of orders that could not be reserved whole.
 --
--- KEYS: as reserve_parts.lua: per SKU i, KEYS[3i-2] stock hash, KEYS[3i-1] parts hash,
---       KEYS[3i] units sold per customer.
+-- KEYS: as reserve_parts.lua: per SKU i, KEYS[4i-3] stock hash, KEYS[4i-2] parts hash,
+--       KEYS[4i-1] units sold per customer, KEYS[4i] alerts stream.
 -- ARGV: nskus, sku names (nskus), norders, then per order: order_id, home (SKU index).
 -- Returns: how many parts were released: their units go back to the locations they came
 -- from and leave the customer's count. Idempotent: releasing twice is a no-op.
 local SEP = '\31'
+
+-- Low-stock alert (rule '\0low' of SKU i), settled after every order that took its units:
+-- one alert when they fall to or below the threshold (remaining = units right after that
+-- order; sold_out at 0), flagged '\0alerted' in the stock hash; the flag clears once a
+-- restock lifts the units above the threshold, and only then can the next alert fire.
+local function settle_alert(i, name, units, fields)
+  local low = fields['\0low']
+  if not low then return end
+  if units <= low then
+    if not fields['\0alerted'] then
+      local now = redis.call('TIME')
+      local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+      redis.call('XADD', KEYS[4 * i], '*', 'sku', name, 'remaining', units,
+        'reason', units == 0 and 'sold_out' or 'low_stock', 'at', at)
+      redis.call('HSET', KEYS[4 * i - 3], '\0alerted', 1)
+      fields['\0alerted'] = 1
+    end
+  elseif fields['\0alerted'] then
+    redis.call('HDEL', KEYS[4 * i - 3], '\0alerted')
+    fields['\0alerted'] = nil
+  end
+end
 local nskus = tonumber(ARGV[1])
-if not nskus or #KEYS ~= 3 * nskus then return redis.error_reply('ERR release_parts.lua: bad header') end
+if not nskus or #KEYS ~= 4 * nskus then return redis.error_reply('ERR release_parts.lua: bad header') end
 local index = {}
 for i = 1, nskus do index[ARGV[1 + i]] = i end
 local p = 2 + nskus
@@ -17,7 +39,7 @@ local parsed = {}
 for o = 1, norders do
   local oid, home = ARGV[p + 2 * o - 1], tonumber(ARGV[p + 2 * o])
   if not home or home < 1 or home > nskus then return redis.error_reply('ERR release_parts.lua: bad home') end
-  local stored = redis.call('HGET', KEYS[3 * home - 1], oid)
+  local stored = redis.call('HGET', KEYS[4 * home - 2], oid)
   if stored then
     local f = {}
     for field in string.gmatch(stored, '[^' .. SEP .. ']+') do f[#f + 1] = field end
@@ -34,9 +56,21 @@ for _, x in ipairs(parsed) do
   local customer = f[1]
   for i = 2, #f, 4 do
     local s, q = index[f[i + 1]], tonumber(f[i + 2])
-    redis.call('HINCRBY', KEYS[3 * s - 2], f[i], q)
-    if f[i + 3] == '1' then redis.call('HINCRBY', KEYS[3 * s], customer, -q) end
+    redis.call('HINCRBY', KEYS[4 * s - 3], f[i], q)
+    if f[i + 3] == '1' then redis.call('HINCRBY', KEYS[4 * s - 1], customer, -q) end
   end
-  redis.call('HDEL', KEYS[3 * x[2] - 1], x[1])
+  redis.call('HDEL', KEYS[4 * x[2] - 2], x[1])
+end
+if #parsed > 0 then -- units came back: an alert flag may clear
+  for name, s in pairs(index) do
+    local flat = redis.call('HGETALL', KEYS[4 * s - 3])
+    local t, units = {}, 0
+    for i = 1, #flat, 2 do
+      local q = tonumber(flat[i + 1])
+      t[flat[i]] = q
+      if string.byte(flat[i], 1) ~= 0 and q > 0 then units = units + q end
+    end
+    settle_alert(s, name, units, t)
+  end
 end
 return #parsed

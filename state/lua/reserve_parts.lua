@@ -1,8 +1,8 @@
 -- reserve_parts.lua: reserve this slot's part of many orders whose SKUs span hash slots.
 --
--- KEYS: for SKU i of this call: KEYS[3i-2] = its stock hash (with its NUL-prefixed rules),
---       KEYS[3i-1] = its parts hash (order id -> what is reserved here for that order),
---       KEYS[3i] = units sold per customer. All in one slot.
+-- KEYS: for SKU i of this call: KEYS[4i-3] = its stock hash (with its NUL-prefixed rules),
+--       KEYS[4i-2] = its parts hash (order id -> what is reserved here for that order),
+--       KEYS[4i-1] = units sold per customer, KEYS[4i] = its alerts stream. All in one slot.
 -- ARGV: nskus, sku names (nskus), nsafe, nsafe pairs (location, units online channels may
 --       not take there), norders, then per order: order_id, home (SKU index whose parts hash
 --       keeps this order's part), customer id, vip (0/1), paid_at (epoch ms), check_only
@@ -19,8 +19,30 @@ local RULE_LIMIT, RULE_VIP = '\0limit', '\0vip'
 local call, unpack, tonumber = redis.call, unpack, tonumber
 local function bad(msg) return redis.error_reply('ERR reserve_parts.lua: ' .. msg) end
 
+-- Low-stock alert (rule '\0low' of SKU i), settled after every order that took its units:
+-- one alert when they fall to or below the threshold (remaining = units right after that
+-- order; sold_out at 0), flagged '\0alerted' in the stock hash; the flag clears once a
+-- restock lifts the units above the threshold, and only then can the next alert fire.
+local function settle_alert(i, name, units, fields)
+  local low = fields['\0low']
+  if not low then return end
+  if units <= low then
+    if not fields['\0alerted'] then
+      local now = redis.call('TIME')
+      local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+      redis.call('XADD', KEYS[4 * i], '*', 'sku', name, 'remaining', units,
+        'reason', units == 0 and 'sold_out' or 'low_stock', 'at', at)
+      redis.call('HSET', KEYS[4 * i - 3], '\0alerted', 1)
+      fields['\0alerted'] = 1
+    end
+  elseif fields['\0alerted'] then
+    redis.call('HDEL', KEYS[4 * i - 3], '\0alerted')
+    fields['\0alerted'] = nil
+  end
+end
+
 local nskus = tonumber(ARGV[1])
-if not nskus or #KEYS ~= 3 * nskus then return bad('bad header') end
+if not nskus or #KEYS ~= 4 * nskus then return bad('bad header') end
 local names = {}
 for i = 1, nskus do names[i] = ARGV[1 + i] end
 local p = 2 + nskus
@@ -66,23 +88,28 @@ for _, od in ipairs(orders) do
   ids[#ids + 1] = od[1]
 end
 for h, ids in pairs(by_home) do
-  local got = call('HMGET', KEYS[3 * h - 1], unpack(ids))
+  local got = call('HMGET', KEYS[4 * h - 2], unpack(ids))
   for k = 1, #ids do
     if got[k] then done[ids[k]] = true end
   end
 end
-local stock, dirty, limit, vip_until, sold, sold_dirty = {}, {}, {}, {}, {}, {}
+local stock, dirty, limit, vip_until, sold, sold_dirty, total = {}, {}, {}, {}, {}, {}, {}
 for s = 1, nskus do
-  local flat = call('HGETALL', KEYS[3 * s - 2])
-  local t = {}
-  for i = 1, #flat, 2 do t[flat[i]] = tonumber(flat[i + 1]) end
+  local flat = call('HGETALL', KEYS[4 * s - 3])
+  local t, sum = {}, 0
+  for i = 1, #flat, 2 do
+    local q = tonumber(flat[i + 1])
+    t[flat[i]] = q
+    if string.byte(flat[i], 1) ~= 0 and q > 0 then sum = sum + q end
+  end
+  total[s] = sum
   stock[s], dirty[s], limit[s], vip_until[s] = t, {}, t[RULE_LIMIT], t[RULE_VIP]
   if limit[s] then
     local custs, seen = {}, {}
     for _, od in ipairs(orders) do
       if not seen[od[4]] then seen[od[4]] = true; custs[#custs + 1] = od[4] end
     end
-    local got = call('HMGET', KEYS[3 * s], unpack(custs))
+    local got = call('HMGET', KEYS[4 * s - 1], unpack(custs))
     local counts = {}
     for k = 1, #custs do counts[custs[k]] = tonumber(got[k] or '0') end
     sold[s], sold_dirty[s] = counts, {}
@@ -122,6 +149,7 @@ for o, od in ipairs(orders) do
       for _, a in ipairs(allocs) do
         local s, loc, q = a[1], a[2], a[3]
         stock[s][loc] = stock[s][loc] - q
+        total[s] = total[s] - q
         dirty[s][loc] = true
         local counted = 0
         if limit[s] then
@@ -138,25 +166,27 @@ for o, od in ipairs(orders) do
       rec[#rec + 1] = oid
       rec[#rec + 1] = table.concat(stored, SEP)
       done[oid] = true
+      for _, a in ipairs(allocs) do settle_alert(a[1], names[a[1]], total[a[1]], stock[a[1]]) end
     end
     out[o] = status
   end
 end
 for s = 1, nskus do
+  settle_alert(s, names[s], total[s], stock[s])
   local args = {}
   for loc in pairs(dirty[s]) do
     args[#args + 1] = loc
     args[#args + 1] = stock[s][loc]
   end
-  if #args > 0 then call('HSET', KEYS[3 * s - 2], unpack(args)) end
-  if #parts[s] > 0 then call('HSET', KEYS[3 * s - 1], unpack(parts[s])) end
+  if #args > 0 then call('HSET', KEYS[4 * s - 3], unpack(args)) end
+  if #parts[s] > 0 then call('HSET', KEYS[4 * s - 2], unpack(parts[s])) end
   if sold_dirty[s] then
     local counts = {}
     for c in pairs(sold_dirty[s]) do
       counts[#counts + 1] = c
       counts[#counts + 1] = sold[s][c]
     end
-    if #counts > 0 then call('HSET', KEYS[3 * s], unpack(counts)) end
+    if #counts > 0 then call('HSET', KEYS[4 * s - 1], unpack(counts)) end
   end
 end
 return out
