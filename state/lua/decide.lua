@@ -111,6 +111,7 @@ end
 -- Each SKU's stock read once; total[s] answers a sold-out order without scanning locations.
 local stock, exists, dirty, total, limit, vip_until = {}, {}, {}, {}, {}, {}
 local sold, sold_dirty = {}, {}
+local any_low = false -- does any SKU of this call have a low-stock threshold
 for s = 1, nskus do
   local flat = call('HGETALL', KEYS[4 * s - 3])
   local t, sum = {}, 0
@@ -120,6 +121,7 @@ for s = 1, nskus do
     if byte(flat[i], 1) ~= 0 and q > 0 then sum = sum + q end
   end
   stock[s], exists[s], dirty[s], total[s] = t, t[MARKER] ~= nil, {}, sum
+  any_low = any_low or t['\0low'] ~= nil
   limit[s], vip_until[s] = t[RULE_LIMIT], t[RULE_VIP]
   if limit[s] then
     -- units already sold to each customer of this batch
@@ -323,9 +325,11 @@ local function decide_one(blob, customer)
   local res = decide_stock(blob, pickup, nl, lines)
   if byte(res, 1) == 65 then -- 'A'
     if ruled then count_sold(lines, customer) end
-    for i = 1, #lines, 2 do
-      local s = lines[i]
-      settle_alert(s, skus[s], total[s], stock[s])
+    if any_low then
+      for i = 1, #lines, 2 do
+        local s = lines[i]
+        settle_alert(s, skus[s], total[s], stock[s])
+      end
     end
   end
   return res
