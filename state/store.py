@@ -29,8 +29,11 @@ TRANSIENT = (
 )
 
 
-def _lua(name: str) -> str:
-    return importlib.resources.files("state").joinpath(f"lua/{name}.lua").read_text()
+def _lua(name: str, *libs: str) -> str:
+    """A script's text, after the shared ``lib_*.lua`` functions it uses (Redis has no
+    ``require``: a script is one text, so the library is prepended once, here)."""
+    files = importlib.resources.files("state")
+    return "\n".join(files.joinpath(f"lua/{n}.lua").read_text() for n in (*libs, name))
 
 
 def parse_id(entry_id: str) -> tuple[int, int]:
@@ -84,10 +87,10 @@ class Store:
 
     def __init__(self, client: Redis) -> None:
         self.r = client
-        self._decide = client.register_script(_lua("decide"))
+        self._decide = client.register_script(_lua("decide", "lib_alerts"))
         self._emit = client.register_script(_lua("emit"))
-        self._reserve_parts = client.register_script(_lua("reserve_parts"))
-        self._release_parts = client.register_script(_lua("release_parts"))
+        self._reserve_parts = client.register_script(_lua("reserve_parts", "lib_alerts"))
+        self._release_parts = client.register_script(_lua("release_parts", "lib_alerts"))
         self._set_stock = client.register_script(_lua("set_stock"))
         # Reads of the input skip redis-py's per-entry dict building (a hot path).
         self._raw = client

@@ -38,27 +38,6 @@ local CHUNK = 4000
 
 local function bad(msg) return redis.error_reply('ERR decide.lua: ' .. msg) end
 
--- Low-stock alert (rule '\0low' of SKU i), settled after every order that took its units:
--- one alert when they fall to or below the threshold (remaining = units right after that
--- order; sold_out at 0), flagged '\0alerted' in the stock hash; the flag clears once a
--- restock lifts the units above the threshold, and only then can the next alert fire.
-local function settle_alert(i, name, units, fields)
-  local low = fields['\0low']
-  if not low then return end
-  if units <= low then
-    if not fields['\0alerted'] then
-      local now = redis.call('TIME')
-      local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-      redis.call('XADD', KEYS[4 * i], '*', 'sku', name, 'remaining', units,
-        'reason', units == 0 and 'sold_out' or 'low_stock', 'at', at)
-      redis.call('HSET', KEYS[4 * i - 3], '\0alerted', 1)
-      fields['\0alerted'] = 1
-    end
-  elseif fields['\0alerted'] then
-    redis.call('HDEL', KEYS[4 * i - 3], '\0alerted')
-    fields['\0alerted'] = nil
-  end
-end
 
 local nskus, nlocs = tonumber(ARGV[1]), tonumber(ARGV[2])
 if not nskus or not nlocs or nskus < 1 or #KEYS ~= 4 * nskus then return bad('bad header') end
