@@ -87,10 +87,10 @@ class Store:
 
     def __init__(self, client: Redis) -> None:
         self.r = client
-        self._decide = client.register_script(_lua("decide", "lib_alerts"))
+        self._decide = client.register_script(_lua("decide", "lib_stock"))
         self._emit = client.register_script(_lua("emit"))
-        self._reserve_parts = client.register_script(_lua("reserve_parts", "lib_alerts"))
-        self._release_parts = client.register_script(_lua("release_parts", "lib_alerts"))
+        self._reserve_parts = client.register_script(_lua("reserve_parts", "lib_stock"))
+        self._release_parts = client.register_script(_lua("release_parts", "lib_stock"))
         self._set_stock = client.register_script(_lua("set_stock"))
         # Reads of the input skip redis-py's per-entry dict building (a hot path).
         self._raw = client

@@ -92,13 +92,7 @@ local stock, exists, dirty, total, limit, vip_until = {}, {}, {}, {}, {}, {}
 local sold, sold_dirty = {}, {}
 local any_low = false -- does any SKU of this call have a low-stock threshold
 for s = 1, nskus do
-  local flat = call('HGETALL', KEYS[4 * s - 3])
-  local t, sum = {}, 0
-  for i = 1, #flat, 2 do
-    local q = tonumber(flat[i + 1])
-    t[flat[i]] = q
-    if byte(flat[i], 1) ~= 0 and q > 0 then sum = sum + q end
-  end
+  local t, sum = read_stock(KEYS[4 * s - 3])
   stock[s], exists[s], dirty[s], total[s] = t, t[MARKER] ~= nil, {}, sum
   any_low = any_low or t['\0low'] ~= nil
   limit[s], vip_until[s] = t[RULE_LIMIT], t[RULE_VIP]
@@ -336,23 +330,11 @@ end
 -- Write back what changed.
 for s = 1, nskus do
   settle_alert(s, skus[s], total[s], stock[s])
-  local args = {}
-  for loc in pairs(dirty[s]) do
-    args[#args + 1] = loc
-    args[#args + 1] = stock[s][loc]
-  end
-  if #args > 0 then call('HSET', KEYS[4 * s - 3], unpack(args)) end
+  write_changed(KEYS[4 * s - 3], dirty[s], stock[s])
   local rec = records[s]
   for i = 1, #rec, CHUNK do
     call('HSET', KEYS[4 * s - 2], unpack(rec, i, math.min(i + CHUNK - 1, #rec)))
   end
-  if sold_dirty[s] then
-    local counts = {}
-    for c in pairs(sold_dirty[s]) do
-      counts[#counts + 1] = c
-      counts[#counts + 1] = sold[s][c]
-    end
-    if #counts > 0 then call('HSET', KEYS[4 * s - 1], unpack(counts)) end
-  end
+  if sold_dirty[s] then write_changed(KEYS[4 * s - 1], sold_dirty[s], sold[s]) end
 end
 return out

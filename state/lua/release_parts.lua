@@ -42,13 +42,7 @@ for _, x in ipairs(parsed) do
 end
 if #parsed > 0 then -- units came back: an alert flag may clear
   for name, s in pairs(index) do
-    local flat = redis.call('HGETALL', KEYS[4 * s - 3])
-    local t, units = {}, 0
-    for i = 1, #flat, 2 do
-      local q = tonumber(flat[i + 1])
-      t[flat[i]] = q
-      if string.byte(flat[i], 1) ~= 0 and q > 0 then units = units + q end
-    end
+    local t, units = read_stock(KEYS[4 * s - 3])
     settle_alert(s, name, units, t)
   end
 end

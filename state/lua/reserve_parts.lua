@@ -74,13 +74,7 @@ for h, ids in pairs(by_home) do
 end
 local stock, dirty, limit, vip_until, sold, sold_dirty, total = {}, {}, {}, {}, {}, {}, {}
 for s = 1, nskus do
-  local flat = call('HGETALL', KEYS[4 * s - 3])
-  local t, sum = {}, 0
-  for i = 1, #flat, 2 do
-    local q = tonumber(flat[i + 1])
-    t[flat[i]] = q
-    if string.byte(flat[i], 1) ~= 0 and q > 0 then sum = sum + q end
-  end
+  local t, sum = read_stock(KEYS[4 * s - 3])
   total[s] = sum
   stock[s], dirty[s], limit[s], vip_until[s] = t, {}, t[RULE_LIMIT], t[RULE_VIP]
   if limit[s] then
@@ -152,20 +146,8 @@ for o, od in ipairs(orders) do
 end
 for s = 1, nskus do
   settle_alert(s, names[s], total[s], stock[s])
-  local args = {}
-  for loc in pairs(dirty[s]) do
-    args[#args + 1] = loc
-    args[#args + 1] = stock[s][loc]
-  end
-  if #args > 0 then call('HSET', KEYS[4 * s - 3], unpack(args)) end
+  write_changed(KEYS[4 * s - 3], dirty[s], stock[s])
   if #parts[s] > 0 then call('HSET', KEYS[4 * s - 2], unpack(parts[s])) end
-  if sold_dirty[s] then
-    local counts = {}
-    for c in pairs(sold_dirty[s]) do
-      counts[#counts + 1] = c
-      counts[#counts + 1] = sold[s][c]
-    end
-    if #counts > 0 then call('HSET', KEYS[4 * s - 1], unpack(counts)) end
-  end
+  if sold_dirty[s] then write_changed(KEYS[4 * s - 1], sold_dirty[s], sold[s]) end
 end
 return out
