@@ -39,12 +39,13 @@ class Rules(NamedTuple):
 
 
 class _Item:
-    __slots__ = ("order", "ranking", "slots", "store_channel")
+    __slots__ = ("order", "ranking", "slots", "store_channel", "paid_ms")
 
     def __init__(self, order: Order, ranking: list[str], rules: Rules) -> None:
         self.order = order
         self.ranking = ranking
         self.store_channel = order.channel in rules.store_channels
+        self.paid_ms = paid_ms(order.paid_at)  # once, not once per slot and attempt
         slots: dict[int, list[str]] = defaultdict(list)
         for ln in order.lines:
             slots[keys.sku_slot(ln.sku)].append(ln.sku)
@@ -79,7 +80,7 @@ def _slot_args(
         o = item.order
         args += [o.order_id, names[item.slots[slot][0]]]
         if allocs is not None:  # reserve: the rules' inputs, then the allocations
-            args += [o.customer.id, int(o.customer.vip), paid_ms(o.paid_at), int(check_only)]
+            args += [o.customer.id, int(o.customer.vip), item.paid_ms, int(check_only)]
             args += [int(item.store_channel), len(allocs)]
             for loc, sku, qty in allocs:
                 args += [names[sku], loc, qty]

@@ -42,14 +42,6 @@ def text_of(raw: bytes | str) -> str:
     return raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
 
 
-def parse_time_ms(value: str) -> int:
-    """RFC 3339 with an explicit offset -> epoch milliseconds; ValueError otherwise."""
-    dt = datetime.fromisoformat(value)
-    if dt.tzinfo is None:
-        raise ValueError(f"time {value!r} has no UTC offset")
-    return int(dt.timestamp() * 1000)
-
-
 def paid_ms(paid_at: str) -> int:
     """``paid_at`` of a decoded (valid) order in epoch milliseconds, for time-boxed rules."""
     return int(datetime.fromisoformat(paid_at).timestamp() * 1000)

@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 
 from dataflows.decider import Decider
-from onestock import ops
 from onestock.records import packed_records, record_from_packed
 from onestock.types import FulfilmentRecord
 from state import keys
@@ -60,7 +59,3 @@ def decide(
 
 def stock(store: Store, sku: str) -> dict[str, int]:
     return store.stock_levels([sku]).get(sku, {})
-
-
-def all_records(store: Store, shards: int) -> list[FulfilmentRecord]:
-    return list(ops.records(store, shards))
