@@ -27,12 +27,14 @@ from state import keys
 from state.store import Store
 
 MAX_ATTEMPTS = 20
+# reserve_parts.lua's statuses for an order a rule rejects (judged in this order)
+_BROKEN = {3: "vip_only", 4: "limit_exceeded", 5: "sold_out"}
 
 
 class Rules(NamedTuple):
     """What the catalog says beyond stock, as the cross-slot path needs it."""
 
-    ruled: set[str]  # SKUs with a per-customer limit or a VIP pre-sale (judged before stock)
+    ruled: set[str]  # SKUs with a per-customer limit, VIP pre-sale or channel locks
     floors: dict[str, int]  # safety stock per location: units online channels cannot take
     store_channels: set[str]  # channels of kind "store" (they may take safety stock)
     fewest: bool  # split over as few locations as possible (else nearest first)
@@ -80,7 +82,7 @@ def _slot_args(
         o = item.order
         args += [o.order_id, names[item.slots[slot][0]]]
         if allocs is not None:  # reserve: the rules' inputs, then the allocations
-            args += [o.customer.id, int(o.customer.vip), item.paid_ms, int(check_only)]
+            args += [o.customer.id, o.channel, int(o.customer.vip), item.paid_ms, int(check_only)]
             args += [int(item.store_channel), len(allocs)]
             for loc, sku, qty in allocs:
                 args += [names[sku], loc, qty]
@@ -88,9 +90,9 @@ def _slot_args(
 
 
 def _stored_allocations(part: bytes) -> list[Allocation]:
-    """A stored part: customer, then (location, sku, qty, counted) quadruples."""
+    """A stored part: customer, channel, then (location, sku, qty, counted, locked)."""
     f = part.decode().split(SEP)
-    return [(f[i], f[i + 1], int(f[i + 2])) for i in range(1, len(f), 4)]
+    return [(f[i], f[i + 1], int(f[i + 2])) for i in range(2, len(f), 5)]
 
 
 def _release(store: Store, call: Callable[..., Any], items: list[_Item]) -> None:
@@ -176,12 +178,13 @@ def _attempt(
     calls = [_slot_args(b, rules.floors) for b in batches]
     results = call(store.reserve_parts, calls) if calls else []
     failed: dict[str, _Item] = {}
-    broken: dict[str, int] = {}  # order id -> 3 (vip_only) or 4 (limit_exceeded)
+    # order id -> 3 (vip_only), 4 (limit_exceeded) or 5 (sold_out: other channels' locks)
+    broken: dict[str, int] = {}
     for batch, statuses in zip(batches, results, strict=True):
         for (it, _, _, _), status in zip(batch, statuses, strict=True):
             oid = it.order.order_id
-            if status in (3, 4):
-                broken[oid] = min(broken.get(oid, 4), status)
+            if status in _BROKEN:
+                broken[oid] = min(broken.get(oid, 5), status)
             elif status == 0:
                 failed[oid] = it
     # In arrival order: once an order's plan did not go through (no stock after all, or a
@@ -199,7 +202,7 @@ def _attempt(
             if suspect:  # its count may hold units of an earlier order that is undone
                 again.append(it)
             else:
-                outcome[oid] = rejected("vip_only" if broken[oid] == 3 else "limit_exceeded")
+                outcome[oid] = rejected(_BROKEN[broken[oid]])
             suspect = suspect or oid in plans
         elif oid in failed:
             undo.append(it)

@@ -22,9 +22,9 @@ from onestock.types import Catalog, Order
 from state.keys import sku_slot
 from state.store import Store, Waiter
 
-# home SKU index, pickup location index (0 = ship), lines, flags (bit 0: VIP, bit 1: store
-# channel), paid_at ms
-_HEAD = struct.Struct("<HHHBQ")
+# home SKU index, pickup location index (0 = ship), lines, channel index, flags (bit 0: VIP,
+# bit 1: store channel), paid_at ms
+_HEAD = struct.Struct("<HHHHBQ")
 _LINE = struct.Struct("<HI")  # SKU index, qty
 
 
@@ -45,11 +45,13 @@ class _View:
         self.router = Router(catalog)
         self.channels = {c.id for c in catalog.channels}
         self.skus = {s.sku for s in catalog.skus}
-        # SKUs with rules judged before the stock (per-customer limit, VIP pre-sale)
+        # SKUs with rules judged before the stock (per-customer limit, VIP pre-sale, locks)
         self.ruled = {
             s.sku
             for s in catalog.skus
-            if s.per_customer_limit is not None or s.vip_presale_until is not None
+            if s.per_customer_limit is not None
+            or s.vip_presale_until is not None
+            or s.channel_locks
         }
         self.locations = set(self.router.ids)
         by_id = {loc.id: loc for loc in catalog.locations}
@@ -187,6 +189,7 @@ class Decider:
         """(SKUs, ARGV) of one decide.lua call: each order is its id and a binary spec."""
         view = self.view
         sku_index: dict[str, int] = {}
+        chan_index: dict[str, int] = {}
         body: list[Any] = [len(orders)]
         rankings = self._rankings(orders)
         for o, ranking in zip(orders, rankings, strict=True):
@@ -201,13 +204,16 @@ class Decider:
                 else sku_index[lines[0].sku]
             )
             paid = paid_ms(o.paid_at)
+            chan = chan_index.get(o.channel)
+            if chan is None:
+                chan = chan_index[o.channel] = len(chan_index) + 1
             flags = o.customer.vip | (2 if o.channel in view.store_channels else 0)
             if o.delivery.mode == "pickup":
                 pickup = view.loc_index[o.delivery.store]  # type: ignore[index]
-                head = _HEAD.pack(home, pickup, len(lines), flags, paid)
+                head = _HEAD.pack(home, pickup, len(lines), chan, flags, paid)
                 ranking = b""
             else:
-                head = _HEAD.pack(home, 0, len(lines), flags, paid)
+                head = _HEAD.pack(home, 0, len(lines), chan, flags, paid)
             if len(lines) == 1:
                 spec = head + _LINE.pack(sku_index[lines[0].sku], lines[0].qty) + ranking
             else:
@@ -217,4 +223,6 @@ class Decider:
             body += [o.order_id, spec, o.customer.id]
         skus = list(sku_index)
         ids = view.router.ids
-        return skus, [len(skus), len(ids), view.fewest, *skus, *ids, *view.safety, *body]
+        chans = list(chan_index)
+        header = [len(skus), len(ids), len(chans), view.fewest, *skus, *ids, *view.safety, *chans]
+        return skus, header + body

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Annotated
 
@@ -156,21 +157,36 @@ def _shards(store: ops.Store) -> int:
 def stock(
     redis_url: RedisUrl = None,
     sku: Annotated[str | None, typer.Option(help="Only this SKU.")] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(help="Judge channel locks at this RFC 3339 time (default: now)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """The one-inventory view: stock per location, total, and what each channel can sell."""
-    view = ops.stock_view(ops.open_store(_settings(redis_url)), sku)
+    """The one-inventory view: stock per location, total, what each channel can still sell,
+    and the channel locks."""
+    at_ms = None
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise OnestockError(f"--at: not an RFC 3339 time with an offset: {at!r}")
+        at_ms = int(when.timestamp() * 1000)
+    view = ops.stock_view(ops.open_store(_settings(redis_url)), sku, at_ms)
     if as_json:
         sys.stdout.buffer.write(msgspec.json.encode(view) + b"\n")
         return
     table = Table(title="one inventory")
-    for col in ("SKU", "total", "by location", "available by channel"):
+    for col in ("SKU", "total", "by location", "available by channel", "channel locks"):
         table.add_column(col)
     for name, v in view.items():
         table.add_row(
             name, str(v.total),
             ", ".join(f"{loc} {q}" for loc, q in v.locations.items()),
             ", ".join(f"{ch} {q}" for ch, q in v.available.items()),
+            ", ".join(f"{ch} {lk.left}/{lk.qty} until {lk.until}" for ch, lk in v.locks.items()),
         )  # fmt: skip
     Console().print(table)
 

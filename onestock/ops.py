@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 import zlib
 from collections import Counter
@@ -128,13 +129,25 @@ def write_alerts(store: Store, out: IO[bytes]) -> int:
     return n
 
 
+class LockView(msgspec.Struct):
+    qty: int  # units the lock holds for its channel
+    used: int  # units the channel drew from it so far
+    left: int  # units it still holds at the time of the view (0 once dissolved)
+    until: str
+
+
 class StockView(msgspec.Struct):
     total: int
     locations: dict[str, int]
     available: dict[str, int]
+    locks: dict[str, LockView] = {}
 
 
-def stock_view(store: Store, sku: str | None = None) -> dict[str, StockView]:
+def stock_view(
+    store: Store, sku: str | None = None, at_ms: int | None = None
+) -> dict[str, StockView]:
+    """Per SKU: units per location, total, what each channel can still sell at ``at_ms``
+    (default now), and its channel locks."""
     _, cat = store.catalog()
     if cat is None:
         raise OnestockError("no catalog loaded: run `onestock catalog load PATH` first")
@@ -143,16 +156,33 @@ def stock_view(store: Store, sku: str | None = None) -> dict[str, StockView]:
         if sku not in names:
             raise OnestockError(f"unknown SKU {sku!r}")
         names = [sku]
-    levels = store.stock_levels(names)
+    at = int(time.time() * 1000) if at_ms is None else at_ms
+    state = store.stock_state(names)
     safety = {loc.id: loc.safety_stock for loc in cat.locations if loc.safety_stock}
     view = {}
     for name in names:
-        locs = levels.get(name, {})
+        locs, locks = state.get(name, ({}, []))
         total = sum(locs.values())
         # online channels cannot take a location's safety stock; store channels can
         held = sum(min(q, safety.get(loc, 0)) for loc, q in locs.items() if q > 0)
-        available = {c.id: total - (held if c.kind == "online" else 0) for c in cat.channels}
-        view[name] = StockView(total, locs, available)
+        # every channel sees the total minus the other channels' unconsumed active locks
+        left = {lk.channel: lk.left(at) for lk in locks}
+        locked = sum(left.values())
+        available = {
+            c.id: max(
+                0,
+                min(
+                    total - (held if c.kind == "online" else 0),
+                    total - locked + left.get(c.id, 0),
+                ),
+            )
+            for c in cat.channels
+        }
+        lock_view = {
+            lk.channel: LockView(lk.qty, lk.used, left[lk.channel], iso_ms(lk.until_ms))
+            for lk in locks
+        }
+        view[name] = StockView(total, locs, available, lock_view)
     return view
 
 

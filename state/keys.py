@@ -20,7 +20,18 @@ STOCK_MARKER = "\x00sku"  # field present in every stock hash: the SKU exists ev
 RULE_LIMIT = "\x00limit"  # per_customer_limit, units
 RULE_VIP_UNTIL = "\x00vip"  # vip_presale_until, epoch milliseconds
 RULE_LOW = "\x00low"  # low_stock_threshold, units (the flag "\x00alerted" marks a fired alert)
+# A channel lock of the SKU: its units, its end (epoch ms), and the units its channel drew
+# from it so far (kept across catalog reloads while the SKU keeps a lock for that channel).
+LOCK_QTY, LOCK_UNTIL, LOCK_USED = "\x00Lq:", "\x00Lu:", "\x00Lc:"
 SEP = "\x1f"  # separates fields inside a stored outcome
+
+
+def lock_qty(channel: str) -> str:
+    return LOCK_QTY + channel
+
+
+def lock_until(channel: str) -> str:
+    return LOCK_UNTIL + channel
 
 
 def shard_tag(shard: int) -> str:

@@ -10,7 +10,7 @@ import heapq
 import importlib.resources
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from redis.cluster import RedisCluster
@@ -54,6 +54,20 @@ def connect(url: str) -> Redis:
         client.close()
         return RedisCluster.from_url(url)
     return client
+
+
+class Lock(NamedTuple):
+    """A channel lock as stored: units held for ``channel`` until ``until_ms``, ``used`` of
+    them already drawn by that channel."""
+
+    channel: str
+    qty: int
+    until_ms: int
+    used: int
+
+    def left(self, at_ms: int) -> int:
+        """Units the lock still holds at ``at_ms`` (0 once it dissolved)."""
+        return max(0, self.qty - self.used) if at_ms < self.until_ms else 0
 
 
 class Waiter:
@@ -125,23 +139,39 @@ class Store:
                 flat += [keys.RULE_LOW, sku.low_stock_threshold]
             if sku.vip_presale_until is not None:
                 flat += [keys.RULE_VIP_UNTIL, int(sku.vip_presale_until.timestamp() * 1000)]
+            for lock in sku.channel_locks:
+                flat += [keys.lock_qty(lock.channel), lock.qty]
+                flat += [keys.lock_until(lock.channel), int(lock.until.timestamp() * 1000)]
             self._set_stock(keys=[keys.stock(name)], args=flat)
         self.r.set(keys.CATALOG, json_encoder.encode(catalog))
         self.r.incr(keys.CATALOG_VERSION)
 
     def stock_levels(self, skus: Iterable[str]) -> dict[str, dict[str, int]]:
         """Units per location for each SKU that exists in Redis."""
+        return {sku: levels for sku, (levels, _) in self.stock_state(skus).items()}
+
+    def stock_state(self, skus: Iterable[str]) -> dict[str, tuple[dict[str, int], list[Lock]]]:
+        """Per SKU that exists in Redis: units per location, and its channel locks."""
         skus = list(skus)
         pipe = self.r.pipeline(transaction=False)
         for sku in skus:
             pipe.hgetall(keys.stock(sku))
-        out: dict[str, dict[str, int]] = {}
+        out: dict[str, tuple[dict[str, int], list[Lock]]] = {}
+        lock_qty, lock_until, lock_used = (
+            p.encode() for p in (keys.LOCK_QTY, keys.LOCK_UNTIL, keys.LOCK_USED)
+        )
         for sku, flat in zip(skus, pipe.execute(), strict=True):
-            if flat:
-                # fields that start with NUL are the marker and the SKU's rules
-                out[sku] = {
-                    k.decode(): int(v) for k, v in flat.items() if not k.startswith(b"\x00")
-                }
+            if not flat:
+                continue
+            # fields that start with NUL are the marker, the SKU's rules and its locks
+            levels = {k.decode(): int(v) for k, v in flat.items() if not k.startswith(b"\x00")}
+            locks = []
+            for k, v in flat.items():
+                if k.startswith(lock_qty):
+                    ch = k[len(lock_qty) :]
+                    until = int(flat.get(lock_until + ch, 0))
+                    locks.append(Lock(ch.decode(), int(v), until, int(flat.get(lock_used + ch, 0))))
+            out[sku] = (levels, locks)
         return out
 
     # -- input shards ----------------------------------------------------------------------

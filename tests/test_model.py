@@ -1,4 +1,6 @@
-"""Hypothesis: the pipeline's decisions equal a plain Python model of the contract's routing."""
+"""Hypothesis: the pipeline's decisions equal a plain Python model of the contract's routing
+and rules, and the invariants hold: no location below zero, no customer over a limit, no
+channel selling into another channel's lock."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ CHANNELS = ["tmall", "pos"]
 GRID = st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0])
 PRESALE_END = "2026-11-11T00:30:00Z"
 BEFORE_END, AFTER_END = "2026-11-11T00:29:59.999Z", "2026-11-11T08:30:00.001+08:00"
+LOCK_ENDS = [PRESALE_END, "2026-11-12T00:00:00Z"]  # dissolved for some orders; for none
 
 
 @st.composite
@@ -48,6 +51,16 @@ def catalogs(draw: st.DrawFn) -> dict[str, Any]:
             entry["per_customer_limit"] = draw(st.integers(1, 4))
         if draw(st.booleans()):
             entry["vip_presale_until"] = PRESALE_END
+        locked = draw(st.lists(st.sampled_from(CHANNELS), max_size=2, unique=True))
+        if locked:
+            entry["channel_locks"] = [
+                {
+                    "channel": ch,
+                    "qty": draw(st.integers(0, 6)),
+                    "until": draw(st.sampled_from(LOCK_ENDS)),
+                }
+                for ch in locked
+            ]
         skus.append(entry)
     channels = [{"id": "tmall", "kind": "online"}, {"id": "pos", "kind": "store"}]
     routing = draw(st.sampled_from(["nearest", "priority", "fewest_shipments"]))
@@ -93,12 +106,15 @@ def model(
     cat: dict[str, Any],
     stock: dict[str, dict[str, int]],
     bought: dict[tuple[str, str], int],
+    drawn: dict[tuple[str, str], int],
     o: dict[str, Any],
 ) -> Any:
     """The contract, read literally. Returns (reason,) or [(location, sku, qty), ...].
 
     Checks in order: channel, SKUs, the pickup location, then the rules (VIP pre-sale judged
-    at paid_at, per-customer limit), then the stock."""
+    at paid_at, per-customer limit, channel locks: the other channels' active unconsumed
+    locks are not for sale to this one), then the stock. ``drawn``: (sku, channel) -> units
+    that channel drew from its lock."""
     locs = {loc["id"]: loc for loc in cat["locations"]}
     rules = {s["sku"]: s for s in cat["skus"]}
     lines = o["lines"]
@@ -120,6 +136,11 @@ def model(
         cap = rules[ln["sku"]].get("per_customer_limit")
         if cap and bought.get((ln["sku"], o["customer"]["id"]), 0) + ln["qty"] > cap:
             return ("limit_exceeded",)
+    for ln in lines:
+        total = sum(stock[ln["sku"]].values())
+        others = sum(locked(rules[ln["sku"]], drawn, paid, but=o["channel"]))
+        if total - others < ln["qty"] <= total:  # (beyond the total: the stock check says)
+            return ("sold_out",)
     online = o["channel"] != "pos"
 
     def free(sku: str, loc: str) -> int:
@@ -186,26 +207,66 @@ def test_decisions_match_the_contract_model(
     assert sorted(r.order_id for r in got) == sorted(o["order_id"] for o in batch)
     by_id = {r.order_id: r for r in got}
     bought: dict[tuple[str, str], int] = {}
-    limited = {s["sku"] for s in cat["skus"] if "per_customer_limit" in s}
+    drawn: dict[tuple[str, str], int] = {}
+    rules = {s["sku"]: s for s in cat["skus"]}
     for o in sequence:
         rec = by_id[o["order_id"]]
-        want = model(cat, stock, bought, o)
+        want = model(cat, stock, bought, drawn, o)
         if isinstance(want, tuple):
             assert (rec.status, rec.reason) == ("rejected", want[0]), o
         else:
-            for loc, sku, q in want:
-                stock[sku][loc] -= q
-                if sku in limited:
-                    key = (sku, o["customer"]["id"])
+            paid = datetime.fromisoformat(o["paid_at"])
+            for ln in o["lines"]:
+                sku, ch = rules[ln["sku"]], o["channel"]
+                own = locked(
+                    {
+                        **sku,
+                        "channel_locks": [
+                            lk for lk in sku.get("channel_locks", []) if lk["channel"] == ch
+                        ],
+                    },
+                    drawn,
+                    paid,
+                )
+                drawn[(sku["sku"], ch)] = drawn.get((sku["sku"], ch), 0) + min(sum(own), ln["qty"])
+            for loc, sku_id, q in want:
+                stock[sku_id][loc] -= q
+                if "per_customer_limit" in rules[sku_id]:
+                    key = (sku_id, o["customer"]["id"])
                     bought[key] = bought.get(key, 0) + q
+            # invariants, after every accepted order: no location below zero, no customer
+            # over a limit, the units left cover every other channel's active lock
+            for ln in o["lines"]:
+                sku = rules[ln["sku"]]
+                assert min(stock[sku["sku"]].values()) >= 0
+                limit = sku.get("per_customer_limit")
+                assert not limit or bought[(sku["sku"], o["customer"]["id"])] <= limit
+                others = locked(sku, drawn, paid, but=o["channel"])
+                assert sum(stock[sku["sku"]].values()) >= sum(others), (o, sku)
             assert rec.status == "accepted", (o, rec)
             mode = o["delivery"]["mode"]
             assert [
                 (s.location, s.mode, ln.sku, ln.qty) for s in rec.shipments for ln in s.lines
             ] == [(loc, mode, sku, q) for loc, sku, q in _grouped(want)], o
-    have = store.stock_levels(stock)
-    assert {k: {loc: q for loc, q in v.items()} for k, v in have.items()} == stock
-    assert all(q >= 0 for v in have.values() for q in v.values())
+    state = store.stock_state(stock)
+    assert {k: levels for k, (levels, _) in state.items()} == stock
+    assert all(q >= 0 for levels, _ in state.values() for q in levels.values())
+    assert {(k, lk.channel): lk.used for k, (_, locks) in state.items() for lk in locks} == {
+        (s["sku"], lk["channel"]): drawn.get((s["sku"], lk["channel"]), 0)
+        for s in cat["skus"]
+        for lk in s.get("channel_locks", [])
+    }
+
+
+def locked(
+    sku: dict[str, Any], drawn: dict[tuple[str, str], int], paid: datetime, but: str = ""
+) -> list[int]:
+    """Units each active lock of ``sku`` still holds at ``paid``, except channel ``but``'s."""
+    return [
+        max(0, lk["qty"] - drawn.get((sku["sku"], lk["channel"]), 0))
+        for lk in sku.get("channel_locks", [])
+        if lk["channel"] != but and paid < datetime.fromisoformat(lk["until"])
+    ]
 
 
 def _fewest(lines: list[dict[str, Any]], ranked: list[str], free: Any) -> Any:

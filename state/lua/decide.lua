@@ -4,21 +4,26 @@
 --       plus NUL-prefixed fields: the marker, its rules, its alert flag), KEYS[4i-2] = its
 --       decision hash (order id -> stored outcome), KEYS[4i-1] = units sold per customer,
 --       KEYS[4i] = its low-stock alerts stream. All in one slot.
--- ARGV: nskus, nlocs, fewest (1: split an order over as few locations as possible, else
---       nearest first), sku names (nskus), location ids (nlocs), safety stock per location
---       (nlocs: units that online channels cannot take there), norders, then per order three
+-- ARGV: nskus, nlocs, nchans, fewest (1: split an order over as few locations as possible,
+--       else nearest first), sku names (nskus), location ids (nlocs), safety stock per
+--       location (nlocs: units that online channels cannot take there), channel ids (nchans:
+--       those of this call's orders), norders, then per order three
 --       arguments: the order id, a little-endian binary spec, and the customer id (may be
 --       empty when no SKU of the order has a per-customer limit). The spec:
 --         u16 home    SKU index whose decision hash keeps the outcome
 --         u16 pickup  location index of the pickup store, 0 = ship
 --         u16 nlines
+--         u16 channel index of the order's channel
 --         u8  flags   bit 0: the customer is a VIP; bit 1: a store-kind channel (it may
 --                     take safety stock)
 --         u64 paid_at in epoch milliseconds (time-boxed rules are judged at paid_at)
 --         then per line: u16 sku index, u32 qty >= 1
 --         then the ranking: u16 location indices, nearest first (empty for pickup).
 -- Rules, checked in this order before any stock: vip_only (before the SKU's pre-sale end
--- only VIPs buy it), limit_exceeded (units sold to the customer + qty > the SKU's limit).
+-- only VIPs buy it), limit_exceeded (units sold to the customer + qty > the SKU's limit),
+-- then the channel locks (sold_out when the SKU's units minus the other channels' active
+-- unconsumed locks are fewer than qty; see lock_take). An accepted order of a locked channel
+-- draws from its own lock first (the fields '\0Lc:<channel>' count what it drew).
 -- Returns: one outcome per order, fields separated by \31:
 --       "A" followed by (location, sku, qty) triples, or "R" followed by a reason.
 -- A replayed order id returns its stored outcome and changes nothing. Stock never goes
@@ -32,26 +37,29 @@ local SOLD_OUT = 'R' .. SEP .. 'sold_out'
 local UNKNOWN = 'R' .. SEP .. 'unknown_sku'
 local VIP_ONLY = 'R' .. SEP .. 'vip_only'
 local LIMIT = 'R' .. SEP .. 'limit_exceeded'
-local HEAD = 15 -- bytes before the first line
+local HEAD = 17 -- bytes before the first line
 local NO_PICKUP = 'R' .. SEP .. 'pickup_unavailable'
 local CHUNK = 4000
 
 local function bad(msg) return redis.error_reply('ERR decide.lua: ' .. msg) end
 
 
-local nskus, nlocs = tonumber(ARGV[1]), tonumber(ARGV[2])
-if not nskus or not nlocs or nskus < 1 or #KEYS ~= 4 * nskus then return bad('bad header') end
-local fewest = ARGV[3] == '1'
-local skus, locs = {}, {}
-for i = 1, nskus do skus[i] = ARGV[3 + i] end
+local nskus, nlocs, nchans = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if not nskus or not nlocs or not nchans or nskus < 1 or #KEYS ~= 4 * nskus then
+  return bad('bad header')
+end
+local fewest = ARGV[4] == '1'
+local skus, locs, chans = {}, {}, {}
+for i = 1, nskus do skus[i] = ARGV[4 + i] end
 local safety, NONE = {}, {}
 for i = 1, nlocs do
-  locs[i] = ARGV[3 + nskus + i]
-  local units = tonumber(ARGV[3 + nskus + nlocs + i])
+  locs[i] = ARGV[4 + nskus + i]
+  local units = tonumber(ARGV[4 + nskus + nlocs + i])
   if not units then return bad('bad safety stock') end
   if units > 0 then safety[locs[i]] = units end
 end
-local first = 5 + nskus + 2 * nlocs -- ARGV index of the first order id
+for i = 1, nchans do chans[i] = ARGV[4 + nskus + 2 * nlocs + i] end
+local first = 6 + nskus + 2 * nlocs + nchans -- ARGV index of the first order id
 local norders = tonumber(ARGV[first - 1])
 if not norders or #ARGV ~= first - 1 + 3 * norders then return bad('bad order count') end
 
@@ -59,11 +67,12 @@ if not norders or #ARGV ~= first - 1 + 3 * norders then return bad('bad order co
 local ids_by_home = {}
 for o = 1, norders do
   local blob = ARGV[first + 3 * o - 2]
-  local h1, h2, p1, p2, n1, n2 = byte(blob, 1, 6)
+  local h1, h2, p1, p2, n1, n2, c1, c2 = byte(blob, 1, 8)
   if #blob < HEAD then return bad('malformed order #' .. o) end
-  local home, pickup, nl = h1 + 256 * h2, p1 + 256 * p2, n1 + 256 * n2
+  local home, pickup, nl, ch = h1 + 256 * h2, p1 + 256 * p2, n1 + 256 * n2, c1 + 256 * c2
   local rest = #blob - HEAD - 6 * nl
-  if home < 1 or home > nskus or pickup > nlocs or nl < 1 or rest < 0 or rest % 2 ~= 0 then
+  if home < 1 or home > nskus or pickup > nlocs or nl < 1 or rest < 0 or rest % 2 ~= 0
+     or ch < 1 or ch > nchans then
     return bad('malformed order #' .. o)
   end
   for pos = HEAD + 1, HEAD - 5 + 6 * nl, 6 do
@@ -88,12 +97,12 @@ for h, ids in pairs(ids_by_home) do
 end
 
 -- Each SKU's stock read once; total[s] answers a sold-out order without scanning locations.
-local stock, exists, dirty, total, limit, vip_until = {}, {}, {}, {}, {}, {}
+local stock, exists, dirty, total, limit, vip_until, locks = {}, {}, {}, {}, {}, {}, {}
 local sold, sold_dirty = {}, {}
 local any_low = false -- does any SKU of this call have a low-stock threshold
 for s = 1, nskus do
-  local t, sum = read_stock(KEYS[4 * s - 3])
-  stock[s], exists[s], dirty[s], total[s] = t, t[MARKER] ~= nil, {}, sum
+  local t, sum, lk = read_stock(KEYS[4 * s - 3])
+  stock[s], exists[s], dirty[s], total[s], locks[s] = t, t[MARKER] ~= nil, {}, sum, lk
   any_low = any_low or t['\0low'] ~= nil
   limit[s], vip_until[s] = t[RULE_LIMIT], t[RULE_VIP]
   if limit[s] then
@@ -229,7 +238,7 @@ end
 
 -- Stock only: sold_out, pickup_unavailable, or the allocations.
 local function decide_stock(blob, pickup, nl, lines)
-  local floors = byte(blob, 7) % 4 >= 2 and NONE or safety
+  local floors = byte(blob, 9) % 4 >= 2 and NONE or safety
   if pickup == 0 then
     for i = 1, #lines, 2 do
       if total[lines[i]] < lines[i + 1] then return SOLD_OUT end
@@ -251,9 +260,11 @@ local function decide_stock(blob, pickup, nl, lines)
   return decide_many(blob, pickup, lines, at, floors)
 end
 
--- vip_only / limit_exceeded / nil: the rules of the order's SKUs, judged at paid_at.
-local function rules(blob, lines, customer)
-  local f, t1, t2, t3, t4, t5, t6 = byte(blob, 7, 13)
+-- vip_only / limit_exceeded / sold_out (channel locks) / nil: the rules of the order's SKUs,
+-- judged at paid_at. `draws` gets, per locked SKU index, the units the order would take out
+-- of its channel's own lock.
+local function rules(blob, lines, customer, draws)
+  local c1, c2, f, t1, t2, t3, t4, t5, t6 = byte(blob, 7, 15)
   local vip = f % 2 == 1
   local paid = t1 + 256 * (t2 + 256 * (t3 + 256 * (t4 + 256 * (t5 + 256 * t6))))
   for i = 1, #lines, 2 do
@@ -264,6 +275,14 @@ local function rules(blob, lines, customer)
     local s = lines[i]
     if limit[s] and (customer == '' or (sold[s][customer] or 0) + lines[i + 1] > limit[s]) then
       return LIMIT
+    end
+  end
+  for i = 1, #lines, 2 do
+    local s = lines[i]
+    if locks[s] then
+      local own = lock_take(locks[s], chans[c1 + 256 * c2], paid, lines[i + 1], total[s])
+      if not own then return SOLD_OUT end
+      draws[s] = own
     end
   end
   return nil
@@ -279,25 +298,44 @@ local function count_sold(lines, customer)
   end
 end
 
+-- The order was accepted: its channel's lock gives the units it drew.
+local function draw_locks(blob, draws)
+  local c1, c2 = byte(blob, 7, 8)
+  local ch = chans[c1 + 256 * c2]
+  local field = '\0Lc:' .. ch
+  for s, units in pairs(draws) do
+    if units > 0 then
+      local l = locks[s][ch]
+      l.c = l.c + units
+      stock[s][field] = l.c
+      dirty[s][field] = true
+    end
+  end
+end
+
 local function decide_one(blob, customer)
   local _, _, p1, p2, n1, n2 = byte(blob, 1, 6)
   local pickup, nl = p1 + 256 * p2, n1 + 256 * n2
-  local lines, ruled = {}, false
+  local lines, ruled, draws = {}, false, nil
   for pos = HEAD + 1, HEAD - 5 + 6 * nl, 6 do
     local s1, s2, q1, q2, q3, q4 = byte(blob, pos, pos + 5)
     local s = s1 + 256 * s2
     if not exists[s] then return UNKNOWN end
-    ruled = ruled or limit[s] ~= nil or vip_until[s] ~= nil
+    ruled = ruled or limit[s] ~= nil or vip_until[s] ~= nil or locks[s] ~= nil
     lines[#lines + 1] = s
     lines[#lines + 1] = q1 + 256 * (q2 + 256 * (q3 + 256 * q4))
   end
   if ruled then
-    local broken = rules(blob, lines, customer)
+    draws = {}
+    local broken = rules(blob, lines, customer, draws)
     if broken then return broken end
   end
   local res = decide_stock(blob, pickup, nl, lines)
   if byte(res, 1) == 65 then -- 'A'
-    if ruled then count_sold(lines, customer) end
+    if ruled then
+      count_sold(lines, customer)
+      draw_locks(blob, draws)
+    end
     if any_low then
       for i = 1, #lines, 2 do
         local s = lines[i]

@@ -3,17 +3,45 @@
 --
 -- Needs KEYS laid out per SKU i as those scripts do: KEYS[4i-3] stock hash, KEYS[4i] alerts.
 
--- A SKU's stock hash as a table (fields -> numbers), and its units over all locations
--- (fields that start with a NUL byte are the marker, rules and flags, not locations).
+-- A SKU's stock hash as a table (fields -> numbers), its units over all locations (fields
+-- that start with a NUL byte are the marker, rules and flags, not locations), and its channel
+-- locks: nil, or channel -> {q = locked units, u = until (epoch ms), c = units the channel
+-- already drew from the lock}, from the fields '\0Lq:<channel>', '\0Lu:..' and '\0Lc:..'.
 local function read_stock(key)
   local flat = redis.call('HGETALL', key)
-  local t, units = {}, 0
+  local t, units, locks = {}, 0, nil
   for i = 1, #flat, 2 do
-    local q = tonumber(flat[i + 1])
-    t[flat[i]] = q
-    if string.byte(flat[i], 1) ~= 0 and q > 0 then units = units + q end
+    local f, q = flat[i], tonumber(flat[i + 1])
+    t[f] = q
+    if string.byte(f, 1) ~= 0 then
+      if q > 0 then units = units + q end
+    elseif string.byte(f, 2) == 76 then -- 'L'
+      locks = locks or {}
+      local ch = string.sub(f, 5)
+      local l = locks[ch]
+      if not l then l = { q = 0, u = 0, c = 0 }; locks[ch] = l end
+      l[string.sub(f, 3, 3)] = q
+    end
   end
-  return t, units
+  return t, units, locks
+end
+
+-- Channel locks, judged at the order's paid_at (epoch ms): a lock is active while paid < its
+-- until, and holds its unconsumed units (q - c) for its channel. Channel `ch` may take `q`
+-- units of a SKU with `units` in stock when q <= units - the other channels' active unconsumed
+-- locks. Returns nil when it may not, else how many of the q come out of its own lock. When
+-- even all the units could not serve q, the locks are not the reason: the stock check that
+-- follows rejects the order (sold_out, or pickup_unavailable at a pickup store).
+local function lock_take(locks, ch, paid, q, units)
+  local others, own = 0, 0
+  for c, l in pairs(locks) do
+    local left = l.q - l.c
+    if paid < l.u and left > 0 then
+      if c == ch then own = left else others = others + left end
+    end
+  end
+  if q > units - others and q <= units then return nil end
+  return math.min(q, own)
 end
 
 -- One HSET of the fields marked in `changed`, their values taken from `values`.

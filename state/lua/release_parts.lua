@@ -4,7 +4,8 @@
 --       KEYS[4i-1] units sold per customer, KEYS[4i] alerts stream.
 -- ARGV: nskus, sku names (nskus), norders, then per order: order_id, home (SKU index).
 -- Returns: how many parts were released: their units go back to the locations they came
--- from and leave the customer's count. Idempotent: releasing twice is a no-op.
+-- from, leave the customer's count and go back into the channel's lock they were drawn from
+-- (if the SKU still has one). Idempotent: releasing twice is a no-op.
 local SEP = '\31'
 
 local nskus = tonumber(ARGV[1])
@@ -22,7 +23,7 @@ for o = 1, norders do
   if stored then
     local f = {}
     for field in string.gmatch(stored, '[^' .. SEP .. ']+') do f[#f + 1] = field end
-    for i = 2, #f, 4 do
+    for i = 3, #f, 5 do
       if not index[f[i + 1]] then
         return redis.error_reply('ERR release_parts.lua: SKU not in KEYS: ' .. f[i + 1])
       end
@@ -32,11 +33,14 @@ for o = 1, norders do
 end
 for _, x in ipairs(parsed) do
   local f = x[3]
-  local customer = f[1]
-  for i = 2, #f, 4 do
-    local s, q = index[f[i + 1]], tonumber(f[i + 2])
+  local customer, channel = f[1], f[2]
+  for i = 3, #f, 5 do
+    local s, q, own = index[f[i + 1]], tonumber(f[i + 2]), tonumber(f[i + 4])
     redis.call('HINCRBY', KEYS[4 * s - 3], f[i], q)
     if f[i + 3] == '1' then redis.call('HINCRBY', KEYS[4 * s - 1], customer, -q) end
+    if own > 0 and redis.call('HEXISTS', KEYS[4 * s - 3], '\0Lq:' .. channel) == 1 then
+      redis.call('HINCRBY', KEYS[4 * s - 3], '\0Lc:' .. channel, -own)
+    end
   end
   redis.call('HDEL', KEYS[4 * x[2] - 2], x[1])
 end

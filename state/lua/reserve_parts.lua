@@ -5,15 +5,17 @@
 --       KEYS[4i-1] = units sold per customer, KEYS[4i] = its alerts stream. All in one slot.
 -- ARGV: nskus, sku names (nskus), nsafe, nsafe pairs (location, units online channels may
 --       not take there), norders, then per order: order_id, home (SKU index whose parts hash
---       keeps this order's part), customer id, vip (0/1), paid_at (epoch ms), check_only
+--       keeps this order's part), customer id, channel id, vip (0/1), paid_at (epoch ms), check_only
 --       (1: judge the rules only, write nothing), store_channel (1: may take safety stock),
 --       nallocs, nallocs triples (sku index, location, qty).
 -- Returns: per order 1 reserved now (or, check_only, the rules pass), 2 already reserved by
---          an earlier call (unchanged), 0 not enough stock, 3 vip_only, 4 limit_exceeded
---          (nothing changed for that order). Rules are judged before stock.
+--          an earlier call (unchanged), 0 not enough stock, 3 vip_only, 4 limit_exceeded,
+--          5 sold_out for this channel: other channels' locks hold the units (nothing changed
+--          for that order). Rules (locks last) are judged before stock.
 --          Each order's part is all or nothing; orders are applied in ARGV order.
--- A stored part is "customer" followed by (location, sku, qty, counted) quadruples, counted
--- = 1 where the units were added to the customer's count (release_parts takes them back).
+-- A stored part is customer, channel, then (location, sku, qty, counted, locked) quintuples:
+-- counted = 1 where the units were added to the customer's count, locked = the units drawn
+-- from the channel's own lock (release_parts gives both back).
 local SEP = '\31'
 local RULE_LIMIT, RULE_VIP = '\0limit', '\0vip'
 local call, unpack, tonumber = redis.call, unpack, tonumber
@@ -37,14 +39,14 @@ local norders = tonumber(ARGV[p]); p = p + 1
 if not norders then return bad('bad order count') end
 local orders = {}
 for o = 1, norders do
-  local oid, home, customer = ARGV[p], tonumber(ARGV[p + 1]), ARGV[p + 2]
-  local vip, paid, check_only = ARGV[p + 3] == '1', tonumber(ARGV[p + 4]), ARGV[p + 5] == '1'
-  local store_channel, n = ARGV[p + 6] == '1', tonumber(ARGV[p + 7])
-  if not oid or not home or not customer or not paid or not n or home < 1 or home > nskus
-     or n < 1 then
+  local oid, home, customer, channel = ARGV[p], tonumber(ARGV[p + 1]), ARGV[p + 2], ARGV[p + 3]
+  local vip, paid, check_only = ARGV[p + 4] == '1', tonumber(ARGV[p + 5]), ARGV[p + 6] == '1'
+  local store_channel, n = ARGV[p + 7] == '1', tonumber(ARGV[p + 8])
+  if not oid or not home or not customer or not channel or not paid or not n or home < 1
+     or home > nskus or n < 1 then
     return bad('malformed order #' .. o)
   end
-  p = p + 8
+  p = p + 9
   local allocs = {}
   for i = 1, n do
     local s, loc, q = tonumber(ARGV[p]), ARGV[p + 1], tonumber(ARGV[p + 2])
@@ -54,7 +56,7 @@ for o = 1, norders do
     allocs[i] = { s, loc, q }
     p = p + 3
   end
-  orders[o] = { oid, home, allocs, customer, vip, paid, check_only, store_channel }
+  orders[o] = { oid, home, allocs, customer, vip, paid, check_only, store_channel, channel }
 end
 if p - 1 ~= #ARGV then return bad('trailing arguments') end
 
@@ -73,9 +75,10 @@ for h, ids in pairs(by_home) do
   end
 end
 local stock, dirty, limit, vip_until, sold, sold_dirty, total = {}, {}, {}, {}, {}, {}, {}
+local locks = {}
 for s = 1, nskus do
-  local t, sum = read_stock(KEYS[4 * s - 3])
-  total[s] = sum
+  local t, sum, lk = read_stock(KEYS[4 * s - 3])
+  total[s], locks[s] = sum, lk
   stock[s], dirty[s], limit[s], vip_until[s] = t, {}, t[RULE_LIMIT], t[RULE_VIP]
   if limit[s] then
     local custs, seen = {}, {}
@@ -89,7 +92,9 @@ for s = 1, nskus do
   end
 end
 
-local function check(allocs, customer, vip, paid, check_only, store_channel)
+-- 1 (reservable), 0, 3, 4 or 5 as above; `draws` gets, per locked SKU, the units that would
+-- come out of the channel's own lock.
+local function check(allocs, customer, vip, paid, check_only, store_channel, channel, draws)
   local need, per_sku = {}, {}
   for _, a in ipairs(allocs) do
     local s = a[1]
@@ -98,6 +103,13 @@ local function check(allocs, customer, vip, paid, check_only, store_channel)
   end
   for s, q in pairs(per_sku) do
     if limit[s] and (customer == '' or (sold[s][customer] or 0) + q > limit[s]) then return 4 end
+  end
+  for s, q in pairs(per_sku) do
+    if locks[s] then
+      local own = lock_take(locks[s], channel, paid, q, total[s])
+      if not own then return 5 end
+      draws[s] = own
+    end
   end
   if check_only then return 1 end
   for _, a in ipairs(allocs) do
@@ -112,13 +124,14 @@ end
 local out, parts = {}, {}
 for s = 1, nskus do parts[s] = {} end
 for o, od in ipairs(orders) do
-  local oid, home, allocs, customer, vip, paid, check_only, store_channel = unpack(od)
+  local oid, home, allocs, customer, vip, paid, check_only, store_channel, channel = unpack(od)
   if done[oid] then
     out[o] = 2
   else
-    local status = check(allocs, customer, vip, paid, check_only, store_channel)
+    local draws = {}
+    local status = check(allocs, customer, vip, paid, check_only, store_channel, channel, draws)
     if status == 1 and not check_only then
-      local stored = { customer }
+      local stored = { customer, channel }
       for _, a in ipairs(allocs) do
         local s, loc, q = a[1], a[2], a[3]
         stock[s][loc] = stock[s][loc] - q
@@ -134,6 +147,15 @@ for o, od in ipairs(orders) do
         stored[#stored + 1] = names[s]
         stored[#stored + 1] = q
         stored[#stored + 1] = counted
+        local own = draws[s] or 0 -- the lock's units go on the SKU's first allocation
+        stored[#stored + 1] = own
+        if own > 0 then
+          local l, field = locks[s][channel], '\0Lc:' .. channel
+          l.c = l.c + own
+          stock[s][field] = l.c
+          dirty[s][field] = true
+          draws[s] = 0
+        end
       end
       local rec = parts[home]
       rec[#rec + 1] = oid
