@@ -5,12 +5,15 @@ For a batch of such orders:
 
 1. read what an earlier, crashed attempt left: an order whose every slot holds its part was
    reserved whole (its stored outcome stands); a partly reserved one is released;
-2. plan each order against one stock read (planning decrements a local copy, so orders of
-   the batch do not plan on the same units);
+2. plan each order against one read of the stock, the channel locks and the customers'
+   counts (planning updates a local copy, so orders of the batch do not plan on the same
+   units); an order the rules will reject, as far as that read tells, is only judged;
 3. reserve each slot's parts of all orders in one script call per slot;
 4. release the parts of orders that failed in some slot (someone took the units since the
-   read) and plan those again against a fresh read. Each failure means stock was consumed,
-   so the loop converges; it is bounded all the same.
+   read) and plan those again against a fresh read. Each round settles at least the orders
+   before the first one whose plan did not hold; a failure means another worker consumed
+   stock, so the loop converges. It is bounded all the same (rounds in a row that settle
+   nothing: the rest is sold out).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from onestock.types import Order
 from state import keys
 from state.store import Store
 
-MAX_ATTEMPTS = 20
+MAX_STALLED = 20  # rounds in a row that settle no order
 # reserve_parts.lua's statuses for an order a rule rejects (judged in this order)
 _BROKEN = {3: "vip_only", 4: "limit_exceeded", 5: "sold_out"}
 
@@ -35,6 +38,8 @@ class Rules(NamedTuple):
     """What the catalog says beyond stock, as the cross-slot path needs it."""
 
     ruled: set[str]  # SKUs with a per-customer limit, VIP pre-sale or channel locks
+    limits: dict[str, int]  # per-customer limit per SKU
+    presale: dict[str, int]  # VIP pre-sale end per SKU, epoch ms
     floors: dict[str, int]  # safety stock per location: units online channels cannot take
     store_channels: set[str]  # channels of kind "store" (they may take safety stock)
     fewest: bool  # split over as few locations as possible (else nearest first)
@@ -129,12 +134,64 @@ def decide_cross(
         pending.append(it)
     if partial:
         _release(store, call, partial)
-    for _ in range(MAX_ATTEMPTS):
-        if not pending:
-            return
-        pending = _attempt(store, call, pending, outcome, rules)
+    stalled = 0
+    while pending and stalled < MAX_STALLED:
+        left = _attempt(store, call, pending, outcome, rules)
+        stalled = stalled + 1 if len(left) == len(pending) else 0
+        pending = left
     for it in pending:
         outcome[it.order.order_id] = rejected("sold_out")
+
+
+def _judge(
+    it: _Item,
+    rules: Rules,
+    stock: dict[str, dict[str, int]],
+    locks: dict[str, dict[str, list[int]]],
+    counts: dict[tuple[str, str], int],
+) -> int | None:
+    """The rule that rejects the order on this read (3, 4, 5 as reserve_parts.lua), if any:
+    the script's judgement, predicted, so a rejected order reserves nothing."""
+    o = it.order
+    for ln in o.lines:
+        end = rules.presale.get(ln.sku)
+        if end is not None and not o.customer.vip and it.paid_ms < end:
+            return 3
+    for ln in o.lines:
+        cap = rules.limits.get(ln.sku)
+        if cap is not None and counts.get((ln.sku, o.customer.id), 0) + ln.qty > cap:
+            return 4
+    for ln in o.lines:
+        held = locks.get(ln.sku)
+        if held:
+            units = sum(q for q in stock[ln.sku].values() if q > 0)
+            others = sum(
+                left for ch, (left, until) in held.items() if ch != o.channel and it.paid_ms < until
+            )
+            if units - others < ln.qty <= units:
+                return 5
+    return None
+
+
+def _take(
+    it: _Item,
+    rules: Rules,
+    allocs: list[Allocation],
+    stock: dict[str, dict[str, int]],
+    locks: dict[str, dict[str, list[int]]],
+    counts: dict[tuple[str, str], int],
+) -> None:
+    """Update the local read as the reservation of ``allocs`` will update Redis."""
+    o = it.order
+    for loc, sku, qty in allocs:
+        stock[sku][loc] -= qty
+    for ln in o.lines:
+        if ln.sku in rules.limits:
+            key = (ln.sku, o.customer.id)
+            counts[key] = counts.get(key, 0) + ln.qty
+        own = locks.get(ln.sku, {}).get(o.channel)
+        if own is not None and it.paid_ms < own[1]:
+            own[0] -= min(own[0], ln.qty)
 
 
 def _attempt(
@@ -144,34 +201,57 @@ def _attempt(
     outcome: dict[str, str],
     rules: Rules,
 ) -> list[_Item]:
-    """One round: plan, reserve (or, where the stock cannot serve an order whose SKUs have
-    rules, judge the rules first), release what failed; returns the orders to plan again."""
+    """One round: plan, reserve (or, for an order the rules or the stock reject on the read,
+    judge the rules only), release what failed; returns the orders to plan again."""
     skus = sorted({ln.sku for it in pending for ln in it.order.lines})
-    stock = call(store.stock_levels, skus)
+    state = call(store.stock_state, skus)
+    stock = {sku: levels for sku, (levels, _) in state.items()}
+    # per locked SKU: channel -> [units its lock still holds, until ms]
+    locks = {
+        sku: {lk.channel: [max(0, lk.qty - lk.used), lk.until_ms] for lk in held}
+        for sku, (_, held) in state.items()
+        if held
+    }
+    wanted = sorted(
+        {
+            (ln.sku, it.order.customer.id)
+            for it in pending
+            for ln in it.order.lines
+            if ln.sku in rules.limits
+        }
+    )
+    counts = dict(zip(wanted, call(store.bought, wanted), strict=True)) if wanted else {}
     plans: dict[str, list[Allocation]] = {}
     no_stock: dict[str, str] = {}
-    # per slot, in arrival order: reservations, and rules-only judgements for orders the stock
-    # cannot serve (one call per slot, so an earlier order's count is seen by a later one)
+    predicted: set[str] = set()  # orders judged only, as the read says a rule rejects them
+    # per slot, in arrival order: reservations, and rules-only judgements (one call per slot,
+    # so an earlier order's count is seen by a later one)
     by_slot: dict[int, list[_Entry]] = defaultdict(list)
+
+    def judge_only(it: _Item) -> None:
+        for slot, slot_skus in it.slots.items():
+            lines = [("", ln.sku, ln.qty) for ln in it.order.lines if ln.sku in slot_skus]
+            by_slot[slot].append((it, slot, lines, True))
+
     for it in pending:
         o = it.order
+        if any(ln.sku not in stock for ln in o.lines):
+            outcome[o.order_id] = rejected("unknown_sku")
+            continue
+        if _judge(it, rules, stock, locks, counts) is not None:
+            predicted.add(o.order_id)
+            judge_only(it)
+            continue
         pickup = o.delivery.store if o.delivery.mode == "pickup" else None
         floors = None if it.store_channel else rules.floors
         res = plan(o.lines, stock, it.ranking, pickup, floors, rules.fewest)
         if isinstance(res, str):
-            if res == "unknown_sku":
-                outcome[o.order_id] = rejected(res)
-                continue
             no_stock[o.order_id] = res  # unless a rule, judged first, rejects it
-            if not any(ln.sku in rules.ruled for ln in o.lines):
-                continue
-            for slot, slot_skus in it.slots.items():
-                lines = [("", ln.sku, ln.qty) for ln in o.lines if ln.sku in slot_skus]
-                by_slot[slot].append((it, slot, lines, True))
+            if any(ln.sku in rules.ruled for ln in o.lines):
+                judge_only(it)
             continue
         plans[o.order_id] = res
-        for loc, sku, qty in res:
-            stock[sku][loc] -= qty
+        _take(it, rules, res, stock, locks, counts)
         for slot, slot_skus in it.slots.items():
             by_slot[slot].append((it, slot, [a for a in res if a[1] in slot_skus], False))
     batches = list(by_slot.values())
@@ -206,6 +286,9 @@ def _attempt(
             suspect = suspect or oid in plans
         elif oid in failed:
             undo.append(it)
+            again.append(it)
+            suspect = True
+        elif oid in predicted:  # the rules pass after all: later orders assumed they did not
             again.append(it)
             suspect = True
         elif oid in plans:

@@ -60,7 +60,15 @@ class _View:
         self.floors = {loc: n for loc, n in zip(self.router.ids, self.safety, strict=True) if n}
         self.store_channels = {c.id for c in catalog.channels if c.kind == "store"}
         self.fewest = int(catalog.routing == "fewest_shipments")
-        self.rules = Rules(self.ruled, self.floors, self.store_channels, bool(self.fewest))
+        limits = {s.sku: s.per_customer_limit for s in catalog.skus if s.per_customer_limit}
+        presale = {
+            s.sku: int(s.vip_presale_until.timestamp() * 1000)
+            for s in catalog.skus
+            if s.vip_presale_until is not None
+        }
+        self.rules = Rules(
+            self.ruled, limits, presale, self.floors, self.store_channels, bool(self.fewest)
+        )
         self.loc_index = {loc: i + 1 for i, loc in enumerate(self.router.ids)}
 
 

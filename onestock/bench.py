@@ -7,8 +7,11 @@ Both contenders run in the same invocation, on the same orders, against the same
   per slot), ``emit.lua``. The same Redis work with no framework: the practical ceiling.
 - **dataflow**: ``onestock run --until-drained --workers W``, the real Bytewax pipeline with
   recovery on.
+- **dataflow with rules** (unless ``--no-rules``): the same dataflow on the same orders with
+  every allocation rule on every SKU (``burst.rules_catalog``): channel locks, per-customer
+  limits, a VIP pre-sale, low-stock alerts, beside the demo's safety stock.
 
-The ratio dataflow / bare is what to watch on a shared, noisy machine.
+The ratios dataflow / bare and rules / core are what to watch on a shared, noisy machine.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from rich.table import Table
 from onestock import burst, harness
 from onestock.records import packed_records
 from onestock.settings import DEFAULT_SHARDS, Settings
+from onestock.types import Catalog
+from state import keys
 from state.store import Store
 
 SLOW_US = 5000  # script calls slower than this are counted (target: well under 10 ms)
@@ -36,6 +41,8 @@ class Figures(msgspec.Struct):
     dataflow_orders_per_s: float
     dataflow_drain_orders_per_s: float
     ratio: float
+    rules_drain_orders_per_s: float | None
+    rules_ratio: float | None  # drain with every rule on / drain of the core catalog
     memory_growth_mb: float
     script_calls: int
     script_avg_us: float
@@ -84,15 +91,15 @@ def _script_stats(store: Store) -> tuple[int, float, int, float]:
     return int(stats.get("calls", 0)), float(stats.get("usec_per_call", 0.0)), len(slow), slowest
 
 
-def run_bench(n: int, workers: int, out: Path | None) -> Figures:
+def run_bench(n: int, workers: int, out: Path | None, rules: bool = True) -> Figures:
     console = Console()
     console.print(f"generating {n:,} orders ...")
     lines = list(burst.orders(n, burst.demo_catalog(), seed=2026))
     with harness.scratch_redis("onestock-bench-") as (server, home):
         store = Store.connect(server.url)
 
-        def prepare() -> int:
-            harness.reset(store)
+        def prepare(catalog: Catalog | None = None) -> int:
+            harness.reset(store, catalog=catalog)
             store.r.config_set("slowlog-log-slower-than", SLOW_US)
             store.r.slowlog_reset()
             before = store.memory_used()
@@ -106,19 +113,22 @@ def run_bench(n: int, workers: int, out: Path | None) -> Figures:
 
         console.print("dataflow ...")
         before = prepare()
-        t0 = time.perf_counter()
-        proc = harness.start_dataflow(server.url, home, workers, until_drained=True)
-        if proc.wait() != 0:
-            raise RuntimeError(f"the dataflow exited with status {proc.returncode}")
-        flow_s = time.perf_counter() - t0
+        flow_s, drain_s = _drain(store, server.url, home, workers)
         calls, avg_us, slow, slowest = _script_stats(store)
         growth = (store.memory_used() - before) / 2**20
-        decided = [int(p.split("\x1f")[5]) for f in _outputs(store) for p in packed_records(f)]
-        drain_s = (max(decided) - min(decided)) / 1000 if decided else flow_s
+        rules_drain_s = None
+        if rules:
+            console.print("dataflow with every rule on ...")
+            prepare(burst.rules_catalog())
+            _, rules_drain_s = _drain(store, server.url, home, workers)
+    drain = n / max(drain_s, 1e-3)
+    rules_drain = n / max(rules_drain_s, 1e-3) if rules_drain_s is not None else None
     figs = Figures(
         orders=n, workers=workers,
         bare_orders_per_s=n / bare_s, dataflow_orders_per_s=n / flow_s,
-        dataflow_drain_orders_per_s=n / max(drain_s, 1e-3), ratio=bare_s / flow_s,
+        dataflow_drain_orders_per_s=drain, ratio=bare_s / flow_s,
+        rules_drain_orders_per_s=rules_drain,
+        rules_ratio=rules_drain / drain if rules_drain is not None else None,
         memory_growth_mb=growth, script_calls=calls, script_avg_us=avg_us,
         script_calls_over_5ms=slow, script_slowest_ms=slowest,
     )  # fmt: skip
@@ -133,6 +143,12 @@ def run_bench(n: int, workers: int, out: Path | None) -> Figures:
         "dataflow, orders/s (first to last decision)", f"{figs.dataflow_drain_orders_per_s:,.0f}"
     )
     table.add_row("ratio dataflow / bare (wall)", f"{figs.ratio:.2f}")
+    if figs.rules_drain_orders_per_s is not None:
+        table.add_row(
+            "dataflow with every rule on, orders/s (first to last decision)",
+            f"{figs.rules_drain_orders_per_s:,.0f}",
+        )
+        table.add_row("ratio rules / core (drain)", f"{figs.rules_ratio:.2f}")
     table.add_row("Redis memory growth, MB", f"{figs.memory_growth_mb:,.1f}")
     table.add_row("Lua calls, mean us", f"{calls:,} x {avg_us:,.0f}")
     table.add_row(f"Lua calls over {SLOW_US // 1000} ms (slowest ms)", f"{slow} ({slowest:.1f})")
@@ -142,7 +158,17 @@ def run_bench(n: int, workers: int, out: Path | None) -> Figures:
     return figs
 
 
-def _outputs(store: Store):  # type: ignore[no-untyped-def]
-    from state import keys
-
-    return store.entries(keys.outbox, DEFAULT_SHARDS)
+def _drain(store: Store, url: str, home: Path, workers: int) -> tuple[float, float]:
+    """Run the dataflow until drained (a flushed Redis is a new instance: no recovery state
+    of an earlier run applies): (seconds start to exit, seconds first to last decision)."""
+    t0 = time.perf_counter()
+    proc = harness.start_dataflow(url, home, workers, until_drained=True)
+    if proc.wait() != 0:
+        raise RuntimeError(f"the dataflow exited with status {proc.returncode}")
+    flow_s = time.perf_counter() - t0
+    decided = [
+        int(p.split("\x1f")[5])
+        for f in store.entries(keys.outbox, DEFAULT_SHARDS)
+        for p in packed_records(f)
+    ]
+    return flow_s, (max(decided) - min(decided)) / 1000 if decided else flow_s

@@ -14,7 +14,7 @@ from importlib.resources import files
 
 import orjson
 
-from onestock.types import Catalog, catalog_decoder
+from onestock.types import Catalog, ChannelLock, catalog_decoder
 
 T0 = datetime(2026, 11, 11, tzinfo=UTC)
 CITIES = [  # (lat, lon) of buyers' home cities
@@ -35,6 +35,23 @@ def demo_catalog_bytes() -> bytes:
 
 def demo_catalog() -> Catalog:
     return catalog_decoder.decode(demo_catalog_bytes())
+
+
+def rules_catalog() -> Catalog:
+    """The demo catalog with every rule of the product on every SKU, for the benchmark: a
+    per-customer limit of 3, a low-stock threshold, a VIP pre-sale for the first minute, and
+    10% of each SKU's units locked for douyin for the first 30 minutes (a 1M-order burst is
+    paid over ~50 minutes, so orders meet the lock both active and dissolved)."""
+    cat = demo_catalog()
+    for sku in cat.skus:
+        units = sum(sku.stock.values())
+        sku.per_customer_limit = 3
+        sku.low_stock_threshold = units // 20
+        sku.vip_presale_until = T0 + timedelta(minutes=1)
+        sku.channel_locks = [
+            ChannelLock(channel="douyin", qty=units // 10, until=T0 + timedelta(minutes=30))
+        ]
+    return cat
 
 
 def orders(

@@ -207,11 +207,15 @@ def bench(
     orders: Annotated[int, typer.Option("--orders", help="Orders to drain.")] = 1_000_000,
     workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = DEFAULT_WORKERS,
     out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+    rules: Annotated[
+        bool, typer.Option(help="Also drain them with every allocation rule on every SKU.")
+    ] = True,
 ) -> None:
-    """Drain N pre-pushed orders through the dataflow and through a bare loop; print both."""
+    """Drain N pre-pushed orders through a bare loop, the dataflow, and the dataflow with
+    every rule on; print the rates and their ratios."""
     from onestock.bench import run_bench
 
-    run_bench(orders, workers, out)
+    run_bench(orders, workers, out, rules)
 
 
 @redis_app.command("url")

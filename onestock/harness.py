@@ -15,6 +15,7 @@ from pathlib import Path
 
 from onestock import burst, ops
 from onestock.settings import DEFAULT_SHARDS
+from onestock.types import Catalog
 from state.server import RedisServer
 from state.store import Store
 
@@ -32,10 +33,12 @@ def scratch_redis(prefix: str) -> Iterator[tuple[RedisServer, Path]]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def reset(store: Store, shards: int = DEFAULT_SHARDS) -> dict[str, dict[str, int]]:
-    """Empty the database and load the demo catalog; returns the loaded stock."""
+def reset(
+    store: Store, shards: int = DEFAULT_SHARDS, catalog: Catalog | None = None
+) -> dict[str, dict[str, int]]:
+    """Empty the database and load a catalog (default: the demo's); returns the loaded stock."""
     store.r.flushall()
-    cat = burst.demo_catalog()
+    cat = catalog or burst.demo_catalog()
     store.load_catalog(cat, [s.sku for s in cat.skus])
     store.shard_count(shards)
     return {s.sku: dict(s.stock) for s in cat.skus}

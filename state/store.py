@@ -174,6 +174,20 @@ class Store:
             out[sku] = (levels, locks)
         return out
 
+    def bought(self, pairs: list[tuple[str, str]]) -> list[int]:
+        """Units of each (SKU, customer) sold so far (per-customer limits); one round trip."""
+        by_sku: dict[str, list[int]] = {}
+        for i, (sku, _) in enumerate(pairs):
+            by_sku.setdefault(sku, []).append(i)
+        pipe = self.r.pipeline(transaction=False)
+        for sku, idx in by_sku.items():
+            pipe.hmget(keys.bought(sku), [pairs[i][1] for i in idx])
+        out = [0] * len(pairs)
+        for idx, got in zip(by_sku.values(), pipe.execute(), strict=True):
+            for i, value in zip(idx, got, strict=True):
+                out[i] = int(value or 0)
+        return out
+
     # -- input shards ----------------------------------------------------------------------
 
     def shard_count(self, wanted: int | None = None) -> int:

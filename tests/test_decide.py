@@ -167,19 +167,23 @@ def test_cross_slot_order_is_compensated_when_a_later_slot_fails(loaded: Store, 
     """Plan on a stale read (as if another worker took TEE in between), then reserve."""
     if tee != "TEE":
         pytest.skip("needs SKUs in different slots")
-    stale = loaded.stock_levels(["SNEAKER", tee])
-    fresh_read = loaded.stock_levels
+    stale = loaded.stock_state(["SNEAKER", tee])
+    fresh_read = loaded.stock_state
     reads = []
 
     def stale_once(skus):  # type: ignore[no-untyped-def]
         reads.append(skus)
-        return {k: dict(v) for k, v in stale.items()} if len(reads) == 1 else fresh_read(skus)
+        return (
+            {k: (dict(v[0]), v[1]) for k, v in stale.items()}
+            if len(reads) == 1
+            else fresh_read(skus)
+        )
 
     decide(loaded, [order("thief", (tee, 3))])  # takes every TEE at wh-beijing
     d = Decider(loaded, say=lambda _m: None)
-    loaded.stock_levels = stale_once  # type: ignore[method-assign]
+    loaded.stock_state = stale_once  # type: ignore[method-assign]
     recs, _ = decide(loaded, [order("victim", ("SNEAKER", 1), (tee, 2))], decider=d)
-    loaded.stock_levels = fresh_read  # type: ignore[method-assign]
+    loaded.stock_state = fresh_read  # type: ignore[method-assign]
     assert len(reads) >= 2, "the stale plan failed and was re-planned on a fresh read"
     assert (recs[0].status, recs[0].reason) == ("rejected", "sold_out")
     # SNEAKER was reserved in its slot by the stale plan, then released: nothing leaked.

@@ -128,17 +128,21 @@ def test_a_released_cross_slot_part_gives_its_lock_units_back(store: Store) -> N
     """douyin's order is planned on a stale read that still shows TEE: its SNEAKER part is
     reserved (2 units drawn from the lock), its TEE part fails, the SNEAKER part is released."""
     load(store, catalog("TEE"))
-    stale = store.stock_levels(["SNEAKER", "TEE"])
+    stale = store.stock_state(["SNEAKER", "TEE"])
     store.r.hset(keys.stock("TEE"), "wh-a", 0)  # someone took every TEE since the read
-    fresh_read, reads = store.stock_levels, []
+    fresh_read, reads = store.stock_state, []
 
-    def stale_once(skus: list[str]) -> dict[str, dict[str, int]]:
+    def stale_once(skus: list[str]) -> Any:
         reads.append(skus)
-        return {k: dict(v) for k, v in stale.items()} if len(reads) == 1 else fresh_read(skus)
+        return (
+            {k: (dict(v[0]), v[1]) for k, v in stale.items()}
+            if len(reads) == 1
+            else fresh_read(skus)
+        )
 
-    store.stock_levels = stale_once  # type: ignore[method-assign]
+    store.stock_state = stale_once  # type: ignore[method-assign]
     recs, _ = decide(store, [buy("x2", ("SNEAKER", 2), ("TEE", 1), paid=BEFORE, channel="douyin")])
-    store.stock_levels = fresh_read  # type: ignore[method-assign]
+    store.stock_state = fresh_read  # type: ignore[method-assign]
     assert len(reads) >= 2 and reasons(recs) == ["sold_out"]
     assert used(store) == 0 and stock(store, "SNEAKER") == {"wh-a": 10}
     assert store.r.hlen(keys.parts("SNEAKER")) == 0

@@ -289,3 +289,33 @@ def test_a_sell_out_in_one_step_is_a_sold_out_alert(store: Store, tee: str) -> N
     load(store, low_catalog(tee, threshold=1, units=2))
     decide(store, [buy("z", ("SNEAKER", 2), (tee, 1))])
     assert alerts_of(store) == [("SNEAKER", 0, "sold_out")]
+
+
+def test_a_batch_full_of_cross_slot_orders_a_rule_rejects(store: Store) -> None:
+    """Many rejected orders in one batch each settle once (not after a bounded number of
+    rounds, which would leave the rest wrongly sold out)."""
+    load(store, catalog("TEE", limit=None, presale=END))
+    batch = [
+        buy(f"n{i}", ("SNEAKER", 1), ("TEE", 1), customer=f"c{i}", paid="2026-11-11T00:00:00Z")
+        for i in range(60)
+    ]
+    batch.append(buy("vip", ("SNEAKER", 1), ("TEE", 1), vip=True, paid="2026-11-11T00:00:00Z"))
+    recs, _ = decide(store, batch)
+    assert reasons(recs) == ["vip_only"] * 60 + ["ok"]
+    assert stock(store, "SNEAKER") == {"wh-a": 49} and stock(store, "TEE") == {"wh-a": 49}
+
+
+def test_a_stale_read_that_predicts_a_rejection_is_judged_again(store: Store) -> None:
+    """The read says the customer is at the limit; the script says not: planned again."""
+    load(store, catalog("TEE", limit=2, presale=None))
+    real, reads = store.bought, []
+
+    def stale_once(pairs):  # type: ignore[no-untyped-def]
+        reads.append(pairs)
+        return [2] * len(pairs) if len(reads) == 1 else real(pairs)
+
+    store.bought = stale_once  # type: ignore[method-assign]
+    recs, _ = decide(store, [buy("s1", ("SNEAKER", 2), ("TEE", 1)), buy("s2", ("TEE", 1))])
+    store.bought = real  # type: ignore[method-assign]
+    assert len(reads) == 2 and reasons(recs) == ["ok", "ok"]
+    assert store.r.hget(keys.bought("SNEAKER"), "c1") == b"2"
