@@ -30,8 +30,6 @@ from state import keys
 from state.store import Store
 
 MAX_STALLED = 20  # rounds in a row that settle no order
-# reserve_parts.lua's statuses for an order a rule rejects (judged in this order)
-_BROKEN = {3: "vip_only", 4: "limit_exceeded", 5: "sold_out"}
 
 
 class Rules(NamedTuple):
@@ -64,8 +62,8 @@ def accepted(allocs: list[Allocation]) -> str:
     return SEP.join(["A", *(f"{loc}{SEP}{sku}{SEP}{qty}" for loc, sku, qty in allocs)])
 
 
-# (order, slot, allocations in that slot or None to release, judge the rules only)
-_Entry = tuple[_Item, int, list[Allocation] | None, bool]
+# (order, slot, allocations in that slot or None to release)
+_Entry = tuple[_Item, int, list[Allocation] | None]
 
 
 def _slot_args(
@@ -74,7 +72,7 @@ def _slot_args(
     """ARGV for one slot: SKU table (then, to reserve, the safety stock), per-order entries.
     ``floors`` None: release_parts; else reserve_parts."""
     names: dict[str, int] = {}
-    for item, slot, _, _ in batch:
+    for item, slot, _ in batch:
         for sku in item.slots[slot]:
             names.setdefault(sku, len(names) + 1)
     args: list[Any] = [len(names), *names]
@@ -83,11 +81,11 @@ def _slot_args(
         for loc, units in floors.items():
             args += [loc, units]
     args.append(len(batch))
-    for item, slot, allocs, check_only in batch:
+    for item, slot, allocs in batch:
         o = item.order
         args += [o.order_id, names[item.slots[slot][0]]]
         if allocs is not None:  # reserve: the rules' inputs, then the allocations
-            args += [o.customer.id, o.channel, int(o.customer.vip), item.paid_ms, int(check_only)]
+            args += [o.customer.id, o.channel, int(o.customer.vip), item.paid_ms]
             args += [int(item.store_channel), len(allocs)]
             for loc, sku, qty in allocs:
                 args += [names[sku], loc, qty]
@@ -104,7 +102,7 @@ def _release(store: Store, call: Callable[..., Any], items: list[_Item]) -> None
     by_slot: dict[int, list[_Entry]] = defaultdict(list)
     for item in items:
         for slot in item.slots:
-            by_slot[slot].append((item, slot, None, False))
+            by_slot[slot].append((item, slot, None))
     if by_slot:
         call(store.release_parts, [_slot_args(batch) for batch in by_slot.values()])
 
@@ -149,18 +147,18 @@ def _judge(
     stock: dict[str, dict[str, int]],
     locks: dict[str, dict[str, list[int]]],
     counts: dict[tuple[str, str], int],
-) -> int | None:
-    """The rule that rejects the order on this read (3, 4, 5 as reserve_parts.lua), if any:
-    the script's judgement, predicted, so a rejected order reserves nothing."""
+) -> str | None:
+    """The reason a rule rejects the order for on this read, if any: the rules as the
+    scripts judge them (VIP pre-sale, per-customer limit, channel locks, in this order)."""
     o = it.order
     for ln in o.lines:
         end = rules.presale.get(ln.sku)
         if end is not None and not o.customer.vip and it.paid_ms < end:
-            return 3
+            return "vip_only"
     for ln in o.lines:
         cap = rules.limits.get(ln.sku)
         if cap is not None and counts.get((ln.sku, o.customer.id), 0) + ln.qty > cap:
-            return 4
+            return "limit_exceeded"
     for ln in o.lines:
         held = locks.get(ln.sku)
         if held:
@@ -169,7 +167,7 @@ def _judge(
                 left for ch, (left, until) in held.items() if ch != o.channel and it.paid_ms < until
             )
             if units - others < ln.qty <= units:
-                return 5
+                return "sold_out"
     return None
 
 
@@ -201,17 +199,12 @@ def _attempt(
     outcome: dict[str, str],
     rules: Rules,
 ) -> list[_Item]:
-    """One round: plan, reserve (or, for an order the rules or the stock reject on the read,
-    judge the rules only), release what failed; returns the orders to plan again."""
+    """One round: plan and reserve, release what failed; returns the orders to plan again.
+
+    An order the read says a rule (judged first) or the stock rejects is rejected on that read,
+    writing nothing, like a sold-out order of the one-slot path; an accepted order's rules are
+    judged again by the script that reserves it, atomically with its units."""
     skus = sorted({ln.sku for it in pending for ln in it.order.lines})
-    state = call(store.stock_state, skus)
-    stock = {sku: levels for sku, (levels, _) in state.items()}
-    # per locked SKU: channel -> [units its lock still holds, until ms]
-    locks = {
-        sku: {lk.channel: [max(0, lk.qty - lk.used), lk.until_ms] for lk in held}
-        for sku, (_, held) in state.items()
-        if held
-    }
     wanted = sorted(
         {
             (ln.sku, it.order.customer.id)
@@ -220,75 +213,55 @@ def _attempt(
             if ln.sku in rules.limits
         }
     )
-    counts = dict(zip(wanted, call(store.bought, wanted), strict=True)) if wanted else {}
+    state, bought = call(store.plan_state, skus, wanted)
+    counts = dict(zip(wanted, bought, strict=True))
+    stock = {sku: levels for sku, (levels, _) in state.items()}
+    # per locked SKU: channel -> [units its lock still holds, until ms]
+    locks = {
+        sku: {lk.channel: [max(0, lk.qty - lk.used), lk.until_ms] for lk in held}
+        for sku, (_, held) in state.items()
+        if held
+    }
     plans: dict[str, list[Allocation]] = {}
-    no_stock: dict[str, str] = {}
-    predicted: set[str] = set()  # orders judged only, as the read says a rule rejects them
-    # per slot, in arrival order: reservations, and rules-only judgements (one call per slot,
-    # so an earlier order's count is seen by a later one)
-    by_slot: dict[int, list[_Entry]] = defaultdict(list)
-
-    def judge_only(it: _Item) -> None:
-        for slot, slot_skus in it.slots.items():
-            lines = [("", ln.sku, ln.qty) for ln in it.order.lines if ln.sku in slot_skus]
-            by_slot[slot].append((it, slot, lines, True))
-
+    refused: dict[str, str] = {}  # order id -> reason, on the read
+    by_slot: dict[int, list[_Entry]] = defaultdict(list)  # per slot, in arrival order
     for it in pending:
         o = it.order
         if any(ln.sku not in stock for ln in o.lines):
             outcome[o.order_id] = rejected("unknown_sku")
             continue
-        if _judge(it, rules, stock, locks, counts) is not None:
-            predicted.add(o.order_id)
-            judge_only(it)
+        reason = _judge(it, rules, stock, locks, counts)
+        if reason is not None:
+            refused[o.order_id] = reason
             continue
         pickup = o.delivery.store if o.delivery.mode == "pickup" else None
         floors = None if it.store_channel else rules.floors
         res = plan(o.lines, stock, it.ranking, pickup, floors, rules.fewest)
         if isinstance(res, str):
-            no_stock[o.order_id] = res  # unless a rule, judged first, rejects it
-            if any(ln.sku in rules.ruled for ln in o.lines):
-                judge_only(it)
+            refused[o.order_id] = res
             continue
         plans[o.order_id] = res
         _take(it, rules, res, stock, locks, counts)
         for slot, slot_skus in it.slots.items():
-            by_slot[slot].append((it, slot, [a for a in res if a[1] in slot_skus], False))
+            by_slot[slot].append((it, slot, [a for a in res if a[1] in slot_skus]))
     batches = list(by_slot.values())
     calls = [_slot_args(b, rules.floors) for b in batches]
     results = call(store.reserve_parts, calls) if calls else []
-    failed: dict[str, _Item] = {}
-    # order id -> 3 (vip_only), 4 (limit_exceeded) or 5 (sold_out: other channels' locks)
-    broken: dict[str, int] = {}
+    failed: set[str] = set()  # a slot had too few units, or a rule rejects it after all
     for batch, statuses in zip(batches, results, strict=True):
-        for (it, _, _, _), status in zip(batch, statuses, strict=True):
-            oid = it.order.order_id
-            if status in _BROKEN:
-                broken[oid] = min(broken.get(oid, 5), status)
-            elif status == 0:
-                failed[oid] = it
-    # In arrival order: once an order's plan did not go through (no stock after all, or a
-    # rule), the orders after it may have planned around units it never took, or been judged
-    # on counts that included it, so they are released and decided again on a fresh read;
-    # the ones before it stand.
+        for (it, _, _), status in zip(batch, statuses, strict=True):
+            if status not in (1, 2):
+                failed.add(it.order.order_id)
+    # In arrival order: once an order's plan did not go through, the orders after it may have
+    # planned around units it never took, or been judged on counts that included it, so they
+    # are released and decided again on a fresh read; the ones before it stand.
     again: list[_Item] = []
     undo: list[_Item] = []
     suspect = False
     for it in pending:
         oid = it.order.order_id
-        if oid in broken:
-            if oid in plans:
-                undo.append(it)
-            if suspect:  # its count may hold units of an earlier order that is undone
-                again.append(it)
-            else:
-                outcome[oid] = rejected(_BROKEN[broken[oid]])
-            suspect = suspect or oid in plans
-        elif oid in failed:
+        if oid in failed:
             undo.append(it)
-            again.append(it)
-            suspect = True
-        elif oid in predicted:  # the rules pass after all: later orders assumed they did not
             again.append(it)
             suspect = True
         elif oid in plans:
@@ -297,11 +270,11 @@ def _attempt(
                 again.append(it)
             else:
                 outcome[oid] = accepted(plans[oid])
-        elif oid in no_stock:
+        elif oid in refused:
             if suspect:
                 again.append(it)
             else:
-                outcome[oid] = rejected(no_stock[oid])
+                outcome[oid] = rejected(refused[oid])
     if undo:
         _release(store, call, undo)
     return again

@@ -152,15 +152,31 @@ class Store:
 
     def stock_state(self, skus: Iterable[str]) -> dict[str, tuple[dict[str, int], list[Lock]]]:
         """Per SKU that exists in Redis: units per location, and its channel locks."""
-        skus = list(skus)
+        return self.plan_state(list(skus), [])[0]
+
+    def bought(self, pairs: list[tuple[str, str]]) -> list[int]:
+        """Units of each (SKU, customer) sold so far (per-customer limits)."""
+        return self.plan_state([], pairs)[1]
+
+    def plan_state(
+        self, skus: list[str], pairs: list[tuple[str, str]]
+    ) -> tuple[dict[str, tuple[dict[str, int], list[Lock]]], list[int]]:
+        """What planning an order needs, in one round trip: ``stock_state`` of the SKUs and
+        ``bought`` of the (SKU, customer) pairs."""
+        by_sku: dict[str, list[int]] = {}
+        for i, (sku, _) in enumerate(pairs):
+            by_sku.setdefault(sku, []).append(i)
         pipe = self.r.pipeline(transaction=False)
         for sku in skus:
             pipe.hgetall(keys.stock(sku))
-        out: dict[str, tuple[dict[str, int], list[Lock]]] = {}
+        for sku, idx in by_sku.items():
+            pipe.hmget(keys.bought(sku), [pairs[i][1] for i in idx])
+        replies = pipe.execute()
+        state: dict[str, tuple[dict[str, int], list[Lock]]] = {}
         lock_qty, lock_until, lock_used = (
             p.encode() for p in (keys.LOCK_QTY, keys.LOCK_UNTIL, keys.LOCK_USED)
         )
-        for sku, flat in zip(skus, pipe.execute(), strict=True):
+        for sku, flat in zip(skus, replies, strict=False):
             if not flat:
                 continue
             # fields that start with NUL are the marker, the SKU's rules and its locks
@@ -171,22 +187,12 @@ class Store:
                     ch = k[len(lock_qty) :]
                     until = int(flat.get(lock_until + ch, 0))
                     locks.append(Lock(ch.decode(), int(v), until, int(flat.get(lock_used + ch, 0))))
-            out[sku] = (levels, locks)
-        return out
-
-    def bought(self, pairs: list[tuple[str, str]]) -> list[int]:
-        """Units of each (SKU, customer) sold so far (per-customer limits); one round trip."""
-        by_sku: dict[str, list[int]] = {}
-        for i, (sku, _) in enumerate(pairs):
-            by_sku.setdefault(sku, []).append(i)
-        pipe = self.r.pipeline(transaction=False)
-        for sku, idx in by_sku.items():
-            pipe.hmget(keys.bought(sku), [pairs[i][1] for i in idx])
-        out = [0] * len(pairs)
-        for idx, got in zip(by_sku.values(), pipe.execute(), strict=True):
+            state[sku] = (levels, locks)
+        counts = [0] * len(pairs)
+        for idx, got in zip(by_sku.values(), replies[len(skus) :], strict=True):
             for i, value in zip(idx, got, strict=True):
-                out[i] = int(value or 0)
-        return out
+                counts[i] = int(value or 0)
+        return state, counts
 
     # -- input shards ----------------------------------------------------------------------
 

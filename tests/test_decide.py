@@ -168,22 +168,20 @@ def test_cross_slot_order_is_compensated_when_a_later_slot_fails(loaded: Store, 
     if tee != "TEE":
         pytest.skip("needs SKUs in different slots")
     stale = loaded.stock_state(["SNEAKER", tee])
-    fresh_read = loaded.stock_state
+    fresh_read = loaded.plan_state
     reads = []
 
-    def stale_once(skus):  # type: ignore[no-untyped-def]
+    def stale_once(skus, pairs):  # type: ignore[no-untyped-def]
         reads.append(skus)
-        return (
-            {k: (dict(v[0]), v[1]) for k, v in stale.items()}
-            if len(reads) == 1
-            else fresh_read(skus)
-        )
+        if len(reads) == 1:
+            return {k: (dict(v[0]), v[1]) for k, v in stale.items()}, [0] * len(pairs)
+        return fresh_read(skus, pairs)
 
     decide(loaded, [order("thief", (tee, 3))])  # takes every TEE at wh-beijing
     d = Decider(loaded, say=lambda _m: None)
-    loaded.stock_state = stale_once  # type: ignore[method-assign]
+    loaded.plan_state = stale_once  # type: ignore[method-assign]
     recs, _ = decide(loaded, [order("victim", ("SNEAKER", 1), (tee, 2))], decider=d)
-    loaded.stock_state = fresh_read  # type: ignore[method-assign]
+    loaded.plan_state = fresh_read  # type: ignore[method-assign]
     assert len(reads) >= 2, "the stale plan failed and was re-planned on a fresh read"
     assert (recs[0].status, recs[0].reason) == ("rejected", "sold_out")
     # SNEAKER was reserved in its slot by the stale plan, then released: nothing leaked.
@@ -198,10 +196,10 @@ def test_half_reserved_cross_slot_order_from_a_crash_is_undone_then_redone(
         pytest.skip("needs SKUs in different slots")
     # A crash after the SNEAKER slot was reserved at Shanghai, before the TEE slot.
     # ARGV: SKU table, no safety stock; order id, home, customer, channel, vip, paid_at,
-    # check_only, store_channel, allocations
+    # store_channel, allocations
     part = (
         ["SNEAKER"],
-        [1, "SNEAKER", 0, 1, "half", 1, "c-half", "tmall", 0, 0, 0, 0, 1, 1, "wh-shanghai", 1],
+        [1, "SNEAKER", 0, 1, "half", 1, "c-half", "tmall", 0, 0, 0, 1, 1, "wh-shanghai", 1],
     )
     assert loaded.reserve_parts([part]) == [[1]]
     recs, _ = decide(

@@ -130,19 +130,17 @@ def test_a_released_cross_slot_part_gives_its_lock_units_back(store: Store) -> N
     load(store, catalog("TEE"))
     stale = store.stock_state(["SNEAKER", "TEE"])
     store.r.hset(keys.stock("TEE"), "wh-a", 0)  # someone took every TEE since the read
-    fresh_read, reads = store.stock_state, []
+    fresh_read, reads = store.plan_state, []
 
-    def stale_once(skus: list[str]) -> Any:
+    def stale_once(skus: list[str], pairs: list[tuple[str, str]]) -> Any:
         reads.append(skus)
-        return (
-            {k: (dict(v[0]), v[1]) for k, v in stale.items()}
-            if len(reads) == 1
-            else fresh_read(skus)
-        )
+        if len(reads) == 1:
+            return {k: (dict(v[0]), v[1]) for k, v in stale.items()}, [0] * len(pairs)
+        return fresh_read(skus, pairs)
 
-    store.stock_state = stale_once  # type: ignore[method-assign]
+    store.plan_state = stale_once  # type: ignore[method-assign]
     recs, _ = decide(store, [buy("x2", ("SNEAKER", 2), ("TEE", 1), paid=BEFORE, channel="douyin")])
-    store.stock_state = fresh_read  # type: ignore[method-assign]
+    store.plan_state = fresh_read  # type: ignore[method-assign]
     assert len(reads) >= 2 and reasons(recs) == ["sold_out"]
     assert used(store) == 0 and stock(store, "SNEAKER") == {"wh-a": 10}
     assert store.r.hlen(keys.parts("SNEAKER")) == 0

@@ -305,17 +305,20 @@ def test_a_batch_full_of_cross_slot_orders_a_rule_rejects(store: Store) -> None:
     assert stock(store, "SNEAKER") == {"wh-a": 49} and stock(store, "TEE") == {"wh-a": 49}
 
 
-def test_a_stale_read_that_predicts_a_rejection_is_judged_again(store: Store) -> None:
-    """The read says the customer is at the limit; the script says not: planned again."""
+def test_a_read_the_script_contradicts_is_judged_again(store: Store) -> None:
+    """The read says the customer bought nothing; the script knows 2 (of 2): the reservation
+    is refused, released, and the order decided again on a fresh read."""
     load(store, catalog("TEE", limit=2, presale=None))
-    real, reads = store.bought, []
+    store.r.hset(keys.bought("SNEAKER"), "c1", 2)
+    real, reads = store.plan_state, []
 
-    def stale_once(pairs):  # type: ignore[no-untyped-def]
+    def stale_once(skus, pairs):  # type: ignore[no-untyped-def]
         reads.append(pairs)
-        return [2] * len(pairs) if len(reads) == 1 else real(pairs)
+        state, counts = real(skus, pairs)
+        return (state, [0] * len(pairs)) if len(reads) == 1 else (state, counts)
 
-    store.bought = stale_once  # type: ignore[method-assign]
-    recs, _ = decide(store, [buy("s1", ("SNEAKER", 2), ("TEE", 1)), buy("s2", ("TEE", 1))])
-    store.bought = real  # type: ignore[method-assign]
-    assert len(reads) == 2 and reasons(recs) == ["ok", "ok"]
-    assert store.r.hget(keys.bought("SNEAKER"), "c1") == b"2"
+    store.plan_state = stale_once  # type: ignore[method-assign]
+    recs, _ = decide(store, [buy("s1", ("SNEAKER", 1), ("TEE", 1))])
+    store.plan_state = real  # type: ignore[method-assign]
+    assert len(reads) == 2 and reasons(recs) == ["limit_exceeded"]
+    assert stock(store, "TEE") == {"wh-a": 50} and store.r.hlen(keys.parts("TEE")) == 0

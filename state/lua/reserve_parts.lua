@@ -5,10 +5,10 @@
 --       KEYS[4i-1] = units sold per customer, KEYS[4i] = its alerts stream. All in one slot.
 -- ARGV: nskus, sku names (nskus), nsafe, nsafe pairs (location, units online channels may
 --       not take there), norders, then per order: order_id, home (SKU index whose parts hash
---       keeps this order's part), customer id, channel id, vip (0/1), paid_at (epoch ms), check_only
---       (1: judge the rules only, write nothing), store_channel (1: may take safety stock),
---       nallocs, nallocs triples (sku index, location, qty).
--- Returns: per order 1 reserved now (or, check_only, the rules pass), 2 already reserved by
+--       keeps this order's part), customer id, channel id, vip (0/1), paid_at (epoch ms),
+--       store_channel (1: may take safety stock), nallocs, nallocs triples (sku index,
+--       location, qty).
+-- Returns: per order 1 reserved now, 2 already reserved by
 --          an earlier call (unchanged), 0 not enough stock, 3 vip_only, 4 limit_exceeded,
 --          5 sold_out for this channel: other channels' locks hold the units (nothing changed
 --          for that order). Rules (locks last) are judged before stock.
@@ -40,13 +40,13 @@ if not norders then return bad('bad order count') end
 local orders = {}
 for o = 1, norders do
   local oid, home, customer, channel = ARGV[p], tonumber(ARGV[p + 1]), ARGV[p + 2], ARGV[p + 3]
-  local vip, paid, check_only = ARGV[p + 4] == '1', tonumber(ARGV[p + 5]), ARGV[p + 6] == '1'
-  local store_channel, n = ARGV[p + 7] == '1', tonumber(ARGV[p + 8])
+  local vip, paid = ARGV[p + 4] == '1', tonumber(ARGV[p + 5])
+  local store_channel, n = ARGV[p + 6] == '1', tonumber(ARGV[p + 7])
   if not oid or not home or not customer or not channel or not paid or not n or home < 1
      or home > nskus or n < 1 then
     return bad('malformed order #' .. o)
   end
-  p = p + 9
+  p = p + 8
   local allocs = {}
   for i = 1, n do
     local s, loc, q = tonumber(ARGV[p]), ARGV[p + 1], tonumber(ARGV[p + 2])
@@ -56,7 +56,7 @@ for o = 1, norders do
     allocs[i] = { s, loc, q }
     p = p + 3
   end
-  orders[o] = { oid, home, allocs, customer, vip, paid, check_only, store_channel, channel }
+  orders[o] = { oid, home, allocs, customer, vip, paid, store_channel, channel }
 end
 if p - 1 ~= #ARGV then return bad('trailing arguments') end
 
@@ -94,7 +94,7 @@ end
 
 -- 1 (reservable), 0, 3, 4 or 5 as above; `draws` gets, per locked SKU, the units that would
 -- come out of the channel's own lock.
-local function check(allocs, customer, vip, paid, check_only, store_channel, channel, draws)
+local function check(allocs, customer, vip, paid, store_channel, channel, draws)
   local need, per_sku = {}, {}
   for _, a in ipairs(allocs) do
     local s = a[1]
@@ -111,7 +111,6 @@ local function check(allocs, customer, vip, paid, check_only, store_channel, cha
       draws[s] = own
     end
   end
-  if check_only then return 1 end
   for _, a in ipairs(allocs) do
     local k = a[1] .. SEP .. a[2]
     need[k] = (need[k] or 0) + a[3]
@@ -124,13 +123,13 @@ end
 local out, parts = {}, {}
 for s = 1, nskus do parts[s] = {} end
 for o, od in ipairs(orders) do
-  local oid, home, allocs, customer, vip, paid, check_only, store_channel, channel = unpack(od)
+  local oid, home, allocs, customer, vip, paid, store_channel, channel = unpack(od)
   if done[oid] then
     out[o] = 2
   else
     local draws = {}
-    local status = check(allocs, customer, vip, paid, check_only, store_channel, channel, draws)
-    if status == 1 and not check_only then
+    local status = check(allocs, customer, vip, paid, store_channel, channel, draws)
+    if status == 1 then
       local stored = { customer, channel }
       for _, a in ipairs(allocs) do
         local s, loc, q = a[1], a[2], a[3]
