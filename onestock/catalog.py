@@ -46,9 +46,16 @@ def validate(catalog: Catalog, source: str = "catalog") -> Catalog:
         for loc_id in sku.stock:
             if loc_id not in locations:
                 fail(f"$.skus[{i}].stock.{loc_id}", f"unknown location {loc_id!r}")
+        locked: set[str] = set()
         for j, lock in enumerate(sku.channel_locks):
             if lock.channel not in channels:
                 fail(f"$.skus[{i}].channel_locks[{j}].channel", f"unknown channel {lock.channel!r}")
+            if lock.channel in locked:
+                fail(
+                    f"$.skus[{i}].channel_locks[{j}].channel",
+                    f"a second lock for channel {lock.channel!r} (one lock per channel and SKU)",
+                )
+            locked.add(lock.channel)
     for i, camp in enumerate(catalog.campaigns):
         for name in ("sku", "gift_sku"):
             if getattr(camp, name) not in skus:

@@ -39,6 +39,18 @@ def base() -> dict:  # type: ignore[type-arg]
         (lambda c: c.pop("locations"), "missing required field `locations`"),
         (lambda c: c["skus"][0].update(colour="red"), "$.skus[0]"),
         (
+            lambda c: c["skus"][0].update(
+                channel_locks=[{"channel": "jd", "qty": 1, "until": "2026-11-11T00:00:00Z"}] * 2
+            ),
+            "$.skus[0].channel_locks[1].channel: a second lock for channel 'jd'",
+        ),
+        (
+            lambda c: c["skus"][0].update(
+                channel_locks=[{"channel": "jd", "qty": 1, "until": "2026-11-11"}]
+            ),
+            "$.skus[0].channel_locks[0].until",
+        ),
+        (
             lambda c: c.update(
                 campaigns=[{"id": "G", "sku": "NOPE", "gift_sku": "TOTE-BAG", "first_n": 3}]
             ),
@@ -71,6 +83,7 @@ def test_invalid_catalog_is_refused_whole_with_its_json_path(
         (["orders", "push", "/nonexistent/orders.jsonl"], "cannot read"),
         (["stock"], "no catalog loaded"),
         (["run", "--workers", "0"], "--workers must be"),
+        (["stock", "--at", "2026-11-11T00:00:00"], "--at: not an RFC 3339 time"),
     ],
 )
 def test_user_mistakes_print_one_line_and_exit_2(
@@ -101,6 +114,34 @@ def test_stock_json_is_the_one_inventory_view(cli_env: dict[str, str]) -> None:
     assert tee["available"] == {c: 21200 for c in ("tmall", "jd", "douyin", "app", "pos")}
     one = orjson.loads(onestock("stock", "--json", "--sku", "JACKET-L", env=cli_env).stdout)
     assert list(one) == ["JACKET-L"]
+
+
+def test_stock_shows_locks_and_what_each_channel_can_sell_at_a_time(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    cat = base()
+    cat["skus"] = [
+        {
+            "sku": "TEE-M",
+            "stock": {"wh-shanghai": 100, "st-hangzhou-1": 5},
+            "channel_locks": [{"channel": "douyin", "qty": 30, "until": "2026-11-11T02:00:00Z"}],
+        }
+    ]
+    onestock("catalog", "load", str(write(tmp_path, cat)), env=cli_env)
+    during = orjson.loads(
+        onestock("stock", "--json", "--at", "2026-11-11T09:59:59+08:00", env=cli_env).stdout
+    )["TEE-M"]
+    # 105 units; st-hangzhou-1 keeps 1 safety unit from online channels; 30 held for douyin
+    assert during["available"] == {"tmall": 75, "jd": 75, "douyin": 104, "app": 75, "pos": 75}
+    assert during["locks"] == {
+        "douyin": {"qty": 30, "used": 0, "left": 30, "until": "2026-11-11T02:00:00.000Z"}
+    }
+    after = orjson.loads(
+        onestock("stock", "--json", "--at", "2026-11-11T02:00:00Z", env=cli_env).stdout
+    )["TEE-M"]
+    assert after["available"] == {"tmall": 104, "jd": 104, "douyin": 104, "app": 104, "pos": 105}
+    table = onestock("stock", "--sku", "TEE-M", env={**cli_env, "COLUMNS": "250"}).stdout.decode()
+    assert "douyin 0/30 until 2026-11-11T02:00:00.000Z" in table  # now: long dissolved
 
 
 def test_reloading_a_catalog_replaces_only_the_skus_it_names(
