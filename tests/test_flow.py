@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -247,8 +248,8 @@ def test_every_garbage_form_ends_as_exactly_one_outcome_and_the_pipeline_goes_on
 def test_a_catalog_reload_takes_effect_under_a_running_dataflow(
     tmp_path: Path, cli_env: dict[str, str], url: str
 ) -> None:
-    cat = {
-        "channels": [{"id": "tmall"}],
+    cat: dict[str, Any] = {
+        "channels": [{"id": "tmall"}, {"id": "douyin"}],
         "locations": [{"id": "wh-a", "lat": 31.2, "lon": 121.5}],
         "skus": [{"sku": "HOT", "stock": {"wh-a": 5}}, {"sku": "COLD", "stock": {"wh-a": 9}}],
     }
@@ -272,6 +273,13 @@ def test_a_catalog_reload_takes_effect_under_a_running_dataflow(
         onestock("catalog", "load", str(path), env=cli_env)
         onestock("orders", "push", "-", input=wave("b", 3, customer="c2"), env=cli_env)
         wait_for(lambda: outcomes(store) >= 11)
+        # then 4 units of which douyin holds 3 (the limit gone): tmall can sell 1 more
+        lock = {"channel": "douyin", "qty": 3, "until": "2026-11-12T00:00:00Z"}
+        cat["skus"] = [{"sku": "HOT", "stock": {"wh-a": 4}, "channel_locks": [lock]}]
+        path.write_bytes(orjson.dumps(cat))
+        onestock("catalog", "load", str(path), env=cli_env)
+        onestock("orders", "push", "-", input=wave("c", 3, customer="c3"), env=cli_env)
+        wait_for(lambda: outcomes(store) >= 14)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -283,5 +291,7 @@ def test_a_catalog_reload_takes_effect_under_a_running_dataflow(
         ("accepted", None),
         ("rejected", "limit_exceeded"),
     ]
+    c = sorted((r.status, r.reason) for k, r in recs.items() if k.startswith("c-"))
+    assert c == [("accepted", None), ("rejected", "sold_out"), ("rejected", "sold_out")]
     levels = store.stock_levels(["HOT", "COLD"])
-    assert levels == {"HOT": {"wh-a": 1}, "COLD": {"wh-a": 9}}  # COLD, not named, kept
+    assert levels == {"HOT": {"wh-a": 3}, "COLD": {"wh-a": 9}}  # COLD, not named, kept
