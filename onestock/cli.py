@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,6 +121,47 @@ def run(
         )
     rc = run_flow(url, ops.instance_id(store), settings, until_drained=until_drained)
     raise typer.Exit(rc if rc >= 0 else 1)
+
+
+@app.command("serve")
+def serve(
+    redis_url: RedisUrl = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option(help="Server processes (one port, shared).")] = 1,
+) -> None:
+    """Webhook intake: POST /webhooks/shopify, /webhooks/woocommerce, /orders (signed);
+    GET /healthz, /readyz. An event is acknowledged (202) only once stored."""
+    import uvicorn
+
+    if workers < 1 or workers > 64:
+        raise OnestockError(f"--workers must be 1..64, not {workers}")
+    settings = _settings(redis_url)
+    url = ops.resolve_url(settings)
+    shards = ops.fix_shards(ops.Store.connect(url), None, settings.shards)
+    os.environ["ONESTOCK_INTAKE_REDIS_URL"] = url
+    os.environ["ONESTOCK_INTAKE_SHARDS"] = str(shards)
+    enabled = [
+        path
+        for path, var in (
+            ("/webhooks/shopify", "ONESTOCK_SHOPIFY_SECRET"),
+            ("/webhooks/woocommerce", "ONESTOCK_WOO_SECRET"),
+            ("/orders", "ONESTOCK_ORDERS_SECRET"),
+        )
+        if os.environ.get(var)
+    ]
+    if not enabled:
+        raise OnestockError(
+            "no intake is configured: set ONESTOCK_SHOPIFY_SECRET, ONESTOCK_WOO_SECRET "
+            "or ONESTOCK_ORDERS_SECRET"
+        )
+    print(f"onestock intake on http://{host}:{port} ({', '.join(enabled)}), Redis {url}",
+          flush=True)  # fmt: skip
+    uvicorn.run(
+        "intake.app:create_app", factory=True, host=host, port=port, workers=workers,
+        loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level="warning",
+        timeout_graceful_shutdown=30,
+    )  # fmt: skip
 
 
 @app.command("fulfilments")

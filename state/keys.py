@@ -62,6 +62,11 @@ def watermark(shard: int) -> str:
     return f"{shard_tag(shard)}:wm"
 
 
+def delivery(shard: int, source: str, delivery_id: str) -> str:
+    """A webhook delivery id already stored (dedup; in the slot of the shard it went to)."""
+    return f"{shard_tag(shard)}:hook:{source}:{delivery_id}"
+
+
 def sku_tag(sku: str) -> str:
     return f"{PREFIX}:{{k:{sku}}}"
 
