@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -157,6 +158,9 @@ def serve(
         )
     print(f"onestock intake on http://{host}:{port} ({', '.join(enabled)}), Redis {url}",
           flush=True)  # fmt: skip
+    # uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully: end with status 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
     uvicorn.run(
         "intake.app:create_app", factory=True, host=host, port=port, workers=workers,
         loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level="warning",
