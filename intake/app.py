@@ -318,11 +318,12 @@ def _map(fn: Callable[..., dict[str, Any]], body: bytes, *args: Any) -> dict[str
 async def _reply(
     send: Send, status: int, payload: dict[str, Any], retry_after: int | None = None
 ) -> None:
-    headers = list(JSON)
+    body = orjson.dumps(payload)
+    headers = [*JSON, (b"content-length", b"%d" % len(body))]
     if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
+        headers.append((b"retry-after", b"%d" % retry_after))
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app() -> IntakeApp:

@@ -264,6 +264,21 @@ def bench(
     run_bench(orders, workers, out, rules)
 
 
+@app.command("bench-intake")
+def bench_intake(
+    rate: Annotated[int, typer.Option(help="Open-loop rate for the latency figures.")] = 5000,
+    seconds: Annotated[float, typer.Option(help="Length of each phase.")] = 10.0,
+    workers: Annotated[int, typer.Option(help="Server processes.")] = 2,
+    connections: Annotated[int, typer.Option(help="wrk connections.")] = 64,
+    out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+) -> None:
+    """Signed webhooks/s stored and acknowledged (wrk), and acknowledgement latency at a fixed
+    rate (open loop), against a fresh Redis and a real `onestock serve`."""
+    from intake.bench import run_intake_bench
+
+    run_intake_bench(rate, seconds, workers, connections, out)
+
+
 @redis_app.command("url")
 def redis_url_cmd() -> None:
     """Start the embedded server if needed and print its URL."""

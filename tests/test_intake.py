@@ -319,10 +319,11 @@ def test_redis_down_is_503_and_nothing_is_half_written(tmp_path: Path) -> None:
         redis.stop()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_shutdown_under_load_loses_no_acknowledged_event(
-    cli_env: dict[str, str], store: Store
+    cli_env: dict[str, str], store: Store, workers: int
 ) -> None:
-    s = Server({**cli_env, **SECRETS})
+    s = Server({**cli_env, **SECRETS}, workers=workers)
     acked: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
