@@ -14,9 +14,10 @@ from typing import Any
 import msgspec
 
 from dataflows.cross_slot import Rules, decide_cross
+from dataflows.gifts import Settler
 from onestock import events
 from onestock.events import paid_ms
-from onestock.records import pack, rejected
+from onestock.records import head, held, pack, rejected
 from onestock.routing import Router
 from onestock.types import Catalog, Order
 from state.keys import sku_slot
@@ -70,6 +71,8 @@ class _View:
             self.ruled, limits, presale, self.floors, self.store_channels, bool(self.fewest)
         )
         self.loc_index = {loc: i + 1 for i, loc in enumerate(self.router.ids)}
+        # SKUs with a first-N gift campaign: their accepted orders' records wait for it
+        self.campaign_skus = {c.sku for c in catalog.campaigns}
 
 
 class Decider:
@@ -83,15 +86,22 @@ class Decider:
         self.wait = Waiter(say, stopping)
         self.version = -1
         self.view = _View(None)
+        self.settler = Settler(store, say)
 
     def refresh(self) -> None:
         version = self.wait.call(self.store.catalog_version)
         if version != self.version:
             self.version, catalog = self.wait.call(self.store.catalog)
             self.view = _View(catalog)
+            if catalog is not None:
+                self.settler.load(catalog)
 
     def process(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
         """Outcomes for a batch read from ``shard`` (entry id, raw event)."""
+        if not entries:  # a tick from a caught-up shard: only gift settlement to do
+            if self.version < 0:
+                self.refresh()
+            return Decided(shard, "0-0", [], [])
         self.refresh()
         decided = str(int(time.time() * 1000))
         firsts: dict[str, tuple[str, events.Decoded]] = {}
@@ -146,26 +156,32 @@ class Decider:
             decide_cross(self.store, self.wait.call, cross, rankings, outcome, self.view.rules)
         records: list[str] = []
         add = records.extend
+        gifts = self.view.campaign_skus
         for oid, (eid, d) in firsts.items():
             res = outcome[oid]
+            campaign = False
             if d.__class__ is Valid:
                 o = d.order  # type: ignore[union-attr]
                 channel, paid, mode = o.channel, o.paid_at, o.delivery.mode
+                campaign = bool(gifts) and any(ln.sku in gifts for ln in o.lines)
             else:
                 channel, paid, mode = d.channel or "", d.paid_at or "", "ship"  # type: ignore[union-attr]
             received = eid.partition("-")[0]
-            add(
-                (
-                    oid,
-                    res if res[0] == "A" else "R",
-                    pack(oid, channel, paid, mode, received, decided, res),
-                )
-            )
+            if not campaign:
+                add((oid, res if res[0] == "A" else "R",
+                     pack(oid, channel, paid, mode, received, decided, res)))  # fmt: skip
+            elif res[0] == "A":  # held until its gift is settled; decided at once
+                add((oid, "H" + res, held(head(oid, channel, paid, mode, received, decided), res)))
+            else:
+                add((oid, "r", pack(oid, channel, paid, mode, received, decided, res)))
         last_id = entries[-1][0] if entries else "0-0"
         return Decided(shard, last_id, records, dead)
 
     def emit(self, d: Decided) -> None:
-        self.wait.call(self.store.emit, d.shard, d.last_id, d.records, d.dead)
+        if d.records or d.dead:
+            self.wait.call(self.store.emit, d.shard, d.last_id, d.records, d.dead)
+        if self.settler.due():
+            self.wait.call(self.settler.run)
 
     # -- helpers ---------------------------------------------------------------------------
 

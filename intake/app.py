@@ -16,7 +16,6 @@ import asyncio
 import os
 import sys
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ import orjson
 
 from intake import mapping, signing
 from intake.committer import TRANSIENT, Committer, Unavailable, connect
-from onestock.ops import shard_of
+from onestock.ops import shard_of, shard_of_id
 from state import keys
 
 Scope = dict[str, Any]
@@ -82,11 +81,6 @@ class _Refused(Exception):
     def __init__(self, status: int, error: str, retry_after: int | None = None) -> None:
         super().__init__(error)
         self.status, self.error, self.retry_after = status, error, retry_after
-
-
-def shard_of_id(order_id: str, shards: int) -> int:
-    """As ``onestock.ops.shard_of`` for an event with a usable order id (crc32 of the id)."""
-    return zlib.crc32(order_id.encode()) % shards
 
 
 class IntakeApp:

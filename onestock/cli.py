@@ -248,6 +248,35 @@ def demo(
     raise typer.Exit(run_demo(orders, workers))
 
 
+@app.command("gifts")
+def gifts(
+    campaign: Annotated[str, typer.Argument(help="Campaign id from the catalog.")],
+    redis_url: RedisUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """A first-N campaign's winners in rank order: order id, rank, paid_at."""
+    view = ops.gifts(ops.open_store(_settings(redis_url)), campaign)
+    if as_json:
+        sys.stdout.buffer.write(msgspec.json.encode(view) + b"\n")
+        return
+    table = Table(
+        title=f"{view.campaign}: first {view.first_n} buyers of {view.sku} get {view.gift_sku}"
+    )
+    for col in ("rank", "order id", "paid_at", "gift from"):
+        table.add_column(col)
+    for w in view.winners:
+        table.add_row(
+            str(w.rank), w.order_id, w.paid_at, w.location + (" (late)" if w.late else "")
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"{len(view.winners)} gifts, {view.settled} ranks settled, {view.pending} pending"
+    )
+    if view.ended_early_at is not None:
+        console.print(f"ended early: the gift stock ran out at rank {view.ended_early_at}")
+
+
 @app.command("bench")
 def bench(
     orders: Annotated[int, typer.Option("--orders", help="Orders to drain.")] = 1_000_000,

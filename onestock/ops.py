@@ -57,8 +57,12 @@ def load_catalog(store: Store, path: Path) -> Catalog:
 def shard_of(raw: bytes, shards: int) -> int:
     """Same order id -> same shard, so its copies are decided in sequence by one worker."""
     oid = order_id_of(raw)
-    key = oid.encode() if oid is not None else raw
-    return zlib.crc32(key) % shards
+    return shard_of_id(oid, shards) if oid is not None else zlib.crc32(raw) % shards
+
+
+def shard_of_id(order_id: str, shards: int) -> int:
+    """The shard of an event with a usable order id."""
+    return zlib.crc32(order_id.encode()) % shards
 
 
 def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
@@ -186,6 +190,53 @@ def stock_view(
     return view
 
 
+class Winner(msgspec.Struct):
+    order_id: str
+    rank: int
+    paid_at: str
+    location: str  # where the gift unit ships from
+    late: bool
+
+
+class CampaignView(msgspec.Struct):
+    campaign: str
+    sku: str
+    gift_sku: str
+    first_n: int
+    settled: int  # ranks given so far (winners and the rest)
+    pending: int  # accepted orders waiting for their rank
+    ended_early_at: int | None  # the rank at which the gift stock ran out
+    winners: list[Winner]
+
+
+def gifts(store: Store, campaign: str) -> CampaignView:
+    """A campaign's winners in rank order: what the seller publishes."""
+    _, cat = store.catalog()
+    camp = next((c for c in (cat.campaigns if cat else []) if c.id == campaign), None)
+    if camp is None:
+        raise OnestockError(f"unknown campaign {campaign!r}")
+    winners: list[Winner] = []
+    for fields in store.merged([keys.ranks(camp.sku)]):
+        if fields[b"c"].decode() != campaign:
+            continue
+        loc = fields[b"g"].decode()
+        if loc and loc != "-":
+            paid = iso_ms(int(fields[b"p"]))
+            rank, late = int(fields[b"r"]), fields[b"l"] == b"1"
+            winners.append(Winner(fields[b"o"].decode(), rank, paid, loc, late))
+    winners.sort(key=lambda w: w.rank)
+    progress = store.r.hgetall(keys.campaigns(camp.sku))
+    ended = progress.get(f"{campaign}:ended".encode())
+    prefix = f"{campaign}{SEP}".encode()
+    members: list[bytes] = store.r.zrange(keys.candidates(camp.sku), 0, -1)  # type: ignore[assignment]
+    pending = sum(1 for m in members if m.startswith(prefix))
+    return CampaignView(
+        campaign, camp.sku, camp.gift_sku, camp.first_n,
+        int(progress.get(f"{campaign}:ranks".encode(), 0)), pending,
+        int(ended) if ended is not None else None, winners,
+    )  # fmt: skip
+
+
 class Audit(msgspec.Struct):
     """What a finished run adds up to; ``oversold`` must be 0."""
 
@@ -210,7 +261,7 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
     first, last = 2**63, 0
     for packed in (p for f in store.entries(keys.outbox, shards) for p in packed_records(f)):
         n += 1
-        oid, _, _, _, received_s, decided_s, _ = packed.split(SEP, 6)
+        oid, _, _, _, received_s, decided_s, _ = packed.split(SEP, 6)  # (the rest: gift, ...)
         dup += oid in seen
         seen.add(oid)
         rec = record_from_packed(packed)
@@ -222,6 +273,8 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
             for ship in rec.shipments:
                 for ln in ship.lines:
                     shipped[(ln.sku, ship.location)] += ln.qty
+            if rec.gift is not None:
+                shipped[(rec.gift.sku, rec.gift.location)] += 1
         else:
             rejected[rec.reason or "?"] += 1
     now = store.stock_levels(loaded)

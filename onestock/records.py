@@ -9,17 +9,29 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from onestock.types import DeadLetter, FulfilmentRecord, ShipLine, Shipment, json_encoder
+from onestock.types import DeadLetter, FulfilmentRecord, Gift, ShipLine, Shipment, json_encoder
 
 SEP = "\x1f"  # between the fields of one record or outcome
 RS = "\x1e"  # between the records of one output stream entry
+GS = "\x1d"  # inside a gift field; between the head and the outcome of a held record
+
+
+def head(oid: str, channel: str, paid: str, mode: str, received_ms: str, decided_ms: str) -> str:
+    """The fields of a packed record before its gift, late flag and outcome."""
+    return SEP.join((oid, _clean(channel), _clean(paid), mode, received_ms, decided_ms))
 
 
 def pack(
     oid: str, channel: str, paid: str, mode: str, received_ms: str, decided_ms: str, outcome: str
 ) -> str:
-    """One output stream entry (field ``v``); the outcome goes last since it holds SEPs."""
-    return SEP.join((oid, _clean(channel), _clean(paid), mode, received_ms, decided_ms, outcome))
+    """One record of an output stream entry (field ``v``): head, gift ("" or campaign GS sku
+    GS rank GS location), late ("" or "1"), then the outcome, last since it holds SEPs."""
+    return f"{head(oid, channel, paid, mode, received_ms, decided_ms)}{SEP}{SEP}{SEP}{outcome}"
+
+
+def held(record_head: str, outcome: str) -> str:
+    """A record held until its gift is settled (``release_held.lua`` fills gift and late)."""
+    return f"{record_head}{GS}{outcome}"
 
 
 def _clean(text: str) -> str:
@@ -52,20 +64,25 @@ def shipments(outcome: str, mode: str) -> list[Shipment]:
 
 def record_from_packed(packed: str) -> FulfilmentRecord:
     """One output stream entry -> the contract's fulfilment record."""
-    oid, channel, paid, mode, received, decided, outcome = packed.split(SEP, 6)
+    oid, channel, paid, mode, received, decided, gift, late, outcome = packed.split(SEP, 8)
     accepted = outcome.startswith("A")
     parts = [] if accepted else outcome.split(SEP, 2)
+    g = None
+    if gift:
+        camp, sku, rank, loc = gift.split(GS)
+        g = Gift(campaign=camp, sku=sku, rank=int(rank), location=loc)
     return FulfilmentRecord(
         order_id=oid,
         status="accepted" if accepted else "rejected",
         reason=None if accepted else parts[1],
         channel=channel or None,
         shipments=shipments(outcome, mode) if accepted else [],
-        gift=None,
+        gift=g,
         paid_at=paid or None,
         received_at=iso_ms(int(received)),
         decided_at=iso_ms(int(decided)),
         detail=parts[2] if len(parts) > 2 else None,
+        late=True if late else None,
     )
 
 
@@ -79,6 +96,8 @@ def encode_record(rec: FulfilmentRecord) -> bytes:
     raw = json_encoder.encode(rec)
     if rec.detail is None:
         raw = raw.replace(b',"detail":null', b"")
+    if rec.late is None:
+        raw = raw.replace(b',"late":null', b"")
     return raw
 
 

@@ -129,6 +129,7 @@ class Gift(Struct):
     campaign: str
     sku: str
     rank: int
+    location: str  # where the gift unit ships from (an extension of the contract)
 
 
 class FulfilmentRecord(Struct, omit_defaults=False):
@@ -142,6 +143,7 @@ class FulfilmentRecord(Struct, omit_defaults=False):
     received_at: str
     decided_at: str
     detail: str | None = None
+    late: bool | None = None  # true: the order came later than its campaign's lateness bound
 
 
 class DeadLetter(Struct):

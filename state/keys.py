@@ -23,6 +23,8 @@ RULE_LOW = "\x00low"  # low_stock_threshold, units (the flag "\x00alerted" marks
 # A channel lock of the SKU: its units, its end (epoch ms), and the units its channel drew
 # from it so far (kept across catalog reloads while the SKU keeps a lock for that channel).
 LOCK_QTY, LOCK_UNTIL, LOCK_USED = "\x00Lq:", "\x00Lu:", "\x00Lc:"
+# A first-N gift campaign on the SKU: its first_n and its lateness_ms.
+CAMPAIGN, CAMPAIGN_LATENESS = "\x00G:", "\x00Gl:"
 SEP = "\x1f"  # separates fields inside a stored outcome
 
 
@@ -91,6 +93,53 @@ def alerts(sku: str) -> str:
 
 def parts(sku: str) -> str:
     return f"{sku_tag(sku)}:parts"
+
+
+# First-N gift campaigns live in their campaign SKU's slot (the definition beside its stock:
+# '\0G:<campaign>' = first_n, '\0Gl:<campaign>' = lateness_ms).
+def candidates(sku: str) -> str:
+    """ZSET of accepted, not yet settled orders of the SKU's campaigns: member
+    "<campaign>\x1f<order id>" (suffix "\x1fL" when late), score paid_at ms."""
+    return f"{sku_tag(sku)}:cand"
+
+
+def campaigns(sku: str) -> str:
+    """HASH of the SKU's campaigns' progress: "<campaign>:seen" (latest paid_at ms seen),
+    ":arrived" (wall ms of the last candidate), ":ranks" (ranks given), ":ended" (rank at
+    which the gift stock ran out)."""
+    return f"{sku_tag(sku)}:camp"
+
+
+def settled(sku: str) -> str:
+    """LIST of settled ranks whose records are not yet released: "<campaign>\x1f<order
+    id>\x1f<rank>\x1f<late 0/1>"."""
+    return f"{sku_tag(sku)}:settled"
+
+
+def lease(sku: str) -> str:
+    """Who settles the SKU's campaigns right now (one worker at a time)."""
+    return f"{sku_tag(sku)}:lease"
+
+
+def ranks(sku: str) -> str:
+    """STREAM of every settled rank of the SKU's campaigns, in rank order (onestock gifts)."""
+    return f"{sku_tag(sku)}:ranks"
+
+
+def gift_taken(sku: str) -> str:
+    """HASH "<campaign>\x1f<order id>" -> location a gift unit of this SKU was taken from
+    ("-": none left)."""
+    return f"{sku_tag(sku)}:gifted"
+
+
+def held(shard: int) -> str:
+    """HASH order id -> record held until its gift is settled."""
+    return f"{shard_tag(shard)}:held"
+
+
+def decided(shard: int) -> str:
+    """STREAM of the immediate accept/reject of orders that wait for a gift settlement."""
+    return f"{shard_tag(shard)}:decided"
 
 
 _slots: dict[str, int] = {}

@@ -106,6 +106,10 @@ class Store:
         self._reserve_parts = client.register_script(_lua("reserve_parts", "lib_stock"))
         self._release_parts = client.register_script(_lua("release_parts", "lib_stock"))
         self._set_stock = client.register_script(_lua("set_stock"))
+        self._settle = client.register_script(_lua("settle", "lib_stock"))
+        self._settled_ack = client.register_script(_lua("settled_ack"))
+        self._gift = client.register_script(_lua("gift"))
+        self._release_held = client.register_script(_lua("release_held"))
         # Reads of the input skip redis-py's per-entry dict building (a hot path).
         self._raw = client
         if isinstance(client, redis.Redis):
@@ -128,6 +132,12 @@ class Store:
     def load_catalog(self, catalog: Catalog, replace_stock: Iterable[str]) -> None:
         """Store the (already validated and merged) catalog; replace stock of the named SKUs."""
         by_sku = {s.sku: s for s in catalog.skus}
+        camps: dict[str, list[Any]] = {}
+        for c in catalog.campaigns:  # the definition beside the campaign SKU's stock
+            camps.setdefault(c.sku, []).extend(
+                [keys.CAMPAIGN + c.id, c.first_n, keys.CAMPAIGN_LATENESS + c.id, c.lateness_ms]
+            )
+        named = set(replace_stock)
         for name in replace_stock:
             sku = by_sku[name]
             flat: list[Any] = []
@@ -142,7 +152,13 @@ class Store:
             for lock in sku.channel_locks:
                 flat += [keys.lock_qty(lock.channel), lock.qty]
                 flat += [keys.lock_until(lock.channel), int(lock.until.timestamp() * 1000)]
+            flat += camps.get(name, [])
             self._set_stock(keys=[keys.stock(name)], args=flat)
+        for name, fields in camps.items():
+            if name not in named:
+                self.r.hset(
+                    keys.stock(name), mapping=dict(zip(fields[::2], fields[1::2], strict=True))
+                )
         self.r.set(keys.CATALOG, json_encoder.encode(catalog))
         self.r.incr(keys.CATALOG_VERSION)
 
@@ -234,7 +250,10 @@ class Store:
         pipe = self.r.pipeline(transaction=False)
         pipe.xrevrange(keys.inbox(shard), count=1)
         pipe.get(keys.watermark(shard))
-        newest, wm = pipe.execute()
+        pipe.hlen(keys.held(shard))
+        newest, wm, held = pipe.execute()
+        if held:  # records still wait for their gift settlement
+            return False
         if not newest:
             return True
         top = parse_id(newest[0][0].decode())
@@ -272,10 +291,12 @@ class Store:
 
     def _sku_keys(self, skus: list[str], second: Callable[[str], str]) -> list[str]:
         """Per SKU, in order: its stock hash, ``second`` (decisions or parts), its counters
-        of units sold per customer, its alerts stream."""
+        of units sold per customer, its alerts stream, its campaigns' candidates and
+        progress."""
         ks: list[str] = []
         for sku in skus:
-            ks += [keys.stock(sku), second(sku), keys.bought(sku), keys.alerts(sku)]
+            ks += [keys.stock(sku), second(sku), keys.bought(sku), keys.alerts(sku),
+                   keys.candidates(sku), keys.campaigns(sku)]  # fmt: skip
         return ks
 
     def reserve_parts(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[int]]:
@@ -326,6 +347,8 @@ class Store:
                 keys.inbox(shard),
                 keys.watermark(shard),
                 keys.counters(shard),
+                keys.held(shard),
+                keys.decided(shard),
             ],
             args=args,
         )
@@ -360,6 +383,50 @@ class Store:
 
         for _, fields in heapq.merge(*(one(k) for k in streams), key=lambda t: t[0]):
             yield fields
+
+    # -- first-N gift campaigns --------------------------------------------------------------
+
+    def settle(
+        self, sku: str, token: str, lease_ms: int, force: bool
+    ) -> tuple[set[str], list[str]] | None:
+        """Settle the campaigns of ``sku``: None if another worker holds the lease, else
+        (campaigns whose gift stock ran out, settled entries not yet acknowledged)."""
+        ks = [keys.stock(sku), keys.candidates(sku), keys.campaigns(sku), keys.settled(sku),
+              keys.lease(sku)]  # fmt: skip
+        res = self._settle(keys=ks, args=[token, lease_ms, int(force)])
+        if not res:
+            return None
+        ended, entries = res
+        return {e.decode() for e in ended}, [e.decode() for e in entries]
+
+    def take_gifts(self, gift_sku: str, winners: list[tuple[str, list[str]]]) -> list[str]:
+        """One gift unit per winner key (preferred locations in order): location or "-"."""
+        args: list[Any] = [len(winners)]
+        for key, locs in winners:
+            args += [key, len(locs), *locs]
+        got = self._gift(keys=[keys.stock(gift_sku), keys.gift_taken(gift_sku)], args=args)
+        return [g.decode() for g in got]
+
+    def release_held(self, shard: int, items: list[tuple[str, str, str]]) -> list[int]:
+        """Write held records with their gift fields: per order 1 now, 2 before, 0 not yet."""
+        args: list[Any] = [len(items)]
+        for item in items:
+            args += item
+        ks = [keys.emitted(shard), keys.outbox(shard), keys.held(shard), keys.counters(shard)]
+        return [int(x) for x in self._release_held(keys=ks, args=args)]
+
+    def settled_ack(self, sku: str, entries: list[tuple[str, str]]) -> int:
+        args: list[Any] = [len(entries)]
+        for entry, gift in entries:
+            args += [entry, gift]
+        ks = [keys.campaigns(sku), keys.settled(sku), keys.ranks(sku)]
+        return int(self._settled_ack(keys=ks, args=args))
+
+    def registry(self, shard: int, order_ids: list[str]) -> list[bytes | None]:
+        return self.r.hmget(keys.emitted(shard), order_ids)  # type: ignore[return-value]
+
+    def held_count(self, shard: int) -> int:
+        return int(self.r.hlen(keys.held(shard)))
 
     def memory_used(self) -> int:
         return int(self.r.info("memory")["used_memory"])

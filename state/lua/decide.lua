@@ -1,9 +1,10 @@
 -- decide.lua: decide a batch of orders against the stock of one hash slot, each atomically.
 --
--- KEYS: for SKU i of this call (1-based): KEYS[4i-3] = its stock hash (location -> units,
---       plus NUL-prefixed fields: the marker, its rules, its alert flag), KEYS[4i-2] = its
---       decision hash (order id -> stored outcome), KEYS[4i-1] = units sold per customer,
---       KEYS[4i] = its low-stock alerts stream. All in one slot.
+-- KEYS: for SKU i of this call (1-based): KEYS[6i-5] = its stock hash (location -> units,
+--       plus NUL-prefixed fields: the marker, its rules, its alert flag), KEYS[6i-4] = its
+--       decision hash (order id -> stored outcome), KEYS[6i-3] = units sold per customer,
+--       KEYS[6i-2] = its low-stock alerts stream, KEYS[6i-1] / KEYS[6i] = its gift
+--       campaigns' candidates and progress (see lib_stock.lua). All in one slot.
 -- ARGV: nskus, nlocs, nchans, fewest (1: split an order over as few locations as possible,
 --       else nearest first), sku names (nskus), location ids (nlocs), safety stock per
 --       location (nlocs: units that online channels cannot take there), channel ids (nchans:
@@ -45,7 +46,7 @@ local function bad(msg) return redis.error_reply('ERR decide.lua: ' .. msg) end
 
 
 local nskus, nlocs, nchans = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if not nskus or not nlocs or not nchans or nskus < 1 or #KEYS ~= 4 * nskus then
+if not nskus or not nlocs or not nchans or nskus < 1 or #KEYS ~= 6 * nskus then
   return bad('bad header')
 end
 local fewest = ARGV[4] == '1'
@@ -89,7 +90,7 @@ end
 local stored = {}
 for h, ids in pairs(ids_by_home) do
   for i = 1, #ids, CHUNK do
-    local got = call('HMGET', KEYS[4 * h - 2], unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+    local got = call('HMGET', KEYS[6 * h - 4], unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
     for j = 1, #got do
       if got[j] then stored[ids[i + j - 1]] = got[j] end
     end
@@ -99,10 +100,15 @@ end
 -- Each SKU's stock read once; total[s] answers a sold-out order without scanning locations.
 local stock, exists, dirty, total, limit, vip_until, locks = {}, {}, {}, {}, {}, {}, {}
 local sold, sold_dirty = {}, {}
+local camps, progress, adds, now = {}, {}, {}, nil -- first-N gift campaigns of the SKUs
 local any_low = false -- does any SKU of this call have a low-stock threshold
 for s = 1, nskus do
-  local t, sum, lk = read_stock(KEYS[4 * s - 3])
+  local t, sum, lk, cp = read_stock(KEYS[6 * s - 5])
   stock[s], exists[s], dirty[s], total[s], locks[s] = t, t[MARKER] ~= nil, {}, sum, lk
+  if cp then
+    camps[s], progress[s], adds[s] = cp, read_progress(KEYS[6 * s]), {}
+    now = now or wall_ms()
+  end
   any_low = any_low or t['\0low'] ~= nil
   limit[s], vip_until[s] = t[RULE_LIMIT], t[RULE_VIP]
   if limit[s] then
@@ -114,7 +120,7 @@ for s = 1, nskus do
     end
     local counts = {}
     for i = 1, #custs, CHUNK do
-      local got = call('HMGET', KEYS[4 * s - 1], unpack(custs, i, math.min(i + CHUNK - 1, #custs)))
+      local got = call('HMGET', KEYS[6 * s - 3], unpack(custs, i, math.min(i + CHUNK - 1, #custs)))
       for j = 1, #got do counts[custs[i + j - 1]] = tonumber(got[j] or '0') end
     end
     sold[s], sold_dirty[s] = counts, {}
@@ -313,7 +319,7 @@ local function draw_locks(blob, draws)
   end
 end
 
-local function decide_one(blob, customer)
+local function decide_one(oid, blob, customer)
   local _, _, p1, p2, n1, n2 = byte(blob, 1, 6)
   local pickup, nl = p1 + 256 * p2, n1 + 256 * n2
   local lines, ruled, draws = {}, false, nil
@@ -336,6 +342,19 @@ local function decide_one(blob, customer)
       count_sold(lines, customer)
       draw_locks(blob, draws)
     end
+    if now then
+      local paid
+      for i = 1, #lines, 2 do
+        local s = lines[i]
+        if camps[s] then
+          if not paid then
+            local t1, t2, t3, t4, t5, t6 = byte(blob, 10, 15)
+            paid = t1 + 256 * (t2 + 256 * (t3 + 256 * (t4 + 256 * (t5 + 256 * t6))))
+          end
+          add_candidate(camps[s], progress[s], adds[s], oid, paid, now)
+        end
+      end
+    end
     if any_low then
       for i = 1, #lines, 2 do
         local s = lines[i]
@@ -355,7 +374,7 @@ for o = 1, norders do
   if prev then
     out[o] = prev
   else
-    local res = decide_one(blob, customer)
+    local res = decide_one(oid, blob, customer)
     stored[oid] = res
     local h1, h2 = byte(blob, 1, 2)
     local rec = records[h1 + 256 * h2]
@@ -368,11 +387,12 @@ end
 -- Write back what changed.
 for s = 1, nskus do
   settle_alert(s, skus[s], total[s], stock[s])
-  write_changed(KEYS[4 * s - 3], dirty[s], stock[s])
+  write_changed(KEYS[6 * s - 5], dirty[s], stock[s])
   local rec = records[s]
   for i = 1, #rec, CHUNK do
-    call('HSET', KEYS[4 * s - 2], unpack(rec, i, math.min(i + CHUNK - 1, #rec)))
+    call('HSET', KEYS[6 * s - 4], unpack(rec, i, math.min(i + CHUNK - 1, #rec)))
   end
-  if sold_dirty[s] then write_changed(KEYS[4 * s - 1], sold_dirty[s], sold[s]) end
+  if sold_dirty[s] then write_changed(KEYS[6 * s - 3], sold_dirty[s], sold[s]) end
+  if adds[s] then write_progress(s, progress[s], adds[s]) end
 end
 return out

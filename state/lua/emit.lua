@@ -3,12 +3,17 @@
 -- KEYS: KEYS[1] registry hash (order id -> outcome; "#<entry id>" for dead letters),
 --       KEYS[2] fulfilment stream, KEYS[3] dead-letter stream, KEYS[4] input stream,
 --       KEYS[5] watermark (the last input entry id whose outcome is written),
---       KEYS[6] counters hash (fields "records", "dead"). One slot.
+--       KEYS[6] counters hash (fields "records", "dead"), KEYS[7] held records (order id ->
+--       record waiting for its gift settlement), KEYS[8] decisions stream. One slot.
 -- ARGV: last input entry id of the batch, nrecords, then per record:
 --       order_id, registry value, the packed record;
 --       then ndead, then per dead letter: input entry id, raw text, reason.
 -- Writes: the batch's new records as ONE stream entry (field "v": packed records separated
 --       by \30; field "n": how many), one entry per dead letter.
+-- A registry value starting with "H" marks an accepted order that waits for a gift
+-- settlement: its record is held (KEYS[7]), not written, and its decision ("A") goes to the
+-- decisions stream at once; one starting with "r" is a rejected campaign order: its record
+-- is written and its decision ("R") goes to the decisions stream too.
 -- Returns: {records written, dead letters written}. A record whose order id is already in
 -- the registry is skipped: replays after a crash never produce a second record.
 local last = ARGV[1]
@@ -32,8 +37,8 @@ if not ndl or p + 3 * ndl ~= #ARGV then return redis.error_reply('ERR emit.lua: 
 -- One HMGET for the registry, one HSET for the new ids, one XADD for the new records.
 local CHUNK = 4000
 local argv, call, unpack = ARGV, redis.call, unpack
-local reg, recs, seen = {}, {}, {}
-local written, dead = 0, 0
+local reg, recs, seen, held, decided = {}, {}, {}, {}, {}
+local written, dead, nreg = 0, 0, 0
 for i = 3, 2 + 3 * nrec, 3 * CHUNK do
   local last_j = math.min(i + 3 * CHUNK - 1, 2 + 3 * nrec)
   local ids, n = {}, 0
@@ -46,17 +51,31 @@ for i = 3, 2 + 3 * nrec, 3 * CHUNK do
     local oid = ids[k]
     if not got[k] and not seen[oid] then
       local j = i + 3 * (k - 1)
+      local value = argv[j + 1]
+      local kind = string.byte(value, 1)
       seen[oid] = true
-      written = written + 1
-      recs[written] = argv[j + 2]
-      reg[2 * written - 1] = oid
-      reg[2 * written] = argv[j + 1]
+      nreg = nreg + 1
+      reg[2 * nreg - 1] = oid
+      reg[2 * nreg] = value
+      if kind == 72 then -- 'H'
+        held[#held + 1] = oid
+        held[#held + 1] = argv[j + 2]
+        decided[#decided + 1] = oid .. '\31A'
+      else
+        written = written + 1
+        recs[written] = argv[j + 2]
+        if kind == 114 then decided[#decided + 1] = oid .. '\31R' end -- 'r'
+      end
     end
   end
 end
 if written > 0 then
   -- One entry per batch: a redis.call costs far more than the bytes it writes.
   call('XADD', KEYS[2], '*', 'n', written, 'v', table.concat(recs, '\30'))
+end
+for i = 1, #held, CHUNK do call('HSET', KEYS[7], unpack(held, i, math.min(i + CHUNK - 1, #held))) end
+if #decided > 0 then
+  call('XADD', KEYS[8], '*', 'n', #decided, 'v', table.concat(decided, '\30'))
 end
 for i = 1, #reg, CHUNK do
   call('HSET', KEYS[1], unpack(reg, i, math.min(i + CHUNK - 1, #reg)))

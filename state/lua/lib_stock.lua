@@ -1,15 +1,18 @@
 -- lib_stock.lua: prepended by state/store.py to the scripts that take or return units
 -- (decide, reserve_parts, release_parts), so what they share is written once.
 --
--- Needs KEYS laid out per SKU i as those scripts do: KEYS[4i-3] stock hash, KEYS[4i] alerts.
+-- Needs KEYS laid out per SKU i as those scripts do: KEYS[6i-5] stock hash, KEYS[6i-2] alerts,
+-- KEYS[6i-1] campaign candidates, KEYS[6i] campaign progress.
 
 -- A SKU's stock hash as a table (fields -> numbers), its units over all locations (fields
 -- that start with a NUL byte are the marker, rules and flags, not locations), and its channel
 -- locks: nil, or channel -> {q = locked units, u = until (epoch ms), c = units the channel
--- already drew from the lock}, from the fields '\0Lq:<channel>', '\0Lu:..' and '\0Lc:..'.
+-- already drew from the lock}, from the fields '\0Lq:<channel>', '\0Lu:..' and '\0Lc:..';
+-- and its first-N gift campaigns: nil, or campaign id -> {n = first_n, l = lateness_ms},
+-- from the fields '\0G:<campaign>' and '\0Gl:<campaign>'.
 local function read_stock(key)
   local flat = redis.call('HGETALL', key)
-  local t, units, locks = {}, 0, nil
+  local t, units, locks, camps = {}, 0, nil, nil
   for i = 1, #flat, 2 do
     local f, q = flat[i], tonumber(flat[i + 1])
     t[f] = q
@@ -21,9 +24,58 @@ local function read_stock(key)
       local l = locks[ch]
       if not l then l = { q = 0, u = 0, c = 0 }; locks[ch] = l end
       l[string.sub(f, 3, 3)] = q
+    elseif string.byte(f, 2) == 71 then -- 'G'
+      camps = camps or {}
+      local long = string.byte(f, 3) == 108 -- '\0Gl:<campaign>'
+      local id = string.sub(f, long and 5 or 4)
+      local c = camps[id]
+      if not c then c = { n = 0, l = 0 }; camps[id] = c end
+      c[long and 'l' or 'n'] = q
     end
   end
-  return t, units, locks
+  return t, units, locks, camps
+end
+
+-- First-N gift campaigns: an accepted order with units of a campaign SKU becomes a candidate
+-- in the same call that takes its units: a member "<campaign>\31<order id>" (plus "\31L"
+-- when it is late: paid more than lateness_ms before the latest paid_at the campaign has
+-- seen) of the SKU's candidates ZSET, scored by paid_at ms; ZSET order is then exactly the
+-- ranking rule (paid_at, ties by order id). `progress` is the SKU's campaign hash as a
+-- table; `adds` collects ZADD arguments (one ZADD per SKU per call).
+local function add_candidate(camps, progress, adds, oid, paid, now)
+  for id, c in pairs(camps) do
+    local seen = progress[id .. ':seen']
+    local late = seen ~= nil and paid < seen - c.l
+    adds[#adds + 1] = paid
+    adds[#adds + 1] = id .. '\31' .. oid .. (late and '\31L' or '')
+    if seen == nil or paid > seen then progress[id .. ':seen'] = paid end
+    progress[id .. ':arrived'] = now
+  end
+end
+
+local function read_progress(key)
+  local flat = redis.call('HGETALL', key)
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = tonumber(flat[i + 1]) end
+  return t
+end
+
+local function write_progress(i, progress, adds)
+  if #adds == 0 then return end
+  for j = 1, #adds, 4000 do
+    redis.call('ZADD', KEYS[6 * i - 1], unpack(adds, j, math.min(j + 3999, #adds)))
+  end
+  local args = {}
+  for f, v in pairs(progress) do
+    args[#args + 1] = f
+    args[#args + 1] = v
+  end
+  redis.call('HSET', KEYS[6 * i], unpack(args))
+end
+
+local function wall_ms()
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 end
 
 -- Channel locks, judged at the order's paid_at (epoch ms): a lock is active while paid < its
@@ -63,15 +115,14 @@ local function settle_alert(i, name, units, fields)
   if not low then return end
   if units <= low then
     if not fields['\0alerted'] then
-      local now = redis.call('TIME')
-      local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-      redis.call('XADD', KEYS[4 * i], '*', 'sku', name, 'remaining', units,
+      local at = wall_ms()
+      redis.call('XADD', KEYS[6 * i - 2], '*', 'sku', name, 'remaining', units,
         'reason', units == 0 and 'sold_out' or 'low_stock', 'at', at)
-      redis.call('HSET', KEYS[4 * i - 3], '\0alerted', 1)
+      redis.call('HSET', KEYS[6 * i - 5], '\0alerted', 1)
       fields['\0alerted'] = 1
     end
   elseif fields['\0alerted'] then
-    redis.call('HDEL', KEYS[4 * i - 3], '\0alerted')
+    redis.call('HDEL', KEYS[6 * i - 5], '\0alerted')
     fields['\0alerted'] = nil
   end
 end

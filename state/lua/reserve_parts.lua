@@ -1,8 +1,9 @@
 -- reserve_parts.lua: reserve this slot's part of many orders whose SKUs span hash slots.
 --
--- KEYS: for SKU i of this call: KEYS[4i-3] = its stock hash (with its NUL-prefixed rules),
---       KEYS[4i-2] = its parts hash (order id -> what is reserved here for that order),
---       KEYS[4i-1] = units sold per customer, KEYS[4i] = its alerts stream. All in one slot.
+-- KEYS: for SKU i of this call: KEYS[6i-5] = its stock hash (with its NUL-prefixed rules),
+--       KEYS[6i-4] = its parts hash (order id -> what is reserved here for that order),
+--       KEYS[6i-3] = units sold per customer, KEYS[6i-2] = its alerts stream, KEYS[6i-1] /
+--       KEYS[6i] = its campaigns' candidates and progress. All in one slot.
 -- ARGV: nskus, sku names (nskus), nsafe, nsafe pairs (location, units online channels may
 --       not take there), norders, then per order: order_id, home (SKU index whose parts hash
 --       keeps this order's part), customer id, channel id, vip (0/1), paid_at (epoch ms),
@@ -23,7 +24,7 @@ local function bad(msg) return redis.error_reply('ERR reserve_parts.lua: ' .. ms
 
 
 local nskus = tonumber(ARGV[1])
-if not nskus or #KEYS ~= 4 * nskus then return bad('bad header') end
+if not nskus or #KEYS ~= 6 * nskus then return bad('bad header') end
 local names = {}
 for i = 1, nskus do names[i] = ARGV[1 + i] end
 local p = 2 + nskus
@@ -69,23 +70,27 @@ for _, od in ipairs(orders) do
   ids[#ids + 1] = od[1]
 end
 for h, ids in pairs(by_home) do
-  local got = call('HMGET', KEYS[4 * h - 2], unpack(ids))
+  local got = call('HMGET', KEYS[6 * h - 4], unpack(ids))
   for k = 1, #ids do
     if got[k] then done[ids[k]] = true end
   end
 end
 local stock, dirty, limit, vip_until, sold, sold_dirty, total = {}, {}, {}, {}, {}, {}, {}
-local locks = {}
+local locks, camps, progress, adds, now = {}, {}, {}, {}, nil
 for s = 1, nskus do
-  local t, sum, lk = read_stock(KEYS[4 * s - 3])
+  local t, sum, lk, cp = read_stock(KEYS[6 * s - 5])
   total[s], locks[s] = sum, lk
+  if cp then
+    camps[s], progress[s], adds[s] = cp, read_progress(KEYS[6 * s]), {}
+    now = now or wall_ms()
+  end
   stock[s], dirty[s], limit[s], vip_until[s] = t, {}, t[RULE_LIMIT], t[RULE_VIP]
   if limit[s] then
     local custs, seen = {}, {}
     for _, od in ipairs(orders) do
       if not seen[od[4]] then seen[od[4]] = true; custs[#custs + 1] = od[4] end
     end
-    local got = call('HMGET', KEYS[4 * s - 1], unpack(custs))
+    local got = call('HMGET', KEYS[6 * s - 3], unpack(custs))
     local counts = {}
     for k = 1, #custs do counts[custs[k]] = tonumber(got[k] or '0') end
     sold[s], sold_dirty[s] = counts, {}
@@ -160,15 +165,24 @@ for o, od in ipairs(orders) do
       rec[#rec + 1] = oid
       rec[#rec + 1] = table.concat(stored, SEP)
       done[oid] = true
-      for _, a in ipairs(allocs) do settle_alert(a[1], names[a[1]], total[a[1]], stock[a[1]]) end
+      local candidate = {}
+      for _, a in ipairs(allocs) do
+        local s = a[1]
+        settle_alert(s, names[s], total[s], stock[s])
+        if camps[s] and not candidate[s] then -- a candidate once per campaign SKU
+          candidate[s] = true
+          add_candidate(camps[s], progress[s], adds[s], oid, paid, now)
+        end
+      end
     end
     out[o] = status
   end
 end
 for s = 1, nskus do
   settle_alert(s, names[s], total[s], stock[s])
-  write_changed(KEYS[4 * s - 3], dirty[s], stock[s])
-  if #parts[s] > 0 then call('HSET', KEYS[4 * s - 2], unpack(parts[s])) end
-  if sold_dirty[s] then write_changed(KEYS[4 * s - 1], sold_dirty[s], sold[s]) end
+  write_changed(KEYS[6 * s - 5], dirty[s], stock[s])
+  if #parts[s] > 0 then call('HSET', KEYS[6 * s - 4], unpack(parts[s])) end
+  if sold_dirty[s] then write_changed(KEYS[6 * s - 3], sold_dirty[s], sold[s]) end
+  if adds[s] then write_progress(s, progress[s], adds[s]) end
 end
 return out

@@ -1,0 +1,146 @@
+"""First-N gift settlement: ranks settled in Lua, gift units taken, held records released.
+
+For each campaign SKU, one worker at a time (a lease in the SKU's slot):
+
+1. ``settle.lua`` gives the next ranks to the candidates the campaign's watermark has passed
+   (paid_at order, ties by order id) and lists every settled entry not yet acknowledged;
+2. for the winners (rank <= first_n, campaign not ended), ``gift.lua`` takes one unit of the
+   gift SKU each, in rank order, from the order's shipping location if it has one, else the
+   nearest that has; at most once per winner (a retry gets the first answer); the first
+   winner that finds none ends the campaign, and no later rank gets a gift;
+3. ``release_held.lua`` writes each settled order's held record with its gift, on the
+   order's shard (an order whose batch is not emitted yet waits for the next round);
+4. ``settled_ack.lua`` moves the released entries to the campaign's ranks stream.
+
+Every step is idempotent, so a crash anywhere repeats at most the steps after the last one
+that took effect, with the same answers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+
+from onestock.ops import shard_of_id
+from onestock.records import GS, SEP
+from onestock.types import Campaign, Catalog
+from state.store import Store
+
+LEASE_MS = 10_000
+EVERY_S = 0.1  # how often a worker settles while batches flow
+
+
+class Settler:
+    def __init__(self, store: Store, say: Callable[[str], None]) -> None:
+        self.store = store
+        self.say = say
+        self.token = uuid.uuid4().hex
+        self.last = 0.0
+        self.by_sku: dict[str, list[Campaign]] = {}
+        self.campaigns: dict[str, Campaign] = {}
+        self.nearest: dict[str, list[str]] = {}  # location -> every location, nearest first
+        self.shards = 0
+
+    def load(self, catalog: Catalog) -> None:
+        self.by_sku = defaultdict(list)
+        for c in catalog.campaigns:
+            self.by_sku[c.sku].append(c)
+        self.campaigns = {c.id: c for c in catalog.campaigns}
+        coords = {loc.id: (loc.lat, loc.lon) for loc in catalog.locations}
+
+        def km(a: str, b: str) -> float:
+            (la1, lo1), (la2, lo2) = coords[a], coords[b]
+            if la1 is None or la2 is None or lo1 is None or lo2 is None:
+                return math.inf
+            p1, p2, dl = math.radians(la1), math.radians(la2), math.radians(lo2 - lo1)
+            dp = p2 - p1
+            h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+            return 2 * 6371.0088 * math.asin(math.sqrt(min(1.0, h)))
+
+        self.nearest = {a: sorted(coords, key=lambda b: (a != b, km(a, b), b)) for a in coords}
+
+    def due(self) -> bool:
+        return bool(self.by_sku) and time.monotonic() - self.last >= EVERY_S
+
+    def run(self, force: bool = False) -> int:
+        """One settlement round over every campaign SKU; returns the ranks acknowledged."""
+        self.last = time.monotonic()
+        if not self.by_sku:
+            return 0
+        if not self.shards:
+            self.shards = self.store.shard_count()
+        acked = 0
+        for sku in list(self.by_sku):
+            got = self.store.settle(sku, self.token, LEASE_MS, force)
+            if got is None or not got[1]:
+                continue
+            ended, entries = got
+            acked += self._finish(sku, ended, entries)
+        return acked
+
+    def _finish(self, sku: str, ended: set[str], entries: list[str]) -> int:
+        parsed: list[tuple[str, str, str, int, bool]] = []
+        for e in entries:
+            camp_id, rest = e.split(SEP, 1)
+            order_id, rank_s, late_s, _paid = rest.rsplit(SEP, 3)
+            parsed.append((e, camp_id, order_id, int(rank_s), late_s == "1"))
+        ship_from = self._shipping_locations([oid for _, _, oid, _, _ in parsed])
+        # gifts, in rank order per campaign (entries are in settlement order already)
+        gift_of: dict[str, str] = {}
+        by_gift: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
+        winners: dict[str, list[str]] = defaultdict(list)
+        for e, camp, oid, rank, _ in parsed:
+            c = self.campaigns.get(camp)
+            if c is None or camp in ended or rank > c.first_n:
+                gift_of[e] = ""
+                continue
+            loc = ship_from.get(oid)
+            prefs = self.nearest.get(loc, []) if loc else sorted(self.nearest)
+            by_gift[c.gift_sku].append((f"{camp}{SEP}{oid}", prefs))
+            winners[c.gift_sku].append(e)
+        for gift_sku, wanted in by_gift.items():
+            for e, loc in zip(
+                winners[gift_sku], self.store.take_gifts(gift_sku, wanted), strict=True
+            ):
+                camp = e.split(SEP, 1)[0]
+                if camp in ended:
+                    gift_of[e] = ""
+                    continue
+                gift_of[e] = loc
+                if loc == "-":  # the gift stock ran out here: the campaign ends
+                    ended.add(camp)
+                    at = e.rsplit(SEP, 3)[1]
+                    self.say(f"campaign {camp}: gift stock ran out at rank {at}: it ends here")
+        # release the held records on their shards
+        by_shard: dict[int, list[tuple[str, tuple[str, str, str]]]] = defaultdict(list)
+        for e, camp, oid, rank, late in parsed:
+            loc = gift_of[e]
+            c = self.campaigns.get(camp)
+            gift = (
+                f"{camp}{GS}{c.gift_sku}{GS}{rank}{GS}{loc}" if c and loc not in ("", "-") else ""
+            )
+            by_shard[shard_of_id(oid, self.shards)].append((e, (oid, gift, "1" if late else "")))
+        done: list[tuple[str, str]] = []
+        for shard, items in by_shard.items():
+            statuses = self.store.release_held(shard, [item for _, item in items])
+            for (e, _), status in zip(items, statuses, strict=True):
+                if status:
+                    done.append((e, gift_of[e]))
+        return self.store.settled_ack(sku, done) if done else 0
+
+    def _shipping_locations(self, order_ids: list[str]) -> dict[str, str]:
+        """The first location of each order's allocations (from its shard's registry)."""
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for oid in order_ids:
+            by_shard[shard_of_id(oid, self.shards)].append(oid)
+        out: dict[str, str] = {}
+        for shard, oids in by_shard.items():
+            for oid, value in zip(oids, self.store.registry(shard, oids), strict=True):
+                if value:
+                    fields = value.decode().split(SEP)
+                    if len(fields) > 1:
+                        out[oid] = fields[1]
+        return out

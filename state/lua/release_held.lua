@@ -1,0 +1,36 @@
+-- release_held.lua: write the held records of settled campaign orders (one shard's slot).
+--
+-- KEYS: KEYS[1] registry hash, KEYS[2] fulfilment stream, KEYS[3] held hash, KEYS[4]
+--       counters hash.
+-- ARGV: n, then per order: order id, gift field ("" or campaign\29sku\29rank\29location),
+--       late ("" or "1").
+-- Returns per order: 1 released now, 2 released before (nothing to do), 0 not emitted yet
+-- (its batch is still on its way: ask again later). Released records go out as one stream
+-- entry; the registry value turns from "H..." to "G..." so a replay knows.
+local n = tonumber(ARGV[1])
+if not n or #ARGV ~= 1 + 3 * n then return redis.error_reply('ERR release_held.lua: bad arguments') end
+local out, recs, reg = {}, {}, {}
+for i = 1, n do
+  local oid, gift, late = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local value = redis.call('HGET', KEYS[1], oid)
+  if not value then
+    out[i] = 0
+  elseif string.byte(value, 1) ~= 72 then -- not 'H': released before
+    out[i] = 2
+  else
+    local h = redis.call('HGET', KEYS[3], oid) or ''
+    local head, outcome = string.match(h, '^(.-)\29(.*)$')
+    if not head then return redis.error_reply('ERR release_held.lua: no held record for ' .. oid) end
+    recs[#recs + 1] = head .. '\31' .. gift .. '\31' .. late .. '\31' .. outcome
+    reg[#reg + 1] = oid
+    reg[#reg + 1] = 'G' .. string.sub(value, 2)
+    redis.call('HDEL', KEYS[3], oid)
+    out[i] = 1
+  end
+end
+if #recs > 0 then
+  redis.call('XADD', KEYS[2], '*', 'n', #recs, 'v', table.concat(recs, '\30'))
+  redis.call('HSET', KEYS[1], unpack(reg))
+  redis.call('HINCRBY', KEYS[4], 'records', #recs)
+end
+return out

@@ -1,0 +1,56 @@
+-- settle.lua: settle the first-N gift ranks of one campaign SKU's campaigns (one slot).
+--
+-- KEYS: KEYS[1] the SKU's stock hash (campaign definitions '\0G:<id>' = first_n,
+--       '\0Gl:<id>' = lateness_ms), KEYS[2] its candidates ZSET, KEYS[3] its campaign
+--       progress hash, KEYS[4] its settled LIST, KEYS[5] its settling lease.
+-- ARGV: lease token, lease ms, force (1: settle every candidate now: the input is drained).
+-- A candidate settles once the campaign's watermark has passed its paid_at: watermark = the
+-- latest paid_at seen - lateness_ms (strictly: an order paid exactly at the watermark may
+-- still come), or +inf once no candidate has arrived for lateness_ms of wall time (the
+-- burst is over) or when forced. Settled candidates get the next ranks in (paid_at, order
+-- id) order and move to the settled LIST as "<campaign>\31<order id>\31<rank>\31<late 0/1>
+-- \31<paid_at ms>";
+-- the caller releases their records and acknowledges them (settled_ack.lua).
+-- Returns: false when another worker holds the lease; else {campaigns whose gift stock ran
+-- out, every entry of the settled LIST (older unacknowledged ones first)}.
+local token, lease_ms, force = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+local holder = redis.call('GET', KEYS[5])
+if holder and holder ~= token then return false end
+redis.call('SET', KEYS[5], token, 'PX', lease_ms)
+local _, _, _, camps = read_stock(KEYS[1])
+local ended = {}
+if camps then
+  local progress = read_progress(KEYS[3])
+  local now = wall_ms()
+  local changed = {}
+  for id, c in pairs(camps) do
+    if progress[id .. ':ended'] then ended[#ended + 1] = id end
+    local seen, arrived = progress[id .. ':seen'], progress[id .. ':arrived']
+    if seen then
+      local upto = '(' .. (seen - c.l)
+      if force or (arrived and now - arrived >= c.l) then upto = '+inf' end
+      local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', upto, 'WITHSCORES')
+      local prefix = id .. '\31'
+      local rank = progress[id .. ':ranks'] or 0
+      local moved = {}
+      for k = 1, #due, 2 do
+        local m, paid = due[k], due[k + 1]
+        if string.sub(m, 1, #prefix) == prefix then
+          local rest = string.sub(m, #prefix + 1)
+          local late = '0'
+          if string.sub(rest, -2) == '\31L' then late, rest = '1', string.sub(rest, 1, -3) end
+          rank = rank + 1
+          redis.call('RPUSH', KEYS[4], prefix .. rest .. '\31' .. rank .. '\31' .. late .. '\31' .. paid)
+          moved[#moved + 1] = m
+        end
+      end
+      if #moved > 0 then
+        redis.call('ZREM', KEYS[2], unpack(moved))
+        changed[#changed + 1] = id .. ':ranks'
+        changed[#changed + 1] = rank
+      end
+    end
+  end
+  if #changed > 0 then redis.call('HSET', KEYS[3], unpack(changed)) end
+end
+return { ended, redis.call('LRANGE', KEYS[4], 0, -1) }
