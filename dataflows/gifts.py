@@ -29,8 +29,10 @@ from onestock.records import GS, SEP
 from onestock.types import Campaign, Catalog
 from state.store import Store
 
-LEASE_MS = 10_000
+LEASE_MS = 3000  # a crashed holder blocks settling this long at most
 EVERY_S = 0.1  # how often a worker settles while batches flow
+BUDGET_S = 0.2  # at most this long per round (a round comes back for the rest)
+MAX = 5000  # settle.lua's most entries per call
 
 
 class Settler:
@@ -74,11 +76,15 @@ class Settler:
             self.shards = self.store.shard_count()
         acked = 0
         for sku in list(self.by_sku):
-            got = self.store.settle(sku, self.token, LEASE_MS, force)
-            if got is None or not got[1]:
-                continue
-            ended, entries = got
-            acked += self._finish(sku, ended, entries)
+            while True:
+                got = self.store.settle(sku, self.token, LEASE_MS, force)
+                if got is None or not got[1]:
+                    break
+                ended, entries = got
+                done = self._finish(sku, ended, entries)
+                acked += done
+                if len(entries) < MAX or not done or time.monotonic() - self.last > BUDGET_S:
+                    break
         return acked
 
     def _finish(self, sku: str, ended: set[str], entries: list[str]) -> int:

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataflows.decider import Decider
-from onestock import ops
+from onestock import burst, ops
 from onestock.records import packed_records, record_from_packed
 from onestock.types import FulfilmentRecord
 from state import keys
 from state.store import Store
-from tests.conftest import load
+from tests.conftest import load, onestock
 from tests.helpers import order
+from tests.test_flow import outcomes, start_run, wait_for
 
 SHARDS = 16
 T0 = datetime(2026, 11, 11, tzinfo=UTC)
@@ -206,3 +211,66 @@ def test_an_order_exactly_at_the_bound_still_takes_its_rank(store: Store) -> Non
     send(d, [buy("a", 1)], seq)  # within the bound: takes rank 1 (a < b)
     d.settler.run(force=True)
     assert [(w.order_id, w.rank) for w in ops.gifts(store, "D11").winners] == [("a", 1)]
+
+
+# -- through the real dataflow ---------------------------------------------------------------
+
+
+def _campaign_catalog(tmp_path: Path, first_n: int, lateness_ms: int) -> Path:
+    cat = orjson.loads(burst.demo_catalog_bytes())
+    cat["campaigns"] = [{"id": "D11-GIFT", "sku": "SNEAKER-42", "gift_sku": "TOTE-BAG",
+                         "first_n": first_n, "lateness_ms": lateness_ms}]  # fmt: skip
+    path = tmp_path / "catalog.json"
+    path.write_bytes(orjson.dumps(cat))
+    return path
+
+
+def _check_campaign(store: Store, order_ids: set[str], first_n: int) -> None:
+    k = store.shard_count()
+    recs = {r.order_id: r for r in ops.records(store, k)}
+    assert set(recs) == order_ids  # one record each, none still held
+    audit = ops.audit(store, k, {s.sku: dict(s.stock) for s in burst.demo_catalog().skus})
+    assert audit.duplicates == 0 and audit.oversold == 0  # gift units included
+    gifted = sorted((r.gift.rank, o) for o, r in recs.items() if r.gift)
+    assert [rank for rank, _ in gifted] == list(range(1, first_n + 1))
+    assert all(recs[o].status == "accepted" for _, o in gifted)
+    view = ops.gifts(store, "D11-GIFT")
+    assert [(w.rank, w.order_id) for w in view.winners] == gifted and view.pending == 0
+    # a unit of TOTE-BAG per winner, no more (the audit above counts them out of the stock)
+    taken = store.r.hvals(keys.gift_taken("TOTE-BAG"))
+    assert len(taken) == first_n and b"-" not in taken
+    shipped = [s for r in recs.values() for s in r.shipments for ln in s.lines
+               if ln.sku == "SNEAKER-42"]  # fmt: skip
+    assert len(shipped) >= first_n
+
+
+def test_until_drained_waits_for_the_gifts_and_releases_every_record(
+    tmp_path: Path, cli_env: dict[str, str], url: str
+) -> None:
+    onestock("catalog", "load", str(_campaign_catalog(tmp_path, 200, 300)), env=cli_env)
+    lines = list(burst.orders(3000, burst.demo_catalog(), seed=12, garbage=0.0))
+    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
+    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
+    store = Store.connect(url)
+    _check_campaign(store, {orjson.loads(x)["order_id"] for x in lines}, 200)
+    out = onestock("gifts", "D11-GIFT", "--json", env=cli_env).stdout
+    assert len(orjson.loads(out)["winners"]) == 200
+
+
+@pytest.mark.slow
+def test_kill_9_mid_campaign_then_resume_gives_exactly_n_gifts(
+    tmp_path: Path, cli_env: dict[str, str], url: str
+) -> None:
+    onestock("catalog", "load", str(_campaign_catalog(tmp_path, 2000, 200)), env=cli_env)
+    lines = list(burst.orders(30000, burst.demo_catalog(), seed=13, garbage=0.0))
+    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
+    store = Store.connect(url)
+    for kill_at in (2000, 9000):
+        proc = start_run(cli_env, "--workers", "2")
+        wait_for(lambda p=proc, k=kill_at: outcomes(store) >= k or p.poll() is not None, timeout=90)
+        assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert outcomes(store) < len(lines), "the burst drained before the kill: make it bigger"
+    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=180)
+    _check_campaign(store, {orjson.loads(x)["order_id"] for x in lines}, 2000)

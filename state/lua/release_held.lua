@@ -30,7 +30,7 @@ for i = 1, n do
 end
 if #recs > 0 then
   redis.call('XADD', KEYS[2], '*', 'n', #recs, 'v', table.concat(recs, '\30'))
-  redis.call('HSET', KEYS[1], unpack(reg))
+  for j = 1, #reg, 4000 do redis.call('HSET', KEYS[1], unpack(reg, j, math.min(j + 3999, #reg))) end
   redis.call('HINCRBY', KEYS[4], 'records', #recs)
 end
 return out

@@ -11,8 +11,11 @@
 -- id) order and move to the settled LIST as "<campaign>\31<order id>\31<rank>\31<late 0/1>
 -- \31<paid_at ms>";
 -- the caller releases their records and acknowledges them (settled_ack.lua).
+-- At most MAX candidates settle per call and at most MAX entries are returned (a call stays
+-- short; the caller comes back for the rest).
 -- Returns: false when another worker holds the lease; else {campaigns whose gift stock ran
--- out, every entry of the settled LIST (older unacknowledged ones first)}.
+-- out, the first MAX entries of the settled LIST (older unacknowledged ones first)}.
+local MAX = 5000
 local token, lease_ms, force = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local holder = redis.call('GET', KEYS[5])
 if holder and holder ~= token then return false end
@@ -29,7 +32,7 @@ if camps then
     if seen then
       local upto = '(' .. (seen - c.l)
       if force or (arrived and now - arrived >= c.l) then upto = '+inf' end
-      local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', upto, 'WITHSCORES')
+      local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', upto, 'WITHSCORES', 'LIMIT', 0, MAX)
       local prefix = id .. '\31'
       local rank = progress[id .. ':ranks'] or 0
       local moved = {}
@@ -45,7 +48,9 @@ if camps then
         end
       end
       if #moved > 0 then
-        redis.call('ZREM', KEYS[2], unpack(moved))
+        for j = 1, #moved, 4000 do
+          redis.call('ZREM', KEYS[2], unpack(moved, j, math.min(j + 3999, #moved)))
+        end
         changed[#changed + 1] = id .. ':ranks'
         changed[#changed + 1] = rank
       end
@@ -53,4 +58,4 @@ if camps then
   end
   if #changed > 0 then redis.call('HSET', KEYS[3], unpack(changed)) end
 end
-return { ended, redis.call('LRANGE', KEYS[4], 0, -1) }
+return { ended, redis.call('LRANGE', KEYS[4], 0, MAX - 1) }
