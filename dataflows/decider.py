@@ -119,6 +119,7 @@ class Decider:
         ids = list(firsts)
         done = self.wait.call(self.store.already_emitted, shard, ids)
         outcome: dict[str, str] = {}
+        held_ids: set[str] = set()
         slot_orders: dict[int, list[Order]] = {}
         cross: list[Order] = []
         for oid, seen in zip(ids, done, strict=True):
@@ -149,11 +150,19 @@ class Decider:
             results = self.wait.call(self.store.decide_slots, calls)
             for group, res in zip(groups, results, strict=True):
                 for o, r in zip(group, res, strict=True):
-                    outcome[o.order_id] = r.decode()
+                    text = r.decode()
+                    if text[0] == "G":  # accepted and a first-N candidate: record held
+                        held_ids.add(o.order_id)
+                        text = text[1:]
+                    outcome[o.order_id] = text
         if cross:
             router = self.view.router
             rankings = [router.decode(r) for r in self._rankings(cross)]
             decide_cross(self.store, self.wait.call, cross, rankings, outcome, self.view.rules)
+            gifts = self.view.campaign_skus
+            for o in cross:  # a reserved campaign SKU part is always a candidate
+                if outcome[o.order_id][0] == "A" and any(ln.sku in gifts for ln in o.lines):
+                    held_ids.add(o.order_id)
         records: list[str] = []
         add = records.extend
         gifts = self.view.campaign_skus
@@ -167,13 +176,13 @@ class Decider:
             else:
                 channel, paid, mode = d.channel or "", d.paid_at or "", "ship"  # type: ignore[union-attr]
             received = eid.partition("-")[0]
-            if not campaign:
+            if oid in held_ids:  # held until its gift is settled; decided at once
+                add((oid, "H" + res, held(head(oid, channel, paid, mode, received, decided), res)))
+            elif campaign and res[0] == "R":  # its decision goes to the decisions stream too
+                add((oid, "r", pack(oid, channel, paid, mode, received, decided, res)))
+            else:
                 add((oid, res if res[0] == "A" else "R",
                      pack(oid, channel, paid, mode, received, decided, res)))  # fmt: skip
-            elif res[0] == "A":  # held until its gift is settled; decided at once
-                add((oid, "H" + res, held(head(oid, channel, paid, mode, received, decided), res)))
-            else:
-                add((oid, "r", pack(oid, channel, paid, mode, received, decided, res)))
         last_id = entries[-1][0] if entries else "0-0"
         return Decided(shard, last_id, records, dead)
 

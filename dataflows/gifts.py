@@ -93,7 +93,10 @@ class Settler:
             camp_id, rest = e.split(SEP, 1)
             order_id, rank_s, late_s, _paid = rest.rsplit(SEP, 3)
             parsed.append((e, camp_id, order_id, int(rank_s), late_s == "1"))
-        ship_from = self._shipping_locations([oid for _, _, oid, _, _ in parsed])
+        ship_from = self._shipping_locations(
+            [oid for _, camp, oid, rank, _ in parsed
+             if camp in self.campaigns and rank <= self.campaigns[camp].first_n]
+        )  # fmt: skip
         # gifts, in rank order per campaign (entries are in settlement order already)
         gift_of: dict[str, str] = {}
         by_gift: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
@@ -129,13 +132,14 @@ class Settler:
                 f"{camp}{GS}{c.gift_sku}{GS}{rank}{GS}{loc}" if c and loc not in ("", "-") else ""
             )
             by_shard[shard_of_id(oid, self.shards)].append((e, (oid, gift, "1" if late else "")))
-        done: list[tuple[str, str]] = []
+        released: set[str] = set()
         for shard, items in by_shard.items():
             statuses = self.store.release_held(shard, [item for _, item in items])
-            for (e, _), status in zip(items, statuses, strict=True):
-                if status:
-                    done.append((e, gift_of[e]))
-        return self.store.settled_ack(sku, done) if done else 0
+            released.update(e for (e, _), status in zip(items, statuses, strict=True) if status)
+        done = [(e, gift_of[e]) for e, _, _, _, _ in parsed if e in released]
+        if not done:
+            return 0
+        return self.store.settled_ack(sku, done, head=len(done) == len(parsed))
 
     def _shipping_locations(self, order_ids: list[str]) -> dict[str, str]:
         """The first location of each order's allocations (from its shard's registry)."""

@@ -10,6 +10,9 @@ Both contenders run in the same invocation, on the same orders, against the same
 - **dataflow with rules** (unless ``--no-rules``): the same dataflow on the same orders with
   every allocation rule on every SKU (``burst.rules_catalog``): channel locks, per-customer
   limits, a VIP pre-sale, low-stock alerts, beside the demo's safety stock.
+- **dataflow with a first-N campaign** (unless ``--no-gifts``): a gift for the first 10,000
+  buyers of the hot SKU (``burst.campaign_catalog``, lateness 2 s): what settlement costs in
+  drain rate and in fulfilment latency (record written - event received).
 
 The ratios dataflow / bare and rules / core are what to watch on a shared, noisy machine.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from rich.console import Console
@@ -43,6 +47,10 @@ class Figures(msgspec.Struct):
     ratio: float
     rules_drain_orders_per_s: float | None
     rules_ratio: float | None  # drain with every rule on / drain of the core catalog
+    gifts_drain_orders_per_s: float | None
+    gifts_ratio: float | None  # drain with a first-N campaign / drain of the core catalog
+    core_fulfilment_ms: tuple[int, int]  # p50, p99 of record written - received, hot SKU
+    gifts_fulfilment_ms: tuple[int, int] | None  # the same with the campaign on
     memory_growth_mb: float
     script_calls: int
     script_avg_us: float
@@ -91,7 +99,9 @@ def _script_stats(store: Store) -> tuple[int, float, int, float]:
     return int(stats.get("calls", 0)), float(stats.get("usec_per_call", 0.0)), len(slow), slowest
 
 
-def run_bench(n: int, workers: int, out: Path | None, rules: bool = True) -> Figures:
+def run_bench(
+    n: int, workers: int, out: Path | None, rules: bool = True, gifts: bool = True
+) -> Figures:
     console = Console()
     console.print(f"generating {n:,} orders ...")
     lines = list(burst.orders(n, burst.demo_catalog(), seed=2026))
@@ -116,19 +126,30 @@ def run_bench(n: int, workers: int, out: Path | None, rules: bool = True) -> Fig
         flow_s, drain_s = _drain(store, server.url, home, workers)
         calls, avg_us, slow, slowest = _script_stats(store)
         growth = (store.memory_used() - before) / 2**20
-        rules_drain_s = None
+        core_latency = _fulfilment_latency(store)
+        rules_drain_s = gifts_drain_s = None
+        gifts_latency = None
         if rules:
             console.print("dataflow with every rule on ...")
             prepare(burst.rules_catalog())
             _, rules_drain_s = _drain(store, server.url, home, workers)
+        if gifts:
+            console.print("dataflow with a first-10,000 gift campaign ...")
+            prepare(burst.campaign_catalog(first_n=10_000))
+            _, gifts_drain_s = _drain(store, server.url, home, workers)
+            gifts_latency = _fulfilment_latency(store)
     drain = n / max(drain_s, 1e-3)
     rules_drain = n / max(rules_drain_s, 1e-3) if rules_drain_s is not None else None
+    gifts_drain = n / max(gifts_drain_s, 1e-3) if gifts_drain_s is not None else None
     figs = Figures(
         orders=n, workers=workers,
         bare_orders_per_s=n / bare_s, dataflow_orders_per_s=n / flow_s,
         dataflow_drain_orders_per_s=drain, ratio=bare_s / flow_s,
         rules_drain_orders_per_s=rules_drain,
         rules_ratio=rules_drain / drain if rules_drain is not None else None,
+        gifts_drain_orders_per_s=gifts_drain,
+        gifts_ratio=gifts_drain / drain if gifts_drain is not None else None,
+        core_fulfilment_ms=core_latency, gifts_fulfilment_ms=gifts_latency,
         memory_growth_mb=growth, script_calls=calls, script_avg_us=avg_us,
         script_calls_over_5ms=slow, script_slowest_ms=slowest,
     )  # fmt: skip
@@ -149,6 +170,17 @@ def run_bench(n: int, workers: int, out: Path | None, rules: bool = True) -> Fig
             f"{figs.rules_drain_orders_per_s:,.0f}",
         )
         table.add_row("ratio rules / core (drain)", f"{figs.rules_ratio:.2f}")
+    if figs.gifts_drain_orders_per_s is not None and figs.gifts_fulfilment_ms is not None:
+        table.add_row(
+            "dataflow with a first-N campaign, orders/s (first to last decision)",
+            f"{figs.gifts_drain_orders_per_s:,.0f}",
+        )
+        table.add_row("ratio gifts / core (drain)", f"{figs.gifts_ratio:.2f}")
+        core, camp = figs.core_fulfilment_ms, figs.gifts_fulfilment_ms
+        table.add_row(
+            "hot-SKU fulfilment record p50 / p99 after receipt, ms: core / campaign",
+            f"{core[0]:,} / {core[1]:,}  vs  {camp[0]:,} / {camp[1]:,}",
+        )
     table.add_row("Redis memory growth, MB", f"{figs.memory_growth_mb:,.1f}")
     table.add_row("Lua calls, mean us", f"{calls:,} x {avg_us:,.0f}")
     table.add_row(f"Lua calls over {SLOW_US // 1000} ms (slowest ms)", f"{slow} ({slowest:.1f})")
@@ -156,6 +188,36 @@ def run_bench(n: int, workers: int, out: Path | None, rules: bool = True) -> Fig
     if out is not None:
         out.write_bytes(msgspec.json.format(msgspec.json.encode(figs)))
     return figs
+
+
+def _fulfilment_latency(store: Store, sku: str = "SNEAKER-42") -> tuple[int, int]:
+    """p50 and p99 of (record written - event received), ms, for accepted orders of ``sku``
+    (a backlog drain: it includes the wait behind the burst, the same in every run)."""
+    lat: list[int] = []
+    needle = f"\x1f{sku}\x1f"
+    for eid, fields in _entries_with_ids(store):
+        written = int(eid.split("-")[0])
+        for p in packed_records(fields):
+            f = p.split("\x1f", 8)
+            if f[8].startswith("A") and needle in "\x1f" + f[8] + "\x1f":
+                lat.append(written - int(f[4]))
+    lat.sort()
+    if not lat:
+        return (0, 0)
+    return lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+
+
+def _entries_with_ids(store: Store) -> list[tuple[str, dict[bytes, bytes]]]:
+    out = []
+    for s in range(DEFAULT_SHARDS):
+        after = "0-0"
+        while True:
+            rows: Any = store.r.xrange(keys.outbox(s), min=f"({after}", max="+", count=5000)
+            if not rows:
+                break
+            out += [(eid.decode(), fields) for eid, fields in rows]
+            after = rows[-1][0].decode()
+    return out
 
 
 def _drain(store: Store, url: str, home: Path, workers: int) -> tuple[float, float]:

@@ -14,7 +14,7 @@ from importlib.resources import files
 
 import orjson
 
-from onestock.types import Catalog, ChannelLock, catalog_decoder
+from onestock.types import Campaign, Catalog, ChannelLock, catalog_decoder
 
 T0 = datetime(2026, 11, 11, tzinfo=UTC)
 CITIES = [  # (lat, lon) of buyers' home cities
@@ -51,6 +51,17 @@ def rules_catalog() -> Catalog:
         sku.channel_locks = [
             ChannelLock(channel="douyin", qty=units // 10, until=T0 + timedelta(minutes=30))
         ]
+    return cat
+
+
+def campaign_catalog(first_n: int = 1000, lateness_ms: int = 2000) -> Catalog:
+    """The demo catalog with a first-N campaign: a TOTE-BAG for the first buyers of the hot
+    SKU, ranked by paid_at."""
+    cat = demo_catalog()
+    cat.campaigns = [
+        Campaign(id="D11-GIFT", sku=cat.skus[0].sku, gift_sku="TOTE-BAG", first_n=first_n,
+                 lateness_ms=lateness_ms)
+    ]  # fmt: skip
     return cat
 
 

@@ -285,12 +285,15 @@ def bench(
     rules: Annotated[
         bool, typer.Option(help="Also drain them with every allocation rule on every SKU.")
     ] = True,
+    gifts: Annotated[
+        bool, typer.Option(help="Also drain them with a first-N gift campaign on the hot SKU.")
+    ] = True,
 ) -> None:
-    """Drain N pre-pushed orders through a bare loop, the dataflow, and the dataflow with
-    every rule on; print the rates and their ratios."""
+    """Drain N pre-pushed orders through a bare loop, the dataflow, the dataflow with every
+    rule on and with a gift campaign; print the rates, ratios and fulfilment latencies."""
     from onestock.bench import run_bench
 
-    run_bench(orders, workers, out, rules)
+    run_bench(orders, workers, out, rules, gifts)
 
 
 @app.command("bench-intake")

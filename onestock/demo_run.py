@@ -29,7 +29,8 @@ def run_demo(n: int, workers: int) -> int:
     console.print(f"[bold]onestock demo[/]: {n:,} flash-sale orders, {workers} dataflow workers")
     with harness.scratch_redis("onestock-demo-") as (server, home):
         store = Store.connect(server.url)
-        loaded = harness.reset(store)
+        campaign = burst.campaign_catalog()
+        loaded = harness.reset(store, catalog=campaign)
         lines = list(burst.orders(n, burst.demo_catalog()))
         proc = harness.start_dataflow(server.url, home, workers, until_drained=False)
         columns = (
@@ -54,7 +55,11 @@ def run_demo(n: int, workers: int) -> int:
     for reason, count in audit.rejected.most_common():
         table.add_row(f"rejected: {reason}", f"{count:,}")
     table.add_row("dead letters", f"{audit.dead:,}")
-    table.add_row("gifts awarded", "0 (no campaign in the demo catalog)")
+    c = campaign.campaigns[0]
+    table.add_row(
+        f"gifts awarded ({c.id}: a {c.gift_sku} for the first {c.first_n:,} buyers of {c.sku})",
+        f"{audit.gifts:,}",
+    )
     table.add_row("orders/s (push to last decision)", f"{n / elapsed:,.0f}")
     table.add_row(
         "latency p50 / p99, received -> decided (incl. queueing behind the burst)",

@@ -16,6 +16,7 @@ from onestock import catalog as catalogs
 from onestock.errors import OnestockError
 from onestock.events import order_id_of
 from onestock.records import (
+    RS,
     SEP,
     dead_from_entry,
     encode_record,
@@ -217,13 +218,10 @@ def gifts(store: Store, campaign: str) -> CampaignView:
         raise OnestockError(f"unknown campaign {campaign!r}")
     winners: list[Winner] = []
     for fields in store.merged([keys.ranks(camp.sku)]):
-        if fields[b"c"].decode() != campaign:
-            continue
-        loc = fields[b"g"].decode()
-        if loc and loc != "-":
-            paid = iso_ms(int(fields[b"p"]))
-            rank, late = int(fields[b"r"]), fields[b"l"] == b"1"
-            winners.append(Winner(fields[b"o"].decode(), rank, paid, loc, late))
+        for entry in fields[b"v"].decode().split(RS):
+            camp_id, oid, rank, loc, late, paid = entry.split(SEP)
+            if camp_id == campaign and loc and loc != "-":
+                winners.append(Winner(oid, int(rank), iso_ms(int(paid)), loc, late == "1"))
     winners.sort(key=lambda w: w.rank)
     progress = store.r.hgetall(keys.campaigns(camp.sku))
     ended = progress.get(f"{campaign}:ended".encode())
@@ -249,6 +247,7 @@ class Audit(msgspec.Struct):
     latencies_ms: list[int]
     first_decided_ms: int
     last_decided_ms: int
+    gifts: int = 0
 
 
 def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit:
@@ -256,7 +255,7 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
     shipped: Counter[tuple[str, str]] = Counter()
     rejected: Counter[str] = Counter()
     seen: set[str] = set()
-    dup = accepted = n = 0
+    dup = accepted = n = gifts = 0
     lat: list[int] = []
     first, last = 2**63, 0
     for packed in (p for f in store.entries(keys.outbox, shards) for p in packed_records(f)):
@@ -275,6 +274,7 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
                     shipped[(ln.sku, ship.location)] += ln.qty
             if rec.gift is not None:
                 shipped[(rec.gift.sku, rec.gift.location)] += 1
+                gifts += 1
         else:
             rejected[rec.reason or "?"] += 1
     now = store.stock_levels(loaded)
@@ -285,4 +285,4 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
             have = now.get(sku, {}).get(loc, 0)
             oversold += max(0, -have) + abs(expect - have)
     dead = store.outcome_counts(shards)[1]
-    return Audit(n, accepted, rejected, dead, dup, oversold, lat, first, last)
+    return Audit(n, accepted, rejected, dead, dup, oversold, lat, first, last, gifts)

@@ -415,8 +415,9 @@ class Store:
         ks = [keys.emitted(shard), keys.outbox(shard), keys.held(shard), keys.counters(shard)]
         return [int(x) for x in self._release_held(keys=ks, args=args)]
 
-    def settled_ack(self, sku: str, entries: list[tuple[str, str]]) -> int:
-        args: list[Any] = [len(entries)]
+    def settled_ack(self, sku: str, entries: list[tuple[str, str]], head: bool) -> int:
+        """Acknowledge released ranks; ``head``: they are the settled LIST's first entries."""
+        args: list[Any] = [int(head), len(entries)]
         for entry, gift in entries:
             args += [entry, gift]
         ks = [keys.campaigns(sku), keys.settled(sku), keys.ranks(sku)]

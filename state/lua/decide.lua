@@ -26,7 +26,9 @@
 -- unconsumed locks are fewer than qty; see lock_take). An accepted order of a locked channel
 -- draws from its own lock first (the fields '\0Lc:<channel>' count what it drew).
 -- Returns: one outcome per order, fields separated by \31:
---       "A" followed by (location, sku, qty) triples, or "R" followed by a reason.
+--       "A" followed by (location, sku, qty) triples, or "R" followed by a reason; an
+--       accepted order that became a first-N campaign candidate is "G" followed by its "A..."
+--       outcome (stored so too: a replay holds its record the same way).
 -- A replayed order id returns its stored outcome and changes nothing. Stock never goes
 -- below zero. Every write happens after the whole ARGV was parsed and validated (Redis does
 -- not roll back a failing script): decisions run on Lua tables, written back at the end.
@@ -343,7 +345,7 @@ local function decide_one(oid, blob, customer)
       draw_locks(blob, draws)
     end
     if now then
-      local paid
+      local paid, candidate = nil, false
       for i = 1, #lines, 2 do
         local s = lines[i]
         if camps[s] then
@@ -351,9 +353,12 @@ local function decide_one(oid, blob, customer)
             local t1, t2, t3, t4, t5, t6 = byte(blob, 10, 15)
             paid = t1 + 256 * (t2 + 256 * (t3 + 256 * (t4 + 256 * (t5 + 256 * t6))))
           end
-          add_candidate(camps[s], progress[s], adds[s], oid, paid, now)
+          if add_candidate(camps[s], progress[s], adds[s], oid, paid, now, false) then
+            candidate = true
+          end
         end
       end
+      if candidate then res = 'G' .. res end
     end
     if any_low then
       for i = 1, #lines, 2 do

@@ -41,16 +41,24 @@ end
 -- when it is late: paid more than lateness_ms before the latest paid_at the campaign has
 -- seen) of the SKU's candidates ZSET, scored by paid_at ms; ZSET order is then exactly the
 -- ranking rule (paid_at, ties by order id). `progress` is the SKU's campaign hash as a
--- table; `adds` collects ZADD arguments (one ZADD per SKU per call).
-local function add_candidate(camps, progress, adds, oid, paid, now)
+-- table; `adds` collects ZADD arguments (one ZADD per SKU per call). Unless `always`, a
+-- campaign whose first_n ranks are all settled (or whose gift stock ran out) takes no more
+-- candidates: a settled rank never changes, so no later order can win. Returns whether the
+-- order became a candidate of any campaign.
+local function add_candidate(camps, progress, adds, oid, paid, now, always)
+  local added = false
   for id, c in pairs(camps) do
-    local seen = progress[id .. ':seen']
+    if always or ((progress[id .. ':ranks'] or 0) < c.n and not progress[id .. ':ended']) then
+      added = true
+      local seen = progress[id .. ':seen']
     local late = seen ~= nil and paid < seen - c.l
-    adds[#adds + 1] = paid
-    adds[#adds + 1] = id .. '\31' .. oid .. (late and '\31L' or '')
-    if seen == nil or paid > seen then progress[id .. ':seen'] = paid end
-    progress[id .. ':arrived'] = now
+      adds[#adds + 1] = paid
+      adds[#adds + 1] = id .. '\31' .. oid .. (late and '\31L' or '')
+      if seen == nil or paid > seen then progress[id .. ':seen'] = paid end
+      progress[id .. ':arrived'] = now
+    end
   end
+  return added
 end
 
 local function read_progress(key)

@@ -171,7 +171,7 @@ for o, od in ipairs(orders) do
         settle_alert(s, names[s], total[s], stock[s])
         if camps[s] and not candidate[s] then -- a candidate once per campaign SKU
           candidate[s] = true
-          add_candidate(camps[s], progress[s], adds[s], oid, paid, now)
+          add_candidate(camps[s], progress[s], adds[s], oid, paid, now, true)
         end
       end
     end

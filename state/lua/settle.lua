@@ -35,7 +35,7 @@ if camps then
       local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', upto, 'WITHSCORES', 'LIMIT', 0, MAX)
       local prefix = id .. '\31'
       local rank = progress[id .. ':ranks'] or 0
-      local moved = {}
+      local moved, pushed = {}, {}
       for k = 1, #due, 2 do
         local m, paid = due[k], due[k + 1]
         if string.sub(m, 1, #prefix) == prefix then
@@ -43,9 +43,12 @@ if camps then
           local late = '0'
           if string.sub(rest, -2) == '\31L' then late, rest = '1', string.sub(rest, 1, -3) end
           rank = rank + 1
-          redis.call('RPUSH', KEYS[4], prefix .. rest .. '\31' .. rank .. '\31' .. late .. '\31' .. paid)
+          pushed[#pushed + 1] = prefix .. rest .. '\31' .. rank .. '\31' .. late .. '\31' .. paid
           moved[#moved + 1] = m
         end
+      end
+      for j = 1, #pushed, 4000 do
+        redis.call('RPUSH', KEYS[4], unpack(pushed, j, math.min(j + 3999, #pushed)))
       end
       if #moved > 0 then
         for j = 1, #moved, 4000 do

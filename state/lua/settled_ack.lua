@@ -2,21 +2,34 @@
 --
 -- KEYS: KEYS[1] the SKU's campaign progress hash, KEYS[2] its settled LIST, KEYS[3] its
 --       ranks STREAM (what `onestock gifts` reads).
--- ARGV: n, then per entry: the settled LIST entry, and the gift: a location, "" (no gift:
---       the rank is past first_n or the campaign had ended), or "-" (the gift stock ran
---       out at this rank: the campaign ends here).
+-- ARGV: head (1: the entries are exactly the first n of the LIST, in order), n, then per
+--       entry: the settled LIST entry, and the gift: a location, "" (no gift: the rank is
+--       past first_n or the campaign had ended), or "-" (the gift stock ran out at this
+--       rank: the campaign ends here).
 -- Each entry leaves the LIST and lands in the ranks STREAM once (idempotent: an entry no
--- longer in the LIST is skipped). Returns how many were acknowledged now.
-local n = tonumber(ARGV[1])
-if not n or #ARGV ~= 1 + 2 * n then return redis.error_reply('ERR settled_ack.lua: bad arguments') end
-local done = 0
-for i = 1, n do
-  local entry, gift = ARGV[2 * i], ARGV[2 * i + 1]
-  if redis.call('LREM', KEYS[2], 1, entry) == 1 then
-    local camp, oid, rank, late, paid = string.match(entry, '^(.-)\31(.*)\31(%d+)\31([01])\31(%d+)$')
-    redis.call('XADD', KEYS[3], '*', 'c', camp, 'o', oid, 'r', rank, 'g', gift, 'l', late, 'p', paid)
-    if gift == '-' then redis.call('HSETNX', KEYS[1], camp .. ':ended', rank) end
-    done = done + 1
+-- longer in the LIST is skipped); one stream entry per call, field "v": per rank
+-- "<campaign>\31<order id>\31<rank>\31<gift>\31<late>\31<paid_at ms>", separated by \30.
+-- Returns how many were acknowledged now.
+local whole, n = ARGV[1] == '1', tonumber(ARGV[2])
+if not n or #ARGV ~= 2 + 2 * n then return redis.error_reply('ERR settled_ack.lua: bad arguments') end
+if whole and n > 0 then -- the common case: check the LIST still starts with them, then trim
+  local first = redis.call('LRANGE', KEYS[2], 0, n - 1)
+  for i = 1, n do
+    if first[i] ~= ARGV[1 + 2 * i] then whole = false; break end
   end
 end
-return done
+local out, ended = {}, {}
+for i = 1, n do
+  local entry, gift = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  if whole or redis.call('LREM', KEYS[2], 1, entry) == 1 then
+    local camp, oid, rank, late, paid = string.match(entry, '^(.-)\31(.*)\31(%d+)\31([01])\31(%d+)$')
+    out[#out + 1] = camp .. '\31' .. oid .. '\31' .. rank .. '\31' .. gift .. '\31' .. late .. '\31' .. paid
+    if gift == '-' and not ended[camp] then
+      ended[camp] = true
+      redis.call('HSETNX', KEYS[1], camp .. ':ended', rank)
+    end
+  end
+end
+if whole and n > 0 then redis.call('LTRIM', KEYS[2], n, -1) end
+if #out > 0 then redis.call('XADD', KEYS[3], '*', 'n', #out, 'v', table.concat(out, '\30')) end
+return #out
