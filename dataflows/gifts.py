@@ -45,6 +45,7 @@ class Settler:
         self.campaigns: dict[str, Campaign] = {}
         self.nearest: dict[str, list[str]] = {}  # location -> every location, nearest first
         self.shards = 0
+        self.said: set[str] = set()  # campaigns whose end was announced by this worker
 
     def load(self, catalog: Catalog) -> None:
         self.by_sku = defaultdict(list)
@@ -121,8 +122,10 @@ class Settler:
                 gift_of[e] = loc
                 if loc == "-":  # the gift stock ran out here: the campaign ends
                     ended.add(camp)
-                    at = e.rsplit(SEP, 3)[1]
-                    self.say(f"campaign {camp}: gift stock ran out at rank {at}: it ends here")
+                    if camp not in self.said:
+                        self.said.add(camp)
+                        at = e.rsplit(SEP, 3)[1]
+                        self.say(f"campaign {camp}: gift stock ran out at rank {at}: it ends here")
         # release the held records on their shards
         by_shard: dict[int, list[tuple[str, tuple[str, str, str]]]] = defaultdict(list)
         for e, camp, oid, rank, late in parsed:
