@@ -106,25 +106,36 @@ class Decider:
         decided = str(int(time.time() * 1000))
         firsts: dict[str, tuple[str, events.Decoded]] = {}
         dead: list[list[Any]] = []
-        decode, Dead, Valid = events.decode, events.Dead, events.Valid
+        cancels: dict[str, str] = {}  # order id -> entry id of the (first) cancel in the batch
+        decode, Dead, Valid, Cancel = events.decode, events.Dead, events.Valid, events.Cancel
         for eid, raw in entries:
             d = decode(raw)
             cls = d.__class__
             if cls is Dead:
                 dead.append([eid, d.raw, d.reason])  # type: ignore[union-attr]
                 continue
+            if cls is Cancel:
+                cancels.setdefault(d.order_id, eid)  # type: ignore[union-attr]
+                continue
             oid = d.order.order_id if cls is Valid else d.order_id  # type: ignore[union-attr]
             if oid not in firsts:  # a later copy in the same batch changes nothing
                 firsts[oid] = (eid, d)
         ids = list(firsts)
-        done = self.wait.call(self.store.already_emitted, shard, ids)
+        # per order id: its registry value (an earlier copy was emitted) and whether a cancel
+        # came before it
+        got = self.wait.call(
+            self.store.registry, shard, [f for oid in ids for f in (oid, "~c:" + oid)]
+        )
         outcome: dict[str, str] = {}
         held_ids: set[str] = set()
         slot_orders: dict[int, list[Order]] = {}
         cross: list[Order] = []
-        for oid, seen in zip(ids, done, strict=True):
-            if seen:  # replay of an order whose record exists: skip it entirely
+        for i, oid in enumerate(ids):
+            if got[2 * i] is not None:  # replay of an order whose record exists: skip it
                 del firsts[oid]
+                continue
+            if got[2 * i + 1] is not None:  # cancelled before it came: never decided
+                outcome[oid] = "C"
                 continue
             d = firsts[oid][1]
             if d.__class__ is not Valid:
@@ -165,6 +176,8 @@ class Decider:
                     held_ids.add(o.order_id)
         records: list[str] = []
         add = records.extend
+        if cancels:
+            add(self._cancel(shard, cancels, firsts, outcome, held_ids, decided))
         gifts = self.view.campaign_skus
         for oid, (eid, d) in firsts.items():
             res = outcome[oid]
@@ -185,6 +198,94 @@ class Decider:
                      pack(oid, channel, paid, mode, received, decided, res)))  # fmt: skip
         last_id = entries[-1][0] if entries else "0-0"
         return Decided(shard, last_id, records, dead)
+
+    def _cancel(
+        self,
+        shard: int,
+        cancels: dict[str, str],
+        firsts: dict[str, tuple[str, events.Decoded]],
+        outcome: dict[str, str],
+        held_ids: set[str],
+        decided: str,
+    ) -> list[str]:
+        """Apply the batch's cancels; returns registry triples for emit.lua. An order of this
+        batch is cancelled before its record is written (its record says cancelled); an
+        earlier one gets a second record that supersedes the first; an unknown one is
+        remembered so it is never decided."""
+        earlier = [oid for oid in cancels if oid not in firsts]
+        state = self.wait.call(
+            self.store.registry, shard, [f for oid in earlier for f in (oid, "~x:" + oid)]
+        )
+        undo: list[tuple[str, str]] = []  # (order id, its accepted outcome)
+        out: list[str] = []
+        for oid in cancels:
+            if oid in firsts:
+                res = outcome.get(oid, "")
+                if res[:1] == "A":
+                    undo.append((oid, res))
+                    outcome[oid] = "C" + res[1:]
+                    held_ids.discard(oid)
+        for i, oid in enumerate(earlier):
+            value, cancelled = state[2 * i], state[2 * i + 1]
+            if cancelled is not None:
+                continue  # cancelled before: nothing more to do
+            if value is None:
+                out += ["~c:" + oid, "P", ""]  # its order has not come yet
+                continue
+            text = value.decode()
+            if text[0] in "HG":  # a campaign order: its gift, if any, goes back too
+                text = text[1:]
+            if text[0] != "A":
+                continue  # rejected: there is nothing to give back
+            undo.append((oid, text))
+            received = cancels[oid].partition("-")[0]
+            rec = pack(oid, "", "", "ship", received, decided, "C" + text[1:])
+            out += ["~x:" + oid, "C", rec]
+        removed = self._undo(undo) if undo else {}
+        self._return_gifts([oid for oid, _ in undo if removed.get(oid, 0) == 0])
+        return out
+
+    def _undo(self, orders: list[tuple[str, str]]) -> dict[str, int]:
+        """Give the units of accepted outcomes back (undo_units.lua per slot); returns per
+        order the first-N candidacies removed."""
+        by_slot: dict[int, list[tuple[str, list[tuple[str, str, int]]]]] = {}
+        for oid, res in orders:
+            f = res.split("\x1f")
+            allocs = [(f[i], f[i + 1], int(f[i + 2])) for i in range(1, len(f) - 2, 3)]
+            per_slot: dict[int, list[tuple[str, str, int]]] = {}
+            for loc, sku, qty in allocs:
+                per_slot.setdefault(sku_slot(sku), []).append((loc, sku, qty))
+            for slot, part in per_slot.items():
+                by_slot.setdefault(slot, []).append((oid, part))
+        calls = []
+        for batch in by_slot.values():
+            names: dict[str, int] = {}
+            for _, part in batch:
+                for _, sku, _ in part:
+                    names.setdefault(sku, len(names) + 1)
+            args: list[Any] = [len(names), *names, len(batch)]
+            for oid, part in batch:
+                args += [oid, len(part)]
+                for loc, sku, qty in part:
+                    args += [names[sku], loc, qty]
+            calls.append((list(names), args))
+        removed: dict[str, int] = {}
+        for batch, res in zip(by_slot.values(), self.wait.call(self.store.undo_units, calls),
+                              strict=True):  # fmt: skip
+            for (oid, _), n in zip(batch, res, strict=True):
+                removed[oid] = removed.get(oid, 0) + int(n)
+        return removed
+
+    def _return_gifts(self, order_ids: list[str]) -> None:
+        """Cancelled orders that were no longer candidates: a gift taken for them goes back
+        (a gift not taken yet is given back by the settler when it meets the cancellation)."""
+        camps = self.settler.campaigns
+        by_gift: dict[str, list[str]] = {}
+        for oid in order_ids:
+            for c in camps.values():
+                by_gift.setdefault(c.gift_sku, []).append(f"{c.id}\x1f{oid}")
+        for gift_sku, keys_ in by_gift.items():
+            self.wait.call(self.store.return_gifts, gift_sku, keys_)
 
     def emit(self, d: Decided) -> None:
         if d.records or d.dead:

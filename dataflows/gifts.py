@@ -136,9 +136,19 @@ class Settler:
             )
             by_shard[shard_of_id(oid, self.shards)].append((e, (oid, gift, "1" if late else "")))
         released: set[str] = set()
+        cancelled: dict[str, list[str]] = defaultdict(list)  # gift SKU -> winner keys
         for shard, items in by_shard.items():
             statuses = self.store.release_held(shard, [item for _, item in items])
-            released.update(e for (e, _), status in zip(items, statuses, strict=True) if status)
+            for (e, _), status in zip(items, statuses, strict=True):
+                if status:
+                    released.add(e)
+                if status == 3:  # cancelled after its rank was settled: the rank stays used
+                    camp, oid = e.split(SEP, 2)[:2]
+                    if gift_of[e] not in ("", "-"):
+                        cancelled[self.campaigns[camp].gift_sku].append(f"{camp}{SEP}{oid}")
+                    gift_of[e] = "x"
+        for gift_sku, winner_keys in cancelled.items():  # its gift goes back to the stock
+            self.store.return_gifts(gift_sku, winner_keys)
         done = [(e, gift_of[e]) for e, _, _, _, _ in parsed if e in released]
         if not done:
             return 0

@@ -34,7 +34,13 @@ class Dead(msgspec.Struct, gc=False):
     reason: str
 
 
-Decoded = Valid | Invalid | Dead
+class Cancel(msgspec.Struct, gc=False):
+    """``{"type": "cancel", "order_id": ...}``: cancel that order (before or after it came)."""
+
+    order_id: str
+
+
+Decoded = Valid | Invalid | Dead | Cancel
 
 
 def text_of(raw: bytes | str) -> str:
@@ -140,6 +146,8 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
     if _has_control(oid):
         return Dead(text_of(raw), "order_id contains control characters")
     kind = obj.get("type")
+    if kind == "cancel":
+        return Cancel(oid)
     if kind not in (None, "order"):
         return Dead(text_of(raw), f"unsupported event type {kind!r}")
     channel = obj.get("channel")

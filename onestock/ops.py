@@ -92,9 +92,14 @@ def push(
 
 
 def records(store: Store, shards: int) -> Iterator[FulfilmentRecord]:
+    """Every final record, one per order id, in decision order (a cancellation's record
+    replaces the order's first one)."""
+    final: dict[str, FulfilmentRecord] = {}
     for fields in store.entries(keys.outbox, shards):
         for packed in packed_records(fields):
-            yield record_from_packed(packed)
+            rec = record_from_packed(packed)
+            final[rec.order_id] = rec
+    yield from final.values()
 
 
 def write_records(store: Store, shards: int, out: IO[bytes]) -> int:
@@ -220,7 +225,7 @@ def gifts(store: Store, campaign: str) -> CampaignView:
     for fields in store.merged([keys.ranks(camp.sku)]):
         for entry in fields[b"v"].decode().split(RS):
             camp_id, oid, rank, loc, late, paid = entry.split(SEP)
-            if camp_id == campaign and loc and loc != "-":
+            if camp_id == campaign and loc not in ("", "-", "x"):
                 winners.append(Winner(oid, int(rank), iso_ms(int(paid)), loc, late == "1"))
     winners.sort(key=lambda w: w.rank)
     progress = store.r.hgetall(keys.campaigns(camp.sku))
@@ -258,15 +263,21 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
     dup = accepted = n = gifts = 0
     lat: list[int] = []
     first, last = 2**63, 0
+    final: dict[str, FulfilmentRecord] = {}
     for packed in (p for f in store.entries(keys.outbox, shards) for p in packed_records(f)):
-        n += 1
         oid, _, _, _, received_s, decided_s, _ = packed.split(SEP, 6)  # (the rest: gift, ...)
+        rec = record_from_packed(packed)
+        if rec.status == "cancelled" and oid in seen:
+            final[oid] = rec  # a cancellation replaces the order's record
+            continue
+        n += 1
         dup += oid in seen
         seen.add(oid)
-        rec = record_from_packed(packed)
+        final[oid] = rec
         decided, received = int(decided_s), int(received_s)
         lat.append(decided - received)
         first, last = min(first, decided), max(last, decided)
+    for rec in final.values():
         if rec.status == "accepted":
             accepted += 1
             for ship in rec.shipments:
@@ -276,7 +287,7 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
                 shipped[(rec.gift.sku, rec.gift.location)] += 1
                 gifts += 1
         else:
-            rejected[rec.reason or "?"] += 1
+            rejected[rec.reason or rec.status] += 1
     now = store.stock_levels(loaded)
     oversold = 0
     for sku, locs in loaded.items():

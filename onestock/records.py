@@ -65,6 +65,12 @@ def shipments(outcome: str, mode: str) -> list[Shipment]:
 def record_from_packed(packed: str) -> FulfilmentRecord:
     """One output stream entry -> the contract's fulfilment record."""
     oid, channel, paid, mode, received, decided, gift, late, outcome = packed.split(SEP, 8)
+    if outcome[0] == "C":  # cancelled: the shipments listed are what was given back
+        return FulfilmentRecord(
+            order_id=oid, status="cancelled", reason=None, channel=channel or None,
+            shipments=shipments(outcome, mode), gift=None, paid_at=paid or None,
+            received_at=iso_ms(int(received)), decided_at=iso_ms(int(decided)),
+        )  # fmt: skip
     accepted = outcome.startswith("A")
     parts = [] if accepted else outcome.split(SEP, 2)
     g = None

@@ -134,7 +134,7 @@ class Gift(Struct):
 
 class FulfilmentRecord(Struct, omit_defaults=False):
     order_id: str
-    status: Literal["accepted", "rejected"]
+    status: Literal["accepted", "rejected", "cancelled"]
     reason: str | None
     channel: str | None
     shipments: list[Shipment]

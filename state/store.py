@@ -110,6 +110,8 @@ class Store:
         self._settled_ack = client.register_script(_lua("settled_ack"))
         self._gift = client.register_script(_lua("gift"))
         self._release_held = client.register_script(_lua("release_held"))
+        self._undo_units = client.register_script(_lua("undo_units", "lib_stock"))
+        self._gift_return = client.register_script(_lua("gift_return"))
         # Reads of the input skip redis-py's per-entry dict building (a hot path).
         self._raw = client
         if isinstance(client, redis.Redis):
@@ -423,7 +425,18 @@ class Store:
         ks = [keys.campaigns(sku), keys.settled(sku), keys.ranks(sku)]
         return int(self._settled_ack(keys=ks, args=args))
 
+    def undo_units(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[int]]:
+        """Give cancelled orders' units back, one undo_units.lua call per slot."""
+        return self._per_slot(self._undo_units, keys.decisions, calls)
+
+    def return_gifts(self, gift_sku: str, winner_keys: list[str]) -> list[int]:
+        ks = [keys.stock(gift_sku), keys.gift_taken(gift_sku)]
+        return [int(x) for x in self._gift_return(keys=ks, args=winner_keys)]
+
     def registry(self, shard: int, order_ids: list[str]) -> list[bytes | None]:
+        """Registry values of the shard for these fields (order ids, "~c:", "~x:" keys)."""
+        if not order_ids:
+            return []
         return self.r.hmget(keys.emitted(shard), order_ids)  # type: ignore[return-value]
 
     def held_count(self, shard: int) -> int:

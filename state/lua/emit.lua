@@ -14,8 +14,11 @@
 -- settlement: its record is held (KEYS[7]), not written, and its decision ("A") goes to the
 -- decisions stream at once; one starting with "r" is a rejected campaign order: its record
 -- is written and its decision ("R") goes to the decisions stream too.
--- Returns: {records written, dead letters written}. A record whose order id is already in
--- the registry is skipped: replays after a crash never produce a second record.
+-- Cancellations use registry keys of their own: "~x:<order id>" for the record that
+-- cancels an accepted order (its held record, if any, is dropped: it will never be
+-- released), "~c:<order id>" with an empty record for a cancel that came before its order.
+-- Returns: {records written, dead letters written}. A record whose key is already in the
+-- registry is skipped: replays after a crash never produce a second record.
 local last = ARGV[1]
 local nrec = tonumber(ARGV[2])
 if not last or not nrec then return redis.error_reply('ERR emit.lua: bad header') end
@@ -61,7 +64,9 @@ for i = 3, 2 + 3 * nrec, 3 * CHUNK do
         held[#held + 1] = oid
         held[#held + 1] = argv[j + 2]
         decided[#decided + 1] = oid .. '\31A'
+      elseif argv[j + 2] == '' then -- a pending cancel: registry only
       else
+        if string.sub(oid, 1, 3) == '~x:' then call('HDEL', KEYS[7], string.sub(oid, 4)) end
         written = written + 1
         recs[written] = argv[j + 2]
         if kind == 114 then decided[#decided + 1] = oid .. '\31R' end -- 'r'

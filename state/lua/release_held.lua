@@ -5,7 +5,8 @@
 -- ARGV: n, then per order: order id, gift field ("" or campaign\29sku\29rank\29location),
 --       late ("" or "1").
 -- Returns per order: 1 released now, 2 released before (nothing to do), 0 not emitted yet
--- (its batch is still on its way: ask again later). Released records go out as one stream
+-- (its batch is still on its way: ask again later), 3 the order was cancelled (its record
+-- says so; a gift taken for it must go back). Released records go out as one stream
 -- entry; the registry value turns from "H..." to "G..." so a replay knows.
 local n = tonumber(ARGV[1])
 if not n or #ARGV ~= 1 + 3 * n then return redis.error_reply('ERR release_held.lua: bad arguments') end
@@ -13,7 +14,10 @@ local out, recs, reg = {}, {}, {}
 for i = 1, n do
   local oid, gift, late = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
   local value = redis.call('HGET', KEYS[1], oid)
-  if not value then
+  if redis.call('HEXISTS', KEYS[1], '~x:' .. oid) == 1 then
+    redis.call('HDEL', KEYS[3], oid)
+    out[i] = 3
+  elseif not value then
     out[i] = 0
   elseif string.byte(value, 1) ~= 72 then -- not 'H': released before
     out[i] = 2

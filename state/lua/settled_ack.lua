@@ -4,8 +4,8 @@
 --       ranks STREAM (what `onestock gifts` reads).
 -- ARGV: head (1: the entries are exactly the first n of the LIST, in order), n, then per
 --       entry: the settled LIST entry, and the gift: a location, "" (no gift: the rank is
---       past first_n or the campaign had ended), or "-" (the gift stock ran out at this
---       rank: the campaign ends here).
+--       past first_n or the campaign had ended), "-" (the gift stock ran out at this rank:
+--       the campaign ends here), or "x" (the order was cancelled: the rank stays used).
 -- Each entry leaves the LIST and lands in the ranks STREAM once (idempotent: an entry no
 -- longer in the LIST is skipped); one stream entry per call, field "v": per rank
 -- "<campaign>\31<order id>\31<rank>\31<gift>\31<late>\31<paid_at ms>", separated by \30.
