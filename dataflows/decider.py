@@ -191,6 +191,8 @@ class Decider:
             received = eid.partition("-")[0]
             if oid in held_ids:  # held until its gift is settled; decided at once
                 add((oid, "H" + res, held(head(oid, channel, paid, mode, received, decided), res)))
+            elif res[0] == "C":  # cancelled in this batch (or before it came)
+                add((oid, "C", pack(oid, channel, paid, mode, received, decided, res)))
             elif campaign and res[0] == "R":  # its decision goes to the decisions stream too
                 add((oid, "r", pack(oid, channel, paid, mode, received, decided, res)))
             else:
@@ -241,6 +243,9 @@ class Decider:
             received = cancels[oid].partition("-")[0]
             rec = pack(oid, "", "", "ship", received, decided, "C" + text[1:])
             out += ["~x:" + oid, "C", rec]
+        if undo:  # before anything is given back: a settler that meets "~k:<order id>"
+            # releases no gift for the order (and puts back one it took)
+            self.wait.call(self.store.mark_cancelling, shard, [oid for oid, _ in undo])
         removed = self._undo(undo) if undo else {}
         self._return_gifts([oid for oid, _ in undo if removed.get(oid, 0) == 0])
         return out

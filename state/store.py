@@ -425,6 +425,10 @@ class Store:
         ks = [keys.campaigns(sku), keys.settled(sku), keys.ranks(sku)]
         return int(self._settled_ack(keys=ks, args=args))
 
+    def mark_cancelling(self, shard: int, order_ids: list[str]) -> None:
+        """Say in the shard's registry that these orders are being cancelled."""
+        self.r.hset(keys.emitted(shard), mapping={f"~k:{oid}": 1 for oid in order_ids})
+
     def undo_units(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[int]]:
         """Give cancelled orders' units back, one undo_units.lua call per slot."""
         return self._per_slot(self._undo_units, keys.decisions, calls)
