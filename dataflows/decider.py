@@ -6,6 +6,7 @@ call ``Decider.process`` so the ceiling they are compared against does the same 
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import time
 from collections.abc import Callable
@@ -107,6 +108,7 @@ class Decider:
         firsts: dict[str, tuple[str, events.Decoded]] = {}
         dead: list[list[Any]] = []
         cancels: dict[str, str] = {}  # order id -> entry id of the (first) cancel in the batch
+        returns: list[tuple[str, bytes, events.Return]] = []
         decode, Dead, Valid, Cancel = events.decode, events.Dead, events.Valid, events.Cancel
         for eid, raw in entries:
             d = decode(raw)
@@ -116,6 +118,9 @@ class Decider:
                 continue
             if cls is Cancel:
                 cancels.setdefault(d.order_id, eid)  # type: ignore[union-attr]
+                continue
+            if cls is events.Return:
+                returns.append((eid, raw, d))  # type: ignore[arg-type]
                 continue
             oid = d.order.order_id if cls is Valid else d.order_id  # type: ignore[union-attr]
             if oid not in firsts:  # a later copy in the same batch changes nothing
@@ -178,6 +183,8 @@ class Decider:
         add = records.extend
         if cancels:
             add(self._cancel(shard, cancels, firsts, outcome, held_ids, decided))
+        if returns:
+            add(self._returns(shard, returns, firsts, outcome, decided, dead))
         gifts = self.view.campaign_skus
         for oid, (eid, d) in firsts.items():
             res = outcome[oid]
@@ -248,6 +255,104 @@ class Decider:
             self.wait.call(self.store.mark_cancelling, shard, [oid for oid, _ in undo])
         removed = self._undo(undo) if undo else {}
         self._return_gifts([oid for oid, _ in undo if removed.get(oid, 0) == 0])
+        return out
+
+    def _returns(
+        self,
+        shard: int,
+        returns: list[tuple[str, bytes, events.Return]],
+        firsts: dict[str, tuple[str, events.Decoded]],
+        outcome: dict[str, str],
+        decided: str,
+        dead: list[list[Any]],
+    ) -> list[str]:
+        """Apply the batch's returns in arrival order: units back at the named location, only
+        for accepted orders, never more per SKU than shipped, each return once. Refused
+        returns become dead letters with the reason; accepted ones, return records."""
+        earlier = list({r.order_id for _, _, r in returns if r.order_id not in firsts})
+        got = self.wait.call(
+            self.store.registry, shard, [f for o in earlier for f in (o, "~x:" + o, "~k:" + o)]
+        )
+        state = {o: got[3 * i : 3 * i + 3] for i, o in enumerate(earlier)}
+        todo: list[tuple[str, bytes, events.Return, dict[str, int], str]] = []
+        for eid, raw, r in returns:
+            oid = r.order_id
+            if oid in firsts:
+                text = outcome.get(oid, "R")
+            else:
+                value, x, k = state[oid]
+                text = "?" if value is None else ("C" if x or k else value.decode().lstrip("HG"))
+            refusals = {"?": "no such order", "R": "the order was rejected",
+                        "r": "the order was rejected", "C": "the order was cancelled"}  # fmt: skip
+            reason = refusals.get(text[:1])
+            if reason is None and r.location not in self.view.locations:
+                reason = f"unknown location {r.location!r} - at `$.location`"
+            shipped: dict[str, int] = {}
+            if reason is None:
+                f = text.split("\x1f")
+                for i in range(1, len(f) - 2, 3):
+                    shipped[f[i + 1]] = shipped.get(f[i + 1], 0) + int(f[i + 2])
+                for j, ln in enumerate(r.lines):
+                    if ln.sku not in shipped:
+                        reason = f"{ln.sku!r} was not shipped in this order - at `$.lines[{j}].sku`"
+                        break
+            if reason is not None:
+                dead.append([eid, events.text_of(raw), f"return refused: {reason}"])
+                continue
+            key = "\x1f".join([oid, r.location, *(f"{ln.sku}:{ln.qty}" for ln in r.lines)])
+            digest = hashlib.sha1(key.encode()).hexdigest()[:24]
+            todo.append((eid, raw, r, shipped, digest))
+        if not todo:
+            return []
+        # what each SKU of each order got back before, and which returns were applied
+        wanted = [(ln.sku, ["~rq:" + r.order_id, "~r:" + digest])
+                  for _, _, r, _, digest in todo for ln in r.lines]  # fmt: skip
+        answers = iter(self.wait.call(self.store.sku_fields, wanted))
+        so_far: dict[tuple[str, str], int] = {}
+        out: list[str] = []
+        apply: dict[int, list[tuple[str, str, str, str, int]]] = {}
+        in_batch: set[str] = set()  # returns applied in this batch (a copy changes nothing)
+        for eid, raw, r, shipped, digest in todo:
+            if digest in in_batch:
+                for _ in r.lines:
+                    next(answers)
+                continue
+            lines = []
+            refused = None
+            for j, ln in enumerate(r.lines):
+                before, applied = next(answers)
+                k = (r.order_id, ln.sku)
+                so_far.setdefault(k, int(before or 0))
+                if applied is None:
+                    if so_far[k] + ln.qty > shipped[ln.sku] and refused is None:
+                        refused = (
+                            f"{ln.sku}: {ln.qty} more would exceed the {shipped[ln.sku]} shipped"
+                            f" ({so_far[k]} back already) - at `$.lines[{j}].qty`"
+                        )
+                    lines.append((ln.sku, ln.qty))
+            if refused is not None:
+                dead.append([eid, events.text_of(raw), f"return refused: {refused}"])
+                continue
+            in_batch.add(digest)
+            for sku, qty in lines:
+                so_far[(r.order_id, sku)] += qty
+                apply.setdefault(sku_slot(sku), []).append(
+                    (sku, r.order_id, digest, r.location, qty)
+                )
+            body = "\x1f".join(f"{r.location}\x1f{ln.sku}\x1f{ln.qty}" for ln in r.lines)
+            rec = pack(r.order_id, "", "", "return", eid.partition("-")[0], decided, "T\x1f" + body)
+            out += ["~R:" + digest, "T", rec]
+        calls = []
+        for part in apply.values():
+            names: dict[str, int] = {}
+            for sku, *_ in part:
+                names.setdefault(sku, len(names) + 1)
+            args: list[Any] = [len(names), *names, len(part)]
+            for sku, oid, digest, loc, qty in part:
+                args += [names[sku], oid, digest, loc, qty]
+            calls.append((list(names), args))
+        if calls:
+            self.wait.call(self.store.return_units, calls)
         return out
 
     def _undo(self, orders: list[tuple[str, str]]) -> dict[str, int]:

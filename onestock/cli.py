@@ -184,6 +184,15 @@ def deadletters(redis_url: RedisUrl = None, out: Out = None) -> None:
         ops.write_deadletters(store, _shards(store), fh)
 
 
+@app.command("returns")
+def returns_cmd(redis_url: RedisUrl = None, out: Out = None) -> None:
+    """Every accepted return as JSON Lines: order id, location, lines (refused ones are dead
+    letters)."""
+    store = ops.open_store(_settings(redis_url))
+    with _output(out) as fh:
+        ops.write_returns(store, _shards(store), fh)
+
+
 @app.command("alerts")
 def alerts(redis_url: RedisUrl = None, out: Out = None) -> None:
     """Low-stock and sold-out alerts as JSON Lines: {"sku", "remaining", "reason", "time"}."""

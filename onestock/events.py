@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Annotated, Literal
 
 import msgspec
 import orjson
+from msgspec import Meta
 
-from onestock.types import Line, Order, order_decoder
+from onestock.types import Line, NonEmpty, Order, order_decoder
 
 MAX_ORDER_ID = 256
 
@@ -40,7 +42,19 @@ class Cancel(msgspec.Struct, gc=False):
     order_id: str
 
 
-Decoded = Valid | Invalid | Dead | Cancel
+class Return(msgspec.Struct, gc=False):
+    """``{"type": "return", "order_id", "lines": [{"sku", "qty"}], "location"}``: units of
+    an accepted order come back, to ``location`` (a return to store)."""
+
+    order_id: str
+    lines: Annotated[list[Line], Meta(min_length=1, max_length=1000)]
+    location: NonEmpty
+    type: Literal["return"] = "return"
+
+
+_return_decoder = msgspec.json.Decoder(Return)
+
+Decoded = Valid | Invalid | Dead | Cancel | Return
 
 
 def text_of(raw: bytes | str) -> str:
@@ -148,6 +162,13 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
     kind = obj.get("type")
     if kind == "cancel":
         return Cancel(oid)
+    if kind == "return":
+        try:
+            ret = _return_decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            return Dead(text_of(raw), f"not a return: {exc}")
+        ret.lines = merge_lines(ret.lines)
+        return ret
     if kind not in (None, "order"):
         return Dead(text_of(raw), f"unsupported event type {kind!r}")
     channel = obj.get("channel")

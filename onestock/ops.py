@@ -25,7 +25,7 @@ from onestock.records import (
     record_from_packed,
 )
 from onestock.settings import DEFAULT_SHARDS, Settings
-from onestock.types import Catalog, FulfilmentRecord, json_encoder
+from onestock.types import Catalog, FulfilmentRecord, ShipLine, json_encoder
 from state import keys
 from state.server import embedded_url
 from state.store import Store
@@ -114,6 +114,32 @@ def write_deadletters(store: Store, shards: int, out: IO[bytes]) -> int:
     n = 0
     for fields in store.entries(keys.deadbox, shards):
         out.write(json_encoder.encode(dead_from_entry(fields)) + b"\n")
+        n += 1
+    return n
+
+
+class ReturnRecord(msgspec.Struct):
+    order_id: str
+    location: str  # where the units went back
+    lines: list[ShipLine]
+    received_at: str
+    decided_at: str
+
+
+def returns(store: Store, shards: int) -> Iterator[ReturnRecord]:
+    """Every accepted return, once each, in decision order."""
+    for fields in store.entries(keys.returns, shards):
+        for packed in packed_records(fields):
+            oid, _, _, _, received, decided, _, _, outcome = packed.split(SEP, 8)
+            f = outcome.split(SEP)
+            lines = [ShipLine(sku=f[i + 1], qty=int(f[i + 2])) for i in range(1, len(f) - 2, 3)]
+            yield ReturnRecord(oid, f[1], lines, iso_ms(int(received)), iso_ms(int(decided)))
+
+
+def write_returns(store: Store, shards: int, out: IO[bytes]) -> int:
+    n = 0
+    for rec in returns(store, shards):
+        out.write(json_encoder.encode(rec) + b"\n")
         n += 1
     return n
 
@@ -288,6 +314,9 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
                 gifts += 1
         else:
             rejected[rec.reason or rec.status] += 1
+    for ret in returns(store, shards):  # returned units are back in stock
+        for ln in ret.lines:
+            shipped[(ln.sku, ret.location)] -= ln.qty
     now = store.stock_levels(loaded)
     oversold = 0
     for sku, locs in loaded.items():

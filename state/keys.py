@@ -137,6 +137,11 @@ def held(shard: int) -> str:
     return f"{shard_tag(shard)}:held"
 
 
+def returns(shard: int) -> str:
+    """STREAM of accepted returns (units restocked), one entry per batch."""
+    return f"{shard_tag(shard)}:returns"
+
+
 def decided(shard: int) -> str:
     """STREAM of the immediate accept/reject of orders that wait for a gift settlement."""
     return f"{shard_tag(shard)}:decided"

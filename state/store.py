@@ -112,6 +112,7 @@ class Store:
         self._release_held = client.register_script(_lua("release_held"))
         self._undo_units = client.register_script(_lua("undo_units", "lib_stock"))
         self._gift_return = client.register_script(_lua("gift_return"))
+        self._return_units = client.register_script(_lua("return_units", "lib_stock"))
         # Reads of the input skip redis-py's per-entry dict building (a hot path).
         self._raw = client
         if isinstance(client, redis.Redis):
@@ -351,6 +352,7 @@ class Store:
                 keys.counters(shard),
                 keys.held(shard),
                 keys.decided(shard),
+                keys.returns(shard),
             ],
             args=args,
         )
@@ -424,6 +426,17 @@ class Store:
             args += [entry, gift]
         ks = [keys.campaigns(sku), keys.settled(sku), keys.ranks(sku)]
         return int(self._settled_ack(keys=ks, args=args))
+
+    def return_units(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[int]]:
+        """Restock returned lines, one return_units.lua call per slot."""
+        return self._per_slot(self._return_units, keys.decisions, calls)
+
+    def sku_fields(self, wanted: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
+        """HMGET of fields of SKUs' decision hashes, one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for sku, fields in wanted:
+            pipe.hmget(keys.decisions(sku), fields)
+        return pipe.execute()  # type: ignore[no-any-return]
 
     def mark_cancelling(self, shard: int, order_ids: list[str]) -> None:
         """Say in the shard's registry that these orders are being cancelled."""

@@ -425,3 +425,81 @@ def test_a_cancellation_storm_during_the_burst(
     taken = store.r.hvals(keys.gift_taken("TOTE-BAG"))
     assert sum(1 for v in taken if v not in (b"-",) and not v.startswith(b"~")) == len(gifted)
     assert store.r.hlen(keys.held(0)) == 0
+
+
+# -- returns ----------------------------------------------------------------------------------
+
+
+def ret(oid: str, location: str, *lines: tuple[str, int]) -> dict[str, Any]:
+    return {"type": "return", "order_id": oid, "location": location,
+            "lines": [{"sku": s, "qty": q} for s, q in lines]}  # fmt: skip
+
+
+def dead_reasons(store: Store) -> list[str]:
+    return [f[b"reason"].decode() for f in store.entries(keys.deadbox, SHARDS)]
+
+
+def test_returns_restock_the_named_location_once_and_never_more_than_shipped(
+    store: Store,
+) -> None:
+    d, seq = setup(store, catalog()), [0]
+    send(d, [buy("o", 0, ("SOCKS", 3))], seq)  # shipped from wh-sh
+    send(d, [ret("o", "wh-bj", ("SOCKS", 2)), ret("o", "wh-bj", ("SOCKS", 2))], seq)  # a copy
+    send(d, [ret("o", "wh-bj", ("SOCKS", 2))], seq)  # and a later copy
+    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 97, "wh-bj": 2}
+    send(d, [ret("o", "wh-sh", ("SOCKS", 2))], seq)  # 2 + 2 > 3 shipped
+    send(d, [ret("o", "wh-sh", ("SOCKS", 1))], seq)  # exactly the last one
+    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 98, "wh-bj": 2}
+    back = list(ops.returns(store, SHARDS))
+    assert [(r.location, [(ln.sku, ln.qty) for ln in r.lines]) for r in back] == [
+        ("wh-bj", [("SOCKS", 2)]), ("wh-sh", [("SOCKS", 1)])
+    ]  # fmt: skip
+    assert dead_reasons(store) == [
+        "return refused: SOCKS: 2 more would exceed the 3 shipped (2 back already)"
+        " - at `$.lines[0].qty`"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (ret("nope", "wh-sh", ("SOCKS", 1)), "no such order"),
+        (ret("rej", "wh-sh", ("SNEAKER", 1)), "the order was rejected"),
+        (ret("can", "wh-sh", ("SOCKS", 1)), "the order was cancelled"),
+        (ret("ok", "wh-mars", ("SOCKS", 1)), "unknown location 'wh-mars' - at `$.location`"),
+        (ret("ok", "wh-sh", ("TOTE", 1)), "'TOTE' was not shipped in this order"),
+        ({"type": "return", "order_id": "ok", "lines": []}, "not a return:"),
+    ],
+)
+def test_returns_that_cannot_be_are_dead_letters_with_the_reason(
+    store: Store, event: dict[str, Any], reason: str
+) -> None:
+    d, seq = setup(store, catalog(stock=0)), [0]
+    send(d, [buy("rej", 0), buy("can", 1, ("SOCKS", 1)), buy("ok", 2, ("SOCKS", 1))], seq)
+    send(d, [cancel("can")], seq)
+    send(d, [event], seq)
+    assert len(dead_reasons(store)) == 1 and reason in dead_reasons(store)[0]
+    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}  # only "ok" took one
+
+
+def test_returns_through_the_dataflow_keep_the_stock_conserved(
+    tmp_path: Path, cli_env: dict[str, str], url: str
+) -> None:
+    onestock("catalog", "load", str(_campaign_catalog(tmp_path, 100, 300)), env=cli_env)
+    lines = list(burst.orders(2000, burst.demo_catalog(), seed=31, garbage=0.0))
+    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
+    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
+    store = Store.connect(url)
+    k = store.shard_count()
+    accepted = [r for r in ops.records(store, k) if r.status == "accepted"][:60]
+    events = []
+    for r in accepted:  # one unit of the first line back to a store, each sent twice
+        line = r.shipments[0].lines[0]
+        e = orjson.dumps(ret(r.order_id, "st-hangzhou-1", (line.sku, 1)))
+        events += [e, e]
+    onestock("orders", "push", "-", input=b"\n".join(events), env=cli_env)
+    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
+    out = onestock("returns", env=cli_env).stdout.splitlines()
+    assert sorted(orjson.loads(x)["order_id"] for x in out) == sorted(r.order_id for r in accepted)
+    audit = ops.audit(store, k, {s.sku: dict(s.stock) for s in burst.demo_catalog().skus})
+    assert audit.oversold == 0 and audit.duplicates == 0 and audit.dead == 0

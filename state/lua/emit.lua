@@ -4,7 +4,8 @@
 --       KEYS[2] fulfilment stream, KEYS[3] dead-letter stream, KEYS[4] input stream,
 --       KEYS[5] watermark (the last input entry id whose outcome is written),
 --       KEYS[6] counters hash (fields "records", "dead"), KEYS[7] held records (order id ->
---       record waiting for its gift settlement), KEYS[8] decisions stream. One slot.
+--       record waiting for its gift settlement), KEYS[8] decisions stream, KEYS[9] returns
+--       stream (records of keys "~R:<return digest>" go there). One slot.
 -- ARGV: last input entry id of the batch, nrecords, then per record:
 --       order_id, registry value, the packed record;
 --       then ndead, then per dead letter: input entry id, raw text, reason.
@@ -40,7 +41,7 @@ if not ndl or p + 3 * ndl ~= #ARGV then return redis.error_reply('ERR emit.lua: 
 -- One HMGET for the registry, one HSET for the new ids, one XADD for the new records.
 local CHUNK = 4000
 local argv, call, unpack = ARGV, redis.call, unpack
-local reg, recs, seen, held, decided = {}, {}, {}, {}, {}
+local reg, recs, seen, held, decided, returned = {}, {}, {}, {}, {}, {}
 local written, dead, nreg = 0, 0, 0
 for i = 3, 2 + 3 * nrec, 3 * CHUNK do
   local last_j = math.min(i + 3 * CHUNK - 1, 2 + 3 * nrec)
@@ -65,6 +66,8 @@ for i = 3, 2 + 3 * nrec, 3 * CHUNK do
         held[#held + 1] = argv[j + 2]
         decided[#decided + 1] = oid .. '\31A'
       elseif argv[j + 2] == '' then -- a pending cancel: registry only
+      elseif string.sub(oid, 1, 3) == '~R:' then
+        returned[#returned + 1] = argv[j + 2]
       else
         if string.sub(oid, 1, 3) == '~x:' then call('HDEL', KEYS[7], string.sub(oid, 4)) end
         written = written + 1
@@ -79,6 +82,9 @@ if written > 0 then
   call('XADD', KEYS[2], '*', 'n', written, 'v', table.concat(recs, '\30'))
 end
 for i = 1, #held, CHUNK do call('HSET', KEYS[7], unpack(held, i, math.min(i + CHUNK - 1, #held))) end
+if #returned > 0 then
+  call('XADD', KEYS[9], '*', 'n', #returned, 'v', table.concat(returned, '\30'))
+end
 if #decided > 0 then
   call('XADD', KEYS[8], '*', 'n', #decided, 'v', table.concat(decided, '\30'))
 end
