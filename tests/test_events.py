@@ -88,7 +88,11 @@ GOOD = order("g1", ("SKU", 1))
         (b'{"order_id": ""}', "order_id must be"),
         (orjson.dumps({"order_id": "x" * 300}), "order_id must be"),
         (b'{"order_id": "a\\u0000b"}', "control characters"),
-        (b'{"type": "return", "order_id": "g1"}', "unsupported event type"),
+        (
+            b'{"type": "return", "order_id": "g1"}',
+            "not a return: Object missing required field `lines`",
+        ),
+        (b'{"type": "refund", "order_id": "g1"}', "unsupported event type 'refund'"),
     ],
 )
 def test_garbage_becomes_a_dead_letter_with_its_reason(raw: bytes, reason: str) -> None:
