@@ -280,7 +280,8 @@ def gifts(
     console = Console()
     console.print(table)
     console.print(
-        f"{len(view.winners)} gifts, {view.settled} ranks settled, {view.pending} pending"
+        f"{len(view.winners)} gifts, {view.settled} ranks settled ({view.late} late),"
+        f" {view.pending} pending"
     )
     if view.ended_early_at is not None:
         console.print(f"ended early: the gift stock ran out at rank {view.ended_early_at}")

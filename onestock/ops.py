@@ -238,6 +238,7 @@ class CampaignView(msgspec.Struct):
     settled: int  # ranks given so far (winners and the rest)
     pending: int  # accepted orders waiting for their rank
     ended_early_at: int | None  # the rank at which the gift stock ran out
+    late: int  # settled ranks of orders later than the lateness bound
     winners: list[Winner]
 
 
@@ -248,10 +249,14 @@ def gifts(store: Store, campaign: str) -> CampaignView:
     if camp is None:
         raise OnestockError(f"unknown campaign {campaign!r}")
     winners: list[Winner] = []
+    late_ranks = 0
     for fields in store.merged([keys.ranks(camp.sku)]):
         for entry in fields[b"v"].decode().split(RS):
             camp_id, oid, rank, loc, late, paid = entry.split(SEP)
-            if camp_id == campaign and loc not in ("", "-", "x"):
+            if camp_id != campaign:
+                continue
+            late_ranks += late == "1"
+            if loc not in ("", "-", "x"):
                 winners.append(Winner(oid, int(rank), iso_ms(int(paid)), loc, late == "1"))
     winners.sort(key=lambda w: w.rank)
     progress = store.r.hgetall(keys.campaigns(camp.sku))
@@ -262,7 +267,7 @@ def gifts(store: Store, campaign: str) -> CampaignView:
     return CampaignView(
         campaign, camp.sku, camp.gift_sku, camp.first_n,
         int(progress.get(f"{campaign}:ranks".encode(), 0)), pending,
-        int(ended) if ended is not None else None, winners,
+        int(ended) if ended is not None else None, late_ranks, winners,
     )  # fmt: skip
 
 

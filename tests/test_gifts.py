@@ -131,6 +131,7 @@ def test_an_order_beyond_the_lateness_bound_is_ranked_after_the_settled_ones(sto
     ranks = {o: (r.gift.rank, r.late) for o, r in recs.items() if r.gift}
     assert ranks == {"a": (1, None), "b": (2, None), "early-but-late": (3, True),
                      "d": (4, None), "c": (5, None)}  # fmt: skip
+    assert ops.gifts(store, "D11").late == 1
 
 
 def test_gift_stock_smaller_than_n_ends_the_campaign_early(store: Store) -> None:
