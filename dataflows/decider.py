@@ -6,7 +6,6 @@ call ``Decider.process`` so the ceiling they are compared against does the same 
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from dataflows.aftersale import Aftersale
 from dataflows.cross_slot import Rules, decide_cross
 from dataflows.gifts import Settler
 from onestock import events
@@ -88,6 +88,7 @@ class Decider:
         self.version = -1
         self.view = _View(None)
         self.settler = Settler(store, say)
+        self.aftersale = Aftersale(store, self.wait, self.settler)
 
     def refresh(self) -> None:
         version = self.wait.call(self.store.catalog_version)
@@ -171,21 +172,21 @@ class Decider:
                         held_ids.add(o.order_id)
                         text = text[1:]
                     outcome[o.order_id] = text
+        gifts = self.view.campaign_skus
         if cross:
             router = self.view.router
             rankings = [router.decode(r) for r in self._rankings(cross)]
             decide_cross(self.store, self.wait.call, cross, rankings, outcome, self.view.rules)
-            gifts = self.view.campaign_skus
             for o in cross:  # a reserved campaign SKU part is always a candidate
                 if outcome[o.order_id][0] == "A" and any(ln.sku in gifts for ln in o.lines):
                     held_ids.add(o.order_id)
         records: list[str] = []
         add = records.extend
         if cancels:
-            add(self._cancel(shard, cancels, firsts, outcome, held_ids, decided))
+            add(self.aftersale.cancel(shard, cancels, firsts, outcome, held_ids, decided))
         if returns:
-            add(self._returns(shard, returns, firsts, outcome, decided, dead))
-        gifts = self.view.campaign_skus
+            locations = self.view.locations
+            add(self.aftersale.returns(shard, returns, firsts, outcome, decided, dead, locations))
         for oid, (eid, d) in firsts.items():
             res = outcome[oid]
             campaign = False
@@ -207,195 +208,6 @@ class Decider:
                      pack(oid, channel, paid, mode, received, decided, res)))  # fmt: skip
         last_id = entries[-1][0] if entries else "0-0"
         return Decided(shard, last_id, records, dead)
-
-    def _cancel(
-        self,
-        shard: int,
-        cancels: dict[str, str],
-        firsts: dict[str, tuple[str, events.Decoded]],
-        outcome: dict[str, str],
-        held_ids: set[str],
-        decided: str,
-    ) -> list[str]:
-        """Apply the batch's cancels; returns registry triples for emit.lua. An order of this
-        batch is cancelled before its record is written (its record says cancelled); an
-        earlier one gets a second record that supersedes the first; an unknown one is
-        remembered so it is never decided."""
-        earlier = [oid for oid in cancels if oid not in firsts]
-        state = self.wait.call(
-            self.store.registry, shard, [f for oid in earlier for f in (oid, "~x:" + oid)]
-        )
-        undo: list[tuple[str, str]] = []  # (order id, its accepted outcome)
-        out: list[str] = []
-        for oid in cancels:
-            if oid in firsts:
-                res = outcome.get(oid, "")
-                if res[:1] == "A":
-                    undo.append((oid, res))
-                    outcome[oid] = "C" + res[1:]
-                    held_ids.discard(oid)
-        for i, oid in enumerate(earlier):
-            value, cancelled = state[2 * i], state[2 * i + 1]
-            if cancelled is not None:
-                continue  # cancelled before: nothing more to do
-            if value is None:
-                out += ["~c:" + oid, "P", ""]  # its order has not come yet
-                continue
-            text = value.decode()
-            if text[0] in "HG":  # a campaign order: its gift, if any, goes back too
-                text = text[1:]
-            if text[0] != "A":
-                continue  # rejected: there is nothing to give back
-            undo.append((oid, text))
-            received = cancels[oid].partition("-")[0]
-            rec = pack(oid, "", "", "ship", received, decided, "C" + text[1:])
-            out += ["~x:" + oid, "C", rec]
-        if undo:  # before anything is given back: a settler that meets "~k:<order id>"
-            # releases no gift for the order (and puts back one it took)
-            self.wait.call(self.store.mark_cancelling, shard, [oid for oid, _ in undo])
-        removed = self._undo(undo) if undo else {}
-        self._return_gifts([oid for oid, _ in undo if removed.get(oid, 0) == 0])
-        return out
-
-    def _returns(
-        self,
-        shard: int,
-        returns: list[tuple[str, bytes, events.Return]],
-        firsts: dict[str, tuple[str, events.Decoded]],
-        outcome: dict[str, str],
-        decided: str,
-        dead: list[list[Any]],
-    ) -> list[str]:
-        """Apply the batch's returns in arrival order: units back at the named location, only
-        for accepted orders, never more per SKU than shipped, each return once. Refused
-        returns become dead letters with the reason; accepted ones, return records."""
-        earlier = list({r.order_id for _, _, r in returns if r.order_id not in firsts})
-        got = self.wait.call(
-            self.store.registry, shard, [f for o in earlier for f in (o, "~x:" + o, "~k:" + o)]
-        )
-        state = {o: got[3 * i : 3 * i + 3] for i, o in enumerate(earlier)}
-        todo: list[tuple[str, bytes, events.Return, dict[str, int], str]] = []
-        for eid, raw, r in returns:
-            oid = r.order_id
-            if oid in firsts:
-                text = outcome.get(oid, "R")
-            else:
-                value, x, k = state[oid]
-                text = "?" if value is None else ("C" if x or k else value.decode().lstrip("HG"))
-            refusals = {"?": "no such order", "R": "the order was rejected",
-                        "r": "the order was rejected", "C": "the order was cancelled"}  # fmt: skip
-            reason = refusals.get(text[:1])
-            if reason is None and r.location not in self.view.locations:
-                reason = f"unknown location {r.location!r} - at `$.location`"
-            shipped: dict[str, int] = {}
-            if reason is None:
-                f = text.split("\x1f")
-                for i in range(1, len(f) - 2, 3):
-                    shipped[f[i + 1]] = shipped.get(f[i + 1], 0) + int(f[i + 2])
-                for j, ln in enumerate(r.lines):
-                    if ln.sku not in shipped:
-                        reason = f"{ln.sku!r} was not shipped in this order - at `$.lines[{j}].sku`"
-                        break
-            if reason is not None:
-                dead.append([eid, events.text_of(raw), f"return refused: {reason}"])
-                continue
-            key = "\x1f".join([oid, r.location, *(f"{ln.sku}:{ln.qty}" for ln in r.lines)])
-            digest = hashlib.sha1(key.encode()).hexdigest()[:24]
-            todo.append((eid, raw, r, shipped, digest))
-        if not todo:
-            return []
-        # what each SKU of each order got back before, and which returns were applied
-        wanted = [(ln.sku, ["~rq:" + r.order_id, "~r:" + digest])
-                  for _, _, r, _, digest in todo for ln in r.lines]  # fmt: skip
-        answers = iter(self.wait.call(self.store.sku_fields, wanted))
-        so_far: dict[tuple[str, str], int] = {}
-        out: list[str] = []
-        apply: dict[int, list[tuple[str, str, str, str, int]]] = {}
-        in_batch: set[str] = set()  # returns applied in this batch (a copy changes nothing)
-        for eid, raw, r, shipped, digest in todo:
-            if digest in in_batch:
-                for _ in r.lines:
-                    next(answers)
-                continue
-            lines = []
-            refused = None
-            for j, ln in enumerate(r.lines):
-                before, applied = next(answers)
-                k = (r.order_id, ln.sku)
-                so_far.setdefault(k, int(before or 0))
-                if applied is None:
-                    if so_far[k] + ln.qty > shipped[ln.sku] and refused is None:
-                        refused = (
-                            f"{ln.sku}: {ln.qty} more would exceed the {shipped[ln.sku]} shipped"
-                            f" ({so_far[k]} back already) - at `$.lines[{j}].qty`"
-                        )
-                    lines.append((ln.sku, ln.qty))
-            if refused is not None:
-                dead.append([eid, events.text_of(raw), f"return refused: {refused}"])
-                continue
-            in_batch.add(digest)
-            for sku, qty in lines:
-                so_far[(r.order_id, sku)] += qty
-                apply.setdefault(sku_slot(sku), []).append(
-                    (sku, r.order_id, digest, r.location, qty)
-                )
-            body = "\x1f".join(f"{r.location}\x1f{ln.sku}\x1f{ln.qty}" for ln in r.lines)
-            rec = pack(r.order_id, "", "", "return", eid.partition("-")[0], decided, "T\x1f" + body)
-            out += ["~R:" + digest, "T", rec]
-        calls = []
-        for part in apply.values():
-            names: dict[str, int] = {}
-            for sku, *_ in part:
-                names.setdefault(sku, len(names) + 1)
-            args: list[Any] = [len(names), *names, len(part)]
-            for sku, oid, digest, loc, qty in part:
-                args += [names[sku], oid, digest, loc, qty]
-            calls.append((list(names), args))
-        if calls:
-            self.wait.call(self.store.return_units, calls)
-        return out
-
-    def _undo(self, orders: list[tuple[str, str]]) -> dict[str, int]:
-        """Give the units of accepted outcomes back (undo_units.lua per slot); returns per
-        order the first-N candidacies removed."""
-        by_slot: dict[int, list[tuple[str, list[tuple[str, str, int]]]]] = {}
-        for oid, res in orders:
-            f = res.split("\x1f")
-            allocs = [(f[i], f[i + 1], int(f[i + 2])) for i in range(1, len(f) - 2, 3)]
-            per_slot: dict[int, list[tuple[str, str, int]]] = {}
-            for loc, sku, qty in allocs:
-                per_slot.setdefault(sku_slot(sku), []).append((loc, sku, qty))
-            for slot, part in per_slot.items():
-                by_slot.setdefault(slot, []).append((oid, part))
-        calls = []
-        for batch in by_slot.values():
-            names: dict[str, int] = {}
-            for _, part in batch:
-                for _, sku, _ in part:
-                    names.setdefault(sku, len(names) + 1)
-            args: list[Any] = [len(names), *names, len(batch)]
-            for oid, part in batch:
-                args += [oid, len(part)]
-                for loc, sku, qty in part:
-                    args += [names[sku], loc, qty]
-            calls.append((list(names), args))
-        removed: dict[str, int] = {}
-        for batch, res in zip(by_slot.values(), self.wait.call(self.store.undo_units, calls),
-                              strict=True):  # fmt: skip
-            for (oid, _), n in zip(batch, res, strict=True):
-                removed[oid] = removed.get(oid, 0) + int(n)
-        return removed
-
-    def _return_gifts(self, order_ids: list[str]) -> None:
-        """Cancelled orders that were no longer candidates: a gift taken for them goes back
-        (a gift not taken yet is given back by the settler when it meets the cancellation)."""
-        camps = self.settler.campaigns
-        by_gift: dict[str, list[str]] = {}
-        for oid in order_ids:
-            for c in camps.values():
-                by_gift.setdefault(c.gift_sku, []).append(f"{c.id}\x1f{oid}")
-        for gift_sku, keys_ in by_gift.items():
-            self.wait.call(self.store.return_gifts, gift_sku, keys_)
 
     def emit(self, d: Decided) -> None:
         if d.records or d.dead:

@@ -18,16 +18,10 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from state import keys
+from state import keys, store
 
-TRANSIENT = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-    OSError,
-)
+# Redis away (as the dataflow's Waiter sees it), or the socket refused outright
+TRANSIENT = (*store.TRANSIENT, OSError)
 
 
 class Unavailable(Exception):
@@ -153,9 +147,7 @@ class Committer:
 
 def connect(url: str) -> Any:
     """An asyncio client for ``url`` (a Redis Cluster node is detected, not configured)."""
-    from state.store import connect as sync_connect
-
-    probe = sync_connect(url)
+    probe = store.connect(url)
     cluster = not isinstance(probe, redis.Redis)
     probe.close()
     if cluster:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing as mp
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -59,3 +61,19 @@ def decide(
 
 def stock(store: Store, sku: str) -> dict[str, int]:
     return store.stock_levels([sku]).get(sku, {})
+
+
+def at_once(
+    target: Callable[..., None], arglists: list[tuple[Any, ...]], timeout: float = 60
+) -> None:
+    """Run ``target(*args, start)`` in one forked process per arglist, released together by
+    the ``start`` event (a real race), and require every process to exit 0."""
+    ctx = mp.get_context("fork")
+    start = ctx.Event()
+    procs = [ctx.Process(target=target, args=(*args, start)) for args in arglists]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(timeout)
+        assert p.exitcode == 0

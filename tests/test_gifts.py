@@ -226,6 +226,17 @@ def _campaign_catalog(tmp_path: Path, first_n: int, lateness_ms: int) -> Path:
     return path
 
 
+def run_campaign(
+    tmp_path: Path, cli_env: dict[str, str], first_n: int, events: list[bytes]
+) -> Store:
+    """Load the demo catalog with a first-N campaign (lateness 300 ms), push the events, run
+    the dataflow with two workers until drained."""
+    onestock("catalog", "load", str(_campaign_catalog(tmp_path, first_n, 300)), env=cli_env)
+    onestock("orders", "push", "-", input=b"\n".join(events), env=cli_env)
+    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
+    return Store.connect(cli_env["ONESTOCK_REDIS_URL"])
+
+
 def _check_campaign(store: Store, order_ids: set[str], first_n: int) -> None:
     k = store.shard_count()
     recs = {r.order_id: r for r in ops.records(store, k)}
@@ -246,13 +257,10 @@ def _check_campaign(store: Store, order_ids: set[str], first_n: int) -> None:
 
 
 def test_until_drained_waits_for_the_gifts_and_releases_every_record(
-    tmp_path: Path, cli_env: dict[str, str], url: str
+    tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
-    onestock("catalog", "load", str(_campaign_catalog(tmp_path, 200, 300)), env=cli_env)
     lines = list(burst.orders(3000, burst.demo_catalog(), seed=12, garbage=0.0))
-    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
-    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
-    store = Store.connect(url)
+    store = run_campaign(tmp_path, cli_env, 200, lines)
     _check_campaign(store, {orjson.loads(x)["order_id"] for x in lines}, 200)
     out = onestock("gifts", "D11-GIFT", "--json", env=cli_env).stdout
     assert len(orjson.loads(out)["winners"]) == 200
@@ -275,232 +283,3 @@ def test_kill_9_mid_campaign_then_resume_gives_exactly_n_gifts(
     assert outcomes(store) < len(lines), "the burst drained before the kill: make it bigger"
     onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=180)
     _check_campaign(store, {orjson.loads(x)["order_id"] for x in lines}, 2000)
-
-
-# -- cancellations ---------------------------------------------------------------------------
-
-
-def cancel(oid: str) -> dict[str, Any]:
-    return {"type": "cancel", "order_id": oid}
-
-
-def test_a_cancel_gives_the_units_back_and_supersedes_the_record(store: Store) -> None:
-    d, seq = setup(store, catalog(first_n=3)), [0]
-    send(d, [buy("s1", 0, ("SOCKS", 4))], seq)
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 96}
-    send(d, [cancel("s1"), cancel("s1")], seq)  # a duplicated cancel
-    send(d, [cancel("s1")], seq)  # and a later copy
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 100}
-    rec = final_records_last(store)["s1"]
-    assert rec.status == "cancelled"
-    assert [(s.location, ln.sku, ln.qty) for s in rec.shipments for ln in s.lines] == [
-        ("wh-sh", "SOCKS", 4)
-    ]
-
-
-def test_a_cancel_before_its_order_is_kept_and_applied_when_it_comes(store: Store) -> None:
-    d, seq = setup(store, catalog(first_n=3)), [0]
-    send(d, [cancel("early")], seq)
-    send(d, [buy("early", 0, ("SOCKS", 1)), buy("other", 1, ("SOCKS", 1))], seq)
-    recs = final_records_last(store)
-    assert recs["early"].status == "cancelled" and recs["early"].shipments == []
-    assert recs["other"].status == "accepted"
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}
-
-
-def test_an_order_and_its_cancel_in_one_batch(store: Store) -> None:
-    d, seq = setup(store, catalog(first_n=3)), [0]
-    send(d, [buy("x", 0, ("SOCKS", 2)), cancel("x"), buy("y", 0, ("SOCKS", 1))], seq)
-    recs = final_records_last(store)
-    assert recs["x"].status == "cancelled" and recs["y"].status == "accepted"
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}
-
-
-def test_an_unsettled_cancelled_order_passes_its_slot_to_the_next(store: Store) -> None:
-    d, seq = setup(store, catalog(first_n=2)), [0]
-    send(d, [buy("a", 10), buy("b", 20), buy("c", 30)], seq)
-    send(d, [cancel("a")], seq)  # before settlement: "a" never holds a rank
-    d.settler.run(force=True)
-    recs = final_records_last(store)
-    assert recs["a"].status == "cancelled"
-    assert {o: r.gift.rank for o, r in recs.items() if r.gift} == {"b": 1, "c": 2}
-    assert store.stock_levels(["SNEAKER", "TOTE"]) == {
-        "SNEAKER": {"wh-sh": 48},
-        "TOTE": {"wh-bj": 98},
-    }
-
-
-def test_after_settlement_the_gift_is_cancelled_with_its_order_and_the_slot_stays_used(
-    store: Store,
-) -> None:
-    d, seq = setup(store, catalog(first_n=2)), [0]
-    send(d, [buy("a", 10), buy("b", 20), buy("c", 30)], seq)
-    d.settler.run(force=True)
-    assert store.stock_levels(["TOTE"])["TOTE"] == {"wh-bj": 98}
-    send(d, [cancel("a")], seq)
-    send(d, [cancel("a")], seq)  # duplicated: nothing twice
-    recs = final_records_last(store)
-    assert recs["a"].status == "cancelled"
-    assert {o: r.gift.rank for o, r in recs.items() if r.gift} == {"b": 2}  # "c" stays rank 3
-    assert store.stock_levels(["SNEAKER", "TOTE"]) == {
-        "SNEAKER": {"wh-sh": 48},
-        "TOTE": {"wh-bj": 99},
-    }
-
-
-def test_a_cancel_between_settlement_and_release_returns_the_gift(store: Store) -> None:
-    """The rank is settled, the gift taken, then the cancel lands before the record is
-    released: the settler meets the cancellation and puts the gift back."""
-    d, seq = setup(store, catalog(first_n=1)), [0]
-    send(d, [buy("a", 10)], seq)
-    real = store.release_held
-    calls = []
-
-    def cancel_first(shard, items):  # type: ignore[no-untyped-def]
-        if not calls:
-            calls.append(1)
-            send(d, [cancel("a")], seq)
-        return real(shard, items)
-
-    store.release_held = cancel_first  # type: ignore[method-assign]
-    d.settler.run(force=True)
-    store.release_held = real  # type: ignore[method-assign]
-    assert final_records_last(store)["a"].status == "cancelled"
-    assert store.stock_levels(["SNEAKER", "TOTE"]) == {
-        "SNEAKER": {"wh-sh": 50},
-        "TOTE": {"wh-bj": 100},
-    }
-    assert ops.gifts(store, "D11").winners == []
-
-
-def final_records_last(store: Store) -> dict[str, FulfilmentRecord]:
-    """The final record per order id (a cancellation supersedes the first record)."""
-    out: dict[str, FulfilmentRecord] = {}
-    for fields in store.entries(keys.outbox, SHARDS):
-        for p in packed_records(fields):
-            rec = record_from_packed(p)
-            out[rec.order_id] = rec
-    return out
-
-
-def test_a_cancellation_storm_during_the_burst(
-    tmp_path: Path, cli_env: dict[str, str], url: str
-) -> None:
-    """A burst with a campaign, 20% of its orders cancelled (some cancels before their
-    order, some twice), through two workers: stock conserved, every order one final record,
-    no cancelled order keeps a gift, gift units taken = gifts held."""
-    import random
-
-    onestock("catalog", "load", str(_campaign_catalog(tmp_path, 300, 300)), env=cli_env)
-    lines = list(burst.orders(4000, burst.demo_catalog(), seed=21, garbage=0.0))
-    rnd = random.Random(5)
-    stream: list[bytes] = []
-    cancelled: set[str] = set()
-    for raw in lines:
-        oid = orjson.loads(raw)["order_id"]
-        c = orjson.dumps(cancel(oid))
-        if rnd.random() < 0.2:
-            cancelled.add(oid)
-            if rnd.random() < 0.3:
-                stream += [c, raw]  # the cancel comes first
-            else:
-                stream += [raw, c] + ([c] if rnd.random() < 0.3 else [])
-        else:
-            stream.append(raw)
-    onestock("orders", "push", "-", input=b"\n".join(stream), env=cli_env)
-    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
-    store = Store.connect(url)
-    k = store.shard_count()
-    recs = {r.order_id: r for r in ops.records(store, k)}
-    assert set(recs) == {orjson.loads(x)["order_id"] for x in lines}
-    # a cancelled order ends cancelled, or rejected if it was (nothing to give back)
-    assert {o for o, r in recs.items() if r.status == "cancelled"} <= cancelled
-    assert all(recs[o].status in ("cancelled", "rejected") for o in cancelled)
-    assert sum(recs[o].status == "cancelled" for o in cancelled) > 0.5 * len(cancelled)
-    audit = ops.audit(store, k, {s.sku: dict(s.stock) for s in burst.demo_catalog().skus})
-    assert audit.duplicates == 0 and audit.oversold == 0
-    gifted = [r for r in recs.values() if r.gift]
-    assert all(r.status == "accepted" for r in gifted)
-    ranks = [r.gift.rank for r in gifted]  # type: ignore[union-attr]
-    assert len(ranks) == len(set(ranks)) and max(ranks) <= 300
-    taken = store.r.hvals(keys.gift_taken("TOTE-BAG"))
-    assert sum(1 for v in taken if v not in (b"-",) and not v.startswith(b"~")) == len(gifted)
-    assert store.r.hlen(keys.held(0)) == 0
-
-
-# -- returns ----------------------------------------------------------------------------------
-
-
-def ret(oid: str, location: str, *lines: tuple[str, int]) -> dict[str, Any]:
-    return {"type": "return", "order_id": oid, "location": location,
-            "lines": [{"sku": s, "qty": q} for s, q in lines]}  # fmt: skip
-
-
-def dead_reasons(store: Store) -> list[str]:
-    return [f[b"reason"].decode() for f in store.entries(keys.deadbox, SHARDS)]
-
-
-def test_returns_restock_the_named_location_once_and_never_more_than_shipped(
-    store: Store,
-) -> None:
-    d, seq = setup(store, catalog()), [0]
-    send(d, [buy("o", 0, ("SOCKS", 3))], seq)  # shipped from wh-sh
-    send(d, [ret("o", "wh-bj", ("SOCKS", 2)), ret("o", "wh-bj", ("SOCKS", 2))], seq)  # a copy
-    send(d, [ret("o", "wh-bj", ("SOCKS", 2))], seq)  # and a later copy
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 97, "wh-bj": 2}
-    send(d, [ret("o", "wh-sh", ("SOCKS", 2))], seq)  # 2 + 2 > 3 shipped
-    send(d, [ret("o", "wh-sh", ("SOCKS", 1))], seq)  # exactly the last one
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 98, "wh-bj": 2}
-    back = list(ops.returns(store, SHARDS))
-    assert [(r.location, [(ln.sku, ln.qty) for ln in r.lines]) for r in back] == [
-        ("wh-bj", [("SOCKS", 2)]), ("wh-sh", [("SOCKS", 1)])
-    ]  # fmt: skip
-    assert dead_reasons(store) == [
-        "return refused: SOCKS: 2 more would exceed the 3 shipped (2 back already)"
-        " - at `$.lines[0].qty`"
-    ]
-
-
-@pytest.mark.parametrize(
-    ("event", "reason"),
-    [
-        (ret("nope", "wh-sh", ("SOCKS", 1)), "no such order"),
-        (ret("rej", "wh-sh", ("SNEAKER", 1)), "the order was rejected"),
-        (ret("can", "wh-sh", ("SOCKS", 1)), "the order was cancelled"),
-        (ret("ok", "wh-mars", ("SOCKS", 1)), "unknown location 'wh-mars' - at `$.location`"),
-        (ret("ok", "wh-sh", ("TOTE", 1)), "'TOTE' was not shipped in this order"),
-        ({"type": "return", "order_id": "ok", "lines": []}, "not a return:"),
-    ],
-)
-def test_returns_that_cannot_be_are_dead_letters_with_the_reason(
-    store: Store, event: dict[str, Any], reason: str
-) -> None:
-    d, seq = setup(store, catalog(stock=0)), [0]
-    send(d, [buy("rej", 0), buy("can", 1, ("SOCKS", 1)), buy("ok", 2, ("SOCKS", 1))], seq)
-    send(d, [cancel("can")], seq)
-    send(d, [event], seq)
-    assert len(dead_reasons(store)) == 1 and reason in dead_reasons(store)[0]
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}  # only "ok" took one
-
-
-def test_returns_through_the_dataflow_keep_the_stock_conserved(
-    tmp_path: Path, cli_env: dict[str, str], url: str
-) -> None:
-    onestock("catalog", "load", str(_campaign_catalog(tmp_path, 100, 300)), env=cli_env)
-    lines = list(burst.orders(2000, burst.demo_catalog(), seed=31, garbage=0.0))
-    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
-    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
-    store = Store.connect(url)
-    k = store.shard_count()
-    accepted = [r for r in ops.records(store, k) if r.status == "accepted"][:60]
-    events = []
-    for r in accepted:  # one unit of the first line back to a store, each sent twice
-        line = r.shipments[0].lines[0]
-        e = orjson.dumps(ret(r.order_id, "st-hangzhou-1", (line.sku, 1)))
-        events += [e, e]
-    onestock("orders", "push", "-", input=b"\n".join(events), env=cli_env)
-    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
-    out = onestock("returns", env=cli_env).stdout.splitlines()
-    assert sorted(orjson.loads(x)["order_id"] for x in out) == sorted(r.order_id for r in accepted)
-    audit = ops.audit(store, k, {s.sku: dict(s.stock) for s in burst.demo_catalog().skus})
-    assert audit.oversold == 0 and audit.duplicates == 0 and audit.dead == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +13,7 @@ from onestock.records import packed_records, record_from_packed
 from state import keys
 from state.store import Store
 from tests.conftest import load
-from tests.helpers import decide, raw, stock
+from tests.helpers import at_once, decide, raw, stock
 from tests.test_rules import buy, reasons
 
 UNTIL = "2026-11-11T02:00:00Z"
@@ -178,18 +177,7 @@ def test_two_channels_race_for_the_last_locked_units(store: Store, url: str, tee
     once. tmall never gets more than the 2 shared units, douyin always gets its 4, and
     exactly 6 are sold."""
     load(store, catalog(tee or "TEE", units=6, lock=4))
-    ctx = mp.get_context("fork")
-    start = ctx.Event()
-    procs = [
-        ctx.Process(target=_channel_buyer, args=(url, shard, channel, tee, start))
-        for shard, channel in enumerate(["tmall", "douyin"] * 3)
-    ]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    at_once(_channel_buyer, [(url, s, ch, tee) for s, ch in enumerate(["tmall", "douyin"] * 3)])
     sold = {"tmall": 0, "douyin": 0}
     for shard in range(6):
         for _, fields in store.r.xrange(keys.outbox(shard)):

@@ -9,7 +9,7 @@ import pytest
 from dataflows.decider import Decider
 from state.store import Store
 from tests.conftest import load
-from tests.helpers import order, raw
+from tests.helpers import at_once, order, raw
 
 HOT = {
     "channels": [{"id": "tmall"}, {"id": "jd"}],
@@ -52,15 +52,7 @@ def _racer(url: str, shard: int, start: mp.Event) -> None:  # type: ignore[valid
 @pytest.mark.parametrize("round_", range(3))
 def test_racing_processes_never_oversell_the_hot_sku(store: Store, url: str, round_: int) -> None:
     load(store, HOT)
-    ctx = mp.get_context("fork")
-    start = ctx.Event()
-    procs = [ctx.Process(target=_racer, args=(url, s, start)) for s in range(PROCS)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    at_once(_racer, [(url, s) for s in range(PROCS)], timeout=120)
     from onestock import ops
 
     loaded = {"HOT": {"wh-a": 17, "wh-b": 13, "st-c": 7}, "SIDE": {"wh-a": 5, "wh-b": 5}}

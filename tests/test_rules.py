@@ -10,7 +10,7 @@ from dataflows.decider import Decider
 from state import keys
 from state.store import Store
 from tests.conftest import load
-from tests.helpers import decide, order, raw, stock
+from tests.helpers import at_once, decide, order, raw, stock
 
 END = "2026-11-11T00:30:00Z"
 
@@ -127,15 +127,7 @@ def test_one_customers_orders_on_many_workers_at_once_respect_the_limit(
     store: Store, url: str, round_: int
 ) -> None:
     load(store, catalog("TEE", limit=7, presale=None))
-    ctx = mp.get_context("fork")
-    start = ctx.Event()
-    procs = [ctx.Process(target=_one_customer, args=(url, s, start)) for s in range(6)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    at_once(_one_customer, [(url, s) for s in range(6)])
     assert stock(store, "SNEAKER") == {"wh-a": 43}
     assert store.r.hget(keys.bought("SNEAKER"), "whale") == b"7"
 
