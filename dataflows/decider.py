@@ -16,9 +16,9 @@ import msgspec
 from dataflows.aftersale import Aftersale
 from dataflows.cross_slot import Rules, decide_cross
 from dataflows.gifts import Settler
-from onestock import events
+from onestock import events, meter
 from onestock.events import paid_ms
-from onestock.records import head, held, pack, rejected
+from onestock.records import SEP, head, held, pack, rejected
 from onestock.routing import Router
 from onestock.types import Catalog, Order
 from state.keys import sku_slot
@@ -37,6 +37,9 @@ class Decided(msgspec.Struct):
     last_id: str
     records: list[str]  # flat: order_id, registry value, packed record, order_id, ...
     dead: list[list[Any]]  # [entry id, raw text, reason]
+    # latency sums and counts (received->decided ms, n, paid->decided ms, n), one metric tag
+    # per record (onestock.meter)
+    meter: tuple[int, int, int, int, list[str]] | None = None
 
 
 class _View:
@@ -89,6 +92,7 @@ class Decider:
         self.view = _View(None)
         self.settler = Settler(store, say)
         self.aftersale = Aftersale(store, self.wait, self.settler)
+        self._paid: dict[str, int] = {}  # paid_at ms of the batch's orders sent to Lua
 
     def refresh(self) -> None:
         version = self.wait.call(self.store.catalog_version)
@@ -105,6 +109,7 @@ class Decider:
                 self.refresh()
             return Decided(shard, "0-0", [], [])
         self.refresh()
+        self._paid.clear()
         decided = str(int(time.time() * 1000))
         firsts: dict[str, tuple[str, events.Decoded]] = {}
         dead: list[list[Any]] = []
@@ -181,22 +186,42 @@ class Decider:
                 if outcome[o.order_id][0] == "A" and any(ln.sku in gifts for ln in o.lines):
                     held_ids.add(o.order_id)
         records: list[str] = []
-        add = records.extend
+        tags: list[str] = []
+        add, tag = records.extend, tags.append
         if cancels:
-            add(self.aftersale.cancel(shard, cancels, firsts, outcome, held_ids, decided))
+            out = self.aftersale.cancel(shard, cancels, firsts, outcome, held_ids, decided)
+            add(out)
+            tags += ["--X" if k.startswith("~x:") else "" for k in out[::3]]
         if returns:
             locations = self.view.locations
-            add(self.aftersale.returns(shard, returns, firsts, outcome, decided, dead, locations))
+            out = self.aftersale.returns(shard, returns, firsts, outcome, decided, dead, locations)
+            add(out)
+            tags += ["--T" if k.startswith("~R:") else "" for k in out[::3]]
+        now = int(decided)
+        bucket, paid_of = meter.bucket, self._paid
+        sum_r = sum_p = n_p = 0
         for oid, (eid, d) in firsts.items():
             res = outcome[oid]
             campaign = False
+            received = eid.partition("-")[0]
+            lat = now - int(received)
+            sum_r += lat
             if d.__class__ is Valid:
                 o = d.order  # type: ignore[union-attr]
                 channel, paid, mode = o.channel, o.paid_at, o.delivery.mode
                 campaign = bool(gifts) and any(ln.sku in gifts for ln in o.lines)
+                p = paid_of.get(oid)
+                if p is None:
+                    p = paid_ms(paid)
+                p = now - p
+                sum_p += p
+                n_p += 1
+                lat_tag = bucket(lat) + bucket(p)
             else:
                 channel, paid, mode = d.channel or "", d.paid_at or "", "ship"  # type: ignore[union-attr]
-            received = eid.partition("-")[0]
+                lat_tag = bucket(lat) + "-"
+            kind = res[0]
+            tag(lat_tag + ("R" + res.split(SEP, 2)[1] if kind == "R" else kind))
             if oid in held_ids:  # held until its gift is settled; decided at once
                 add((oid, "H" + res, held(head(oid, channel, paid, mode, received, decided), res)))
             elif res[0] == "C":  # cancelled in this batch (or before it came)
@@ -207,11 +232,11 @@ class Decider:
                 add((oid, res if res[0] == "A" else "R",
                      pack(oid, channel, paid, mode, received, decided, res)))  # fmt: skip
         last_id = entries[-1][0] if entries else "0-0"
-        return Decided(shard, last_id, records, dead)
+        return Decided(shard, last_id, records, dead, (sum_r, len(firsts), sum_p, n_p, tags))
 
     def emit(self, d: Decided) -> None:
         if d.records or d.dead:
-            self.wait.call(self.store.emit, d.shard, d.last_id, d.records, d.dead)
+            self.wait.call(self.store.emit, d.shard, d.last_id, d.records, d.dead, d.meter)
         if self.settler.due():
             self.wait.call(self.settler.run)
 
@@ -259,7 +284,7 @@ class Decider:
                 if len(lines) > 1
                 else sku_index[lines[0].sku]
             )
-            paid = paid_ms(o.paid_at)
+            paid = self._paid[o.order_id] = paid_ms(o.paid_at)
             chan = chan_index.get(o.channel)
             if chan is None:
                 chan = chan_index[o.channel] = len(chan_index) + 1

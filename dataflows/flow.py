@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from prometheus_client import Counter, Histogram
 
 from dataflows.decider import Decided, Decider
 from dataflows.source import STOP, ShardSource
 from onestock.settings import Settings
 from state.store import Store
+
+# This worker process's own figures, in prometheus_client's default registry: Bytewax's
+# dataflow API serves them beside its own (`onestock run --metrics-port`).
+BATCH_SECONDS = Histogram(
+    "onestock_worker_batch_seconds",
+    "Time this worker took to decide one shard batch (decode, route, Lua calls).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+BATCH_EVENTS = Counter("onestock_worker_events", "Events this worker decided.")
 
 
 def _say(msg: str) -> None:
@@ -61,8 +72,17 @@ def build_flow(url: str, settings: Settings, *, until_drained: bool = False) -> 
     )
     flow = Dataflow("onestock")
     batches = op.input("read", flow, source)
+
     # (shard, [(entry id, raw event), ...])
-    decided = op.map("decide", batches, lambda b: decider().process(*b))
+    def decide(batch: tuple[int, list[tuple[str, bytes]]]) -> Decided:
+        started = time.perf_counter()
+        out = decider().process(*batch)
+        if batch[1]:  # (an empty batch is a caught-up shard's tick)
+            BATCH_SECONDS.observe(time.perf_counter() - started)
+            BATCH_EVENTS.inc(len(batch[1]))
+        return out
+
+    decided = op.map("decide", batches, decide)
     # Decided(shard, last_id, records, dead)
     op.output("emit", decided, EmitSink(decider))
     return flow

@@ -12,6 +12,7 @@ import argparse
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from dataflows.flow import build_flow
 from dataflows.source import STOP
+from onestock.errors import OnestockError
 from onestock.settings import Settings
 from state.server import free_port
 
@@ -81,9 +83,25 @@ def worker_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _check_ports(base: int, n: int) -> None:
+    """Bytewax's webserver binds 0.0.0.0:<port> in a thread that only panics when the port is
+    taken (the dataflow runs on without it): say so before starting instead."""
+    for port in range(base, base + n):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError as exc:
+                raise OnestockError(
+                    f"--metrics-port {base}: port {port} (worker {port - base}) is taken: {exc}"
+                ) from None
+
+
 def run(url: str, instance: str, settings: Settings, *, until_drained: bool = False) -> int:
     """Run ``settings.workers`` worker processes until drained or stopped; their exit status."""
     workers = max(1, settings.workers)
+    if settings.metrics_port:
+        _check_ports(settings.metrics_port, workers)
     rdir = recovery_dir(settings.home, instance)
     prepare_recovery(rdir)
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(workers)) if workers > 1 else ""
@@ -98,7 +116,14 @@ def run(url: str, instance: str, settings: Settings, *, until_drained: bool = Fa
         ]  # fmt: skip
         if until_drained:
             cmd.append("--until-drained")
-        procs.append(subprocess.Popen(cmd))
+        env = None
+        if settings.metrics_port:  # Bytewax's own webserver: its metrics and ours (prometheus)
+            env = {
+                **os.environ,
+                "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+                "BYTEWAX_DATAFLOW_API_PORT": str(settings.metrics_port + i),
+            }
+        procs.append(subprocess.Popen(cmd, env=env))
         if i == 0 and workers > 1:
             time.sleep(0.3)  # let process 0 listen first: fewer "connection refused" retries
 

@@ -16,6 +16,7 @@ import asyncio
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ import orjson
 
 from intake import mapping, signing
 from intake.committer import TRANSIENT, Committer, Unavailable, connect
+from intake.dashboard import Dashboard
 from onestock.ops import shard_of, shard_of_id
 from state import keys
 
@@ -32,6 +34,11 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON = [(b"content-type", b"application/json")]
 MAX_DELIVERY_ID = 256
+SOURCES = {"/webhooks/shopify": "shopify", "/webhooks/woocommerce": "woocommerce",
+           "/orders": "orders"}  # fmt: skip
+# request outcome counted per source (onestock_intake_requests_total) for a refusal's status
+REFUSALS = {400: "invalid", 401: "unauthorized", 404: "not_configured", 413: "too_large",
+            503: "unavailable"}  # fmt: skip
 
 
 def _env_int(name: str, default: int) -> int:
@@ -89,13 +96,21 @@ class IntakeApp:
         self.committer: Committer | None = None
         self.redis: Any = None
         self.stored = self.duplicates = 0
+        # outcomes not yet added to Redis: "r:<source>:<outcome>" requests, "e:<source>" events
+        self.counts: Counter[str] = Counter()
         self._refresher: asyncio.Task[None] | None = None
+        self.dashboard = Dashboard(settings.redis_url)
         self.routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("POST", "/webhooks/shopify"): self.shopify,
             ("POST", "/webhooks/woocommerce"): self.woocommerce,
             ("POST", "/orders"): self.orders,
             ("GET", "/healthz"): self.healthz,
             ("GET", "/readyz"): self.readyz,
+            ("GET", "/"): self.dashboard.page,
+            ("GET", "/events"): self.dashboard.events,
+            ("GET", "/api/live"): self.dashboard.snapshot,
+            ("GET", "/metrics"): self.dashboard.metrics,
+            ("GET", "/static/plotly.min.js"): self.dashboard.plotly,
         }
 
     # -- ASGI ------------------------------------------------------------------------------
@@ -114,6 +129,9 @@ class IntakeApp:
         try:
             await handler(scope, receive, send)
         except _Refused as r:
+            source = SOURCES.get(scope["path"])
+            if source is not None:
+                self.counts[f"r:{source}:{REFUSALS.get(r.status, str(r.status))}"] += 1
             await _reply(send, r.status, {"error": r.error}, r.retry_after)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -135,25 +153,46 @@ class IntakeApp:
         self.redis = connect(self.s.redis_url)
         self.committer = Committer(self.redis, self.s.shards, self.s.dedup_ttl_s)
         await self.committer.start()
-        self._refresher = asyncio.create_task(self._refresh_backlog())
+        self.dashboard.start()
+        self._refresher = asyncio.create_task(self._every_second())
 
     async def shutdown(self) -> None:
         """The server stopped taking requests and finished the in-flight ones; flush, close."""
         if self._refresher is not None:
             self._refresher.cancel()
+        await self.dashboard.stop()
         if self.committer is not None:
             await self.committer.close()
+        try:
+            await self._flush_counts()
+        except TRANSIENT:
+            pass
         if self.redis is not None:
             await self.redis.aclose()
 
-    async def _refresh_backlog(self) -> None:
+    async def _every_second(self) -> None:
+        """The backlog bound's reading, and this process's outcome counts added to Redis."""
         assert self.committer is not None
         while True:
             try:
                 await self.committer.refresh_lengths()
+                await self._flush_counts()
             except TRANSIENT:
                 pass
             await asyncio.sleep(1.0)
+
+    async def _flush_counts(self) -> None:
+        if not self.counts:
+            return
+        counts, self.counts = self.counts, Counter()
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for field, n in counts.items():
+                pipe.hincrby(keys.INTAKE_COUNTS, field, n)
+            await pipe.execute()
+        except BaseException:
+            self.counts.update(counts)  # not added: the next flush tries again
+            raise
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -177,6 +216,7 @@ class IntakeApp:
         if b"x-wc-webhook-signature" not in headers and body.startswith(b"webhook_id="):
             # WooCommerce pings a new webhook's URL (unsigned, "webhook_id=N") and keeps the
             # webhook only after a 2xx; nothing is stored.
+            self.counts["r:woocommerce:ping"] += 1
             await _reply(send, 200, {"status": "pong"})
             return
         _verify(signing.verify_base64, secret, body, headers.get(b"x-wc-webhook-signature"),
@@ -219,6 +259,8 @@ class IntakeApp:
         except Unavailable as exc:
             raise _Refused(503, str(exc), retry_after=1) from None
         self.stored += len(raws)
+        self.counts["r:orders:stored"] += 1
+        self.counts["e:orders"] += len(raws)
         await _reply(send, 202, {"status": "stored", "events": len(raws)})
 
     async def healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -279,9 +321,12 @@ class IntakeApp:
             raise _Refused(503, str(exc), retry_after=1) from None
         if fresh:
             self.stored += 1
+            self.counts[f"r:{source}:stored"] += 1
+            self.counts[f"e:{source}"] += 1
             await _reply(send, 202, {"status": "stored", "order_id": event["order_id"]})
         else:
             self.duplicates += 1
+            self.counts[f"r:{source}:duplicate"] += 1
             await _reply(send, 200, {"status": "duplicate", "order_id": event["order_id"]})
 
 

@@ -106,11 +106,18 @@ def run(
         bool, typer.Option(help="Exit 0 once every pushed event has its outcome.")
     ] = False,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default 2).")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Bytewax's dataflow API (/metrics, /dataflow) on this port + worker index "
+            "[env ONESTOCK_DATAFLOW_METRICS_PORT; default off].",
+        ),
+    ] = None,
 ) -> None:
     """Run the Bytewax dataflow (recovery on: a killed run resumes without loss or duplicates)."""
     from dataflows.runner import run as run_flow
 
-    settings = _settings(redis_url, workers=workers)
+    settings = _settings(redis_url, workers=workers, metrics_port=metrics_port)
     if settings.workers < 1 or settings.workers > 64:
         raise OnestockError(f"--workers must be 1..64, not {settings.workers}")
     url = ops.resolve_url(settings)
@@ -132,7 +139,8 @@ def serve(
     workers: Annotated[int, typer.Option(help="Server processes (one port, shared).")] = 1,
 ) -> None:
     """Webhook intake: POST /webhooks/shopify, /webhooks/woocommerce, /orders (signed);
-    GET /healthz, /readyz. An event is acknowledged (202) only once stored."""
+    GET /healthz, /readyz. An event is acknowledged (202) only once stored. Ops: the live
+    dashboard at /, Prometheus metrics at /metrics."""
     import uvicorn
 
     if workers < 1 or workers > 64:
@@ -151,13 +159,11 @@ def serve(
         )
         if os.environ.get(var)
     ]
-    if not enabled:
-        raise OnestockError(
-            "no intake is configured: set ONESTOCK_SHOPIFY_SECRET, ONESTOCK_WOO_SECRET "
-            "or ONESTOCK_ORDERS_SECRET"
-        )
-    print(f"onestock intake on http://{host}:{port} ({', '.join(enabled)}), Redis {url}",
-          flush=True)  # fmt: skip
+    intakes = ", ".join(enabled) or (
+        "no intake: set ONESTOCK_SHOPIFY_SECRET, ONESTOCK_WOO_SECRET or ONESTOCK_ORDERS_SECRET"
+    )
+    print(f"onestock serve on http://{host}:{port}: dashboard /, metrics /metrics; {intakes}; "
+          f"Redis {url}", flush=True)  # fmt: skip
     # uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully: end with status 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
@@ -255,6 +261,22 @@ def demo(
     from onestock.demo_run import run_demo
 
     raise typer.Exit(run_demo(orders, workers))
+
+
+@app.command("top")
+def top(
+    redis_url: RedisUrl = None,
+    interval: Annotated[float, typer.Option(help="Seconds between readings.")] = 1.0,
+    frames: Annotated[
+        int | None, typer.Option(help="Stop after this many readings (default: until Ctrl-C).")
+    ] = None,
+) -> None:
+    """The live dashboard's figures in the terminal: rates, latency, stock, gifts, oversell."""
+    from onestock.top import run_top
+
+    if interval <= 0 or (frames is not None and frames < 1):
+        raise OnestockError("--interval must be > 0 and --frames >= 1")
+    run_top(ops.resolve_url(_settings(redis_url)), interval, frames)
 
 
 @app.command("gifts")

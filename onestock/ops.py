@@ -180,11 +180,12 @@ class StockView(msgspec.Struct):
 
 
 def stock_view(
-    store: Store, sku: str | None = None, at_ms: int | None = None
+    store: Store, sku: str | None = None, at_ms: int | None = None, cat: Catalog | None = None
 ) -> dict[str, StockView]:
     """Per SKU: units per location, total, what each channel can still sell at ``at_ms``
-    (default now), and its channel locks."""
-    _, cat = store.catalog()
+    (default now), and its channel locks (``cat``: the loaded catalog, if already read)."""
+    if cat is None:
+        _, cat = store.catalog()
     if cat is None:
         raise OnestockError("no catalog loaded: run `onestock catalog load PATH` first")
     names = [s.sku for s in cat.skus]

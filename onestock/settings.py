@@ -34,6 +34,8 @@ class Settings:
     poll_ms: int = 20  # how soon a caught-up shard is polled again
     snapshot_ms: int = 1000  # Bytewax epoch / snapshot interval
     workers: int = DEFAULT_WORKERS
+    # Bytewax's dataflow API (/metrics, /dataflow) on worker i at metrics_port + i; 0: off
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -45,6 +47,7 @@ class Settings:
             poll_ms=_int("ONESTOCK_POLL_MS", 20),
             snapshot_ms=_int("ONESTOCK_SNAPSHOT_MS", 1000),
             workers=_int("ONESTOCK_WORKERS", DEFAULT_WORKERS),
+            metrics_port=_int("ONESTOCK_DATAFLOW_METRICS_PORT", 0),
         )
         given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **given)

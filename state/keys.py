@@ -14,6 +14,9 @@ PREFIX = "os"
 CATALOG = f"{PREFIX}:catalog"  # JSON of the loaded catalog
 CATALOG_VERSION = f"{PREFIX}:catalog:version"  # INCR on every load; workers re-read on change
 SHARDS = f"{PREFIX}:shards"  # K, fixed once the first event is pushed
+# The intake processes' outcome counts (onestock.metrics): "r:<source>:<outcome>" requests,
+# "e:<source>" events stored; each process adds what it counted every second.
+INTAKE_COUNTS = f"{PREFIX}:intake:counts"
 STOCK_MARKER = "\x00sku"  # field present in every stock hash: the SKU exists even at 0 units
 # The SKU's rules live beside its stock (fields that start with NUL are never locations), so
 # one HGETALL gives a script everything it needs about the SKU.

@@ -333,15 +333,30 @@ class Store:
         found = self.r.hmget(keys.emitted(shard), order_ids)
         return [v is not None for v in found]
 
-    def emit(self, shard: int, last_id: str, records: list[str], dead: list[list[str]]) -> None:
+    def emit(
+        self,
+        shard: int,
+        last_id: str,
+        records: list[str],
+        dead: list[list[str]],
+        meter: tuple[int, int, int, int, list[str]] | None = None,
+    ) -> None:
         """Write a decided batch exactly once and advance the shard's trim watermark.
 
         ``records`` is flat: order_id, registry value, packed record, order_id, ...;
-        ``dead``: [entry id, raw, reason] each.
+        ``dead``: [entry id, raw, reason] each; ``meter``: the batch's latency sums and
+        counts (received->decided ms, n, paid->decided ms, n) and one metric tag per record
+        (``emit.lua`` counts the tags of the records it writes now).
         """
         args: list[Any] = [last_id, len(records) // 3, *records, len(dead)]
         for d in dead:
             args += d
+        if meter is not None:
+            *sums, tags = meter
+            if len(tags) != len(records) // 3:
+                raise ValueError(f"{len(tags)} metric tags for {len(records) // 3} records")
+            args += sums
+            args += tags
         self._emit(
             keys=[
                 keys.emitted(shard),

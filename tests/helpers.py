@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import multiprocessing as mp
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -77,3 +86,76 @@ def at_once(
     for p in procs:
         p.join(timeout)
         assert p.exitcode == 0
+
+
+# -- a real `onestock serve` -------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free ports, below the ephemeral range (so no port the
+    OS hands out meanwhile, e.g. to a Bytewax cluster address, lands on them)."""
+    for _ in range(200):
+        base = random.randrange(20000, 30000)
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {n} consecutive free ports found")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "onestock", "serve", "--port", str(self.port),
+             "--workers", str(workers)],
+            env={**os.environ, **env}, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.time() + 30
+        while True:
+            try:
+                if self.get("/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise AssertionError(f"onestock serve did not come up: {out[-2000:]}")
+            time.sleep(0.1)
+
+    def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, dict(resp.getheaders()), orjson.loads(data) if data else None
+        finally:
+            conn.close()
+
+    def post(
+        self, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], Any]:
+        return self.request("POST", path, body, headers)
+
+    def get(self, path: str) -> tuple[int, dict[str, str], Any]:
+        return self.request("GET", path)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from onestock import burst, ops
+from onestock.metrics import Reader
 from state.server import RedisServer
 from state.store import Store
 from tests.conftest import ROOT, onestock
@@ -65,6 +66,12 @@ def check_exactly_once(store: Store, order_ids: set[str], dead: int) -> None:
     assert len(seen) == len(order_ids)
     assert audit.dead == dead
     assert audit.oversold == 0
+    # the ops counters say the same, also after kill -9 and replays (counted once, in emit.lua)
+    figures = Reader(store).read()
+    assert figures.decided == len(order_ids) == sum(figures.received)
+    assert figures.dead == dead and figures.oversold == 0
+    assert figures.decisions["accepted"] == audit.accepted
+    assert sum(figures.backlog) == 0
 
 
 def test_until_drained_gives_every_event_exactly_one_outcome(

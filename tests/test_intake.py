@@ -5,12 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import http.client
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +20,8 @@ from onestock import ops
 from state import keys
 from state.server import RedisServer
 from state.store import Store
-from tests.conftest import ROOT, onestock
+from tests.conftest import onestock
+from tests.helpers import Server
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHOPIFY = (FIXTURES / "shopify-orders-create.json").read_bytes()
@@ -59,59 +54,6 @@ def orders_headers(body: bytes, t: int | None = None) -> dict[str, str]:
     t = int(time.time()) if t is None else t
     sig = sign_onestock(SECRETS["ONESTOCK_ORDERS_SECRET"].encode(), body, t)
     return {"Content-Type": "application/json", "X-Onestock-Signature": sig}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "onestock", "serve", "--port", str(self.port),
-             "--workers", str(workers)],
-            env={**os.environ, **env}, cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.time() + 30
-        while True:
-            try:
-                if self.get("/healthz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise AssertionError(f"onestock serve did not come up: {out[-2000:]}")
-            time.sleep(0.1)
-
-    def request(
-        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            data = resp.read()
-            return resp.status, dict(resp.getheaders()), orjson.loads(data) if data else None
-        finally:
-            conn.close()
-
-    def post(
-        self, path: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, dict[str, str], Any]:
-        return self.request("POST", path, body, headers)
-
-    def get(self, path: str) -> tuple[int, dict[str, str], Any]:
-        return self.request("GET", path)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
 
 
 @pytest.fixture

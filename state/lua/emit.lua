@@ -8,7 +8,15 @@
 --       stream (records of keys "~R:<return digest>" go there). One slot.
 -- ARGV: last input entry id of the batch, nrecords, then per record:
 --       order_id, registry value, the packed record;
---       then ndead, then per dead letter: input entry id, raw text, reason.
+--       then ndead, then per dead letter: input entry id, raw text, reason;
+--       then (optional, the metrics tail) the batch's latency sums and observation counts:
+--       sum received->decided ms, its n, sum paid->decided ms, its n; then one metric tag
+--       per record: "" (not counted) or <received bucket><paid bucket ("-": none)><status>
+--       ("A" accepted, "R<reason>", "C" arrived cancelled, "X" a cancellation, "T" a return).
+-- Counters (KEYS[6]): "records", "dead", "trimmed" (input entries trimmed), and per metric
+--       tag "m<tag>" how many new records carried it, "sum_r"/"sum_p" the latency sums in ms.
+--       Tags count only records written now, so a replay after a crash counts nothing twice;
+--       the sums of a batch that is partly a replay are scaled to its new records.
 -- Writes: the batch's new records as ONE stream entry (field "v": packed records separated
 --       by \30; field "n": how many), one entry per dead letter.
 -- A registry value starting with "H" marks an accepted order that waits for a gift
@@ -36,13 +44,17 @@ if not string.match(last, '^%d+%-%d+$') then return redis.error_reply('ERR emit.
 -- validate the shape before the first write
 local p = 3 + 3 * nrec
 local ndl = tonumber(ARGV[p])
-if not ndl or p + 3 * ndl ~= #ARGV then return redis.error_reply('ERR emit.lua: bad shape') end
+if not ndl then return redis.error_reply('ERR emit.lua: bad shape') end
+local tb = p + 3 * ndl -- the metrics tail: tags at ARGV[tb + 4 + record number]
+local metered = #ARGV == tb + 4 + nrec
+if not metered and #ARGV ~= tb then return redis.error_reply('ERR emit.lua: bad shape') end
 
 -- One HMGET for the registry, one HSET for the new ids, one XADD for the new records.
 local CHUNK = 4000
 local argv, call, unpack = ARGV, redis.call, unpack
 local reg, recs, seen, held, decided, returned = {}, {}, {}, {}, {}, {}
 local written, dead, nreg = 0, 0, 0
+local tags, wr, wp = {}, 0, 0 -- metric tags of new records; new observations of each latency
 for i = 3, 2 + 3 * nrec, 3 * CHUNK do
   local last_j = math.min(i + 3 * CHUNK - 1, 2 + 3 * nrec)
   local ids, n = {}, 0
@@ -58,6 +70,14 @@ for i = 3, 2 + 3 * nrec, 3 * CHUNK do
       local value = argv[j + 1]
       local kind = string.byte(value, 1)
       seen[oid] = true
+      if metered then
+        local t = argv[tb + 4 + j / 3] -- record number j / 3
+        if t ~= '' then
+          tags[t] = (tags[t] or 0) + 1
+          if string.byte(t, 1) ~= 45 then wr = wr + 1 end -- '-'
+          if string.byte(t, 2) ~= 45 then wp = wp + 1 end
+        end
+      end
       nreg = nreg + 1
       reg[2 * nreg - 1] = oid
       reg[2 * nreg] = value
@@ -100,11 +120,23 @@ for i = 1, ndl do
 end
 if written > 0 then redis.call('HINCRBY', KEYS[6], 'records', written) end
 if dead > 0 then redis.call('HINCRBY', KEYS[6], 'dead', dead) end
+for t, n in pairs(tags) do redis.call('HINCRBY', KEYS[6], 'm' .. t, n) end
+local function add_sum(field, sum, n, new)
+  sum, n = tonumber(argv[sum]), tonumber(argv[n])
+  if new > 0 and sum and n and n > 0 then
+    redis.call('HINCRBY', KEYS[6], field, math.floor(sum * new / n + 0.5))
+  end
+end
+if metered then
+  add_sum('sum_r', tb + 1, tb + 2, wr)
+  add_sum('sum_p', tb + 3, tb + 4, wp)
+end
 local wm = redis.call('GET', KEYS[5])
 if not wm or id_lt(wm, last) then
   redis.call('SET', KEYS[5], last)
   -- Everything before `last` has its outcome stored: it is never needed again, even by a
   -- resume from an older snapshot (replays of it are skipped by the registry).
-  redis.call('XTRIM', KEYS[4], 'MINID', '~', last)
+  local trimmed = redis.call('XTRIM', KEYS[4], 'MINID', '~', last)
+  if trimmed > 0 then redis.call('HINCRBY', KEYS[6], 'trimmed', trimmed) end
 end
 return { written, dead }

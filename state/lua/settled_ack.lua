@@ -9,6 +9,8 @@
 -- Each entry leaves the LIST and lands in the ranks STREAM once (idempotent: an entry no
 -- longer in the LIST is skipped); one stream entry per call, field "v": per rank
 -- "<campaign>\31<order id>\31<rank>\31<gift>\31<late>\31<paid_at ms>", separated by \30.
+-- Counts (progress hash): "<campaign>:awarded" ranks that got a gift unit, "<campaign>:late"
+-- ranks of orders later than the lateness bound.
 -- Returns how many were acknowledged now.
 local whole, n = ARGV[1] == '1', tonumber(ARGV[2])
 if not n or #ARGV ~= 2 + 2 * n then return redis.error_reply('ERR settled_ack.lua: bad arguments') end
@@ -18,12 +20,16 @@ if whole and n > 0 then -- the common case: check the LIST still starts with the
     if first[i] ~= ARGV[1 + 2 * i] then whole = false; break end
   end
 end
-local out, ended = {}, {}
+local out, ended, counts = {}, {}, {}
 for i = 1, n do
   local entry, gift = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
   if whole or redis.call('LREM', KEYS[2], 1, entry) == 1 then
     local camp, oid, rank, late, paid = string.match(entry, '^(.-)\31(.*)\31(%d+)\31([01])\31(%d+)$')
     out[#out + 1] = camp .. '\31' .. oid .. '\31' .. rank .. '\31' .. gift .. '\31' .. late .. '\31' .. paid
+    if gift ~= '' and gift ~= '-' and gift ~= 'x' then
+      counts[camp .. ':awarded'] = (counts[camp .. ':awarded'] or 0) + 1
+    end
+    if late == '1' then counts[camp .. ':late'] = (counts[camp .. ':late'] or 0) + 1 end
     if gift == '-' and not ended[camp] then
       ended[camp] = true
       redis.call('HSETNX', KEYS[1], camp .. ':ended', rank)
@@ -31,5 +37,6 @@ for i = 1, n do
   end
 end
 if whole and n > 0 then redis.call('LTRIM', KEYS[2], n, -1) end
+for field, k in pairs(counts) do redis.call('HINCRBY', KEYS[1], field, k) end
 if #out > 0 then redis.call('XADD', KEYS[3], '*', 'n', #out, 'v', table.concat(out, '\30')) end
 return #out

@@ -1,0 +1,249 @@
+"""Ops figures: /metrics of a real `onestock serve` after a real run adds up to the records."""
+
+from __future__ import annotations
+
+import http.client
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from onestock import burst, meter, ops
+from onestock.metrics import LE, Live, Reader, quantile
+from onestock.records import packed_records
+from state import keys
+from state.store import Store
+from tests.conftest import ROOT, onestock
+from tests.helpers import Server, free_ports
+from tests.test_intake import SECRETS, SHOPIFY, shopify_headers
+
+CATALOG = ROOT / "onestock" / "demo" / "catalog.json"
+
+
+def scrape(
+    port: int, path: str = "/metrics"
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Samples of a Prometheus text page: (name, sorted labels) -> value."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30).read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def by_name(samples: dict, name: str) -> dict[tuple[tuple[str, str], ...], float]:  # type: ignore[type-arg]
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+def test_metrics_add_up_to_the_records_of_a_real_run(
+    cli_env: dict[str, str], url: str, tmp_path: Path
+) -> None:
+    store = Store.connect(url)
+    cat = burst.campaign_catalog(first_n=40, lateness_ms=200)
+    store.load_catalog(cat, [s.sku for s in cat.skus])
+    lines = list(burst.orders(3000, burst.demo_catalog(), seed=21, garbage=0.0))
+    lines += [b"not json", b'{"order_id": "bad-1", "lines": 5}']
+    lines.append(lines[7])  # a redelivered order: decided once
+    shipped = [orjson.loads(x) for x in lines[:50]]
+    first_ids = [o["order_id"] for o in shipped if o["delivery"]["mode"] == "ship"][:5]
+    lines += [orjson.dumps({"type": "cancel", "order_id": oid}) for oid in first_ids]
+    server = Server({**cli_env, **SECRETS})
+    try:
+        # through the intake: stored, a duplicate delivery, a bad signature, a non-order
+        assert server.post("/webhooks/shopify", SHOPIFY, shopify_headers(SHOPIFY, "m-1"))[0] == 202
+        assert server.post("/webhooks/shopify", SHOPIFY, shopify_headers(SHOPIFY, "m-1"))[0] == 200
+        bad = shopify_headers(SHOPIFY, "m-2", secret="wrong")
+        assert server.post("/webhooks/shopify", SHOPIFY, bad)[0] == 401
+        junk = b'{"line_items": []}'
+        assert server.post("/webhooks/shopify", junk, shopify_headers(junk, "m-3"))[0] == 400
+        ops.push(store, lines[:-5])
+        onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=180)
+        ops.push(store, lines[-5:])  # cancels of orders accepted before
+        onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=180)
+        time.sleep(1.5)  # the intake adds its counts to Redis every second
+        m = scrape(server.port)
+        live = server.get("/api/live")[2]
+    finally:
+        assert server.stop() == 0
+
+    k = store.shard_count()
+    records = list(ops.records(store, k))
+    cancelled_after = {r.order_id for r in records if r.status == "cancelled"}
+    expect: Counter[tuple[tuple[str, str], ...]] = Counter()
+    for r in records:
+        status, reason = r.status, r.reason or ""
+        if r.status == "cancelled":  # all five were accepted before their cancel came
+            status = "accepted"
+        expect[(("reason", reason), ("status", status))] += 1
+    assert by_name(m, "onestock_decisions_total") == {k_: float(v) for k_, v in expect.items()}
+    assert m[("onestock_cancellations_total", ())] == len(cancelled_after) == 5
+    decided = sum(expect.values())
+    assert (
+        decided == len({orjson.loads(x).get("order_id") for x in lines[:-5] if x[:1] == b"{"}) + 1
+    )
+    # every decision is one latency observation; the histogram is cumulative and ends at +Inf
+    buckets = by_name(m, "onestock_received_to_decided_seconds_bucket")
+    values = [buckets[(("le", "+Inf" if b == math.inf else repr(b)),)] for b in LE]
+    assert values == sorted(values) and values[-1] == decided
+    assert m[("onestock_received_to_decided_seconds_count", ())] == decided
+    assert m[("onestock_paid_to_decided_seconds_count", ())] == decided - 1  # bad-1: no paid_at
+    assert m[("onestock_received_to_decided_seconds_sum", ())] > 0
+    assert m[("onestock_dead_letters_total", ())] == 1
+    written = sum(len(packed_records(f)) for f in store.entries(keys.outbox, k))
+    assert m[("onestock_records_total", ())] == written
+    assert sum(by_name(m, "onestock_stream_backlog").values()) == 0
+    assert m[("onestock_stream_trimmed_total", ())] > 0
+    assert m[("onestock_oversold_units", ())] == 0
+    assert m[("onestock_held_records", ())] == 0
+    intake = by_name(m, "onestock_intake_requests_total")
+    assert intake == {
+        (("outcome", o), ("source", "shopify")): 1.0
+        for o in ("stored", "duplicate", "unauthorized", "invalid")
+    }
+    assert m[("onestock_intake_events_total", (("source", "shopify"),))] == 1
+    view = ops.gifts(store, "D11-GIFT")
+    assert m[("onestock_gifts_awarded_total", (("campaign", "D11-GIFT"),))] == len(view.winners)
+    assert len(view.winners) > 0
+    assert m[("onestock_gift_late_orders_total", (("campaign", "D11-GIFT"),))] == view.late
+    left = 0 if view.ended_early_at is not None else max(0, view.first_n - view.settled)
+    assert m[("onestock_gifts_left", (("campaign", "D11-GIFT"),))] == left
+    for sku, v in ops.stock_view(store).items():
+        assert m[("onestock_stock_units", (("sku", sku),))] == v.total
+        for channel, n in v.available.items():
+            assert m[("onestock_stock_sellable_units", (("channel", channel), ("sku", sku)))] == n
+    # the dashboard's JSON reads the same figures
+    assert live["decided"] == decided and live["oversold"] == 0 and live["dead"] == 1
+
+
+def test_histogram_quantile_matches_prometheus_interpolation() -> None:
+    counts = [0] * len(LE)
+    assert quantile(0.5, counts) is None
+    counts[1] = 10  # ten observations in (5 ms, 10 ms]
+    assert quantile(0.5, counts) == pytest.approx(0.0075)
+    assert quantile(1.0, counts) == pytest.approx(0.010)
+    counts[-1] = 90  # most past the last bound: the answer is that bound, as Prometheus says
+    assert quantile(0.99, counts) == LE[-2]
+    assert meter.bucket(5) == "a" and meter.bucket(6) == "b" and meter.bucket(10**9) == "p"
+    assert meter.bucket(-3) == "a"  # a paid_at in the future counts as no wait
+
+
+def test_live_view_turns_counters_into_rates_and_a_sell_out_projection(store: Store) -> None:
+    from tests.helpers import decide, order
+
+    cat = burst.demo_catalog()
+    store.load_catalog(cat, [s.sku for s in cat.skus])
+    store.shard_count(16)
+    sku = cat.skus[0].sku
+    units = sum(cat.skus[0].stock.values())
+    live = Live(Reader(store))
+    first = live.sample()
+    assert first["decided"] == 0 and first["rate_1s"] == 0
+    time.sleep(1.0)
+    decide(store, [order(f"o{i}", (sku, 2)) for i in range(50)])
+    v = live.sample()
+    assert v["decided"] == 50 and v["accepted"] == 50
+    assert 25 < v["rate_1s"] <= 50 / 1.0 + 1  # 50 orders over ~1 s
+    row = next(s for s in v["stock"] if s["sku"] == sku)
+    assert row["total"] == units - 100
+    assert row["rate"] > 0 and row["sellout_s"] == pytest.approx(row["total"] / row["rate"], 0.01)
+    assert v["oversold"] == 0 and v["latency"]["p50"] is not None
+
+
+def test_onestock_top_prints_the_figures(cli_env: dict[str, str], url: str) -> None:
+    onestock("catalog", "load", str(CATALOG), env=cli_env)
+    lines = list(burst.orders(500, burst.demo_catalog(), seed=2, garbage=0.0))
+    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
+    onestock("run", "--until-drained", env=cli_env, timeout=120)
+    out = onestock("top", "--frames", "2", "--interval", "0.2", env=cli_env).stdout.decode()
+    assert out.count("oversold units 0") == 2
+    assert "decided 500" in out and "SNEAKER-42" in out
+    bad = onestock("top", "--interval", "0", env=cli_env, check=False)
+    assert bad.returncode != 0 and "--interval must be > 0" in bad.stderr.decode()
+
+
+def test_dataflow_api_serves_bytewax_and_worker_metrics(cli_env: dict[str, str], url: str) -> None:
+    onestock("catalog", "load", str(CATALOG), env=cli_env)
+    lines = list(burst.orders(2000, burst.demo_catalog(), seed=4, garbage=0.0))
+    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
+    port = free_ports(2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onestock", "run", "--workers", "2", "--metrics-port", str(port)],
+        env={**os.environ, **cli_env}, cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        events = 0.0
+        while events < 1:  # worker 0 has decided some of the burst
+            assert time.monotonic() < deadline, "no worker metrics in time"
+            time.sleep(0.3)
+            try:
+                m = scrape(port)
+            except OSError:
+                continue
+            events = m.get(("onestock_worker_events_total", ()), 0.0)
+        assert any(name.startswith("bytewax_") for name, _ in m)  # Bytewax's own metrics
+        assert m[("onestock_worker_batch_seconds_count", ())] >= 1
+        other = scrape(port + 1)  # worker 1, one port up
+        assert ("onestock_worker_events_total", ()) in other
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    with socket.socket() as taken:  # a port in use is named before the run starts
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        taken.bind(("0.0.0.0", port + 1))
+        taken.listen()
+        bad = onestock("run", "--metrics-port", str(port), env=cli_env, check=False)
+    assert bad.returncode != 0
+    assert f"port {port + 1} (worker 1) is taken" in bad.stderr.decode()
+
+
+def test_serve_stops_at_once_with_a_dashboard_stream_open(
+    cli_env: dict[str, str], url: str
+) -> None:
+    onestock("catalog", "load", str(CATALOG), env=cli_env)
+    server = Server({**cli_env, **SECRETS})
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", "/events")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("content-type") == "text/event-stream"
+        assert resp.readline() == b"retry: 500\n"
+        resp.readline()
+        event = resp.readline()  # the first reading
+        assert event.startswith(b"data: ") and orjson.loads(event[6:])["ok"] is True
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 10, "an open event stream held up the shutdown"
+    finally:
+        conn.close()
+        server.stop()
+
+
+def test_a_batch_written_twice_is_counted_once(store: Store) -> None:
+    """emit.lua counts only the records it writes: a second write of the same decided batch
+    (a crash between the write and the snapshot, replayed) adds nothing."""
+    from dataflows.decider import Decider
+    from tests.helpers import order, raw
+
+    cat = burst.demo_catalog()
+    store.load_catalog(cat, [s.sku for s in cat.skus])
+    store.shard_count(16)
+    d = Decider(store, say=lambda _m: None)
+    events = [order(f"t{i}", (cat.skus[0].sku, 1)) for i in range(20)] + [order("u", ("NOPE", 1))]
+    out = d.process(0, [(f"{i + 1}-0", raw(e)) for i, e in enumerate(events)])
+    d.emit(out)
+    d.emit(out)
+    f = Reader(store).read()
+    assert f.decisions == {"accepted": 20, "rejected:unknown_sku": 1}
+    assert sum(f.received) == sum(f.paid) == 21 and f.records == 21
