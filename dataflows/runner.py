@@ -122,6 +122,8 @@ def run(url: str, instance: str, settings: Settings, *, until_drained: bool = Fa
                 **os.environ,
                 "BYTEWAX_DATAFLOW_API_ENABLED": "true",
                 "BYTEWAX_DATAFLOW_API_PORT": str(settings.metrics_port + i),
+                # where it writes the dataflow's JSON description (default: the working dir)
+                "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(Path(settings.home).absolute()),
             }
         procs.append(subprocess.Popen(cmd, env=env))
         if i == 0 and workers > 1:
