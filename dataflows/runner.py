@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -23,12 +24,13 @@ from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from dataflows.flow import build_flow
-from dataflows.source import STOP
+from dataflows.source import STARTED, STOP
 from onestock.errors import OnestockError
 from onestock.settings import Settings
 from state.server import free_port
 
 RECOVERY_PARTITIONS = 4
+STOP_GRACE_S = 15.0  # a worker still running this long after SIGTERM is killed
 INSTANCE_KEY = "os:instance"
 
 
@@ -51,6 +53,31 @@ def _die_with_parent() -> None:
         pass
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM/SIGINT end the partitions cleanly once the dataflow runs, and end the process
+    at once before that. A thread waits for them: while Bytewax is still connecting to its
+    peers it runs no Python code, so a Python signal handler would wait with it (for ever, if
+    the peer is gone)."""
+    sigs = {signal.SIGTERM, signal.SIGINT}
+
+    def stop(*_: object) -> None:
+        if not STARTED.is_set():
+            os._exit(0)  # nothing read yet: nothing to finish
+        STOP.set()
+
+    # (a thread started before this point, e.g. a BLAS pool, may still take the signal: the
+    # Python handler covers that case; `run` starts workers with one BLAS thread)
+    for sig in sigs:
+        signal.signal(sig, stop)
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)  # inherited by every thread started later
+
+    def wait() -> None:
+        while True:
+            stop(signal.sigwait(sigs))
+
+    threading.Thread(target=wait, name="onestock-signals", daemon=True).start()
+
+
 def worker_main(argv: list[str] | None = None) -> int:
     """One worker process of the cluster (started by ``run``)."""
     p = argparse.ArgumentParser(prog="python -m dataflows.runner")
@@ -63,10 +90,12 @@ def worker_main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll-ms", type=int, default=20)
     p.add_argument("--snapshot-ms", type=int, default=1000)
     p.add_argument("--until-drained", action="store_true")
+    p.add_argument("--parent", type=int, default=0)
     a = p.parse_args(argv)
     _die_with_parent()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: STOP.set())
+    if a.parent and os.getppid() != a.parent:
+        return 1  # the parent died before we asked to die with it: nobody waits for us
+    _stop_on_signals()
     settings = Settings(
         shards=a.shards, batch_size=a.batch_size, poll_ms=a.poll_ms, snapshot_ms=a.snapshot_ms
     )
@@ -105,44 +134,59 @@ def run(url: str, instance: str, settings: Settings, *, until_drained: bool = Fa
     rdir = recovery_dir(settings.home, instance)
     prepare_recovery(rdir)
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(workers)) if workers > 1 else ""
-    procs = []
-    for i in range(workers):
-        cmd = [
-            sys.executable, "-m", "dataflows.runner",
-            "--url", url, "--recovery", str(rdir), "--process-id", str(i),
-            "--addresses", addresses, "--shards", str(settings.shards),
-            "--batch-size", str(settings.batch_size), "--poll-ms", str(settings.poll_ms),
-            "--snapshot-ms", str(settings.snapshot_ms),
-        ]  # fmt: skip
-        if until_drained:
-            cmd.append("--until-drained")
-        env = None
-        if settings.metrics_port:  # Bytewax's own webserver: its metrics and ours (prometheus)
-            env = {
-                **os.environ,
-                "BYTEWAX_DATAFLOW_API_ENABLED": "true",
-                "BYTEWAX_DATAFLOW_API_PORT": str(settings.metrics_port + i),
-                # where it writes the dataflow's JSON description (default: the working dir)
-                "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(Path(settings.home).absolute()),
-            }
-        procs.append(subprocess.Popen(cmd, env=env))
-        if i == 0 and workers > 1:
-            time.sleep(0.3)  # let process 0 listen first: fewer "connection refused" retries
+    procs: list[subprocess.Popen[bytes]] = []
+    stop_at: list[float] = []  # when the workers were first asked to stop
 
     def forward(signum: int, _frame: object) -> None:
+        if not stop_at:
+            stop_at.append(time.monotonic())
         for pr in procs:
             if pr.poll() is None:
                 pr.send_signal(signal.SIGTERM)
 
+    # before the first worker starts: a SIGTERM while they start stops them, not just us
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        for i in range(workers):
+            if stop_at:
+                break
+            cmd = [
+                sys.executable, "-m", "dataflows.runner",
+                "--url", url, "--recovery", str(rdir), "--process-id", str(i),
+                "--addresses", addresses, "--shards", str(settings.shards),
+                "--batch-size", str(settings.batch_size), "--poll-ms", str(settings.poll_ms),
+                "--snapshot-ms", str(settings.snapshot_ms), "--parent", str(os.getpid()),
+            ]  # fmt: skip
+            if until_drained:
+                cmd.append("--until-drained")
+            env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+            if settings.metrics_port:  # Bytewax's own webserver: its metrics and ours
+                env |= {
+                    "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+                    "BYTEWAX_DATAFLOW_API_PORT": str(settings.metrics_port + i),
+                    # where it writes the dataflow's JSON description (default: the working dir)
+                    "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(Path(settings.home).absolute()),
+                }
+            procs.append(subprocess.Popen(cmd, env=env))
+            if i == 0 and workers > 1:
+                time.sleep(0.3)  # let process 0 listen first: fewer "connection refused" retries
         status = 0
         while any(pr.poll() is None for pr in procs):
             for pr in procs:
                 rc = pr.poll()
-                if rc not in (None, 0):  # one worker failed: the cluster cannot go on without it
+                if rc not in (None, 0) and not stop_at:
+                    # one worker failed: the cluster cannot go on without it
                     status = status or rc
                     forward(signal.SIGTERM, None)
+            if stop_at and time.monotonic() - stop_at[0] > STOP_GRACE_S:
+                # e.g. a worker still waiting for a peer that is gone: recovery makes this safe
+                for i, pr in enumerate(procs):
+                    if pr.poll() is None:
+                        print(f"onestock: worker {i} did not stop within {STOP_GRACE_S:.0f} s of "
+                              "SIGTERM: killed (the next run resumes from recovery)",
+                              file=sys.stderr, flush=True)  # fmt: skip
+                        pr.kill()
+                        pr.wait()
             time.sleep(0.05)
         for pr in procs:
             status = status or (pr.returncode if pr.returncode and pr.returncode > 0 else 0)

@@ -20,6 +20,7 @@ from state.store import TRANSIENT, Store, parse_id
 
 # Set by the worker's SIGTERM/SIGINT handler: partitions end, in-flight batches finish.
 STOP = threading.Event()
+STARTED = threading.Event()  # this process's partitions are built: the dataflow runs
 
 Batch = tuple[int, list[tuple[str, bytes]]]  # (shard, [(entry id, raw event), ...])
 TICK_S = 0.1  # a caught-up shard still sends an empty batch this often (gift settlement)
@@ -98,6 +99,7 @@ class ShardSource(FixedPartitionedSource[Batch, str]):
         return [str(s) for s in range(self.shards)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: str | None) -> _ShardPartition:
+        STARTED.set()
         # Resume from the snapshot; with none (a new recovery directory over an old dataset),
         # from the shard's watermark: everything up to it already has its outcome.
         shard = int(for_part)

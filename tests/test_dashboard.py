@@ -1,0 +1,139 @@
+"""The live dashboard in a real headless Chromium (Debian's package, driven by Playwright)
+while a real burst runs through a real dataflow and a real `onestock serve`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from onestock import burst, harness, ops
+from state.server import RedisServer
+from state.store import Store
+from tests.helpers import Server
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+# Chromium as a root process on a closed network: no sandbox, no background connections
+FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def _find() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium; installed here when missing and the tests run as root (CI)."""
+    found = _find()
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=False,
+                       timeout=1200, stdout=subprocess.DEVNULL)  # fmt: skip
+        found = _find()
+    if found is None:
+        pytest.skip("needs Debian's chromium: `apt-get install chromium` (the tests do it as root)")
+    return found
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Iterator[tuple[Store, Server]]:
+    """Redis, the campaign catalog, a 2-worker dataflow and `onestock serve`."""
+    server = RedisServer(tmp_path / "redis", persistent=False).start()
+    home = tmp_path / "home"
+    home.mkdir()
+    store = Store.connect(server.url)
+    harness.reset(store, catalog=burst.campaign_catalog(first_n=3000))
+    flow = harness.start_dataflow(server.url, home, 2, until_drained=False)
+    serve = Server({"ONESTOCK_REDIS_URL": server.url, "ONESTOCK_HOME": str(home)})
+    try:
+        yield store, serve
+    finally:
+        serve.stop()
+        harness.stop(flow)
+        server.stop()
+
+
+def test_dashboard_shows_a_running_burst_in_chromium(
+    chromium: str, pipeline: tuple[Store, Server]
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    store, serve = pipeline
+    lines = list(burst.orders(40_000, burst.demo_catalog(), seed=8))
+    stop = threading.Event()
+
+    def pace() -> None:  # ~3,000 orders/s, as a burst arrives (not all at once)
+        for i in range(0, len(lines), 300):
+            if stop.is_set():
+                return
+            ops.push(store, lines[i : i + 300])
+            time.sleep(0.1)
+
+    pusher = threading.Thread(target=pace, daemon=True)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{serve.port}/")
+            page.wait_for_function("document.getElementById('decided').textContent !== '–'")
+            pusher.start()
+
+            def decided() -> int:
+                return int(page.inner_text("#decided").replace(",", ""))
+
+            page.wait_for_function(
+                "parseInt(document.getElementById('decided').textContent.replace(/,/g, '')) > 0",
+                timeout=30_000,
+            )
+            first = decided()
+            time.sleep(3)
+            second = decided()
+            assert second > first, "the numbers did not move while the burst ran"
+            assert int(page.inner_text("#orders-10s").replace(",", "")) > 0
+            assert page.inner_text("#oversell") == "0"
+            # every chart was drawn by plotly.js (served from the installed package)
+            for chart in ("rate", "latency", "decisions", "stock", "gifts"):
+                assert page.locator(f"#chart-{chart} .main-svg").count() > 0, chart
+            assert page.locator("#sellout tbody tr").count() == 5  # the catalog's SKUs
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        finally:
+            stop.set()
+            browser.close()
+    pusher.join(timeout=30)
+    assert errors == [], errors
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+def test_plotly_js_comes_from_the_installed_package(pipeline: tuple[Store, Server]) -> None:
+    _, serve = pipeline
+    want = resources.files("plotly").joinpath("package_data/plotly.min.js").read_bytes()
+    url = f"http://127.0.0.1:{serve.port}/static/plotly.min.js"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        assert resp.headers["content-type"] == "application/javascript"
+        assert resp.read() == want
+    req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.headers["content-encoding"] == "gzip"
+        import gzip
+
+        assert gzip.decompress(resp.read()) == want
