@@ -51,11 +51,16 @@ class CampaignFigures(msgspec.Struct):
     awarded: int  # ranks that got a gift unit
     late: int  # settled ranks of orders later than the lateness bound
     ended_at: int | None  # the rank at which the gift stock ran out
+    gift_units: int | None = None  # units of the gift SKU on hand
 
     @property
     def left(self) -> int:
-        """Gifts still to give: none once the gift stock ran out, else the unsettled ranks."""
-        return 0 if self.ended_at is not None else max(0, self.first_n - self.ranks)
+        """Gifts still to give: none once the gift stock ran out, else the unsettled ranks,
+        at most the gift units on hand."""
+        if self.ended_at is not None:
+            return 0
+        left = max(0, self.first_n - self.ranks)
+        return left if self.gift_units is None else min(left, max(0, self.gift_units))
 
 
 class Figures(msgspec.Struct):
@@ -179,6 +184,9 @@ class Reader:
                 )  # fmt: skip
             )
         stock = stock_view(store, cat=cat) if cat is not None else {}
+        for camp in campaigns:
+            gift = stock.get(camp.gift_sku)
+            camp.gift_units = gift.total if gift is not None else None
         oversold = sum(max(0, -q) for v in stock.values() for q in v.locations.values())
         oversold += sum(max(0, c.awarded - c.first_n) for c in campaigns)
         return Figures(

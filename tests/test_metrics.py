@@ -116,7 +116,8 @@ def test_metrics_add_up_to_the_records_of_a_real_run(
     assert m[("onestock_gifts_awarded_total", (("campaign", "D11-GIFT"),))] == len(view.winners)
     assert len(view.winners) > 0
     assert m[("onestock_gift_late_orders_total", (("campaign", "D11-GIFT"),))] == view.late
-    left = 0 if view.ended_early_at is not None else max(0, view.first_n - view.settled)
+    units = ops.stock_view(store)[view.gift_sku].total
+    left = 0 if view.ended_early_at is not None else min(units, max(0, view.first_n - view.settled))
     assert m[("onestock_gifts_left", (("campaign", "D11-GIFT"),))] == left
     for sku, v in ops.stock_view(store).items():
         assert m[("onestock_stock_units", (("sku", sku),))] == v.total
@@ -247,3 +248,34 @@ def test_a_batch_written_twice_is_counted_once(store: Store) -> None:
     f = Reader(store).read()
     assert f.decisions == {"accepted": 20, "rejected:unknown_sku": 1}
     assert sum(f.received) == sum(f.paid) == 21 and f.records == 21
+
+
+def test_gifts_left_is_bounded_by_the_gift_units_on_hand(store: Store) -> None:
+    from tests.helpers import decide, order
+
+    cat = burst.campaign_catalog(first_n=100)
+    gift = next(s for s in cat.skus if s.sku == "TOTE-BAG")
+    gift.stock = {loc: 0 for loc in gift.stock} | {next(iter(gift.stock)): 3}
+    store.load_catalog(cat, [s.sku for s in cat.skus])
+    store.shard_count(16)
+    decide(store, [order("g1", (cat.campaigns[0].sku, 1))])  # one candidate, not settled yet
+    (camp,) = Reader(store).read().campaigns
+    assert (camp.first_n, camp.ranks, camp.gift_units, camp.left) == (100, 0, 3, 3)
+
+
+def test_metrics_say_when_redis_is_away(cli_env: dict[str, str], tmp_path: Path) -> None:
+    from state.server import RedisServer
+
+    redis = RedisServer(tmp_path / "r", persistent=False).start()
+    env = {**cli_env, "ONESTOCK_REDIS_URL": redis.url}
+    onestock("catalog", "load", str(CATALOG), env=env)
+    server = Server(env)
+    try:
+        assert scrape(server.port)[("onestock_redis_up", ())] == 1
+        redis.stop()
+        assert scrape(server.port) == {("onestock_redis_up", ()): 0.0}  # and still answers
+        status, _, live = server.get("/api/live")
+        assert status == 200 and live["ok"] is False and "cannot read Redis" in live["error"]
+    finally:
+        server.stop()
+        redis.stop()
