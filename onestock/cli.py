@@ -279,6 +279,53 @@ def top(
     run_top(ops.resolve_url(_settings(redis_url)), interval, frames)
 
 
+@app.command("loadtest")
+def loadtest_cmd(
+    scenario: Annotated[str, typer.Argument(help="A scenario file of loadtest/ (no .py).")],
+    rate: Annotated[
+        float | None, typer.Option(help="Peak orders/s (default: the scenario's).")
+    ] = None,
+    seconds: Annotated[int | None, typer.Option(help="Run time (default: the scenario's).")] = None,
+    processes: Annotated[int, typer.Option(help="Locust processes (--processes).")] = 1,
+    users: Annotated[int | None, typer.Option(help="Locust users (default: see README).")] = None,
+    model: Annotated[
+        str, typer.Option(help="open (arrival rate) or closed (users wait).")
+    ] = "open",
+    via: Annotated[str, typer.Option(help="http (the intake) or stream (XADD, no HTTP).")] = "http",
+    scale: Annotated[float, typer.Option(help="double_eleven_day: share of 20M orders.")] = 0.0005,
+    max_p99_ms: Annotated[float, typer.Option(help="Gate: p99 bound, ms.")] = 2000.0,
+    max_failure_ratio: Annotated[float, typer.Option(help="Gate: failure ratio bound.")] = 0.01,
+    workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = DEFAULT_WORKERS,
+    stall_ms: Annotated[
+        int, typer.Option(help="Pause Redis writes this long half-way through (a stall).")
+    ] = 0,
+    out: Annotated[Path, typer.Option(help="Directory of the reports.")] = Path("loadtest-results"),
+) -> None:
+    """A Double-Eleven load scenario with Locust against a pipeline it starts (fresh Redis,
+    serve, run); prints the results and the gate's verdict (exit 1 if it failed)."""
+    from onestock.loadtest_run import run_loadtest
+
+    if model not in ("open", "closed") or via not in ("http", "stream"):
+        raise OnestockError("--model is open or closed; --via is http or stream")
+    raise typer.Exit(
+        run_loadtest(
+            scenario,
+            rate=rate,
+            seconds=seconds,
+            processes=processes,
+            users=users,
+            model=model,
+            via=via,
+            out=out,
+            scale=scale,
+            max_p99_ms=max_p99_ms,
+            max_failure_ratio=max_failure_ratio,
+            workers=workers,
+            stall_ms=stall_ms,
+        )  # fmt: skip
+    )
+
+
 @app.command("gifts")
 def gifts(
     campaign: Annotated[str, typer.Argument(help="Campaign id from the catalog.")],

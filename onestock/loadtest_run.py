@@ -1,0 +1,255 @@
+"""``onestock loadtest SCENARIO``: start what a Double-Eleven load scenario needs (a fresh
+Redis, the scenario's catalog, ``onestock serve``, ``onestock run``), run the Locust scenario
+headless against it, and print the report: results table, the gate's verdict, and where the
+CSV/HTML reports and the plot are. Exit status: Locust's (1 when the gate failed)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+import loadtest
+from onestock import harness
+from onestock.errors import OnestockError
+from onestock.types import Catalog
+from state.server import free_port
+from state.store import Store
+
+SCENARIO_DIR = Path(loadtest.__file__).parent
+NOT_SCENARIOS = {"__init__", "checks", "common", "gate"}
+
+
+def scenarios() -> list[str]:
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.py") if p.stem not in NOT_SCENARIOS)
+
+
+class Described(msgspec.Struct):
+    catalog: Catalog
+    default_rate: float
+    default_seconds: int
+    http: list[str]  # its HTTP user classes
+    stream: list[str]  # its straight-to-stream user classes
+
+
+_DESCRIBE = """
+import sys, msgspec, importlib
+from loadtest.common import StreamOrders
+m = importlib.import_module("loadtest." + sys.argv[1])
+users = [n for n, c in vars(m).items() if isinstance(c, type) and c.__module__ == m.__name__
+         and getattr(c, "abstract", True) is False and hasattr(c, "tasks")]
+stream = [n for n in users if issubclass(getattr(m, n), StreamOrders)]
+sc = m.SCENARIO
+sys.stdout.buffer.write(msgspec.json.encode({"catalog": sc.catalog(),
+    "default_rate": sc.default_rate, "default_seconds": sc.default_seconds,
+    "http": [n for n in users if n not in stream], "stream": stream}))
+"""
+
+
+def describe(name: str) -> Described:
+    """A scenario's catalog, defaults and user classes, read in a child process: importing
+    Locust monkey-patches the process (gevent), which this one must not be."""
+    proc = subprocess.run([sys.executable, "-c", _DESCRIBE, name], capture_output=True)
+    if proc.returncode != 0:
+        raise OnestockError(f"loadtest/{name}.py: {proc.stderr.decode()[-1500:]}")
+    return msgspec.json.decode(proc.stdout, type=Described)
+
+
+def _wait_http(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise OnestockError(f"{what} did not come up")
+        time.sleep(0.1)
+
+
+def _stall(url: str, at_s: float, ms: int) -> None:
+    """Pause Redis writes for ``ms`` at ``at_s`` seconds into the run (CLIENT PAUSE WRITE):
+    what a stalled store looks like to each load model."""
+    time.sleep(at_s)
+    Store.connect(url).r.execute_command("CLIENT", "PAUSE", ms, "WRITE")
+
+
+def run_loadtest(
+    name: str,
+    *,
+    rate: float | None,
+    seconds: int | None,
+    processes: int,
+    users: int | None,
+    model: str,
+    via: str,
+    out: Path,
+    scale: float,
+    max_p99_ms: float,
+    max_failure_ratio: float,
+    workers: int,
+    stall_ms: int = 0,
+    plot: bool = True,
+    console: Console | None = None,
+) -> int:
+    console = console or Console()
+    if name not in scenarios():
+        raise OnestockError(f"unknown scenario {name!r}: one of {', '.join(scenarios())}")
+    sc = describe(name)
+    rate = rate if rate is not None else sc.default_rate
+    seconds = seconds if seconds is not None else sc.default_seconds
+    if seconds < 1 or processes < 1 or rate < 0:
+        raise OnestockError("--seconds and --processes must be >= 1, --rate >= 0")
+    classes = sc.stream if via == "stream" else sc.http
+    if not classes:
+        raise OnestockError(f"scenario {name} has no {via} users")
+    user_class = classes[0]
+    if users is None:  # open: one arrival loop per process; closed: enough users to pace
+        users = processes if model == "open" else max(processes, min(200, math.ceil(rate / 20)))
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = out / name
+    verdict_path = out / f"{name}_verdict.json"
+    verdict_path.unlink(missing_ok=True)
+    orders_secret, shopify_secret = secrets.token_hex(16), secrets.token_hex(16)
+    with harness.scratch_redis("onestock-loadtest-") as (server, home):
+        store = Store.connect(server.url)
+        harness.reset(store, catalog=sc.catalog)
+        env = {
+            **os.environ, "ONESTOCK_REDIS_URL": server.url, "ONESTOCK_HOME": str(home),
+            "ONESTOCK_ORDERS_SECRET": orders_secret, "ONESTOCK_SHOPIFY_SECRET": shopify_secret,
+            "ONESTOCK_SHOPIFY_CHANNEL": "app",
+        }  # fmt: skip
+        port = free_port()
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "onestock", "serve", "--port", str(port)], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        flow = harness.start_dataflow(server.url, home, workers, until_drained=False)
+        try:
+            _wait_http(port, serve, "onestock serve")
+            cmd = [
+                sys.executable, "-m", "locust", "-f", str(SCENARIO_DIR / f"{name}.py"),
+                "--headless", "--only-summary", "-u", str(users), "-r", str(max(users, 1)),
+                "-t", f"{seconds}s", "--stop-timeout", "5",
+                "-H", f"http://127.0.0.1:{port}",
+                "--csv", str(prefix), "--csv-full-history", "--html", f"{prefix}.html",
+                "--onestock-redis", server.url, "--orders-secret", orders_secret,
+                "--shopify-secret", shopify_secret, "--target-rate", str(rate),
+                "--model", model, "--scale", str(scale), "--max-p99-ms", str(max_p99_ms),
+                "--max-failure-ratio", str(max_failure_ratio), "--verdict", str(verdict_path),
+            ]  # fmt: skip
+            if processes > 1:
+                cmd += ["--processes", str(processes)]
+            cmd.append(user_class)
+            console.print(
+                f"[bold]onestock loadtest {name}[/]: {user_class} ({via}, {model} model), "
+                f"{seconds} s, {users} user(s) on {processes} process(es), "
+                + (f"scale {scale}" if name == "double_eleven_day" else f"target {rate:g}/s")
+            )
+            if stall_ms:
+                threading.Thread(
+                    target=_stall, args=(server.url, seconds / 2, stall_ms), daemon=True
+                ).start()
+            with open(out / f"{name}_locust.log", "wb") as log:
+                rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        finally:
+            serve.terminate()
+            serve.wait(timeout=60)
+            harness.stop(flow)
+    if not verdict_path.exists():
+        tail = (out / f"{name}_locust.log").read_text(errors="replace")[-3000:]
+        raise OnestockError(f"locust ended ({rc}) without a verdict:\n{tail}")
+    verdict = msgspec.json.decode(verdict_path.read_bytes())
+    _print_report(console, prefix, verdict)
+    if plot:
+        png = _plot(prefix, name)
+        if png is not None:
+            console.print(f"plot: {png}")
+    console.print(f"reports: {prefix}_stats.csv, {prefix}.html, {prefix}_locust.log")
+    return rc
+
+
+def _print_report(console: Console, prefix: Path, verdict: dict[str, Any]) -> None:
+    table = Table(title="results (latency from the intended send time in the open model)")
+    cols = ["Name", "Request Count", "Failure Count", "Requests/s", "50%", "95%", "99%", "100%"]
+    for c in ("request", "requests", "failures", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+        table.add_column(c, justify="left" if c == "request" else "right")
+    with open(f"{prefix}_stats.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            name = row["Name"] if row["Name"] != "Aggregated" else "all"
+            table.add_row(*(name if c == "Name" else _num(row[c]) for c in cols),
+                          style="bold" if name == "all" else None)  # fmt: skip
+    console.print(table)
+    ok = verdict["passed"]
+    console.print(f"gate: [{'green' if ok else 'red'}]{'PASS' if ok else 'FAIL'}[/]")
+    for c in verdict["checks"]:
+        mark = "[green]ok[/]  " if c["ok"] else "[red]FAIL[/]"
+        console.print(f"  {mark} {c['name']}: {c['detail']}")
+
+
+def _num(text: str) -> str:
+    try:
+        v = float(text)
+    except ValueError:
+        return text
+    return f"{v:,.1f}" if v != int(v) and v < 100 else f"{v:,.0f}"
+
+
+def _plot(prefix: Path, name: str) -> Path | None:
+    """Throughput and latency percentiles over the run, from Locust's stats history."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return None
+    rows = []
+    with open(f"{prefix}_stats_history.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["Name"] == "Aggregated"]
+    if not rows:
+        return None
+    t0 = int(rows[0]["Timestamp"])
+    t = [int(r["Timestamp"]) - t0 for r in rows]
+
+    def col(c: str) -> list[float]:
+        return [float(r[c]) if r[c] not in ("N/A", "") else math.nan for r in rows]
+
+    def per_second(c: str) -> list[float]:  # from the running totals: no smoothing
+        total = col(c)
+        return [0.0] + [
+            (total[i] - total[i - 1]) / max(1, t[i] - t[i - 1]) for i in range(1, len(t))
+        ]
+
+    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    a.plot(t, per_second("Total Request Count"), label="requests/s")
+    a.plot(t, per_second("Total Failure Count"), label="failures/s")
+    a.set_ylabel("per second")
+    a.legend()
+    a.set_title(f"onestock loadtest {name}")
+    for q in ("50%", "95%", "99%"):
+        b.plot(t, col(q), label=f"p{q[:-1]}")
+    b.set_ylabel("ms (last 10 s)")
+    b.set_xlabel("seconds into the run")
+    b.set_yscale("log")
+    b.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    b.legend()
+    fig.tight_layout()
+    png = Path(f"{prefix}.png")
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return png
