@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from onestock import ops
-from onestock.metrics import Figures, Reader
+from onestock.metrics import Figures, Reader, quantile
 from onestock.types import Catalog, FulfilmentRecord
 from state.store import Store
 
@@ -79,8 +79,12 @@ def _wait_drained(store: Store, timeout: float) -> tuple[Figures, set[str], bool
 
 def invariants(scenario: Scenario, store: Store, timeout: float) -> list[Check]:
     f, acked, quiet = _wait_drained(store, timeout)
-    checks = [Check("pipeline drained", quiet,
-                    f"backlog {sum(f.backlog)}, held {f.held}, {f.decided:,} decided")]  # fmt: skip
+    p50, p99 = (quantile(q, f.received) for q in (0.5, 0.99))
+    checks = [Check(
+        "pipeline drained", quiet,
+        f"backlog {sum(f.backlog)}, held {f.held}, {f.decided:,} decided; received -> decided "
+        f"p50 {_ms(p50)}, p99 {_ms(p99)} (bucket-interpolated)",
+    )]  # fmt: skip
     checks.append(Check("nothing oversold", f.oversold == 0, f"{f.oversold} units"))
     for c in f.campaigns:
         checks.append(Check(f"gifts of {c.id} <= first_n", c.awarded <= c.first_n,
@@ -104,3 +108,7 @@ def invariants(scenario: Scenario, store: Store, timeout: float) -> list[Check]:
     _, cat = store.catalog()
     checks += scenario.checks(Outcome(f, final, acked, cat))
     return checks
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.0f} ms"

@@ -215,7 +215,6 @@ def _plot(prefix: Path, name: str) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         return None
     rows = []
@@ -229,10 +228,12 @@ def _plot(prefix: Path, name: str) -> Path | None:
     def col(c: str) -> list[float]:
         return [float(r[c]) if r[c] not in ("N/A", "") else math.nan for r in rows]
 
-    def per_second(c: str) -> list[float]:  # from the running totals: no smoothing
+    def per_second(c: str) -> list[float]:
+        """From the running totals, over 3 s (distributed workers report every 3 s)."""
         total = col(c)
-        return [0.0] + [
-            (total[i] - total[i - 1]) / max(1, t[i] - t[i - 1]) for i in range(1, len(t))
+        return [
+            (total[i] - total[max(0, i - 3)]) / max(1, t[i] - t[max(0, i - 3)])
+            for i in range(len(t))
         ]
 
     fig, (a, b) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
@@ -245,8 +246,6 @@ def _plot(prefix: Path, name: str) -> Path | None:
         b.plot(t, col(q), label=f"p{q[:-1]}")
     b.set_ylabel("ms (last 10 s)")
     b.set_xlabel("seconds into the run")
-    b.set_yscale("log")
-    b.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     b.legend()
     fig.tight_layout()
     png = Path(f"{prefix}.png")
