@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import os
 import signal
 import socket
@@ -40,9 +41,13 @@ def recovery_dir(home: Path, instance: str) -> Path:
 
 
 def prepare_recovery(path: Path) -> None:
-    if not any(path.glob("part-*")):
-        path.mkdir(parents=True, exist_ok=True)
-        init_db_dir(path, RECOVERY_PARTITIONS)
+    """Create the recovery partitions once (under a lock: the processes of one cluster may
+    start at the same moment over the same directory)."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not any(path.glob("part-*")):
+            init_db_dir(path, RECOVERY_PARTITIONS)
 
 
 def _die_with_parent() -> None:
@@ -126,14 +131,33 @@ def _check_ports(base: int, n: int) -> None:
                 ) from None
 
 
-def run(url: str, instance: str, settings: Settings, *, until_drained: bool = False) -> int:
-    """Run ``settings.workers`` worker processes until drained or stopped; their exit status."""
-    workers = max(1, settings.workers)
+def run(
+    url: str,
+    instance: str,
+    settings: Settings,
+    *,
+    until_drained: bool = False,
+    process_id: int | None = None,
+    cluster: list[str] | None = None,
+) -> int:
+    """Run ``settings.workers`` worker processes until drained or stopped; their exit status.
+
+    With ``cluster`` (every process's host:port) and ``process_id``, run only that process of
+    a Bytewax cluster whose other processes are started elsewhere (other machines, or other
+    invocations), all with the same list."""
+    if cluster:
+        workers, mine = len(cluster), [process_id or 0]
+        addresses = ";".join(cluster)
+    else:
+        workers = max(1, settings.workers)
+        mine = list(range(workers))
+        addresses = (
+            ";".join(f"127.0.0.1:{free_port()}" for _ in range(workers)) if workers > 1 else ""
+        )
     if settings.metrics_port:
-        _check_ports(settings.metrics_port, workers)
+        _check_ports(settings.metrics_port + mine[0], len(mine))
     rdir = recovery_dir(settings.home, instance)
     prepare_recovery(rdir)
-    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(workers)) if workers > 1 else ""
     procs: list[subprocess.Popen[bytes]] = []
     stop_at: list[float] = []  # when the workers were first asked to stop
 
@@ -147,7 +171,7 @@ def run(url: str, instance: str, settings: Settings, *, until_drained: bool = Fa
     # before the first worker starts: a SIGTERM while they start stops them, not just us
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for i in range(workers):
+        for i in mine:
             if stop_at:
                 break
             cmd = [
@@ -168,7 +192,7 @@ def run(url: str, instance: str, settings: Settings, *, until_drained: bool = Fa
                     "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(Path(settings.home).absolute()),
                 }
             procs.append(subprocess.Popen(cmd, env=env))
-            if i == 0 and workers > 1:
+            if i == 0 and len(mine) > 1:
                 time.sleep(0.3)  # let process 0 listen first: fewer "connection refused" retries
         status = 0
         while any(pr.poll() is None for pr in procs):

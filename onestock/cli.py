@@ -113,10 +113,31 @@ def run(
             "[env ONESTOCK_DATAFLOW_METRICS_PORT; default off].",
         ),
     ] = None,
+    process_id: Annotated[
+        int | None, typer.Option(help="This process's index in --addresses (0-based).")
+    ] = None,
+    addresses: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of every process of a multi-machine cluster, ';'-separated, the "
+            "same list everywhere; with --process-id this invocation runs only its process.",
+        ),
+    ] = None,
 ) -> None:
     """Run the Bytewax dataflow (recovery on: a killed run resumes without loss or duplicates)."""
     from dataflows.runner import run as run_flow
 
+    cluster = [a.strip() for a in addresses.split(";") if a.strip()] if addresses else None
+    if (cluster is None) != (process_id is None):
+        raise OnestockError("--process-id and --addresses go together")
+    if cluster is not None:
+        if not 0 <= process_id < len(cluster):  # type: ignore[operator]
+            raise OnestockError(
+                f"--process-id {process_id} is not an index of the {len(cluster)} --addresses"
+            )
+        if workers is not None and workers != len(cluster):
+            raise OnestockError("--workers is the number of --addresses in a cluster run")
+        workers = len(cluster)
     settings = _settings(redis_url, workers=workers, metrics_port=metrics_port)
     if settings.workers < 1 or settings.workers > 64:
         raise OnestockError(f"--workers must be 1..64, not {settings.workers}")
@@ -127,7 +148,10 @@ def run(
         raise OnestockError(
             f"--workers {settings.workers} exceeds the {settings.shards} input shards"
         )
-    rc = run_flow(url, ops.instance_id(store), settings, until_drained=until_drained)
+    rc = run_flow(
+        url, ops.instance_id(store), settings, until_drained=until_drained,
+        process_id=process_id, cluster=cluster,
+    )  # fmt: skip
     raise typer.Exit(rc if rc >= 0 else 1)
 
 

@@ -323,3 +323,39 @@ def test_sigterm_ends_a_worker_still_waiting_for_its_peer(url: str, tmp_path: Pa
         assert proc.wait(timeout=10) == 0
     finally:
         proc.kill()
+
+
+@pytest.mark.slow
+def test_a_two_process_cluster_started_separately_survives_kill_9_of_one(
+    cli_env: dict[str, str], url: str
+) -> None:
+    """Two `onestock run --process-id i --addresses A;B` (as on two machines), one killed
+    with SIGKILL mid-burst: the other ends too (Bytewax cannot go on without a peer), and
+    both restarted resume from recovery: nothing lost, nothing duplicated."""
+    from tests.helpers import free_ports
+
+    onestock("catalog", "load", str(CATALOG), env=cli_env)
+    lines = burst_lines(60000, seed=14)
+    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
+    store = Store.connect(url)
+
+    def start(i: int, addresses: str, *extra: str) -> subprocess.Popen[bytes]:
+        return start_run(cli_env, "--process-id", str(i), "--addresses", addresses, *extra)
+
+    base = free_ports(2)
+    addresses = f"127.0.0.1:{base};127.0.0.1:{base + 1}"
+    procs = [start(0, addresses), start(1, addresses)]
+    wait_for(lambda: outcomes(store) >= 5000 or any(p.poll() is not None for p in procs), 90)
+    os.killpg(procs[1].pid, signal.SIGKILL)
+    procs[1].wait()
+    rc = procs[0].wait(timeout=60)  # its peer is gone: it stops by itself
+    assert rc != 0
+    assert outcomes(store) < len(lines), "the burst drained before the kill: make it bigger"
+    base = free_ports(2)
+    addresses = f"127.0.0.1:{base};127.0.0.1:{base + 1}"
+    procs = [start(i, addresses, "--until-drained") for i in (0, 1)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    check_exactly_once(store, {orjson.loads(x)["order_id"] for x in lines}, dead=0)
+    bad = onestock("run", "--process-id", "2", "--addresses", addresses, env=cli_env, check=False)
+    assert bad.returncode != 0 and "not an index of the 2 --addresses" in bad.stderr.decode()
