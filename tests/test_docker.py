@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
 
+import jsonschema
 import promql_parser
+import pytest
 import yaml
 
 from dataflows.flow import BATCH_EVENTS, BATCH_SECONDS
@@ -72,3 +79,93 @@ def test_grafana_dashboard_queries_only_metrics_onestock_serves(store: Store) ->
                  "onestock_stream_trimmed_total", "onestock_dead_letters_total",
                  "onestock_gift_late_orders_total", "onestock_oversold_units"):  # fmt: skip
         assert name in used, name
+
+
+# -- the image and compose.yaml (no Docker engine here: checked against the Compose schema) ----
+
+COMPOSE_SCHEMA_FROM = "docker-compose==1.29.2"  # its wheel carries compose/config/compose_spec.json
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def compose_schema() -> dict:  # type: ignore[type-arg]
+    """The Compose Specification's JSON schema, from Docker's own published package (fetched
+    once from PyPI into tests/artifacts/; nothing third-party is committed)."""
+    cached = ARTIFACTS / "compose_spec.json"
+    if not cached.exists():
+        ARTIFACTS.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            got = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp,
+                 COMPOSE_SCHEMA_FROM],
+                capture_output=True, timeout=300,
+            )  # fmt: skip
+            wheels = list(Path(tmp).glob("*.whl"))
+            if got.returncode != 0 or not wheels:
+                pytest.skip(f"cannot fetch {COMPOSE_SCHEMA_FROM} from PyPI for its schema")
+            with zipfile.ZipFile(wheels[0]) as zf:
+                cached.write_bytes(zf.read("compose/config/compose_spec.json"))
+    return json.loads(cached.read_text())  # type: ignore[no-any-return]
+
+
+def compose() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def test_compose_file_is_valid_against_the_compose_schema(compose_schema: dict) -> None:  # type: ignore[type-arg]
+    check = jsonschema.Draft201909Validator(compose_schema)  # its "$schema" says 2019-09
+    check.validate(compose())
+    broken = {**compose(), "services": {"intake": {"image": "x", "ports": [{"nope": 1}]}}}
+    with pytest.raises(jsonschema.ValidationError):  # the check does reject a wrong file
+        check.validate(broken)
+
+
+def test_compose_runs_what_the_monitoring_expects() -> None:
+    doc = compose()
+    services = doc["services"]
+    wanted = {"redis", "catalog", "intake", "dataflow", "prometheus", "grafana",
+              "redis-node-1", "redis-node-2", "redis-node-3", "redis-cluster-init",
+              "locust-master", "locust-worker"}  # fmt: skip
+    assert set(services) == wanted
+    assert (
+        services["intake"]["command"][:1] == ["serve"]
+        and "8080:8080" in services["intake"]["ports"]
+    )
+    assert "--metrics-port" in services["dataflow"]["command"]
+    assert (
+        services["dataflow"]["command"][services["dataflow"]["command"].index("--metrics-port") + 1]
+        == "3030"
+    )
+    for name in ("redis-node-1", "redis-cluster-init"):
+        assert services[name]["profiles"] == ["cluster"]
+    for name in ("locust-master", "locust-worker"):
+        assert services[name]["profiles"] == ["loadtest"]
+        assert (ROOT / services[name]["command"][1].removeprefix("/app/")).exists()
+    # every file mounted from the repository exists
+    for svc in services.values():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith("."):
+                assert (DOCKER / src).exists(), src
+        build = svc.get("build")
+        if build:
+            assert (DOCKER / build["context"] / build["dockerfile"]).exists()
+
+
+def test_dockerfile_is_slim_pinned_and_non_root() -> None:
+    lines = [ln.strip() for ln in (DOCKER / "Dockerfile").read_text().splitlines()]
+    base = next(ln for ln in lines if ln.startswith("FROM "))
+    assert re.fullmatch(r"FROM python:3\.1[12]\.\d+-slim-bookworm", base), base
+    user = [ln for ln in lines if ln.startswith("USER ")]
+    assert user and user[-1] != "USER root" and not user[-1].startswith("USER 0")
+    for ln in lines:
+        if ln.startswith("COPY "):
+            for src in ln.split()[1:-1]:
+                assert (ROOT / src).exists(), src
+    assert any("--constraint docker/constraints.txt" in ln for ln in lines)
+    pins = [ln for ln in (DOCKER / "constraints.txt").read_text().splitlines()
+            if ln and not ln.startswith("#")]  # fmt: skip
+    assert pins and all(re.fullmatch(r"[a-z0-9-]+==[\w.]+", p) for p in pins)
+    pinned = {p.split("==")[0] for p in pins}
+    assert {"bytewax", "redis", "locust", "uvicorn", "prometheus-client", "plotly"} <= pinned
+    assert dict(p.split("==") for p in pins)["bytewax"] == "0.21.1"
