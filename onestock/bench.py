@@ -234,3 +234,52 @@ def _drain(store: Store, url: str, home: Path, workers: int) -> tuple[float, flo
         for p in packed_records(f)
     ]
     return flow_s, (max(decided) - min(decided)) / 1000 if decided else flow_s
+
+
+class ScalePoint(msgspec.Struct):
+    masters: int  # 1: one Redis server; more: a local Redis Cluster of that many masters
+    workers: int  # dataflow worker processes
+    orders_per_s: float  # drained, first to last decision
+    per_worker: float  # orders/s per worker process
+    efficiency: float  # per-worker rate / the 1-worker rate on the same Redis
+
+
+def run_scale(n: int, workers: list[int], masters: list[int], out: Path | None) -> list[ScalePoint]:
+    """``onestock bench-scale``: the same N orders drained with each number of dataflow
+    processes against each Redis (one server, or a local cluster of M masters), in one
+    invocation. On a 2-core machine everything past two busy processes shares the cores:
+    the table shows where this machine stops scaling, not where the design does."""
+    from state.server import LocalCluster
+
+    console = Console()
+    console.print(f"generating {n:,} orders ...")
+    lines = list(burst.orders(n, burst.demo_catalog(), seed=2026))
+    points: list[ScalePoint] = []
+    for m in masters:
+        with harness.scratch_redis("onestock-scale-") as (server, home):
+            cluster = LocalCluster(home / "cluster", m).start() if m > 1 else None
+            url = cluster.url if cluster is not None else server.url
+            try:
+                store = Store.connect(url)
+                base = None
+                for w in workers:
+                    console.print(f"{m} Redis master(s), {w} dataflow worker(s) ...")
+                    harness.reset(store)
+                    harness.push(store, lines)
+                    _, drain_s = _drain(store, url, home / f"m{m}w{w}", w)
+                    rate = n / max(drain_s, 1e-3)
+                    base = base or rate / w
+                    points.append(ScalePoint(m, w, rate, rate / w, (rate / w) / base))
+            finally:
+                if cluster is not None:
+                    cluster.stop()
+    table = Table(title=f"onestock bench-scale: {n:,} orders drained")
+    for col in ("Redis masters", "dataflow workers", "orders/s", "per worker", "efficiency"):
+        table.add_column(col, justify="right")
+    for p in points:
+        table.add_row(str(p.masters), str(p.workers), f"{p.orders_per_s:,.0f}",
+                      f"{p.per_worker:,.0f}", f"{p.efficiency:.2f}")  # fmt: skip
+    console.print(table)
+    if out is not None:
+        out.write_bytes(msgspec.json.format(msgspec.json.encode(points)))
+    return points

@@ -399,6 +399,34 @@ def bench(
     run_bench(orders, workers, out, rules, gifts)
 
 
+@app.command("bench-scale")
+def bench_scale(
+    orders: Annotated[int, typer.Option("--orders", help="Orders to drain each time.")] = 300_000,
+    workers: Annotated[
+        str, typer.Option(help="Dataflow worker counts, comma-separated.")
+    ] = "1,2,3,4",
+    masters: Annotated[
+        str, typer.Option(help="Redis masters, comma-separated (1: one server; more: a cluster).")
+    ] = "1,3",
+    out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+) -> None:
+    """Orders/s against the number of dataflow processes and Redis masters (README)."""
+    from onestock.bench import run_scale
+
+    def counts(text: str, what: str) -> list[int]:
+        try:
+            got = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            got = []
+        if not got or min(got) < 1 or max(got) > 16:
+            raise OnestockError(f"--{what} takes counts 1..16 separated by commas, not {text!r}")
+        return got
+
+    if orders < 1000:
+        raise OnestockError(f"--orders must be at least 1000, not {orders}")
+    run_scale(orders, counts(workers, "workers"), counts(masters, "masters"), out)
+
+
 @app.command("bench-intake")
 def bench_intake(
     rate: Annotated[int, typer.Option(help="Open-loop rate for the latency figures.")] = 5000,

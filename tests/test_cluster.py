@@ -198,3 +198,16 @@ def test_slots_moved_during_a_burst_are_followed(tmp_path: Path) -> None:
         assert audit.duplicates == 0 and audit.oversold == 0
     finally:
         cluster.stop()
+
+
+def test_bench_scale_drains_against_one_server_and_a_cluster(tmp_path: Path) -> None:
+    from tests.conftest import onestock
+
+    out = tmp_path / "scale.json"
+    proc = onestock("bench-scale", "--orders", "3000", "--workers", "1,2", "--masters", "1,3",
+                    "--out", str(out), timeout=300)  # fmt: skip
+    points = orjson.loads(out.read_bytes())
+    assert [(p["masters"], p["workers"]) for p in points] == [(1, 1), (1, 2), (3, 1), (3, 2)]
+    assert all(p["orders_per_s"] > 0 for p in points)
+    assert [p["efficiency"] for p in points][::2] == [1.0, 1.0]
+    assert b"orders/s" in proc.stdout
