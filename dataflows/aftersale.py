@@ -13,7 +13,7 @@ from typing import Any
 from dataflows.gifts import Settler
 from onestock import events
 from onestock.records import pack
-from state.keys import sku_slot
+from state.keys import public, sku_slot
 from state.store import Store, Waiter
 
 # what a return of an order in this state is refused for (registry value's first letter)
@@ -112,8 +112,9 @@ class Aftersale:
             shipped: dict[str, int] = {}
             if reason is None:
                 f = text.split("\x1f")
-                for i in range(1, len(f) - 2, 3):
-                    shipped[f[i + 1]] = shipped.get(f[i + 1], 0) + int(f[i + 2])
+                for i in range(1, len(f) - 2, 3):  # a hot SKU's bucket counts as the SKU
+                    sku = public(f[i + 1])
+                    shipped[sku] = shipped.get(sku, 0) + int(f[i + 2])
                 for j, ln in enumerate(r.lines):
                     if ln.sku not in shipped:
                         reason = f"{ln.sku!r} was not shipped in this order - at `$.lines[{j}].sku`"

@@ -13,7 +13,9 @@ from typing import Any
 
 import msgspec
 
+from dataflows import buckets
 from dataflows.aftersale import Aftersale
+from dataflows.buckets import BucketPlan
 from dataflows.cross_slot import Rules, decide_cross
 from dataflows.gifts import Settler
 from onestock import events, meter
@@ -77,6 +79,7 @@ class _View:
         self.loc_index = {loc: i + 1 for i, loc in enumerate(self.router.ids)}
         # SKUs with a first-N gift campaign: their accepted orders' records wait for it
         self.campaign_skus = {c.sku for c in catalog.campaigns}
+        self.buckets = BucketPlan(catalog, list(self.router.ids), self.floors)
 
 
 class Decider:
@@ -93,6 +96,10 @@ class Decider:
         self.settler = Settler(store, say)
         self.aftersale = Aftersale(store, self.wait, self.settler)
         self._paid: dict[str, int] = {}  # paid_at ms of the batch's orders sent to Lua
+        # Hot-SKU buckets: orders that say "short" instead of sold_out in this round, and
+        # orders decided in a bucket other than 0 (it holds no safety stock)
+        self._retry: set[str] = set()
+        self._spread: set[str] = set()
 
     def refresh(self) -> None:
         version = self.wait.call(self.store.catalog_version)
@@ -101,6 +108,7 @@ class Decider:
             self.view = _View(catalog)
             if catalog is not None:
                 self.settler.load(catalog)
+                buckets.reconcile(self.store, self.wait.call, self.view.buckets)
 
     def process(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
         """Outcomes for a batch read from ``shard`` (entry id, raw event)."""
@@ -139,8 +147,11 @@ class Decider:
         )
         outcome: dict[str, str] = {}
         held_ids: set[str] = set()
-        slot_orders: dict[int, list[Order]] = {}
-        cross: list[Order] = []
+        todo: list[Order] = []
+        bucketed: list[Order] = []  # orders of hot SKUs split into buckets, renamed
+        plan = self.view.buckets
+        self._retry.clear()
+        self._spread.clear()
         for i, oid in enumerate(ids):
             if got[2 * i] is not None:  # replay of an order whose record exists: skip it
                 del firsts[oid]
@@ -157,34 +168,26 @@ class Decider:
             if reason is not None:
                 outcome[oid] = reason
                 continue
-            lines = o.lines
-            slot = sku_slot(lines[0].sku)
-            if len(lines) == 1 or all(sku_slot(ln.sku) == slot for ln in lines):
-                group = slot_orders.get(slot)
-                if group is None:
-                    group = slot_orders[slot] = []
-                group.append(o)
-            else:
-                cross.append(o)
-        if slot_orders:
-            groups = list(slot_orders.values())
-            calls = [self._slot_call(group) for group in groups]
-            results = self.wait.call(self.store.decide_slots, calls)
-            for group, res in zip(groups, results, strict=True):
-                for o, r in zip(group, res, strict=True):
-                    text = r.decode()
-                    if text[0] == "G":  # accepted and a first-N candidate: record held
-                        held_ids.add(o.order_id)
-                        text = text[1:]
-                    outcome[o.order_id] = text
+            if plan.count:
+                assigned = plan.assign(o, shard)
+                if assigned is not None:
+                    o, b = assigned
+                    bucketed.append(o)
+                    self._retry.add(oid)
+                    if b:  # bucket 0 alone holds safety stock
+                        self._spread.add(oid)
+            todo.append(o)
+        self._decide(todo, outcome, held_ids)
+        if bucketed:
+            again = [o for o in bucketed if buckets.short(outcome[o.order_id])]
+            if again:
+
+                def decide(orders: list[Order], retry: set[str]) -> None:
+                    self._retry = retry
+                    self._decide(orders, outcome, held_ids)
+
+                buckets.borrow_and_decide(self.store, self.wait.call, plan, again, outcome, decide)
         gifts = self.view.campaign_skus
-        if cross:
-            router = self.view.router
-            rankings = [router.decode(r) for r in self._rankings(cross)]
-            decide_cross(self.store, self.wait.call, cross, rankings, outcome, self.view.rules)
-            for o in cross:  # a reserved campaign SKU part is always a candidate
-                if outcome[o.order_id][0] == "A" and any(ln.sku in gifts for ln in o.lines):
-                    held_ids.add(o.order_id)
         records: list[str] = []
         tags: list[str] = []
         add, tag = records.extend, tags.append
@@ -233,6 +236,41 @@ class Decider:
                      pack(oid, channel, paid, mode, received, decided, res)))  # fmt: skip
         last_id = entries[-1][0] if entries else "0-0"
         return Decided(shard, last_id, records, dead, (sum_r, len(firsts), sum_p, n_p, tags))
+
+    def _decide(self, orders: list[Order], outcome: dict[str, str], held_ids: set[str]) -> None:
+        """Decide valid orders into ``outcome``: one decide.lua call per slot, the orders
+        spanning slots slot by slot; first-N candidates go into ``held_ids``."""
+        slot_orders: dict[int, list[Order]] = {}
+        cross: list[Order] = []
+        for o in orders:
+            lines = o.lines
+            slot = sku_slot(lines[0].sku)
+            if len(lines) == 1 or all(sku_slot(ln.sku) == slot for ln in lines):
+                group = slot_orders.get(slot)
+                if group is None:
+                    group = slot_orders[slot] = []
+                group.append(o)
+            else:
+                cross.append(o)
+        if slot_orders:
+            groups = list(slot_orders.values())
+            calls = [self._slot_call(group) for group in groups]
+            results = self.wait.call(self.store.decide_slots, calls)
+            for group, res in zip(groups, results, strict=True):
+                for o, r in zip(group, res, strict=True):
+                    text = r.decode()
+                    if text[0] == "G":  # accepted and a first-N candidate: record held
+                        held_ids.add(o.order_id)
+                        text = text[1:]
+                    outcome[o.order_id] = text
+        if cross:
+            gifts = self.view.campaign_skus
+            router = self.view.router
+            rankings = [router.decode(r) for r in self._rankings(cross)]
+            decide_cross(self.store, self.wait.call, cross, rankings, outcome, self.view.rules)
+            for o in cross:  # a reserved campaign SKU part is always a candidate
+                if outcome[o.order_id][0] == "A" and any(ln.sku in gifts for ln in o.lines):
+                    held_ids.add(o.order_id)
 
     def emit(self, d: Decided) -> None:
         if d.records or d.dead:
@@ -289,6 +327,10 @@ class Decider:
             if chan is None:
                 chan = chan_index[o.channel] = len(chan_index) + 1
             flags = o.customer.vip | (2 if o.channel in view.store_channels else 0)
+            if self._spread and o.order_id in self._spread:
+                flags |= 2
+            if self._retry and o.order_id in self._retry:  # a hot SKU's bucket may borrow
+                flags |= 4
             if o.delivery.mode == "pickup":
                 pickup = view.loc_index[o.delivery.store]  # type: ignore[index]
                 head = _HEAD.pack(home, pickup, len(lines), chan, flags, paid)

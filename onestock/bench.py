@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,13 +243,17 @@ class ScalePoint(msgspec.Struct):
     orders_per_s: float  # drained, first to last decision
     per_worker: float  # orders/s per worker process
     efficiency: float  # per-worker rate / the 1-worker rate on the same Redis
+    buckets: int = 1  # hot-SKU buckets of the hot SKU
 
 
-def run_scale(n: int, workers: list[int], masters: list[int], out: Path | None) -> list[ScalePoint]:
+def run_scale(
+    n: int, workers: list[int], masters: list[int], out: Path | None, buckets: Sequence[int] = (1,)
+) -> list[ScalePoint]:
     """``onestock bench-scale``: the same N orders drained with each number of dataflow
-    processes against each Redis (one server, or a local cluster of M masters), in one
-    invocation. On a 2-core machine everything past two busy processes shares the cores:
-    the table shows where this machine stops scaling, not where the design does."""
+    processes against each Redis (one server, or a local cluster of M masters), and with the
+    hot SKU in each number of hot-SKU buckets, in one invocation. On a 2-core machine
+    everything past two busy processes shares the cores: the table shows where this machine
+    stops scaling, not where the design does."""
     from state.server import LocalCluster
 
     console = Console()
@@ -261,23 +266,27 @@ def run_scale(n: int, workers: list[int], masters: list[int], out: Path | None) 
             url = cluster.url if cluster is not None else server.url
             try:
                 store = Store.connect(url)
-                base = None
-                for w in workers:
-                    console.print(f"{m} Redis master(s), {w} dataflow worker(s) ...")
-                    harness.reset(store)
-                    harness.push(store, lines)
-                    _, drain_s = _drain(store, url, home / f"m{m}w{w}", w)
-                    rate = n / max(drain_s, 1e-3)
-                    base = base or rate / w
-                    points.append(ScalePoint(m, w, rate, rate / w, (rate / w) / base))
+                for b in buckets:
+                    cat = burst.bucket_catalog(b) if b > 1 else None
+                    base = None
+                    for w in workers:
+                        console.print(f"{m} Redis master(s), {b} bucket(s), {w} worker(s) ...")
+                        harness.reset(store, catalog=cat)
+                        harness.push(store, lines)
+                        _, drain_s = _drain(store, url, home / f"m{m}b{b}w{w}", w)
+                        rate = n / max(drain_s, 1e-3)
+                        base = base or rate / w
+                        points.append(ScalePoint(m, w, rate, rate / w, (rate / w) / base, b))
             finally:
                 if cluster is not None:
                     cluster.stop()
     table = Table(title=f"onestock bench-scale: {n:,} orders drained")
-    for col in ("Redis masters", "dataflow workers", "orders/s", "per worker", "efficiency"):
+    cols = ("Redis masters", "hot-SKU buckets", "dataflow workers", "orders/s", "per worker",
+            "efficiency")  # fmt: skip
+    for col in cols:
         table.add_column(col, justify="right")
     for p in points:
-        table.add_row(str(p.masters), str(p.workers), f"{p.orders_per_s:,.0f}",
+        table.add_row(str(p.masters), str(p.buckets), str(p.workers), f"{p.orders_per_s:,.0f}",
                       f"{p.per_worker:,.0f}", f"{p.efficiency:.2f}")  # fmt: skip
     console.print(table)
     if out is not None:

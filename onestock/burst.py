@@ -54,6 +54,16 @@ def rules_catalog() -> Catalog:
     return cat
 
 
+def bucket_catalog(buckets: int = 4, stock_scale: float = 1.0) -> Catalog:
+    """The demo catalog with its hot SKU split into ``buckets`` hot-SKU buckets (and its
+    stock scaled by ``stock_scale``, to sell out within a short burst)."""
+    cat = demo_catalog()
+    hot = cat.skus[0]
+    hot.buckets = buckets
+    hot.stock = {loc: int(q * stock_scale) for loc, q in hot.stock.items()}
+    return cat
+
+
 def campaign_catalog(first_n: int = 1000, lateness_ms: int = 2000) -> Catalog:
     """The demo catalog with a first-N campaign: a TOTE-BAG for the first buyers of the hot
     SKU, ranked by paid_at."""

@@ -56,10 +56,22 @@ def validate(catalog: Catalog, source: str = "catalog") -> Catalog:
                     f"a second lock for channel {lock.channel!r} (one lock per channel and SKU)",
                 )
             locked.add(lock.channel)
+        if sku.buckets > 1:
+            # Rules that count per SKU (a customer's units, a lock's draws, a threshold) would
+            # count per bucket: refused rather than judged wrongly.
+            for rule in ("per_customer_limit", "low_stock_threshold", "channel_locks"):
+                if getattr(sku, rule):
+                    fail(f"$.skus[{i}].buckets", f"a SKU split into buckets cannot have {rule}")
+    bucketed = {s.sku for s in catalog.skus if s.buckets > 1}
     for i, camp in enumerate(catalog.campaigns):
         for name in ("sku", "gift_sku"):
             if getattr(camp, name) not in skus:
                 fail(f"$.campaigns[{i}].{name}", f"unknown SKU {getattr(camp, name)!r}")
+            if getattr(camp, name) in bucketed:
+                fail(
+                    f"$.campaigns[{i}].{name}",
+                    f"SKU {getattr(camp, name)!r} is split into buckets (campaigns need one)",
+                )
     return catalog
 
 

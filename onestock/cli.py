@@ -408,9 +408,12 @@ def bench_scale(
     masters: Annotated[
         str, typer.Option(help="Redis masters, comma-separated (1: one server; more: a cluster).")
     ] = "1,3",
+    buckets: Annotated[
+        str, typer.Option(help="Hot-SKU buckets of the hot SKU, comma-separated.")
+    ] = "1",
     out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
 ) -> None:
-    """Orders/s against the number of dataflow processes and Redis masters (README)."""
+    """Orders/s against dataflow processes, Redis masters and hot-SKU buckets (README)."""
     from onestock.bench import run_scale
 
     def counts(text: str, what: str) -> list[int]:
@@ -424,7 +427,10 @@ def bench_scale(
 
     if orders < 1000:
         raise OnestockError(f"--orders must be at least 1000, not {orders}")
-    run_scale(orders, counts(workers, "workers"), counts(masters, "masters"), out)
+    run_scale(
+        orders, counts(workers, "workers"), counts(masters, "masters"), out,
+        counts(buckets, "buckets"),
+    )  # fmt: skip
 
 
 @app.command("bench-intake")

@@ -194,7 +194,7 @@ def stock_view(
             raise OnestockError(f"unknown SKU {sku!r}")
         names = [sku]
     at = int(time.time() * 1000) if at_ms is None else at_ms
-    state = store.stock_state(names)
+    state = store.stock_state(names, {s.sku: s.buckets for s in cat.skus})
     safety = {loc.id: loc.safety_stock for loc in cat.locations if loc.safety_stock}
     view = {}
     for name in names:
@@ -323,7 +323,8 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
     for ret in returns(store, shards):  # returned units are back in stock
         for ln in ret.lines:
             shipped[(ln.sku, ret.location)] -= ln.qty
-    now = store.stock_levels(loaded)
+    _, cat = store.catalog()  # a SKU split into buckets is counted over all of them
+    now = store.stock_levels(loaded, {s.sku: s.buckets for s in cat.skus} if cat else None)
     oversold = 0
     for sku, locs in loaded.items():
         for loc in set(locs) | set(now.get(sku, {})):

@@ -54,7 +54,8 @@ def shipments(outcome: str, mode: str) -> list[Shipment]:
     fields = outcome.split(SEP)
     by_loc: dict[str, Shipment] = {}
     for i in range(1, len(fields) - 2, 3):
-        loc, sku, qty = fields[i], fields[i + 1], int(fields[i + 2])
+        # a hot SKU's bucket (``state.keys.bucket``) is shown as the SKU
+        loc, sku, qty = fields[i], fields[i + 1].partition("\x1c")[0], int(fields[i + 2])
         ship = by_loc.get(loc)
         if ship is None:
             ship = by_loc[loc] = Shipment(location=loc, mode=mode, lines=[])

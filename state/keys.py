@@ -159,3 +159,34 @@ def sku_slot(sku: str) -> int:
     if slot is None:
         slot = _slots[sku] = key_slot(stock(sku).encode())
     return slot
+
+
+# Hot-SKU buckets: bucket 0 of a SKU is the SKU's own keys; bucket b > 0 is the "SKU" named
+# "<sku>\x1c<b>", whose keys hash to another slot. Catalog ids never hold control characters.
+BUCKET = "\x1c"
+
+
+def bucket(sku: str, b: int) -> str:
+    """The internal SKU name of bucket ``b`` of ``sku``."""
+    return sku if b == 0 else f"{sku}{BUCKET}{b}"
+
+
+def public(name: str) -> str:
+    """The catalog SKU of an internal name (a bucket's name, or the SKU itself)."""
+    return name.partition(BUCKET)[0]
+
+
+def lent(name: str) -> str:
+    """HASH of a bucket's units in flight to another bucket: transfer id -> "<recipient
+    bucket>\x1f<location>\x1f<units>..." (deleted once the recipient has them)."""
+    return f"{sku_tag(name)}:lent"
+
+
+def received(name: str, transfer: str) -> str:
+    """Marks a transfer as received by this bucket (so it is applied once)."""
+    return f"{sku_tag(name)}:got:{transfer}"
+
+
+def lend_lock(sku: str) -> str:
+    """Held while units move between the SKU's buckets (one mover at a time per SKU)."""
+    return f"{sku_tag(sku)}:lendlock"

@@ -16,8 +16,9 @@ import redis
 from redis.cluster import RedisCluster
 
 from onestock.errors import OnestockError
-from onestock.types import Catalog, catalog_decoder, json_encoder
+from onestock.types import Catalog, Sku, catalog_decoder, json_encoder
 from state import keys
+from state.buckets import Buckets, split
 
 Redis = redis.Redis | RedisCluster
 TRANSIENT = (
@@ -113,6 +114,9 @@ class Store:
         self._undo_units = client.register_script(_lua("undo_units", "lib_stock"))
         self._gift_return = client.register_script(_lua("gift_return"))
         self._return_units = client.register_script(_lua("return_units", "lib_stock"))
+        self.buckets = Buckets(
+            client, client.register_script(_lua("lend")), client.register_script(_lua("receive"))
+        )
         # Reads of the input skip redis-py's per-entry dict building (a hot path).
         self._raw = client
         if isinstance(client, redis.Redis):
@@ -141,20 +145,18 @@ class Store:
                 [keys.CAMPAIGN + c.id, c.first_n, keys.CAMPAIGN_LATENESS + c.id, c.lateness_ms]
             )
         named = set(replace_stock)
+        _, old = self.catalog()
+        before = {s.sku: s.buckets for s in old.skus} if old is not None else {}
+        floors = {loc.id: loc.safety_stock for loc in catalog.locations if loc.safety_stock}
         for name in replace_stock:
             sku = by_sku[name]
             flat: list[Any] = []
+            if sku.buckets > 1 or before.get(name, 1) > 1:
+                self._load_buckets(sku, before.get(name, 1), floors, camps.get(name, []))
+                continue
             for loc, qty in sku.stock.items():
                 flat += [loc, qty]
-            if sku.per_customer_limit is not None:
-                flat += [keys.RULE_LIMIT, sku.per_customer_limit]
-            if sku.low_stock_threshold is not None:
-                flat += [keys.RULE_LOW, sku.low_stock_threshold]
-            if sku.vip_presale_until is not None:
-                flat += [keys.RULE_VIP_UNTIL, int(sku.vip_presale_until.timestamp() * 1000)]
-            for lock in sku.channel_locks:
-                flat += [keys.lock_qty(lock.channel), lock.qty]
-                flat += [keys.lock_until(lock.channel), int(lock.until.timestamp() * 1000)]
+            flat += self._rules(sku)
             flat += camps.get(name, [])
             self._set_stock(keys=[keys.stock(name)], args=flat)
         for name, fields in camps.items():
@@ -165,13 +167,62 @@ class Store:
         self.r.set(keys.CATALOG, json_encoder.encode(catalog))
         self.r.incr(keys.CATALOG_VERSION)
 
-    def stock_levels(self, skus: Iterable[str]) -> dict[str, dict[str, int]]:
-        """Units per location for each SKU that exists in Redis."""
-        return {sku: levels for sku, (levels, _) in self.stock_state(skus).items()}
+    def _load_buckets(
+        self, sku: Sku, before: int, floors: dict[str, int], camps: list[Any]
+    ) -> None:
+        """Replace a bucketed SKU's stock (or one that was bucketed): split over its buckets,
+        under the SKU's mover lease so no transfer is half way; buckets it no longer has go."""
+        with self.buckets.lease(sku.sku):
+            self.buckets.clear_in_flight(sku.sku, max(before, sku.buckets))
+            for b, levels in enumerate(split(sku, floors)):
+                flat: list[Any] = [f for loc, qty in levels.items() for f in (loc, qty)]
+                flat += self._rules(sku) + (camps if b == 0 else [])
+                self._set_stock(keys=[keys.stock(keys.bucket(sku.sku, b))], args=flat)
+            for b in range(sku.buckets, before):
+                self.r.delete(keys.stock(keys.bucket(sku.sku, b)))
 
-    def stock_state(self, skus: Iterable[str]) -> dict[str, tuple[dict[str, int], list[Lock]]]:
-        """Per SKU that exists in Redis: units per location, and its channel locks."""
-        return self.plan_state(list(skus), [])[0]
+    @staticmethod
+    def _rules(sku: Sku) -> list[Any]:
+        """The SKU's rules as the NUL-prefixed fields beside its stock."""
+        flat: list[Any] = []
+        if sku.per_customer_limit is not None:
+            flat += [keys.RULE_LIMIT, sku.per_customer_limit]
+        if sku.low_stock_threshold is not None:
+            flat += [keys.RULE_LOW, sku.low_stock_threshold]
+        if sku.vip_presale_until is not None:
+            flat += [keys.RULE_VIP_UNTIL, int(sku.vip_presale_until.timestamp() * 1000)]
+        for lock in sku.channel_locks:
+            flat += [keys.lock_qty(lock.channel), lock.qty]
+            flat += [keys.lock_until(lock.channel), int(lock.until.timestamp() * 1000)]
+        return flat
+
+    def stock_levels(
+        self, skus: Iterable[str], buckets: dict[str, int] | None = None
+    ) -> dict[str, dict[str, int]]:
+        """Units per location for each SKU that exists in Redis (``buckets``: see
+        ``stock_state``)."""
+        return {sku: levels for sku, (levels, _) in self.stock_state(skus, buckets).items()}
+
+    def stock_state(
+        self, skus: Iterable[str], buckets: dict[str, int] | None = None
+    ) -> dict[str, tuple[dict[str, int], list[Lock]]]:
+        """Per SKU that exists in Redis: units per location, and its channel locks. A SKU
+        split into ``buckets[sku]`` buckets counts them all and the units in flight between
+        them (the one-inventory view); without ``buckets``, the SKU's own hash (bucket 0)."""
+        names = list(skus)
+        split = {sku: n for sku, n in (buckets or {}).items() if n > 1 and sku in names}
+        extra = [keys.bucket(sku, b) for sku, n in split.items() for b in range(1, n)]
+        state = self.plan_state(names + extra, [])[0]
+        for sku, n in split.items():
+            if sku not in state:
+                continue
+            levels = dict(state[sku][0])
+            parts = [state.pop(keys.bucket(sku, b), ({}, []))[0] for b in range(1, n)]
+            for part in [*parts, self.buckets.in_flight(sku, n)]:
+                for loc, qty in part.items():
+                    levels[loc] = levels.get(loc, 0) + qty
+            state[sku] = (levels, state[sku][1])
+        return state
 
     def bought(self, pairs: list[tuple[str, str]]) -> list[int]:
         """Units of each (SKU, customer) sold so far (per-customer limits)."""

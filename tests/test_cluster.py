@@ -20,7 +20,7 @@ from onestock.metrics import Reader
 from state import keys
 from state.server import LocalCluster
 from state.store import Store
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_catalog
 from tests.helpers import decide, order, stock
 
 
@@ -205,9 +205,28 @@ def test_bench_scale_drains_against_one_server_and_a_cluster(tmp_path: Path) -> 
 
     out = tmp_path / "scale.json"
     proc = onestock("bench-scale", "--orders", "3000", "--workers", "1,2", "--masters", "1,3",
-                    "--out", str(out), timeout=300)  # fmt: skip
+                    "--buckets", "1,3", "--out", str(out), timeout=300)  # fmt: skip
     points = orjson.loads(out.read_bytes())
-    assert [(p["masters"], p["workers"]) for p in points] == [(1, 1), (1, 2), (3, 1), (3, 2)]
+    assert [(p["masters"], p["buckets"], p["workers"]) for p in points] == [
+        (m, b, w) for m in (1, 3) for b in (1, 3) for w in (1, 2)
+    ]
     assert all(p["orders_per_s"] > 0 for p in points)
-    assert [p["efficiency"] for p in points][::2] == [1.0, 1.0]
+    assert [p["efficiency"] for p in points][::2] == [1.0] * 4
     assert b"orders/s" in proc.stdout
+
+
+def test_a_hot_skus_buckets_spread_over_masters_and_sell_out_exactly(cstore: Store) -> None:
+    from tests.test_buckets import catalog
+
+    cat = make_catalog(catalog({"wh-a": 60}))
+    cstore.load_catalog(cat, [s.sku for s in cat.skus])
+    names = [keys.bucket("HOT", b) for b in range(4)]
+    assert len({owner(cstore, key_slot(keys.stock(n).encode())) for n in names}) >= 2
+    accepted = 0
+    for shard in range(8):  # bucket shard % 4; the later shards' buckets borrow across masters
+        events = [order(f"s{shard}-{i}", ("HOT", 1), lat=31.2, lon=121.5) for i in range(10)]
+        recs, _ = decide(cstore, events, shard)
+        accepted += sum(r.status == "accepted" for r in recs)
+    assert accepted == 60
+    assert ops.stock_view(cstore, "HOT")["HOT"].total == 0
+    assert all(q == 0 for n in names for q in stock(cstore, n).values())

@@ -15,8 +15,9 @@
 --         u16 pickup  location index of the pickup store, 0 = ship
 --         u16 nlines
 --         u16 channel index of the order's channel
---         u8  flags   bit 0: the customer is a VIP; bit 1: a store-kind channel (it may
---                     take safety stock)
+--         u8  flags   bit 0: the customer is a VIP; bit 1: it may take safety stock (a
+--                     store-kind channel, or a hot-SKU bucket other than 0, which holds
+--                     none); bit 2: "short" instead of sold_out (below)
 --         u64 paid_at in epoch milliseconds (time-boxed rules are judged at paid_at)
 --         then per line: u16 sku index, u32 qty >= 1
 --         then the ranking: u16 location indices, nearest first (empty for pickup).
@@ -29,6 +30,9 @@
 --       "A" followed by (location, sku, qty) triples, or "R" followed by a reason; an
 --       accepted order that became a first-N campaign candidate is "G" followed by its "A..."
 --       outcome (stored so too: a replay holds its record the same way).
+-- An order flagged bit 2 (a hot SKU's bucket may borrow units from its other buckets) whose
+-- stock falls short returns "B" instead, stores nothing and changes nothing: it is decided
+-- again once the bucket borrowed (dataflows/buckets.py).
 -- A replayed order id returns its stored outcome and changes nothing. Stock never goes
 -- below zero. Every write happens after the whole ARGV was parsed and validated (Redis does
 -- not roll back a failing script): decisions run on Lua tables, written back at the end.
@@ -42,6 +46,7 @@ local VIP_ONLY = 'R' .. SEP .. 'vip_only'
 local LIMIT = 'R' .. SEP .. 'limit_exceeded'
 local HEAD = 17 -- bytes before the first line
 local NO_PICKUP = 'R' .. SEP .. 'pickup_unavailable'
+local SHORT = 'B'
 local CHUNK = 4000
 
 local function bad(msg) return redis.error_reply('ERR decide.lua: ' .. msg) end
@@ -339,6 +344,7 @@ local function decide_one(oid, blob, customer)
     if broken then return broken end
   end
   local res = decide_stock(blob, pickup, nl, lines)
+  if (res == SOLD_OUT or res == NO_PICKUP) and byte(blob, 9) >= 4 then return SHORT end
   if byte(res, 1) == 65 then -- 'A'
     if ruled then
       count_sold(lines, customer)
@@ -380,12 +386,14 @@ for o = 1, norders do
     out[o] = prev
   else
     local res = decide_one(oid, blob, customer)
-    stored[oid] = res
-    local h1, h2 = byte(blob, 1, 2)
-    local rec = records[h1 + 256 * h2]
-    rec[#rec + 1] = oid
-    rec[#rec + 1] = res
     out[o] = res
+    if res ~= SHORT then
+      stored[oid] = res
+      local h1, h2 = byte(blob, 1, 2)
+      local rec = records[h1 + 256 * h2]
+      rec[#rec + 1] = oid
+      rec[#rec + 1] = res
+    end
   end
 end
 

@@ -1,0 +1,171 @@
+"""Hot-SKU buckets in Redis: one SKU's stock split over B stock hashes on different hash slots.
+
+Bucket 0 is the SKU's own keys, bucket b > 0 the internal SKU ``keys.bucket(sku, b)``; each is
+decided like any SKU by ``decide.lua``, so one hot SKU's decisions spread over B slots (B
+Redis cores on a cluster). Units move between buckets by a transfer in two one-slot steps:
+``lend.lua`` takes them out of the lender and keeps them under a transfer id until
+``receive.lua`` has put them into the recipient (once, by a mark in the recipient's slot);
+a crash between the two leaves the transfer in flight, counted by ``in_flight`` and finished
+by ``reconcile``. Moves of one SKU take turns under a lease (``keys.lend_lock``), so a bucket
+that took everything the others could lend holds every lendable unit of the SKU.
+
+Safety stock lives in bucket 0 only (all units of a location with safety stock start there,
+and bucket 0 keeps the floor when it lends): the other buckets hold no units that an online
+channel may not take.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import redis
+
+from onestock.types import Sku
+from state import keys
+
+LEASE_S = 5.0  # a crashed mover's lease ends after this; a move takes a few round trips
+WAIT_S = 30.0  # how long a mover waits for the lease before it gives up (an error)
+
+
+def split(sku: Sku, floors: dict[str, int]) -> list[dict[str, int]]:
+    """The stock of each bucket at a catalog load: every location's units spread evenly
+    (the first buckets get the remainder); a location with safety stock stays in bucket 0."""
+    n = sku.buckets
+    out: list[dict[str, int]] = [{} for _ in range(n)]
+    for loc, qty in sku.stock.items():
+        if floors.get(loc, 0) > 0:
+            out[0][loc] = qty
+            continue
+        for b in range(n):
+            out[b][loc] = qty // n + (1 if b < qty % n else 0)
+    return out
+
+
+class Buckets:
+    """Moves and reads of bucketed SKUs' stock (a part of ``state.store.Store``)."""
+
+    def __init__(self, client: Any, lend: Any, receive: Any) -> None:
+        self.r = client
+        self._lend = lend
+        self._receive = receive
+
+    def lease(self, sku: str) -> Any:
+        """The SKU's mover lease (redis-py's Lock: a token, an expiry, released by script)."""
+        return self.r.lock(
+            keys.lend_lock(sku), timeout=LEASE_S, sleep=0.002, blocking_timeout=WAIT_S
+        )
+
+    def borrow(
+        self,
+        sku: str,
+        count: int,
+        into: int,
+        everything: bool,
+        locations: list[str],
+        floors: dict[str, int],
+    ) -> int:
+        """Move units of ``sku`` from its other buckets into bucket ``into``: half of what each
+        may lend at each of ``locations``, or (``everything``) all of it; bucket 0 keeps the
+        safety stock (``floors``). Call it holding the SKU's lease. Returns the units moved."""
+        base = uuid.uuid4().hex
+        mode = "all" if everything else "half"
+        calls = []
+        for b in range(count):
+            if b == into:
+                continue
+            name = keys.bucket(sku, b)
+            args: list[Any] = [f"{base}.{b}", into, mode]
+            for loc in locations:
+                args += [loc, floors.get(loc, 0) if b == 0 else 0]
+            calls.append((name, [keys.stock(name), keys.lent(name)], args))
+        got = self._run(self._lend, [(ks, a) for _, ks, a in calls])
+        moved = [
+            (name, a[0], reply) for (name, _, a), reply in zip(calls, got, strict=True) if reply
+        ]
+        if not moved:
+            return 0
+        self._finish(keys.bucket(sku, into), [(tid, _pairs(flat)) for _, tid, flat in moved])
+        self._forget([(name, tid) for name, tid, _ in moved])
+        return sum(int(q) for _, _, flat in moved for q in flat[1::2])
+
+    def reconcile(self, sku: str, count: int) -> int:
+        """Finish every transfer of ``sku`` left in flight (a crash between lending and
+        receiving). Idempotent. Returns the transfers finished now."""
+        pending = self._pending(sku, count)
+        by_recipient: dict[int, list[tuple[str, list[tuple[str, int]]]]] = defaultdict(list)
+        for _, tid, into, pairs in pending:
+            by_recipient[into].append((tid, pairs))
+        done = 0
+        for into, transfers in by_recipient.items():
+            done += self._finish(keys.bucket(sku, into), transfers)
+        self._forget([(name, tid) for name, tid, _, _ in pending])
+        return done
+
+    def in_flight(self, sku: str, count: int) -> dict[str, int]:
+        """Units of ``sku`` lent by one bucket and not yet received by another, per location."""
+        pending = self._pending(sku, count)
+        if not pending:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for _, tid, into, _ in pending:
+            pipe.exists(keys.received(keys.bucket(sku, into), tid))
+        out: dict[str, int] = defaultdict(int)
+        for (_, _, _, pairs), there in zip(pending, pipe.execute(), strict=True):
+            if not there:
+                for loc, qty in pairs:
+                    out[loc] += qty
+        return dict(out)
+
+    def clear_in_flight(self, sku: str, count: int) -> None:
+        """Forget transfers in flight (a catalog load replaces the stock they came from)."""
+        self.r.delete(*(keys.lent(keys.bucket(sku, b)) for b in range(count)))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _pending(self, sku: str, count: int) -> list[tuple[str, str, int, list[tuple[str, int]]]]:
+        names = [keys.bucket(sku, b) for b in range(count)]
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(keys.lent(name))
+        out = []
+        for name, entries in zip(names, pipe.execute(), strict=True):
+            for tid, value in entries.items():
+                into, _, rest = value.decode().partition(keys.SEP)
+                out.append((name, tid.decode(), int(into), _pairs(rest.split(keys.SEP))))
+        return out
+
+    def _finish(self, recipient: str, transfers: list[tuple[str, list[tuple[str, int]]]]) -> int:
+        ks = [keys.stock(recipient), *(keys.received(recipient, tid) for tid, _ in transfers)]
+        args: list[Any] = [len(transfers)]
+        for _, pairs in transfers:
+            args.append(len(pairs))
+            for loc, qty in pairs:
+                args += [loc, qty]
+        return int(self._receive(keys=ks, args=args))
+
+    def _forget(self, items: list[tuple[str, str]]) -> None:
+        if items:
+            pipe = self.r.pipeline(transaction=False)
+            for name, tid in items:
+                pipe.hdel(keys.lent(name), tid)
+            pipe.execute()
+
+    def _run(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """One-slot script calls: pipelined on one server, one by one on a cluster."""
+        if not isinstance(self.r, redis.Redis):
+            return [script(keys=ks, args=a) for ks, a in calls]
+        pipe = self.r.pipeline(transaction=False)
+        for ks, a in calls:
+            script(keys=ks, args=a, client=pipe)
+        return pipe.execute()  # type: ignore[no-any-return]
+
+
+def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
+    """[loc, qty, loc, qty, ...] (bytes or str) -> [(loc, qty), ...]"""
+
+    def text(v: Any) -> str:
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    return [(text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]

@@ -1,0 +1,28 @@
+-- lend.lua: a bucket of a hot SKU lends units to another bucket of the same SKU (the first
+-- half of a transfer between two hash slots; receive.lua is the second).
+--
+-- KEYS: KEYS[1] = the lending bucket's stock hash, KEYS[2] = its hash of units in flight.
+-- ARGV: transfer id, recipient bucket number, mode ("all": every unit it may lend; "half":
+--       half of them at each location, rounded up), then pairs (location, units it keeps
+--       there: the safety stock for bucket 0, which alone holds it, else 0).
+-- Returns: flat {location, units, ...} taken out of this bucket, in the order given; the same
+--       list is kept under the transfer id in KEYS[2] until the recipient has it, so a crash
+--       between the two halves loses nothing (Store.reconcile_lent finishes the transfer).
+if #ARGV < 3 or #ARGV % 2 ~= 1 then return redis.error_reply('ERR lend.lua: bad arguments') end
+local all = ARGV[3] == 'all'
+local out = {}
+for i = 4, #ARGV, 2 do
+  local loc, keep = ARGV[i], tonumber(ARGV[i + 1])
+  if not keep then return redis.error_reply('ERR lend.lua: bad floor for ' .. loc) end
+  local have = tonumber(redis.call('HGET', KEYS[1], loc) or '0') - keep
+  if have > 0 then
+    local give = all and have or math.ceil(have / 2)
+    redis.call('HINCRBY', KEYS[1], loc, -give)
+    out[#out + 1] = loc
+    out[#out + 1] = give
+  end
+end
+if #out > 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '\31' .. table.concat(out, '\31'))
+end
+return out

@@ -1,0 +1,31 @@
+-- receive.lua: a bucket of a hot SKU takes in units other buckets lent it (lend.lua), each
+-- transfer once.
+--
+-- KEYS: KEYS[1] = the receiving bucket's stock hash, KEYS[1 + i] = the mark of transfer i
+--       (in this slot; it expires after a day, long after the lender forgot the transfer).
+-- ARGV: n, then per transfer: npairs, then (location, units) pairs.
+-- Returns: how many of the n transfers were applied now (the others had been before).
+local n = tonumber(ARGV[1])
+if not n or #KEYS ~= 1 + n then return redis.error_reply('ERR receive.lua: bad header') end
+local p = 2
+for i = 1, n do -- validate every transfer before the first write
+  local pairs_ = tonumber(ARGV[p])
+  if not pairs_ or p + 2 * pairs_ > #ARGV then return redis.error_reply('ERR receive.lua: bad transfer') end
+  for j = p + 2, p + 2 * pairs_, 2 do
+    if not tonumber(ARGV[j]) then return redis.error_reply('ERR receive.lua: bad units') end
+  end
+  p = p + 1 + 2 * pairs_
+end
+local applied = 0
+p = 2
+for i = 1, n do
+  local pairs_ = tonumber(ARGV[p])
+  if redis.call('SET', KEYS[1 + i], 1, 'NX', 'EX', 86400) then
+    applied = applied + 1
+    for j = p + 1, p + 2 * pairs_, 2 do
+      redis.call('HINCRBY', KEYS[1], ARGV[j], tonumber(ARGV[j + 1]))
+    end
+  end
+  p = p + 1 + 2 * pairs_
+end
+return applied

@@ -1,0 +1,220 @@
+"""Hot-SKU buckets: one SKU's stock split over hash slots, dry buckets borrowing, exact sell-out."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+
+import orjson
+import pytest
+from redis.crc import key_slot
+
+from dataflows.decider import Decider
+from onestock import burst, ops
+from onestock.errors import CatalogError
+from state import keys
+from state.store import Store
+from tests.conftest import load, make_catalog, onestock
+from tests.helpers import at_once, decide, order, raw
+from tests.test_flow import burst_lines, outcomes, start_run, wait_for
+
+LOCATIONS = [
+    {"id": "wh-a", "lat": 31.2, "lon": 121.5},
+    {"id": "wh-b", "lat": 39.9, "lon": 116.4},
+    {"id": "st-c", "kind": "store", "lat": 30.3, "lon": 120.2, "pickup": True, "safety_stock": 2},
+]
+
+
+def catalog(stock: dict[str, int], buckets: int = 4, **extra: object) -> dict:  # type: ignore[type-arg]
+    return {
+        "channels": [{"id": "tmall"}, {"id": "jd"}, {"id": "pos", "kind": "store"}],
+        "locations": LOCATIONS,
+        "skus": [
+            {"sku": "HOT", "stock": stock, "buckets": buckets, **extra},
+            {"sku": "SIDE", "stock": {"wh-a": 50, "wh-b": 50}},
+        ],
+    }
+
+
+def levels(store: Store, sku: str, b: int) -> dict[str, int]:
+    return store.stock_levels([keys.bucket(sku, b)]).get(keys.bucket(sku, b), {})
+
+
+def test_a_catalog_load_splits_the_stock_over_buckets_on_different_slots(store: Store) -> None:
+    load(store, catalog({"wh-a": 10, "wh-b": 3, "st-c": 5}))
+    got = [levels(store, "HOT", b) for b in range(4)]
+    assert [g.get("wh-a") for g in got] == [3, 3, 2, 2]
+    assert [g.get("wh-b") for g in got] == [1, 1, 1, 0]
+    # the safety-stock location stays whole in bucket 0
+    assert [g.get("st-c", 0) for g in got] == [5, 0, 0, 0]
+    assert len({key_slot(keys.stock(keys.bucket("HOT", b)).encode()) for b in range(4)}) == 4
+    view = ops.stock_view(store, "HOT")["HOT"]
+    assert view.total == 18 and view.locations == {"wh-a": 10, "wh-b": 3, "st-c": 5}
+    assert view.available["tmall"] == 16 and view.available["pos"] == 18
+    # a reload with fewer buckets gathers the stock again; the dropped buckets go
+    load(store, catalog({"wh-a": 7}, buckets=2))
+    assert levels(store, "HOT", 0) == {"wh-a": 4} and levels(store, "HOT", 1) == {"wh-a": 3}
+    assert not store.r.exists(keys.stock(keys.bucket("HOT", 2)))
+    assert ops.stock_view(store, "HOT")["HOT"].total == 7
+
+
+@pytest.mark.parametrize(
+    ("extra", "word"),
+    [
+        ({"per_customer_limit": 2}, "per_customer_limit"),
+        ({"low_stock_threshold": 5}, "low_stock_threshold"),
+        (
+            {"channel_locks": [{"channel": "jd", "qty": 1, "until": "2026-11-11T02:00:00Z"}]},
+            "channel_locks",
+        ),
+    ],
+)
+def test_rules_that_count_per_sku_are_refused_on_a_bucketed_sku(extra: dict, word: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(CatalogError, match=rf"\$\.skus\[0\]\.buckets: .*{word}"):
+        make_catalog(catalog({"wh-a": 1}, **extra))
+
+
+def test_a_campaign_on_a_bucketed_sku_is_refused() -> None:
+    data = catalog({"wh-a": 1})
+    data["campaigns"] = [{"id": "G", "sku": "SIDE", "gift_sku": "HOT", "first_n": 1}]
+    with pytest.raises(CatalogError, match=r"\$\.campaigns\[0\]\.gift_sku: .*buckets"):
+        make_catalog(data)
+
+
+def test_orders_are_decided_in_the_bucket_of_their_shard_and_shown_as_the_sku(
+    store: Store,
+) -> None:
+    load(store, catalog({"wh-a": 8, "wh-b": 8}))
+    for shard in range(4):
+        recs, _ = decide(store, [order(f"o{shard}", ("HOT", 1), lat=31.2, lon=121.5)], shard)
+        assert recs[0].status == "accepted"
+        assert recs[0].shipments[0].lines[0].sku == "HOT"
+        assert recs[0].shipments[0].location == "wh-a"
+    assert [levels(store, "HOT", b)["wh-a"] for b in range(4)] == [1, 1, 1, 1]
+    # a basket (several lines) is decided in bucket 0
+    recs, _ = decide(store, [order("basket", ("HOT", 1), ("SIDE", 1), lat=31.2, lon=121.5)], 3)
+    assert recs[0].status == "accepted"
+    assert levels(store, "HOT", 0)["wh-a"] == 0
+
+
+def test_a_dry_bucket_borrows_from_the_others_and_sells_out_exactly(store: Store) -> None:
+    load(store, catalog({"wh-a": 9, "wh-b": 3}))  # buckets: wh-a 3,2,2,2 and wh-b 1,1,1,0
+    events = [order(f"o{i}", ("HOT", 1), lat=31.2, lon=121.5) for i in range(14)]
+    recs, _ = decide(store, events, shard=1)  # all in bucket 1, which holds 3 units
+    statuses = [r.status for r in recs]
+    assert statuses == ["accepted"] * 12 + ["rejected"] * 2
+    assert [r.reason for r in recs[12:]] == ["sold_out", "sold_out"]
+    # nearest first within what the bucket holds, then the borrowed units
+    assert sum(r.shipments[0].location == "wh-a" for r in recs[:12]) == 9
+    assert ops.stock_view(store, "HOT")["HOT"].total == 0
+    assert all(not store.r.hlen(keys.lent(keys.bucket("HOT", b))) for b in range(4))
+    # a replay changes nothing and returns the same outcomes (stored per bucket)
+    again, _ = decide(store, events, shard=1)
+    assert again == []  # already emitted: nothing written twice
+
+
+def test_pickup_and_store_channels_meet_the_safety_stock_in_bucket_0(store: Store) -> None:
+    load(store, catalog({"st-c": 4}))  # safety stock 2 at st-c: all of it in bucket 0
+    recs, _ = decide(store, [order("p1", ("HOT", 3), pickup="st-c")], shard=1)
+    assert recs[0].reason == "pickup_unavailable"  # online: only the 2 above the floor
+    recs, _ = decide(store, [order("p2", ("HOT", 2), pickup="st-c")], shard=2)
+    assert recs[0].status == "accepted"  # borrowed from bucket 0, which kept its floor
+    recs, _ = decide(store, [order("p3", ("HOT", 1), pickup="st-c")], shard=3)
+    assert recs[0].reason == "pickup_unavailable"
+    recs, _ = decide(store, [order("p4", ("HOT", 2), channel="pos", pickup="st-c")], shard=3)
+    assert recs[0].status == "accepted"  # a store channel may take the safety stock
+    assert ops.stock_view(store, "HOT")["HOT"].total == 0
+
+
+def test_a_transfer_cut_in_half_by_a_crash_is_counted_and_finished(store: Store) -> None:
+    load(store, catalog({"wh-a": 8}))
+    lender = keys.bucket("HOT", 2)
+    got = store.buckets._lend(
+        keys=[keys.stock(lender), keys.lent(lender)], args=["t1.2", 0, "all", "wh-a", 0]
+    )
+    assert got == [b"wh-a", 2]
+    # the crash: the lender gave 2 units, bucket 0 never received them; the view still
+    # counts them (in flight), and a worker that starts finishes the transfer, once
+    assert ops.stock_view(store, "HOT")["HOT"].total == 8
+    d = Decider(store, say=lambda _m: None)
+    d.refresh()
+    assert levels(store, "HOT", 0)["wh-a"] == 4 and levels(store, "HOT", 2)["wh-a"] == 0
+    assert not store.r.hlen(keys.lent(lender))
+    assert store.buckets.reconcile("HOT", 4) == 0
+    assert ops.stock_view(store, "HOT")["HOT"].total == 8
+
+
+PROCS, ORDERS_EACH, STOCK = 8, 200, {"wh-a": 61, "wh-b": 17, "st-c": 9}
+
+
+def _racer(url: str, shard: int, start: mp.Event) -> None:  # type: ignore[valid-type]
+    store = Store.connect(url)
+    d = Decider(store, say=lambda _m: None)
+    events = []
+    for i in range(ORDERS_EACH):
+        lines = [("HOT", 1 + i % 2)] + ([("SIDE", 1)] if i % 7 == 0 else [])
+        channel = "pos" if i % 11 == 0 else ("tmall" if i % 2 else "jd")
+        pickup = "st-c" if i % 13 == 0 else None
+        events.append(
+            order(
+                f"p{shard}-{i}",
+                *lines,
+                lat=30 + i % 10,
+                lon=115 + i % 7,
+                channel=channel,
+                pickup=pickup,
+            )  # fmt: skip
+        )
+    events += [order(f"p{shard}-one-{i}", ("HOT", 1), channel="pos") for i in range(20)]
+    start.wait()  # type: ignore[attr-defined]
+    for b in range(0, len(events), 20):
+        chunk = events[b : b + 20]
+        d.emit(d.process(shard, [(f"{b + j + 1}-0", raw(e)) for j, e in enumerate(chunk)]))
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_racing_processes_sell_a_bucketed_sku_out_exactly(
+    store: Store, url: str, round_: int
+) -> None:
+    load(store, catalog(STOCK))
+    # shards 0, 1, 4, 5, ...: every order lands in bucket 0 or 1 (shard % 4), so the units
+    # of buckets 2 and 3 sell only by being lent
+    shards = [s for s in range(2 * PROCS) if s % 4 < 2]
+    at_once(_racer, [(url, s) for s in shards], timeout=120)
+    audit = ops.audit(store, 2 * PROCS, {"HOT": STOCK, "SIDE": {"wh-a": 50, "wh-b": 50}})
+    assert audit.records == PROCS * (ORDERS_EACH + 20)
+    assert audit.duplicates == 0 and audit.oversold == 0
+    for b in range(4):
+        assert all(q >= 0 for q in levels(store, "HOT", b).values())
+    # demand far exceeds the stock and every process ends with one-unit store-channel
+    # orders: every unit goes, none twice, though most were in other buckets
+    assert ops.stock_view(store, "HOT")["HOT"].total == 0
+    assert audit.rejected["sold_out"] > 0
+
+
+@pytest.mark.slow
+def test_kill_9_mid_burst_with_buckets_then_resume(cli_env: dict[str, str], url: str) -> None:
+    store = Store.connect(url)
+    cat = burst.bucket_catalog(buckets=4, stock_scale=0.05)  # the hot SKU sells out mid-way
+    store.load_catalog(cat, [s.sku for s in cat.skus])
+    lines = burst_lines(30000, seed=21)
+    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
+    for kill_at in (3000, 12000):
+        proc = start_run(cli_env, "--workers", "2")
+        wait_for(lambda p=proc, k=kill_at: outcomes(store) >= k or p.poll() is not None, timeout=90)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert outcomes(store) < len(lines), "the burst drained before the kill: make it bigger"
+    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=180)
+    k = store.shard_count()
+    audit = ops.audit(store, k, {s.sku: dict(s.stock) for s in cat.skus})
+    ids = {orjson.loads(x)["order_id"] for x in lines}
+    seen = [r.order_id for r in ops.records(store, k)]
+    assert set(seen) == ids and len(seen) == len(ids)
+    assert audit.duplicates == 0 and audit.oversold == 0
+    hot = cat.skus[0].sku
+    assert audit.rejected["sold_out"] > 0
+    assert all(not store.r.hlen(keys.lent(keys.bucket(hot, b))) for b in range(4))
+    # nothing left an online channel could sell (bucket 0 keeps the safety stock)
+    assert ops.stock_view(store, hot)[hot].available["tmall"] == 0
