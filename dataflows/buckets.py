@@ -22,22 +22,18 @@ exact, and nothing is oversold, since each bucket's units are taken atomically b
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from msgspec.structs import replace
 
-from onestock.records import SEP
 from onestock.types import Catalog, Order
 from state import keys
 from state.store import Store
 
-# Outcomes a bucketed order may have when its bucket is short: "B" from decide.lua (the
-# one-slot path), sold_out or pickup_unavailable from the cross-slot path (nothing stored).
-_SHORT = {"B", f"R{SEP}sold_out", f"R{SEP}pickup_unavailable"}
-
 Decide = Callable[[list[Order], set[str]], None]  # decide these orders, retry flag on these ids
+Target = tuple[str, int, str]  # (SKU, the bucket that borrows, the pickup store or "")
 
 
 class BucketPlan:
@@ -64,18 +60,22 @@ class BucketPlan:
         ]
         return replace(o, lines=renamed), b
 
-    def targets(self, o: Order) -> list[tuple[str, int]]:
-        """(SKU, bucket) of each bucketed line of an assigned order."""
+    def targets(self, o: Order) -> list[Target]:
+        """(SKU, bucket, where) of each bucketed line of an assigned order: where = the pickup
+        store (only units there help it), or "" for a shipment (units anywhere help)."""
+        where = o.delivery.store or "" if o.delivery.mode == "pickup" else ""
         out = []
         for ln in o.lines:
             sku, _, b = ln.sku.partition(keys.BUCKET)
             if sku in self.count:
-                out.append((sku, int(b or 0)))
+                out.append((sku, int(b or 0), where))
         return out
 
 
 def short(outcome: str) -> bool:
-    return outcome in _SHORT
+    """The bucket was short for the order ("B": from decide.lua, or from the cross-slot path
+    when only bucketed lines fell short); nothing was stored or taken."""
+    return outcome == "B"
 
 
 def borrow_and_decide(
@@ -85,48 +85,52 @@ def borrow_and_decide(
     orders: list[Order],
     outcome: dict[str, str],
     decide: Decide,
-) -> None:
+) -> dict[tuple[str, str], int]:
     """Settle assigned orders whose bucket was short (see the module's docstring); ``decide``
-    writes into ``outcome``. Every order leaves with a final outcome."""
-    skus = sorted({sku for o in orders for sku, _ in plan.targets(o)})
+    writes into ``outcome``. Every order leaves with a final outcome. Returns the units moved
+    per (SKU, pickup store or "" for shipments); 0: no other bucket had a unit to lend."""
+    skus = sorted({t[0] for o in orders for t in plan.targets(o)})
     leases = [store.buckets.lease(sku) for sku in skus]  # one order of taking: no deadlock
     for lease in leases:
         while not call(lease.acquire):  # blocks until the holder is done, or its lease ends
             pass
+    moved: dict[tuple[str, str], int] = defaultdict(int)
     try:
-        todo = orders
-        for everything in (False, True):
-            by_targets: dict[tuple[tuple[str, int], ...], list[Order]] = defaultdict(list)
-            for o in todo:
+        # First half of what the other buckets may lend, for every short bucket at once, and
+        # one decision round; then, for the orders still short, everything, one bucket at a
+        # time (a second "everything" into another bucket of the SKU would take it back).
+        # Half of nothing is nothing: an order none of whose SKUs could borrow a unit (and
+        # moves take turns) is decided for good in the first round.
+        targets = sorted({t for o in orders for t in plan.targets(o)})
+        got = dict(zip(targets, _borrow(store, call, plan, targets, False), strict=True))
+        for (sku, _, where), n in got.items():
+            moved[(sku, where)] += n
+        retry = {o.order_id for o in orders if any(got[t] for t in plan.targets(o))}
+        decide(orders, retry)
+        by_targets: dict[tuple[Target, ...], list[Order]] = defaultdict(list)
+        for o in orders:
+            if short(outcome[o.order_id]):
                 by_targets[tuple(plan.targets(o))].append(o)
-            # Orders borrowing into different buckets of one SKU take turns (a second
-            # "everything" would take back what the first gathered).
-            for targets, group in by_targets.items():
-                moved = sum(_borrow(store, call, plan, targets, everything))
-                if moved or everything:
-                    decide(group, set() if everything else {o.order_id for o in group})
-            todo = [o for o in todo if short(outcome[o.order_id])]
-            if not todo:
-                break
+        for group_targets, group in by_targets.items():
+            gathered = _borrow(store, call, plan, list(group_targets), True)
+            for (sku, _, where), n in zip(group_targets, gathered, strict=True):
+                moved[(sku, where)] += n
+            decide(group, set())
     finally:
         for lease in leases:
             try:
                 lease.release()
             except redis.exceptions.LockError:  # the lease ran out (a long stall): harmless
                 pass
+    return moved
 
 
 def _borrow(
-    store: Store,
-    call: Callable[..., Any],
-    plan: BucketPlan,
-    targets: Iterable[tuple[str, int]],
-    everything: bool,
+    store: Store, call: Callable[..., Any], plan: BucketPlan, targets: list[Target], all_: bool
 ) -> list[int]:
-    return [
-        call(store.buckets.borrow, sku, plan.count[sku], b, everything, plan.locations, plan.floors)
-        for sku, b in targets
-    ]
+    """Units moved into each target's bucket: at its pickup store, or at every location."""
+    where = [(sku, plan.count[sku], b, [at] if at else plan.locations) for sku, b, at in targets]
+    return call(store.buckets.borrow, where, all_, plan.floors)  # type: ignore[no-any-return]
 
 
 def reconcile(store: Store, call: Callable[..., Any], plan: BucketPlan) -> None:

@@ -41,6 +41,7 @@ class Rules(NamedTuple):
     floors: dict[str, int]  # safety stock per location: units online channels cannot take
     store_channels: set[str]  # channels of kind "store" (they may take safety stock)
     fewest: bool  # split over as few locations as possible (else nearest first)
+    bucketed: frozenset[str] = frozenset()  # hot SKUs split into buckets (dataflows.buckets)
 
 
 class _Item:
@@ -114,8 +115,11 @@ def decide_cross(
     rankings: list[list[str]],
     outcome: dict[str, str],
     rules: Rules,
+    retry: set[str] | None = None,
 ) -> None:
-    """Decide cross-slot orders into ``outcome``; ``call`` wraps Redis calls (retry on outage)."""
+    """Decide cross-slot orders into ``outcome``; ``call`` wraps Redis calls (retry on outage).
+    An order in ``retry`` that only a hot SKU's bucket is short for gets "B" (decided again
+    once the bucket borrowed; ``dataflows.buckets``) instead of being rejected."""
     items = [_Item(o, r, rules) for o, r in zip(orders, rankings, strict=True)]
     wanted = [(it.order.order_id, skus[0]) for it in items for skus in it.slots.values()]
     found = iter(call(store.read_parts, wanted))
@@ -134,7 +138,7 @@ def decide_cross(
         _release(store, call, partial)
     stalled = 0
     while pending and stalled < MAX_STALLED:
-        left = _attempt(store, call, pending, outcome, rules)
+        left = _attempt(store, call, pending, outcome, rules, retry)
         stalled = stalled + 1 if len(left) == len(pending) else 0
         pending = left
     for it in pending:
@@ -198,6 +202,7 @@ def _attempt(
     pending: list[_Item],
     outcome: dict[str, str],
     rules: Rules,
+    retry: set[str] | None = None,
 ) -> list[_Item]:
     """One round: plan and reserve, release what failed; returns the orders to plan again.
 
@@ -238,6 +243,8 @@ def _attempt(
         floors = None if it.store_channel else rules.floors
         res = plan(o.lines, stock, it.ranking, pickup, floors, rules.fewest)
         if isinstance(res, str):
+            if retry and o.order_id in retry and _bucket_short(o, rules, res, stock, it, floors):
+                res = "B"
             refused[o.order_id] = res
             continue
         plans[o.order_id] = res
@@ -274,7 +281,28 @@ def _attempt(
             if suspect:
                 again.append(it)
             else:
-                outcome[oid] = rejected(refused[oid])
+                reason = refused[oid]
+                outcome[oid] = "B" if reason == "B" else rejected(reason)
     if undo:
         _release(store, call, undo)
     return again
+
+
+def _bucket_short(
+    o: Order,
+    rules: Rules,
+    reason: str,
+    stock: dict[str, dict[str, int]],
+    it: _Item,
+    floors: dict[str, int] | None,
+) -> bool:
+    """Whether borrowing for the order's bucketed SKUs could change a stock refusal: every
+    other line can be served on its own (lines are served independently of each other)."""
+    if reason not in ("sold_out", "pickup_unavailable"):
+        return False
+    pickup = o.delivery.store if o.delivery.mode == "pickup" else None
+    others = [ln for ln in o.lines if keys.public(ln.sku) not in rules.bucketed]
+    return len(others) < len(o.lines) and all(
+        not isinstance(plan([ln], stock, it.ranking, pickup, floors, rules.fewest), str)
+        for ln in others
+    )

@@ -73,9 +73,11 @@ class _View:
             for s in catalog.skus
             if s.vip_presale_until is not None
         }
+        bucketed = frozenset(s.sku for s in catalog.skus if s.buckets > 1)
         self.rules = Rules(
-            self.ruled, limits, presale, self.floors, self.store_channels, bool(self.fewest)
-        )
+            self.ruled, limits, presale, self.floors, self.store_channels, bool(self.fewest),
+            bucketed,
+        )  # fmt: skip
         self.loc_index = {loc: i + 1 for i, loc in enumerate(self.router.ids)}
         # SKUs with a first-N gift campaign: their accepted orders' records wait for it
         self.campaign_skus = {c.sku for c in catalog.campaigns}
@@ -100,12 +102,17 @@ class Decider:
         # orders decided in a bucket other than 0 (it holds no safety stock)
         self._retry: set[str] = set()
         self._spread: set[str] = set()
+        # (bucketed SKU, pickup store or "" for shipments) whose other buckets had nothing to
+        # lend at the last borrowing: such orders skip the first round and go straight to
+        # borrowing (sold out: one round, not three)
+        self._dry: set[tuple[str, str]] = set()
 
     def refresh(self) -> None:
         version = self.wait.call(self.store.catalog_version)
         if version != self.version:
             self.version, catalog = self.wait.call(self.store.catalog)
             self.view = _View(catalog)
+            self._dry.clear()
             if catalog is not None:
                 self.settler.load(catalog)
                 buckets.reconcile(self.store, self.wait.call, self.view.buckets)
@@ -176,6 +183,9 @@ class Decider:
                     self._retry.add(oid)
                     if b:  # bucket 0 alone holds safety stock
                         self._spread.add(oid)
+                    if self._dry and all((t[0], t[2]) in self._dry for t in plan.targets(o)):
+                        outcome[oid] = "B"  # sold out at the last look: straight to borrowing
+                        continue
             todo.append(o)
         self._decide(todo, outcome, held_ids)
         if bucketed:
@@ -186,7 +196,14 @@ class Decider:
                     self._retry = retry
                     self._decide(orders, outcome, held_ids)
 
-                buckets.borrow_and_decide(self.store, self.wait.call, plan, again, outcome, decide)
+                moved = buckets.borrow_and_decide(
+                    self.store, self.wait.call, plan, again, outcome, decide
+                )
+                for where, units in moved.items():  # none of the SKU's buckets could lend
+                    if units:
+                        self._dry.discard(where)
+                    else:
+                        self._dry.add(where)
         gifts = self.view.campaign_skus
         records: list[str] = []
         tags: list[str] = []
@@ -267,7 +284,9 @@ class Decider:
             gifts = self.view.campaign_skus
             router = self.view.router
             rankings = [router.decode(r) for r in self._rankings(cross)]
-            decide_cross(self.store, self.wait.call, cross, rankings, outcome, self.view.rules)
+            decide_cross(
+                self.store, self.wait.call, cross, rankings, outcome, self.view.rules, self._retry
+            )
             for o in cross:  # a reserved campaign SKU part is always a candidate
                 if outcome[o.order_id][0] == "A" and any(ln.sku in gifts for ln in o.lines):
                     held_ids.add(o.order_id)

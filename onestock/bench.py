@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from redis.cluster import RedisCluster
 from rich.console import Console
 from rich.table import Table
 
@@ -237,6 +238,23 @@ def _drain(store: Store, url: str, home: Path, workers: int) -> tuple[float, flo
     return flow_s, (max(decided) - min(decided)) / 1000 if decided else flow_s
 
 
+def _nodes(store: Store) -> list[Any]:
+    """A client per master: the server itself, or each primary of a cluster."""
+    if isinstance(store.r, RedisCluster):
+        return [n.redis_connection for n in store.r.get_primaries()]
+    return [store.r]
+
+
+def _busiest_share(store: Store) -> float:
+    """The busiest master's share of all Lua script time since the counters were reset (how
+    far one master's core caps the whole: 1/M when the work spreads evenly over M)."""
+    usec = [
+        float(n.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0))
+        for n in _nodes(store)
+    ]
+    return max(usec) / sum(usec) if sum(usec) else 1.0
+
+
 class ScalePoint(msgspec.Struct):
     masters: int  # 1: one Redis server; more: a local Redis Cluster of that many masters
     workers: int  # dataflow worker processes
@@ -244,6 +262,7 @@ class ScalePoint(msgspec.Struct):
     per_worker: float  # orders/s per worker process
     efficiency: float  # per-worker rate / the 1-worker rate on the same Redis
     buckets: int = 1  # hot-SKU buckets of the hot SKU
+    busiest_master: float = 1.0  # share of all script time spent on the busiest master
 
 
 def run_scale(
@@ -273,21 +292,27 @@ def run_scale(
                         console.print(f"{m} Redis master(s), {b} bucket(s), {w} worker(s) ...")
                         harness.reset(store, catalog=cat)
                         harness.push(store, lines)
+                        for node in _nodes(store):
+                            node.config_resetstat()
                         _, drain_s = _drain(store, url, home / f"m{m}b{b}w{w}", w)
                         rate = n / max(drain_s, 1e-3)
                         base = base or rate / w
-                        points.append(ScalePoint(m, w, rate, rate / w, (rate / w) / base, b))
+                        busiest = _busiest_share(store)
+                        points.append(
+                            ScalePoint(m, w, rate, rate / w, (rate / w) / base, b, busiest)
+                        )
             finally:
                 if cluster is not None:
                     cluster.stop()
     table = Table(title=f"onestock bench-scale: {n:,} orders drained")
     cols = ("Redis masters", "hot-SKU buckets", "dataflow workers", "orders/s", "per worker",
-            "efficiency")  # fmt: skip
+            "efficiency", "busiest master")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="right")
     for p in points:
         table.add_row(str(p.masters), str(p.buckets), str(p.workers), f"{p.orders_per_s:,.0f}",
-                      f"{p.per_worker:,.0f}", f"{p.efficiency:.2f}")  # fmt: skip
+                      f"{p.per_worker:,.0f}", f"{p.efficiency:.2f}",
+                      f"{p.busiest_master:.0%}")  # fmt: skip
     console.print(table)
     if out is not None:
         out.write_bytes(msgspec.json.format(msgspec.json.encode(points)))

@@ -59,36 +59,40 @@ class Buckets:
 
     def borrow(
         self,
-        sku: str,
-        count: int,
-        into: int,
+        targets: list[tuple[str, int, int, list[str]]],
         everything: bool,
-        locations: list[str],
         floors: dict[str, int],
-    ) -> int:
-        """Move units of ``sku`` from its other buckets into bucket ``into``: half of what each
-        may lend at each of ``locations``, or (``everything``) all of it; bucket 0 keeps the
-        safety stock (``floors``). Call it holding the SKU's lease. Returns the units moved."""
+    ) -> list[int]:
+        """For each (SKU, its bucket count, bucket ``into``, locations): move units of the SKU
+        from its other buckets into bucket ``into``: half of what each may lend at each of the
+        locations, or (``everything``) all of it; bucket 0 keeps the safety stock
+        (``floors``). Call it holding the SKUs' leases. Returns the units moved per target.
+        All lenders are asked in one round trip (on one server)."""
         base = uuid.uuid4().hex
         mode = "all" if everything else "half"
         calls = []
-        for b in range(count):
-            if b == into:
-                continue
-            name = keys.bucket(sku, b)
-            args: list[Any] = [f"{base}.{b}", into, mode]
-            for loc in locations:
-                args += [loc, floors.get(loc, 0) if b == 0 else 0]
-            calls.append((name, [keys.stock(name), keys.lent(name)], args))
-        got = self._run(self._lend, [(ks, a) for _, ks, a in calls])
-        moved = [
-            (name, a[0], reply) for (name, _, a), reply in zip(calls, got, strict=True) if reply
+        for t, (sku, count, into, locations) in enumerate(targets):
+            for b in range(count):
+                if b == into:
+                    continue
+                name = keys.bucket(sku, b)
+                args: list[Any] = [f"{base}.{t}.{b}", into, mode]
+                for loc in locations:
+                    args += [loc, floors.get(loc, 0) if b == 0 else 0]
+                calls.append((t, name, [keys.stock(name), keys.lent(name)], args))
+        got = self._run(self._lend, [(ks, a) for _, _, ks, a in calls])
+        moved: dict[int, list[tuple[str, str, list[Any]]]] = defaultdict(list)
+        for (t, name, _, a), reply in zip(calls, got, strict=True):
+            if reply:
+                moved[t].append((name, a[0], reply))
+        for t, lent in moved.items():
+            sku, _, into, _ = targets[t]
+            self._finish(keys.bucket(sku, into), [(tid, _pairs(flat)) for _, tid, flat in lent])
+        self._forget([(name, tid) for lent in moved.values() for name, tid, _ in lent])
+        return [
+            sum(int(q) for _, _, flat in moved.get(t, []) for q in flat[1::2])
+            for t in range(len(targets))
         ]
-        if not moved:
-            return 0
-        self._finish(keys.bucket(sku, into), [(tid, _pairs(flat)) for _, tid, flat in moved])
-        self._forget([(name, tid) for name, tid, _ in moved])
-        return sum(int(q) for _, _, flat in moved for q in flat[1::2])
 
     def reconcile(self, sku: str, count: int) -> int:
         """Finish every transfer of ``sku`` left in flight (a crash between lending and

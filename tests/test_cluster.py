@@ -212,6 +212,9 @@ def test_bench_scale_drains_against_one_server_and_a_cluster(tmp_path: Path) -> 
     ]
     assert all(p["orders_per_s"] > 0 for p in points)
     assert [p["efficiency"] for p in points][::2] == [1.0] * 4
+    # one server does all the script work; on three masters, no one does all of it
+    assert all(p["busiest_master"] == 1.0 for p in points if p["masters"] == 1)
+    assert all(p["busiest_master"] < 1.0 for p in points if p["masters"] == 3)
     assert b"orders/s" in proc.stdout
 
 
