@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
-import signal
 
 import orjson
 import pytest
@@ -15,9 +13,9 @@ from onestock import burst, ops
 from onestock.errors import CatalogError
 from state import keys
 from state.store import Store
-from tests.conftest import load, make_catalog, onestock
+from tests.conftest import load, make_catalog
 from tests.helpers import at_once, decide, order, raw
-from tests.test_flow import burst_lines, outcomes, start_run, wait_for
+from tests.test_flow import burst_lines, check_exactly_once, kill_9_twice_then_drain
 
 LOCATIONS = [
     {"id": "wh-a", "lat": 31.2, "lon": 121.5},
@@ -199,20 +197,9 @@ def test_kill_9_mid_burst_with_buckets_then_resume(cli_env: dict[str, str], url:
     cat = burst.bucket_catalog(buckets=4, stock_scale=0.05)  # the hot SKU sells out mid-way
     store.load_catalog(cat, [s.sku for s in cat.skus])
     lines = burst_lines(30000, seed=21)
-    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
-    for kill_at in (3000, 12000):
-        proc = start_run(cli_env, "--workers", "2")
-        wait_for(lambda p=proc, k=kill_at: outcomes(store) >= k or p.poll() is not None, timeout=90)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert outcomes(store) < len(lines), "the burst drained before the kill: make it bigger"
-    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=180)
-    k = store.shard_count()
-    audit = ops.audit(store, k, {s.sku: dict(s.stock) for s in cat.skus})
+    kill_9_twice_then_drain(cli_env, store, lines, (3000, 12000))
     ids = {orjson.loads(x)["order_id"] for x in lines}
-    seen = [r.order_id for r in ops.records(store, k)]
-    assert set(seen) == ids and len(seen) == len(ids)
-    assert audit.duplicates == 0 and audit.oversold == 0
+    audit = check_exactly_once(store, ids, dead=0, loaded={s.sku: dict(s.stock) for s in cat.skus})
     hot = cat.skus[0].sku
     assert audit.rejected["sold_out"] > 0
     assert all(not store.r.hlen(keys.lent(keys.bucket(hot, b))) for b in range(4))

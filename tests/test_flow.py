@@ -57,9 +57,13 @@ def outcomes(store: Store) -> int:
     return sum(store.outcome_counts(store.shard_count()))
 
 
-def check_exactly_once(store: Store, order_ids: set[str], dead: int) -> None:
+def check_exactly_once(
+    store: Store, order_ids: set[str], dead: int, loaded: dict[str, dict[str, int]] | None = None
+) -> ops.Audit:
+    """One record per order id, stock conserved against ``loaded`` (default: the demo
+    catalog's), and the ops counters agreeing; returns the audit."""
     k = store.shard_count()
-    audit = ops.audit(store, k, loaded_stock())
+    audit = ops.audit(store, k, loaded or loaded_stock())
     seen = [r.order_id for r in ops.records(store, k)]
     assert audit.duplicates == 0
     assert set(seen) == order_ids
@@ -72,6 +76,22 @@ def check_exactly_once(store: Store, order_ids: set[str], dead: int) -> None:
     assert figures.dead == dead and figures.oversold == 0
     assert figures.decisions["accepted"] == audit.accepted
     assert sum(figures.backlog) == 0
+    return audit
+
+
+def kill_9_twice_then_drain(
+    cli_env: dict[str, str], store: Store, lines: list[bytes], kills: tuple[int, int]
+) -> None:
+    """Push ``lines``, SIGKILL a two-worker run once it has written each count of outcomes
+    in ``kills``, then run until drained."""
+    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
+    for kill_at in kills:
+        proc = start_run(cli_env, "--workers", "2")
+        wait_for(lambda p=proc, k=kill_at: outcomes(store) >= k or p.poll() is not None, timeout=90)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert outcomes(store) < len(lines), "the burst drained before the kill: make it bigger"
+    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=180)
 
 
 def test_until_drained_gives_every_event_exactly_one_outcome(
@@ -106,15 +126,8 @@ def test_kill_9_mid_burst_then_resume_loses_and_duplicates_nothing(
 ) -> None:
     onestock("catalog", "load", str(CATALOG), env=cli_env)
     lines = burst_lines(40000, seed=9)
-    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
     store = Store.connect(url)
-    for kill_at in (3000, 15000):
-        proc = start_run(cli_env, "--workers", "2")
-        wait_for(lambda p=proc, k=kill_at: outcomes(store) >= k or p.poll() is not None, timeout=90)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert outcomes(store) < len(lines), "the burst drained before the kill: make it bigger"
-    onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=180)
+    kill_9_twice_then_drain(cli_env, store, lines, (3000, 15000))
     check_exactly_once(store, {orjson.loads(x)["order_id"] for x in lines}, dead=0)
 
 
