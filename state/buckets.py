@@ -26,7 +26,7 @@ from onestock.types import Sku
 from state import keys
 
 LEASE_S = 5.0  # a crashed mover's lease ends after this; a move takes a few round trips
-WAIT_S = 30.0  # how long a mover waits for the lease before it gives up (an error)
+WAIT_S = 30.0  # one wait for the lease (the caller waits again while it is held)
 
 
 def split(sku: Sku, floors: dict[str, int]) -> list[dict[str, int]]:

@@ -143,6 +143,28 @@ def test_a_transfer_cut_in_half_by_a_crash_is_counted_and_finished(store: Store)
     assert ops.stock_view(store, "HOT")["HOT"].total == 8
 
 
+def test_a_cancel_and_a_return_of_a_bucketed_order_give_units_back(store: Store) -> None:
+    load(store, catalog({"wh-a": 8}))
+    recs, _ = decide(store, [order("c1", ("HOT", 2), lat=31.2, lon=121.5)], shard=3)
+    recs, _ = decide(store, [order("r1", ("HOT", 1), lat=31.2, lon=121.5)], shard=2)
+    assert levels(store, "HOT", 3) == {"wh-a": 0} and levels(store, "HOT", 2) == {"wh-a": 1}
+    recs, _ = decide(store, [{"type": "cancel", "order_id": "c1"}], shard=3)
+    assert recs[0].status == "cancelled"  # the units it gave back, shown as the SKU
+    assert [(s.location, ln.sku, ln.qty) for s in recs[0].shipments for ln in s.lines] == [
+        ("wh-a", "HOT", 2)
+    ]
+    assert levels(store, "HOT", 3) == {"wh-a": 2}  # back into the bucket they came from
+    ret = {"type": "return", "order_id": "r1", "lines": [{"sku": "HOT", "qty": 1}],
+           "location": "wh-a"}  # fmt: skip
+    _, dead = decide(store, [ret], shard=2)
+    assert dead == []
+    _, dead = decide(
+        store, [{**ret, "lines": [{"sku": "HOT", "qty": 1}, {"sku": "SIDE", "qty": 1}]}], 2
+    )
+    assert "was not shipped" in dead[0][2]
+    assert ops.stock_view(store, "HOT")["HOT"].total == 8  # 8 - 2 - 1, + 2 back, + 1 back
+
+
 PROCS, ORDERS_EACH, STOCK = 8, 200, {"wh-a": 61, "wh-b": 17, "st-c": 9}
 
 
