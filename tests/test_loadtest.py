@@ -17,6 +17,7 @@ SHORT = {  # scenario -> extra options of its short run
     "flash_sale": ["--rate", "150"],
     "double_eleven_day": ["--scale", "0.00005"],  # 1,000 orders, the midnight rush first
     "hot_sku": ["--rate", "100"],  # 120 units: sold out within the run
+    "hot_sku_buckets": ["--rate", "100"],  # 120 units in 4 buckets: sold out, borrowing
     "retry_storm": ["--rate", "60"],
     "bad_payloads": ["--rate", "100"],
     "multichannel": ["--rate", "100"],
