@@ -119,7 +119,7 @@ def borrow_and_decide(
     finally:
         for lease in leases:
             try:
-                lease.release()
+                call(lease.release)  # (waits out a Redis outage like every call here)
             except redis.exceptions.LockError:  # the lease ran out (a long stall): harmless
                 pass
     return moved
