@@ -89,7 +89,8 @@ def borrow_and_decide(
     """Settle assigned orders whose bucket was short (see the module's docstring); ``decide``
     writes into ``outcome``. Every order leaves with a final outcome. Returns the units moved
     per (SKU, pickup store or "" for shipments); 0: no other bucket had a unit to lend."""
-    skus = sorted({t[0] for o in orders for t in plan.targets(o)})
+    of = {o.order_id: plan.targets(o) for o in orders}  # (the same for every round)
+    skus = sorted({t[0] for ts in of.values() for t in ts})
     leases = [store.buckets.lease(sku) for sku in skus]  # one order of taking: no deadlock
     for lease in leases:
         while not call(lease.acquire):  # blocks until the holder is done, or its lease ends
@@ -101,16 +102,16 @@ def borrow_and_decide(
         # time (a second "everything" into another bucket of the SKU would take it back).
         # Half of nothing is nothing: an order none of whose SKUs could borrow a unit (and
         # moves take turns) is decided for good in the first round.
-        targets = sorted({t for o in orders for t in plan.targets(o)})
+        targets = sorted({t for ts in of.values() for t in ts})
         got = dict(zip(targets, _borrow(store, call, plan, targets, False), strict=True))
         for (sku, _, where), n in got.items():
             moved[(sku, where)] += n
-        retry = {o.order_id for o in orders if any(got[t] for t in plan.targets(o))}
+        retry = {oid for oid, ts in of.items() if any(got[t] for t in ts)}
         decide(orders, retry)
         by_targets: dict[tuple[Target, ...], list[Order]] = defaultdict(list)
         for o in orders:
             if short(outcome[o.order_id]):
-                by_targets[tuple(plan.targets(o))].append(o)
+                by_targets[tuple(of[o.order_id])].append(o)
         for group_targets, group in by_targets.items():
             gathered = _borrow(store, call, plan, list(group_targets), True)
             for (sku, _, where), n in zip(group_targets, gathered, strict=True):

@@ -122,6 +122,16 @@ class Buckets:
                     out[loc] += qty
         return dict(out)
 
+    def pool(self, sku: str, count: int, state: dict[str, Any]) -> dict[str, int]:
+        """Units per location of all of ``sku``'s buckets and its units in flight; ``state``
+        holds each bucket's (levels, locks) read by name (the buckets b > 0 are taken out)."""
+        levels = dict(state[sku][0])
+        parts = [state.pop(keys.bucket(sku, b), ({}, []))[0] for b in range(1, count)]
+        for part in [*parts, self.in_flight(sku, count)]:
+            for loc, qty in part.items():
+                levels[loc] = levels.get(loc, 0) + qty
+        return levels
+
     def clear_in_flight(self, sku: str, count: int) -> None:
         """Forget transfers in flight (a catalog load replaces the stock they came from)."""
         self.r.delete(*(keys.lent(keys.bucket(sku, b)) for b in range(count)))

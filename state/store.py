@@ -210,18 +210,12 @@ class Store:
         split into ``buckets[sku]`` buckets counts them all and the units in flight between
         them (the one-inventory view); without ``buckets``, the SKU's own hash (bucket 0)."""
         names = list(skus)
-        split = {sku: n for sku, n in (buckets or {}).items() if n > 1 and sku in names}
-        extra = [keys.bucket(sku, b) for sku, n in split.items() for b in range(1, n)]
+        pooled = {sku: n for sku, n in (buckets or {}).items() if n > 1 and sku in names}
+        extra = [keys.bucket(sku, b) for sku, n in pooled.items() for b in range(1, n)]
         state = self.plan_state(names + extra, [])[0]
-        for sku, n in split.items():
-            if sku not in state:
-                continue
-            levels = dict(state[sku][0])
-            parts = [state.pop(keys.bucket(sku, b), ({}, []))[0] for b in range(1, n)]
-            for part in [*parts, self.buckets.in_flight(sku, n)]:
-                for loc, qty in part.items():
-                    levels[loc] = levels.get(loc, 0) + qty
-            state[sku] = (levels, state[sku][1])
+        for sku, n in pooled.items():
+            if sku in state:
+                state[sku] = (self.buckets.pool(sku, n, state), state[sku][1])
         return state
 
     def bought(self, pairs: list[tuple[str, str]]) -> list[int]:
