@@ -47,11 +47,11 @@ class Rules(NamedTuple):
 class _Item:
     __slots__ = ("order", "ranking", "slots", "store_channel", "paid_ms")
 
-    def __init__(self, order: Order, ranking: list[str], rules: Rules) -> None:
+    def __init__(self, order: Order, ranking: list[str], rules: Rules, paid: int) -> None:
         self.order = order
         self.ranking = ranking
         self.store_channel = order.channel in rules.store_channels
-        self.paid_ms = paid_ms(order.paid_at)  # once, not once per slot and attempt
+        self.paid_ms = paid  # paid_at in epoch ms
         slots: dict[int, list[str]] = defaultdict(list)
         for ln in order.lines:
             slots[keys.sku_slot(ln.sku)].append(ln.sku)
@@ -116,11 +116,17 @@ def decide_cross(
     outcome: dict[str, str],
     rules: Rules,
     retry: set[str] | None = None,
+    paid: dict[str, int] | None = None,
 ) -> None:
-    """Decide cross-slot orders into ``outcome``; ``call`` wraps Redis calls (retry on outage).
+    """Decide cross-slot orders into ``outcome``; ``call`` wraps Redis calls (retry on outage);
+    ``paid``: paid_at in epoch ms per order id, where already parsed.
     An order in ``retry`` that only a hot SKU's bucket is short for gets "B" (decided again
     once the bucket borrowed; ``dataflows.buckets``) instead of being rejected."""
-    items = [_Item(o, r, rules) for o, r in zip(orders, rankings, strict=True)]
+    paid = paid or {}
+    items = [
+        _Item(o, r, rules, paid.get(o.order_id) or paid_ms(o.paid_at))
+        for o, r in zip(orders, rankings, strict=True)
+    ]
     wanted = [(it.order.order_id, skus[0]) for it in items for skus in it.slots.values()]
     found = iter(call(store.read_parts, wanted))
     pending, partial = [], []

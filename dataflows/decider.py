@@ -175,6 +175,7 @@ class Decider:
             if reason is not None:
                 outcome[oid] = reason
                 continue
+            self._paid[oid] = d.paid_ms  # type: ignore[union-attr]
             if plan.count:
                 assigned = plan.assign(o, shard)
                 if assigned is not None:
@@ -218,7 +219,7 @@ class Decider:
             add(out)
             tags += ["--T" if k.startswith("~R:") else "" for k in out[::3]]
         now = int(decided)
-        bucket, paid_of = meter.bucket, self._paid
+        bucket = meter.bucket
         sum_r = sum_p = n_p = 0
         for oid, (eid, d) in firsts.items():
             res = outcome[oid]
@@ -230,10 +231,7 @@ class Decider:
                 o = d.order  # type: ignore[union-attr]
                 channel, paid, mode = o.channel, o.paid_at, o.delivery.mode
                 campaign = bool(gifts) and any(ln.sku in gifts for ln in o.lines)
-                p = paid_of.get(oid)
-                if p is None:
-                    p = paid_ms(paid)
-                p = now - p
+                p = now - d.paid_ms  # type: ignore[union-attr]
                 sum_p += p
                 n_p += 1
                 lat_tag = bucket(lat) + bucket(p)
@@ -269,9 +267,11 @@ class Decider:
                 group.append(o)
             else:
                 cross.append(o)
+        # every order's ranking in one go (numpy's cost is per call, not per customer)
+        ranked = dict(zip((o.order_id for o in orders), self._rankings(orders), strict=True))
         if slot_orders:
             groups = list(slot_orders.values())
-            calls = [self._slot_call(group) for group in groups]
+            calls = [self._slot_call(group, ranked) for group in groups]
             results = self.wait.call(self.store.decide_slots, calls)
             for group, res in zip(groups, results, strict=True):
                 for o, r in zip(group, res, strict=True):
@@ -283,10 +283,11 @@ class Decider:
         if cross:
             gifts = self.view.campaign_skus
             router = self.view.router
-            rankings = [router.decode(r) for r in self._rankings(cross)]
+            rankings = [router.decode(ranked[o.order_id]) for o in cross]
             decide_cross(
-                self.store, self.wait.call, cross, rankings, outcome, self.view.rules, self._retry
-            )
+                self.store, self.wait.call, cross, rankings, outcome, self.view.rules, self._retry,
+                self._paid,
+            )  # fmt: skip
             for o in cross:  # a reserved campaign SKU part is always a candidate
                 if outcome[o.order_id][0] == "A" and any(ln.sku in gifts for ln in o.lines):
                     held_ids.add(o.order_id)
@@ -323,14 +324,17 @@ class Decider:
         ]
         return self.view.router.rank_batch(coords)  # type: ignore[arg-type]
 
-    def _slot_call(self, orders: list[Order]) -> tuple[list[str], list[Any]]:
+    def _slot_call(
+        self, orders: list[Order], ranked: dict[str, bytes]
+    ) -> tuple[list[str], list[Any]]:
         """(SKUs, ARGV) of one decide.lua call: each order is its id and a binary spec."""
         view = self.view
         sku_index: dict[str, int] = {}
         chan_index: dict[str, int] = {}
         body: list[Any] = [len(orders)]
-        rankings = self._rankings(orders)
-        for o, ranking in zip(orders, rankings, strict=True):
+        paid_of = self._paid
+        for o in orders:
+            ranking = ranked[o.order_id]
             lines = o.lines
             for ln in lines:
                 if ln.sku not in sku_index:
@@ -341,7 +345,9 @@ class Decider:
                 if len(lines) > 1
                 else sku_index[lines[0].sku]
             )
-            paid = self._paid[o.order_id] = paid_ms(o.paid_at)
+            paid = paid_of.get(o.order_id)
+            if paid is None:
+                paid = paid_of[o.order_id] = paid_ms(o.paid_at)
             chan = chan_index.get(o.channel)
             if chan is None:
                 chan = chan_index[o.channel] = len(chan_index) + 1

@@ -22,6 +22,7 @@ MAX_ORDER_ID = 256
 
 class Valid(msgspec.Struct, gc=False):
     order: Order
+    paid_ms: int = 0  # paid_at in epoch milliseconds (parsed once, here)
 
 
 class Invalid(msgspec.Struct, gc=False):
@@ -103,7 +104,7 @@ def decode(raw: bytes | str) -> Decoded:
             "customer: give both lat and lon, or neither - at `$.customer`",
         )
     order.lines = merge_lines(order.lines)
-    return Valid(order)
+    return Valid(order, int(paid.timestamp() * 1000))
 
 
 def merge_lines(lines: list[Line]) -> list[Line]:

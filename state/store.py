@@ -9,13 +9,17 @@ from __future__ import annotations
 import heapq
 import importlib.resources
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
+import hiredis
 import redis
 from redis.cluster import RedisCluster
+from redis.commands.core import Script
 
 from onestock.errors import OnestockError
+from onestock.records import RS
 from onestock.types import Catalog, Sku, catalog_decoder, json_encoder
 from state import keys
 from state.buckets import Buckets, split
@@ -119,6 +123,7 @@ class Store:
         )
         # Reads of the input skip redis-py's per-entry dict building (a hot path).
         self._raw = client
+        self._single = isinstance(client, redis.Redis)
         if isinstance(client, redis.Redis):
             self._raw = redis.Redis(connection_pool=client.connection_pool)
             self._raw.set_response_callback("XRANGE", lambda r, **_: r)
@@ -326,16 +331,53 @@ class Store:
         return self._per_slot(self._decide, keys.decisions, calls)
 
     def _per_slot(
-        self, script: Any, second: Callable[[str], str], calls: list[tuple[list[str], list[Any]]]
+        self, script: Script, second: Callable[[str], str], calls: list[tuple[list[str], list[Any]]]
     ) -> list[Any]:
         """Independent one-slot script calls, pipelined on a single server (each stays atomic;
         a Redis Cluster client runs them one by one, each routed to its slot's node)."""
-        if len(calls) == 1 or not isinstance(self.r, redis.Redis):
-            return [script(keys=self._sku_keys(s, second), args=a) for s, a in calls]
-        pipe = self.r.pipeline(transaction=False)
-        for s, a in calls:
-            script(keys=self._sku_keys(s, second), args=a, client=pipe)
-        return pipe.execute()  # type: ignore[no-any-return]
+        return self._scripts([(script, self._sku_keys(s, second), a) for s, a in calls])
+
+    def _scripts(self, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+        """Script calls (script, keys, args): in one round trip on a single server, each
+        routed to its slot's node by a Redis Cluster client. A script Redis no longer has
+        (restarted without it) is loaded and the whole round sent again: every script of the
+        hot path is idempotent, so a call that ran the first time changes nothing the second."""
+        if not self._single:
+            return [script(keys=ks, args=args) for script, ks, args in calls]
+        commands = [("EVALSHA", script.sha, len(ks), *ks, *args) for script, ks, args in calls]
+        try:
+            return self._round_trip(commands)
+        except redis.exceptions.NoScriptError:
+            for script in {id(c[0]): c[0] for c in calls}.values():
+                script.sha = self.r.script_load(script.script)
+            return self._round_trip(commands)
+
+    def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands sent in one write and their replies read in order (single server).
+
+        redis-py's pipeline converts every argument in Python before hiredis packs them;
+        the hot path sends about ten arguments per order, so they go to hiredis directly.
+        Every reply is read before the first error reply is raised, so the connection goes
+        back to the pool in step; a broken connection raises redis.ConnectionError (retried
+        by ``Waiter``)."""
+        assert isinstance(self.r, redis.Redis)
+        pool = self.r.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
+            replies: list[Any] = []
+            error: redis.ResponseError | None = None
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+                    error = error or exc
+        finally:
+            pool.release(conn)
+        if error is not None:
+            raise error
+        return replies
 
     def _sku_keys(self, skus: list[str], second: Callable[[str], str]) -> list[str]:
         """Per SKU, in order: its stock hash, ``second`` (decisions or parts), its counters
@@ -393,29 +435,28 @@ class Store:
         counts (received->decided ms, n, paid->decided ms, n) and one metric tag per record
         (``emit.lua`` counts the tags of the records it writes now).
         """
-        args: list[Any] = [last_id, len(records) // 3, *records, len(dead)]
+        n = len(records) // 3
+        packed = RS.join(records[2::3])
+        if packed.count(RS) != max(n - 1, 0):
+            raise ValueError("a packed record contains the record separator \\x1e")
+        args: list[Any] = [last_id, n]
+        args += [f for i in range(0, len(records), 3) for f in (records[i], records[i + 1])]
+        args += [packed, len(dead)]
         for d in dead:
             args += d
+        sums, tags = (0, 0, 0, 0), [""] * n
         if meter is not None:
-            *sums, tags = meter
-            if len(tags) != len(records) // 3:
-                raise ValueError(f"{len(tags)} metric tags for {len(records) // 3} records")
-            args += sums
-            args += tags
-        self._emit(
-            keys=[
-                keys.emitted(shard),
-                keys.outbox(shard),
-                keys.deadbox(shard),
-                keys.inbox(shard),
-                keys.watermark(shard),
-                keys.counters(shard),
-                keys.held(shard),
-                keys.decided(shard),
-                keys.returns(shard),
-            ],
-            args=args,
-        )
+            *sums, tags = meter  # type: ignore[assignment]
+            if len(tags) != n:
+                raise ValueError(f"{len(tags)} metric tags for {n} records")
+        counted = Counter(tags)
+        counted.pop("", None)
+        args += sums
+        args += [RS.join(tags), len(counted), *(x for pair in counted.items() for x in pair)]
+        ks = [keys.emitted(shard), keys.outbox(shard), keys.deadbox(shard), keys.inbox(shard),
+              keys.watermark(shard), keys.counters(shard), keys.held(shard),
+              keys.decided(shard), keys.returns(shard)]  # fmt: skip
+        self._scripts([(self._emit, ks, args)])
 
     def outcome_counts(self, shards: int) -> tuple[int, int]:
         """(records, dead letters) written so far over all shards."""
@@ -514,6 +555,8 @@ class Store:
         """Registry values of the shard for these fields (order ids, "~c:", "~x:" keys)."""
         if not order_ids:
             return []
+        if self._single:  # the hot path: two fields per order of every batch
+            return self._round_trip([("HMGET", keys.emitted(shard), *order_ids)])[0]  # type: ignore[no-any-return]
         return self.r.hmget(keys.emitted(shard), order_ids)  # type: ignore[return-value]
 
     def held_count(self, shard: int) -> int:

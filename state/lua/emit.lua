@@ -6,13 +6,17 @@
 --       KEYS[6] counters hash (fields "records", "dead"), KEYS[7] held records (order id ->
 --       record waiting for its gift settlement), KEYS[8] decisions stream, KEYS[9] returns
 --       stream (records of keys "~R:<return digest>" go there). One slot.
--- ARGV: last input entry id of the batch, nrecords, then per record:
---       order_id, registry value, the packed record;
---       then ndead, then per dead letter: input entry id, raw text, reason;
---       then (optional, the metrics tail) the batch's latency sums and observation counts:
---       sum received->decided ms, its n, sum paid->decided ms, its n; then one metric tag
---       per record: "" (not counted) or <received bucket><paid bucket ("-": none)><status>
---       ("A" accepted, "R<reason>", "C" arrived cancelled, "X" a cancellation, "T" a return).
+-- ARGV: last input entry id of the batch, nrecords, then per record: order_id, registry
+--       value; then the packed records joined by \30 (one per record, in that order; ""
+--       for a registry-only entry); then ndead, then per dead letter: input entry id, raw
+--       text, reason; then the metrics tail: sum received->decided ms, its n, sum
+--       paid->decided ms, its n, the metric tags joined by \30 (one per record: "" (not
+--       counted) or <received bucket><paid bucket ("-": none)><status> ("A" accepted,
+--       "R<reason>", "C" arrived cancelled, "X" a cancellation, "T" a return)), then
+--       ntags and (tag, how many records carry it) pairs: the same tags counted.
+-- Fast path: when no record is in the registry yet and none is special (below), the joined
+--       records are written as they came and the counted tags added: no record or tag is
+--       split out in Lua (every string Lua makes costs; this script runs once per batch).
 -- Counters (KEYS[6]): "records", "dead", "trimmed" (input entries trimmed), and per metric
 --       tag "m<tag>" how many new records carried it, "sum_r"/"sum_p" the latency sums in ms.
 --       Tags count only records written now, so a replay after a crash counts nothing twice;
@@ -42,74 +46,113 @@ end
 if not string.match(last, '^%d+%-%d+$') then return redis.error_reply('ERR emit.lua: bad id') end
 
 -- validate the shape before the first write
-local p = 3 + 3 * nrec
+local blob = ARGV[3 + 2 * nrec]
+local p = 4 + 2 * nrec
 local ndl = tonumber(ARGV[p])
-if not ndl then return redis.error_reply('ERR emit.lua: bad shape') end
-local tb = p + 3 * ndl -- the metrics tail: tags at ARGV[tb + 4 + record number]
-local metered = #ARGV == tb + 4 + nrec
-if not metered and #ARGV ~= tb then return redis.error_reply('ERR emit.lua: bad shape') end
+if not blob or not ndl then return redis.error_reply('ERR emit.lua: bad shape') end
+local tb = p + 3 * ndl -- the metrics tail
+local nagg = tonumber(ARGV[tb + 6])
+if not nagg or #ARGV ~= tb + 6 + 2 * nagg then return redis.error_reply('ERR emit.lua: bad shape') end
 
--- One HMGET for the registry, one HSET for the new ids, one XADD for the new records.
 local CHUNK = 4000
-local argv, call, unpack = ARGV, redis.call, unpack
-local reg, recs, seen, held, decided, returned = {}, {}, {}, {}, {}, {}
-local written, dead, nreg = 0, 0, 0
-local tags, wr, wp = {}, 0, 0 -- metric tags of new records; new observations of each latency
-for i = 3, 2 + 3 * nrec, 3 * CHUNK do
-  local last_j = math.min(i + 3 * CHUNK - 1, 2 + 3 * nrec)
-  local ids, n = {}, 0
-  for j = i, last_j, 3 do
-    n = n + 1
-    ids[n] = argv[j]
+local argv, call, unpack, byte = ARGV, redis.call, unpack, string.byte
+
+-- s split at every \30: exactly n parts (empty ones kept)
+local function split(s, n)
+  local out, i = {}, 1
+  for k = 1, n - 1 do
+    local j = string.find(s, '\30', i, true)
+    if not j then return nil end
+    out[k] = string.sub(s, i, j - 1)
+    i = j + 1
   end
+  if n > 0 then out[n] = string.sub(s, i) end
+  if string.find(out[n] or '', '\30', 1, true) then return nil end
+  return out
+end
+
+-- One HMGET for the registry (in chunks), then either path.
+local fresh, plain, seen = {}, true, {}
+for i = 1, nrec, CHUNK do
+  local last_k = math.min(i + CHUNK - 1, nrec)
+  local ids = {}
+  for k = i, last_k do ids[k - i + 1] = argv[1 + 2 * k] end
   local got = call('HMGET', KEYS[1], unpack(ids))
-  for k = 1, n do
-    local oid = ids[k]
-    if not got[k] and not seen[oid] then
-      local j = i + 3 * (k - 1)
-      local value = argv[j + 1]
-      local kind = string.byte(value, 1)
-      seen[oid] = true
-      if metered then
-        local t = argv[tb + 4 + j / 3] -- record number j / 3
-        if t ~= '' then
-          tags[t] = (tags[t] or 0) + 1
-          if string.byte(t, 1) ~= 45 then wr = wr + 1 end -- '-'
-          if string.byte(t, 2) ~= 45 then wp = wp + 1 end
-        end
+  for k = i, last_k do
+    local oid = ids[k - i + 1]
+    if got[k - i + 1] or seen[oid] then
+      plain = false
+    else
+      fresh[k] = true
+      local kind = byte(argv[2 + 2 * k], 1)
+      if kind == 72 or kind == 114 or byte(oid, 1) == 126 then plain = false end -- H r ~
+    end
+    seen[oid] = true
+  end
+end
+
+local written, dead, wr, wp = 0, 0, 0, 0
+local tags = {} -- metric tag -> new records carrying it
+if plain then
+  written = nrec
+  if nrec > 0 then
+    call('XADD', KEYS[2], '*', 'n', nrec, 'v', blob)
+    for i = 3, 2 + 2 * nrec, 2 * CHUNK do
+      call('HSET', KEYS[1], unpack(argv, i, math.min(i + 2 * CHUNK - 1, 2 + 2 * nrec)))
+    end
+  end
+  for i = tb + 7, tb + 6 + 2 * nagg, 2 do
+    local t, n = argv[i], tonumber(argv[i + 1])
+    tags[t] = n
+    if byte(t, 1) ~= 45 then wr = wr + n end -- '-'
+    if byte(t, 2) ~= 45 then wp = wp + n end
+  end
+else
+  local recs_in, tags_in = split(blob, nrec), split(argv[tb + 5], nrec)
+  if not recs_in or not tags_in then return redis.error_reply('ERR emit.lua: bad shape') end
+  local reg, recs, held, decided, returned, nreg = {}, {}, {}, {}, {}, 0
+  for k = 1, nrec do
+    if fresh[k] then
+      local oid, value, rec = argv[1 + 2 * k], argv[2 + 2 * k], recs_in[k]
+      local kind = byte(value, 1)
+      local t = tags_in[k]
+      if t ~= '' then
+        tags[t] = (tags[t] or 0) + 1
+        if byte(t, 1) ~= 45 then wr = wr + 1 end -- '-'
+        if byte(t, 2) ~= 45 then wp = wp + 1 end
       end
       nreg = nreg + 1
       reg[2 * nreg - 1] = oid
       reg[2 * nreg] = value
       if kind == 72 then -- 'H'
         held[#held + 1] = oid
-        held[#held + 1] = argv[j + 2]
+        held[#held + 1] = rec
         decided[#decided + 1] = oid .. '\31A'
-      elseif argv[j + 2] == '' then -- a pending cancel: registry only
+      elseif rec == '' then -- a pending cancel: registry only
       elseif string.sub(oid, 1, 3) == '~R:' then
-        returned[#returned + 1] = argv[j + 2]
+        returned[#returned + 1] = rec
       else
         if string.sub(oid, 1, 3) == '~x:' then call('HDEL', KEYS[7], string.sub(oid, 4)) end
         written = written + 1
-        recs[written] = argv[j + 2]
+        recs[written] = rec
         if kind == 114 then decided[#decided + 1] = oid .. '\31R' end -- 'r'
       end
     end
   end
-end
-if written > 0 then
-  -- One entry per batch: a redis.call costs far more than the bytes it writes.
-  call('XADD', KEYS[2], '*', 'n', written, 'v', table.concat(recs, '\30'))
-end
-for i = 1, #held, CHUNK do call('HSET', KEYS[7], unpack(held, i, math.min(i + CHUNK - 1, #held))) end
-if #returned > 0 then
-  call('XADD', KEYS[9], '*', 'n', #returned, 'v', table.concat(returned, '\30'))
-end
-if #decided > 0 then
-  call('XADD', KEYS[8], '*', 'n', #decided, 'v', table.concat(decided, '\30'))
-end
-for i = 1, #reg, CHUNK do
-  call('HSET', KEYS[1], unpack(reg, i, math.min(i + CHUNK - 1, #reg)))
+  if written > 0 then
+    -- One entry per batch: a redis.call costs far more than the bytes it writes.
+    call('XADD', KEYS[2], '*', 'n', written, 'v', table.concat(recs, '\30'))
+  end
+  for i = 1, #held, CHUNK do call('HSET', KEYS[7], unpack(held, i, math.min(i + CHUNK - 1, #held))) end
+  if #returned > 0 then
+    call('XADD', KEYS[9], '*', 'n', #returned, 'v', table.concat(returned, '\30'))
+  end
+  if #decided > 0 then
+    call('XADD', KEYS[8], '*', 'n', #decided, 'v', table.concat(decided, '\30'))
+  end
+  for i = 1, #reg, CHUNK do
+    call('HSET', KEYS[1], unpack(reg, i, math.min(i + CHUNK - 1, #reg)))
+  end
 end
 for i = 1, ndl do
   local q = p + 3 * (i - 1) + 1
@@ -127,10 +170,8 @@ local function add_sum(field, sum, n, new)
     redis.call('HINCRBY', KEYS[6], field, math.floor(sum * new / n + 0.5))
   end
 end
-if metered then
-  add_sum('sum_r', tb + 1, tb + 2, wr)
-  add_sum('sum_p', tb + 3, tb + 4, wp)
-end
+add_sum('sum_r', tb + 1, tb + 2, wr)
+add_sum('sum_p', tb + 3, tb + 4, wp)
 local wm = redis.call('GET', KEYS[5])
 if not wm or id_lt(wm, last) then
   redis.call('SET', KEYS[5], last)
