@@ -37,6 +37,7 @@ class Router:
         self._lon = np.radians(lon)
         self._cos_lat = np.cos(self._lat)
         self.by_priority: bytes = np.arange(len(locs), dtype="<u2").tobytes()
+        self._decoded: dict[bytes, list[str]] = {}
         # "priority" routing: lower priority first, nearest within a priority, then id
         self._priority = (
             np.array([loc.priority for loc in locs]) if catalog.routing == "priority" else None
@@ -72,7 +73,13 @@ class Router:
         return out
 
     def decode(self, ranking: bytes) -> list[str]:
-        return [self.ids[i] for i in np.frombuffer(ranking, dtype="<u2")]
+        """Location ids of a ranking (the same list object for the same ranking: read-only)."""
+        ids = self._decoded.get(ranking)
+        if ids is None:
+            if len(self._decoded) >= 4096:  # customers in one area share rankings
+                self._decoded.clear()
+            ids = self._decoded[ranking] = [self.ids[i] for i in np.frombuffer(ranking, "<u2")]
+        return ids
 
 
 def plan(
@@ -95,15 +102,22 @@ def plan(
     def free(sku: str, loc: str) -> int:
         return stock[sku].get(loc, 0) - floors.get(loc, 0)
 
+    levels: list[tuple[dict[str, int], int]] = []  # (the line's SKU's units, qty)
     for line in lines:
-        if line.sku not in stock:
+        units = stock.get(line.sku)
+        if units is None:
             return "unknown_sku"
+        levels.append((units, line.qty))
     if pickup_store is not None:
         if all(free(ln.sku, pickup_store) >= ln.qty for ln in lines):
             return [(pickup_store, ln.sku, ln.qty) for ln in lines]
         return "pickup_unavailable"
-    for loc in candidates:
-        if all(free(ln.sku, loc) >= ln.qty for ln in lines):
+    for loc in candidates:  # the hot loop of the cross-slot path: no call per line
+        floor = floors.get(loc, 0) if floors else 0
+        for units, qty in levels:
+            if units.get(loc, 0) - floor < qty:
+                break
+        else:
             return [(loc, ln.sku, ln.qty) for ln in lines]
     if fewest:
         return _split_fewest(lines, candidates, free)

@@ -235,19 +235,19 @@ class Store:
         by_sku: dict[str, list[int]] = {}
         for i, (sku, _) in enumerate(pairs):
             by_sku.setdefault(sku, []).append(i)
-        pipe = self.r.pipeline(transaction=False)
-        for sku in skus:
-            pipe.hgetall(keys.stock(sku))
-        for sku, idx in by_sku.items():
-            pipe.hmget(keys.bought(sku), [pairs[i][1] for i in idx])
-        replies = pipe.execute()
+        commands: list[tuple[str, ...]] = [("HGETALL", keys.stock(sku)) for sku in skus]
+        commands += [
+            ("HMGET", keys.bought(sku), *(pairs[i][1] for i in idx)) for sku, idx in by_sku.items()
+        ]
+        replies = self._reads(commands)
         state: dict[str, tuple[dict[str, int], list[Lock]]] = {}
         lock_qty, lock_until, lock_used = (
             p.encode() for p in (keys.LOCK_QTY, keys.LOCK_UNTIL, keys.LOCK_USED)
         )
-        for sku, flat in zip(skus, replies, strict=False):
-            if not flat:
+        for sku, got in zip(skus, replies, strict=False):
+            if not got:
                 continue
+            flat = got if isinstance(got, dict) else dict(zip(got[::2], got[1::2], strict=True))
             # fields that start with NUL are the marker, the SKU's rules and its locks
             levels = {k.decode(): int(v) for k, v in flat.items() if not k.startswith(b"\x00")}
             locks = []
@@ -352,6 +352,18 @@ class Store:
                 script.sha = self.r.script_load(script.script)
             return self._round_trip(commands)
 
+    def _reads(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Read commands in one round trip (a pipeline routed per slot on a cluster); replies
+        as Redis sends them (HGETALL: a flat list on a single server)."""
+        if not commands:
+            return []
+        if self._single:
+            return self._round_trip(commands)
+        pipe = self.r.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute()  # type: ignore[no-any-return]
+
     def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Commands sent in one write and their replies read in order (single server).
 
@@ -403,11 +415,14 @@ class Store:
         by_home: dict[str, list[int]] = {}
         for i, (_, home) in enumerate(wanted):
             by_home.setdefault(home, []).append(i)
-        pipe = self.r.pipeline(transaction=False)
-        for home, idx in by_home.items():
-            pipe.hmget(keys.parts(home), [wanted[i][0] for i in idx])
+        replies = self._reads(
+            [
+                ("HMGET", keys.parts(home), *(wanted[i][0] for i in idx))
+                for home, idx in by_home.items()
+            ]
+        )
         out: list[bytes | None] = [None] * len(wanted)
-        for idx, got in zip(by_home.values(), pipe.execute(), strict=True):
+        for idx, got in zip(by_home.values(), replies, strict=True):
             for i, value in zip(idx, got, strict=True):
                 out[i] = value
         return out
