@@ -30,6 +30,9 @@ from state.store import Store, Waiter
 # bit 1: store channel), paid_at ms
 _HEAD = struct.Struct("<HHHHBQ")
 _LINE = struct.Struct("<HI")  # SKU index, qty
+# At most this many orders per decide.lua call (a batch's calls still share one round trip):
+# each call stays a few ms at most, however large the batch.
+CALL_ORDERS = 250
 
 
 class Decided(msgspec.Struct):
@@ -123,7 +126,6 @@ class Decider:
             if self.version < 0:
                 self.refresh()
             return Decided(shard, "0-0", [], [])
-        self.refresh()
         self._paid.clear()
         decided = str(int(time.time() * 1000))
         firsts: dict[str, tuple[str, events.Decoded]] = {}
@@ -149,9 +151,12 @@ class Decider:
         ids = list(firsts)
         # per order id: its registry value (an earlier copy was emitted) and whether a cancel
         # came before it
-        got = self.wait.call(
-            self.store.registry, shard, [f for oid in ids for f in (oid, "~c:" + oid)]
+        # (the catalog version comes in the same round trip: a new catalog applies from here)
+        version, got = self.wait.call(
+            self.store.registry_and_version, shard, [f for oid in ids for f in (oid, "~c:" + oid)]
         )
+        if version != self.version:
+            self.refresh()
         outcome: dict[str, str] = {}
         held_ids: set[str] = set()
         todo: list[Order] = []
@@ -255,7 +260,9 @@ class Decider:
     def _decide(self, orders: list[Order], outcome: dict[str, str], held_ids: set[str]) -> None:
         """Decide valid orders into ``outcome``: one decide.lua call per slot, the orders
         spanning slots slot by slot; first-N candidates go into ``held_ids``."""
-        slot_orders: dict[int, list[Order]] = {}
+        # per slot (a full call's orders under (slot, n)), in arrival order
+        slot_orders: dict[Any, list[Order]] = {}
+        full = 0
         cross: list[Order] = []
         for o in orders:
             lines = o.lines
@@ -265,6 +272,9 @@ class Decider:
                 if group is None:
                     group = slot_orders[slot] = []
                 group.append(o)
+                if len(group) == CALL_ORDERS:  # the slot's next orders go in a next call
+                    full += 1
+                    slot_orders[(slot, full)] = slot_orders.pop(slot)
             else:
                 cross.append(o)
         # every order's ranking in one go (numpy's cost is per call, not per customer)

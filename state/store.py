@@ -570,9 +570,15 @@ class Store:
         """Registry values of the shard for these fields (order ids, "~c:", "~x:" keys)."""
         if not order_ids:
             return []
-        if self._single:  # the hot path: two fields per order of every batch
-            return self._round_trip([("HMGET", keys.emitted(shard), *order_ids)])[0]  # type: ignore[no-any-return]
-        return self.r.hmget(keys.emitted(shard), order_ids)  # type: ignore[return-value]
+        return self._reads([("HMGET", keys.emitted(shard), *order_ids)])[0]  # type: ignore[no-any-return]
+
+    def registry_and_version(self, shard: int, fields: list[str]) -> tuple[int, list[bytes | None]]:
+        """The catalog version and ``registry`` of these fields, in one round trip."""
+        commands: list[tuple[str, ...]] = [("GET", keys.CATALOG_VERSION)]
+        if fields:
+            commands.append(("HMGET", keys.emitted(shard), *fields))
+        replies = self._reads(commands)
+        return int(replies[0] or 0), (replies[1] if fields else [])
 
     def held_count(self, shard: int) -> int:
         return int(self.r.hlen(keys.held(shard)))
