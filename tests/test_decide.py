@@ -210,3 +210,36 @@ def test_half_reserved_cross_slot_order_from_a_crash_is_undone_then_redone(
         ("wh-beijing", "ship", tee, 1),
     ]
     assert stock(loaded, "SNEAKER") == {"wh-shanghai": 5, "wh-beijing": 4, "st-hangzhou": 2}
+
+
+def test_a_batch_larger_than_one_call_is_decided_in_arrival_order(loaded: Store) -> None:
+    """More orders of one slot than one decide.lua call takes (CALL_ORDERS): they go in
+    several calls of one round trip, in arrival order, so exactly the first 12 (the stock)
+    are accepted, every order gets one record and none is lost between calls."""
+    from dataflows import decider as decider_module
+
+    n = 2 * decider_module.CALL_ORDERS + 7
+    calls: list[int] = []
+    real = loaded.decide_slots
+
+    def spy(batch):  # type: ignore[no-untyped-def]
+        calls.extend(len(args) for _, args in batch)
+        return real(batch)
+
+    loaded.decide_slots = spy  # type: ignore[method-assign]
+    recs, _ = decide(loaded, [order(f"big-{i:04d}", ("SNEAKER", 1)) for i in range(n)])
+    loaded.decide_slots = real  # type: ignore[method-assign]
+    assert len(calls) == 3, "one call per CALL_ORDERS orders of the slot"
+    assert len(recs) == n and len({r.order_id for r in recs}) == n
+    accepted = sorted(r.order_id for r in recs if r.status == "accepted")
+    assert accepted == [f"big-{i:04d}" for i in range(12)]
+    assert stock(loaded, "SNEAKER") == {"wh-shanghai": 0, "wh-beijing": 0, "st-hangzhou": 0}
+
+
+def test_scripts_flushed_from_redis_are_loaded_again(loaded: Store) -> None:
+    """The hot path sends EVALSHA itself (state.store._round_trip): a Redis that lost its
+    scripts (a restart, SCRIPT FLUSH) gets them again and the batch is decided once."""
+    loaded.r.script_flush()
+    recs, _ = decide(loaded, [order("after-flush", ("SNEAKER", 2))])
+    assert [(r.order_id, r.status) for r in recs] == [("after-flush", "accepted")]
+    assert sum(stock(loaded, "SNEAKER").values()) == 10
