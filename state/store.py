@@ -61,6 +61,9 @@ def connect(url: str) -> Redis:
     return client
 
 
+EMIT_RECORDS = 250  # records per emit.lua call (a batch of more goes in several calls)
+
+
 class Lock(NamedTuple):
     """A channel lock as stored: units held for ``channel`` until ``until_ms``, ``used`` of
     them already drawn by that channel."""
@@ -451,27 +454,38 @@ class Store:
         (``emit.lua`` counts the tags of the records it writes now).
         """
         n = len(records) // 3
-        packed = RS.join(records[2::3])
-        if packed.count(RS) != max(n - 1, 0):
-            raise ValueError("a packed record contains the record separator \\x1e")
-        args: list[Any] = [last_id, n]
-        args += [f for i in range(0, len(records), 3) for f in (records[i], records[i + 1])]
-        args += [packed, len(dead)]
-        for d in dead:
-            args += d
         sums, tags = (0, 0, 0, 0), [""] * n
         if meter is not None:
             *sums, tags = meter  # type: ignore[assignment]
             if len(tags) != n:
                 raise ValueError(f"{len(tags)} metric tags for {n} records")
-        counted = Counter(tags)
-        counted.pop("", None)
-        args += sums
-        args += [RS.join(tags), len(counted), *(x for pair in counted.items() for x in pair)]
         ks = [keys.emitted(shard), keys.outbox(shard), keys.deadbox(shard), keys.inbox(shard),
               keys.watermark(shard), keys.counters(shard), keys.held(shard),
               keys.decided(shard), keys.returns(shard)]  # fmt: skip
-        self._scripts([(self._emit, ks, args)])
+        # A large batch goes in several calls (one round trip) so each stays short; only the
+        # last moves the watermark and writes the dead letters. Each call is atomic and the
+        # registry skips what an earlier call wrote, so a crash between them loses nothing
+        # and duplicates nothing. Every call scales the batch's latency sums to its records.
+        calls = []
+        starts = range(0, n, EMIT_RECORDS) if n else range(1)
+        for i in starts:
+            part, part_tags = records[3 * i : 3 * (i + EMIT_RECORDS)], tags[i : i + EMIT_RECORDS]
+            final = i == starts[-1]
+            packed = RS.join(part[2::3])
+            if packed.count(RS) != max(len(part_tags) - 1, 0):
+                raise ValueError("a packed record contains the record separator \\x1e")
+            args: list[Any] = [last_id if final else "-", len(part_tags)]
+            args += [f for j in range(0, len(part), 3) for f in (part[j], part[j + 1])]
+            args += [packed, len(dead) if final else 0]
+            if final:
+                for d in dead:
+                    args += d
+            counted = Counter(part_tags)
+            counted.pop("", None)
+            args += sums
+            args += [RS.join(part_tags), len(counted), *(x for kv in counted.items() for x in kv)]
+            calls.append((self._emit, ks, args))
+        self._scripts(calls)
 
     def outcome_counts(self, shards: int) -> tuple[int, int]:
         """(records, dead letters) written so far over all shards."""

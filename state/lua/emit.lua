@@ -6,7 +6,8 @@
 --       KEYS[6] counters hash (fields "records", "dead"), KEYS[7] held records (order id ->
 --       record waiting for its gift settlement), KEYS[8] decisions stream, KEYS[9] returns
 --       stream (records of keys "~R:<return digest>" go there). One slot.
--- ARGV: last input entry id of the batch, nrecords, then per record: order_id, registry
+-- ARGV: last input entry id of the batch ("-": a part of a batch whose last part moves the
+--       watermark), nrecords, then per record: order_id, registry
 --       value; then the packed records joined by \30 (one per record, in that order; ""
 --       for a registry-only entry); then ndead, then per dead letter: input entry id, raw
 --       text, reason; then the metrics tail: sum received->decided ms, its n, sum
@@ -43,7 +44,9 @@ local function id_lt(a, b)
   if ams ~= bms then return ams < bms end
   return tonumber(aseq) < tonumber(bseq)
 end
-if not string.match(last, '^%d+%-%d+$') then return redis.error_reply('ERR emit.lua: bad id') end
+if last ~= '-' and not string.match(last, '^%d+%-%d+$') then
+  return redis.error_reply('ERR emit.lua: bad id')
+end
 
 -- validate the shape before the first write
 local blob = ARGV[3 + 2 * nrec]
@@ -172,8 +175,8 @@ local function add_sum(field, sum, n, new)
 end
 add_sum('sum_r', tb + 1, tb + 2, wr)
 add_sum('sum_p', tb + 3, tb + 4, wp)
-local wm = redis.call('GET', KEYS[5])
-if not wm or id_lt(wm, last) then
+local wm = last ~= '-' and redis.call('GET', KEYS[5])
+if last ~= '-' and (not wm or id_lt(wm, last)) then
   redis.call('SET', KEYS[5], last)
   -- Everything before `last` has its outcome stored: it is never needed again, even by a
   -- resume from an older snapshot (replays of it are skipped by the registry).
