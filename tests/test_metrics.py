@@ -250,6 +250,36 @@ def test_a_batch_written_twice_is_counted_once(store: Store) -> None:
     assert sum(f.received) == sum(f.paid) == 21 and f.records == 21
 
 
+def test_a_large_batch_written_in_parts_and_again_is_counted_once(store: Store) -> None:
+    """A batch of more records than one emit.lua call takes goes in several calls; a crash
+    after the first (only it written, the watermark not moved) and the replay of the whole
+    batch write every record once, count it once, and move the watermark once."""
+    from dataflows.decider import Decider
+    from state.store import EMIT_RECORDS
+    from tests.helpers import order, raw
+
+    cat = burst.demo_catalog()
+    store.load_catalog(cat, [s.sku for s in cat.skus])
+    store.shard_count(16)
+    d = Decider(store, say=lambda _m: None)
+    n = 2 * EMIT_RECORDS + 11
+    events = [order(f"big{i}", (cat.skus[0].sku, 1)) for i in range(n)]
+    out = d.process(0, [(f"{i + 1}-0", raw(e)) for i, e in enumerate(events)])
+    assert out.meter is not None
+    sum_r, n_r, sum_p, n_p, tags = out.meter
+    first = out.records[: 3 * EMIT_RECORDS]
+    store.emit(0, "-", first, [], (sum_r, n_r, sum_p, n_p, tags[:EMIT_RECORDS]))  # then a crash
+    assert store.watermark(0) is None
+    d.emit(out)
+    d.emit(out)
+    f = Reader(store).read()
+    assert f.records == n and f.decisions == {"accepted": n}
+    assert sum(f.received) == sum(f.paid) == n
+    ids = [p.split("\x1f")[0] for e in store.entries(keys.outbox, 1) for p in packed_records(e)]
+    assert sorted(ids) == sorted(f"big{i}" for i in range(n))
+    assert store.watermark(0) == f"{n}-0"
+
+
 def test_gifts_left_is_bounded_by_the_gift_units_on_hand(store: Store) -> None:
     from tests.helpers import decide, order
 
