@@ -22,7 +22,6 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from onestock.events import paid_ms
 from onestock.records import SEP, rejected
 from onestock.routing import Allocation, plan
 from onestock.types import Order
@@ -116,17 +115,14 @@ def decide_cross(
     outcome: dict[str, str],
     rules: Rules,
     retry: set[str] | None = None,
-    paid: dict[str, int] | None = None,
+    *,
+    paid: dict[str, int],
 ) -> None:
     """Decide cross-slot orders into ``outcome``; ``call`` wraps Redis calls (retry on outage);
-    ``paid``: paid_at in epoch ms per order id, where already parsed.
+    ``paid``: paid_at in epoch ms per order id (parsed once, at decode).
     An order in ``retry`` that only a hot SKU's bucket is short for gets "B" (decided again
     once the bucket borrowed; ``dataflows.buckets``) instead of being rejected."""
-    paid = paid or {}
-    items = [
-        _Item(o, r, rules, paid.get(o.order_id) or paid_ms(o.paid_at))
-        for o, r in zip(orders, rankings, strict=True)
-    ]
+    items = [_Item(o, r, rules, paid[o.order_id]) for o, r in zip(orders, rankings, strict=True)]
     wanted = [(it.order.order_id, skus[0]) for it in items for skus in it.slots.values()]
     found = iter(call(store.read_parts, wanted))
     pending, partial = [], []

@@ -19,7 +19,6 @@ from dataflows.buckets import BucketPlan
 from dataflows.cross_slot import Rules, decide_cross
 from dataflows.gifts import Settler
 from onestock import events, meter
-from onestock.events import paid_ms
 from onestock.records import SEP, head, held, pack, rejected
 from onestock.routing import Router
 from onestock.types import Catalog, Order
@@ -260,9 +259,7 @@ class Decider:
     def _decide(self, orders: list[Order], outcome: dict[str, str], held_ids: set[str]) -> None:
         """Decide valid orders into ``outcome``: one decide.lua call per slot, the orders
         spanning slots slot by slot; first-N candidates go into ``held_ids``."""
-        # per slot (a full call's orders under (slot, n)), in arrival order
-        slot_orders: dict[Any, list[Order]] = {}
-        full = 0
+        slot_orders: dict[int, list[Order]] = {}  # per slot, in arrival order
         cross: list[Order] = []
         for o in orders:
             lines = o.lines
@@ -272,15 +269,17 @@ class Decider:
                 if group is None:
                     group = slot_orders[slot] = []
                 group.append(o)
-                if len(group) == CALL_ORDERS:  # the slot's next orders go in a next call
-                    full += 1
-                    slot_orders[(slot, full)] = slot_orders.pop(slot)
             else:
                 cross.append(o)
         # every order's ranking in one go (numpy's cost is per call, not per customer)
         ranked = dict(zip((o.order_id for o in orders), self._rankings(orders), strict=True))
         if slot_orders:
-            groups = list(slot_orders.values())
+            # a slot's orders in calls of CALL_ORDERS, in order (one round trip for all)
+            groups = [
+                g[i : i + CALL_ORDERS]
+                for g in slot_orders.values()
+                for i in range(0, len(g), CALL_ORDERS)
+            ]
             calls = [self._slot_call(group, ranked) for group in groups]
             results = self.wait.call(self.store.decide_slots, calls)
             for group, res in zip(groups, results, strict=True):
@@ -296,7 +295,7 @@ class Decider:
             rankings = [router.decode(ranked[o.order_id]) for o in cross]
             decide_cross(
                 self.store, self.wait.call, cross, rankings, outcome, self.view.rules, self._retry,
-                self._paid,
+                paid=self._paid,
             )  # fmt: skip
             for o in cross:  # a reserved campaign SKU part is always a candidate
                 if outcome[o.order_id][0] == "A" and any(ln.sku in gifts for ln in o.lines):
@@ -355,9 +354,7 @@ class Decider:
                 if len(lines) > 1
                 else sku_index[lines[0].sku]
             )
-            paid = paid_of.get(o.order_id)
-            if paid is None:
-                paid = paid_of[o.order_id] = paid_ms(o.paid_at)
+            paid = paid_of[o.order_id]
             chan = chan_index.get(o.channel)
             if chan is None:
                 chan = chan_index[o.channel] = len(chan_index) + 1

@@ -63,11 +63,6 @@ def text_of(raw: bytes | str) -> str:
     return raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
 
 
-def paid_ms(paid_at: str) -> int:
-    """``paid_at`` of a decoded (valid) order in epoch milliseconds, for time-boxed rules."""
-    return int(datetime.fromisoformat(paid_at).timestamp() * 1000)
-
-
 def decode(raw: bytes | str) -> Decoded:
     """Classify one raw event; never raises."""
     try:

@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
-import hiredis
 import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
@@ -21,7 +20,7 @@ from redis.commands.core import Script
 from onestock.errors import OnestockError
 from onestock.records import RS
 from onestock.types import Catalog, Sku, catalog_decoder, json_encoder
-from state import keys
+from state import keys, wire
 from state.buckets import Buckets, split
 
 Redis = redis.Redis | RedisCluster
@@ -126,7 +125,6 @@ class Store:
         )
         # Reads of the input skip redis-py's per-entry dict building (a hot path).
         self._raw = client
-        self._single = isinstance(client, redis.Redis)
         if isinstance(client, redis.Redis):
             self._raw = redis.Redis(connection_pool=client.connection_pool)
             self._raw.set_response_callback("XRANGE", lambda r, **_: r)
@@ -242,7 +240,7 @@ class Store:
         commands += [
             ("HMGET", keys.bought(sku), *(pairs[i][1] for i in idx)) for sku, idx in by_sku.items()
         ]
-        replies = self._reads(commands)
+        replies = wire.reads(self.r, commands)
         state: dict[str, tuple[dict[str, int], list[Lock]]] = {}
         lock_qty, lock_until, lock_used = (
             p.encode() for p in (keys.LOCK_QTY, keys.LOCK_UNTIL, keys.LOCK_USED)
@@ -338,61 +336,7 @@ class Store:
     ) -> list[Any]:
         """Independent one-slot script calls, pipelined on a single server (each stays atomic;
         a Redis Cluster client runs them one by one, each routed to its slot's node)."""
-        return self._scripts([(script, self._sku_keys(s, second), a) for s, a in calls])
-
-    def _scripts(self, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
-        """Script calls (script, keys, args): in one round trip on a single server, each
-        routed to its slot's node by a Redis Cluster client. A script Redis no longer has
-        (restarted without it) is loaded and the whole round sent again: every script of the
-        hot path is idempotent, so a call that ran the first time changes nothing the second."""
-        if not self._single:
-            return [script(keys=ks, args=args) for script, ks, args in calls]
-        commands = [("EVALSHA", script.sha, len(ks), *ks, *args) for script, ks, args in calls]
-        try:
-            return self._round_trip(commands)
-        except redis.exceptions.NoScriptError:
-            for script in {id(c[0]): c[0] for c in calls}.values():
-                script.sha = self.r.script_load(script.script)
-            return self._round_trip(commands)
-
-    def _reads(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Read commands in one round trip (a pipeline routed per slot on a cluster); replies
-        as Redis sends them (HGETALL: a flat list on a single server)."""
-        if not commands:
-            return []
-        if self._single:
-            return self._round_trip(commands)
-        pipe = self.r.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return pipe.execute()  # type: ignore[no-any-return]
-
-    def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Commands sent in one write and their replies read in order (single server).
-
-        redis-py's pipeline converts every argument in Python before hiredis packs them;
-        the hot path sends about ten arguments per order, so they go to hiredis directly.
-        Every reply is read before the first error reply is raised, so the connection goes
-        back to the pool in step; a broken connection raises redis.ConnectionError (retried
-        by ``Waiter``)."""
-        assert isinstance(self.r, redis.Redis)
-        pool = self.r.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
-            replies: list[Any] = []
-            error: redis.ResponseError | None = None
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-                    error = error or exc
-        finally:
-            pool.release(conn)
-        if error is not None:
-            raise error
-        return replies
+        return wire.scripts(self.r, [(script, self._sku_keys(s, second), a) for s, a in calls])
 
     def _sku_keys(self, skus: list[str], second: Callable[[str], str]) -> list[str]:
         """Per SKU, in order: its stock hash, ``second`` (decisions or parts), its counters
@@ -418,11 +362,12 @@ class Store:
         by_home: dict[str, list[int]] = {}
         for i, (_, home) in enumerate(wanted):
             by_home.setdefault(home, []).append(i)
-        replies = self._reads(
+        replies = wire.reads(
+            self.r,
             [
                 ("HMGET", keys.parts(home), *(wanted[i][0] for i in idx))
                 for home, idx in by_home.items()
-            ]
+            ],
         )
         out: list[bytes | None] = [None] * len(wanted)
         for idx, got in zip(by_home.values(), replies, strict=True):
@@ -485,7 +430,7 @@ class Store:
             args += sums
             args += [RS.join(part_tags), len(counted), *(x for kv in counted.items() for x in kv)]
             calls.append((self._emit, ks, args))
-        self._scripts(calls)
+        wire.scripts(self.r, calls)
 
     def outcome_counts(self, shards: int) -> tuple[int, int]:
         """(records, dead letters) written so far over all shards."""
@@ -584,14 +529,14 @@ class Store:
         """Registry values of the shard for these fields (order ids, "~c:", "~x:" keys)."""
         if not order_ids:
             return []
-        return self._reads([("HMGET", keys.emitted(shard), *order_ids)])[0]  # type: ignore[no-any-return]
+        return wire.reads(self.r, [("HMGET", keys.emitted(shard), *order_ids)])[0]  # type: ignore[no-any-return]
 
     def registry_and_version(self, shard: int, fields: list[str]) -> tuple[int, list[bytes | None]]:
         """The catalog version and ``registry`` of these fields, in one round trip."""
         commands: list[tuple[str, ...]] = [("GET", keys.CATALOG_VERSION)]
         if fields:
             commands.append(("HMGET", keys.emitted(shard), *fields))
-        replies = self._reads(commands)
+        replies = wire.reads(self.r, commands)
         return int(replies[0] or 0), (replies[1] if fields else [])
 
     def held_count(self, shard: int) -> int:

@@ -237,7 +237,7 @@ def test_a_batch_larger_than_one_call_is_decided_in_arrival_order(loaded: Store)
 
 
 def test_scripts_flushed_from_redis_are_loaded_again(loaded: Store) -> None:
-    """The hot path sends EVALSHA itself (state.store._round_trip): a Redis that lost its
+    """The hot path sends EVALSHA itself (state.wire.round_trip): a Redis that lost its
     scripts (a restart, SCRIPT FLUSH) gets them again and the batch is decided once."""
     loaded.r.script_flush()
     recs, _ = decide(loaded, [order("after-flush", ("SNEAKER", 2))])
