@@ -445,3 +445,19 @@ class StreamOrders(_Scenario, User):
         self._write()
         self.writer.kill(block=False)
         super().on_stop()
+
+
+def buyers(
+    rate: Callable[[float, Any], float], make_orders: Callable[[], Orders], module: str
+) -> tuple[type[OrdersHttp], type[StreamOrders]]:
+    """A scenario's two user classes over its arrival rate and order maker, bound in the
+    scenario's module as ``HttpBuyers, StreamBuyers = buyers(rate, orders, __name__)``:
+    Locust finds them there, and they are named so on the command line and in reports."""
+    attrs = {
+        "rate": staticmethod(rate),
+        "make_orders": staticmethod(make_orders),
+        "__module__": module,
+    }
+    http = type("HttpBuyers", (OrdersHttp,), dict(attrs))
+    stream = type("StreamBuyers", (StreamOrders,), dict(attrs))
+    return http, stream

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from loadtest import gate
-from loadtest.common import Orders, OrdersHttp, StreamOrders
+from loadtest.common import Orders, buyers
 from onestock import burst
 
 DAY = 20_000_000
@@ -55,11 +55,4 @@ SCENARIO = gate.Scenario("double_eleven_day", burst.demo_catalog, rate, 0.0, 60)
 gate.install(SCENARIO)
 
 
-class HttpBuyers(OrdersHttp):
-    rate = staticmethod(rate)
-    make_orders = staticmethod(orders)
-
-
-class StreamBuyers(StreamOrders):
-    rate = staticmethod(rate)
-    make_orders = staticmethod(orders)
+HttpBuyers, StreamBuyers = buyers(rate, orders, __name__)

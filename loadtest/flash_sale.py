@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from loadtest import gate
-from loadtest.common import Orders, OrdersHttp, StreamOrders
+from loadtest.common import Orders, buyers
 from onestock import burst
 
 
@@ -41,11 +41,4 @@ SCENARIO = gate.Scenario("flash_sale", burst.demo_catalog, rate, 500.0, 30)
 gate.install(SCENARIO)
 
 
-class HttpBuyers(OrdersHttp):
-    rate = staticmethod(rate)
-    make_orders = staticmethod(orders)
-
-
-class StreamBuyers(StreamOrders):
-    rate = staticmethod(rate)
-    make_orders = staticmethod(orders)
+HttpBuyers, StreamBuyers = buyers(rate, orders, __name__)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from loadtest import gate
-from loadtest.common import Orders, OrdersHttp, StreamOrders
+from loadtest.common import Orders, buyers
 from onestock.types import Catalog, Channel, Location, Sku
 
 UNITS = {"wh-shanghai": 61, "wh-beijing": 39, "st-hangzhou-1": 20}
@@ -53,11 +53,4 @@ SCENARIO = gate.Scenario("hot_sku_buckets", catalog, rate, 300.0, 20, checks)
 gate.install(SCENARIO)
 
 
-class HttpBuyers(OrdersHttp):
-    rate = staticmethod(rate)
-    make_orders = staticmethod(orders)
-
-
-class StreamBuyers(StreamOrders):
-    rate = staticmethod(rate)
-    make_orders = staticmethod(orders)
+HttpBuyers, StreamBuyers = buyers(rate, orders, __name__)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from loadtest import gate
-from loadtest.common import Orders, OrdersHttp, StreamOrders
+from loadtest.common import Orders, buyers
 from onestock import burst
 
 CHANNELS = [("tmall", 0.35), ("jd", 0.25), ("douyin", 0.2), ("app", 0.12), ("pos", 0.08)]
@@ -50,11 +50,4 @@ SCENARIO = gate.Scenario("multichannel", burst.demo_catalog, rate, 300.0, 30, ch
 gate.install(SCENARIO)
 
 
-class HttpBuyers(OrdersHttp):
-    rate = staticmethod(rate)
-    make_orders = staticmethod(orders)
-
-
-class StreamBuyers(StreamOrders):
-    rate = staticmethod(rate)
-    make_orders = staticmethod(orders)
+HttpBuyers, StreamBuyers = buyers(rate, orders, __name__)
