@@ -91,7 +91,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     p.add_argument("--process-id", type=int, default=0)
     p.add_argument("--addresses", default="")
     p.add_argument("--shards", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--poll-ms", type=int, default=20)
     p.add_argument("--snapshot-ms", type=int, default=1000)
     p.add_argument("--until-drained", action="store_true")

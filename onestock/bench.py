@@ -78,7 +78,7 @@ def _bare_worker(url: str, mine: list[int], batch: int) -> None:
             return
 
 
-def bare_loop(url: str, workers: int, batch: int = 500) -> float:
+def bare_loop(url: str, workers: int, batch: int) -> float:
     """Seconds for W plain processes to drain every shard."""
     ctx = mp.get_context("spawn")
     shards = list(range(DEFAULT_SHARDS))

@@ -30,7 +30,7 @@ class Settings:
     redis_url: str | None = None  # None: the embedded server under `home`
     home: Path = field(default_factory=lambda: Path(".onestock"))
     shards: int = DEFAULT_SHARDS
-    batch_size: int = 500  # events read per shard per batch (decide.lua calls of <= 250 orders)
+    batch_size: int = 1000  # events read per shard per batch (decide.lua calls of <= 250 orders)
     poll_ms: int = 20  # how soon a caught-up shard is polled again
     snapshot_ms: int = 1000  # Bytewax epoch / snapshot interval
     workers: int = DEFAULT_WORKERS
@@ -43,7 +43,7 @@ class Settings:
             redis_url=os.environ.get("ONESTOCK_REDIS_URL") or None,
             home=Path(os.environ.get("ONESTOCK_HOME") or ".onestock"),
             shards=_int("ONESTOCK_SHARDS", DEFAULT_SHARDS),
-            batch_size=_int("ONESTOCK_BATCH_SIZE", 500),
+            batch_size=_int("ONESTOCK_BATCH_SIZE", 1000),
             poll_ms=_int("ONESTOCK_POLL_MS", 20),
             snapshot_ms=_int("ONESTOCK_SNAPSHOT_MS", 1000),
             workers=_int("ONESTOCK_WORKERS", DEFAULT_WORKERS),
