@@ -13,8 +13,9 @@ from typing import Any
 from dataflows.gifts import Settler
 from onestock import events
 from onestock.records import pack
+from state.conn import Waiter
 from state.keys import public, sku_slot
-from state.store import Store, Waiter
+from state.store import Store
 
 # what a return of an order in this state is refused for (registry value's first letter)
 _REFUSALS = {
@@ -221,4 +222,4 @@ class Aftersale:
                 for c in by_sku[sku]:
                     by_gift.setdefault(c.gift_sku, []).append(f"{c.id}\x1f{oid}")
         for gift_sku, keys_ in by_gift.items():
-            self.wait.call(self.store.return_gifts, gift_sku, keys_)
+            self.wait.call(self.store.campaigns.return_gifts, gift_sku, keys_)

@@ -22,8 +22,9 @@ from onestock import events, meter
 from onestock.records import SEP, head, held, pack, rejected
 from onestock.routing import Router
 from onestock.types import Catalog, Order
+from state.conn import Waiter
 from state.keys import sku_slot
-from state.store import Store, Waiter
+from state.store import Store
 
 # home SKU index, pickup location index (0 = ship), lines, channel index, flags (bit 0: VIP,
 # bit 1: store channel), paid_at ms

@@ -78,7 +78,7 @@ class Settler:
         acked = 0
         for sku in list(self.by_sku):
             while True:
-                got = self.store.settle(sku, self.token, LEASE_MS, force)
+                got = self.store.campaigns.settle(sku, self.token, LEASE_MS, force)
                 if got is None or not got[1]:
                     break
                 ended, entries = got
@@ -113,7 +113,7 @@ class Settler:
             winners[c.gift_sku].append(e)
         for gift_sku, wanted in by_gift.items():
             for e, loc in zip(
-                winners[gift_sku], self.store.take_gifts(gift_sku, wanted), strict=True
+                winners[gift_sku], self.store.campaigns.take_gifts(gift_sku, wanted), strict=True
             ):
                 camp = e.split(SEP, 1)[0]
                 if camp in ended:
@@ -138,7 +138,7 @@ class Settler:
         released: set[str] = set()
         cancelled: dict[str, list[str]] = defaultdict(list)  # gift SKU -> winner keys
         for shard, items in by_shard.items():
-            statuses = self.store.release_held(shard, [item for _, item in items])
+            statuses = self.store.campaigns.release_held(shard, [item for _, item in items])
             for (e, _), status in zip(items, statuses, strict=True):
                 if status:
                     released.add(e)
@@ -148,11 +148,11 @@ class Settler:
                         cancelled[self.campaigns[camp].gift_sku].append(f"{camp}{SEP}{oid}")
                     gift_of[e] = "x"
         for gift_sku, winner_keys in cancelled.items():  # its gift goes back to the stock
-            self.store.return_gifts(gift_sku, winner_keys)
+            self.store.campaigns.return_gifts(gift_sku, winner_keys)
         done = [(e, gift_of[e]) for e, _, _, _, _ in parsed if e in released]
         if not done:
             return 0
-        return self.store.settled_ack(sku, done, head=len(done) == len(parsed))
+        return self.store.campaigns.settled_ack(sku, done, head=len(done) == len(parsed))
 
     def _shipping_locations(self, order_ids: list[str]) -> dict[str, str]:
         """The first location of each order's allocations (from its shard's registry)."""

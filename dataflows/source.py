@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from state.store import TRANSIENT, Store, parse_id
+from state.conn import TRANSIENT, parse_id
+from state.store import Store
 
 # Set by the worker's SIGTERM/SIGINT handler: partitions end, in-flight batches finish.
 STOP = threading.Event()

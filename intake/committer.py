@@ -18,10 +18,10 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from state import keys, store
+from state import conn, keys
 
 # Redis away (as the dataflow's Waiter sees it), or the socket refused outright
-TRANSIENT = (*store.TRANSIENT, OSError)
+TRANSIENT = (*conn.TRANSIENT, OSError)
 
 
 class Unavailable(Exception):
@@ -147,7 +147,7 @@ class Committer:
 
 def connect(url: str) -> Any:
     """An asyncio client for ``url`` (a Redis Cluster node is detected, not configured)."""
-    probe = store.connect(url)
+    probe = conn.connect(url)
     cluster = not isinstance(probe, redis.Redis)
     probe.close()
     if cluster:

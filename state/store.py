@@ -7,14 +7,11 @@ the same code runs against a single server and a Redis Cluster.
 from __future__ import annotations
 
 import heapq
-import importlib.resources
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import redis
-from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from onestock.errors import OnestockError
@@ -22,43 +19,8 @@ from onestock.records import RS
 from onestock.types import Catalog, Sku, catalog_decoder, json_encoder
 from state import keys, wire
 from state.buckets import Buckets, split
-
-Redis = redis.Redis | RedisCluster
-TRANSIENT = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-)
-
-
-def _lua(name: str, *libs: str) -> str:
-    """A script's text, after the shared ``lib_*.lua`` functions it uses (Redis has no
-    ``require``: a script is one text, so the library is prepended once, here)."""
-    files = importlib.resources.files("state")
-    return "\n".join(files.joinpath(f"lua/{n}.lua").read_text() for n in (*libs, name))
-
-
-def parse_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def connect(url: str) -> Redis:
-    """A client for ``url``; a node of a Redis Cluster is detected, not configured."""
-    client = redis.Redis.from_url(url, decode_responses=False, health_check_interval=10)
-    try:
-        info = client.info("cluster")
-    except redis.ResponseError:
-        info = {}
-    except TRANSIENT as exc:
-        raise OnestockError(f"cannot reach Redis at {url}: {exc}") from None
-    if info.get("cluster_enabled"):
-        client.close()
-        return RedisCluster.from_url(url)
-    return client
-
+from state.campaigns import Campaigns
+from state.conn import Redis, connect, lua, parse_id
 
 EMIT_RECORDS = 250  # records per emit.lua call (a batch of more goes in several calls)
 
@@ -77,51 +39,21 @@ class Lock(NamedTuple):
         return max(0, self.qty - self.used) if at_ms < self.until_ms else 0
 
 
-class Waiter:
-    """Retries a Redis call while Redis is away; says so once, and once when it is back."""
-
-    def __init__(self, say: Callable[[str], None], stopping: Callable[[], bool] = lambda: False):
-        self.say = say
-        self.stopping = stopping
-        self.waiting = False
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        while True:
-            try:
-                result = fn(*args)
-            except TRANSIENT as exc:
-                if not self.waiting:
-                    self.say(f"Redis is unreachable ({exc}); waiting for it to come back")
-                    self.waiting = True
-                if self.stopping():
-                    raise
-                time.sleep(0.25)
-                continue
-            if self.waiting:
-                self.say("Redis is back; carrying on")
-                self.waiting = False
-            return result
-
-
 class Store:
     """Domain operations on one Redis (or Redis Cluster)."""
 
     def __init__(self, client: Redis) -> None:
         self.r = client
-        self._decide = client.register_script(_lua("decide", "lib_stock"))
-        self._emit = client.register_script(_lua("emit"))
-        self._reserve_parts = client.register_script(_lua("reserve_parts", "lib_stock"))
-        self._release_parts = client.register_script(_lua("release_parts", "lib_stock"))
-        self._set_stock = client.register_script(_lua("set_stock"))
-        self._settle = client.register_script(_lua("settle", "lib_stock"))
-        self._settled_ack = client.register_script(_lua("settled_ack"))
-        self._gift = client.register_script(_lua("gift"))
-        self._release_held = client.register_script(_lua("release_held"))
-        self._undo_units = client.register_script(_lua("undo_units", "lib_stock"))
-        self._gift_return = client.register_script(_lua("gift_return"))
-        self._return_units = client.register_script(_lua("return_units", "lib_stock"))
+        self._decide = client.register_script(lua("decide", "lib_stock"))
+        self._emit = client.register_script(lua("emit"))
+        self._reserve_parts = client.register_script(lua("reserve_parts", "lib_stock"))
+        self._release_parts = client.register_script(lua("release_parts", "lib_stock"))
+        self._set_stock = client.register_script(lua("set_stock"))
+        self._undo_units = client.register_script(lua("undo_units", "lib_stock"))
+        self._return_units = client.register_script(lua("return_units", "lib_stock"))
+        self.campaigns = Campaigns(client)
         self.buckets = Buckets(
-            client, client.register_script(_lua("lend")), client.register_script(_lua("receive"))
+            client, client.register_script(lua("lend")), client.register_script(lua("receive"))
         )
         # Reads of the input skip redis-py's per-entry dict building (a hot path).
         self._raw = client
@@ -377,12 +309,6 @@ class Store:
 
     # -- outputs ---------------------------------------------------------------------------
 
-    def already_emitted(self, shard: int, order_ids: list[str]) -> list[bool]:
-        if not order_ids:
-            return []
-        found = self.r.hmget(keys.emitted(shard), order_ids)
-        return [v is not None for v in found]
-
     def emit(
         self,
         shard: int,
@@ -463,44 +389,7 @@ class Store:
         for _, fields in heapq.merge(*(one(k) for k in streams), key=lambda t: t[0]):
             yield fields
 
-    # -- first-N gift campaigns --------------------------------------------------------------
-
-    def settle(
-        self, sku: str, token: str, lease_ms: int, force: bool
-    ) -> tuple[set[str], list[str]] | None:
-        """Settle the campaigns of ``sku``: None if another worker holds the lease, else
-        (campaigns whose gift stock ran out, settled entries not yet acknowledged)."""
-        ks = [keys.stock(sku), keys.candidates(sku), keys.campaigns(sku), keys.settled(sku),
-              keys.lease(sku)]  # fmt: skip
-        res = self._settle(keys=ks, args=[token, lease_ms, int(force)])
-        if not res:
-            return None
-        ended, entries = res
-        return {e.decode() for e in ended}, [e.decode() for e in entries]
-
-    def take_gifts(self, gift_sku: str, winners: list[tuple[str, list[str]]]) -> list[str]:
-        """One gift unit per winner key (preferred locations in order): location or "-"."""
-        args: list[Any] = [len(winners)]
-        for key, locs in winners:
-            args += [key, len(locs), *locs]
-        got = self._gift(keys=[keys.stock(gift_sku), keys.gift_taken(gift_sku)], args=args)
-        return [g.decode() for g in got]
-
-    def release_held(self, shard: int, items: list[tuple[str, str, str]]) -> list[int]:
-        """Write held records with their gift fields: per order 1 now, 2 before, 0 not yet."""
-        args: list[Any] = [len(items)]
-        for item in items:
-            args += item
-        ks = [keys.emitted(shard), keys.outbox(shard), keys.held(shard), keys.counters(shard)]
-        return [int(x) for x in self._release_held(keys=ks, args=args)]
-
-    def settled_ack(self, sku: str, entries: list[tuple[str, str]], head: bool) -> int:
-        """Acknowledge released ranks; ``head``: they are the settled LIST's first entries."""
-        args: list[Any] = [int(head), len(entries)]
-        for entry, gift in entries:
-            args += [entry, gift]
-        ks = [keys.campaigns(sku), keys.settled(sku), keys.ranks(sku)]
-        return int(self._settled_ack(keys=ks, args=args))
+    # -- cancellations and returns ---------------------------------------------------------
 
     def return_units(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[int]]:
         """Restock returned lines, one return_units.lua call per slot."""
@@ -521,10 +410,6 @@ class Store:
         """Give cancelled orders' units back, one undo_units.lua call per slot."""
         return self._per_slot(self._undo_units, keys.decisions, calls)
 
-    def return_gifts(self, gift_sku: str, winner_keys: list[str]) -> list[int]:
-        ks = [keys.stock(gift_sku), keys.gift_taken(gift_sku)]
-        return [int(x) for x in self._gift_return(keys=ks, args=winner_keys)]
-
     def registry(self, shard: int, order_ids: list[str]) -> list[bytes | None]:
         """Registry values of the shard for these fields (order ids, "~c:", "~x:" keys)."""
         if not order_ids:
@@ -538,9 +423,6 @@ class Store:
             commands.append(("HMGET", keys.emitted(shard), *fields))
         replies = wire.reads(self.r, commands)
         return int(replies[0] or 0), (replies[1] if fields else [])
-
-    def held_count(self, shard: int) -> int:
-        return int(self.r.hlen(keys.held(shard)))
 
     def memory_used(self) -> int:
         return int(self.r.info("memory")["used_memory"])

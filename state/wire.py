@@ -51,7 +51,7 @@ def round_trip(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any
     """Commands sent in one write and their replies read in order (single server). Every
     reply is read before the first error reply is raised, so the connection goes back to
     the pool in step; a broken connection raises redis.ConnectionError (retried by
-    ``state.store.Waiter``)."""
+    ``state.conn.Waiter``)."""
     pool = client.connection_pool
     conn = pool.get_connection()
     try:

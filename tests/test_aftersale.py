@@ -97,8 +97,8 @@ def test_a_cancel_between_settlement_and_release_returns_the_gift(store: Store) 
     released: the settler meets the cancellation and puts the gift back."""
     d, seq = setup(store, catalog(first_n=1)), [0]
     send(d, [buy("a", 10)], seq)
-    real = store.release_held
-    calls = []
+    real = store.campaigns.release_held
+    calls: list[int] = []
 
     def cancel_first(shard, items):  # type: ignore[no-untyped-def]
         if not calls:
@@ -106,9 +106,9 @@ def test_a_cancel_between_settlement_and_release_returns_the_gift(store: Store) 
             send(d, [cancel("a")], seq)
         return real(shard, items)
 
-    store.release_held = cancel_first  # type: ignore[method-assign]
+    store.campaigns.release_held = cancel_first  # type: ignore[method-assign]
     d.settler.run(force=True)
-    store.release_held = real  # type: ignore[method-assign]
+    store.campaigns.release_held = real  # type: ignore[method-assign]
     assert final(store)["a"].status == "cancelled"
     assert store.stock_levels(["SNEAKER", "TOTE"]) == {
         "SNEAKER": {"wh-sh": 50},
@@ -150,7 +150,7 @@ def test_a_cancellation_storm_during_the_burst(tmp_path: Path, cli_env: dict[str
     assert all(r.status == "accepted" for r in gifted)
     ranks = [r.gift.rank for r in gifted]  # type: ignore[union-attr]
     assert len(ranks) == len(set(ranks)) and max(ranks) <= 300
-    taken = store.r.hvals(keys.gift_taken("TOTE-BAG"))
+    taken: list[bytes] = store.r.hvals(keys.gift_taken("TOTE-BAG"))  # type: ignore[assignment]
     assert sum(1 for v in taken if v not in (b"-",) and not v.startswith(b"~")) == len(gifted)
     assert store.r.hlen(keys.held(0)) == 0
 

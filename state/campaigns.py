@@ -1,0 +1,62 @@
+"""The Redis side of first-N gift campaigns (a part of ``state.store.Store``): settle a SKU's
+ranked candidates under a lease, take gift units for the winners and give them back, write
+the records held for their settlement, acknowledge settled ranks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from state import keys
+from state.conn import Redis, lua
+
+
+class Campaigns:
+    def __init__(self, client: Redis) -> None:
+        self._settle = client.register_script(lua("settle", "lib_stock"))
+        self._settled_ack = client.register_script(lua("settled_ack"))
+        self._gift = client.register_script(lua("gift"))
+        self._release_held = client.register_script(lua("release_held"))
+        self._gift_return = client.register_script(lua("gift_return"))
+
+    def settle(
+        self, sku: str, token: str, lease_ms: int, force: bool
+    ) -> tuple[set[str], list[str]] | None:
+        """Settle the campaigns of ``sku``: None if another worker holds the lease, else
+        (campaigns whose gift stock ran out, settled entries not yet acknowledged)."""
+        ks = [keys.stock(sku), keys.candidates(sku), keys.campaigns(sku), keys.settled(sku),
+              keys.lease(sku)]  # fmt: skip
+        res = self._settle(keys=ks, args=[token, lease_ms, int(force)])
+        if not res:
+            return None
+        ended, entries = res
+        return {e.decode() for e in ended}, [e.decode() for e in entries]
+
+    def take_gifts(self, gift_sku: str, winners: list[tuple[str, list[str]]]) -> list[str]:
+        """One gift unit per winner key (preferred locations in order): location or "-"."""
+        args: list[Any] = [len(winners)]
+        for key, locs in winners:
+            args += [key, len(locs), *locs]
+        got = self._gift(keys=[keys.stock(gift_sku), keys.gift_taken(gift_sku)], args=args)
+        return [g.decode() for g in got]
+
+    def release_held(self, shard: int, items: list[tuple[str, str, str]]) -> list[int]:
+        """Write held records with their gift fields: per order 1 now, 2 before, 0 not yet."""
+        args: list[Any] = [len(items)]
+        for item in items:
+            args += item
+        ks = [keys.emitted(shard), keys.outbox(shard), keys.held(shard), keys.counters(shard)]
+        return [int(x) for x in self._release_held(keys=ks, args=args)]
+
+    def settled_ack(self, sku: str, entries: list[tuple[str, str]], head: bool) -> int:
+        """Acknowledge released ranks; ``head``: they are the settled LIST's first entries."""
+        args: list[Any] = [int(head), len(entries)]
+        for entry, gift in entries:
+            args += [entry, gift]
+        ks = [keys.campaigns(sku), keys.settled(sku), keys.ranks(sku)]
+        return int(self._settled_ack(keys=ks, args=args))
+
+    def return_gifts(self, gift_sku: str, winner_keys: list[str]) -> list[int]:
+        """Put back the gift units of cancelled winners: per key 1 (a unit went back), 0
+        (none was taken, or it is back already)."""
+        ks = [keys.stock(gift_sku), keys.gift_taken(gift_sku)]
+        return [int(x) for x in self._gift_return(keys=ks, args=winner_keys)]
