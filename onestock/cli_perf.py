@@ -1,0 +1,124 @@
+"""The measuring commands of ``onestock``: ``loadtest``, ``bench``, ``bench-scale`` and
+``bench-intake`` (registered on the main app by ``onestock.cli``). Each imports its engine
+only when it runs, so the everyday commands start without Locust, wrk or the benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from onestock.errors import OnestockError
+from onestock.settings import DEFAULT_WORKERS
+
+
+def loadtest(
+    scenario: Annotated[str, typer.Argument(help="A scenario file of loadtest/ (no .py).")],
+    rate: Annotated[
+        float | None, typer.Option(help="Peak orders/s (default: the scenario's).")
+    ] = None,
+    seconds: Annotated[int | None, typer.Option(help="Run time (default: the scenario's).")] = None,
+    processes: Annotated[int, typer.Option(help="Locust processes (--processes).")] = 1,
+    users: Annotated[int | None, typer.Option(help="Locust users (default: see README).")] = None,
+    model: Annotated[
+        str, typer.Option(help="open (arrival rate) or closed (users wait).")
+    ] = "open",
+    via: Annotated[str, typer.Option(help="http (the intake) or stream (XADD, no HTTP).")] = "http",
+    scale: Annotated[float, typer.Option(help="double_eleven_day: share of 20M orders.")] = 0.0005,
+    max_p99_ms: Annotated[float, typer.Option(help="Gate: p99 bound, ms.")] = 2000.0,
+    max_failure_ratio: Annotated[float, typer.Option(help="Gate: failure ratio bound.")] = 0.01,
+    workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = DEFAULT_WORKERS,
+    stall_ms: Annotated[
+        int, typer.Option(help="Pause Redis writes this long half-way through (a stall).")
+    ] = 0,
+    out: Annotated[Path, typer.Option(help="Directory of the reports.")] = Path("loadtest-results"),
+) -> None:
+    """A Double-Eleven load scenario with Locust against a pipeline it starts (fresh Redis,
+    serve, run); prints the results and the gate's verdict (exit 1 if it failed)."""
+    from onestock.loadtest_run import run_loadtest
+
+    if model not in ("open", "closed") or via not in ("http", "stream"):
+        raise OnestockError("--model is open or closed; --via is http or stream")
+    raise typer.Exit(
+        run_loadtest(
+            scenario,
+            rate=rate,
+            seconds=seconds,
+            processes=processes,
+            users=users,
+            model=model,
+            via=via,
+            out=out,
+            scale=scale,
+            max_p99_ms=max_p99_ms,
+            max_failure_ratio=max_failure_ratio,
+            workers=workers,
+            stall_ms=stall_ms,
+        )  # fmt: skip
+    )
+
+
+def bench(
+    orders: Annotated[int, typer.Option("--orders", help="Orders to drain.")] = 1_000_000,
+    workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = DEFAULT_WORKERS,
+    out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+    rules: Annotated[
+        bool, typer.Option(help="Also drain them with every allocation rule on every SKU.")
+    ] = True,
+    gifts: Annotated[
+        bool, typer.Option(help="Also drain them with a first-N gift campaign on the hot SKU.")
+    ] = True,
+) -> None:
+    """Drain N pre-pushed orders through a bare loop, the dataflow, the dataflow with every
+    rule on and with a gift campaign; print the rates, ratios and fulfilment latencies."""
+    from onestock.bench import run_bench
+
+    run_bench(orders, workers, out, rules, gifts)
+
+
+def bench_scale(
+    orders: Annotated[int, typer.Option("--orders", help="Orders to drain each time.")] = 300_000,
+    workers: Annotated[
+        str, typer.Option(help="Dataflow worker counts, comma-separated.")
+    ] = "1,2,3,4",
+    masters: Annotated[
+        str, typer.Option(help="Redis masters, comma-separated (1: one server; more: a cluster).")
+    ] = "1,3",
+    buckets: Annotated[
+        str, typer.Option(help="Hot-SKU buckets of the hot SKU, comma-separated.")
+    ] = "1",
+    out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+) -> None:
+    """Orders/s against dataflow processes, Redis masters and hot-SKU buckets (README)."""
+    from onestock.bench import run_scale
+
+    def counts(text: str, what: str) -> list[int]:
+        try:
+            got = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            got = []
+        if not got or min(got) < 1 or max(got) > 16:
+            raise OnestockError(f"--{what} takes counts 1..16 separated by commas, not {text!r}")
+        return got
+
+    if orders < 1000:
+        raise OnestockError(f"--orders must be at least 1000, not {orders}")
+    run_scale(
+        orders, counts(workers, "workers"), counts(masters, "masters"), out,
+        counts(buckets, "buckets"),
+    )  # fmt: skip
+
+
+def bench_intake(
+    rate: Annotated[int, typer.Option(help="Open-loop rate for the latency figures.")] = 5000,
+    seconds: Annotated[float, typer.Option(help="Length of each phase.")] = 10.0,
+    workers: Annotated[int, typer.Option(help="Server processes.")] = 2,
+    connections: Annotated[int, typer.Option(help="wrk connections.")] = 64,
+    out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+) -> None:
+    """Signed webhooks/s stored and acknowledged (wrk), and acknowledgement latency at a fixed
+    rate (open loop), against a fresh Redis and a real `onestock serve`."""
+    from intake.bench import run_intake_bench
+
+    run_intake_bench(rate, seconds, workers, connections, out)
