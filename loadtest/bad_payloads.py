@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from loadtest import gate
-from loadtest.common import Orders, OrdersHttp
+from loadtest.common import Orders
+from loadtest.users import OrdersHttp
 from onestock import burst
 
 

@@ -14,7 +14,8 @@ import math
 from typing import Any
 
 from loadtest import gate
-from loadtest.common import Orders, buyers
+from loadtest.common import Orders
+from loadtest.users import buyers
 from onestock import burst
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from loadtest import gate
-from loadtest.common import Orders, buyers
+from loadtest.common import Orders
+from loadtest.users import buyers
 from onestock.types import Catalog, Channel, Location, Sku
 
 UNITS = {"wh-shanghai": 61, "wh-beijing": 39, "st-hangzhou-1": 20}

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from loadtest import gate
-from loadtest.common import Orders, buyers
+from loadtest.common import Orders
+from loadtest.users import buyers
 from onestock import burst
 
 CHANNELS = [("tmall", 0.35), ("jd", 0.25), ("douyin", 0.2), ("app", 0.12), ("pos", 0.08)]

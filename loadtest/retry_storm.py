@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from loadtest import gate
-from loadtest.common import Orders, ShopifyHttp
+from loadtest.common import Orders
+from loadtest.users import ShopifyHttp
 from onestock import burst
 
 CHANNEL = "app"  # the brand's Shopify store sells as its app channel (onestock loadtest sets it)

@@ -46,7 +46,7 @@ class Described(msgspec.Struct):
 
 _DESCRIBE = """
 import sys, msgspec, importlib
-from loadtest.common import StreamOrders
+from loadtest.users import StreamOrders
 m = importlib.import_module("loadtest." + sys.argv[1])
 users = [n for n, c in vars(m).items() if isinstance(c, type) and c.__module__ == m.__name__
          and getattr(c, "abstract", True) is False and hasattr(c, "tasks")]
