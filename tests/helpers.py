@@ -64,8 +64,8 @@ def decide(
     before = store.r.xlen(keys.outbox(shard))
     out = d.process(shard, entries)
     d.emit(out)
-    rows = store.r.xrange(keys.outbox(shard), "-", "+")[before:]
-    return [record_from_packed(p) for _, f in rows for p in packed_records(f)], out.dead
+    rows: Any = store.r.xrange(keys.outbox(shard), "-", "+")
+    return [record_from_packed(p) for _, f in rows[before:] for p in packed_records(f)], out.dead
 
 
 def stock(store: Store, sku: str) -> dict[str, int]:

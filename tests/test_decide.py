@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from dataflows.decider import Decider
@@ -11,7 +13,7 @@ from state.store import Store
 from tests.conftest import load
 from tests.helpers import decide, order, stock
 
-CATALOG = {
+CATALOG: dict[str, Any] = {
     "channels": [{"id": "tmall", "kind": "online"}, {"id": "pos", "kind": "store"}],
     "locations": [
         {"id": "wh-shanghai", "kind": "warehouse", "lat": 31.23, "lon": 121.47, "priority": 1},

@@ -280,7 +280,7 @@ def _fewest(lines: list[dict[str, Any]], ranked: list[str], free: Any) -> Any:
             for loc in ranked
             if loc in left
         ]
-        best = max(scores, key=lambda t: t[0], default=(0, None))  # first of the highest
+        best = max(scores, key=lambda t: t[0], default=(0, ""))  # first of the highest
         if not best[0]:
             return ("sold_out",)
         left.discard(best[1])

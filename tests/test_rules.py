@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+from typing import Any
 
 import pytest
 
@@ -148,7 +149,7 @@ SAFE = {
     ],
     "skus": [{"sku": "SNEAKER", "stock": {"st-a": 3, "wh-b": 1, "st-c": 5}}],
 }
-NEAR_A = {"lat": 30.3, "lon": 120.2}
+NEAR_A: dict[str, Any] = {"lat": 30.3, "lon": 120.2}
 
 
 def test_online_channels_leave_the_safety_stock_store_channels_may_take_it(store: Store) -> None:

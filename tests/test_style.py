@@ -15,7 +15,7 @@ from tests.conftest import ROOT
     [
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
-        ["mypy", "onestock", "state", "dataflows", "intake", "loadtest"],
+        ["mypy", "onestock", "state", "dataflows", "intake", "loadtest", "tests"],
     ],
     ids=["ruff-lint", "ruff-format", "mypy"],
 )
