@@ -29,7 +29,7 @@ from state.server import free_port
 from state.store import Store
 
 SCENARIO_DIR = Path(loadtest.__file__).parent
-NOT_SCENARIOS = {"__init__", "checks", "common", "gate"}
+NOT_SCENARIOS = {"__init__", "checks", "common", "gate", "users"}
 
 
 def scenarios() -> list[str]:
