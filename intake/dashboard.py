@@ -23,7 +23,8 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from onestock.metrics import Live, PipelineCollector, Reader
+from onestock.live import Live
+from onestock.metrics import PipelineCollector, Reader
 from state.store import Store
 
 Scope = dict[str, Any]

@@ -10,7 +10,8 @@ from rich.live import Live as RichLive
 from rich.table import Table
 from rich.text import Text
 
-from onestock.metrics import Live, Reader
+from onestock.live import Live
+from onestock.metrics import Reader
 from state.store import Store
 
 

@@ -19,7 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from onestock import burst, meter, ops
-from onestock.metrics import LE, Live, Reader, quantile
+from onestock.live import Live
+from onestock.metrics import LE, Reader, quantile
 from onestock.records import packed_records
 from state import keys
 from state.store import Store
