@@ -20,6 +20,7 @@ The ratios dataflow / bare and rules / core are what to watch on a shared, noisy
 from __future__ import annotations
 
 import multiprocessing as mp
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +41,19 @@ from state.store import Store
 SLOW_US = 5000  # script calls slower than this are counted (target: well under 10 ms)
 
 
+class Run(msgspec.Struct):
+    """One alternation of the core pair: the bare loop, then the dataflow, same orders."""
+
+    bare_orders_per_s: float
+    dataflow_orders_per_s: float  # process start to exit
+    dataflow_drain_orders_per_s: float  # first to last decision
+    ratio: float  # dataflow / bare, wall
+
+
 class Figures(msgspec.Struct):
+    """The medians of ``runs`` for the core pair; the rest measured once (script figures over
+    every core run)."""
+
     orders: int
     workers: int
     bare_orders_per_s: float
@@ -58,6 +71,7 @@ class Figures(msgspec.Struct):
     script_avg_us: float
     script_calls_over_5ms: int
     script_slowest_ms: float
+    runs: list[Run] = []
 
 
 def _bare_worker(url: str, mine: list[int], batch: int) -> None:
@@ -101,9 +115,25 @@ def _script_stats(store: Store) -> tuple[int, float, int, float]:
     return int(stats.get("calls", 0)), float(stats.get("usec_per_call", 0.0)), len(slow), slowest
 
 
+def _check_outcomes(store: Store, n: int, what: str) -> None:
+    """Every event of the burst ended exactly once, as a record or a dead letter (the burst
+    has some garbage on purpose): a run that lost or doubled events measured nothing."""
+    records, dead = store.outcome_counts(DEFAULT_SHARDS)
+    if records + dead != n:
+        raise RuntimeError(f"{what}: {records:,} records + {dead:,} dead letters for {n:,} events")
+
+
 def run_bench(
-    n: int, workers: int, out: Path | None, rules: bool = True, gifts: bool = True
+    n: int,
+    workers: int,
+    out: Path | None,
+    rules: bool = True,
+    gifts: bool = True,
+    repeat: int = 1,
 ) -> Figures:
+    """``repeat`` alternations of the bare loop and the dataflow (their medians are the
+    figures: on a shared machine a single pair can land in a slow minute), then the rules and
+    the campaign once each."""
     console = Console()
     console.print(f"generating {n:,} orders ...")
     lines = list(burst.orders(n, burst.demo_catalog(), seed=2026))
@@ -119,15 +149,25 @@ def run_bench(
             store.r.config_resetstat()
             return before
 
-        console.print("bare loop ...")
-        prepare()
-        bare_s = bare_loop(server.url, workers, Settings.from_env().batch_size)
-
-        console.print("dataflow ...")
-        before = prepare()
-        flow_s, drain_s = _drain(store, server.url, home, workers)
-        calls, avg_us, slow, slowest = _script_stats(store)
-        growth = (store.memory_used() - before) / 2**20
+        runs: list[Run] = []
+        calls = slow = 0
+        usec = slowest = growth = 0.0
+        for i in range(repeat):
+            label = f" (run {i + 1} of {repeat})" if repeat > 1 else ""
+            console.print(f"bare loop{label} ...")
+            prepare()
+            bare_s = bare_loop(server.url, workers, Settings.from_env().batch_size)
+            _check_outcomes(store, n, "bare loop")
+            console.print(f"dataflow{label} ...")
+            before = prepare()
+            flow_s, drain_s = _drain(store, server.url, home, workers)
+            _check_outcomes(store, n, "dataflow")
+            c, avg_us, sl, slowest_ms = _script_stats(store)
+            calls, usec, slow = calls + c, usec + c * avg_us, slow + sl
+            slowest = max(slowest, slowest_ms)
+            growth = max(growth, (store.memory_used() - before) / 2**20)
+            runs.append(Run(n / bare_s, n / flow_s, n / max(drain_s, 1e-3), bare_s / flow_s))
+        avg_us = usec / calls if calls else 0.0
         core_latency = _fulfilment_latency(store)
         rules_drain_s = gifts_drain_s = None
         gifts_latency = None
@@ -135,37 +175,50 @@ def run_bench(
             console.print("dataflow with every rule on ...")
             prepare(burst.rules_catalog())
             _, rules_drain_s = _drain(store, server.url, home, workers)
+            _check_outcomes(store, n, "dataflow with every rule on")
         if gifts:
             console.print("dataflow with a first-10,000 gift campaign ...")
             prepare(burst.campaign_catalog(first_n=10_000))
             _, gifts_drain_s = _drain(store, server.url, home, workers)
+            _check_outcomes(store, n, "dataflow with a campaign")
             gifts_latency = _fulfilment_latency(store)
-    drain = n / max(drain_s, 1e-3)
+    drain = statistics.median(r.dataflow_drain_orders_per_s for r in runs)
     rules_drain = n / max(rules_drain_s, 1e-3) if rules_drain_s is not None else None
     gifts_drain = n / max(gifts_drain_s, 1e-3) if gifts_drain_s is not None else None
     figs = Figures(
         orders=n, workers=workers,
-        bare_orders_per_s=n / bare_s, dataflow_orders_per_s=n / flow_s,
-        dataflow_drain_orders_per_s=drain, ratio=bare_s / flow_s,
+        bare_orders_per_s=statistics.median(r.bare_orders_per_s for r in runs),
+        dataflow_orders_per_s=statistics.median(r.dataflow_orders_per_s for r in runs),
+        dataflow_drain_orders_per_s=drain,
+        ratio=statistics.median(r.ratio for r in runs),
         rules_drain_orders_per_s=rules_drain,
         rules_ratio=rules_drain / drain if rules_drain is not None else None,
         gifts_drain_orders_per_s=gifts_drain,
         gifts_ratio=gifts_drain / drain if gifts_drain is not None else None,
         core_fulfilment_ms=core_latency, gifts_fulfilment_ms=gifts_latency,
         memory_growth_mb=growth, script_calls=calls, script_avg_us=avg_us,
-        script_calls_over_5ms=slow, script_slowest_ms=slowest,
+        script_calls_over_5ms=slow, script_slowest_ms=slowest, runs=runs,
     )  # fmt: skip
+    median = " (median)" if repeat > 1 else ""
     table = Table(title=f"onestock bench: {n:,} orders, {workers} workers")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    table.add_row("bare loop (ceiling), orders/s", f"{figs.bare_orders_per_s:,.0f}")
+    if repeat > 1:
+        for i, r in enumerate(runs, 1):
+            rates = f"{r.bare_orders_per_s:,.0f} / {r.dataflow_drain_orders_per_s:,.0f}"
+            table.add_row(
+                f"run {i}: bare / dataflow drained, orders/s (ratio, wall)",
+                f"{rates} ({r.ratio:.2f})",
+            )
+    table.add_row(f"bare loop (ceiling), orders/s{median}", f"{figs.bare_orders_per_s:,.0f}")
     table.add_row(
-        "dataflow, orders/s (process start to exit)", f"{figs.dataflow_orders_per_s:,.0f}"
+        f"dataflow, orders/s (process start to exit){median}", f"{figs.dataflow_orders_per_s:,.0f}"
     )
     table.add_row(
-        "dataflow, orders/s (first to last decision)", f"{figs.dataflow_drain_orders_per_s:,.0f}"
+        f"dataflow, orders/s (first to last decision){median}",
+        f"{figs.dataflow_drain_orders_per_s:,.0f}",
     )
-    table.add_row("ratio dataflow / bare (wall)", f"{figs.ratio:.2f}")
+    table.add_row(f"ratio dataflow / bare (wall){median}", f"{figs.ratio:.2f}")
     if figs.rules_drain_orders_per_s is not None:
         table.add_row(
             "dataflow with every rule on, orders/s (first to last decision)",

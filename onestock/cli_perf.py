@@ -69,12 +69,19 @@ def bench(
     gifts: Annotated[
         bool, typer.Option(help="Also drain them with a first-N gift campaign on the hot SKU.")
     ] = True,
+    repeat: Annotated[
+        int, typer.Option(help="Alternate the bare loop and the dataflow this often (medians).")
+    ] = 1,
 ) -> None:
     """Drain N pre-pushed orders through a bare loop, the dataflow, the dataflow with every
     rule on and with a gift campaign; print the rates, ratios and fulfilment latencies."""
     from onestock.bench import run_bench
 
-    run_bench(orders, workers, out, rules, gifts)
+    if orders < 1000:
+        raise OnestockError(f"--orders must be at least 1000, not {orders}")
+    if not 1 <= repeat <= 20:
+        raise OnestockError(f"--repeat must be 1..20, not {repeat}")
+    run_bench(orders, workers, out, rules, gifts, repeat)
 
 
 def bench_scale(
