@@ -14,7 +14,10 @@ Both contenders run in the same invocation, on the same orders, against the same
   buyers of the hot SKU (``burst.campaign_catalog``, lateness 2 s): what settlement costs in
   drain rate and in fulfilment latency (record written - event received).
 
-The ratios dataflow / bare and rules / core are what to watch on a shared, noisy machine.
+The ratios dataflow / bare and rules / core are what to watch on a shared, noisy machine;
+``--repeat N`` alternates the bare loop and the dataflow N times and reports their medians.
+Every run must end each event exactly once (records + dead letters = events) or the bench
+fails.
 """
 
 from __future__ import annotations
