@@ -18,6 +18,7 @@ For a batch of such orders:
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -43,19 +44,29 @@ class Rules(NamedTuple):
     bucketed: frozenset[str] = frozenset()  # hot SKUs split into buckets (dataflows.buckets)
 
 
+@functools.lru_cache(maxsize=4096)
+def _slots_of(skus: tuple[str, ...]) -> dict[int, list[str]]:
+    """Slot -> the SKUs there, smallest first (the first keeps the part record). Orders of
+    the same SKUs share the answer: read only."""
+    slots: dict[int, list[str]] = defaultdict(list)
+    for sku in skus:
+        slots[keys.sku_slot(sku)].append(sku)
+    return {slot: sorted(names) for slot, names in slots.items()}
+
+
 class _Item:
-    __slots__ = ("order", "ranking", "slots", "store_channel", "paid_ms")
+    __slots__ = ("order", "ranking", "slots", "store_channel", "paid_ms", "ruled")
 
     def __init__(self, order: Order, ranking: list[str], rules: Rules, paid: int) -> None:
         self.order = order
         self.ranking = ranking
         self.store_channel = order.channel in rules.store_channels
         self.paid_ms = paid  # paid_at in epoch ms
-        slots: dict[int, list[str]] = defaultdict(list)
-        for ln in order.lines:
-            slots[keys.sku_slot(ln.sku)].append(ln.sku)
-        # slot -> the order's SKUs there, smallest first (the first keeps the part record)
-        self.slots = {slot: sorted(skus) for slot, skus in slots.items()}
+        skus = tuple(ln.sku for ln in order.lines)
+        self.slots = _slots_of(skus)
+        # a line's SKU has a per-customer limit or a VIP pre-sale (channel locks are read
+        # from Redis with the stock, per round)
+        self.ruled = bool(rules.ruled) and not rules.ruled.isdisjoint(skus)
 
 
 def accepted(allocs: list[Allocation]) -> str:
@@ -184,11 +195,15 @@ def _take(
     stock: dict[str, dict[str, int]],
     locks: dict[str, dict[str, list[int]]],
     counts: dict[tuple[str, str], int],
+    judged: bool,
 ) -> None:
-    """Update the local read as the reservation of ``allocs`` will update Redis."""
+    """Update the local read as the reservation of ``allocs`` will update Redis (the rules'
+    counts and locks only for an order ``judged`` against them)."""
     o = it.order
     for loc, sku, qty in allocs:
         stock[sku][loc] -= qty
+    if not judged:
+        return
     for ln in o.lines:
         if ln.sku in rules.limits:
             key = (ln.sku, o.customer.id)
@@ -237,7 +252,9 @@ def _attempt(
         if any(ln.sku not in stock for ln in o.lines):
             outcome[o.order_id] = rejected("unknown_sku")
             continue
-        reason = _judge(it, rules, stock, locks, counts)
+        # the rules can only refuse an order with a ruled SKU or a SKU under a channel lock
+        judged = it.ruled or (bool(locks) and any(ln.sku in locks for ln in o.lines))
+        reason = _judge(it, rules, stock, locks, counts) if judged else None
         if reason is not None:
             refused[o.order_id] = reason
             continue
@@ -250,7 +267,7 @@ def _attempt(
             refused[o.order_id] = res
             continue
         plans[o.order_id] = res
-        _take(it, rules, res, stock, locks, counts)
+        _take(it, rules, res, stock, locks, counts, judged)
         for slot, slot_skus in it.slots.items():
             by_slot[slot].append((it, slot, [a for a in res if a[1] in slot_skus]))
     batches = list(by_slot.values())
