@@ -246,6 +246,9 @@ def _attempt(
     }
     plans: dict[str, list[Allocation]] = {}
     refused: dict[str, str] = {}  # order id -> reason, on the read
+    # SKUs without a unit anywhere on this read (planning only takes units, so they stay
+    # so): an order of one is refused as planning would, without planning it
+    gone = {sku for sku, levels in stock.items() if not any(u > 0 for u in levels.values())}
     by_slot: dict[int, list[_Entry]] = defaultdict(list)  # per slot, in arrival order
     for it in pending:
         o = it.order
@@ -260,7 +263,10 @@ def _attempt(
             continue
         pickup = o.delivery.store if o.delivery.mode == "pickup" else None
         floors = None if it.store_channel else rules.floors
-        res = plan(o.lines, stock, it.ranking, pickup, floors, rules.fewest)
+        if gone and any(ln.sku in gone for ln in o.lines):
+            res: list[Allocation] | str = "pickup_unavailable" if pickup else "sold_out"
+        else:
+            res = plan(o.lines, stock, it.ranking, pickup, floors, rules.fewest)
         if isinstance(res, str):
             if retry and o.order_id in retry and _bucket_short(o, rules, res, stock, it, floors):
                 res = "B"

@@ -130,6 +130,27 @@ def test_sku_with_no_stock_anywhere_is_sold_out_not_unknown(loaded: Store) -> No
     assert recs[0].reason == "sold_out"
 
 
+def test_an_order_with_a_sku_gone_everywhere_is_refused_as_for_its_delivery(
+    loaded: Store, tee: str
+) -> None:
+    """Once a SKU has no unit left anywhere, an order with it is sold_out when shipped and
+    pickup_unavailable when picked up, and takes nothing of its other SKU (both paths)."""
+    recs, _ = decide(loaded, [order("all", (tee, 4))])
+    assert recs[0].status == "accepted" and stock(loaded, tee) == {
+        "wh-beijing": 0,
+        "st-hangzhou": 0,
+    }
+    recs, _ = decide(loaded, [
+        order("ship", ("SNEAKER", 1), (tee, 1)),
+        order("pick", ("SNEAKER", 1), (tee, 1), pickup="st-hangzhou"),
+    ])  # fmt: skip
+    assert [(r.order_id, r.reason) for r in recs] == [
+        ("ship", "sold_out"),
+        ("pick", "pickup_unavailable"),
+    ]
+    assert stock(loaded, "SNEAKER") == {"wh-shanghai": 5, "wh-beijing": 5, "st-hangzhou": 2}
+
+
 def test_replayed_order_keeps_its_outcome_and_changes_nothing(loaded: Store, tee: str) -> None:
     d = Decider(loaded, say=lambda _m: None)
     o = order("r1", (tee, 3), lat=BEIJING[0], lon=BEIJING[1])
