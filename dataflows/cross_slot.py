@@ -64,8 +64,8 @@ class _Item:
         self.paid_ms = paid  # paid_at in epoch ms
         skus = tuple(ln.sku for ln in order.lines)
         self.slots = _slots_of(skus)
-        # a line's SKU has a per-customer limit or a VIP pre-sale (channel locks are read
-        # from Redis with the stock, per round)
+        # a line's SKU has a rule in the catalog (per-customer limit, VIP pre-sale, channel
+        # locks); the locks Redis holds are checked again each round, with the stock
         self.ruled = bool(rules.ruled) and not rules.ruled.isdisjoint(skus)
 
 
