@@ -175,12 +175,14 @@ local function add_sum(field, sum, n, new)
 end
 add_sum('sum_r', tb + 1, tb + 2, wr)
 add_sum('sum_p', tb + 3, tb + 4, wp)
-local wm = last ~= '-' and redis.call('GET', KEYS[5])
-if last ~= '-' and (not wm or id_lt(wm, last)) then
-  redis.call('SET', KEYS[5], last)
-  -- Everything before `last` has its outcome stored: it is never needed again, even by a
-  -- resume from an older snapshot (replays of it are skipped by the registry).
-  local trimmed = redis.call('XTRIM', KEYS[4], 'MINID', '~', last)
-  if trimmed > 0 then redis.call('HINCRBY', KEYS[6], 'trimmed', trimmed) end
+if last ~= '-' then
+  local wm = redis.call('GET', KEYS[5])
+  if not wm or id_lt(wm, last) then
+    redis.call('SET', KEYS[5], last)
+    -- Everything before `last` has its outcome stored: it is never needed again, even by a
+    -- resume from an older snapshot (replays of it are skipped by the registry).
+    local trimmed = redis.call('XTRIM', KEYS[4], 'MINID', '~', last)
+    if trimmed > 0 then redis.call('HINCRBY', KEYS[6], 'trimmed', trimmed) end
+  end
 end
 return { written, dead }
