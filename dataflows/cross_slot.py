@@ -55,14 +55,14 @@ def _slots_of(skus: tuple[str, ...]) -> dict[int, list[str]]:
 
 
 class _Item:
-    __slots__ = ("order", "ranking", "slots", "store_channel", "paid_ms", "ruled")
+    __slots__ = ("order", "ranking", "skus", "slots", "store_channel", "paid_ms", "ruled")
 
     def __init__(self, order: Order, ranking: list[str], rules: Rules, paid: int) -> None:
         self.order = order
         self.ranking = ranking
         self.store_channel = order.channel in rules.store_channels
         self.paid_ms = paid  # paid_at in epoch ms
-        skus = tuple(ln.sku for ln in order.lines)
+        self.skus = skus = tuple([ln.sku for ln in order.lines])
         self.slots = _slots_of(skus)
         # a line's SKU has a rule in the catalog (per-customer limit, VIP pre-sale, channel
         # locks); the locks Redis holds are checked again each round, with the stock
@@ -135,16 +135,19 @@ def decide_cross(
     once the bucket borrowed; ``dataflows.buckets``) instead of being rejected."""
     items = [_Item(o, r, rules, paid[o.order_id]) for o, r in zip(orders, rankings, strict=True)]
     wanted = [(it.order.order_id, skus[0]) for it in items for skus in it.slots.values()]
-    found = iter(call(store.read_parts, wanted))
+    found = call(store.read_parts, wanted)
     pending, partial = [], []
+    at = 0
     for it in items:
-        parts = [next(found) for _ in it.slots]
-        if all(p is not None for p in parts):
+        n = len(it.slots)
+        parts = found[at : at + n]
+        at += n
+        if None not in parts:
             rank = {loc: i for i, loc in enumerate(it.ranking)}
             allocs = [a for p in parts for a in _stored_allocations(p)]  # type: ignore[arg-type]
             outcome[it.order.order_id] = accepted(sorted(allocs, key=lambda a: rank.get(a[0], 0)))
             continue
-        if any(p is not None for p in parts):
+        if parts.count(None) < n:
             partial.append(it)
         pending.append(it)
     if partial:
@@ -226,14 +229,12 @@ def _attempt(
     An order the read says a rule (judged first) or the stock rejects is rejected on that read,
     writing nothing, like a sold-out order of the one-slot path; an accepted order's rules are
     judged again by the script that reserves it, atomically with its units."""
-    skus = sorted({ln.sku for it in pending for ln in it.order.lines})
+    skus = sorted(set().union(*(it.skus for it in pending)))
+    limits = rules.limits
     wanted = sorted(
-        {
-            (ln.sku, it.order.customer.id)
-            for it in pending
-            for ln in it.order.lines
-            if ln.sku in rules.limits
-        }
+        {(sku, it.order.customer.id) for it in pending for sku in it.skus if sku in limits}
+        if limits
+        else ()
     )
     state, bought = call(store.plan_state, skus, wanted)
     counts = dict(zip(wanted, bought, strict=True))
@@ -252,18 +253,18 @@ def _attempt(
     by_slot: dict[int, list[_Entry]] = defaultdict(list)  # per slot, in arrival order
     for it in pending:
         o = it.order
-        if any(ln.sku not in stock for ln in o.lines):
+        if not stock.keys() >= set(it.skus):
             outcome[o.order_id] = rejected("unknown_sku")
             continue
         # the rules can only refuse an order with a ruled SKU or a SKU under a channel lock
-        judged = it.ruled or (bool(locks) and any(ln.sku in locks for ln in o.lines))
+        judged = it.ruled or (bool(locks) and not locks.keys().isdisjoint(it.skus))
         reason = _judge(it, rules, stock, locks, counts) if judged else None
         if reason is not None:
             refused[o.order_id] = reason
             continue
         pickup = o.delivery.store if o.delivery.mode == "pickup" else None
         floors = None if it.store_channel else rules.floors
-        if gone and any(ln.sku in gone for ln in o.lines):
+        if gone and not gone.isdisjoint(it.skus):
             res: list[Allocation] | str = "pickup_unavailable" if pickup else "sold_out"
         else:
             res = plan(o.lines, stock, it.ranking, pickup, floors, rules.fewest)

@@ -19,7 +19,7 @@ from dataflows.buckets import BucketPlan
 from dataflows.cross_slot import Rules, decide_cross
 from dataflows.gifts import Settler
 from onestock import events, meter
-from onestock.records import SEP, head, held, pack, rejected
+from onestock.records import head, held, pack, rejected
 from onestock.routing import Router
 from onestock.types import Catalog, Order
 from state.conn import Waiter
@@ -224,36 +224,38 @@ class Decider:
             add(out)
             tags += ["--T" if k.startswith("~R:") else "" for k in out[::3]]
         now = int(decided)
-        bucket = meter.bucket
+        tag_of = meter.Tagger(now)
         sum_r = sum_p = n_p = 0
         for oid, (eid, d) in firsts.items():
             res = outcome[oid]
-            campaign = False
+            kind = res[0]
             received = eid.partition("-")[0]
-            lat = now - int(received)
-            sum_r += lat
+            received_ms = int(received)
+            sum_r += now - received_ms
             if d.__class__ is Valid:
                 o = d.order  # type: ignore[union-attr]
                 channel, paid, mode = o.channel, o.paid_at, o.delivery.mode
-                campaign = bool(gifts) and any(ln.sku in gifts for ln in o.lines)
-                p = now - d.paid_ms  # type: ignore[union-attr]
-                sum_p += p
+                paid_ms = d.paid_ms  # type: ignore[union-attr]
+                sum_p += now - paid_ms
                 n_p += 1
-                lat_tag = bucket(lat) + bucket(p)
+                tag(tag_of(received_ms, paid_ms, res))
+                campaign = bool(gifts) and kind == "R" and any(ln.sku in gifts for ln in o.lines)
             else:
                 channel, paid, mode = d.channel or "", d.paid_at or "", "ship"  # type: ignore[union-attr]
-                lat_tag = bucket(lat) + "-"
-            kind = res[0]
-            tag(lat_tag + ("R" + res.split(SEP, 2)[1] if kind == "R" else kind))
+                tag(tag_of(received_ms, None, res))
+                campaign = False
             if oid in held_ids:  # held until its gift is settled; decided at once
                 add((oid, "H" + res, held(head(oid, channel, paid, mode, received, decided), res)))
-            elif res[0] == "C":  # cancelled in this batch (or before it came)
-                add((oid, "C", pack(oid, channel, paid, mode, received, decided, res)))
-            elif campaign and res[0] == "R":  # its decision goes to the decisions stream too
-                add((oid, "r", pack(oid, channel, paid, mode, received, decided, res)))
+                continue
+            rec = pack(oid, channel, paid, mode, received, decided, res)
+            if kind == "A":
+                add((oid, res, rec))
+            elif kind == "C":  # cancelled in this batch (or before it came)
+                add((oid, "C", rec))
+            elif campaign:  # a rejected campaign order: its decision goes to the decisions stream
+                add((oid, "r", rec))
             else:
-                add((oid, res if res[0] == "A" else "R",
-                     pack(oid, channel, paid, mode, received, decided, res)))  # fmt: skip
+                add((oid, "R", rec))
         last_id = entries[-1][0] if entries else "0-0"
         return Decided(shard, last_id, records, dead, (sum_r, len(firsts), sum_p, n_p, tags))
 
@@ -343,6 +345,7 @@ class Decider:
         chan_index: dict[str, int] = {}
         body: list[Any] = [len(orders)]
         paid_of = self._paid
+        limited = bool(view.rules.limits)  # the script needs customer ids only for limits
         for o in orders:
             ranking = ranked[o.order_id]
             lines = o.lines
@@ -376,7 +379,7 @@ class Decider:
                 spec = (
                     head + b"".join(_LINE.pack(sku_index[ln.sku], ln.qty) for ln in lines) + ranking
                 )
-            body += [o.order_id, spec, o.customer.id]
+            body += [o.order_id, spec, o.customer.id if limited else ""]
         skus = list(sku_index)
         ids = view.router.ids
         chans = list(chan_index)

@@ -24,5 +24,36 @@ def bucket(ms: int) -> str:
     return CHARS[bisect_left(BOUNDS_MS, ms)]
 
 
+class Tagger:
+    """The metric tags of one batch's records, decided at ``now`` (epoch ms): one call per
+    record, with the buckets of the latencies and the status of an outcome cached (a batch's
+    records share a few of each)."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+        self._buckets: dict[int, str] = {}
+        self._status: dict[str, str] = {"A": "A", "C": "C", "B": "B"}
+
+    def __call__(self, received_ms: int, paid_ms: int | None, outcome: str) -> str:
+        """``<received bucket><paid bucket or NONE><status>``; status: "A", "C", or "R" and
+        the reason of a rejected outcome ("R\x1f<reason>[\x1f<detail>]")."""
+        cache = self._buckets
+        lat = self.now - received_ms
+        r = cache.get(lat)
+        if r is None:
+            r = cache[lat] = bucket(lat)
+        if paid_ms is None:
+            p = NONE
+        else:
+            lat = self.now - paid_ms
+            p = cache.get(lat)  # type: ignore[assignment]
+            if p is None:
+                p = cache[lat] = bucket(lat)
+        status = self._status.get(outcome[0]) if outcome[0] != "R" else self._status.get(outcome)
+        if status is None:
+            status = self._status[outcome] = "R" + outcome.split("\x1f", 2)[1]
+        return r + p + status
+
+
 def index(char: str) -> int | None:
     return None if char == NONE else CHARS.index(char)

@@ -17,8 +17,13 @@ GS = "\x1d"  # inside a gift field; between the head and the outcome of a held r
 
 
 def head(oid: str, channel: str, paid: str, mode: str, received_ms: str, decided_ms: str) -> str:
-    """The fields of a packed record before its gift, late flag and outcome."""
-    return SEP.join((oid, _clean(channel), _clean(paid), mode, received_ms, decided_ms))
+    """The fields of a packed record before its gift, late flag and outcome (``oid`` and
+    ``mode`` hold no separator: decoding refuses control characters in an order id)."""
+    if not channel.isprintable():  # (the usual answer is the fast one)
+        channel = clean(channel)
+    if not paid.isprintable():
+        paid = clean(paid)
+    return f"{oid}{SEP}{channel}{SEP}{paid}{SEP}{mode}{SEP}{received_ms}{SEP}{decided_ms}"
 
 
 def pack(
@@ -34,7 +39,8 @@ def held(record_head: str, outcome: str) -> str:
     return f"{record_head}{GS}{outcome}"
 
 
-def _clean(text: str) -> str:
+def clean(text: str) -> str:
+    """``text`` with the separators of packed records replaced (they would split it)."""
     if SEP in text or RS in text:
         return text.replace(SEP, "\ufffd").replace(RS, "\ufffd")
     return text
