@@ -316,8 +316,9 @@ class Store:
         records: list[str],
         dead: list[list[str]],
         meter: tuple[int, int, int, int, list[str]] | None = None,
-    ) -> None:
-        """Write a decided batch exactly once and advance the shard's trim watermark.
+    ) -> bool:
+        """Write a decided batch exactly once and advance the shard's trim watermark; True
+        when no cancel of the shard waits for its order (none came before its order).
 
         ``records`` is flat: order_id, registry value, packed record, order_id, ...;
         ``dead``: [entry id, raw, reason] each; ``meter``: the batch's latency sums and
@@ -356,7 +357,7 @@ class Store:
             args += sums
             args += [RS.join(part_tags), len(counted), *(x for kv in counted.items() for x in kv)]
             calls.append((self._emit, ks, args))
-        wire.scripts(self.r, calls)
+        return bool(wire.scripts(self.r, calls)[-1][2])
 
     def outcome_counts(self, shards: int) -> tuple[int, int]:
         """(records, dead letters) written so far over all shards."""

@@ -52,6 +52,26 @@ def test_a_cancel_before_its_order_is_kept_and_applied_when_it_comes(store: Stor
     assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}
 
 
+def test_a_cancel_before_its_order_on_a_shard_that_wrote_records_already(store: Store) -> None:
+    """While no cancel of a shard waits for its order (the registry's '~nc', which the
+    shard's last emit reports), the decider skips the "~c:" lookups; the first cancel that
+    comes before its order must turn that off for the shard's next batch."""
+    d, seq = setup(store, catalog(first_n=3)), [0]
+    shard = ops.shard_of(orjson.dumps(cancel("late")), SHARDS)
+    first = next(
+        f"o{i}" for i in range(1000) if ops.shard_of(orjson.dumps(cancel(f"o{i}")), SHARDS) == shard
+    )
+    send(d, [buy(first, 0, ("SOCKS", 1))], seq)
+    assert store.r.hexists(keys.emitted(shard), "~nc")
+    send(d, [cancel("late")], seq)
+    assert not store.r.hexists(keys.emitted(shard), "~nc")
+    send(d, [buy("late", 1, ("SOCKS", 2))], seq)
+    recs = final(store)
+    assert recs["late"].status == "cancelled" and recs["late"].shipments == []
+    assert recs[first].status == "accepted"
+    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}
+
+
 def test_an_order_and_its_cancel_in_one_batch(store: Store) -> None:
     d, seq = setup(store, catalog(first_n=3)), [0]
     send(d, [buy("x", 0, ("SOCKS", 2)), cancel("x"), buy("y", 0, ("SOCKS", 1))], seq)

@@ -31,7 +31,8 @@
 -- Cancellations use registry keys of their own: "~x:<order id>" for the record that
 -- cancels an accepted order (its held record, if any, is dropped: it will never be
 -- released), "~c:<order id>" with an empty record for a cancel that came before its order.
--- Returns: {records written, dead letters written}. A record whose key is already in the
+-- Returns: {records written, dead letters written, 1 if '~nc' (below) is in the registry
+-- else 0}. A record whose key is already in the
 -- registry is skipped: replays after a crash never produce a second record.
 local last = ARGV[1]
 local nrec = tonumber(ARGV[2])
@@ -75,6 +76,11 @@ local function split(s, n)
 end
 
 -- One HMGET for the registry (in chunks), then either path.
+-- '~nc' in the registry: no cancel of this shard waits for its order, so the decider need not
+-- look up "~c:<order id>" for the orders of its next batch. Set by the first write to an empty
+-- registry (one written before this flag existed never gets it), dropped for good by the
+-- first cancel that comes before its order.
+local no_early = call('HLEN', KEYS[1]) == 0
 local fresh, plain, seen = {}, true, {}
 for i = 1, nrec, CHUNK do
   local last_k = math.min(i + CHUNK - 1, nrec)
@@ -132,6 +138,7 @@ else
         held[#held + 1] = rec
         decided[#decided + 1] = oid .. '\31A'
       elseif rec == '' then -- a pending cancel: registry only
+        if string.sub(oid, 1, 3) == '~c:' then no_early = false; call('HDEL', KEYS[1], '~nc') end
       elseif string.sub(oid, 1, 3) == '~R:' then
         returned[#returned + 1] = rec
       else
@@ -185,4 +192,5 @@ if last ~= '-' then
     if trimmed > 0 then redis.call('HINCRBY', KEYS[6], 'trimmed', trimmed) end
   end
 end
-return { written, dead }
+if no_early then call('HSET', KEYS[1], '~nc', 1) end
+return { written, dead, call('HEXISTS', KEYS[1], '~nc') }
