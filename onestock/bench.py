@@ -15,7 +15,9 @@ Both contenders run in the same invocation, on the same orders, against the same
   drain rate and in fulfilment latency (record written - event received).
 
 The ratios dataflow / bare and rules / core are what to watch on a shared, noisy machine;
-``--repeat N`` alternates the bare loop and the dataflow N times and reports their medians.
+``--repeat N`` alternates the bare loop, the dataflow and (unless ``--no-rules``) the dataflow
+with every rule on N times and reports their medians (the rules / core ratio is the median of
+each rules run against the core run just before it).
 Every run must end each event exactly once (records + dead letters = events) or the bench
 fails.
 """
@@ -45,12 +47,16 @@ SLOW_US = 5000  # script calls slower than this are counted (target: well under 
 
 
 class Run(msgspec.Struct):
-    """One alternation of the core pair: the bare loop, then the dataflow, same orders."""
+    """One alternation: the bare loop, then the dataflow (then with every rule on), same
+    orders."""
 
     bare_orders_per_s: float
     dataflow_orders_per_s: float  # process start to exit
     dataflow_drain_orders_per_s: float  # first to last decision
     ratio: float  # dataflow / bare, wall
+    # the dataflow with every rule on, right after (unless --no-rules), and / the core drain
+    rules_drain_orders_per_s: float | None = None
+    rules_ratio: float | None = None
 
 
 class Figures(msgspec.Struct):
@@ -64,7 +70,7 @@ class Figures(msgspec.Struct):
     dataflow_drain_orders_per_s: float
     ratio: float
     rules_drain_orders_per_s: float | None
-    rules_ratio: float | None  # drain with every rule on / drain of the core catalog
+    rules_ratio: float | None  # median of each run's rules drain / its core drain
     gifts_drain_orders_per_s: float | None
     gifts_ratio: float | None  # drain with a first-N campaign / drain of the core catalog
     core_fulfilment_ms: tuple[int, int]  # p50, p99 of record written - received, hot SKU
@@ -169,16 +175,19 @@ def run_bench(
             calls, usec, slow = calls + c, usec + c * avg_us, slow + sl
             slowest = max(slowest, slowest_ms)
             growth = max(growth, (store.memory_used() - before) / 2**20)
-            runs.append(Run(n / bare_s, n / flow_s, n / max(drain_s, 1e-3), bare_s / flow_s))
+            run = Run(n / bare_s, n / flow_s, n / max(drain_s, 1e-3), bare_s / flow_s)
+            core_latency = _fulfilment_latency(store)
+            if rules:  # beside each core run: the ratio of neighbours in time
+                console.print(f"dataflow with every rule on{label} ...")
+                prepare(burst.rules_catalog())
+                _, rules_drain_s = _drain(store, server.url, home, workers)
+                _check_outcomes(store, n, "dataflow with every rule on")
+                run.rules_drain_orders_per_s = n / max(rules_drain_s, 1e-3)
+                run.rules_ratio = run.rules_drain_orders_per_s / run.dataflow_drain_orders_per_s
+            runs.append(run)
         avg_us = usec / calls if calls else 0.0
-        core_latency = _fulfilment_latency(store)
-        rules_drain_s = gifts_drain_s = None
+        gifts_drain_s = None
         gifts_latency = None
-        if rules:
-            console.print("dataflow with every rule on ...")
-            prepare(burst.rules_catalog())
-            _, rules_drain_s = _drain(store, server.url, home, workers)
-            _check_outcomes(store, n, "dataflow with every rule on")
         if gifts:
             console.print("dataflow with a first-10,000 gift campaign ...")
             prepare(burst.campaign_catalog(first_n=10_000))
@@ -186,7 +195,9 @@ def run_bench(
             _check_outcomes(store, n, "dataflow with a campaign")
             gifts_latency = _fulfilment_latency(store)
     drain = statistics.median(r.dataflow_drain_orders_per_s for r in runs)
-    rules_drain = n / max(rules_drain_s, 1e-3) if rules_drain_s is not None else None
+    rules_rates = [r.rules_drain_orders_per_s for r in runs if r.rules_drain_orders_per_s]
+    rules_ratios = [r.rules_ratio for r in runs if r.rules_ratio is not None]
+    rules_drain = statistics.median(rules_rates) if rules_rates else None
     gifts_drain = n / max(gifts_drain_s, 1e-3) if gifts_drain_s is not None else None
     figs = Figures(
         orders=n, workers=workers,
@@ -195,7 +206,7 @@ def run_bench(
         dataflow_drain_orders_per_s=drain,
         ratio=statistics.median(r.ratio for r in runs),
         rules_drain_orders_per_s=rules_drain,
-        rules_ratio=rules_drain / drain if rules_drain is not None else None,
+        rules_ratio=statistics.median(rules_ratios) if rules_ratios else None,
         gifts_drain_orders_per_s=gifts_drain,
         gifts_ratio=gifts_drain / drain if gifts_drain is not None else None,
         core_fulfilment_ms=core_latency, gifts_fulfilment_ms=gifts_latency,
@@ -213,6 +224,11 @@ def run_bench(
                 f"run {i}: bare / dataflow drained, orders/s (ratio, wall)",
                 f"{rates} ({r.ratio:.2f})",
             )
+            if r.rules_drain_orders_per_s is not None:
+                table.add_row(
+                    f"run {i}: every rule on, drained, orders/s (ratio to run {i}'s core)",
+                    f"{r.rules_drain_orders_per_s:,.0f} ({r.rules_ratio:.2f})",
+                )
     table.add_row(f"bare loop (ceiling), orders/s{median}", f"{figs.bare_orders_per_s:,.0f}")
     table.add_row(
         f"dataflow, orders/s (process start to exit){median}", f"{figs.dataflow_orders_per_s:,.0f}"
@@ -224,10 +240,10 @@ def run_bench(
     table.add_row(f"ratio dataflow / bare (wall){median}", f"{figs.ratio:.2f}")
     if figs.rules_drain_orders_per_s is not None:
         table.add_row(
-            "dataflow with every rule on, orders/s (first to last decision)",
+            f"dataflow with every rule on, orders/s (first to last decision){median}",
             f"{figs.rules_drain_orders_per_s:,.0f}",
         )
-        table.add_row("ratio rules / core (drain)", f"{figs.rules_ratio:.2f}")
+        table.add_row(f"ratio rules / core (drain){median}", f"{figs.rules_ratio:.2f}")
     if figs.gifts_drain_orders_per_s is not None and figs.gifts_fulfilment_ms is not None:
         table.add_row(
             "dataflow with a first-N campaign, orders/s (first to last decision)",

@@ -76,7 +76,10 @@ def bench(
         bool, typer.Option(help="Also drain them with a first-N gift campaign on the hot SKU.")
     ] = True,
     repeat: Annotated[
-        int, typer.Option(help="Alternate the bare loop and the dataflow this often (medians).")
+        int,
+        typer.Option(
+            help="Alternate the bare loop, the dataflow and the rules run this often (medians)."
+        ),
     ] = 1,
 ) -> None:
     """Drain N pre-pushed orders through a bare loop, the dataflow, the dataflow with every

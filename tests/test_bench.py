@@ -1,5 +1,5 @@
-"""``onestock bench``: the bare loop and the dataflow alternated on the same orders (medians),
-and a run that lost or doubled an event refused."""
+"""``onestock bench``: the bare loop, the dataflow and the rules run alternated on the same
+orders (medians), and a run that lost or doubled an event refused."""
 
 from __future__ import annotations
 
@@ -29,9 +29,18 @@ def test_bench_alternates_bare_loop_and_dataflow_and_reports_their_medians(
         r.dataflow_drain_orders_per_s for r in figs.runs
     )
     assert figs.ratio == statistics.median(r.ratio for r in figs.runs)
-    assert figs.rules_drain_orders_per_s is not None and figs.gifts_drain_orders_per_s is None
+    assert figs.gifts_drain_orders_per_s is None
+    # every rule on: a run beside each core run, its ratio to that run, and their medians
+    rates = [r.rules_drain_orders_per_s for r in figs.runs]
+    ratios = [r.rules_ratio for r in figs.runs]
+    assert all(x is not None and x > 0 for x in rates) and all(x is not None for x in ratios)
+    assert figs.rules_drain_orders_per_s == statistics.median(rates)  # type: ignore[type-var]
+    assert figs.rules_ratio == statistics.median(ratios)  # type: ignore[type-var]
+    for r in figs.runs:
+        assert r.rules_ratio == r.rules_drain_orders_per_s / r.dataflow_drain_orders_per_s  # type: ignore[operator]
     text = proc.stdout.decode()
     assert "run 3: bare / dataflow drained" in text and "(median)" in text
+    assert "run 3: every rule on, drained" in text
 
 
 @pytest.mark.parametrize(
