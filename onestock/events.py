@@ -98,7 +98,8 @@ def decode(raw: bytes | str) -> Decoded:
             order.paid_at,
             "customer: give both lat and lon, or neither - at `$.customer`",
         )
-    order.lines = merge_lines(order.lines)
+    if len(order.lines) > 1:
+        order.lines = merge_lines(order.lines)
     return Valid(order, int(paid.timestamp() * 1000))
 
 

@@ -292,7 +292,9 @@ local function rules(blob, lines, customer, draws)
   end
   for i = 1, #lines, 2 do
     local s = lines[i]
-    if locks[s] then
+    -- (with fewer units than qty left the locks are not the reason: the stock check refuses
+    -- the order, and a refused order draws nothing; a sold-out burst skips the locks' loop)
+    if locks[s] and total[s] >= lines[i + 1] then
       local own = lock_take(locks[s], chans[c1 + 256 * c2], paid, lines[i + 1], total[s])
       if not own then return SOLD_OUT end
       draws[s] = own
