@@ -347,7 +347,9 @@ class Store:
             if packed.count(RS) != max(len(part_tags) - 1, 0):
                 raise ValueError("a packed record contains the record separator \\x1e")
             args: list[Any] = [last_id if final else "-", len(part_tags)]
-            args += [f for j in range(0, len(part), 3) for f in (part[j], part[j + 1])]
+            pairs: list[Any] = [None] * (2 * len(part_tags))  # order_id, registry value, ...
+            pairs[0::2], pairs[1::2] = part[0::3], part[1::3]
+            args += pairs
             args += [packed, len(dead) if final else 0]
             if final:
                 for d in dead:
