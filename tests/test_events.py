@@ -140,3 +140,23 @@ def test_infinity_is_not_json_so_the_event_is_a_dead_letter() -> None:
 def test_integers_beyond_64_bits_still_leave_a_usable_order_id() -> None:
     d = events.decode(b'{"order_id": "big", "channel": 123456789012345678901234567890}')
     assert isinstance(d, events.Invalid) and "$.channel" in d.detail
+
+
+def test_paid_at_is_parsed_once_per_text_and_judged_the_same_every_time() -> None:
+    """paid_at texts are cached (a peak shares a few); a cached answer, valid or not, is
+    the parse's, and the cache stays bounded."""
+    for text, ms in [
+        ("2026-11-11T00:00:01+08:00", 1794326401000),  # 2026-11-10T16:00:01Z
+        ("1969-12-31T23:59:59Z", -1000),  # before the epoch: still a time
+        ("2026-11-11T00:00:01", None),  # no offset
+        ("yesterday", None),
+    ]:
+        for _ in range(2):
+            d = events.decode(orjson.dumps(order("p1", ("SNEAKER", 1), paid_at=text)))
+            if ms is None:
+                assert isinstance(d, events.Invalid) and d.detail.startswith("paid_at: ")
+            else:
+                assert isinstance(d, events.Valid) and d.paid_ms == ms
+    for i in range(events.PAID_CACHE + 10):
+        events.decode(orjson.dumps(order("p", ("S", 1), paid_at=f"2026-11-11T00:00:00.{i:06d}Z")))
+    assert len(events._paid_ms) <= events.PAID_CACHE
