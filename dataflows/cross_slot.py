@@ -164,12 +164,13 @@ def decide_cross(
 def _judge(
     it: _Item,
     rules: Rules,
-    stock: dict[str, dict[str, int]],
+    units: dict[str, int],
     locks: dict[str, dict[str, list[int]]],
     counts: dict[tuple[str, str], int],
 ) -> str | None:
     """The reason a rule rejects the order for on this read, if any: the rules as the
-    scripts judge them (VIP pre-sale, per-customer limit, channel locks, in this order)."""
+    scripts judge them (VIP pre-sale, per-customer limit, channel locks, in this order).
+    ``units``: each SKU's units over all locations, as planning has left them."""
     o = it.order
     for ln in o.lines:
         end = rules.presale.get(ln.sku)
@@ -182,11 +183,11 @@ def _judge(
     for ln in o.lines:
         held = locks.get(ln.sku)
         if held:
-            units = sum(q for q in stock[ln.sku].values() if q > 0)
+            have = units[ln.sku]
             others = sum(
                 left for ch, (left, until) in held.items() if ch != o.channel and it.paid_ms < until
             )
-            if units - others < ln.qty <= units:
+            if have - others < ln.qty <= have:
                 return "sold_out"
     return None
 
@@ -196,15 +197,18 @@ def _take(
     rules: Rules,
     allocs: list[Allocation],
     stock: dict[str, dict[str, int]],
+    units: dict[str, int],
     locks: dict[str, dict[str, list[int]]],
     counts: dict[tuple[str, str], int],
     judged: bool,
 ) -> None:
     """Update the local read as the reservation of ``allocs`` will update Redis (the rules'
-    counts and locks only for an order ``judged`` against them)."""
+    counts and locks only for an order ``judged`` against them). Planning takes only units
+    a location has, so a SKU's ``units`` (over locations with some) fall by what it takes."""
     o = it.order
     for loc, sku, qty in allocs:
         stock[sku][loc] -= qty
+        units[sku] -= qty
     if not judged:
         return
     for ln in o.lines:
@@ -249,7 +253,8 @@ def _attempt(
     refused: dict[str, str] = {}  # order id -> reason, on the read
     # SKUs without a unit anywhere on this read (planning only takes units, so they stay
     # so): an order of one is refused as planning would, without planning it
-    gone = {sku for sku, levels in stock.items() if not any(u > 0 for u in levels.values())}
+    units = {sku: sum(u for u in levels.values() if u > 0) for sku, levels in stock.items()}
+    gone = {sku for sku, n in units.items() if n == 0}
     by_slot: dict[int, list[_Entry]] = defaultdict(list)  # per slot, in arrival order
     for it in pending:
         o = it.order
@@ -258,7 +263,7 @@ def _attempt(
             continue
         # the rules can only refuse an order with a ruled SKU or a SKU under a channel lock
         judged = it.ruled or (bool(locks) and not locks.keys().isdisjoint(it.skus))
-        reason = _judge(it, rules, stock, locks, counts) if judged else None
+        reason = _judge(it, rules, units, locks, counts) if judged else None
         if reason is not None:
             refused[o.order_id] = reason
             continue
@@ -274,7 +279,7 @@ def _attempt(
             refused[o.order_id] = res
             continue
         plans[o.order_id] = res
-        _take(it, rules, res, stock, locks, counts, judged)
+        _take(it, rules, res, stock, units, locks, counts, judged)
         for slot, slot_skus in it.slots.items():
             by_slot[slot].append((it, slot, [a for a in res if a[1] in slot_skus]))
     batches = list(by_slot.values())

@@ -123,6 +123,30 @@ def test_a_cross_slot_order_that_a_lock_rejects_leaves_nothing_behind(store: Sto
     assert stock(store, "TEE") == {"wh-a": 50} and store.r.hlen(keys.parts("TEE")) == 0
 
 
+def test_cross_slot_orders_judge_the_locks_on_the_units_the_batch_left(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning takes each order's units from the round's read, and the lock judgement of the
+    next order sees what is left: tmall's second order is refused on the read (5 units left,
+    4 held by douyin's lock), not reserved in one slot, refused by the script and released."""
+    load(store, catalog("TEE"))  # SNEAKER 10 at wh-a, 4 locked for douyin; TEE in another slot
+    released: list[Any] = []
+    release = store.release_parts
+
+    def counted(calls: list[Any]) -> list[int]:
+        released.append(calls)
+        return release(calls)
+
+    monkeypatch.setattr(store, "release_parts", counted)
+    recs, _ = decide(store, [
+        buy("t1", ("SNEAKER", 5), ("TEE", 1), customer="a", paid=BEFORE),  # 10 - 4 = 6 >= 5
+        buy("t2", ("SNEAKER", 2), ("TEE", 1), customer="b", paid=BEFORE),  # 5 - 4 = 1 < 2
+    ])  # fmt: skip
+    assert reasons(recs) == ["ok", "sold_out"]
+    assert released == []  # decided in one round: nothing reserved and given back
+    assert stock(store, "SNEAKER") == {"wh-a": 5} and stock(store, "TEE") == {"wh-a": 49}
+
+
 def test_a_released_cross_slot_part_gives_its_lock_units_back(store: Store) -> None:
     """douyin's order is planned on a stale read that still shows TEE: its SNEAKER part is
     reserved (2 units drawn from the lock), its TEE part fails, the SNEAKER part is released."""
