@@ -32,11 +32,11 @@ class Tagger:
     def __init__(self, now: int) -> None:
         self.now = now
         self._buckets: dict[int, str] = {}
-        self._status: dict[str, str] = {"A": "A", "C": "C", "B": "B"}
+        self._reasons: dict[str, str] = {}  # rejected outcome -> its status
 
     def __call__(self, received_ms: int, paid_ms: int | None, outcome: str) -> str:
-        """``<received bucket><paid bucket or NONE><status>``; status: "A", "C", or "R" and
-        the reason of a rejected outcome ("R\x1f<reason>[\x1f<detail>]")."""
+        """``<received bucket><paid bucket or NONE><status>``; status: the outcome's kind
+        ("A", "C", ...), or "R" and the reason of a rejection ("R\x1f<reason>[\x1f...]")."""
         cache = self._buckets
         lat = self.now - received_ms
         r = cache.get(lat)
@@ -49,9 +49,11 @@ class Tagger:
             p = cache.get(lat)  # type: ignore[assignment]
             if p is None:
                 p = cache[lat] = bucket(lat)
-        status = self._status.get(outcome[0]) if outcome[0] != "R" else self._status.get(outcome)
-        if status is None:
-            status = self._status[outcome] = "R" + outcome.split("\x1f", 2)[1]
+        status = outcome[0]
+        if status == REJECTED:
+            status = self._reasons.get(outcome)  # type: ignore[assignment]
+            if status is None:
+                status = self._reasons[outcome] = REJECTED + outcome.split("\x1f", 2)[1]
         return r + p + status
 
 

@@ -310,3 +310,19 @@ def test_metrics_say_when_redis_is_away(cli_env: dict[str, str], tmp_path: Path)
     finally:
         server.stop()
         redis.stop()
+
+
+def test_a_batch_tagger_gives_each_record_its_buckets_and_status() -> None:
+    """``meter.Tagger`` caches buckets and statuses per batch; every answer is the plain
+    construction's: received bucket, paid bucket (or none), then the kind or R<reason>."""
+    tag = meter.Tagger(now=100_000)
+    cases = [
+        (99_996, 99_000, "A\x1fwh-a\x1fSNEAKER\x1f1", "a" + meter.bucket(1_000) + "A"),
+        (99_996, 99_000, "R\x1fsold_out", "a" + meter.bucket(1_000) + "Rsold_out"),
+        (40_000, None, "R\x1finvalid\x1fpaid_at: bad", meter.bucket(60_000) + "-Rinvalid"),
+        (99_990, 99_990, "C\x1fwh-a\x1fTEE\x1f2", "bbC"),
+        (99_996, 99_000, "R\x1fsold_out", "a" + meter.bucket(1_000) + "Rsold_out"),  # cached
+        (100_000, 100_000, "R\x1fvip_only", "aaRvip_only"),
+    ]
+    for received, paid, outcome, expected in cases:
+        assert tag(received, paid, outcome) == expected
