@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from onestock.records import SEP
+
 # Latency histogram bounds (inclusive upper bounds, ms); the last bucket is +Inf.
 BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000,
              3_600_000)  # fmt: skip
@@ -39,21 +41,16 @@ class Tagger:
         ("A", "C", ...), or "R" and the reason of a rejection ("R\x1f<reason>[\x1f...]")."""
         cache = self._buckets
         lat = self.now - received_ms
-        r = cache.get(lat)
-        if r is None:
-            r = cache[lat] = bucket(lat)
-        if paid_ms is None:
-            p = NONE
-        else:
+        r = cache.get(lat) or cache.setdefault(lat, bucket(lat))
+        p = NONE
+        if paid_ms is not None:
             lat = self.now - paid_ms
-            p = cache.get(lat)  # type: ignore[assignment]
-            if p is None:
-                p = cache[lat] = bucket(lat)
+            p = cache.get(lat) or cache.setdefault(lat, bucket(lat))
         status = outcome[0]
         if status == REJECTED:
-            status = self._reasons.get(outcome)  # type: ignore[assignment]
-            if status is None:
-                status = self._reasons[outcome] = REJECTED + outcome.split("\x1f", 2)[1]
+            status = self._reasons.get(outcome) or self._reasons.setdefault(
+                outcome, REJECTED + outcome.split(SEP, 2)[1]
+            )
         return r + p + status
 
 

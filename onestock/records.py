@@ -20,9 +20,9 @@ def head(oid: str, channel: str, paid: str, mode: str, received_ms: str, decided
     """The fields of a packed record before its gift, late flag and outcome (``oid`` and
     ``mode`` hold no separator: decoding refuses control characters in an order id)."""
     if not channel.isprintable():  # (the usual answer is the fast one)
-        channel = clean(channel)
+        channel = _clean(channel)
     if not paid.isprintable():
-        paid = clean(paid)
+        paid = _clean(paid)
     return f"{oid}{SEP}{channel}{SEP}{paid}{SEP}{mode}{SEP}{received_ms}{SEP}{decided_ms}"
 
 
@@ -39,8 +39,7 @@ def held(record_head: str, outcome: str) -> str:
     return f"{record_head}{GS}{outcome}"
 
 
-def clean(text: str) -> str:
-    """``text`` with the separators of packed records replaced (they would split it)."""
+def _clean(text: str) -> str:
     if SEP in text or RS in text:
         return text.replace(SEP, "\ufffd").replace(RS, "\ufffd")
     return text
