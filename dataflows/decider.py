@@ -22,14 +22,15 @@ from onestock import events, meter
 from onestock.records import head, held, pack, rejected
 from onestock.routing import Router
 from onestock.types import Catalog, Order
-from state.conn import Waiter
-from state.keys import sku_slot
+from state.conn import Waiter, parse_id
+from state.keys import BUCKET, sku_slot
 from state.store import Store
 
 # home SKU index, pickup location index (0 = ship), lines, channel index, flags (bit 0: VIP,
 # bit 1: store channel), paid_at ms
 _HEAD = struct.Struct("<HHHHBQ")
 _LINE = struct.Struct("<HI")  # SKU index, qty
+SOLD_OUT, NO_PICKUP = rejected("sold_out"), rejected("pickup_unavailable")
 # At most this many orders per decide.lua call (a batch's calls still share one round trip):
 # each call stays a few ms at most, however large the batch.
 CALL_ORDERS = 250
@@ -111,6 +112,10 @@ class Decider:
         self._dry: set[tuple[str, str]] = set()
         # shards whose last emit said no cancel waits for its order (emit.lua's '~nc')
         self._no_early: set[int] = set()
+        # per shard: its decide mark as this process last wrote or read it (keys.decide_mark)
+        self._mark: dict[int, tuple[int, int]] = {}
+        # SKUs decide.lua last answered sold_out for: the next batch reads their stock first
+        self._suspects: set[str] = set()
 
     def refresh(self) -> None:
         version = self.wait.call(self.store.catalog_version)
@@ -158,9 +163,36 @@ class Decider:
         # "~c:" lookups are skipped)
         step = 1 if shard in self._no_early else 2
         fields = ids if step == 1 else [f for oid in ids for f in (oid, "~c:" + oid)]
-        version, got = self.wait.call(self.store.registry_and_version, shard, fields)
-        if version != self.version:
+        # (the same round trip reads the SKUs decide.lua last found sold out, and moves the
+        # shard's decide mark past this batch before anything of it is decided)
+        last_id = entries[-1][0]
+        mark = self._mark.get(shard)
+        ahead = mark is not None and parse_id(last_id) > mark
+        pre = self.wait.call(
+            self.store.prelude, shard, fields, self._to_read(firsts), last_id if ahead else None
+        )
+        if mark is None:  # this process's first batch of the shard: the stored mark
+            mark = parse_id(pre.mark)
+            if parse_id(last_id) > mark:
+                self.wait.call(self.store.set_mark, shard, last_id)
+        fresh = mark  # an order after it was never decided: the stock alone may refuse it
+        self._mark[shard] = max(mark, parse_id(last_id))
+        if pre.version != self.version:
             self.refresh()
+        got = pre.registry
+        # per SKU read whose stock alone can refuse an order (see _refuse): its units for a
+        # store channel's order, and for an online one (the safety stock left out)
+        short: dict[str, tuple[int, int]] = {}
+        floors = self.view.floors
+        for sku, levels in pre.levels.items():
+            if levels is None:
+                continue
+            units = sum(u for u in levels.values() if u > 0)
+            online = sum(u - floors.get(loc, 0) for loc, u in levels.items()
+                         if u > floors.get(loc, 0))  # fmt: skip
+            short[sku] = (units, online)
+            if online:  # an order can still take a unit: decide.lua tells again (no-op for
+                self._suspects.discard(sku)  # the other SKUs read)
         outcome: dict[str, str] = {}
         held_ids: set[str] = set()
         todo: list[Order] = []
@@ -181,6 +213,8 @@ class Decider:
                 continue
             o = d.order  # type: ignore[union-attr]
             reason = self._precheck(o)
+            if reason is None and short:
+                reason = self._refuse(o, short, firsts[oid][0], fresh)
             if reason is not None:
                 outcome[oid] = reason
                 continue
@@ -260,7 +294,6 @@ class Decider:
                 add((oid, "r", rec))
             else:
                 add((oid, "R", rec))
-        last_id = entries[-1][0] if entries else "0-0"
         return Decided(shard, last_id, records, dead, (sum_r, len(firsts), sum_p, n_p, tags))
 
     def _decide(self, orders: list[Order], outcome: dict[str, str], held_ids: set[str]) -> None:
@@ -295,6 +328,8 @@ class Decider:
                     if text[0] == "G":  # accepted and a first-N candidate: record held
                         held_ids.add(o.order_id)
                         text = text[1:]
+                    elif text == SOLD_OUT:
+                        self._suspects.update(ln.sku for ln in o.lines if BUCKET not in ln.sku)
                     outcome[o.order_id] = text
         if cross:
             gifts = self.view.campaign_skus
@@ -305,8 +340,11 @@ class Decider:
                 paid=self._paid,
             )  # fmt: skip
             for o in cross:  # a reserved campaign SKU part is always a candidate
-                if outcome[o.order_id][0] == "A" and any(ln.sku in gifts for ln in o.lines):
+                res = outcome[o.order_id]
+                if res[0] == "A" and any(ln.sku in gifts for ln in o.lines):
                     held_ids.add(o.order_id)
+                elif res == SOLD_OUT:  # (the next read keeps only SKUs without the units)
+                    self._suspects.update(ln.sku for ln in o.lines if BUCKET not in ln.sku)
 
     def emit(self, d: Decided) -> None:
         if d.records or d.dead:
@@ -336,6 +374,50 @@ class Decider:
             if store not in view.router.pickup:
                 return rejected("pickup_unavailable")
         return None
+
+    def _refuse(
+        self, o: Order, short: dict[str, tuple[int, int]], eid: str, fresh: tuple[int, int]
+    ) -> str | None:
+        """sold_out (pickup_unavailable for a pickup) when an order has a line of more units
+        than its SKU has left for it on this batch's read (an online channel's order cannot
+        take the safety stock), exactly as decide.lua (or the cross-slot path) would answer
+        (``short``: units of the SKUs whose stock alone decides, see
+        ``state.store.levels_alone``; every SKU of the order must be in it), without a Lua
+        call: a refusal writes nothing, so the read is the decision. Only for an order after
+        the shard's decide mark (``fresh``): one decided before (accepted, then a crash
+        before its record) keeps its stored outcome. Hot-SKU buckets borrow before refusing:
+        never here."""
+        lines = o.lines
+        online = int(o.channel not in self.view.store_channels)
+        if len(lines) == 1:
+            units = short.get(lines[0].sku)
+            if units is None or units[online] >= lines[0].qty:
+                return None
+        elif not all(ln.sku in short for ln in lines) or all(
+            short[ln.sku][online] >= ln.qty for ln in lines
+        ):
+            return None
+        if self.view.rules.bucketed and any(ln.sku in self.view.rules.bucketed for ln in lines):
+            return None
+        if parse_id(eid) <= fresh:
+            return None
+        return NO_PICKUP if o.delivery.mode == "pickup" else SOLD_OUT
+
+    def _to_read(self, firsts: dict[str, tuple[str, events.Decoded]]) -> list[str]:
+        """The SKUs whose stock the batch reads first: the suspects, and the other SKUs of
+        the batch's orders with a suspect line (every SKU of an order refused on the read
+        must be known to exist, unruled, with no alert to raise)."""
+        suspects = self._suspects
+        if not suspects:
+            return []
+        wanted = set(suspects)
+        Valid = events.Valid
+        for _, d in firsts.values():
+            if d.__class__ is Valid:
+                lines = d.order.lines  # type: ignore[union-attr]
+                if len(lines) > 1 and any(ln.sku in suspects for ln in lines):
+                    wanted.update(ln.sku for ln in lines)
+        return list(wanted)
 
     def _rankings(self, orders: list[Order]) -> list[bytes]:
         coords = [

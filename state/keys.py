@@ -22,7 +22,8 @@ STOCK_MARKER = "\x00sku"  # field present in every stock hash: the SKU exists ev
 # one HGETALL gives a script everything it needs about the SKU.
 RULE_LIMIT = "\x00limit"  # per_customer_limit, units
 RULE_VIP_UNTIL = "\x00vip"  # vip_presale_until, epoch milliseconds
-RULE_LOW = "\x00low"  # low_stock_threshold, units (the flag "\x00alerted" marks a fired alert)
+RULE_LOW = "\x00low"  # low_stock_threshold, units
+ALERTED = "\x00alerted"  # flag: the low-stock alert fired (cleared when a restock lifts it)
 # A channel lock of the SKU: its units, its end (epoch ms), and the units its channel drew
 # from it so far (kept across catalog reloads while the SKU keeps a lock for that channel).
 LOCK_QTY, LOCK_UNTIL, LOCK_USED = "\x00Lq:", "\x00Lu:", "\x00Lc:"
@@ -57,6 +58,13 @@ def deadbox(shard: int) -> str:
 
 def emitted(shard: int) -> str:
     return f"{shard_tag(shard)}:done"
+
+
+def decide_mark(shard: int) -> str:
+    """The greatest input entry id of the shard any batch was ever sent on to decide with:
+    an entry after it was never decided (nothing of it is stored anywhere). Set before a
+    batch's first decision is written."""
+    return f"{shard_tag(shard)}:dmark"
 
 
 def counters(shard: int) -> str:

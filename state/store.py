@@ -39,6 +39,49 @@ class Lock(NamedTuple):
         return max(0, self.qty - self.used) if at_ms < self.until_ms else 0
 
 
+_MARKER, _LOW, _ALERTED = keys.STOCK_MARKER.encode(), keys.RULE_LOW.encode(), keys.ALERTED.encode()
+_RULES = (keys.RULE_LIMIT.encode(), keys.RULE_VIP_UNTIL.encode())
+_LOCK = keys.LOCK_QTY[:2].encode()  # every field of a channel lock starts so
+
+
+class Prelude(NamedTuple):
+    """``Store.prelude``'s answer."""
+
+    version: int
+    registry: list[bytes | None]
+    levels: dict[str, dict[str, int] | None]  # per SKU asked: ``levels_alone``
+    mark: str | None  # the stored decide mark, when it was asked for
+
+
+def levels_alone(flat: Any) -> dict[str, int] | None:
+    """A SKU's units per location, from its stock hash as HGETALL answered, when the stock
+    alone decides whether an order of it is refused: None when the SKU is missing, has a
+    rule judged before the stock (per-customer limit, VIP pre-sale, a channel lock's field),
+    or has a low-stock alert decide.lua would still raise or clear (so a decide.lua call
+    must come)."""
+    if not flat:
+        return None
+    pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+    levels: dict[str, int] = {}
+    low, alerted, marker = None, False, False
+    for k, v in pairs:
+        if k[:1] != b"\x00":
+            levels[k.decode()] = int(v)
+        elif k == _MARKER:
+            marker = True
+        elif k in _RULES or k[:2] == _LOCK:
+            return None
+        elif k == _LOW:
+            low = int(v)
+        elif k == _ALERTED:
+            alerted = True
+    if not marker:
+        return None
+    if low is not None and (sum(u for u in levels.values() if u > 0) <= low) != alerted:
+        return None
+    return levels
+
+
 class Store:
     """Domain operations on one Redis (or Redis Cluster)."""
 
@@ -419,13 +462,39 @@ class Store:
             return []
         return wire.reads(self.r, [("HMGET", keys.emitted(shard), *order_ids)])[0]  # type: ignore[no-any-return]
 
-    def registry_and_version(self, shard: int, fields: list[str]) -> tuple[int, list[bytes | None]]:
-        """The catalog version and ``registry`` of these fields, in one round trip."""
+    def prelude(self, shard: int, fields: list[str], skus: list[str], mark: str | None) -> Prelude:
+        """What deciding a batch of ``shard`` reads first, in one round trip: the catalog
+        version, ``registry`` of these fields, ``levels_alone`` of these SKUs, and the shard's
+        decide mark: ``mark`` is the caller's new one, written here; without it the stored
+        mark is read instead (``Prelude.mark``; see ``set_mark``)."""
         commands: list[tuple[str, ...]] = [("GET", keys.CATALOG_VERSION)]
         if fields:
             commands.append(("HMGET", keys.emitted(shard), *fields))
+        commands += [("HGETALL", keys.stock(sku)) for sku in skus]
+        if mark is None:
+            commands += [("GET", keys.decide_mark(shard)), ("EXISTS", keys.emitted(shard)),
+                         ("XREVRANGE", keys.inbox(shard), "+", "-", "COUNT", "1")]  # fmt: skip
+        else:
+            commands.append(("SET", keys.decide_mark(shard), mark))
         replies = wire.reads(self.r, commands)
-        return int(replies[0] or 0), (replies[1] if fields else [])
+        version = int(replies[0] or 0)
+        registry = replies[1] if fields else []
+        at = 2 if fields else 1
+        levels = {sku: levels_alone(got) for sku, got in zip(skus, replies[at:], strict=False)}
+        stored = None
+        if mark is None:
+            got, written, top = replies[-3:]
+            if got is not None:
+                stored = got.decode()
+            elif written:  # written by a version without the mark: any entry may be decided
+                stored = top[0][0].decode() if top else "0-0"
+            else:
+                stored = "0-0"
+        return Prelude(version, registry, levels, stored)
+
+    def set_mark(self, shard: int, mark: str) -> None:
+        """Write the shard's decide mark (``keys.decide_mark``); only the shard's owner does."""
+        self.r.set(keys.decide_mark(shard), mark)
 
     def memory_used(self) -> int:
         return int(self.r.info("memory")["used_memory"])

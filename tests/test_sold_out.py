@@ -1,0 +1,188 @@
+"""Orders of a sold-out SKU refused on a read, without a decide.lua call, and the orders that
+must still go to decide.lua: replays of decided orders, ruled SKUs, pending alerts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dataflows.decider import Decider
+from state import keys
+from state.store import Store
+from tests.conftest import load
+from tests.helpers import decide, order, raw
+
+CATALOG: dict[str, Any] = {
+    "channels": [{"id": "tmall"}, {"id": "pos", "kind": "store"}],
+    "locations": [
+        {"id": "wh-a", "lat": 31.2, "lon": 121.5},
+        {"id": "st-b", "kind": "store", "lat": 30.3, "lon": 120.2, "pickup": True},
+    ],
+    "skus": [{"sku": "HOT", "stock": {"wh-a": 2}}, {"sku": "TEE", "stock": {"wh-a": 9}}],
+}
+
+
+def catalog(**hot: Any) -> dict[str, Any]:
+    """CATALOG with HOT's entry updated by ``hot``."""
+    return {**CATALOG, "skus": [{**CATALOG["skus"][0], **hot}, CATALOG["skus"][1]]}
+
+
+def outcome(rec) -> str:  # type: ignore[no-untyped-def]
+    return rec.reason if rec.status == "rejected" else rec.status
+
+
+def stored(store: Store, oid: str, sku: str = "HOT") -> bool:
+    """Whether decide.lua decided the order (it stores every outcome it gives)."""
+    return bool(store.r.hexists(keys.decisions(sku), oid))
+
+
+def test_once_decide_lua_says_sold_out_the_next_batch_refuses_on_the_read(store: Store) -> None:
+    load(store, CATALOG)
+    d = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order(f"a{i}", ("HOT", 1)) for i in range(3)], decider=d)
+    assert [outcome(r) for r in recs] == ["accepted", "accepted", "sold_out"]
+    assert stored(store, "a2")
+    batch = [order("b1", ("HOT", 1)), order("b2", ("HOT", 1), pickup="st-b"),
+             order("b3", ("TEE", 1))]  # fmt: skip
+    recs, _ = decide(store, batch, decider=d)
+    # the same answers decide.lua gives, but nothing of them stored: no decide.lua call
+    assert [outcome(r) for r in recs] == ["sold_out", "pickup_unavailable", "accepted"]
+    assert not stored(store, "b1") and not stored(store, "b2")
+    assert stored(store, "b3", "TEE")
+
+
+# TEE-16840 shares HOT's hash slot (decide.lua); TEE does not (the cross-slot path).
+@pytest.mark.parametrize("tee", ["TEE", "TEE-16840"], ids=["cross-slot", "same-slot"])
+def test_a_basket_with_a_sold_out_line_is_refused_on_the_read(
+    store: Store, tee: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cat = {**CATALOG, "skus": [CATALOG["skus"][0], {"sku": tee, "stock": {"wh-a": 9}}]}
+    load(store, cat)
+    d = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order("a1", ("HOT", 3)), order("a2", ("HOT", 2), (tee, 1))], decider=d)
+    assert [outcome(r) for r in recs] == ["sold_out", "accepted"]
+    called: list[str] = []
+    for name in ("decide_slots", "plan_state", "reserve_parts"):
+        monkeypatch.setattr(store, name, lambda *a, _n=name: called.append(_n))
+    batch = [order("b1", ("HOT", 1), (tee, 1)), order("b2", (tee, 2), ("HOT", 1), pickup="st-b")]
+    recs, _ = decide(store, batch, decider=d)
+    assert [outcome(r) for r in recs] == ["sold_out", "pickup_unavailable"]
+    assert called == []  # decided on the read: no Lua call, no planning read
+    monkeypatch.undo()
+    recs, _ = decide(store, [order("c1", (tee, 9))], decider=d)  # the other SKU is intact
+    assert outcome(recs[0]) == "sold_out" and stored(store, "c1", tee)  # 8 left: decide.lua
+
+
+def test_only_lines_over_the_units_left_are_refused_on_the_read(store: Store) -> None:
+    load(store, CATALOG)
+    d = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order("a1", ("HOT", 3))], decider=d)  # 2 left: sold out for 3
+    assert outcome(recs[0]) == "sold_out"
+    recs, _ = decide(store, [order("b1", ("HOT", 3)), order("b2", ("HOT", 2))], decider=d)
+    assert [outcome(r) for r in recs] == ["sold_out", "accepted"]
+    assert not stored(store, "b1") and stored(store, "b2")
+    load(store, catalog(stock={"wh-a": 5}))  # restocked: decide.lua decides again
+    recs, _ = decide(store, [order("c1", ("HOT", 3))], decider=d)
+    assert outcome(recs[0]) == "accepted"
+
+
+def test_an_order_decided_before_a_crash_keeps_its_stored_acceptance(store: Store) -> None:
+    """Accepted by decide.lua, then killed before its record was written: on the replay its
+    SKU looks sold out precisely because the order took the units, and the new process
+    already knows the SKU as sold out. The shard's decide mark sends it to decide.lua,
+    which returns the stored acceptance; an order after the mark is refused on the read."""
+    load(store, CATALOG)
+    first = Decider(store, say=lambda _m: None)
+    crashed = first.process(0, [("100-0", raw(order("a1", ("HOT", 2))))])  # never emitted
+    assert crashed.records[1].startswith("A")
+    restarted = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order("x1", ("HOT", 1))], shard=1, decider=restarted)
+    assert outcome(recs[0]) == "sold_out"  # HOT is a suspect of the new process now
+    before = store.r.xlen(keys.outbox(0))
+    out = restarted.process(0, [("100-0", raw(order("a1", ("HOT", 2)))),
+                                ("101-0", raw(order("a2", ("HOT", 1))))])  # fmt: skip
+    restarted.emit(out)
+    assert store.r.xlen(keys.outbox(0)) == before + 1
+    assert out.records[1].startswith("A")  # a1: its stored acceptance
+    assert out.records[4] == "R" and not stored(store, "a2")  # a2: refused on the read
+
+
+def test_online_orders_are_refused_before_the_safety_stock_store_channels_may_take(
+    store: Store,
+) -> None:
+    cat = catalog(stock={"wh-a": 2, "st-b": 1})
+    cat["locations"] = [CATALOG["locations"][0], {**CATALOG["locations"][1], "safety_stock": 1}]
+    load(store, cat)
+    d = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order(f"a{i}", ("HOT", 1)) for i in range(3)], decider=d)
+    assert [outcome(r) for r in recs] == ["accepted", "accepted", "sold_out"]
+    batch = [order("b1", ("HOT", 1)), order("b2", ("HOT", 1), channel="pos"),
+             order("b3", ("HOT", 1), channel="pos")]  # fmt: skip
+    recs, _ = decide(store, batch, decider=d)
+    assert [outcome(r) for r in recs] == ["sold_out", "accepted", "sold_out"]
+    assert not stored(store, "b1") and stored(store, "b2")  # b1 on the read, b2 by decide.lua
+    recs, _ = decide(store, [order("c1", ("HOT", 1), channel="pos")], decider=d)
+    assert outcome(recs[0]) == "sold_out" and not stored(store, "c1")
+
+
+def test_the_decide_mark_of_a_shard(store: Store) -> None:
+    load(store, CATALOG)
+    assert store.prelude(0, [], [], None).mark == "0-0"  # nothing ever written
+    for oid in ("a1", "a2"):
+        store.r.xadd(keys.inbox(0), {"e": raw(order(oid, ("HOT", 1)))}, id=f"{oid[1]}00-0")
+    store.r.hset(keys.emitted(0), "older", "R")
+    # written by a version without the mark: every entry in the stream may be decided
+    assert store.prelude(0, [], [], None).mark == "200-0"
+    store.prelude(0, [], [], "300-0")
+    assert store.prelude(0, [], [], None).mark == "300-0"
+    d = Decider(store, say=lambda _m: None)
+    d.process(0, [("250-0", raw(order("a3", ("HOT", 1))))])  # a replay: the mark stays
+    assert store.r.get(keys.decide_mark(0)) == b"300-0"
+    d.process(0, [("400-0", raw(order("a4", ("HOT", 1))))])  # past it, before deciding
+    assert store.r.get(keys.decide_mark(0)) == b"400-0"
+
+
+@pytest.mark.parametrize(
+    ("rule", "reason"),
+    [
+        ({"per_customer_limit": 1}, "limit_exceeded"),
+        ({"vip_presale_until": "2030-01-01T00:00:00Z"}, "vip_only"),
+    ],
+)
+def test_a_ruled_sku_is_judged_by_its_rules_first_also_when_sold_out(
+    store: Store, rule: dict[str, Any], reason: str
+) -> None:
+    load(store, catalog(stock={}, **rule))
+    d = Decider(store, say=lambda _m: None)
+    for oid in ("a1", "a2"):
+        o = order(oid, ("HOT", 1) if oid == "a1" else ("HOT", 2))
+        o["customer"] = {"id": "c1", "vip": oid == "a1"}
+        recs, _ = decide(store, [o], decider=d)
+        # (a VIP within a limit of 1 meets no rule: sold out; then the rule comes first)
+        assert outcome(recs[0]) == ("sold_out" if oid == "a1" else reason)
+
+
+def test_a_pending_low_stock_alert_is_still_raised(store: Store) -> None:
+    load(store, CATALOG)
+    d = Decider(store, say=lambda _m: None)
+    decide(store, [order(f"a{i}", ("HOT", 1)) for i in range(3)], decider=d)  # sold out
+    load(store, catalog(stock={}, low_stock_threshold=1))  # at 0, its alert not raised yet
+    recs, _ = decide(store, [order("b1", ("HOT", 1))], decider=d)
+    assert outcome(recs[0]) == "sold_out"
+    alerts: Any = store.r.xrange(keys.alerts("HOT"))
+    assert [a[b"reason"] for _, a in alerts] == [b"sold_out"]
+    recs, _ = decide(store, [order("c1", ("HOT", 1))], decider=d)  # raised: refused on a read
+    assert outcome(recs[0]) == "sold_out" and not stored(store, "c1")
+    assert store.r.xlen(keys.alerts("HOT")) == 1
+
+
+def test_a_sku_split_into_buckets_since_borrows_before_refusing(store: Store) -> None:
+    load(store, CATALOG)
+    d = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order("a1", ("HOT", 3))], decider=d)  # 2 left: sold out for 3
+    assert outcome(recs[0]) == "sold_out"
+    load(store, catalog(stock={"wh-a": 4}, buckets=2))  # 2 units in each bucket now
+    assert int(store.r.hget(keys.stock("HOT"), "wh-a")) < 3  # type: ignore[arg-type]
+    recs, _ = decide(store, [order("b1", ("HOT", 3))], decider=d)
+    assert outcome(recs[0]) == "accepted"  # its bucket borrowed from the other one
