@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -24,16 +24,26 @@ from onestock.routing import Router
 from onestock.types import Catalog, Order
 from state.conn import Waiter, parse_id
 from state.keys import BUCKET, sku_slot
-from state.store import Store
+from state.store import Alone, Store
 
 # home SKU index, pickup location index (0 = ship), lines, channel index, flags (bit 0: VIP,
 # bit 1: store channel), paid_at ms
 _HEAD = struct.Struct("<HHHHBQ")
 _LINE = struct.Struct("<HI")  # SKU index, qty
 SOLD_OUT, NO_PICKUP = rejected("sold_out"), rejected("pickup_unavailable")
+VIP_ONLY, LIMIT = rejected("vip_only"), rejected("limit_exceeded")
 # At most this many orders per decide.lua call (a batch's calls still share one round trip):
 # each call stays a few ms at most, however large the batch.
 CALL_ORDERS = 250
+
+
+class _Left(NamedTuple):
+    """A SKU read for refusals on the read: its units for a store channel's order, for an
+    online channel's (the safety stock left out), and what its stock hash says."""
+
+    units: int
+    online: int
+    read: Alone
 
 
 class Decided(msgspec.Struct):
@@ -168,29 +178,33 @@ class Decider:
         last_id = entries[-1][0]
         mark = self._mark.get(shard)
         ahead = mark is not None and parse_id(last_id) > mark
+        skus, pairs = self._to_read(firsts)
         pre = self.wait.call(
-            self.store.prelude, shard, fields, self._to_read(firsts), last_id if ahead else None
+            self.store.prelude, shard, fields, skus, pairs, last_id if ahead else None
         )
         if mark is None:  # this process's first batch of the shard: the stored mark
             mark = parse_id(pre.mark)
             if parse_id(last_id) > mark:
                 self.wait.call(self.store.set_mark, shard, last_id)
-        fresh = mark  # an order after it was never decided: the stock alone may refuse it
+        # an order after the mark was never decided: the read alone may refuse it
+        fresh = None if parse_id(entries[0][0]) > mark else mark  # (None: the whole batch)
         self._mark[shard] = max(mark, parse_id(last_id))
         if pre.version != self.version:
             self.refresh()
         got = pre.registry
-        # per SKU read whose stock alone can refuse an order (see _refuse): its units for a
-        # store channel's order, and for an online one (the safety stock left out)
-        short: dict[str, tuple[int, int]] = {}
+        # per SKU read whose stock can refuse an order on the read (see _refuse): its units
+        # for a store channel's order, for an online one (the safety stock left out), and
+        # its rules
+        short: dict[str, _Left] = {}
         floors = self.view.floors
-        for sku, levels in pre.levels.items():
-            if levels is None:
+        for sku, read in pre.skus.items():
+            if read is None:
                 continue
+            levels = read.levels
             units = sum(u for u in levels.values() if u > 0)
             online = sum(u - floors.get(loc, 0) for loc, u in levels.items()
                          if u > floors.get(loc, 0))  # fmt: skip
-            short[sku] = (units, online)
+            short[sku] = _Left(units, online, read)
             if online:  # an order can still take a unit: decide.lua tells again (no-op for
                 self._suspects.discard(sku)  # the other SKUs read)
         outcome: dict[str, str] = {}
@@ -214,7 +228,7 @@ class Decider:
             o = d.order  # type: ignore[union-attr]
             reason = self._precheck(o)
             if reason is None and short:
-                reason = self._refuse(o, short, firsts[oid][0], fresh)
+                reason = self._refuse(o, d.paid_ms, short, pre.bought, firsts[oid][0], fresh)  # type: ignore[union-attr]
             if reason is not None:
                 outcome[oid] = reason
                 continue
@@ -376,48 +390,87 @@ class Decider:
         return None
 
     def _refuse(
-        self, o: Order, short: dict[str, tuple[int, int]], eid: str, fresh: tuple[int, int]
+        self,
+        o: Order,
+        paid_ms: int,
+        short: dict[str, _Left],
+        bought: dict[tuple[str, str], int],
+        eid: str,
+        fresh: tuple[int, int] | None,
     ) -> str | None:
-        """sold_out (pickup_unavailable for a pickup) when an order has a line of more units
-        than its SKU has left for it on this batch's read (an online channel's order cannot
-        take the safety stock), exactly as decide.lua (or the cross-slot path) would answer
-        (``short``: units of the SKUs whose stock alone decides, see
-        ``state.store.levels_alone``; every SKU of the order must be in it), without a Lua
-        call: a refusal writes nothing, so the read is the decision. Only for an order after
-        the shard's decide mark (``fresh``): one decided before (accepted, then a crash
-        before its record) keeps its stored outcome. Hot-SKU buckets borrow before refusing:
-        never here."""
+        """The refusal decide.lua (or the cross-slot path) would give an order that has a
+        line of more units than its SKU has left for it on this batch's read (an online
+        channel's order cannot take the safety stock), given on the read without a Lua call:
+        a refusal writes nothing, so the read is the decision. ``short``: the SKUs read (see
+        ``state.store.read_alone``; every SKU of the order must be one); ``bought``: units
+        sold so far per (SKU, customer) read, for customers with no other order of the SKU
+        in the batch. The rules come first, as the scripts judge them: vip_only,
+        limit_exceeded; then sold_out (pickup_unavailable for a pickup). Only for an order
+        after the shard's decide mark (``fresh``; None: the whole batch is): one decided
+        before (accepted, then a crash before its record) keeps its stored outcome. Hot-SKU
+        buckets borrow before refusing: never here."""
         lines = o.lines
-        online = int(o.channel not in self.view.store_channels)
+        online = o.channel not in self.view.store_channels
         if len(lines) == 1:
-            units = short.get(lines[0].sku)
-            if units is None or units[online] >= lines[0].qty:
+            left = short.get(lines[0].sku)
+            if left is None or (left.online if online else left.units) >= lines[0].qty:
                 return None
         elif not all(ln.sku in short for ln in lines) or all(
-            short[ln.sku][online] >= ln.qty for ln in lines
+            (short[ln.sku].online if online else short[ln.sku].units) >= ln.qty for ln in lines
         ):
             return None
         if self.view.rules.bucketed and any(ln.sku in self.view.rules.bucketed for ln in lines):
             return None
-        if parse_id(eid) <= fresh:
+        if fresh is not None and parse_id(eid) <= fresh:
             return None
-        return NO_PICKUP if o.delivery.mode == "pickup" else SOLD_OUT
+        for ln in lines:
+            until = short[ln.sku].read.vip_until
+            if until is not None and not o.customer.vip and paid_ms < until:
+                return VIP_ONLY
+        for ln in lines:
+            limit = short[ln.sku].read.limit
+            if limit is not None:
+                n = bought.get((ln.sku, o.customer.id))
+                if n is None:  # not read: another order of the batch may count first
+                    return None
+                if n + ln.qty > limit:
+                    return LIMIT
+        if o.delivery.mode != "pickup":
+            return SOLD_OUT  # (a channel lock can only refuse it as sold_out too)
+        for ln in lines:  # a lock judged before the stock would say sold_out
+            units, _, read = short[ln.sku]
+            if read.locked and units >= ln.qty:
+                return None
+        return NO_PICKUP
 
-    def _to_read(self, firsts: dict[str, tuple[str, events.Decoded]]) -> list[str]:
-        """The SKUs whose stock the batch reads first: the suspects, and the other SKUs of
-        the batch's orders with a suspect line (every SKU of an order refused on the read
-        must be known to exist, unruled, with no alert to raise)."""
+    def _to_read(
+        self, firsts: dict[str, tuple[str, events.Decoded]]
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """What the batch reads first for refusals on the read: the suspects' stock and that
+        of the other SKUs of the batch's orders with a suspect line (every SKU of an order
+        refused on the read is read); and the (SKU, customer) pairs of those SKUs with a
+        per-customer limit whose customer has one order of that SKU in the batch (with two,
+        the first may count before the second is judged: decide.lua judges those)."""
         suspects = self._suspects
         if not suspects:
-            return []
+            return [], []
         wanted = set(suspects)
+        limits = self.view.rules.limits
+        orders: dict[tuple[str, str], int] = {}
         Valid = events.Valid
         for _, d in firsts.values():
             if d.__class__ is Valid:
-                lines = d.order.lines  # type: ignore[union-attr]
+                o = d.order  # type: ignore[union-attr]
+                lines = o.lines
                 if len(lines) > 1 and any(ln.sku in suspects for ln in lines):
                     wanted.update(ln.sku for ln in lines)
-        return list(wanted)
+                if limits:
+                    for ln in lines:
+                        if ln.sku in limits:
+                            pair = (ln.sku, o.customer.id)
+                            orders[pair] = orders.get(pair, 0) + 1
+        pairs = [pair for pair, n in orders.items() if n == 1 and pair[0] in wanted]
+        return list(wanted), pairs
 
     def _rankings(self, orders: list[Order]) -> list[bytes]:
         coords = [

@@ -40,7 +40,7 @@ class Lock(NamedTuple):
 
 
 _MARKER, _LOW, _ALERTED = keys.STOCK_MARKER.encode(), keys.RULE_LOW.encode(), keys.ALERTED.encode()
-_RULES = (keys.RULE_LIMIT.encode(), keys.RULE_VIP_UNTIL.encode())
+_LIMIT, _VIP = keys.RULE_LIMIT.encode(), keys.RULE_VIP_UNTIL.encode()
 _LOCK = keys.LOCK_QTY[:2].encode()  # every field of a channel lock starts so
 
 
@@ -49,28 +49,41 @@ class Prelude(NamedTuple):
 
     version: int
     registry: list[bytes | None]
-    levels: dict[str, dict[str, int] | None]  # per SKU asked: ``levels_alone``
+    skus: dict[str, Alone | None]  # per SKU asked: ``read_alone``
+    bought: dict[tuple[str, str], int]  # per (SKU, customer) asked: units sold so far
     mark: str | None  # the stored decide mark, when it was asked for
 
 
-def levels_alone(flat: Any) -> dict[str, int] | None:
-    """A SKU's units per location, from its stock hash as HGETALL answered, when the stock
-    alone decides whether an order of it is refused: None when the SKU is missing, has a
-    rule judged before the stock (per-customer limit, VIP pre-sale, a channel lock's field),
-    or has a low-stock alert decide.lua would still raise or clear (so a decide.lua call
-    must come)."""
+class Alone(NamedTuple):
+    """A SKU's stock hash as refusing its orders on a read needs it (``read_alone``)."""
+
+    levels: dict[str, int]  # units per location
+    vip_until: int | None  # the VIP pre-sale's end, epoch ms
+    limit: int | None  # the per-customer limit, units
+    locked: bool  # it has a channel lock
+
+
+def read_alone(flat: Any) -> Alone | None:
+    """A SKU's stock hash, as HGETALL answered it, for refusing its orders on a read: None
+    when the SKU is missing or has a low-stock alert decide.lua would still raise or clear
+    (so a decide.lua call must come)."""
     if not flat:
         return None
     pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
     levels: dict[str, int] = {}
-    low, alerted, marker = None, False, False
+    low = vip = limit = None
+    alerted = marker = locked = False
     for k, v in pairs:
         if k[:1] != b"\x00":
             levels[k.decode()] = int(v)
         elif k == _MARKER:
             marker = True
-        elif k in _RULES or k[:2] == _LOCK:
-            return None
+        elif k == _VIP:
+            vip = int(v)
+        elif k == _LIMIT:
+            limit = int(v)
+        elif k[:2] == _LOCK:
+            locked = True
         elif k == _LOW:
             low = int(v)
         elif k == _ALERTED:
@@ -79,7 +92,7 @@ def levels_alone(flat: Any) -> dict[str, int] | None:
         return None
     if low is not None and (sum(u for u in levels.values() if u > 0) <= low) != alerted:
         return None
-    return levels
+    return Alone(levels, vip, limit, locked)
 
 
 class Store:
@@ -462,15 +475,27 @@ class Store:
             return []
         return wire.reads(self.r, [("HMGET", keys.emitted(shard), *order_ids)])[0]  # type: ignore[no-any-return]
 
-    def prelude(self, shard: int, fields: list[str], skus: list[str], mark: str | None) -> Prelude:
+    def prelude(
+        self,
+        shard: int,
+        fields: list[str],
+        skus: list[str],
+        pairs: list[tuple[str, str]],
+        mark: str | None,
+    ) -> Prelude:
         """What deciding a batch of ``shard`` reads first, in one round trip: the catalog
-        version, ``registry`` of these fields, ``levels_alone`` of these SKUs, and the shard's
-        decide mark: ``mark`` is the caller's new one, written here; without it the stored
-        mark is read instead (``Prelude.mark``; see ``set_mark``)."""
+        version, ``registry`` of these fields, ``read_alone`` of these SKUs, ``bought`` of
+        these (SKU, customer) pairs, and the shard's decide mark: ``mark`` is the caller's
+        new one, written here; without it the stored mark is read instead (``Prelude.mark``;
+        see ``set_mark``)."""
         commands: list[tuple[str, ...]] = [("GET", keys.CATALOG_VERSION)]
         if fields:
             commands.append(("HMGET", keys.emitted(shard), *fields))
         commands += [("HGETALL", keys.stock(sku)) for sku in skus]
+        by_sku: dict[str, list[str]] = {}
+        for sku, customer in pairs:
+            by_sku.setdefault(sku, []).append(customer)
+        commands += [("HMGET", keys.bought(sku), *cs) for sku, cs in by_sku.items()]
         if mark is None:
             commands += [("GET", keys.decide_mark(shard)), ("EXISTS", keys.emitted(shard)),
                          ("XREVRANGE", keys.inbox(shard), "+", "-", "COUNT", "1")]  # fmt: skip
@@ -480,7 +505,13 @@ class Store:
         version = int(replies[0] or 0)
         registry = replies[1] if fields else []
         at = 2 if fields else 1
-        levels = {sku: levels_alone(got) for sku, got in zip(skus, replies[at:], strict=False)}
+        read = {sku: read_alone(got) for sku, got in zip(skus, replies[at:], strict=False)}
+        at += len(skus)
+        bought = {
+            (sku, c): int(n or 0)
+            for (sku, cs), got in zip(by_sku.items(), replies[at:], strict=False)
+            for c, n in zip(cs, got, strict=True)
+        }
         stored = None
         if mark is None:
             got, written, top = replies[-3:]
@@ -490,7 +521,7 @@ class Store:
                 stored = top[0][0].decode() if top else "0-0"
             else:
                 stored = "0-0"
-        return Prelude(version, registry, levels, stored)
+        return Prelude(version, registry, read, bought, stored)
 
     def set_mark(self, shard: int, mark: str) -> None:
         """Write the shard's decide mark (``keys.decide_mark``); only the shard's owner does."""

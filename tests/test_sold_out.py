@@ -128,14 +128,14 @@ def test_online_orders_are_refused_before_the_safety_stock_store_channels_may_ta
 
 def test_the_decide_mark_of_a_shard(store: Store) -> None:
     load(store, CATALOG)
-    assert store.prelude(0, [], [], None).mark == "0-0"  # nothing ever written
+    assert store.prelude(0, [], [], [], None).mark == "0-0"  # nothing ever written
     for oid in ("a1", "a2"):
         store.r.xadd(keys.inbox(0), {"e": raw(order(oid, ("HOT", 1)))}, id=f"{oid[1]}00-0")
     store.r.hset(keys.emitted(0), "older", "R")
     # written by a version without the mark: every entry in the stream may be decided
-    assert store.prelude(0, [], [], None).mark == "200-0"
-    store.prelude(0, [], [], "300-0")
-    assert store.prelude(0, [], [], None).mark == "300-0"
+    assert store.prelude(0, [], [], [], None).mark == "200-0"
+    store.prelude(0, [], [], [], "300-0")
+    assert store.prelude(0, [], [], [], None).mark == "300-0"
     d = Decider(store, say=lambda _m: None)
     d.process(0, [("250-0", raw(order("a3", ("HOT", 1))))])  # a replay: the mark stays
     assert store.r.get(keys.decide_mark(0)) == b"300-0"
@@ -150,17 +150,53 @@ def test_the_decide_mark_of_a_shard(store: Store) -> None:
         ({"vip_presale_until": "2030-01-01T00:00:00Z"}, "vip_only"),
     ],
 )
-def test_a_ruled_sku_is_judged_by_its_rules_first_also_when_sold_out(
+def test_a_ruled_sku_is_judged_by_its_rules_first_also_on_the_read(
     store: Store, rule: dict[str, Any], reason: str
 ) -> None:
     load(store, catalog(stock={}, **rule))
     d = Decider(store, say=lambda _m: None)
-    for oid in ("a1", "a2"):
-        o = order(oid, ("HOT", 1) if oid == "a1" else ("HOT", 2))
-        o["customer"] = {"id": "c1", "vip": oid == "a1"}
+    for oid in ("a1", "a2", "a3"):
+        o = order(oid, ("HOT", 1) if oid != "a2" else ("HOT", 2))
+        o["customer"] = {"id": "c1" if oid != "a3" else "c3", "vip": oid != "a2"}
         recs, _ = decide(store, [o], decider=d)
-        # (a VIP within a limit of 1 meets no rule: sold out; then the rule comes first)
-        assert outcome(recs[0]) == ("sold_out" if oid == "a1" else reason)
+        # (a VIP within a limit of 1 meets no rule: sold out; the rule comes first)
+        assert outcome(recs[0]) == (reason if oid == "a2" else "sold_out")
+    assert stored(store, "a1")  # decide.lua said sold_out: HOT is a suspect
+    assert not stored(store, "a2") and not stored(store, "a3")  # judged on the read
+
+
+def test_a_customers_second_order_in_a_batch_counts_the_first(store: Store) -> None:
+    """Customer c1 has two orders of HOT (limit 3) in one batch: the first takes 2 units,
+    so the second (3 units) breaks the limit, which a read of the units sold before the
+    batch (0) cannot tell; decide.lua judges it after the first."""
+    load(store, catalog(stock={"wh-a": 2}, per_customer_limit=3))
+    d = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order("a1", ("HOT", 3))], decider=d)  # 2 left: sold out for 3
+    assert outcome(recs[0]) == "sold_out"
+    batch = [order("b1", ("HOT", 2)), order("b2", ("HOT", 3)), order("b3", ("HOT", 3))]
+    for o in batch[:2]:
+        o["customer"] = {"id": "c1"}
+    recs, _ = decide(store, batch, decider=d)
+    assert [outcome(r) for r in recs] == ["accepted", "limit_exceeded", "sold_out"]
+    assert stored(store, "b2") and not stored(store, "b3")  # b3: c-b3's only order, read
+
+
+def test_a_pickup_a_channel_lock_refuses_first_is_sold_out(store: Store) -> None:
+    """A pickup of HOT's last unit, held as safety stock (online channels cannot take it)
+    and by douyin's lock: the lock is judged before the stock, so sold_out, not
+    pickup_unavailable; the read leaves it to decide.lua."""
+    lock = {"channel": "douyin", "qty": 1, "until": "2030-01-01T00:00:00Z"}
+    cat = catalog(stock={"st-b": 1}, channel_locks=[lock])
+    cat["channels"] = [*CATALOG["channels"], {"id": "douyin"}]
+    cat["locations"] = [CATALOG["locations"][0], {**CATALOG["locations"][1], "safety_stock": 1}]
+    load(store, cat)
+    d = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order("a1", ("HOT", 1))], decider=d)
+    assert outcome(recs[0]) == "sold_out" and stored(store, "a1")
+    recs, _ = decide(store, [order("b1", ("HOT", 1), pickup="st-b"), order("b2", ("HOT", 1))],
+                     decider=d)  # fmt: skip
+    assert [outcome(r) for r in recs] == ["sold_out", "sold_out"]
+    assert stored(store, "b1") and not stored(store, "b2")
 
 
 def test_a_pending_low_stock_alert_is_still_raised(store: Store) -> None:
