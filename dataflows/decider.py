@@ -37,6 +37,19 @@ VIP_ONLY, LIMIT = rejected("vip_only"), rejected("limit_exceeded")
 CALL_ORDERS = 250
 
 
+def _locked_out(
+    locks: dict[str, list[int]], channel: str, paid_ms: int, qty: int, units: int
+) -> bool:
+    """Whether the channel locks keep ``qty`` of a SKU's ``units`` from ``channel`` at
+    ``paid_ms``, as lib_stock.lua's ``lock_take`` judges (with fewer units than qty the
+    locks are not the reason)."""
+    others = 0
+    for ch, (locked, until, used) in locks.items():
+        if ch != channel and paid_ms < until and locked > used:
+            others += locked - used
+    return units - others < qty <= units
+
+
 class _Left(NamedTuple):
     """A SKU read for refusals on the read: its units for a store channel's order, for an
     online channel's (the safety stock left out), and what its stock hash says."""
@@ -205,8 +218,8 @@ class Decider:
             online = sum(u - floors.get(loc, 0) for loc, u in levels.items()
                          if u > floors.get(loc, 0))  # fmt: skip
             short[sku] = _Left(units, online, read)
-            if online:  # an order can still take a unit: decide.lua tells again (no-op for
-                self._suspects.discard(sku)  # the other SKUs read)
+            if online and read.locks is None:  # an order can take a unit: decide.lua tells
+                self._suspects.discard(sku)  # again (a no-op for the other SKUs read)
         outcome: dict[str, str] = {}
         held_ids: set[str] = set()
         todo: list[Order] = []
@@ -398,27 +411,40 @@ class Decider:
         eid: str,
         fresh: tuple[int, int] | None,
     ) -> str | None:
-        """The refusal decide.lua (or the cross-slot path) would give an order that has a
-        line of more units than its SKU has left for it on this batch's read (an online
-        channel's order cannot take the safety stock), given on the read without a Lua call:
-        a refusal writes nothing, so the read is the decision. ``short``: the SKUs read (see
+        """The refusal decide.lua (or the cross-slot path) would give the order, given on
+        this batch's read without a Lua call (a refusal writes nothing, so the read is the
+        decision), or None: the order goes to the scripts. ``short``: the SKUs read (see
         ``state.store.read_alone``; every SKU of the order must be one); ``bought``: units
-        sold so far per (SKU, customer) read, for customers with no other order of the SKU
-        in the batch. The rules come first, as the scripts judge them: vip_only,
-        limit_exceeded; then sold_out (pickup_unavailable for a pickup). Only for an order
-        after the shard's decide mark (``fresh``; None: the whole batch is): one decided
-        before (accepted, then a crash before its record) keeps its stored outcome. Hot-SKU
-        buckets borrow before refusing: never here."""
+        sold so far per (SKU, customer), read for customers with no other order of the SKU
+        in the batch. Judged as the scripts judge, in their order: vip_only, limit_exceeded,
+        a channel lock (sold_out), then a line of more units than its SKU has left for the
+        order (an online channel's order cannot take the safety stock): sold_out, or
+        pickup_unavailable for a pickup. What the batch's earlier orders do cannot change
+        these answers (they only take units: each channel's units outside the other
+        channels' locks only fall), except a customer's count (hence one order per
+        customer) and a pickup's reason (a lock's sold_out, or pickup_unavailable once the
+        units fall below the line: decided by the script). Only for an order after the
+        shard's decide mark (``fresh``; None: the whole batch is): one decided before
+        (accepted, then a crash before its record) keeps its stored outcome. Hot-SKU buckets
+        borrow before refusing: never here."""
         lines = o.lines
         online = o.channel not in self.view.store_channels
+        pickup = o.delivery.mode == "pickup"
         if len(lines) == 1:
             left = short.get(lines[0].sku)
-            if left is None or (left.online if online else left.units) >= lines[0].qty:
+            if left is None:
                 return None
-        elif not all(ln.sku in short for ln in lines) or all(
-            (short[ln.sku].online if online else short[ln.sku].units) >= ln.qty for ln in lines
-        ):
-            return None
+            lacking = (left.online if online else left.units) < lines[0].qty
+            if not lacking and (pickup or left.read.locks is None):
+                return None
+        else:
+            if not all(ln.sku in short for ln in lines):
+                return None
+            lacking = any(
+                (short[ln.sku].online if online else short[ln.sku].units) < ln.qty for ln in lines
+            )
+            if not lacking and (pickup or all(short[ln.sku].read.locks is None for ln in lines)):
+                return None
         if self.view.rules.bucketed and any(ln.sku in self.view.rules.bucketed for ln in lines):
             return None
         if fresh is not None and parse_id(eid) <= fresh:
@@ -435,13 +461,20 @@ class Decider:
                     return None
                 if n + ln.qty > limit:
                     return LIMIT
-        if o.delivery.mode != "pickup":
-            return SOLD_OUT  # (a channel lock can only refuse it as sold_out too)
-        for ln in lines:  # a lock judged before the stock would say sold_out
-            units, _, read = short[ln.sku]
-            if read.locked and units >= ln.qty:
-                return None
-        return NO_PICKUP
+        if pickup:  # (lacking) a lock judged before the stock may say sold_out
+            for ln in lines:
+                left = short[ln.sku]
+                if left.read.locks is not None and left.units >= ln.qty:
+                    return None
+            return NO_PICKUP
+        if lacking:
+            return SOLD_OUT  # (a lock could only say sold_out too)
+        for ln in lines:
+            left = short[ln.sku]
+            locks = left.read.locks
+            if locks is not None and _locked_out(locks, o.channel, paid_ms, ln.qty, left.units):
+                return SOLD_OUT
+        return None
 
     def _to_read(
         self, firsts: dict[str, tuple[str, events.Decoded]]

@@ -42,6 +42,9 @@ class Lock(NamedTuple):
 _MARKER, _LOW, _ALERTED = keys.STOCK_MARKER.encode(), keys.RULE_LOW.encode(), keys.ALERTED.encode()
 _LIMIT, _VIP = keys.RULE_LIMIT.encode(), keys.RULE_VIP_UNTIL.encode()
 _LOCK = keys.LOCK_QTY[:2].encode()  # every field of a channel lock starts so
+_LOCK_FIELDS = {
+    f.encode(): i for i, f in enumerate((keys.LOCK_QTY, keys.LOCK_UNTIL, keys.LOCK_USED))
+}
 
 
 class Prelude(NamedTuple):
@@ -60,7 +63,8 @@ class Alone(NamedTuple):
     levels: dict[str, int]  # units per location
     vip_until: int | None  # the VIP pre-sale's end, epoch ms
     limit: int | None  # the per-customer limit, units
-    locked: bool  # it has a channel lock
+    # its channel locks: channel -> [units locked, until (epoch ms), units the channel drew]
+    locks: dict[str, list[int]] | None
 
 
 def read_alone(flat: Any) -> Alone | None:
@@ -72,7 +76,8 @@ def read_alone(flat: Any) -> Alone | None:
     pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
     levels: dict[str, int] = {}
     low = vip = limit = None
-    alerted = marker = locked = False
+    locks: dict[str, list[int]] | None = None
+    alerted = marker = False
     for k, v in pairs:
         if k[:1] != b"\x00":
             levels[k.decode()] = int(v)
@@ -82,8 +87,13 @@ def read_alone(flat: Any) -> Alone | None:
             vip = int(v)
         elif k == _LIMIT:
             limit = int(v)
-        elif k[:2] == _LOCK:
-            locked = True
+        elif k[:2] == _LOCK:  # b"\x00Lq:<channel>", b"\x00Lu:...", b"\x00Lc:..."
+            if locks is None:
+                locks = {}
+            lock = locks.setdefault(k[4:].decode(), [0, 0, 0])
+            i = _LOCK_FIELDS.get(k[:4])
+            if i is not None:
+                lock[i] = int(v)
         elif k == _LOW:
             low = int(v)
         elif k == _ALERTED:
@@ -92,7 +102,7 @@ def read_alone(flat: Any) -> Alone | None:
         return None
     if low is not None and (sum(u for u in levels.values() if u > 0) <= low) != alerted:
         return None
-    return Alone(levels, vip, limit, locked)
+    return Alone(levels, vip, limit, locks)
 
 
 class Store:

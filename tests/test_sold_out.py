@@ -181,6 +181,24 @@ def test_a_customers_second_order_in_a_batch_counts_the_first(store: Store) -> N
     assert stored(store, "b2") and not stored(store, "b3")  # b3: c-b3's only order, read
 
 
+def test_a_channel_lock_refuses_other_channels_on_the_read(store: Store) -> None:
+    """HOT's 2 units are douyin's (a lock until 2030): tmall's orders are sold out on the
+    read, douyin's go to decide.lua and draw from the lock; once the lock has dissolved
+    (an order paid after its end) tmall may buy."""
+    lock = {"channel": "douyin", "qty": 2, "until": "2026-11-11T01:00:00Z"}
+    cat = catalog(stock={"wh-a": 3}, channel_locks=[lock])
+    cat["channels"] = [*CATALOG["channels"], {"id": "douyin"}]
+    load(store, cat)
+    d = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order(f"a{i}", ("HOT", 1)) for i in range(2)], decider=d)
+    assert [outcome(r) for r in recs] == ["accepted", "sold_out"]  # 1 unit was free
+    batch = [order("b1", ("HOT", 1)), order("b2", ("HOT", 1), channel="douyin"),
+             order("b3", ("HOT", 1), paid_at="2026-11-11T01:00:00Z")]  # fmt: skip
+    recs, _ = decide(store, batch, decider=d)
+    assert [outcome(r) for r in recs] == ["sold_out", "accepted", "accepted"]
+    assert not stored(store, "b1") and stored(store, "b2") and stored(store, "b3")
+
+
 def test_a_pickup_a_channel_lock_refuses_first_is_sold_out(store: Store) -> None:
     """A pickup of HOT's last unit, held as safety stock (online channels cannot take it)
     and by douyin's lock: the lock is judged before the stock, so sold_out, not
