@@ -424,6 +424,9 @@ class Store:
             counted.pop("", None)
             args += sums
             args += [RS.join(part_tags), len(counted), *(x for kv in counted.items() for x in kv)]
+            # rejected campaign orders' decisions, joined as the decisions stream takes them
+            r_ids = [oid for oid, value in zip(part[0::3], part[1::3], strict=True) if value == "r"]
+            args += [len(r_ids), RS.join(oid + "\x1fR" for oid in r_ids)]
             calls.append((self._emit, ks, args))
         return bool(wire.scripts(self.r, calls)[-1][2])
 

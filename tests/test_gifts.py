@@ -119,6 +119,22 @@ def test_rejected_orders_never_hold_a_slot(store: Store) -> None:
     assert {o: r.gift.rank for o, r in recs.items() if r.gift} == {"a": 1, "b": 2}
 
 
+def test_every_campaign_orders_decision_goes_to_the_decisions_stream_once(store: Store) -> None:
+    """Accepted (held) and rejected campaign orders, in a batch with a held record and in
+    one of rejections only (written as they came, emit.lua's fast path); the second batch
+    emitted twice (a replay) adds nothing."""
+    d = setup(store, catalog(first_n=2, stock=1))
+    d.emit(d.process(0, [("1-0", orjson.dumps(buy("a", 1))), ("2-0", orjson.dumps(buy("b", 2)))]))
+    second = d.process(0, [("3-0", orjson.dumps(buy("c", 3))),
+                           ("4-0", orjson.dumps(buy("s", 4, ("SOCKS", 1)))),
+                           ("5-0", orjson.dumps(buy("d", 5)))])  # fmt: skip
+    d.emit(second)
+    d.emit(second)
+    decided = [p for f in store.entries(keys.decided, SHARDS) for p in f[b"v"].split(b"\x1e")]
+    assert decided == [b"a\x1fA", b"b\x1fR", b"c\x1fR", b"d\x1fR"]
+    assert store.r.hget(keys.counters(0), "records") == b"4"  # b, c, s, d (a is held)
+
+
 def test_an_order_beyond_the_lateness_bound_is_ranked_after_the_settled_ones(store: Store) -> None:
     cat = catalog(first_n=5)
     cat["campaigns"][0]["lateness_ms"] = 1000

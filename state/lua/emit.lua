@@ -14,10 +14,13 @@
 --       paid->decided ms, its n, the metric tags joined by \30 (one per record: "" (not
 --       counted) or <received bucket><paid bucket ("-": none)><status> ("A" accepted,
 --       "R<reason>", "C" arrived cancelled, "X" a cancellation, "T" a return)), then
---       ntags and (tag, how many records carry it) pairs: the same tags counted.
--- Fast path: when no record is in the registry yet and none is special (below), the joined
---       records are written as they came and the counted tags added: no record or tag is
---       split out in Lua (every string Lua makes costs; this script runs once per batch).
+--       ntags and (tag, how many records carry it) pairs: the same tags counted; then the
+--       number of rejected campaign orders ("r", below) and their decisions ("<order
+--       id>\31R") joined by \30, as the fast path writes them.
+-- Fast path: when no record is in the registry yet and none is special (below; a rejected
+--       campaign order is not), the joined records are written as they came and the counted
+--       tags added: no record or tag is split out in Lua (every string Lua makes costs; this
+--       script runs once per batch).
 -- Counters (KEYS[6]): "records", "dead", "trimmed" (input entries trimmed), and per metric
 --       tag "m<tag>" how many new records carried it, "sum_r"/"sum_p" the latency sums in ms.
 --       Tags count only records written now, so a replay after a crash counts nothing twice;
@@ -56,7 +59,8 @@ local ndl = tonumber(ARGV[p])
 if not blob or not ndl then return redis.error_reply('ERR emit.lua: bad shape') end
 local tb = p + 3 * ndl -- the metrics tail
 local nagg = tonumber(ARGV[tb + 6])
-if not nagg or #ARGV ~= tb + 6 + 2 * nagg then return redis.error_reply('ERR emit.lua: bad shape') end
+local nrej = nagg and tonumber(ARGV[tb + 7 + 2 * nagg])
+if not nrej or #ARGV ~= tb + 8 + 2 * nagg then return redis.error_reply('ERR emit.lua: bad shape') end
 
 local CHUNK = 4000
 local argv, call, unpack, byte = ARGV, redis.call, unpack, string.byte
@@ -94,7 +98,7 @@ for i = 1, nrec, CHUNK do
     else
       fresh[k] = true
       local kind = byte(argv[2 + 2 * k], 1)
-      if kind == 72 or kind == 114 or byte(oid, 1) == 126 then plain = false end -- H r ~
+      if kind == 72 or byte(oid, 1) == 126 then plain = false end -- H ~
     end
     seen[oid] = true
   end
@@ -116,6 +120,7 @@ if plain then
     if byte(t, 1) ~= 45 then wr = wr + n end -- '-'
     if byte(t, 2) ~= 45 then wp = wp + n end
   end
+  if nrej > 0 then call('XADD', KEYS[8], '*', 'n', nrej, 'v', argv[tb + 8 + 2 * nagg]) end
 else
   local recs_in, tags_in = split(blob, nrec), split(argv[tb + 5], nrec)
   if not recs_in or not tags_in then return redis.error_reply('ERR emit.lua: bad shape') end
