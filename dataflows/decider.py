@@ -199,8 +199,12 @@ class Decider:
             mark = parse_id(pre.mark)
             if parse_id(last_id) > mark:
                 self.wait.call(self.store.set_mark, shard, last_id)
-        # an order after the mark was never decided: the read alone may refuse it
-        fresh = None if parse_id(entries[0][0]) > mark else mark  # (None: the whole batch)
+        # Refusals on the read only when every order of the batch comes after the mark (no
+        # process ever decided them; a replayed one may hold units, or parts a crashed
+        # attempt reserved, that the scripts give back before the batch's later orders),
+        # and when the catalog did not change under the read (the view would not be the one
+        # the stock was read with)
+        refusing = parse_id(entries[0][0]) > mark and pre.version == self.version
         self._mark[shard] = max(mark, parse_id(last_id))
         if pre.version != self.version:
             self.refresh()
@@ -211,7 +215,7 @@ class Decider:
         short: dict[str, _Left] = {}
         floors = self.view.floors
         for sku, read in pre.skus.items():
-            if read is None:
+            if read is None or not refusing:
                 continue
             levels = read.levels
             units = sum(u for u in levels.values() if u > 0)
@@ -241,7 +245,7 @@ class Decider:
             o = d.order  # type: ignore[union-attr]
             reason = self._precheck(o)
             if reason is None and short:
-                reason = self._refuse(o, d.paid_ms, short, pre.bought, firsts[oid][0], fresh)  # type: ignore[union-attr]
+                reason = self._refuse(o, d.paid_ms, short, pre.bought)  # type: ignore[union-attr]
             if reason is not None:
                 outcome[oid] = reason
                 continue
@@ -408,8 +412,6 @@ class Decider:
         paid_ms: int,
         short: dict[str, _Left],
         bought: dict[tuple[str, str], int],
-        eid: str,
-        fresh: tuple[int, int] | None,
     ) -> str | None:
         """The refusal decide.lua (or the cross-slot path) would give the order, given on
         this batch's read without a Lua call (a refusal writes nothing, so the read is the
@@ -423,10 +425,10 @@ class Decider:
         these answers (they only take units: each channel's units outside the other
         channels' locks only fall), except a customer's count (hence one order per
         customer) and a pickup's reason (a lock's sold_out, or pickup_unavailable once the
-        units fall below the line: decided by the script). Only for an order after the
-        shard's decide mark (``fresh``; None: the whole batch is): one decided before
-        (accepted, then a crash before its record) keeps its stored outcome. Hot-SKU buckets
-        borrow before refusing: never here."""
+        units fall below the line: decided by the script). Only in a batch wholly after the
+        shard's decide mark (see ``process``): an order decided before (accepted, then a
+        crash before its record) keeps its stored outcome. Hot-SKU buckets borrow before
+        refusing: never here."""
         lines = o.lines
         online = o.channel not in self.view.store_channels
         pickup = o.delivery.mode == "pickup"
@@ -446,8 +448,6 @@ class Decider:
             if not lacking and (pickup or all(short[ln.sku].read.locks is None for ln in lines)):
                 return None
         if self.view.rules.bucketed and any(ln.sku in self.view.rules.bucketed for ln in lines):
-            return None
-        if fresh is not None and parse_id(eid) <= fresh:
             return None
         for ln in lines:
             until = short[ln.sku].read.vip_until

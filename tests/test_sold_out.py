@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
+from dataflows.cross_slot import _Item, _slot_args
 from dataflows.decider import Decider
+from onestock import events
 from state import keys
+from state.keys import sku_slot
 from state.store import Store
 from tests.conftest import load
 from tests.helpers import decide, order, raw
@@ -90,8 +93,9 @@ def test_only_lines_over_the_units_left_are_refused_on_the_read(store: Store) ->
 def test_an_order_decided_before_a_crash_keeps_its_stored_acceptance(store: Store) -> None:
     """Accepted by decide.lua, then killed before its record was written: on the replay its
     SKU looks sold out precisely because the order took the units, and the new process
-    already knows the SKU as sold out. The shard's decide mark sends it to decide.lua,
-    which returns the stored acceptance; an order after the mark is refused on the read."""
+    already knows the SKU as sold out. The shard's decide mark sends its batch to the
+    scripts, and decide.lua returns the stored acceptance; a batch after the mark is
+    refused on the read."""
     load(store, CATALOG)
     first = Decider(store, say=lambda _m: None)
     crashed = first.process(0, [("100-0", raw(order("a1", ("HOT", 2))))])  # never emitted
@@ -105,7 +109,59 @@ def test_an_order_decided_before_a_crash_keeps_its_stored_acceptance(store: Stor
     restarted.emit(out)
     assert store.r.xlen(keys.outbox(0)) == before + 1
     assert out.records[1].startswith("A")  # a1: its stored acceptance
-    assert out.records[4] == "R" and not stored(store, "a2")  # a2: refused on the read
+    assert out.records[4] == "R" and stored(store, "a2")  # a2: its batch went to decide.lua
+    restarted.emit(restarted.process(0, [("102-0", raw(order("a3", ("HOT", 1))))]))
+    assert not stored(store, "a3")  # a batch after the mark: refused on the read
+
+
+def test_parts_a_crash_left_reserved_go_back_before_the_batchs_later_orders(
+    store: Store,
+) -> None:
+    """A crashed attempt reserved one part of a1 (HOT; its ZZZ part never was). On the
+    replay the cross-slot path gives that part back before it decides b1, which gets the
+    unit: a read taken while the part still held it must not refuse b1."""
+    cat = {**CATALOG, "skus": [{"sku": "HOT", "stock": {"wh-a": 1}},
+                               {"sku": "TEE", "stock": {"wh-a": 9}},
+                               {"sku": "ZZZ", "stock": {}}]}  # fmt: skip
+    assert len({sku_slot(s) for s in ("HOT", "TEE", "ZZZ")}) == 3
+    load(store, cat)
+    crashed = Decider(store, say=lambda _m: None)
+    crashed.refresh()
+    a1 = order("a1", ("HOT", 1), ("ZZZ", 1))
+    item = _Item(events.decode(raw(a1)).order, ["wh-a"], crashed.view.rules, 0)  # type: ignore[union-attr]
+    part = _slot_args([(item, sku_slot("HOT"), [("wh-a", "HOT", 1)])], crashed.view.floors)
+    assert store.reserve_parts([part]) == [[1]]  # then kill -9 before the ZZZ part
+    store.set_mark(0, "100-0")  # the crashed run's batch ended at a1
+    restarted = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order("x1", ("HOT", 1))], shard=1, decider=restarted)
+    assert outcome(recs[0]) == "sold_out"  # HOT is a suspect of the new process now
+    b1 = order("b1", ("HOT", 1), ("TEE", 1))
+    out = restarted.process(0, [("100-0", raw(a1)), ("101-0", raw(b1))])
+    assert out.records[1] == "R" and out.records[4].startswith("A")  # a1 released, b1 took it
+
+
+def test_a_catalog_loaded_under_the_read_refuses_nothing_on_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HOT split into 2 hot-SKU buckets (2 units each), then merged back into one hash (4
+    units) by a catalog loaded between the batch's read and its decisions: the read saw
+    bucket 0 alone, the newest catalog (the one the decider refreshes to) says HOT has no
+    buckets; b1 (3 units) is for the scripts, which find the 4 units."""
+    load(store, CATALOG)
+    d = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order("a1", ("HOT", 3))], decider=d)
+    assert outcome(recs[0]) == "sold_out"  # HOT: a suspect
+    load(store, catalog(stock={"wh-a": 4}, buckets=2))  # (the decider has not seen it yet)
+    read = store.prelude
+
+    def prelude(*args: Any) -> Any:
+        got = read(*args)
+        load(store, catalog(stock={"wh-a": 4}))
+        return got
+
+    monkeypatch.setattr(store, "prelude", prelude)
+    recs, _ = decide(store, [order("b1", ("HOT", 3))], decider=d)
+    assert outcome(recs[0]) == "accepted"
 
 
 def test_online_orders_are_refused_before_the_safety_stock_store_channels_may_take(
