@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
@@ -18,45 +18,22 @@ from dataflows.aftersale import Aftersale
 from dataflows.buckets import BucketPlan
 from dataflows.cross_slot import Rules, decide_cross
 from dataflows.gifts import Settler
+from dataflows.refusals import NO_PICKUP, SOLD_OUT, Refusals
 from onestock import events, meter
 from onestock.records import head, held, pack, rejected
 from onestock.routing import Router
 from onestock.types import Catalog, Order
 from state.conn import Waiter, parse_id
-from state.keys import BUCKET, sku_slot
-from state.store import Alone, Store
+from state.keys import sku_slot
+from state.store import Store
 
 # home SKU index, pickup location index (0 = ship), lines, channel index, flags (bit 0: VIP,
 # bit 1: store channel), paid_at ms
 _HEAD = struct.Struct("<HHHHBQ")
 _LINE = struct.Struct("<HI")  # SKU index, qty
-SOLD_OUT, NO_PICKUP = rejected("sold_out"), rejected("pickup_unavailable")
-VIP_ONLY, LIMIT = rejected("vip_only"), rejected("limit_exceeded")
 # At most this many orders per decide.lua call (a batch's calls still share one round trip):
 # each call stays a few ms at most, however large the batch.
 CALL_ORDERS = 250
-
-
-def _locked_out(
-    locks: dict[str, list[int]], channel: str, paid_ms: int, qty: int, units: int
-) -> bool:
-    """Whether the channel locks keep ``qty`` of a SKU's ``units`` from ``channel`` at
-    ``paid_ms``, as lib_stock.lua's ``lock_take`` judges (with fewer units than qty the
-    locks are not the reason)."""
-    others = 0
-    for ch, (locked, until, used) in locks.items():
-        if ch != channel and paid_ms < until and locked > used:
-            others += locked - used
-    return units - others < qty <= units
-
-
-class _Left(NamedTuple):
-    """A SKU read for refusals on the read: its units for a store channel's order, for an
-    online channel's (the safety stock left out), and what its stock hash says."""
-
-    units: int
-    online: int
-    read: Alone
 
 
 class Decided(msgspec.Struct):
@@ -137,8 +114,7 @@ class Decider:
         self._no_early: set[int] = set()
         # per shard: its decide mark as this process last wrote or read it (keys.decide_mark)
         self._mark: dict[int, tuple[int, int]] = {}
-        # SKUs decide.lua last answered sold_out for: the next batch reads their stock first
-        self._suspects: set[str] = set()
+        self.refusals = Refusals()  # sold-out orders refused on a batch's first read
 
     def refresh(self) -> None:
         version = self.wait.call(self.store.catalog_version)
@@ -191,7 +167,7 @@ class Decider:
         last_id = entries[-1][0]
         mark = self._mark.get(shard)
         ahead = mark is not None and parse_id(last_id) > mark
-        skus, pairs = self._to_read(firsts)
+        skus, pairs = self.refusals.to_read(firsts, self.view.rules.limits)
         pre = self.wait.call(
             self.store.prelude, shard, fields, skus, pairs, last_id if ahead else None
         )
@@ -209,26 +185,15 @@ class Decider:
         if pre.version != self.version:
             self.refresh()
         got = pre.registry
-        # per SKU read whose stock can refuse an order on the read (see _refuse): its units
-        # for a store channel's order, for an online one (the safety stock left out), and
-        # its rules
-        short: dict[str, _Left] = {}
-        floors = self.view.floors
-        for sku, read in pre.skus.items():
-            if read is None or not refusing:
-                continue
-            levels = read.levels
-            units = sum(u for u in levels.values() if u > 0)
-            online = sum(u - floors.get(loc, 0) for loc, u in levels.items()
-                         if u > floors.get(loc, 0))  # fmt: skip
-            short[sku] = _Left(units, online, read)
-            if online and read.locks is None:  # an order can take a unit: decide.lua tells
-                self._suspects.discard(sku)  # again (a no-op for the other SKUs read)
+        view = self.view
+        short = self.refusals.left(pre.skus, view.floors) if refusing else {}
+        judge = self.refusals.judge
+        channels, bucketed_skus = view.store_channels, view.rules.bucketed
         outcome: dict[str, str] = {}
         held_ids: set[str] = set()
         todo: list[Order] = []
         bucketed: list[Order] = []  # orders of hot SKUs split into buckets, renamed
-        plan = self.view.buckets
+        plan = view.buckets
         self._retry.clear()
         self._spread.clear()
         for i, oid in enumerate(ids):
@@ -245,7 +210,8 @@ class Decider:
             o = d.order  # type: ignore[union-attr]
             reason = self._precheck(o)
             if reason is None and short:
-                reason = self._refuse(o, d.paid_ms, short, pre.bought)  # type: ignore[union-attr]
+                paid_ms = d.paid_ms  # type: ignore[union-attr]
+                reason = judge(o, paid_ms, short, pre.bought, channels, bucketed_skus)
             if reason is not None:
                 outcome[oid] = reason
                 continue
@@ -360,7 +326,7 @@ class Decider:
                         held_ids.add(o.order_id)
                         text = text[1:]
                     elif text == SOLD_OUT:
-                        self._suspects.update(ln.sku for ln in o.lines if BUCKET not in ln.sku)
+                        self.refusals.sold_out(o)
                     outcome[o.order_id] = text
         if cross:
             gifts = self.view.campaign_skus
@@ -375,7 +341,7 @@ class Decider:
                 if res[0] == "A" and any(ln.sku in gifts for ln in o.lines):
                     held_ids.add(o.order_id)
                 elif res == SOLD_OUT:  # (the next read keeps only SKUs without the units)
-                    self._suspects.update(ln.sku for ln in o.lines if BUCKET not in ln.sku)
+                    self.refusals.sold_out(o)
 
     def emit(self, d: Decided) -> None:
         if d.records or d.dead:
@@ -403,107 +369,8 @@ class Decider:
                     "invalid", f"delivery.store: unknown location {store!r} - at `$.delivery.store`"
                 )
             if store not in view.router.pickup:
-                return rejected("pickup_unavailable")
+                return NO_PICKUP
         return None
-
-    def _refuse(
-        self,
-        o: Order,
-        paid_ms: int,
-        short: dict[str, _Left],
-        bought: dict[tuple[str, str], int],
-    ) -> str | None:
-        """The refusal decide.lua (or the cross-slot path) would give the order, given on
-        this batch's read without a Lua call (a refusal writes nothing, so the read is the
-        decision), or None: the order goes to the scripts. ``short``: the SKUs read (see
-        ``state.store.read_alone``; every SKU of the order must be one); ``bought``: units
-        sold so far per (SKU, customer), read for customers with no other order of the SKU
-        in the batch. Judged as the scripts judge, in their order: vip_only, limit_exceeded,
-        a channel lock (sold_out), then a line of more units than its SKU has left for the
-        order (an online channel's order cannot take the safety stock): sold_out, or
-        pickup_unavailable for a pickup. What the batch's earlier orders do cannot change
-        these answers (they only take units: each channel's units outside the other
-        channels' locks only fall), except a customer's count (hence one order per
-        customer) and a pickup's reason (a lock's sold_out, or pickup_unavailable once the
-        units fall below the line: decided by the script). Only in a batch wholly after the
-        shard's decide mark (see ``process``): an order decided before (accepted, then a
-        crash before its record) keeps its stored outcome. Hot-SKU buckets borrow before
-        refusing: never here."""
-        lines = o.lines
-        online = o.channel not in self.view.store_channels
-        pickup = o.delivery.mode == "pickup"
-        if len(lines) == 1:
-            left = short.get(lines[0].sku)
-            if left is None:
-                return None
-            lacking = (left.online if online else left.units) < lines[0].qty
-            if not lacking and (pickup or left.read.locks is None):
-                return None
-        else:
-            if not all(ln.sku in short for ln in lines):
-                return None
-            lacking = any(
-                (short[ln.sku].online if online else short[ln.sku].units) < ln.qty for ln in lines
-            )
-            if not lacking and (pickup or all(short[ln.sku].read.locks is None for ln in lines)):
-                return None
-        if self.view.rules.bucketed and any(ln.sku in self.view.rules.bucketed for ln in lines):
-            return None
-        for ln in lines:
-            until = short[ln.sku].read.vip_until
-            if until is not None and not o.customer.vip and paid_ms < until:
-                return VIP_ONLY
-        for ln in lines:
-            limit = short[ln.sku].read.limit
-            if limit is not None:
-                n = bought.get((ln.sku, o.customer.id))
-                if n is None:  # not read: another order of the batch may count first
-                    return None
-                if n + ln.qty > limit:
-                    return LIMIT
-        if pickup:  # (lacking) a lock judged before the stock may say sold_out
-            for ln in lines:
-                left = short[ln.sku]
-                if left.read.locks is not None and left.units >= ln.qty:
-                    return None
-            return NO_PICKUP
-        if lacking:
-            return SOLD_OUT  # (a lock could only say sold_out too)
-        for ln in lines:
-            left = short[ln.sku]
-            locks = left.read.locks
-            if locks is not None and _locked_out(locks, o.channel, paid_ms, ln.qty, left.units):
-                return SOLD_OUT
-        return None
-
-    def _to_read(
-        self, firsts: dict[str, tuple[str, events.Decoded]]
-    ) -> tuple[list[str], list[tuple[str, str]]]:
-        """What the batch reads first for refusals on the read: the suspects' stock and that
-        of the other SKUs of the batch's orders with a suspect line (every SKU of an order
-        refused on the read is read); and the (SKU, customer) pairs of those SKUs with a
-        per-customer limit whose customer has one order of that SKU in the batch (with two,
-        the first may count before the second is judged: decide.lua judges those)."""
-        suspects = self._suspects
-        if not suspects:
-            return [], []
-        wanted = set(suspects)
-        limits = self.view.rules.limits
-        orders: dict[tuple[str, str], int] = {}
-        Valid = events.Valid
-        for _, d in firsts.values():
-            if d.__class__ is Valid:
-                o = d.order  # type: ignore[union-attr]
-                lines = o.lines
-                if len(lines) > 1 and any(ln.sku in suspects for ln in lines):
-                    wanted.update(ln.sku for ln in lines)
-                if limits:
-                    for ln in lines:
-                        if ln.sku in limits:
-                            pair = (ln.sku, o.customer.id)
-                            orders[pair] = orders.get(pair, 0) + 1
-        pairs = [pair for pair, n in orders.items() if n == 1 and pair[0] in wanted]
-        return list(wanted), pairs
 
     def _rankings(self, orders: list[Order]) -> list[bytes]:
         coords = [

@@ -41,10 +41,48 @@ class Lock(NamedTuple):
 
 _MARKER, _LOW, _ALERTED = keys.STOCK_MARKER.encode(), keys.RULE_LOW.encode(), keys.ALERTED.encode()
 _LIMIT, _VIP = keys.RULE_LIMIT.encode(), keys.RULE_VIP_UNTIL.encode()
-_LOCK = keys.LOCK_QTY[:2].encode()  # every field of a channel lock starts so
-_LOCK_FIELDS = {
-    f.encode(): i for i, f in enumerate((keys.LOCK_QTY, keys.LOCK_UNTIL, keys.LOCK_USED))
-}
+_LOCK_QTY, _LOCK_UNTIL, _LOCK_USED = (
+    p.encode() for p in (keys.LOCK_QTY, keys.LOCK_UNTIL, keys.LOCK_USED)
+)
+
+
+def _fields(got: Any) -> dict[bytes, bytes]:
+    """A hash as HGETALL answered it (a flat list on a single server, a dict on a cluster)."""
+    return got if isinstance(got, dict) else dict(zip(got[::2], got[1::2], strict=True))
+
+
+def _stock_of(flat: dict[bytes, bytes]) -> tuple[dict[str, int], list[Lock]]:
+    """A SKU's units per location and its channel locks, from its stock hash's fields (those
+    that start with NUL are the marker, the SKU's rules and its locks)."""
+    levels = {k.decode(): int(v) for k, v in flat.items() if not k.startswith(b"\x00")}
+    locks = []
+    for k, v in flat.items():
+        if k.startswith(_LOCK_QTY):
+            ch = k[len(_LOCK_QTY) :]
+            until = int(flat.get(_LOCK_UNTIL + ch, 0))
+            locks.append(Lock(ch.decode(), int(v), until, int(flat.get(_LOCK_USED + ch, 0))))
+    return levels, locks
+
+
+def _bought_reads(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, ...]], list[list[int]]]:
+    """One HMGET per SKU of the units sold to the customers of these (SKU, customer) pairs,
+    and the pairs' indices each one answers (see ``_bought``)."""
+    by_sku: dict[str, list[int]] = {}
+    for i, (sku, _) in enumerate(pairs):
+        by_sku.setdefault(sku, []).append(i)
+    commands = [
+        ("HMGET", keys.bought(sku), *(pairs[i][1] for i in idx)) for sku, idx in by_sku.items()
+    ]
+    return commands, list(by_sku.values())
+
+
+def _bought(groups: list[list[int]], replies: list[Any], n: int) -> list[int]:
+    """The units sold per pair, from the HMGET replies of ``_bought_reads``."""
+    counts = [0] * n
+    for idx, got in zip(groups, replies, strict=True):
+        for i, value in zip(idx, got, strict=True):
+            counts[i] = int(value or 0)
+    return counts
 
 
 class Prelude(NamedTuple):
@@ -63,46 +101,29 @@ class Alone(NamedTuple):
     levels: dict[str, int]  # units per location
     vip_until: int | None  # the VIP pre-sale's end, epoch ms
     limit: int | None  # the per-customer limit, units
-    # its channel locks: channel -> [units locked, until (epoch ms), units the channel drew]
-    locks: dict[str, list[int]] | None
+    locks: list[Lock]  # its channel locks
 
 
-def read_alone(flat: Any) -> Alone | None:
+def read_alone(got: Any) -> Alone | None:
     """A SKU's stock hash, as HGETALL answered it, for refusing its orders on a read: None
     when the SKU is missing or has a low-stock alert decide.lua would still raise or clear
     (so a decide.lua call must come)."""
-    if not flat:
+    if not got:
         return None
-    pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
-    levels: dict[str, int] = {}
-    low = vip = limit = None
-    locks: dict[str, list[int]] | None = None
-    alerted = marker = False
-    for k, v in pairs:
-        if k[:1] != b"\x00":
-            levels[k.decode()] = int(v)
-        elif k == _MARKER:
-            marker = True
-        elif k == _VIP:
-            vip = int(v)
-        elif k == _LIMIT:
-            limit = int(v)
-        elif k[:2] == _LOCK:  # b"\x00Lq:<channel>", b"\x00Lu:...", b"\x00Lc:..."
-            if locks is None:
-                locks = {}
-            lock = locks.setdefault(k[4:].decode(), [0, 0, 0])
-            i = _LOCK_FIELDS.get(k[:4])
-            if i is not None:
-                lock[i] = int(v)
-        elif k == _LOW:
-            low = int(v)
-        elif k == _ALERTED:
-            alerted = True
-    if not marker:
+    flat = _fields(got)
+    if _MARKER not in flat:
         return None
-    if low is not None and (sum(u for u in levels.values() if u > 0) <= low) != alerted:
+    levels, locks = _stock_of(flat)
+    low = flat.get(_LOW)
+    if low is not None and (sum(u for u in levels.values() if u > 0) <= int(low)) != (
+        _ALERTED in flat
+    ):
         return None
-    return Alone(levels, vip, limit, locks)
+    vip, limit = flat.get(_VIP), flat.get(_LIMIT)
+    return Alone(
+        levels, int(vip) if vip is not None else None, int(limit) if limit is not None else None,
+        locks,
+    )  # fmt: skip
 
 
 class Store:
@@ -231,35 +252,13 @@ class Store:
     ) -> tuple[dict[str, tuple[dict[str, int], list[Lock]]], list[int]]:
         """What planning an order needs, in one round trip: ``stock_state`` of the SKUs and
         ``bought`` of the (SKU, customer) pairs."""
-        by_sku: dict[str, list[int]] = {}
-        for i, (sku, _) in enumerate(pairs):
-            by_sku.setdefault(sku, []).append(i)
-        commands: list[tuple[str, ...]] = [("HGETALL", keys.stock(sku)) for sku in skus]
-        commands += [
-            ("HMGET", keys.bought(sku), *(pairs[i][1] for i in idx)) for sku, idx in by_sku.items()
-        ]
-        replies = wire.reads(self.r, commands)
+        reads, groups = _bought_reads(pairs)
+        replies = wire.reads(self.r, [("HGETALL", keys.stock(sku)) for sku in skus] + reads)
         state: dict[str, tuple[dict[str, int], list[Lock]]] = {}
-        lock_qty, lock_until, lock_used = (
-            p.encode() for p in (keys.LOCK_QTY, keys.LOCK_UNTIL, keys.LOCK_USED)
-        )
         for sku, got in zip(skus, replies, strict=False):
-            if not got:
-                continue
-            flat = got if isinstance(got, dict) else dict(zip(got[::2], got[1::2], strict=True))
-            # fields that start with NUL are the marker, the SKU's rules and its locks
-            levels = {k.decode(): int(v) for k, v in flat.items() if not k.startswith(b"\x00")}
-            locks = []
-            for k, v in flat.items():
-                if k.startswith(lock_qty):
-                    ch = k[len(lock_qty) :]
-                    until = int(flat.get(lock_until + ch, 0))
-                    locks.append(Lock(ch.decode(), int(v), until, int(flat.get(lock_used + ch, 0))))
-            state[sku] = (levels, locks)
-        counts = [0] * len(pairs)
-        for idx, got in zip(by_sku.values(), replies[len(skus) :], strict=True):
-            for i, value in zip(idx, got, strict=True):
-                counts[i] = int(value or 0)
+            if got:
+                state[sku] = _stock_of(_fields(got))
+        counts = _bought(groups, replies[len(skus) :], len(pairs))
         return state, counts
 
     # -- input shards ----------------------------------------------------------------------
@@ -505,10 +504,8 @@ class Store:
         if fields:
             commands.append(("HMGET", keys.emitted(shard), *fields))
         commands += [("HGETALL", keys.stock(sku)) for sku in skus]
-        by_sku: dict[str, list[str]] = {}
-        for sku, customer in pairs:
-            by_sku.setdefault(sku, []).append(customer)
-        commands += [("HMGET", keys.bought(sku), *cs) for sku, cs in by_sku.items()]
+        reads, groups = _bought_reads(pairs)
+        commands += reads
         if mark is None:
             commands += [("GET", keys.decide_mark(shard)), ("EXISTS", keys.emitted(shard)),
                          ("XREVRANGE", keys.inbox(shard), "+", "-", "COUNT", "1")]  # fmt: skip
@@ -520,11 +517,8 @@ class Store:
         at = 2 if fields else 1
         read = {sku: read_alone(got) for sku, got in zip(skus, replies[at:], strict=False)}
         at += len(skus)
-        bought = {
-            (sku, c): int(n or 0)
-            for (sku, cs), got in zip(by_sku.items(), replies[at:], strict=False)
-            for c, n in zip(cs, got, strict=True)
-        }
+        counts = _bought(groups, replies[at : at + len(groups)], len(pairs))
+        bought = dict(zip(pairs, counts, strict=True))
         stored = None
         if mark is None:
             got, written, top = replies[-3:]

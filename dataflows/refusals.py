@@ -1,0 +1,165 @@
+"""Refusals on a read: orders the scripts would refuse, refused on a batch's first read.
+
+Most orders of a Double-Eleven burst come after their SKU sold out. The decider reads the
+stock of the SKUs ``decide.lua`` last answered sold_out for (the suspects) in the batch's
+first round trip and refuses here, without a Lua call, the orders the scripts would refuse
+(a refusal writes nothing, so the read is the decision). ``Decider.process`` decides when a
+batch may be refused so (wholly after the shard's decide mark, under an unchanged catalog).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from onestock import events
+from onestock.records import rejected
+from onestock.types import Order
+from state.keys import BUCKET
+from state.store import Alone, Lock
+
+SOLD_OUT, NO_PICKUP = rejected("sold_out"), rejected("pickup_unavailable")
+VIP_ONLY, LIMIT = rejected("vip_only"), rejected("limit_exceeded")
+
+
+class Left(NamedTuple):
+    """A SKU read for refusals: its units for a store channel's order, for an online
+    channel's (the safety stock left out), and what its stock hash says."""
+
+    units: int
+    online: int
+    read: Alone
+
+
+def locked_out(locks: list[Lock], channel: str, paid_ms: int, qty: int, units: int) -> bool:
+    """Whether the other channels' locks keep ``qty`` of a SKU's ``units`` from ``channel``
+    at ``paid_ms``, as lib_stock.lua's ``lock_take`` judges (with fewer units than qty the
+    locks are not the reason)."""
+    others = sum(lk.left(paid_ms) for lk in locks if lk.channel != channel)
+    return units - others < qty <= units
+
+
+class Refusals:
+    """The suspects of one decider, and the refusals judged on a batch's read."""
+
+    def __init__(self) -> None:
+        # SKUs decide.lua last answered sold_out for: the next batch reads their stock first
+        self.suspects: set[str] = set()
+
+    def sold_out(self, o: Order) -> None:
+        """The scripts answered sold_out for the order: its SKUs become suspects (not a
+        hot-SKU bucket's internal name: buckets borrow before refusing)."""
+        self.suspects.update(ln.sku for ln in o.lines if BUCKET not in ln.sku)
+
+    def to_read(
+        self, firsts: dict[str, tuple[str, events.Decoded]], limits: dict[str, int]
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """What the batch reads first: the suspects' stock and that of the other SKUs of the
+        batch's orders with a suspect line (every SKU of an order refused on the read is
+        read); and the (SKU, customer) pairs of those SKUs with a per-customer limit
+        (``limits``) whose customer has one order of that SKU in the batch (with two, the
+        first may count before the second is judged: decide.lua judges those)."""
+        suspects = self.suspects
+        if not suspects:
+            return [], []
+        wanted = set(suspects)
+        orders: dict[tuple[str, str], int] = {}
+        Valid = events.Valid
+        for _, d in firsts.values():
+            if d.__class__ is Valid:
+                o = d.order  # type: ignore[union-attr]
+                lines = o.lines
+                if len(lines) > 1 and any(ln.sku in suspects for ln in lines):
+                    wanted.update(ln.sku for ln in lines)
+                if limits:
+                    for ln in lines:
+                        if ln.sku in limits:
+                            pair = (ln.sku, o.customer.id)
+                            orders[pair] = orders.get(pair, 0) + 1
+        pairs = [pair for pair, n in orders.items() if n == 1 and pair[0] in wanted]
+        return list(wanted), pairs
+
+    def left(self, read: dict[str, Alone | None], floors: dict[str, int]) -> dict[str, Left]:
+        """The SKUs read whose stock can refuse an order (``state.store.read_alone``), with
+        their units for store and online channels (``floors``: the safety stock per
+        location). A SKU an order can still take a unit of (and no lock) stops being a
+        suspect: decide.lua tells again."""
+        short: dict[str, Left] = {}
+        for sku, got in read.items():
+            if got is None:
+                continue
+            levels = got.levels
+            units = sum(u for u in levels.values() if u > 0)
+            online = sum(u - floors.get(loc, 0) for loc, u in levels.items()
+                         if u > floors.get(loc, 0))  # fmt: skip
+            short[sku] = Left(units, online, got)
+            if online and not got.locks:  # (a no-op for the other SKUs read)
+                self.suspects.discard(sku)
+        return short
+
+    @staticmethod
+    def judge(
+        o: Order,
+        paid_ms: int,
+        short: dict[str, Left],
+        bought: dict[tuple[str, str], int],
+        store_channels: set[str],
+        bucketed: frozenset[str],
+    ) -> str | None:
+        """The refusal decide.lua (or the cross-slot path) would give the order, or None: the
+        order goes to the scripts. ``short``: the SKUs read (``left``; every SKU of the
+        order must be one); ``bought``: units sold so far per (SKU, customer), read for
+        customers with one order of the SKU in the batch. Judged as the scripts judge, in
+        their order: vip_only, limit_exceeded, a channel lock (sold_out), then a line of
+        more units than its SKU has left for the order (an online channel's order cannot
+        take the safety stock): sold_out, or pickup_unavailable for a pickup. What the
+        batch's earlier orders do cannot change these answers (they only take units: each
+        channel's units outside the other channels' locks only fall), except a customer's
+        count (hence one order per customer) and a pickup's reason (a lock's sold_out, or
+        pickup_unavailable once the units fall below the line: decided by the script).
+        Hot-SKU buckets (``bucketed``) borrow before refusing: never here."""
+        lines = o.lines
+        online = o.channel not in store_channels
+        pickup = o.delivery.mode == "pickup"
+        if len(lines) == 1:  # (the usual order, without the loops)
+            left = short.get(lines[0].sku)
+            if left is None:
+                return None
+            lacking = (left.online if online else left.units) < lines[0].qty
+            if not lacking and (pickup or not left.read.locks):
+                return None
+        else:
+            if not all(ln.sku in short for ln in lines):
+                return None
+            lacking = any(
+                (short[ln.sku].online if online else short[ln.sku].units) < ln.qty for ln in lines
+            )
+            if not lacking and (pickup or not any(short[ln.sku].read.locks for ln in lines)):
+                return None
+        if bucketed and any(ln.sku in bucketed for ln in lines):
+            return None
+        for ln in lines:
+            until = short[ln.sku].read.vip_until
+            if until is not None and not o.customer.vip and paid_ms < until:
+                return VIP_ONLY
+        for ln in lines:
+            limit = short[ln.sku].read.limit
+            if limit is not None:
+                n = bought.get((ln.sku, o.customer.id))
+                if n is None:  # not read: another order of the batch may count first
+                    return None
+                if n + ln.qty > limit:
+                    return LIMIT
+        if pickup:  # (lacking) a lock judged before the stock may say sold_out
+            for ln in lines:
+                left = short[ln.sku]
+                if left.read.locks and left.units >= ln.qty:
+                    return None
+            return NO_PICKUP
+        if lacking:
+            return SOLD_OUT  # (a lock could only say sold_out too)
+        for ln in lines:
+            left = short[ln.sku]
+            locks = left.read.locks
+            if locks and locked_out(locks, o.channel, paid_ms, ln.qty, left.units):
+                return SOLD_OUT
+        return None
