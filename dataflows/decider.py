@@ -140,7 +140,7 @@ class Decider:
         returns: list[tuple[str, bytes, events.Return]] = []
         decode, Dead, Valid, Cancel = events.decode, events.Dead, events.Valid, events.Cancel
         for eid, raw in entries:
-            d = decode(raw)
+            d = decode(raw, int(eid[: eid.find("-")]))
             cls = d.__class__
             if cls is Dead:
                 dead.append([eid, d.raw, d.reason])  # type: ignore[union-attr]
@@ -344,7 +344,10 @@ class Decider:
                     self.refusals.sold_out(o)
 
     def emit(self, d: Decided) -> None:
-        if d.records or d.dead:
+        # Every batch read is emitted, also one that writes nothing new (a retried delivery,
+        # a duplicate cancel): its entries have their outcomes, so the watermark moves past
+        # them and a drain ends.
+        if d.records or d.dead or d.last_id != "0-0":
             if self.wait.call(self.store.emit, d.shard, d.last_id, d.records, d.dead, d.meter):
                 self._no_early.add(d.shard)
             else:

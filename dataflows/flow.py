@@ -18,6 +18,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Histogram
 
+from dataflows import quarantine
 from dataflows.decider import Decided, Decider
 from dataflows.source import STOP, ShardSource
 from onestock.settings import Settings
@@ -76,7 +77,7 @@ def build_flow(url: str, settings: Settings, *, until_drained: bool = False) -> 
     # (shard, [(entry id, raw event), ...])
     def decide(batch: tuple[int, list[tuple[str, bytes]]]) -> Decided:
         started = time.perf_counter()
-        out = decider().process(*batch)
+        out = quarantine.process(decider(), batch[0], batch[1], _say)
         if batch[1]:  # (an empty batch is a caught-up shard's tick)
             BATCH_SECONDS.observe(time.perf_counter() - started)
             BATCH_EVENTS.inc(len(batch[1]))

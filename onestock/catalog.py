@@ -11,16 +11,18 @@ from pathlib import Path
 import msgspec
 
 from onestock.errors import CatalogError
+from onestock.events import text_problem
 from onestock.types import Catalog, catalog_decoder
 
 
 def _unique_ids(source: str, section: str, field: str, what: str, ids: list[str]) -> set[str]:
-    """The set of ids of one catalog section; a duplicate or a control character is refused."""
+    """The set of ids of one catalog section; a duplicate or an unprintable id is refused."""
     seen: set[str] = set()
     for i, value in enumerate(ids):
         where = f"{source}: $.{section}[{i}].{field}"
-        if any(ord(ch) < 32 for ch in value):
-            raise CatalogError(f"{where}: control characters are not allowed in ids")
+        problem = text_problem(value)  # the same rule as for every id of an event
+        if problem is not None:
+            raise CatalogError(f"{where}: an id {problem}")
         if value in seen:
             raise CatalogError(f"{where}: duplicate {what} {value!r}")
         seen.add(value)

@@ -8,7 +8,9 @@ everything else becomes a dead letter carrying the raw text and the reason.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import os
+import time
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -17,7 +19,44 @@ from msgspec import Meta
 
 from onestock.types import Line, NonEmpty, Order, order_decoder
 
-MAX_ORDER_ID = 256
+MAX_TEXT = 256  # the longest id or name any event may carry (order, customer, SKU, ...)
+MAX_ORDER_ID = MAX_TEXT
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` may not be an id or a name that reaches Redis, or None when it may.
+
+    The one validation point for every text of an event (order id, customer id, channel,
+    SKU, location): 1 to 256 characters, every one printable. "Printable" (``str.isprintable``)
+    excludes control characters (the stored records' separators among them), lone surrogates
+    (not encodable as UTF-8), line and paragraph separators and unassigned code points, so a
+    text that passes is always encodable and never contains a separator."""
+    if not 0 < len(value) <= MAX_TEXT:
+        return f"must be 1 to {MAX_TEXT} characters"
+    if not value.isprintable():
+        return "contains unprintable characters (control, unpaired surrogate, line separator)"
+    return None
+
+
+def _env_time_ms(name: str, default: str) -> int:
+    text = os.environ.get(name) or default
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        from onestock.errors import OnestockError
+
+        raise OnestockError(f"{name}={text!r} is not an RFC 3339 time with an offset")
+    return int(at.timestamp() * 1000)
+
+
+# The sane window of an event's paid_at: from EARLIEST_MS to FUTURE_MS after the event was
+# received (its input entry's time, so a replay judges it the same). Outside it the order is
+# rejected `invalid`: a pre-1970 or "unset" zero time, or a typo years ahead, never reaches
+# the decisions or a first-N watermark.
+EARLIEST_MS = _env_time_ms("ONESTOCK_EARLIEST_PAID_AT", "2000-01-01T00:00:00Z")
+FUTURE_MS = int(os.environ.get("ONESTOCK_MAX_FUTURE_S") or 86400) * 1000
 
 
 class Valid(msgspec.Struct, gc=False):
@@ -63,26 +102,35 @@ def text_of(raw: bytes | str) -> str:
     return raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
 
 
-def decode(raw: bytes | str) -> Decoded:
-    """Classify one raw event; never raises."""
+def decode(raw: bytes | str, received_ms: int | None = None) -> Decoded:
+    """Classify one raw event received at ``received_ms`` (epoch ms; default: now); never
+    raises."""
     try:
         order = order_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         return _classify_bad(raw, str(exc))
     except msgspec.DecodeError as exc:
         return Dead(text_of(raw), f"not JSON: {exc}")
-    if not order.order_id.isprintable() and _has_control(order.order_id):
-        return Dead(text_of(raw), "order_id contains control characters")
+    oid = order.order_id
+    if not oid.isprintable():
+        return Dead(text_of(raw), f"order_id {text_problem(oid)}")
+    bad = _bad_text(order)
+    if bad is not None:
+        return Invalid(oid, _shown(order.channel), _shown(order.paid_at), bad)
     paid_ms = _paid_ms.get(order.paid_at, _UNSEEN)
     if paid_ms == _UNSEEN:
         paid_ms = _parse_paid(order.paid_at)
     if paid_ms is None:
         return Invalid(
-            order.order_id,
+            oid,
             order.channel,
             order.paid_at,
             f"paid_at: {order.paid_at!r} is not an RFC 3339 time with an offset - at `$.paid_at`",
         )
+    if received_ms is None:
+        received_ms = int(time.time() * 1000)
+    if not EARLIEST_MS <= paid_ms <= received_ms + FUTURE_MS:
+        return Invalid(oid, order.channel, order.paid_at, _window(order.paid_at))
     if order.delivery.mode == "pickup" and order.delivery.store is None:
         return Invalid(
             order.order_id,
@@ -100,6 +148,35 @@ def decode(raw: bytes | str) -> Decoded:
     if len(order.lines) > 1:
         order.lines = merge_lines(order.lines)
     return Valid(order, paid_ms)
+
+
+def _bad_text(order: Order) -> str | None:
+    """The first text field of a decoded order that may not reach Redis, as a detail."""
+    checks = [("channel", order.channel), ("customer.id", order.customer.id)]
+    checks += [(f"lines[{i}].sku", ln.sku) for i, ln in enumerate(order.lines)]
+    if order.delivery.store is not None:
+        checks.append(("delivery.store", order.delivery.store))
+    for path, value in checks:
+        if not value.isprintable():
+            return f"{path}: {text_problem(value)} - at `$.{path}`"
+    return None
+
+
+def _shown(text: str) -> str:
+    """A text for a record of an invalid order: printable, so it cannot break the record."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def _window(paid_at: str) -> str:
+    return (
+        f"paid_at: {paid_at!r} is outside the accepted window (from "
+        f"{iso(EARLIEST_MS)} to {FUTURE_MS // 1000} s after the event was received) - at "
+        "`$.paid_at`"
+    )
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 # paid_at text -> epoch ms (None: not an RFC 3339 time with an offset). At a peak thousands
@@ -141,7 +218,7 @@ def order_id_of(raw: bytes | str) -> str | None:
         return None
     if isinstance(obj, dict):
         oid = obj.get("order_id")
-        if isinstance(oid, str) and 0 < len(oid) <= MAX_ORDER_ID and not _has_control(oid):
+        if isinstance(oid, str) and text_problem(oid) is None:
             return oid
     return None
 
@@ -170,10 +247,9 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
         return Dead(text_of(raw), "no order_id")
     if not isinstance(oid, str):
         return Dead(text_of(raw), f"order_id is not a string: {type(oid).__name__}")
-    if not 0 < len(oid) <= MAX_ORDER_ID:
-        return Dead(text_of(raw), f"order_id must be 1 to {MAX_ORDER_ID} characters")
-    if _has_control(oid):
-        return Dead(text_of(raw), "order_id contains control characters")
+    problem = text_problem(oid)
+    if problem is not None:
+        return Dead(text_of(raw), f"order_id {problem}")
     kind = obj.get("type")
     if kind == "cancel":
         return Cancel(oid)
@@ -182,6 +258,12 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
             ret = _return_decoder.decode(raw)
         except msgspec.ValidationError as exc:
             return Dead(text_of(raw), f"not a return: {exc}")
+        texts = [("location", ret.location)]
+        texts += [(f"lines[{i}].sku", ln.sku) for i, ln in enumerate(ret.lines)]
+        for path, value in texts:
+            problem = text_problem(value)
+            if problem is not None:
+                return Dead(text_of(raw), f"not a return: {path}: {problem} - at `$.{path}`")
         ret.lines = merge_lines(ret.lines)
         return ret
     if kind not in (None, "order"):
@@ -190,13 +272,7 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
     paid_at = obj.get("paid_at")
     return Invalid(
         oid,
-        channel if isinstance(channel, str) else None,
-        paid_at if isinstance(paid_at, str) else None,
-        error,
+        _shown(channel) if isinstance(channel, str) else None,
+        _shown(paid_at) if isinstance(paid_at, str) else None,
+        _shown(error),  # (msgspec's message may quote the bad value)
     )
-
-
-def _has_control(text: str) -> bool:
-    if text.isprintable():  # the fast, usual answer
-        return False
-    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)

@@ -58,7 +58,7 @@ def test_a_usable_order_id_always_ends_as_a_record(oid: str, fields: dict[str, o
     st.builds(
         order,
         st.text(min_size=1, max_size=20).filter(str.isprintable),
-        st.tuples(st.text(min_size=1, max_size=10), st.integers(1, 100)),
+        st.tuples(st.text(min_size=1, max_size=10).filter(str.isprintable), st.integers(1, 100)),
         lat=st.floats(-90, 90),
         lon=st.floats(-180, 180),
     )
@@ -67,6 +67,49 @@ def test_well_formed_orders_decode_valid_and_round_trip(o: dict[str, object]) ->
     d = events.decode(orjson.dumps(o))
     assert isinstance(d, events.Valid)
     assert d.order.order_id == o["order_id"]
+
+
+@given(
+    st.sampled_from(["channel", "customer.id", "lines[0].sku", "delivery.store"]),
+    st.text(min_size=1, max_size=20).filter(lambda t: not t.isprintable()),
+)
+def test_an_unprintable_text_field_is_invalid_naming_the_field(path: str, bad: str) -> None:
+    o = order("u1", ("SKU", 1), pickup="st-1")
+    where, _, leaf = path.partition(".")
+    if path == "lines[0].sku":
+        o["lines"][0]["sku"] = bad  # type: ignore[index]
+    elif leaf:
+        o[where][leaf] = bad  # type: ignore[index]
+    else:
+        o[where] = bad
+    d = events.decode(orjson.dumps(o))
+    assert isinstance(d, events.Invalid), d
+    assert d.detail.startswith(f"{path}: ") and f"`$.{path}`" in d.detail
+    assert d.detail.isprintable()
+
+
+@pytest.mark.parametrize(
+    "paid_at",
+    ["1969-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "1999-12-31T23:59:59.999Z",
+     "2062-11-11T00:00:00Z"],
+)  # fmt: skip
+def test_a_paid_at_outside_the_window_is_invalid(paid_at: str) -> None:
+    o = {**order("w1", ("SKU", 1)), "paid_at": paid_at}
+    d = events.decode(orjson.dumps(o), received_ms=1_794_355_200_000)  # 2026-11-11
+    assert isinstance(d, events.Invalid)
+    assert "outside the accepted window" in d.detail and "`$.paid_at`" in d.detail
+
+
+def test_a_paid_at_a_day_after_its_receipt_is_still_valid() -> None:
+    o = {**order("w2", ("SKU", 1)), "paid_at": "2026-11-11T23:59:59Z"}
+    assert isinstance(events.decode(orjson.dumps(o), received_ms=1_794_355_200_000), events.Valid)
+
+
+@pytest.mark.parametrize("oid", [r"a\ud800", r"a\u001fb", r"\u2028"])
+def test_an_unprintable_order_id_is_a_dead_letter_and_has_no_shard_key(oid: str) -> None:
+    raw = b'{"order_id": "' + oid.encode() + b'", "channel": "tmall"}'
+    assert isinstance(events.decode(raw), events.Dead)
+    assert events.order_id_of(raw) is None
 
 
 GOOD = order("g1", ("SKU", 1))
@@ -147,7 +190,7 @@ def test_paid_at_is_parsed_once_per_text_and_judged_the_same_every_time() -> Non
     the parse's, and the cache stays bounded."""
     for text, ms in [
         ("2026-11-11T00:00:01+08:00", 1794326401000),  # 2026-11-10T16:00:01Z
-        ("1969-12-31T23:59:59Z", -1000),  # before the epoch: still a time
+        ("1969-12-31T23:59:59Z", None),  # a time, but outside the accepted window
         ("2026-11-11T00:00:01", None),  # no offset
         ("yesterday", None),
     ]:
