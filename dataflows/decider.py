@@ -115,6 +115,8 @@ class Decider:
         # per shard: its decide mark as this process last wrote or read it (keys.decide_mark)
         self._mark: dict[int, tuple[int, int]] = {}
         self.refusals = Refusals()  # sold-out orders refused on a batch's first read
+        # per shard: the greatest paid_at (ms) of the valid orders this process decided there
+        self._seen: dict[int, int] = {}
 
     def refresh(self) -> None:
         version = self.wait.call(self.store.catalog_version)
@@ -139,8 +141,9 @@ class Decider:
         cancels: dict[str, str] = {}  # order id -> entry id of the (first) cancel in the batch
         returns: list[tuple[str, bytes, events.Return]] = []
         decode, Dead, Valid, Cancel = events.decode, events.Dead, events.Valid, events.Cancel
+        now_ms = int(decided)
         for eid, raw in entries:
-            d = decode(raw, int(eid[: eid.find("-")]))
+            d = decode(raw, now_ms)
             cls = d.__class__
             if cls is Dead:
                 dead.append([eid, d.raw, d.reason])  # type: ignore[union-attr]
@@ -196,14 +199,17 @@ class Decider:
         plan = view.buckets
         self._retry.clear()
         self._spread.clear()
+        seen = self._seen.get(shard, -1)
         for i, oid in enumerate(ids):
+            d = firsts[oid][1]
+            if d.__class__ is Valid and d.paid_ms > seen:  # type: ignore[union-attr]
+                seen = d.paid_ms  # type: ignore[union-attr]
             if got[step * i] is not None:  # replay of an order whose record exists: skip it
                 del firsts[oid]
                 continue
             if step == 2 and got[2 * i + 1] is not None:  # cancelled before it came
                 outcome[oid] = "C"  # never decided
                 continue
-            d = firsts[oid][1]
             if d.__class__ is not Valid:
                 outcome[oid] = rejected("invalid", d.detail)  # type: ignore[union-attr]
                 continue
@@ -228,6 +234,8 @@ class Decider:
                         outcome[oid] = "B"  # sold out at the last look: straight to borrowing
                         continue
             todo.append(o)
+        if seen >= 0:
+            self._seen[shard] = seen
         self._decide(todo, outcome, held_ids)
         if bucketed:
             again = [o for o in bucketed if buckets.short(outcome[o.order_id])]
@@ -336,22 +344,32 @@ class Decider:
                 self.store, self.wait.call, cross, rankings, outcome, self.view.rules, self._retry,
                 paid=self._paid,
             )  # fmt: skip
-            for o in cross:  # a reserved campaign SKU part is always a candidate
+            candidates: dict[str, list[tuple[str, int]]] = {}
+            for o in cross:  # an order reserved whole with a campaign SKU is a candidate
                 res = outcome[o.order_id]
                 if res[0] == "A" and any(ln.sku in gifts for ln in o.lines):
                     held_ids.add(o.order_id)
+                    for sku in {ln.sku for ln in o.lines if ln.sku in gifts}:
+                        candidates.setdefault(sku, []).append((o.order_id, self._paid[o.order_id]))
                 elif res == SOLD_OUT:  # (the next read keeps only SKUs without the units)
                     self.refusals.sold_out(o)
+            for sku, items in candidates.items():  # (only now: every part is reserved)
+                self.wait.call(self.store.campaigns.add_candidates, sku, items)
 
     def emit(self, d: Decided) -> None:
         # Every batch read is emitted, also one that writes nothing new (a retried delivery,
         # a duplicate cancel): its entries have their outcomes, so the watermark moves past
         # them and a drain ends.
-        if d.records or d.dead or d.last_id != "0-0":
+        idle = d.last_id == "0-0"  # a tick: the shard has nothing left to read
+        if d.records or d.dead or not idle:
             if self.wait.call(self.store.emit, d.shard, d.last_id, d.records, d.dead, d.meter):
                 self._no_early.add(d.shard)
             else:
                 self._no_early.discard(d.shard)
+        if self.view.campaign_skus:  # how far the shard read in event time (first-N)
+            seen = self._seen.get(d.shard)
+            now = int(time.time() * 1000)
+            self.wait.call(self.store.campaigns.report, d.shard, seen, idle, now)
         if self.settler.due():
             self.wait.call(self.settler.run)
 

@@ -3,7 +3,11 @@
 For each campaign SKU, one worker at a time (a lease in the SKU's slot):
 
 1. ``settle.lua`` gives the next ranks to the candidates the campaign's watermark has passed
-   (paid_at order, ties by order id) and lists every settled entry not yet acknowledged;
+   (paid_at order, ties by order id) and lists every settled entry not yet acknowledged.
+   The watermark is event time, per input shard (``Settler.watermark``): each worker
+   reports, per shard, the greatest paid_at it has read and whether the shard has more to
+   read; the slowest shard still reading holds the watermark back, so processing skew, a
+   backlog or a restart cannot change who wins;
 2. for the winners (rank <= first_n, campaign not ended), ``gift.lua`` takes one unit of the
    gift SKU each, in rank order, from the order's shipping location if it has one, else the
    nearest that has; at most once per winner (a retry gets the first answer); the first
@@ -33,6 +37,7 @@ LEASE_MS = 3000  # a crashed holder blocks settling this long at most
 EVERY_S = 0.1  # how often a worker settles while batches flow
 BUDGET_S = 0.2  # at most this long per round (a round comes back for the rest)
 MAX = 5000  # settle.lua's most entries per call
+FRESH_MS = 2000  # a shard's progress report older than this no longer counts as idle
 
 
 class Settler:
@@ -76,9 +81,12 @@ class Settler:
         if not self.shards:
             self.shards = self.store.shard_count()
         acked = 0
+        watermark, idle = self.watermark()
         for sku in list(self.by_sku):
             while True:
-                got = self.store.campaigns.settle(sku, self.token, LEASE_MS, force)
+                got = self.store.campaigns.settle(
+                    sku, self.token, LEASE_MS, force, watermark, idle
+                )
                 if got is None or not got[1]:
                     break
                 ended, entries = got
@@ -87,6 +95,30 @@ class Settler:
                 if len(entries) < MAX or not done or time.monotonic() - self.last > BUDGET_S:
                     break
         return acked
+
+    def watermark(self) -> tuple[int | None, bool]:
+        """The input's event-time watermark and whether every shard is idle, from the
+        shards' reports (``keys.PROGRESS``).
+
+        A shard still reading (or whose report is older than ``FRESH_MS``: its worker may be
+        restarting, lagging or cut off from Redis) holds the watermark at the greatest
+        paid_at it has read: its unread orders may have been paid up to lateness_ms before
+        that. Shards with nothing left to read do not hold it back; with every shard idle it
+        is the greatest paid_at read anywhere (an order arriving now was paid at most
+        lateness_ms before it). None: some shard still reading has not said how far."""
+        reports = self.store.campaigns.progress()
+        now = int(time.time() * 1000)
+        reading: list[int | None] = []
+        seen: list[int] = []
+        for shard in range(self.shards):
+            paid, idle, wall = reports.get(shard, (None, False, 0))
+            if paid is not None:
+                seen.append(paid)
+            if not idle or now - wall > FRESH_MS:
+                reading.append(paid)
+        if reading:
+            return (None if None in reading else min(r for r in reading if r is not None)), False
+        return (max(seen) if seen else None), True
 
     def _finish(self, sku: str, ended: set[str], entries: list[str]) -> int:
         parsed: list[tuple[str, str, str, int, bool]] = []

@@ -51,9 +51,8 @@ def _env_time_ms(name: str, default: str) -> int:
     return int(at.timestamp() * 1000)
 
 
-# The sane window of an event's paid_at: from EARLIEST_MS to FUTURE_MS after the event was
-# received (its input entry's time, so a replay judges it the same). Outside it the order is
-# rejected `invalid`: a pre-1970 or "unset" zero time, or a typo years ahead, never reaches
+# The sane window of an event's paid_at: from EARLIEST_MS to FUTURE_MS after the moment it
+# is decided. Outside it the order is rejected `invalid`: a pre-1970 or "unset" zero time, or a typo years ahead, never reaches
 # the decisions or a first-N watermark.
 EARLIEST_MS = _env_time_ms("ONESTOCK_EARLIEST_PAID_AT", "2000-01-01T00:00:00Z")
 FUTURE_MS = int(os.environ.get("ONESTOCK_MAX_FUTURE_S") or 86400) * 1000
@@ -102,9 +101,9 @@ def text_of(raw: bytes | str) -> str:
     return raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
 
 
-def decode(raw: bytes | str, received_ms: int | None = None) -> Decoded:
-    """Classify one raw event received at ``received_ms`` (epoch ms; default: now); never
-    raises."""
+def decode(raw: bytes | str, now_ms: int | None = None) -> Decoded:
+    """Classify one raw event, decided at ``now_ms`` (epoch ms; default: the wall clock);
+    never raises."""
     try:
         order = order_decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -127,9 +126,9 @@ def decode(raw: bytes | str, received_ms: int | None = None) -> Decoded:
             order.paid_at,
             f"paid_at: {order.paid_at!r} is not an RFC 3339 time with an offset - at `$.paid_at`",
         )
-    if received_ms is None:
-        received_ms = int(time.time() * 1000)
-    if not EARLIEST_MS <= paid_ms <= received_ms + FUTURE_MS:
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
+    if not EARLIEST_MS <= paid_ms <= now_ms + FUTURE_MS:
         return Invalid(oid, order.channel, order.paid_at, _window(order.paid_at))
     if order.delivery.mode == "pickup" and order.delivery.store is None:
         return Invalid(
@@ -170,7 +169,7 @@ def _shown(text: str) -> str:
 def _window(paid_at: str) -> str:
     return (
         f"paid_at: {paid_at!r} is outside the accepted window (from "
-        f"{iso(EARLIEST_MS)} to {FUTURE_MS // 1000} s after the event was received) - at "
+        f"{iso(EARLIEST_MS)} to {FUTURE_MS // 1000} s from now) - at "
         "`$.paid_at`"
     )
 

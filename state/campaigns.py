@@ -12,20 +12,48 @@ from state.conn import Redis, lua
 
 class Campaigns:
     def __init__(self, client: Redis) -> None:
+        self._r = client
         self._settle = client.register_script(lua("settle", "lib_stock"))
         self._settled_ack = client.register_script(lua("settled_ack"))
         self._gift = client.register_script(lua("gift"))
         self._release_held = client.register_script(lua("release_held"))
         self._gift_return = client.register_script(lua("gift_return"))
+        self._candidates = client.register_script(lua("candidates", "lib_stock"))
+
+    def add_candidates(self, sku: str, orders: list[tuple[str, int]]) -> None:
+        """Orders across slots (order id, paid_at ms), accepted whole, become candidates of
+        the campaigns of ``sku``: once each (candidates.lua)."""
+        args: list[Any] = [len(orders)]
+        for oid, paid in orders:
+            args += [oid, paid]
+        ks = [keys.stock(sku), keys.decisions(sku), keys.bought(sku), keys.alerts(sku),
+              keys.candidates(sku), keys.campaigns(sku), keys.candidacies(sku)]  # fmt: skip
+        self._candidates(keys=ks, args=args)
+
+    def report(self, shard: int, paid_ms: int | None, idle: bool, wall_ms: int) -> None:
+        """Say how far ``shard`` has read in event time (``keys.PROGRESS``)."""
+        value = f"{'' if paid_ms is None else paid_ms} {int(idle)} {wall_ms}"
+        self._r.hset(keys.PROGRESS, str(shard), value)
+
+    def progress(self) -> dict[int, tuple[int | None, bool, int]]:
+        """Every shard's last report: shard -> (paid_at ms read up to, idle, wall ms)."""
+        out: dict[int, tuple[int | None, bool, int]] = {}
+        for shard, value in self._r.hgetall(keys.PROGRESS).items():
+            paid, idle, wall = value.decode().split(" ")
+            out[int(shard)] = (int(paid) if paid else None, idle == "1", int(wall))
+        return out
 
     def settle(
-        self, sku: str, token: str, lease_ms: int, force: bool
+        self, sku: str, token: str, lease_ms: int, force: bool, watermark: int | None, idle: bool
     ) -> tuple[set[str], list[str]] | None:
-        """Settle the campaigns of ``sku``: None if another worker holds the lease, else
-        (campaigns whose gift stock ran out, settled entries not yet acknowledged)."""
+        """Settle the campaigns of ``sku`` up to the input's event-time ``watermark`` (ms;
+        None: not known yet), everything when ``idle`` long enough or ``force``: None if
+        another worker holds the lease, else (campaigns whose gift stock ran out, settled
+        entries not yet acknowledged)."""
         ks = [keys.stock(sku), keys.candidates(sku), keys.campaigns(sku), keys.settled(sku),
               keys.lease(sku)]  # fmt: skip
-        res = self._settle(keys=ks, args=[token, lease_ms, int(force)])
+        wm = "" if watermark is None else watermark
+        res = self._settle(keys=ks, args=[token, lease_ms, int(force), wm, int(idle)])
         if not res:
             return None
         ended, entries = res

@@ -30,6 +30,10 @@ LOCK_QTY, LOCK_UNTIL, LOCK_USED = "\x00Lq:", "\x00Lu:", "\x00Lc:"
 # A first-N gift campaign on the SKU: its first_n and its lateness_ms.
 CAMPAIGN, CAMPAIGN_LATENESS = "\x00G:", "\x00Gl:"
 SEP = "\x1f"  # separates fields inside a stored outcome
+# Each input shard's event-time progress, as its worker last reported it (first-N
+# watermarks, dataflows/gifts.py): HASH shard -> "<greatest paid_at ms read, or ''>
+# <1: nothing left to read, else 0> <the worker's wall ms>" (space separated).
+PROGRESS = f"{PREFIX}:progress"
 
 
 def lock_qty(channel: str) -> str:
@@ -115,10 +119,16 @@ def candidates(sku: str) -> str:
 
 
 def campaigns(sku: str) -> str:
-    """HASH of the SKU's campaigns' progress: "<campaign>:seen" (latest paid_at ms seen),
-    ":arrived" (wall ms of the last candidate), ":ranks" (ranks given), ":ended" (rank at
-    which the gift stock ran out)."""
+    """HASH of the SKU's campaigns' progress: "<campaign>:arrived" (wall ms of the last
+    candidate), ":ranks" (ranks given), ":upto" (the watermark ranks were settled up to, ms),
+    ":ended" (rank at which the gift stock ran out)."""
     return f"{sku_tag(sku)}:camp"
+
+
+def candidacies(sku: str) -> str:
+    """SET of the orders across slots that became candidates of the SKU's campaigns (one
+    candidacy per order, however often a crashed attempt is replayed)."""
+    return f"{sku_tag(sku)}:ever"
 
 
 def settled(sku: str) -> str:

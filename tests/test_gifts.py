@@ -70,6 +70,13 @@ def send(d: Decider, events: list[dict[str, Any]], seq: list[int]) -> None:
         runs[-1][1].append((f"{seq[0]}-0", raw))
     for shard, entries in runs:
         d.emit(d.process(shard, entries))
+    idle(d)
+
+
+def idle(d: Decider) -> None:
+    """Every shard reports it has read all it has (the source's tick of a caught-up shard)."""
+    for shard in range(SHARDS):
+        d.emit(d.process(shard, []))
 
 
 def final_records(store: Store) -> dict[str, FulfilmentRecord]:

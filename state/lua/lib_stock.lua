@@ -37,24 +37,24 @@ local function read_stock(key)
 end
 
 -- First-N gift campaigns: an accepted order with units of a campaign SKU becomes a candidate
--- in the same call that takes its units: a member "<campaign>\31<order id>" (plus "\31L"
--- when it is late: paid more than lateness_ms before the latest paid_at the campaign has
--- seen) of the SKU's candidates ZSET, scored by paid_at ms; ZSET order is then exactly the
--- ranking rule (paid_at, ties by order id). `progress` is the SKU's campaign hash as a
--- table; `adds` collects ZADD arguments (one ZADD per SKU per call). Unless `always`, a
--- campaign whose first_n ranks are all settled (or whose gift stock ran out) takes no more
--- candidates: a settled rank never changes, so no later order can win. Returns whether the
--- order became a candidate of any campaign.
+-- in the same call that takes its units (an order across slots: once all its parts are
+-- reserved, candidates.lua): a member "<campaign>\31<order id>" (plus "\31L" when it is
+-- late: paid before the watermark up to which its campaign's ranks were already settled,
+-- progress '<campaign>:upto') of the SKU's candidates ZSET, scored by paid_at ms; ZSET order
+-- is then exactly the ranking rule (paid_at, ties by order id). `progress` is the SKU's
+-- campaign hash as a table; `adds` collects ZADD arguments (one ZADD per SKU per call).
+-- Unless `always`, a campaign whose first_n ranks are all settled (or whose gift stock ran
+-- out) takes no more candidates: a settled rank never changes, so no later order can win.
+-- Returns whether the order became a candidate of any campaign.
 local function add_candidate(camps, progress, adds, oid, paid, now, always)
   local added = false
   for id, c in pairs(camps) do
     if always or ((progress[id .. ':ranks'] or 0) < c.n and not progress[id .. ':ended']) then
       added = true
-      local seen = progress[id .. ':seen']
-    local late = seen ~= nil and paid < seen - c.l
+      local upto = progress[id .. ':upto']
+      local late = upto ~= nil and paid < upto
       adds[#adds + 1] = paid
       adds[#adds + 1] = id .. '\31' .. oid .. (late and '\31L' or '')
-      if seen == nil or paid > seen then progress[id .. ':seen'] = paid end
       progress[id .. ':arrived'] = now
     end
   end
@@ -114,23 +114,30 @@ local function write_changed(key, changed, values)
   if #args > 0 then redis.call('HSET', key, unpack(args)) end
 end
 
--- Low-stock alert (rule '\0low' of SKU i), settled after every order that took its units:
--- one alert when they fall to or below the threshold (remaining = units right after that
--- order; sold_out at 0), flagged '\0alerted' in the stock hash; the flag clears once a
--- restock lifts the units above the threshold, and only then can the next alert fire.
+-- Stock alerts of SKU i (rule '\0low' = low_stock_threshold; a SKU without one has none):
+-- its alert level, from its units (over all locations) now: 2 sold out (0 units), 1 low
+-- (1..threshold), 0 in stock (above it; a threshold of 0 has only levels 0 and 2). The level
+-- last alerted is the field '\0alerted' of the stock hash (absent = 0). An alert is raised
+-- exactly when the level changes: to 1 'low_stock', to 2 'sold_out', to 0 'back_in_stock';
+-- one alert per change, so a fall from in stock straight to 0 is one 'sold_out' (no
+-- low_stock before it) and a restock from 0 to 1..threshold is one 'low_stock'. Called after
+-- every change of the units (decide, reserve/release parts, undo, return; set_stock.lua
+-- does the same at a catalog load), so each transition is raised once and a replay, which
+-- changes no units, raises nothing. `remaining` = the units right after the change.
+local ALERT_REASON = { [0] = 'back_in_stock', 'low_stock', 'sold_out' }
 local function settle_alert(i, name, units, fields)
   local low = fields['\0low']
   if not low then return end
-  if units <= low then
-    if not fields['\0alerted'] then
-      local at = wall_ms()
-      redis.call('XADD', KEYS[6 * i - 2], '*', 'sku', name, 'remaining', units,
-        'reason', units == 0 and 'sold_out' or 'low_stock', 'at', at)
-      redis.call('HSET', KEYS[6 * i - 5], '\0alerted', 1)
-      fields['\0alerted'] = 1
-    end
-  elseif fields['\0alerted'] then
+  local level = 0
+  if units <= 0 then level = 2 elseif units <= low then level = 1 end
+  if level == (fields['\0alerted'] or 0) then return end
+  redis.call('XADD', KEYS[6 * i - 2], '*', 'sku', name, 'remaining', units,
+    'reason', ALERT_REASON[level], 'at', wall_ms())
+  if level == 0 then
     redis.call('HDEL', KEYS[6 * i - 5], '\0alerted')
     fields['\0alerted'] = nil
+  else
+    redis.call('HSET', KEYS[6 * i - 5], '\0alerted', level)
+    fields['\0alerted'] = level
   end
 end

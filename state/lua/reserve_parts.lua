@@ -3,7 +3,8 @@
 -- KEYS: for SKU i of this call: KEYS[6i-5] = its stock hash (with its NUL-prefixed rules),
 --       KEYS[6i-4] = its parts hash (order id -> what is reserved here for that order),
 --       KEYS[6i-3] = units sold per customer, KEYS[6i-2] = its alerts stream, KEYS[6i-1] /
---       KEYS[6i] = its campaigns' candidates and progress. All in one slot.
+--       KEYS[6i] = its campaigns' candidates and progress (unused: an order becomes a
+--       first-N candidate once all its parts are reserved, candidates.lua). All in one slot.
 -- ARGV: nskus, sku names (nskus), nsafe, nsafe pairs (location, units online channels may
 --       not take there), norders, then per order: order_id, home (SKU index whose parts hash
 --       keeps this order's part), customer id, channel id, vip (0/1), paid_at (epoch ms),
@@ -76,14 +77,10 @@ for h, ids in pairs(by_home) do
   end
 end
 local stock, dirty, limit, vip_until, sold, sold_dirty, total = {}, {}, {}, {}, {}, {}, {}
-local locks, camps, progress, adds, now = {}, {}, {}, {}, nil
+local locks = {}
 for s = 1, nskus do
-  local t, sum, lk, cp = read_stock(KEYS[6 * s - 5])
+  local t, sum, lk = read_stock(KEYS[6 * s - 5])
   total[s], locks[s] = sum, lk
-  if cp then
-    camps[s], progress[s], adds[s] = cp, read_progress(KEYS[6 * s]), {}
-    now = now or wall_ms()
-  end
   stock[s], dirty[s], limit[s], vip_until[s] = t, {}, t[RULE_LIMIT], t[RULE_VIP]
   if limit[s] then
     local custs, seen = {}, {}
@@ -165,14 +162,9 @@ for o, od in ipairs(orders) do
       rec[#rec + 1] = oid
       rec[#rec + 1] = table.concat(stored, SEP)
       done[oid] = true
-      local candidate = {}
       for _, a in ipairs(allocs) do
         local s = a[1]
         settle_alert(s, names[s], total[s], stock[s])
-        if camps[s] and not candidate[s] then -- a candidate once per campaign SKU
-          candidate[s] = true
-          add_candidate(camps[s], progress[s], adds[s], oid, paid, now, true)
-        end
       end
     end
     out[o] = status
@@ -183,6 +175,5 @@ for s = 1, nskus do
   write_changed(KEYS[6 * s - 5], dirty[s], stock[s])
   if #parts[s] > 0 then call('HSET', KEYS[6 * s - 4], unpack(parts[s])) end
   if sold_dirty[s] then write_changed(KEYS[6 * s - 3], sold_dirty[s], sold[s]) end
-  if adds[s] then write_progress(s, progress[s], adds[s]) end
 end
 return out
