@@ -52,8 +52,8 @@ def _env_time_ms(name: str, default: str) -> int:
 
 
 # The sane window of an event's paid_at: from EARLIEST_MS to FUTURE_MS after the moment it
-# is decided. Outside it the order is rejected `invalid`: a pre-1970 or "unset" zero time, or a typo years ahead, never reaches
-# the decisions or a first-N watermark.
+# is decided. Outside it the order is rejected `invalid`: a pre-1970 or "unset" zero time,
+# or a typo years ahead, never reaches the decisions or a first-N watermark.
 EARLIEST_MS = _env_time_ms("ONESTOCK_EARLIEST_PAID_AT", "2000-01-01T00:00:00Z")
 FUTURE_MS = int(os.environ.get("ONESTOCK_MAX_FUTURE_S") or 86400) * 1000
 
