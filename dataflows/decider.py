@@ -408,7 +408,6 @@ class Decider:
         chan_index: dict[str, int] = {}
         body: list[Any] = [len(orders)]
         paid_of = self._paid
-        limited = bool(view.rules.limits)  # the script needs customer ids only for limits
         for o in orders:
             ranking = ranked[o.order_id]
             lines = o.lines
@@ -442,7 +441,9 @@ class Decider:
                 spec = (
                     head + b"".join(_LINE.pack(sku_index[ln.sku], ln.qty) for ln in lines) + ranking
                 )
-            body += [o.order_id, spec, o.customer.id if limited else ""]
+            # (the customer id always goes: the script judges the rules Redis holds, which a
+            # catalog loaded since this process's view may have given a per-customer limit)
+            body += [o.order_id, spec, o.customer.id]
         skus = list(sku_index)
         ids = view.router.ids
         chans = list(chan_index)

@@ -84,9 +84,7 @@ class Settler:
         watermark, idle = self.watermark()
         for sku in list(self.by_sku):
             while True:
-                got = self.store.campaigns.settle(
-                    sku, self.token, LEASE_MS, force, watermark, idle
-                )
+                got = self.store.campaigns.settle(sku, self.token, LEASE_MS, force, watermark, idle)
                 if got is None or not got[1]:
                     break
                 ended, entries = got

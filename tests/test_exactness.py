@@ -168,3 +168,32 @@ def test_an_event_that_makes_deciding_raise_is_quarantined_not_a_crash_loop(
     # started again with the same fault: nothing left to fail on, it drains at once
     onestock("run", "--until-drained", "--workers", "1", env={**cli_env, **env}, timeout=60)
     conserved(url)
+
+
+# 7: a catalog load under a burst added a per-customer limit; the decider, still on its
+# cached catalog, sent no customer ids and the script refused every order as over the limit
+def test_a_limit_loaded_under_a_batch_never_rejects_an_order_within_it(store: Store) -> None:
+    from dataflows.decider import Decider
+    from tests.conftest import load
+    from tests.helpers import raw
+
+    load(store, CATALOG)
+    d = Decider(store, say=lambda _m: None)
+    d.emit(d.process(0, [("1-0", raw(order("warm-1", ("TEE", 1))))]))
+    limited = json.loads(json.dumps(CATALOG))
+    limited["skus"][1]["per_customer_limit"] = 2
+    real = store.decide_slots
+
+    def load_first(calls: Any) -> Any:  # the load lands between the read and the script
+        load(store, limited)
+        return real(calls)
+
+    store.decide_slots = load_first  # type: ignore[method-assign]
+    out = d.process(0, [("2-0", raw(order("in-1", ("TEE", 1)))),
+                        ("3-0", raw(order("in-2", ("TEE", 2))))])  # fmt: skip
+    store.decide_slots = real  # type: ignore[method-assign]
+    d.emit(out)
+    outcomes = dict(zip(out.records[0::3], out.records[1::3], strict=True))
+    assert outcomes["in-1"].startswith("A") and outcomes["in-2"].startswith("A")
+    again = d.process(0, [("4-0", raw(order("in-3", ("TEE", 1), customer={"id": "c-in-2"})))])
+    assert again.records[2].endswith("limit_exceeded")  # the new rule holds from here on

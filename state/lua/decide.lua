@@ -9,8 +9,9 @@
 --       else nearest first), sku names (nskus), location ids (nlocs), safety stock per
 --       location (nlocs: units that online channels cannot take there), channel ids (nchans:
 --       those of this call's orders), norders, then per order three
---       arguments: the order id, a little-endian binary spec, and the customer id (may be
---       empty when no SKU of the order has a per-customer limit). The spec:
+--       arguments: the order id, a little-endian binary spec, and the customer id (always
+--       given: the rules judged are the ones stored here, whatever the caller's catalog
+--       said). The spec:
 --         u16 home    SKU index whose decision hash keeps the outcome
 --         u16 pickup  location index of the pickup store, 0 = ship
 --         u16 nlines
