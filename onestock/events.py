@@ -34,7 +34,10 @@ def text_problem(value: str) -> str | None:
     if not 0 < len(value) <= MAX_TEXT:
         return f"must be 1 to {MAX_TEXT} characters"
     if not value.isprintable():
-        return "contains unprintable characters (control, unpaired surrogate, line separator)"
+        return (
+            "contains unprintable characters (control characters, unpaired surrogates, "
+            "line separators)"
+        )
     return None
 
 
