@@ -38,7 +38,8 @@ class Campaigns:
     def progress(self) -> dict[int, tuple[int | None, bool, int]]:
         """Every shard's last report: shard -> (paid_at ms read up to, idle, wall ms)."""
         out: dict[int, tuple[int | None, bool, int]] = {}
-        for shard, value in self._r.hgetall(keys.PROGRESS).items():
+        got: dict[bytes, bytes] = self._r.hgetall(keys.PROGRESS)  # type: ignore[assignment]
+        for shard, value in got.items():
             paid, idle, wall = value.decode().split(" ")
             out[int(shard)] = (int(paid) if paid else None, idle == "1", int(wall))
         return out
