@@ -147,12 +147,13 @@ def write_returns(store: Store, shards: int, out: IO[bytes]) -> int:
 class Alert(msgspec.Struct):
     sku: str
     remaining: int
-    reason: str  # low_stock or sold_out
+    reason: str  # low_stock, sold_out or back_in_stock: the SKU's new alert level
     time: str
 
 
 def write_alerts(store: Store, out: IO[bytes]) -> int:
-    """Every low-stock / sold-out alert of the catalog's SKUs, oldest first, as JSON Lines."""
+    """Every stock alert of the catalog's SKUs (one per change of a SKU's alert level: see
+    settle_alert in state/lua/lib_stock.lua), oldest first, as JSON Lines."""
     _, cat = store.catalog()
     n = 0
     skus = [s.sku for s in cat.skus] if cat else []

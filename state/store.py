@@ -106,8 +106,9 @@ class Alone(NamedTuple):
 
 def read_alone(got: Any) -> Alone | None:
     """A SKU's stock hash, as HGETALL answered it, for refusing its orders on a read: None
-    when the SKU is missing or has a low-stock alert decide.lua would still raise or clear
-    (so a decide.lua call must come)."""
+    when the SKU is missing or has an alert decide.lua would still raise (its alert level,
+    computed from the units as ``settle_alert`` in lib_stock.lua does, differs from the one
+    last raised, '\0alerted'), so a decide.lua call must come."""
     if not got:
         return None
     flat = _fields(got)
@@ -115,10 +116,11 @@ def read_alone(got: Any) -> Alone | None:
         return None
     levels, locks = _stock_of(flat)
     low = flat.get(_LOW)
-    if low is not None and (sum(u for u in levels.values() if u > 0) <= int(low)) != (
-        _ALERTED in flat
-    ):
-        return None
+    if low is not None:
+        units = sum(u for u in levels.values() if u > 0)
+        level = 2 if units <= 0 else 1 if units <= int(low) else 0
+        if level != int(flat.get(_ALERTED, 0)):
+            return None
     vip, limit = flat.get(_VIP), flat.get(_LIMIT)
     return Alone(
         levels, int(vip) if vip is not None else None, int(limit) if limit is not None else None,

@@ -262,20 +262,21 @@ def low_catalog(tee: str, threshold: int = 3, units: int = 6) -> dict:  # type: 
     }
 
 
-def test_one_alert_when_stock_falls_to_the_threshold_and_again_only_after_a_restock(
-    store: Store, tee: str
-) -> None:
+def test_one_alert_per_change_of_the_alert_level_reloads_included(store: Store, tee: str) -> None:
     load(store, low_catalog(tee))
     decide(store, [buy(f"a{i}", ("SNEAKER", 1), (tee, 1), customer=f"c{i}") for i in range(2)])
     assert alerts_of(store) == []  # 4 left, above 3
     decide(store, [buy(f"b{i}", ("SNEAKER", 1), (tee, 1), customer=f"d{i}") for i in range(4)])
-    assert alerts_of(store) == [("SNEAKER", 3, "low_stock")]  # exactly one, at 3 (then 0)
-    load(store, low_catalog(tee, units=2))  # a reload still below the threshold: no new alert
-    decide(store, [buy("c1", ("SNEAKER", 1), customer="e1")])
-    assert alerts_of(store) == [("SNEAKER", 3, "low_stock")]
-    load(store, low_catalog(tee, units=10))  # a restock above it re-arms the alert
+    low, out = ("SNEAKER", 3, "low_stock"), ("SNEAKER", 0, "sold_out")
+    assert alerts_of(store) == [low, out]  # one at 3, one at 0
+    load(store, low_catalog(tee, units=2))  # a reload from 0 to below the threshold: low
+    decide(store, [buy("c1", ("SNEAKER", 1), customer="e1")])  # still low: nothing
+    assert alerts_of(store) == [low, out, ("SNEAKER", 2, "low_stock")]
+    load(store, low_catalog(tee, units=10))  # a restock above it: back in stock
     decide(store, [buy(f"d{i}", ("SNEAKER", 2), customer=f"f{i}") for i in range(5)])
-    assert alerts_of(store) == [("SNEAKER", 3, "low_stock"), ("SNEAKER", 2, "low_stock")]
+    assert alerts_of(store)[3:] == [
+        ("SNEAKER", 10, "back_in_stock"), ("SNEAKER", 2, "low_stock"), ("SNEAKER", 0, "sold_out")
+    ]  # fmt: skip
 
 
 def test_a_sell_out_in_one_step_is_a_sold_out_alert(store: Store, tee: str) -> None:

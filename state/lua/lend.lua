@@ -8,6 +8,9 @@
 -- Returns: flat {location, units, ...} taken out of this bucket, in the order given; the same
 --       list is kept under the transfer id in KEYS[2] until the recipient has it, so a crash
 --       between the two halves loses nothing (Store.reconcile_lent finishes the transfer).
+-- Alerts: none. A bucket's units are not the SKU's, so no bucket may judge an alert level;
+-- the catalog refuses a low_stock_threshold on a bucketed SKU, no bucket hash has a level,
+-- and settle_alert (lib_stock.lua) raises nothing for it: a bucketed SKU has no alerts.
 if #ARGV < 3 or #ARGV % 2 ~= 1 then return redis.error_reply('ERR lend.lua: bad arguments') end
 local all = ARGV[3] == 'all'
 local out = {}

@@ -5,6 +5,9 @@
 --       (in this slot; it expires after a day, long after the lender forgot the transfer).
 -- ARGV: n, then per transfer: npairs, then (location, units) pairs.
 -- Returns: how many of the n transfers were applied now (the others had been before).
+-- Alerts: none. A bucket's units are not the SKU's, so no bucket may judge an alert level;
+-- the catalog refuses a low_stock_threshold on a bucketed SKU, no bucket hash has a level,
+-- and settle_alert (lib_stock.lua) raises nothing for it: a bucketed SKU has no alerts.
 local n = tonumber(ARGV[1])
 if not n or #KEYS ~= 1 + n then return redis.error_reply('ERR receive.lua: bad header') end
 local p = 2

@@ -1,12 +1,16 @@
 -- set_stock.lua: replace one SKU's stock levels and rules atomically (catalog load).
 --
--- KEYS: KEYS[1] = the SKU's stock hash.
+-- KEYS: KEYS[1] = the SKU's stock hash; KEYS[2] (optional) = its alerts stream, else the key
+--       beside KEYS[1] ("os:{k:<sku>}:stock" -> "os:{k:<sku>}:alerts": the same slot).
 -- ARGV: pairs of (location id, units >= 0), and of (NUL-prefixed rule, value); a channel lock
 --       is the pair of rules '\0Lq:<channel>' (units) and '\0Lu:<channel>' (until, epoch ms).
 -- Returns: the number of pairs written. The SKU exists afterwards even with no locations.
--- Kept from before: the open low-stock alert while the SKU stays at or below its threshold,
--- and what each channel already drew from its lock ('\0Lc:<channel>') while the SKU keeps a
--- lock for that channel. Everything else is replaced.
+-- Kept from before: the alert level last raised ('\0alerted', see settle_alert in
+-- lib_stock.lua), settled against the new units like any other change of them: a load that
+-- changes the level raises its one alert (back_in_stock above the threshold, low_stock,
+-- sold_out), one that keeps it raises none; a SKU loaded without a threshold has no level.
+-- Also kept: what each channel already drew from its lock ('\0Lc:<channel>') while the SKU
+-- keeps a lock for that channel. Everything else is replaced.
 if #ARGV % 2 ~= 0 then return redis.error_reply('ERR set_stock.lua: odd arguments') end
 for i = 2, #ARGV, 2 do
   local q = tonumber(ARGV[i])
@@ -29,11 +33,22 @@ for i = 1, #ARGV, 2 do
     extra[#extra + 1] = kept[string.sub(f, 5)]
   end
 end
--- A SKU still at or below its low-stock threshold stays alerted: no second alert for it.
-local alerted = redis.call('HGET', KEYS[1], '\0alerted')
-if alerted and low and units <= low then
-  extra[#extra + 1] = '\0alerted'
-  extra[#extra + 1] = 1
+local was = tonumber(redis.call('HGET', KEYS[1], '\0alerted') or '0')
+local level = 0
+if low then
+  if units <= 0 then level = 2 elseif units <= low then level = 1 end
+  if level > 0 then
+    extra[#extra + 1] = '\0alerted'
+    extra[#extra + 1] = level
+  end
+  if level ~= was then
+    local name = string.match(KEYS[1], '{k:(.*)}:stock$') or KEYS[1]
+    local stream = KEYS[2] or (string.sub(KEYS[1], 1, -6) .. 'alerts')
+    local now = redis.call('TIME')
+    local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+    local reason = ({ [0] = 'back_in_stock', 'low_stock', 'sold_out' })[level]
+    redis.call('XADD', stream, '*', 'sku', name, 'remaining', units, 'reason', reason, 'at', at)
+  end
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], '\0sku', '1', unpack(ARGV))
