@@ -133,82 +133,146 @@ class Aftersale:
                   for _, _, r, _, digest in todo for ln in r.lines]  # fmt: skip
         answers = iter(self.wait.call(self.store.sku_fields, wanted))
         so_far: dict[tuple[str, str], int] = {}
-        out: list[str] = []
-        apply: dict[int, list[tuple[str, str, str, str, int]]] = {}
+        apply: dict[int, list[tuple[str, str, str, str, int, int]]] = {}
+        sent: list[tuple[str, bytes, events.Return, str, list[tuple[int, int, int]]]] = []
         in_batch: set[str] = set()  # returns applied in this batch (a copy changes nothing)
+        copies: list[tuple[str, bytes, str]] = []
         for eid, raw, r, shipped, digest in todo:
             if digest in in_batch:
                 for _ in r.lines:
                     next(answers)
+                copies.append((eid, raw, digest))
                 continue
             lines = []
             refused = None
+            want: dict[str, int] = {}  # units of each SKU this return gives back
             for j, ln in enumerate(r.lines):
                 before, applied = next(answers)
                 k = (r.order_id, ln.sku)
                 so_far.setdefault(k, int(before or 0))
                 if applied is None:
-                    if so_far[k] + ln.qty > shipped[ln.sku] and refused is None:
+                    want[ln.sku] = want.get(ln.sku, 0) + ln.qty
+                    if so_far[k] + want[ln.sku] > shipped[ln.sku] and refused is None:
                         refused = (
-                            f"{ln.sku}: {ln.qty} more would exceed the {shipped[ln.sku]} shipped"
-                            f" ({so_far[k]} back already) - at `$.lines[{j}].qty`"
+                            f"{ln.sku}: {want[ln.sku]} more would exceed the {shipped[ln.sku]}"
+                            f" shipped ({so_far[k]} back already) - at `$.lines[{j}].qty`"
                         )
-                    lines.append((ln.sku, ln.qty))
+                    lines.append((j, ln.sku, ln.qty))
             if refused is not None:
                 dead.append([eid, events.text_of(raw), f"return refused: {refused}"])
                 continue
             in_batch.add(digest)
-            for sku, qty in lines:
+            refs = []
+            for j, sku, qty in lines:
                 so_far[(r.order_id, sku)] += qty
-                apply.setdefault(sku_slot(sku), []).append(
-                    (sku, r.order_id, digest, r.location, qty)
-                )
-            body = "\x1f".join(f"{r.location}\x1f{ln.sku}\x1f{ln.qty}" for ln in r.lines)
-            rec = pack(r.order_id, "", "", "return", eid.partition("-")[0], decided, "T\x1f" + body)
-            out += ["~R:" + digest, "T", rec]
+                part = apply.setdefault(sku_slot(sku), [])
+                refs.append((sku_slot(sku), len(part), j))
+                part.append((sku, r.order_id, digest, r.location, qty, shipped[sku]))
+            sent.append((eid, raw, r, digest, refs))
         calls = []
         for part in apply.values():
             names: dict[str, int] = {}
             for sku, *_ in part:
                 names.setdefault(sku, len(names) + 1)
             args: list[Any] = [len(names), *names, len(part)]
-            for sku, oid, digest, loc, qty in part:
-                args += [names[sku], oid, digest, loc, qty]
+            for sku, oid, digest, loc, qty, shipped_qty in part:
+                args += [names[sku], oid, digest, loc, qty, shipped_qty]
             calls.append((list(names), args))
-        if calls:
-            self.wait.call(self.store.return_units, calls)
+        codes = dict(zip(apply, self.wait.call(self.store.return_units, calls) if calls else [],
+                         strict=True))  # fmt: skip
+        out: list[str] = []
+        refused_now: dict[str, str] = {}
+        for eid, raw, r, digest, refs in sent:
+            # the script's atomic check (an order cancelled, or more back than shipped, since
+            # the reads above): the return changes nothing and is refused
+            why = next((self._refused(r, j, int(codes[slot][i]), apply[slot][i][5])
+                        for slot, i, j in refs if int(codes[slot][i]) in (2, 3)), None)  # fmt: skip
+            if why is not None:
+                refused_now[digest] = f"return refused: {why}"
+                dead.append([eid, events.text_of(raw), refused_now[digest]])
+                continue
+            body = "\x1f".join(f"{r.location}\x1f{ln.sku}\x1f{ln.qty}" for ln in r.lines)
+            rec = pack(r.order_id, "", "", "return", eid.partition("-")[0], decided, "T\x1f" + body)
+            out += ["~R:" + digest, "T", rec]
+        for eid, raw, digest in copies:  # a copy of a refused return is refused too
+            if digest in refused_now:
+                dead.append([eid, events.text_of(raw), refused_now[digest]])
         return out
 
+    @staticmethod
+    def _refused(r: events.Return, j: int, code: int, shipped: int) -> str:
+        """The reason for return_units.lua's refusal ``code`` of line ``j`` of ``r``."""
+        if code == 2:
+            return "the order was cancelled"
+        sku = r.lines[j].sku
+        return f"{sku}: more would come back than the {shipped} shipped - at `$.lines[{j}].qty`"
+
     def _undo(self, orders: list[tuple[str, str]]) -> dict[str, int]:
-        """Give the units of accepted outcomes back (undo_units.lua per slot); returns per
-        order the first-N candidacies removed."""
-        by_slot: dict[int, list[tuple[str, list[tuple[str, str, int]]]]] = {}
+        """Give the units of accepted outcomes back (undo_units.lua per slot), per SKU only
+        what is still out: the allocations minus the units returned before ('~rq:<order
+        id>'), taken off the last allocations first. Returns per order the first-N
+        candidacies removed.
+
+        A hot-SKU bucket b > 0 keeps its allocations in its own slot, while the SKU's returns
+        land in its own keys (bucket 0, with the count '~rq'): a first phase marks the order
+        undone there ('~u:<order id>': no return lands after it) and reads '~rq' in the same
+        call; the second gives the bucket back the rest. A crash in between replays both
+        (idempotent; '~rq' cannot change once marked)."""
+        allocs: list[tuple[str, list[tuple[str, str, int]]]] = []
+        marks: list[tuple[str, list[tuple[str, str, int, int]]]] = []
         for oid, res in orders:
             f = res.split("\x1f")
-            allocs = [(f[i], f[i + 1], int(f[i + 2])) for i in range(1, len(f) - 2, 3)]
-            per_slot: dict[int, list[tuple[str, str, int]]] = {}
-            for loc, sku, qty in allocs:
-                per_slot.setdefault(sku_slot(sku), []).append((loc, sku, qty))
-            for slot, part in per_slot.items():
-                by_slot.setdefault(slot, []).append((oid, part))
+            part = [(f[i + 1], f[i], int(f[i + 2])) for i in range(1, len(f) - 2, 3)]
+            allocs.append((oid, part))
+            hot = {public(sku) for sku, _, _ in part if sku != public(sku)}
+            if hot:
+                marks.append((oid, [(sku, "", 0, 0) for sku in sorted(hot)]))
+        back: dict[tuple[str, str], int] = {}  # (order id, SKU) -> units returned before
+        for oid, skus, got in self._undo_calls(marks):
+            for sku, n in zip(skus, got[1:], strict=True):
+                back[(oid, sku)] = int(n)
+        quads = [
+            (oid, [(sku, loc, qty, back.get((oid, public(sku)), 0) if sku != public(sku) else 0)
+                   for sku, loc, qty in part])
+            for oid, part in allocs
+        ]  # fmt: skip
+        removed: dict[str, int] = {}
+        for oid, _, got in self._undo_calls(quads):
+            removed[oid] = removed.get(oid, 0) + int(got[0])
+        return removed
+
+    def _undo_calls(
+        self, orders: list[tuple[str, list[tuple[str, str, int, int]]]]
+    ) -> list[tuple[str, list[str], list[Any]]]:
+        """undo_units.lua, one call per slot, for orders' (SKU, location, qty, returned)
+        quadruples; per order and slot: (order id, its SKUs there, the script's answer)."""
+        by_slot: dict[int, list[tuple[str, list[tuple[str, str, int, int]]]]] = {}
+        for oid, part in orders:
+            per_slot: dict[int, list[tuple[str, str, int, int]]] = {}
+            for q in part:
+                per_slot.setdefault(sku_slot(q[0]), []).append(q)
+            for slot, quads in per_slot.items():
+                by_slot.setdefault(slot, []).append((oid, quads))
         calls = []
         for batch in by_slot.values():
             names: dict[str, int] = {}
-            for _, part in batch:
-                for _, sku, _ in part:
+            for _, quads in batch:
+                for sku, *_ in quads:
                     names.setdefault(sku, len(names) + 1)
             args: list[Any] = [len(names), *names, len(batch)]
-            for oid, part in batch:
-                args += [oid, len(part)]
-                for loc, sku, qty in part:
-                    args += [names[sku], loc, qty]
+            for oid, quads in batch:
+                args += [oid, len(quads)]
+                for sku, loc, qty, returned in quads:
+                    args += [names[sku], loc, qty, returned]
             calls.append((list(names), args))
-        removed: dict[str, int] = {}
+        if not calls:
+            return []
+        out = []
         for batch, res in zip(by_slot.values(), self.wait.call(self.store.undo_units, calls),
                               strict=True):  # fmt: skip
-            for (oid, _), n in zip(batch, res, strict=True):
-                removed[oid] = removed.get(oid, 0) + int(n)
-        return removed
+            for (oid, quads), r in zip(batch, res, strict=True):
+                out.append((oid, list(dict.fromkeys(q[0] for q in quads)), r))
+        return out
 
     def _return_gifts(self, orders: list[tuple[str, str]]) -> None:
         """Cancelled orders (id, accepted outcome) of a campaign SKU that were no longer

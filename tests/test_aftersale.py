@@ -9,11 +9,15 @@ from typing import Any
 import orjson
 import pytest
 
+from dataflows.decider import Decider
 from onestock import burst, ops
 from onestock.types import FulfilmentRecord
 from state import keys
 from state.store import Store
-from tests.conftest import onestock
+from tests.conftest import load, onestock
+from tests.helpers import decide
+from tests.test_buckets import catalog as hot_catalog
+from tests.test_buckets import levels
 from tests.test_gifts import SHARDS, buy, catalog, run_campaign, send, setup
 
 # -- cancellations ---------------------------------------------------------------------------
@@ -248,3 +252,122 @@ def test_returns_through_the_dataflow_keep_the_stock_conserved(
     assert sorted(orjson.loads(x)["order_id"] for x in out) == sorted(r.order_id for r in accepted)
     audit = ops.audit(store, k, {s.sku: dict(s.stock) for s in burst.demo_catalog().skus})
     assert audit.oversold == 0 and audit.duplicates == 0 and audit.dead == 0
+
+
+# -- returns and cancels of one order: units given back never exceed units shipped ----------
+
+
+def total(store: Store, sku: str = "SOCKS") -> int:
+    return sum(store.stock_levels([sku])[sku].values())
+
+
+def test_a_return_then_a_cancel_gives_back_only_the_rest(store: Store) -> None:
+    d, seq = setup(store, catalog()), [0]
+    send(d, [buy("o", 0, ("SOCKS", 3))], seq)
+    send(d, [ret("o", "wh-bj", ("SOCKS", 2))], seq)
+    send(d, [cancel("o")], seq)  # 1 still out: only that goes back
+    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 98, "wh-bj": 2}
+    send(d, [buy("later", 1, ("SOCKS", 100))], seq)  # every unit sells, and no more
+    send(d, [buy("more", 2, ("SOCKS", 1))], seq)
+    recs = final(store)
+    assert (recs["o"].status, recs["later"].status) == ("cancelled", "accepted")
+    assert recs["more"].reason == "sold_out" and total(store) == 0
+
+
+def test_the_returned_units_come_off_the_last_allocations_first(store: Store) -> None:
+    cat = catalog()
+    cat["skus"][2]["stock"] = {"wh-sh": 2, "wh-bj": 3}
+    d, seq = setup(store, cat), [0]
+    send(d, [buy("o", 0, ("SOCKS", 4))], seq)  # split: wh-sh 2 (nearest), then wh-bj 2
+    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 0, "wh-bj": 1}
+    send(d, [ret("o", "wh-sh", ("SOCKS", 3))], seq)
+    send(d, [cancel("o")], seq)  # 1 out: wh-bj's 2 are the 2 last returned, wh-sh gets 1
+    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 4, "wh-bj": 1}
+
+
+def test_partial_returns_cancels_and_their_copies_conserve_the_stock_exactly(
+    store: Store,
+) -> None:
+    d, seq = setup(store, catalog()), [0]
+    send(d, [buy("o", 0, ("SOCKS", 5)), buy("p", 1, ("SOCKS", 4))], seq)
+    send(d, [ret("o", "wh-bj", ("SOCKS", 2))], seq)
+    send(d, [ret("o", "wh-sh", ("SOCKS", 1)), ret("o", "wh-bj", ("SOCKS", 2))], seq)  # a copy
+    send(d, [cancel("o"), cancel("o")], seq)  # 2 still out
+    send(d, [ret("o", "wh-bj", ("SOCKS", 2)), ret("o", "wh-sh", ("SOCKS", 1))], seq)  # copies
+    send(d, [cancel("o")], seq)
+    # "p" in one batch: a return, its cancel, a copy of each (cancels apply first: the
+    # returns are refused); then the same once more
+    batch = [ret("p", "wh-bj", ("SOCKS", 1)), cancel("p"), ret("p", "wh-bj", ("SOCKS", 1)),
+             cancel("p")]  # fmt: skip
+    send(d, batch, seq)
+    send(d, batch, seq)
+    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 91 + 1 + 2 + 4, "wh-bj": 2}
+    assert total(store) == 100
+    assert [(r.order_id, sum(ln.qty for ln in r.lines)) for r in ops.returns(store, SHARDS)] == [
+        ("o", 2), ("o", 1)
+    ]  # fmt: skip
+    assert dead_reasons(store) == ["return refused: the order was cancelled"] * 6
+
+
+def test_a_return_after_a_cancel_is_refused_also_by_the_script(store: Store) -> None:
+    d, seq = setup(store, catalog()), [0]
+    send(d, [buy("o", 0, ("SOCKS", 3))], seq)
+    send(d, [cancel("o")], seq)
+    send(d, [ret("o", "wh-bj", ("SOCKS", 1))], seq)
+    assert dead_reasons(store) == ["return refused: the order was cancelled"]
+    assert total(store) == 100
+    # the atomic check, asked directly: 2 = the order's units were given back by a cancel,
+    # 3 = more than shipped; either way nothing changes
+    line = [1, "SOCKS", 1, 1, "o", "x1", "wh-bj", 1, 3]
+    assert store.return_units([(["SOCKS"], line)]) == [[2]]
+    send(d, [buy("q", 1, ("SOCKS", 2))], seq)
+    ok = [1, "SOCKS", 2, 1, "q", "x2", "wh-bj", 2, 2, 1, "q", "x2", "wh-sh", 1, 2]
+    assert store.return_units([(["SOCKS"], ok)]) == [[4, 3]]  # 2 + 1 of the SKU > 2 shipped
+    assert total(store) == 98 and not store.r.hexists(keys.decisions("SOCKS"), "~rq:q")
+
+
+def test_a_cancel_landing_between_the_checks_and_the_restock_refuses_the_return(
+    store: Store,
+) -> None:
+    """The Python checks read the order's state, then another worker's cancel lands, then the
+    restock runs: the script refuses it, and the return is a dead letter."""
+    d, seq = setup(store, catalog()), [0]
+    send(d, [buy("o", 0, ("SOCKS", 3))], seq)
+    other = Decider(store, say=lambda _m: None)
+    real = store.sku_fields
+
+    def cancel_meanwhile(wanted):  # type: ignore[no-untyped-def]
+        got = real(wanted)
+        send(other, [cancel("o")], seq)
+        return got
+
+    store.sku_fields = cancel_meanwhile  # type: ignore[method-assign]
+    send(d, [ret("o", "wh-bj", ("SOCKS", 2))] * 2, seq)  # and a copy in the same batch
+    store.sku_fields = real  # type: ignore[method-assign]
+    assert final(store)["o"].status == "cancelled"
+    assert dead_reasons(store) == ["return refused: the order was cancelled"] * 2
+    assert list(ops.returns(store, SHARDS)) == []
+    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 100}
+
+
+def test_a_bucketed_order_returned_then_cancelled_gives_back_only_the_rest(
+    store: Store,
+) -> None:
+    """The order's units lie in bucket 3, its returns land in the SKU's own keys (bucket 0):
+    the cancel marks the order undone there and reads what came back, then gives bucket 3
+    the rest."""
+    load(store, hot_catalog({"wh-a": 8}))  # 2 units in each of 4 buckets
+    decide(store, [buy("h", 0, ("HOT", 2))], shard=3)
+    assert levels(store, "HOT", 3) == {"wh-a": 0}
+    back = {"type": "return", "order_id": "h", "lines": [{"sku": "HOT", "qty": 1}],
+            "location": "wh-b"}  # fmt: skip
+    _, dead = decide(store, [back], shard=3)
+    assert dead == [] and levels(store, "HOT", 0) == {"wh-a": 2, "wh-b": 1}
+    for _ in range(2):  # and a copy
+        recs, _ = decide(store, [cancel("h")], shard=3)
+    assert levels(store, "HOT", 3) == {"wh-a": 1}  # 2 shipped - 1 returned
+    assert store.r.hexists(keys.decisions("HOT"), "~u:h")  # no return lands after it
+    _, dead = decide(store, [{**back, "location": "wh-a"}], shard=3)
+    assert dead[0][2] == "return refused: the order was cancelled"
+    assert store.return_units([(["HOT"], [1, "HOT", 1, 1, "h", "x", "wh-a", 1, 2])]) == [[2]]
+    assert ops.stock_view(store, "HOT")["HOT"].total == 8

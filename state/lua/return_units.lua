@@ -2,38 +2,83 @@
 --
 -- KEYS: per SKU i, the decide.lua layout: KEYS[6i-5] stock hash, KEYS[6i-4] decision hash
 --       (it keeps "~r:<digest>" per applied return and "~rq:<order id>" = units of the SKU
---       returned for the order so far), KEYS[6i-2] alerts stream (the others unused here).
+--       returned for the order so far; a cancel's "~u:<order id>", see undo_units.lua),
+--       KEYS[6i-2] alerts stream (the others unused here).
 -- ARGV: nskus, sku names (nskus), n, then per line: sku index, order id, return digest,
---       location, qty. The caller has checked the lines against what was shipped.
--- Per (SKU, return) at most once: a replayed or duplicated return changes nothing.
--- Returns per line 1 (units back now) or 0 (this return was applied before).
+--       location, qty, shipped (units of the SKU the order shipped, over all its shipments;
+--       a hot SKU's buckets count as the SKU, whose own keys take its returns).
+-- The lines of one return (one digest) in this call are applied together or not at all:
+-- - applied before ("~r:<digest>" set): nothing changes, each line answers 0;
+-- - refused, nothing changes: 2 on a line whose SKU's units the order gave back by a cancel
+--   ("~u:<order id>"), 3 on a line whose SKU would get back more than shipped
+--   ('~rq' + this return's units of the SKU > shipped), 4 on the return's other lines;
+-- - else applied: the units back at the location, '~rq' counts them, each line answers 1.
+-- So, with undo_units.lua, the units given back for an order never exceed those it shipped;
+-- the caller checks first (for the human reason), this is the atomic check.
 local nskus = tonumber(ARGV[1])
 if not nskus or #KEYS ~= 6 * nskus then return redis.error_reply('ERR return_units.lua: bad header') end
 local names = {}
 for i = 1, nskus do names[i] = ARGV[1 + i] end
 local p = 2 + nskus
 local n = tonumber(ARGV[p])
-if not n or #ARGV ~= p + 5 * n then return redis.error_reply('ERR return_units.lua: bad lines') end
+if not n or #ARGV ~= p + 6 * n then return redis.error_reply('ERR return_units.lua: bad lines') end
+local lines, groups, digests = {}, {}, {}
 for i = 1, n do
-  local s, q = tonumber(ARGV[p + 5 * i - 4]), tonumber(ARGV[p + 5 * i])
-  if not s or s < 1 or s > nskus or not q or q < 1 then
+  local b = p + 6 * i - 5
+  local s, q, shipped = tonumber(ARGV[b]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+  if not s or s < 1 or s > nskus or not q or q < 1 or not shipped then
     return redis.error_reply('ERR return_units.lua: bad line #' .. i)
   end
+  local digest = ARGV[b + 2]
+  lines[i] = { s = s, oid = ARGV[b + 1], loc = ARGV[b + 3], q = q, shipped = shipped }
+  if not groups[digest] then
+    groups[digest] = {}
+    digests[#digests + 1] = digest
+  end
+  table.insert(groups[digest], i)
 end
 local out, touched = {}, {}
-for i = 1, n do
-  local b = p + 5 * i - 4
-  local s, oid, digest, loc, q = tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], tonumber(ARGV[b + 4])
-  if redis.call('HSETNX', KEYS[6 * s - 4], '~r:' .. digest, 1) == 1 then
-    redis.call('HINCRBY', KEYS[6 * s - 5], loc, q)
-    redis.call('HINCRBY', KEYS[6 * s - 4], '~rq:' .. oid, q)
-    touched[s] = true
-    out[i] = 1
+for _, digest in ipairs(digests) do
+  local g = groups[digest]
+  local oid = lines[g[1]].oid
+  local code, bad = 1, nil
+  if redis.call('HEXISTS', KEYS[6 * lines[g[1]].s - 4], '~r:' .. digest) == 1 then
+    code = 0 -- a return's lines in one slot are applied together: one marker tells
   else
-    out[i] = 0
+    local want = {}
+    for _, i in ipairs(g) do
+      local l = lines[i]
+      want[l.s] = (want[l.s] or 0) + l.q
+      local dec = KEYS[6 * l.s - 4]
+      if redis.call('HEXISTS', dec, '~u:' .. oid) == 1 then
+        code, bad = 2, i
+        break
+      end
+      if tonumber(redis.call('HGET', dec, '~rq:' .. oid) or '0') + want[l.s] > l.shipped then
+        code, bad = 3, i
+        break
+      end
+    end
+  end
+  if code == 1 then
+    local counted = {}
+    for _, i in ipairs(g) do
+      local l = lines[i]
+      local dec = KEYS[6 * l.s - 4]
+      if not counted[l.s] then
+        counted[l.s] = true
+        redis.call('HSET', dec, '~r:' .. digest, 1)
+      end
+      redis.call('HINCRBY', KEYS[6 * l.s - 5], l.loc, l.q)
+      redis.call('HINCRBY', dec, '~rq:' .. l.oid, l.q)
+      touched[l.s] = true
+    end
+  end
+  for _, i in ipairs(g) do
+    out[i] = (bad and i ~= bad) and 4 or code
   end
 end
-for s in pairs(touched) do
+for s in pairs(touched) do -- units came back: the SKU's alert level may change
   local t, units = read_stock(KEYS[6 * s - 5])
   settle_alert(s, names[s], units, t)
 end

@@ -1,16 +1,27 @@
--- undo_units.lua: give a cancelled order's units back, this slot's part (idempotent).
+-- undo_units.lua: give a cancelled order's units back, this slot's part (idempotent), never
+-- more than is still out.
 --
 -- KEYS: per SKU i of this call, the decide.lua layout: KEYS[6i-5] stock hash, KEYS[6i-4]
---       decision hash (it keeps the marker "~u:<order id>" once the units are back),
---       KEYS[6i-3] units sold per customer, KEYS[6i-2] alerts, KEYS[6i-1] campaign
---       candidates, KEYS[6i] campaign progress.
--- ARGV: nskus, sku names (nskus), norders, then per order: order id, nallocs, nallocs
---       triples (sku index, location, qty): the order's allocations in this slot.
--- Per SKU and order at most once: the units go back to the locations they came from, and an
--- unsettled first-N candidacy of the order ends (its slot passes to the next in rank).
--- What the customer bought still counts toward a per-customer limit, and a channel lock's
--- drawn count stays: the units go back to the shared pool.
--- Returns per order the number of candidacies removed (0: none, or already settled).
+--       decision hash (it keeps the marker "~u:<order id>" once the units are back, and the
+--       count "~rq:<order id>" of units of the SKU returned for the order, see
+--       return_units.lua), KEYS[6i-3] units sold per customer, KEYS[6i-2] alerts,
+--       KEYS[6i-1] campaign candidates, KEYS[6i] campaign progress.
+-- ARGV: nskus, sku names (nskus), norders, then per order: order id, n, then n quadruples
+--       (sku index, location, qty >= 0, returned): the order's allocations in this slot, in
+--       the order of its outcome. `returned` (read on a SKU's first quadruple) = units of the
+--       SKU returned for the order as counted in another slot: for a hot-SKU bucket b > 0,
+--       the '~rq' of the SKU's own keys (bucket 0), where its returns land; else 0. A
+--       quadruple with qty 0 gives nothing back and only marks: the order's units of that
+--       SKU lie in another bucket (dataflows/aftersale.py `_undo`, its first phase).
+-- Per SKU and order at most once, and atomically with return_units.lua (which refuses a
+-- return once "~u:<order id>" is set): the units still out go back to the locations they came
+-- from, i.e. the allocations minus the units returned ('~rq' + returned), those taken off the
+-- LAST allocations first (the outcome's order); so over any sequence of returns and cancels
+-- an order never gives back more than it shipped. An unsettled first-N candidacy of the order
+-- ends (its slot passes to the next in rank). What the customer bought still counts toward a
+-- per-customer limit, and a channel lock's drawn count stays: the units go back to the pool.
+-- Returns per order {candidacies removed (0: none, or already settled), then per SKU of the
+-- order in this call (in order of first appearance) its units returned before the cancel}.
 local nskus = tonumber(ARGV[1])
 if not nskus or #KEYS ~= 6 * nskus then return redis.error_reply('ERR undo_units.lua: bad header') end
 local names = {}
@@ -23,40 +34,53 @@ local orders = {}
 for o = 1, norders do
   local oid, n = ARGV[p], tonumber(ARGV[p + 1])
   if not oid or not n then return redis.error_reply('ERR undo_units.lua: bad order #' .. o) end
-  local allocs = {}
+  local skus, by_sku = {}, {} -- SKU indices in order of first appearance; s -> {allocs, returned}
   for j = 1, n do
-    local s, q = tonumber(ARGV[p + 2 + 3 * (j - 1)]), tonumber(ARGV[p + 4 + 3 * (j - 1)])
-    if not s or s < 1 or s > nskus or not q or q < 1 then
+    local b = p + 2 + 4 * (j - 1)
+    local s, q, r = tonumber(ARGV[b]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+    if not s or s < 1 or s > nskus or not q or q < 0 or not r or r < 0 then
       return redis.error_reply('ERR undo_units.lua: bad allocation of order #' .. o)
     end
-    allocs[j] = { s, ARGV[p + 3 + 3 * (j - 1)], q }
+    local e = by_sku[s]
+    if not e then
+      e = { {}, r }
+      by_sku[s] = e
+      skus[#skus + 1] = s
+    end
+    if q > 0 then e[1][#e[1] + 1] = { ARGV[b + 1], q } end
   end
-  orders[o] = { oid, allocs }
-  p = p + 2 + 3 * n
+  orders[o] = { oid, skus, by_sku }
+  p = p + 2 + 4 * n
 end
 if p - 1 ~= #ARGV then return redis.error_reply('ERR undo_units.lua: trailing arguments') end
 local out, touched = {}, {}
 for o, od in ipairs(orders) do
-  local oid, allocs = od[1], od[2]
-  local fresh = {}
-  out[o] = 0
-  for _, a in ipairs(allocs) do
-    local s = a[1]
-    if fresh[s] == nil then
-      fresh[s] = redis.call('HSETNX', KEYS[6 * s - 4], '~u:' .. oid, 1) == 1
-      if fresh[s] then
-        touched[s] = true
-        local _, _, _, camps = read_stock(KEYS[6 * s - 5])
-        for id in pairs(camps or {}) do
-          local m = id .. '\31' .. oid
-          out[o] = out[o] + redis.call('ZREM', KEYS[6 * s - 1], m, m .. '\31L')
+  local oid, skus, by_sku = od[1], od[2], od[3]
+  local res = { 0 }
+  for _, s in ipairs(skus) do
+    local allocs, returned = by_sku[s][1], by_sku[s][2]
+    returned = returned + tonumber(redis.call('HGET', KEYS[6 * s - 4], '~rq:' .. oid) or '0')
+    res[#res + 1] = returned
+    if redis.call('HSETNX', KEYS[6 * s - 4], '~u:' .. oid, 1) == 1 then
+      local _, _, _, camps = read_stock(KEYS[6 * s - 5])
+      for id in pairs(camps or {}) do
+        local m = id .. '\31' .. oid
+        res[1] = res[1] + redis.call('ZREM', KEYS[6 * s - 1], m, m .. '\31L')
+      end
+      for j = #allocs, 1, -1 do -- what came back already is taken off the last ones first
+        local loc, q = allocs[j][1], allocs[j][2]
+        local cut = math.min(returned, q)
+        returned = returned - cut
+        if q > cut then
+          redis.call('HINCRBY', KEYS[6 * s - 5], loc, q - cut)
+          touched[s] = true
         end
       end
     end
-    if fresh[s] then redis.call('HINCRBY', KEYS[6 * s - 5], a[2], a[3]) end
   end
+  out[o] = res
 end
-for s in pairs(touched) do -- units came back: an alert flag may clear
+for s in pairs(touched) do -- units came back: the SKU's alert level may change
   local t, units = read_stock(KEYS[6 * s - 5])
   settle_alert(s, names[s], units, t)
 end
