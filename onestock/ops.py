@@ -288,6 +288,22 @@ class Audit(msgspec.Struct):
     gifts: int = 0
 
 
+def _returned_stays_shipped(
+    rec: FulfilmentRecord, back: Counter[tuple[str, str]], shipped: Counter[tuple[str, str]]
+) -> None:
+    """A cancelled order's units that had come back by a return before its cancel: shipped
+    from its allocations, last allocation first (as undo_units.lua takes them off)."""
+    left = {
+        sku: back[(rec.order_id, sku)] for sku in {ln.sku for s in rec.shipments for ln in s.lines}
+    }
+    for ship in reversed(rec.shipments):
+        for ln in reversed(ship.lines):
+            take = min(left.get(ln.sku, 0), ln.qty)
+            if take:
+                shipped[(ln.sku, ship.location)] += take
+                left[ln.sku] -= take
+
+
 def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit:
     """Re-add every record against the loaded stock: conservation and one record per order."""
     shipped: Counter[tuple[str, str]] = Counter()
@@ -310,7 +326,14 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
         decided, received = int(decided_s), int(received_s)
         lat.append(decided - received)
         first, last = min(first, decided), max(last, decided)
+    back: Counter[tuple[str, str]] = Counter()  # units returned per (order, SKU)
+    for ret in returns(store, shards):  # returned units are back in stock, where returned
+        for ln in ret.lines:
+            shipped[(ln.sku, ret.location)] -= ln.qty
+            back[(ret.order_id, ln.sku)] += ln.qty
     for rec in final.values():
+        if rec.status == "cancelled":  # its cancel gave back only what was not returned:
+            _returned_stays_shipped(rec, back, shipped)  # the returned units count as shipped
         if rec.status == "accepted":
             accepted += 1
             for ship in rec.shipments:
@@ -321,9 +344,6 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
                 gifts += 1
         else:
             rejected[rec.reason or rec.status] += 1
-    for ret in returns(store, shards):  # returned units are back in stock
-        for ln in ret.lines:
-            shipped[(ln.sku, ret.location)] -= ln.qty
     _, cat = store.catalog()  # a SKU split into buckets is counted over all of them
     now = store.stock_levels(loaded, {s.sku: s.buckets for s in cat.skus} if cat else None)
     oversold = 0
