@@ -13,6 +13,7 @@ from typing import Any
 from dataflows.gifts import Settler
 from onestock import events
 from onestock.records import pack
+from state import keys
 from state.conn import Waiter
 from state.keys import public, sku_slot
 from state.store import Store
@@ -47,7 +48,7 @@ class Aftersale:
         remembered so it is never decided."""
         earlier = [oid for oid in cancels if oid not in firsts]
         state = self.wait.call(
-            self.store.registry, shard, [f for oid in earlier for f in (oid, "~x:" + oid)]
+            self.store.registry, shard, [f for oid in earlier for f in (oid, keys.REG_CANCEL + oid)]
         )
         undo: list[tuple[str, str]] = []  # (order id, its accepted outcome)
         out: list[str] = []
@@ -63,7 +64,7 @@ class Aftersale:
             if cancelled is not None:
                 continue  # cancelled before: nothing more to do
             if value is None:
-                out += ["~c:" + oid, "P", ""]  # its order has not come yet
+                out += [keys.REG_EARLY_CANCEL + oid, "P", ""]  # its order has not come yet
                 continue
             text = value.decode()
             if text[0] in "HG":  # a campaign order: its gift, if any, goes back too
@@ -73,8 +74,8 @@ class Aftersale:
             undo.append((oid, text))
             received = cancels[oid].partition("-")[0]
             rec = pack(oid, "", "", "ship", received, decided, "C" + text[1:])
-            out += ["~x:" + oid, "C", rec]
-        if undo:  # before anything is given back: a settler that meets "~k:<order id>"
+            out += [keys.REG_CANCEL + oid, "C", rec]
+        if undo:  # before anything is given back: a settler that meets keys.REG_CANCELLING
             # releases no gift for the order (and puts back one it took)
             self.wait.call(self.store.mark_cancelling, shard, [oid for oid, _ in undo])
         removed = self._undo(undo) if undo else {}
@@ -96,7 +97,9 @@ class Aftersale:
         returns become dead letters with the reason; accepted ones, return records."""
         earlier = list({r.order_id for _, _, r in returns if r.order_id not in firsts})
         got = self.wait.call(
-            self.store.registry, shard, [f for o in earlier for f in (o, "~x:" + o, "~k:" + o)]
+            self.store.registry,
+            shard,
+            [f for o in earlier for f in (o, keys.REG_CANCEL + o, keys.REG_CANCELLING + o)],
         )
         state = {o: got[3 * i : 3 * i + 3] for i, o in enumerate(earlier)}
         todo: list[tuple[str, bytes, events.Return, dict[str, int], str]] = []
@@ -129,7 +132,7 @@ class Aftersale:
         if not todo:
             return []
         # what each SKU of each order got back before, and which returns were applied
-        wanted = [(ln.sku, ["~rq:" + r.order_id, "~r:" + digest])
+        wanted = [(ln.sku, [keys.DEC_RETURNED + r.order_id, keys.DEC_RETURN + digest])
                   for _, _, r, _, digest in todo for ln in r.lines]  # fmt: skip
         answers = iter(self.wait.call(self.store.sku_fields, wanted))
         so_far: dict[tuple[str, str], int] = {}
@@ -193,7 +196,7 @@ class Aftersale:
                 continue
             body = "\x1f".join(f"{r.location}\x1f{ln.sku}\x1f{ln.qty}" for ln in r.lines)
             rec = pack(r.order_id, "", "", "return", eid.partition("-")[0], decided, "T\x1f" + body)
-            out += ["~R:" + digest, "T", rec]
+            out += [keys.REG_RETURN + digest, "T", rec]
         for eid, raw, digest in copies:  # a copy of a refused return is refused too
             if digest in refused_now:
                 dead.append([eid, events.text_of(raw), refused_now[digest]])
@@ -209,15 +212,15 @@ class Aftersale:
 
     def _undo(self, orders: list[tuple[str, str]]) -> dict[str, int]:
         """Give the units of accepted outcomes back (undo_units.lua per slot), per SKU only
-        what is still out: the allocations minus the units returned before ('~rq:<order
+        what is still out: the allocations minus the units returned before (keys.DEC_RETURNED <order
         id>'), taken off the last allocations first. Returns per order the first-N
         candidacies removed.
 
         A hot-SKU bucket b > 0 keeps its allocations in its own slot, while the SKU's returns
-        land in its own keys (bucket 0, with the count '~rq'): a first phase marks the order
-        undone there ('~u:<order id>': no return lands after it) and reads '~rq' in the same
+        land in its own keys (bucket 0, with keys.DEC_RETURNED): a first phase marks the order
+        undone there (keys.DEC_UNDONE: no return lands after it) and reads the count in the same
         call; the second gives the bucket back the rest. A crash in between replays both
-        (idempotent; '~rq' cannot change once marked)."""
+        (idempotent; the count cannot change once marked)."""
         allocs: list[tuple[str, list[tuple[str, str, int]]]] = []
         marks: list[tuple[str, list[tuple[str, str, int, int]]]] = []
         for oid, res in orders:

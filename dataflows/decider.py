@@ -23,6 +23,7 @@ from onestock import events, meter
 from onestock.records import head, held, pack, rejected
 from onestock.routing import Router
 from onestock.types import Catalog, Order
+from state import keys
 from state.conn import Waiter, parse_id
 from state.keys import sku_slot
 from state.store import Store
@@ -110,7 +111,7 @@ class Decider:
         # lend at the last borrowing: such orders skip the first round and go straight to
         # borrowing (sold out: one round, not three)
         self._dry: set[tuple[str, str]] = set()
-        # shards whose last emit said no cancel waits for its order (emit.lua's '~nc')
+        # shards whose last emit said no cancel waits for its order (keys.REG_NO_EARLY)
         self._no_early: set[int] = set()
         # per shard: its decide mark as this process last wrote or read it (keys.decide_mark)
         self._mark: dict[int, tuple[int, int]] = {}
@@ -164,7 +165,8 @@ class Decider:
         # (while no cancel of the shard waits for its order, as its last emit said, the
         # "~c:" lookups are skipped)
         step = 1 if shard in self._no_early else 2
-        fields = ids if step == 1 else [f for oid in ids for f in (oid, "~c:" + oid)]
+        early = keys.REG_EARLY_CANCEL
+        fields = ids if step == 1 else [f for oid in ids for f in (oid, early + oid)]
         # (the same round trip reads the SKUs decide.lua last found sold out, and moves the
         # shard's decide mark past this batch before anything of it is decided)
         last_id = entries[-1][0]
@@ -260,12 +262,12 @@ class Decider:
         if cancels:
             out = self.aftersale.cancel(shard, cancels, firsts, outcome, held_ids, decided)
             add(out)
-            tags += ["--X" if k.startswith("~x:") else "" for k in out[::3]]
+            tags += ["--X" if k.startswith(keys.REG_CANCEL) else "" for k in out[::3]]
         if returns:
             locations = self.view.locations
             out = self.aftersale.returns(shard, returns, firsts, outcome, decided, dead, locations)
             add(out)
-            tags += ["--T" if k.startswith("~R:") else "" for k in out[::3]]
+            tags += ["--T" if k.startswith(keys.REG_RETURN) else "" for k in out[::3]]
         now = int(decided)
         tag_of = meter.Tagger(now)
         sum_r = sum_p = n_p = 0

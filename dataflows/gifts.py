@@ -31,6 +31,7 @@ from collections.abc import Callable
 from onestock.ops import shard_of_id
 from onestock.records import GS, SEP
 from onestock.types import Campaign, Catalog
+from state import keys
 from state.store import Store
 
 LEASE_MS = 3000  # a crashed holder blocks settling this long at most
@@ -109,10 +110,10 @@ class Settler:
         reading: list[int | None] = []
         seen: list[int] = []
         for shard in range(self.shards):
-            paid, idle, wall = reports.get(shard, (None, False, 0))
+            paid, state, wall = reports.get(shard, (None, 0, 0))
             if paid is not None:
                 seen.append(paid)
-            if not idle or now - wall > FRESH_MS:
+            if state == 0 or (state == 1 and now - wall > FRESH_MS):
                 reading.append(paid)
         if reading:
             return (None if None in reading else min(r for r in reading if r is not None)), False
@@ -150,7 +151,7 @@ class Settler:
                     gift_of[e] = ""
                     continue
                 gift_of[e] = loc
-                if loc == "-":  # the gift stock ran out here: the campaign ends
+                if loc == keys.GIFT_NONE:  # the gift stock ran out here: the campaign ends
                     ended.add(camp)
                     if camp not in self.said:
                         self.said.add(camp)
@@ -162,7 +163,9 @@ class Settler:
             loc = gift_of[e]
             c = self.campaigns.get(camp)
             gift = (
-                f"{camp}{GS}{c.gift_sku}{GS}{rank}{GS}{loc}" if c and loc not in ("", "-") else ""
+                f"{camp}{GS}{c.gift_sku}{GS}{rank}{GS}{loc}"
+                if c and loc not in ("", keys.GIFT_NONE)
+                else ""
             )
             by_shard[shard_of_id(oid, self.shards)].append((e, (oid, gift, "1" if late else "")))
         released: set[str] = set()
@@ -174,9 +177,9 @@ class Settler:
                     released.add(e)
                 if status == 3:  # cancelled after its rank was settled: the rank stays used
                     camp, oid = e.split(SEP, 2)[:2]
-                    if gift_of[e] not in ("", "-"):
+                    if gift_of[e] not in ("", keys.GIFT_NONE):
                         cancelled[self.campaigns[camp].gift_sku].append(f"{camp}{SEP}{oid}")
-                    gift_of[e] = "x"
+                    gift_of[e] = keys.GIFT_CANCELLED
         for gift_sku, winner_keys in cancelled.items():  # its gift goes back to the stock
             self.store.campaigns.return_gifts(gift_sku, winner_keys)
         done = [(e, gift_of[e]) for e, _, _, _, _ in parsed if e in released]

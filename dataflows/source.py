@@ -43,6 +43,7 @@ class _ShardPartition(StatefulSourcePartition[Batch, str]):
         try:
             rows = src.store.read(self.shard, self.last, src.batch_size)
             if not rows and src.until_drained and src.store.drained(self.shard, self.last):
+                src.store.campaigns.finished(self.shard)  # (first-N: it holds nothing back)
                 raise StopIteration
         except TRANSIENT as exc:
             if not self.waiting:

@@ -258,7 +258,7 @@ def gifts(store: Store, campaign: str) -> CampaignView:
             if camp_id != campaign:
                 continue
             late_ranks += late == "1"
-            if loc not in ("", "-", "x"):
+            if loc and not loc.startswith("\x00"):  # a location, not a marker (keys.GIFT_*)
                 winners.append(Winner(oid, int(rank), iso_ms(int(paid)), loc, late == "1"))
     winners.sort(key=lambda w: w.rank)
     progress = store.r.hgetall(keys.campaigns(camp.sku))

@@ -35,13 +35,21 @@ class Campaigns:
         value = f"{'' if paid_ms is None else paid_ms} {int(idle)} {wall_ms}"
         self._r.hset(keys.PROGRESS, str(shard), value)
 
-    def progress(self) -> dict[int, tuple[int | None, bool, int]]:
-        """Every shard's last report: shard -> (paid_at ms read up to, idle, wall ms)."""
-        out: dict[int, tuple[int | None, bool, int]] = {}
+    def finished(self, shard: int) -> None:
+        """Say that this run reads no more of ``shard`` (``run --until-drained`` found it
+        drained): it holds no watermark back, however old the report grows."""
+        got: Any = self._r.hget(keys.PROGRESS, str(shard))
+        paid = got.decode().split(" ")[0] if got else ""
+        self._r.hset(keys.PROGRESS, str(shard), f"{paid} 2 0")
+
+    def progress(self) -> dict[int, tuple[int | None, int, int]]:
+        """Every shard's last report: shard -> (paid_at ms read up to, state, wall ms);
+        state 0 reading, 1 idle, 2 finished (see ``finished``)."""
+        out: dict[int, tuple[int | None, int, int]] = {}
         got: dict[bytes, bytes] = self._r.hgetall(keys.PROGRESS)  # type: ignore[assignment]
         for shard, value in got.items():
-            paid, idle, wall = value.decode().split(" ")
-            out[int(shard)] = (int(paid) if paid else None, idle == "1", int(wall))
+            paid, state, wall = value.decode().split(" ")
+            out[int(shard)] = (int(paid) if paid else None, int(state), int(wall))
         return out
 
     def settle(

@@ -30,9 +30,29 @@ LOCK_QTY, LOCK_UNTIL, LOCK_USED = "\x00Lq:", "\x00Lu:", "\x00Lc:"
 # A first-N gift campaign on the SKU: its first_n and its lateness_ms.
 CAMPAIGN, CAMPAIGN_LATENESS = "\x00G:", "\x00Gl:"
 SEP = "\x1f"  # separates fields inside a stored outcome
+
+# Internal fields of a shard's registry (``emitted``) and of a SKU's decision hash
+# (``decisions``) start with NUL, like the rules beside a SKU's stock: an order id passes
+# ``onestock.events.text_problem`` (printable), so it never does, and no order id can name,
+# shadow or overwrite internal state. Any order id the contract allows is an order id.
+REG_EARLY_CANCEL = "\x00c:"  # + order id: a cancel that came before its order (registry only)
+REG_CANCEL = "\x00x:"  # + order id: the record that cancels an accepted order
+REG_CANCELLING = "\x00k:"  # + order id: a cancel is giving the order's units back
+REG_RETURN = "\x00R:"  # + return digest: an accepted return's record
+REG_NO_EARLY = "\x00nc"  # flag: no cancel of the shard waits for its order (emit.lua)
+REG_DEAD = "\x00#"  # + input entry id: that entry's dead letter is written
+DEC_UNDONE = "\x00u:"  # + order id: a cancel gave the order's units of the SKU back
+DEC_RETURN = "\x00r:"  # + return digest: that return was applied to the SKU
+DEC_RETURNED = "\x00rq:"  # + order id: units of the SKU returned for the order so far
+# What a winner's gift is instead of a location (gift.lua, gift_return.lua, settled_ack.lua):
+# NUL-prefixed too, so a location id never reads as one.
+GIFT_NONE = "\x00-"  # no unit was left: the campaign ends at this rank
+GIFT_BACK = "\x00b:"  # + location: the unit taken there went back (the order was cancelled)
+GIFT_CANCELLED = "\x00x"  # the order was cancelled after its rank was settled
 # Each input shard's event-time progress, as its worker last reported it (first-N
 # watermarks, dataflows/gifts.py): HASH shard -> "<greatest paid_at ms read, or ''>
-# <1: nothing left to read, else 0> <the worker's wall ms>" (space separated).
+# <0: reading, 1: nothing left to read, 2: this run reads no more> <the worker's wall ms>"
+# (space separated).
 PROGRESS = f"{PREFIX}:progress"
 
 

@@ -477,14 +477,16 @@ class Store:
 
     def mark_cancelling(self, shard: int, order_ids: list[str]) -> None:
         """Say in the shard's registry that these orders are being cancelled."""
-        self.r.hset(keys.emitted(shard), mapping={f"~k:{oid}": 1 for oid in order_ids})
+        self.r.hset(
+            keys.emitted(shard), mapping={keys.REG_CANCELLING + oid: 1 for oid in order_ids}
+        )
 
     def undo_units(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[int]]:
         """Give cancelled orders' units back, one undo_units.lua call per slot."""
         return self._per_slot(self._undo_units, keys.decisions, calls)
 
     def registry(self, shard: int, order_ids: list[str]) -> list[bytes | None]:
-        """Registry values of the shard for these fields (order ids, "~c:", "~x:" keys)."""
+        """Registry values of the shard for these fields (order ids, ``keys.REG_*`` ones)."""
         if not order_ids:
             return []
         return wire.reads(self.r, [("HMGET", keys.emitted(shard), *order_ids)])[0]  # type: ignore[no-any-return]

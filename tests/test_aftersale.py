@@ -57,18 +57,19 @@ def test_a_cancel_before_its_order_is_kept_and_applied_when_it_comes(store: Stor
 
 
 def test_a_cancel_before_its_order_on_a_shard_that_wrote_records_already(store: Store) -> None:
-    """While no cancel of a shard waits for its order (the registry's '~nc', which the
-    shard's last emit reports), the decider skips the "~c:" lookups; the first cancel that
-    comes before its order must turn that off for the shard's next batch."""
+    """While no cancel of a shard waits for its order (the registry's keys.REG_NO_EARLY,
+    which the shard's last emit reports), the decider skips the keys.REG_EARLY_CANCEL
+    lookups; the first cancel that comes before its order must turn that off for the
+    shard's next batch."""
     d, seq = setup(store, catalog(first_n=3)), [0]
     shard = ops.shard_of(orjson.dumps(cancel("late")), SHARDS)
     first = next(
         f"o{i}" for i in range(1000) if ops.shard_of(orjson.dumps(cancel(f"o{i}")), SHARDS) == shard
     )
     send(d, [buy(first, 0, ("SOCKS", 1))], seq)
-    assert store.r.hexists(keys.emitted(shard), "~nc")
+    assert store.r.hexists(keys.emitted(shard), keys.REG_NO_EARLY)
     send(d, [cancel("late")], seq)
-    assert not store.r.hexists(keys.emitted(shard), "~nc")
+    assert not store.r.hexists(keys.emitted(shard), keys.REG_NO_EARLY)
     send(d, [buy("late", 1, ("SOCKS", 2))], seq)
     recs = final(store)
     assert recs["late"].status == "cancelled" and recs["late"].shipments == []
@@ -175,7 +176,7 @@ def test_a_cancellation_storm_during_the_burst(tmp_path: Path, cli_env: dict[str
     ranks = [r.gift.rank for r in gifted]  # type: ignore[union-attr]
     assert len(ranks) == len(set(ranks)) and max(ranks) <= 300
     taken: list[bytes] = store.r.hvals(keys.gift_taken("TOTE-BAG"))  # type: ignore[assignment]
-    assert sum(1 for v in taken if v not in (b"-",) and not v.startswith(b"~")) == len(gifted)
+    assert sum(1 for v in taken if not v.startswith(b"\x00")) == len(gifted)
     assert store.r.hlen(keys.held(0)) == 0
 
 
@@ -325,7 +326,9 @@ def test_a_return_after_a_cancel_is_refused_also_by_the_script(store: Store) -> 
     send(d, [buy("q", 1, ("SOCKS", 2))], seq)
     ok = [1, "SOCKS", 2, 1, "q", "x2", "wh-bj", 2, 2, 1, "q", "x2", "wh-sh", 1, 2]
     assert store.return_units([(["SOCKS"], ok)]) == [[4, 3]]  # 2 + 1 of the SKU > 2 shipped
-    assert total(store) == 98 and not store.r.hexists(keys.decisions("SOCKS"), "~rq:q")
+    assert total(store) == 98 and not store.r.hexists(
+        keys.decisions("SOCKS"), keys.DEC_RETURNED + "q"
+    )
 
 
 def test_a_cancel_landing_between_the_checks_and_the_restock_refuses_the_return(
@@ -368,7 +371,7 @@ def test_a_bucketed_order_returned_then_cancelled_gives_back_only_the_rest(
     for _ in range(2):  # and a copy
         recs, _ = decide(store, [cancel("h")], shard=3)
     assert levels(store, "HOT", 3) == {"wh-a": 1}  # 2 shipped - 1 returned
-    assert store.r.hexists(keys.decisions("HOT"), "~u:h")  # no return lands after it
+    assert store.r.hexists(keys.decisions("HOT"), keys.DEC_UNDONE + "h")  # no return lands after it
     _, dead = decide(store, [{**back, "location": "wh-a"}], shard=3)
     assert dead[0][2] == "return refused: the order was cancelled"
     assert store.return_units([(["HOT"], [1, "HOT", 1, 1, "h", "x", "wh-a", 1, 2])]) == [[2]]

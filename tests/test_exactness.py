@@ -197,3 +197,48 @@ def test_a_limit_loaded_under_a_batch_never_rejects_an_order_within_it(store: St
     assert outcomes["in-1"].startswith("A") and outcomes["in-2"].startswith("A")
     again = d.process(0, [("4-0", raw(order("in-3", ("TEE", 1), customer={"id": "c-in-2"})))])
     assert again.records[2].endswith("limit_exceeded")  # the new rule holds from here on
+
+
+# 3: order ids equal to internal registry markers got no record and no dead letter
+INTERNAL_LOOKING = ["~nc", "~c:X-1", "~x:X-1", "~k:X-1", "~R:abc", "#1-0", "~u:X-1", "~rq:X-1",
+                    "~r:abc", "-", "x"]  # fmt: skip
+
+
+def test_an_order_id_that_looks_internal_is_an_order_id(
+    tmp_path: Path, cli_env: dict[str, str], url: str
+) -> None:
+    lines = [orjson.dumps(order("X-1", ("TEE", 2)))]
+    lines += [orjson.dumps(order(oid, ("TEE", 1))) for oid in INTERNAL_LOOKING]
+    lines.append(orjson.dumps({"type": "return", "order_id": "X-1", "location": "wh-a",
+                               "lines": [{"sku": "TEE", "qty": 1}]}))  # fmt: skip
+    cat = json.loads(json.dumps(CATALOG))
+    cat["skus"][1]["stock"] = {"wh-a": 20}
+    run_flow(tmp_path, cli_env, lines, catalog=cat)
+    cancels = [orjson.dumps({"type": "cancel", "order_id": o}) for o in ("X-1", "~x:X-1")]
+    onestock("orders", "push", "-", env=cli_env, input=b"\n".join(cancels) + b"\n")
+    onestock("run", "--until-drained", "--workers", "1", env=cli_env, timeout=60)
+    out = onestock("fulfilments", env=cli_env).stdout.splitlines()
+    recs = {r["order_id"]: r for r in map(orjson.loads, out)}
+    dead = onestock("deadletters", env=cli_env).stdout.splitlines()
+    assert set(recs) == {"X-1", *INTERNAL_LOOKING} and dead == []
+    assert recs["X-1"]["status"] == "cancelled" and recs["~x:X-1"]["status"] == "cancelled"
+    assert all(recs[o]["status"] == "accepted" for o in INTERNAL_LOOKING if o != "~x:X-1")
+    store = Store.connect(url)
+    # 20 loaded: X-1's 2 came back (1 returned, 1 by its cancel), "~x:X-1"'s by its cancel
+    assert store.stock_levels(["TEE"])["TEE"] == {"wh-a": 20 - len(INTERNAL_LOOKING) + 1}
+    conserved(url, cat)
+
+
+def test_a_location_named_like_a_gift_marker_ships_gifts(
+    tmp_path: Path, cli_env: dict[str, str], url: str
+) -> None:
+    cat = json.loads(json.dumps(CATALOG))
+    cat["locations"].append({"id": "-", "lat": 31.0, "lon": 121.0})
+    cat["skus"].append({"sku": "TOTE", "stock": {"-": 5}})
+    cat["campaigns"] = [{"id": "G", "sku": "TEE", "gift_sku": "TOTE", "first_n": 2,
+                         "lateness_ms": 100}]  # fmt: skip
+    lines = [orjson.dumps(order(f"g-{i}", ("TEE", 1))) for i in range(3)]
+    recs, _, _ = run_flow(tmp_path, cli_env, lines, catalog=cat)
+    gifts = {o: r["gift"] for o, r in recs.items() if r["gift"]}
+    assert len(gifts) == 2 and all(g["location"] == "-" for g in gifts.values())
+    conserved(url, cat)

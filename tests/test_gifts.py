@@ -273,7 +273,7 @@ def _check_campaign(store: Store, order_ids: set[str], first_n: int) -> None:
     assert [(w.rank, w.order_id) for w in view.winners] == gifted and view.pending == 0
     # a unit of TOTE-BAG per winner, no more (the audit above counts them out of the stock)
     taken = store.r.hvals(keys.gift_taken("TOTE-BAG"))
-    assert len(taken) == first_n and b"-" not in taken
+    assert len(taken) == first_n and keys.GIFT_NONE.encode() not in taken
     shipped = [s for r in recs.values() for s in r.shipments for ln in s.lines
                if ln.sku == "SNEAKER-42"]  # fmt: skip
     assert len(shipped) >= first_n

@@ -1,11 +1,12 @@
 -- emit.lua: write a shard's decided batch: records and dead letters exactly once, then trim.
 --
--- KEYS: KEYS[1] registry hash (order id -> outcome; "#<entry id>" for dead letters),
+-- KEYS: KEYS[1] registry hash (order id -> outcome; "\0#<entry id>" for dead letters;
+--       every internal field starts with NUL, which no order id does: state/keys.py),
 --       KEYS[2] fulfilment stream, KEYS[3] dead-letter stream, KEYS[4] input stream,
 --       KEYS[5] watermark (the last input entry id whose outcome is written),
 --       KEYS[6] counters hash (fields "records", "dead"), KEYS[7] held records (order id ->
 --       record waiting for its gift settlement), KEYS[8] decisions stream, KEYS[9] returns
---       stream (records of keys "~R:<return digest>" go there). One slot.
+--       stream (records of keys "\0R:<return digest>" go there). One slot.
 -- ARGV: last input entry id of the batch ("-": a part of a batch whose last part moves the
 --       watermark), nrecords, then per record: order_id, registry
 --       value; then the packed records joined by \30 (one per record, in that order; ""
@@ -31,10 +32,10 @@
 -- settlement: its record is held (KEYS[7]), not written, and its decision ("A") goes to the
 -- decisions stream at once; one starting with "r" is a rejected campaign order: its record
 -- is written and its decision ("R") goes to the decisions stream too.
--- Cancellations use registry keys of their own: "~x:<order id>" for the record that
+-- Cancellations use registry keys of their own: "\0x:<order id>" for the record that
 -- cancels an accepted order (its held record, if any, is dropped: it will never be
--- released), "~c:<order id>" with an empty record for a cancel that came before its order.
--- Returns: {records written, dead letters written, 1 if '~nc' (below) is in the registry
+-- released), "\0c:<order id>" with an empty record for a cancel that came before its order.
+-- Returns: {records written, dead letters written, 1 if '\0nc' (below) is in the registry
 -- else 0}. A record whose key is already in the
 -- registry is skipped: replays after a crash never produce a second record.
 local last = ARGV[1]
@@ -80,8 +81,8 @@ local function split(s, n)
 end
 
 -- One HMGET for the registry (in chunks), then either path.
--- '~nc' in the registry: no cancel of this shard waits for its order, so the decider need not
--- look up "~c:<order id>" for the orders of its next batch. Set by the first write to an empty
+-- '\0nc' in the registry: no cancel of this shard waits for its order, so the decider need not
+-- look up "\0c:<order id>" for the orders of its next batch. Set by the first write to an empty
 -- registry (one written before this flag existed never gets it), dropped for good by the
 -- first cancel that comes before its order.
 local no_early = call('HLEN', KEYS[1]) == 0
@@ -98,7 +99,7 @@ for i = 1, nrec, CHUNK do
     else
       fresh[k] = true
       local kind = byte(argv[2 + 2 * k], 1)
-      if kind == 72 or byte(oid, 1) == 126 then plain = false end -- H ~
+      if kind == 72 or byte(oid, 1) == 0 then plain = false end -- H, or an internal field
     end
     seen[oid] = true
   end
@@ -143,11 +144,11 @@ else
         held[#held + 1] = rec
         decided[#decided + 1] = oid .. '\31A'
       elseif rec == '' then -- a pending cancel: registry only
-        if string.sub(oid, 1, 3) == '~c:' then no_early = false; call('HDEL', KEYS[1], '~nc') end
-      elseif string.sub(oid, 1, 3) == '~R:' then
+        if string.sub(oid, 1, 3) == '\0c:' then no_early = false; call('HDEL', KEYS[1], '\0nc') end
+      elseif string.sub(oid, 1, 3) == '\0R:' then
         returned[#returned + 1] = rec
       else
-        if string.sub(oid, 1, 3) == '~x:' then call('HDEL', KEYS[7], string.sub(oid, 4)) end
+        if string.sub(oid, 1, 3) == '\0x:' then call('HDEL', KEYS[7], string.sub(oid, 4)) end
         written = written + 1
         recs[written] = rec
         if kind == 114 then decided[#decided + 1] = oid .. '\31R' end -- 'r'
@@ -171,7 +172,7 @@ else
 end
 for i = 1, ndl do
   local q = p + 3 * (i - 1) + 1
-  if redis.call('HSETNX', KEYS[1], '#' .. ARGV[q], 'D') == 1 then
+  if redis.call('HSETNX', KEYS[1], '\0#' .. ARGV[q], 'D') == 1 then
     redis.call('XADD', KEYS[3], '*', 'id', ARGV[q], 'raw', ARGV[q + 1], 'reason', ARGV[q + 2])
     dead = dead + 1
   end
@@ -197,5 +198,5 @@ if last ~= '-' then
     if trimmed > 0 then redis.call('HINCRBY', KEYS[6], 'trimmed', trimmed) end
   end
 end
-if no_early then call('HSET', KEYS[1], '~nc', 1) end
-return { written, dead, call('HEXISTS', KEYS[1], '~nc') }
+if no_early then call('HSET', KEYS[1], '\0nc', 1) end
+return { written, dead, call('HEXISTS', KEYS[1], '\0nc') }

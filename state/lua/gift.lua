@@ -1,10 +1,10 @@
 -- gift.lua: take one unit of a gift SKU for each winning rank, at most once per rank.
 --
 -- KEYS: KEYS[1] the gift SKU's stock hash, KEYS[2] its taken hash ("<campaign>\31<order id>"
---       -> location, or "-" when no unit was left).
+--       -> location, or "\0-" when no unit was left: state/keys.py GIFT_NONE).
 -- ARGV: n, then per winner: its key, the number of candidate locations, and those locations
 --       in order of preference (the order's shipping location first, then by distance).
--- Returns per winner the location its unit comes from, or "-" (none left: nothing taken).
+-- Returns per winner the location its unit comes from, or "\0-" (none left: nothing taken).
 -- A winner asked again gets its first answer back and takes nothing more. Units never go
 -- below zero; the stock hash's marker and rule fields are untouched.
 local n = tonumber(ARGV[1])
@@ -15,7 +15,7 @@ for i = 1, n do
   if not key or not ncand then return redis.error_reply('ERR gift.lua: bad winner #' .. i) end
   local got = redis.call('HGET', KEYS[2], key)
   if not got then
-    got = '-'
+    got = '\0-'
     for j = 1, ncand do
       local loc = ARGV[p + 1 + j]
       if tonumber(redis.call('HGET', KEYS[1], loc) or '0') >= 1 then

@@ -1,18 +1,18 @@
 -- return_units.lua: put returned units back at the named location (this slot's SKUs).
 --
 -- KEYS: per SKU i, the decide.lua layout: KEYS[6i-5] stock hash, KEYS[6i-4] decision hash
---       (it keeps "~r:<digest>" per applied return and "~rq:<order id>" = units of the SKU
---       returned for the order so far; a cancel's "~u:<order id>", see undo_units.lua),
+--       (it keeps "\0r:<digest>" per applied return and "\0rq:<order id>" = units of the SKU
+--       returned for the order so far; a cancel's "\0u:<order id>", see undo_units.lua),
 --       KEYS[6i-2] alerts stream (the others unused here).
 -- ARGV: nskus, sku names (nskus), n, then per line: sku index, order id, return digest,
 --       location, qty, shipped (units of the SKU the order shipped, over all its shipments;
 --       a hot SKU's buckets count as the SKU, whose own keys take its returns).
 -- The lines of one return (one digest) in this call are applied together or not at all:
--- - applied before ("~r:<digest>" set): nothing changes, each line answers 0;
+-- - applied before ("\0r:<digest>" set): nothing changes, each line answers 0;
 -- - refused, nothing changes: 2 on a line whose SKU's units the order gave back by a cancel
---   ("~u:<order id>"), 3 on a line whose SKU would get back more than shipped
---   ('~rq' + this return's units of the SKU > shipped), 4 on the return's other lines;
--- - else applied: the units back at the location, '~rq' counts them, each line answers 1.
+--   ("\0u:<order id>"), 3 on a line whose SKU would get back more than shipped
+--   ('\0rq' + this return's units of the SKU > shipped), 4 on the return's other lines;
+-- - else applied: the units back at the location, '\0rq' counts them, each line answers 1.
 -- So, with undo_units.lua, the units given back for an order never exceed those it shipped;
 -- the caller checks first (for the human reason), this is the atomic check.
 local nskus = tonumber(ARGV[1])
@@ -42,7 +42,7 @@ for _, digest in ipairs(digests) do
   local g = groups[digest]
   local oid = lines[g[1]].oid
   local code, bad = 1, nil
-  if redis.call('HEXISTS', KEYS[6 * lines[g[1]].s - 4], '~r:' .. digest) == 1 then
+  if redis.call('HEXISTS', KEYS[6 * lines[g[1]].s - 4], '\0r:' .. digest) == 1 then
     code = 0 -- a return's lines in one slot are applied together: one marker tells
   else
     local want = {}
@@ -50,11 +50,11 @@ for _, digest in ipairs(digests) do
       local l = lines[i]
       want[l.s] = (want[l.s] or 0) + l.q
       local dec = KEYS[6 * l.s - 4]
-      if redis.call('HEXISTS', dec, '~u:' .. oid) == 1 then
+      if redis.call('HEXISTS', dec, '\0u:' .. oid) == 1 then
         code, bad = 2, i
         break
       end
-      if tonumber(redis.call('HGET', dec, '~rq:' .. oid) or '0') + want[l.s] > l.shipped then
+      if tonumber(redis.call('HGET', dec, '\0rq:' .. oid) or '0') + want[l.s] > l.shipped then
         code, bad = 3, i
         break
       end
@@ -67,10 +67,10 @@ for _, digest in ipairs(digests) do
       local dec = KEYS[6 * l.s - 4]
       if not counted[l.s] then
         counted[l.s] = true
-        redis.call('HSET', dec, '~r:' .. digest, 1)
+        redis.call('HSET', dec, '\0r:' .. digest, 1)
       end
       redis.call('HINCRBY', KEYS[6 * l.s - 5], l.loc, l.q)
-      redis.call('HINCRBY', dec, '~rq:' .. l.oid, l.q)
+      redis.call('HINCRBY', dec, '\0rq:' .. l.oid, l.q)
       touched[l.s] = true
     end
   end

@@ -4,8 +4,8 @@
 --       ranks STREAM (what `onestock gifts` reads).
 -- ARGV: head (1: the entries are exactly the first n of the LIST, in order), n, then per
 --       entry: the settled LIST entry, and the gift: a location, "" (no gift: the rank is
---       past first_n or the campaign had ended), "-" (the gift stock ran out at this rank:
---       the campaign ends here), or "x" (the order was cancelled: the rank stays used).
+--       past first_n or the campaign had ended), "\0-" (the gift stock ran out at this rank:
+--       the campaign ends here), or "\0x" (the order was cancelled: the rank stays used).
 -- Each entry leaves the LIST and lands in the ranks STREAM once (idempotent: an entry no
 -- longer in the LIST is skipped); one stream entry per call, field "v": per rank
 -- "<campaign>\31<order id>\31<rank>\31<gift>\31<late>\31<paid_at ms>", separated by \30.
@@ -26,11 +26,11 @@ for i = 1, n do
   if whole or redis.call('LREM', KEYS[2], 1, entry) == 1 then
     local camp, oid, rank, late, paid = string.match(entry, '^(.-)\31(.*)\31(%d+)\31([01])\31(%d+)$')
     out[#out + 1] = camp .. '\31' .. oid .. '\31' .. rank .. '\31' .. gift .. '\31' .. late .. '\31' .. paid
-    if gift ~= '' and gift ~= '-' and gift ~= 'x' then
+    if gift ~= '' and string.byte(gift, 1) ~= 0 then -- a location, not a marker
       counts[camp .. ':awarded'] = (counts[camp .. ':awarded'] or 0) + 1
     end
     if late == '1' then counts[camp .. ':late'] = (counts[camp .. ':late'] or 0) + 1 end
-    if gift == '-' and not ended[camp] then
+    if gift == '\0-' and not ended[camp] then
       ended[camp] = true
       redis.call('HSETNX', KEYS[1], camp .. ':ended', rank)
     end

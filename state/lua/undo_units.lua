@@ -2,20 +2,20 @@
 -- more than is still out.
 --
 -- KEYS: per SKU i of this call, the decide.lua layout: KEYS[6i-5] stock hash, KEYS[6i-4]
---       decision hash (it keeps the marker "~u:<order id>" once the units are back, and the
---       count "~rq:<order id>" of units of the SKU returned for the order, see
+--       decision hash (it keeps the marker "\0u:<order id>" once the units are back, and the
+--       count "\0rq:<order id>" of units of the SKU returned for the order, see
 --       return_units.lua), KEYS[6i-3] units sold per customer, KEYS[6i-2] alerts,
 --       KEYS[6i-1] campaign candidates, KEYS[6i] campaign progress.
 -- ARGV: nskus, sku names (nskus), norders, then per order: order id, n, then n quadruples
 --       (sku index, location, qty >= 0, returned): the order's allocations in this slot, in
 --       the order of its outcome. `returned` (read on a SKU's first quadruple) = units of the
 --       SKU returned for the order as counted in another slot: for a hot-SKU bucket b > 0,
---       the '~rq' of the SKU's own keys (bucket 0), where its returns land; else 0. A
+--       the '\0rq' of the SKU's own keys (bucket 0), where its returns land; else 0. A
 --       quadruple with qty 0 gives nothing back and only marks: the order's units of that
 --       SKU lie in another bucket (dataflows/aftersale.py `_undo`, its first phase).
 -- Per SKU and order at most once, and atomically with return_units.lua (which refuses a
--- return once "~u:<order id>" is set): the units still out go back to the locations they came
--- from, i.e. the allocations minus the units returned ('~rq' + returned), those taken off the
+-- return once "\0u:<order id>" is set): the units still out go back to the locations they came
+-- from, i.e. the allocations minus the units returned ('\0rq' + returned), those taken off the
 -- LAST allocations first (the outcome's order); so over any sequence of returns and cancels
 -- an order never gives back more than it shipped. An unsettled first-N candidacy of the order
 -- ends (its slot passes to the next in rank). What the customer bought still counts toward a
@@ -59,9 +59,9 @@ for o, od in ipairs(orders) do
   local res = { 0 }
   for _, s in ipairs(skus) do
     local allocs, returned = by_sku[s][1], by_sku[s][2]
-    returned = returned + tonumber(redis.call('HGET', KEYS[6 * s - 4], '~rq:' .. oid) or '0')
+    returned = returned + tonumber(redis.call('HGET', KEYS[6 * s - 4], '\0rq:' .. oid) or '0')
     res[#res + 1] = returned
-    if redis.call('HSETNX', KEYS[6 * s - 4], '~u:' .. oid, 1) == 1 then
+    if redis.call('HSETNX', KEYS[6 * s - 4], '\0u:' .. oid, 1) == 1 then
       local _, _, _, camps = read_stock(KEYS[6 * s - 5])
       for id in pairs(camps or {}) do
         local m = id .. '\31' .. oid
