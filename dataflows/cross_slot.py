@@ -30,6 +30,12 @@ from state import keys
 from state.store import Store
 
 MAX_STALLED = 20  # rounds in a row that settle no order
+STALE = 6  # reserve_parts.lua: the slot's rules are newer than the caller's catalog
+
+
+class StaleCatalog(Exception):
+    """A script found rules newer than the catalog the decider judged by: nothing of the
+    call changed; the decider refreshes its catalog and decides the batch again."""
 
 
 class Rules(NamedTuple):
@@ -42,6 +48,7 @@ class Rules(NamedTuple):
     store_channels: set[str]  # channels of kind "store" (they may take safety stock)
     fewest: bool  # split over as few locations as possible (else nearest first)
     bucketed: frozenset[str] = frozenset()  # hot SKUs split into buckets (dataflows.buckets)
+    version: int = 0  # the catalog version these rules are of
 
 
 @functools.lru_cache(maxsize=4096)
@@ -78,10 +85,11 @@ _Entry = tuple[_Item, int, list[Allocation] | None]
 
 
 def _slot_args(
-    batch: Sequence[_Entry], floors: dict[str, int] | None = None
+    batch: Sequence[_Entry], floors: dict[str, int] | None = None, version: int = 0
 ) -> tuple[list[str], list[Any]]:
-    """ARGV for one slot: SKU table (then, to reserve, the safety stock), per-order entries.
-    ``floors`` None: release_parts; else reserve_parts."""
+    """ARGV for one slot: SKU table (then, to reserve, the safety stock and the catalog
+    ``version`` planned with), per-order entries. ``floors`` None: release_parts; else
+    reserve_parts."""
     names: dict[str, int] = {}
     for item, slot, _ in batch:
         for sku in item.slots[slot]:
@@ -91,6 +99,7 @@ def _slot_args(
         args.append(len(floors))
         for loc, units in floors.items():
             args += [loc, units]
+        args.append(version)
     args.append(len(batch))
     for item, slot, allocs in batch:
         o = item.order
@@ -283,13 +292,15 @@ def _attempt(
         for slot, slot_skus in it.slots.items():
             by_slot[slot].append((it, slot, [a for a in res if a[1] in slot_skus]))
     batches = list(by_slot.values())
-    calls = [_slot_args(b, rules.floors) for b in batches]
+    calls = [_slot_args(b, rules.floors, rules.version) for b in batches]
     results = call(store.reserve_parts, calls) if calls else []
     failed: set[str] = set()  # a slot had too few units, or a rule rejects it after all
+    stale = False  # a slot holds rules of a newer catalog than the plans were made with
     for batch, statuses in zip(batches, results, strict=True):
         for (it, _, _), status in zip(batch, statuses, strict=True):
             if status not in (1, 2):
                 failed.add(it.order.order_id)
+                stale = stale or status == STALE
     # In arrival order: once an order's plan did not go through, the orders after it may have
     # planned around units it never took, or been judged on counts that included it, so they
     # are released and decided again on a fresh read; the ones before it stand.
@@ -316,6 +327,8 @@ def _attempt(
                 outcome[oid] = "B" if reason == "B" else rejected(reason)
     if undo:
         _release(store, call, undo)
+    if stale:  # the orders before the first failure stand; the rest wait for the new rules
+        raise StaleCatalog
     return again
 
 

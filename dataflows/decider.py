@@ -12,11 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import redis
 
 from dataflows import buckets
 from dataflows.aftersale import Aftersale
 from dataflows.buckets import BucketPlan
-from dataflows.cross_slot import Rules, decide_cross
+from dataflows.cross_slot import Rules, StaleCatalog, decide_cross
 from dataflows.gifts import Settler
 from dataflows.refusals import NO_PICKUP, SOLD_OUT, Refusals
 from onestock import events, meter
@@ -52,8 +53,9 @@ class Decided(msgspec.Struct):
 class _View:
     """The catalog as the decider needs it, rebuilt when the catalog version changes."""
 
-    def __init__(self, catalog: Catalog | None) -> None:
+    def __init__(self, catalog: Catalog | None, version: int = 0) -> None:
         catalog = catalog or Catalog(channels=[], locations=[], skus=[])
+        self.version = version  # the catalog version, as the scripts check it
         self.router = Router(catalog)
         self.channels = {c.id for c in catalog.channels}
         self.skus = {s.sku for s in catalog.skus}
@@ -81,7 +83,7 @@ class _View:
         bucketed = frozenset(s.sku for s in catalog.skus if s.buckets > 1)
         self.rules = Rules(
             self.ruled, limits, presale, self.floors, self.store_channels, bool(self.fewest),
-            bucketed,
+            bucketed, version,
         )  # fmt: skip
         self.loc_index = {loc: i + 1 for i, loc in enumerate(self.router.ids)}
         # SKUs with a first-N gift campaign: their accepted orders' records wait for it
@@ -123,14 +125,40 @@ class Decider:
         version = self.wait.call(self.store.catalog_version)
         if version != self.version:
             self.version, catalog = self.wait.call(self.store.catalog)
-            self.view = _View(catalog)
+            self.view = _View(catalog, self.version)
             self._dry.clear()
             if catalog is not None:
                 self.settler.load(catalog)
                 buckets.reconcile(self.store, self.wait.call, self.view.buckets)
 
     def process(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
-        """Outcomes for a batch read from ``shard`` (entry id, raw event)."""
+        """Outcomes for a batch read from ``shard`` (entry id, raw event).
+
+        A script that finds rules newer than this process's catalog changes nothing and
+        says so (``StaleCatalog``): the catalog is read again and the batch decided again
+        (what was decided stands: the scripts answer a replay with its stored outcome), so
+        every order is judged by one catalog. A load writes its version last: until then
+        its SKUs' orders wait (a load killed half way holds them until the next load)."""
+        waited = 0
+        while True:
+            try:
+                return self._process(shard, entries)
+            except StaleCatalog:
+                before = self.version
+                self.refresh()
+                if self.version != before:
+                    continue
+                if self.wait.stopping():
+                    raise redis.TimeoutError(
+                        "stopping while a catalog load is unfinished"
+                    ) from None
+                if waited == 50:  # a second
+                    self.wait.say(f"a catalog newer than version {before} is being loaded: "
+                                  "orders of its SKUs wait for it")  # fmt: skip
+                waited += 1
+                time.sleep(0.02)
+
+    def _process(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
         if not entries:  # a tick from a caught-up shard: only gift settlement to do
             if self.version < 0:
                 self.refresh()
@@ -329,15 +357,21 @@ class Decider:
             ]
             calls = [self._slot_call(group, ranked) for group in groups]
             results = self.wait.call(self.store.decide_slots, calls)
+            stale = False  # a call found rules of a newer catalog: it changed nothing
             for group, res in zip(groups, results, strict=True):
                 for o, r in zip(group, res, strict=True):
                     text = r.decode()
+                    if text == "S":
+                        stale = True
+                        continue
                     if text[0] == "G":  # accepted and a first-N candidate: record held
                         held_ids.add(o.order_id)
                         text = text[1:]
                     elif text == SOLD_OUT:
                         self.refusals.sold_out(o)
                     outcome[o.order_id] = text
+            if stale:
+                raise StaleCatalog
         if cross:
             gifts = self.view.campaign_skus
             router = self.view.router
@@ -450,4 +484,4 @@ class Decider:
         ids = view.router.ids
         chans = list(chan_index)
         header = [len(skus), len(ids), len(chans), view.fewest, *skus, *ids, *view.safety, *chans]
-        return skus, header + body
+        return skus, [*header, *body, view.version]  # (the version last: decide.lua)

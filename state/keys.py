@@ -23,6 +23,9 @@ STOCK_MARKER = "\x00sku"  # field present in every stock hash: the SKU exists ev
 RULE_LIMIT = "\x00limit"  # per_customer_limit, units
 RULE_VIP_UNTIL = "\x00vip"  # vip_presale_until, epoch milliseconds
 RULE_LOW = "\x00low"  # low_stock_threshold, units
+# The catalog version that last wrote the SKU's rules: a script asked by a decider whose
+# catalog is older answers "stale" and changes nothing (an order is judged by one catalog).
+RULES_VERSION = "\x00v"
 ALERTED = "\x00alerted"  # flag: the low-stock alert fired (cleared when a restock lifts it)
 # A channel lock of the SKU: its units, its end (epoch ms), and the units its channel drew
 # from it so far (kept across catalog reloads while the SKU keeps a lock for that channel).

@@ -172,30 +172,32 @@ class Store:
                 [keys.CAMPAIGN + c.id, c.first_n, keys.CAMPAIGN_LATENESS + c.id, c.lateness_ms]
             )
         named = set(replace_stock)
-        _, old = self.catalog()
+        old_version, old = self.catalog()
+        # Every stock hash this load writes says which catalog it belongs to; the version
+        # itself moves last, so a decider never reads a version whose rules are half written.
+        version = old_version + 1
         before = {s.sku: s.buckets for s in old.skus} if old is not None else {}
         floors = {loc.id: loc.safety_stock for loc in catalog.locations if loc.safety_stock}
         for name in replace_stock:
             sku = by_sku[name]
             flat: list[Any] = []
             if sku.buckets > 1 or before.get(name, 1) > 1:
-                self._load_buckets(sku, before.get(name, 1), floors, camps.get(name, []))
+                self._load_buckets(sku, before.get(name, 1), floors, camps.get(name, []), version)
                 continue
             for loc, qty in sku.stock.items():
                 flat += [loc, qty]
-            flat += self._rules(sku)
+            flat += self._rules(sku, version)
             flat += camps.get(name, [])
             self._set_stock(keys=[keys.stock(name)], args=flat)
         for name, fields in camps.items():
             if name not in named:
-                self.r.hset(
-                    keys.stock(name), mapping=dict(zip(fields[::2], fields[1::2], strict=True))
-                )
+                mapping = dict(zip(fields[::2], fields[1::2], strict=True))
+                self.r.hset(keys.stock(name), mapping={**mapping, keys.RULES_VERSION: version})
         self.r.set(keys.CATALOG, json_encoder.encode(catalog))
-        self.r.incr(keys.CATALOG_VERSION)
+        self.r.set(keys.CATALOG_VERSION, version)
 
     def _load_buckets(
-        self, sku: Sku, before: int, floors: dict[str, int], camps: list[Any]
+        self, sku: Sku, before: int, floors: dict[str, int], camps: list[Any], version: int
     ) -> None:
         """Replace a bucketed SKU's stock (or one that was bucketed): split over its buckets,
         under the SKU's mover lease so no transfer is half way; buckets it no longer has go."""
@@ -203,15 +205,16 @@ class Store:
             self.buckets.clear_in_flight(sku.sku, max(before, sku.buckets))
             for b, levels in enumerate(split(sku, floors)):
                 flat: list[Any] = [f for loc, qty in levels.items() for f in (loc, qty)]
-                flat += self._rules(sku) + (camps if b == 0 else [])
+                flat += self._rules(sku, version) + (camps if b == 0 else [])
                 self._set_stock(keys=[keys.stock(keys.bucket(sku.sku, b))], args=flat)
             for b in range(sku.buckets, before):
                 self.r.delete(keys.stock(keys.bucket(sku.sku, b)))
 
     @staticmethod
-    def _rules(sku: Sku) -> list[Any]:
-        """The SKU's rules as the NUL-prefixed fields beside its stock."""
-        flat: list[Any] = []
+    def _rules(sku: Sku, version: int) -> list[Any]:
+        """The SKU's rules as the NUL-prefixed fields beside its stock (``version``: the
+        catalog's, ``keys.RULES_VERSION``)."""
+        flat: list[Any] = [keys.RULES_VERSION, version]
         if sku.per_customer_limit is not None:
             flat += [keys.RULE_LIMIT, sku.per_customer_limit]
         if sku.low_stock_threshold is not None:

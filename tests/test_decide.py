@@ -218,11 +218,12 @@ def test_half_reserved_cross_slot_order_from_a_crash_is_undone_then_redone(
     if tee != "TEE":
         pytest.skip("needs SKUs in different slots")
     # A crash after the SNEAKER slot was reserved at Shanghai, before the TEE slot.
-    # ARGV: SKU table, no safety stock; order id, home, customer, channel, vip, paid_at,
-    # store_channel, allocations
+    # ARGV: SKU table, no safety stock, catalog version; order id, home, customer, channel,
+    # vip, paid_at, store_channel, allocations
+    v = loaded.catalog_version()
     part = (
         ["SNEAKER"],
-        [1, "SNEAKER", 0, 1, "half", 1, "c-half", "tmall", 0, 0, 0, 1, 1, "wh-shanghai", 1],
+        [1, "SNEAKER", 0, v, 1, "half", 1, "c-half", "tmall", 0, 0, 0, 1, 1, "wh-shanghai", 1],
     )
     assert loaded.reserve_parts([part]) == [[1]]
     recs, _ = decide(

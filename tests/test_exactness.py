@@ -185,13 +185,13 @@ def test_a_limit_loaded_under_a_batch_never_rejects_an_order_within_it(store: St
     real = store.decide_slots
 
     def load_first(calls: Any) -> Any:  # the load lands between the read and the script
+        store.decide_slots = real  # type: ignore[method-assign]
         load(store, limited)
         return real(calls)
 
     store.decide_slots = load_first  # type: ignore[method-assign]
     out = d.process(0, [("2-0", raw(order("in-1", ("TEE", 1)))),
                         ("3-0", raw(order("in-2", ("TEE", 2))))])  # fmt: skip
-    store.decide_slots = real  # type: ignore[method-assign]
     d.emit(out)
     outcomes = dict(zip(out.records[0::3], out.records[1::3], strict=True))
     assert outcomes["in-1"].startswith("A") and outcomes["in-2"].startswith("A")
@@ -242,3 +242,41 @@ def test_a_location_named_like_a_gift_marker_ships_gifts(
     gifts = {o: r["gift"] for o, r in recs.items() if r["gift"]}
     assert len(gifts) == 2 and all(g["location"] == "-" for g in gifts.values())
     conserved(url, cat)
+
+
+def test_an_order_is_judged_by_one_catalog_never_a_mix(store: Store) -> None:
+    """Two SKUs of one slot; the old catalog sells A to VIPs only, the new one B instead. A
+    load half way (A written, B not yet) must not judge A by the new rules and B by the old
+    (which would accept a non-VIP's A + B that both catalogs refuse): the order waits for
+    the new catalog."""
+    import threading
+
+    from dataflows.decider import Decider
+    from state import keys
+    from tests.conftest import load
+    from tests.helpers import raw
+
+    def cat(vip_only: str) -> dict[str, Any]:
+        skus = [{"sku": s, "stock": {"wh-a": 10}} for s in ("P}A", "P}B")]
+        next(s for s in skus if s["sku"] == vip_only)["vip_presale_until"] = "2099-01-01T00:00:00Z"
+        return {**CATALOG, "skus": skus}
+
+    assert keys.sku_slot("P}A") == keys.sku_slot("P}B")
+    load(store, cat("P}A"))
+    d = Decider(store, say=lambda _m: None)
+    d.refresh()
+    real = store.decide_slots
+    finish = threading.Timer(0.3, lambda: load(store, cat("P}B")))
+
+    def half_loaded(calls: Any) -> Any:  # A's rules of the new catalog are written, B's not
+        store.decide_slots = real  # type: ignore[method-assign]
+        store.r.hset(keys.stock("P}A"), mapping={keys.RULES_VERSION: 2})
+        store.r.hdel(keys.stock("P}A"), keys.RULE_VIP_UNTIL)
+        finish.start()
+        return real(calls)
+
+    store.decide_slots = half_loaded  # type: ignore[method-assign]
+    out = d.process(0, [("3-0", raw(order("mix", ("P}A", 1), ("P}B", 1))))])
+    finish.join()
+    assert out.records[2].endswith("vip_only")  # by the new catalog: B is for VIPs
+    assert d.version == 2

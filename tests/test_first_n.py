@@ -89,7 +89,9 @@ def test_a_part_reserved_by_a_crashed_attempt_never_takes_a_rank(store: Store) -
     d.refresh()
     a1 = buy(oid("a", 0), 100, ("SNEAKER", 1), ("ZZZ", 1))  # can never be served: ZZZ has nothing
     item = _Item(events.decode(raw(a1)).order, ["wh-sh"], d.view.rules, 100)  # type: ignore[union-attr]
-    part = _slot_args([(item, sku_slot("SNEAKER"), [("wh-sh", "SNEAKER", 1)])], d.view.floors)
+    part = _slot_args(
+        [(item, sku_slot("SNEAKER"), [("wh-sh", "SNEAKER", 1)])], d.view.floors, d.view.version
+    )
     assert store.reserve_parts([part]) == [[1]]  # then kill -9 before the ZZZ part
     idle(d)
     d.settler.run(force=True)  # another worker settles meanwhile

@@ -129,7 +129,9 @@ def test_parts_a_crash_left_reserved_go_back_before_the_batchs_later_orders(
     crashed.refresh()
     a1 = order("a1", ("HOT", 1), ("ZZZ", 1))
     item = _Item(events.decode(raw(a1)).order, ["wh-a"], crashed.view.rules, 0)  # type: ignore[union-attr]
-    part = _slot_args([(item, sku_slot("HOT"), [("wh-a", "HOT", 1)])], crashed.view.floors)
+    part = _slot_args(
+        [(item, sku_slot("HOT"), [("wh-a", "HOT", 1)])], crashed.view.floors, crashed.view.version
+    )
     assert store.reserve_parts([part]) == [[1]]  # then kill -9 before the ZZZ part
     store.set_mark(0, "100-0")  # the crashed run's batch ended at a1
     restarted = Decider(store, say=lambda _m: None)

@@ -27,6 +27,9 @@
 -- then the channel locks (sold_out when the SKU's units minus the other channels' active
 -- unconsumed locks are fewer than qty; see lock_take). An accepted order of a locked channel
 -- draws from its own lock first (the fields '\0Lc:<channel>' count what it drew).
+-- Last ARGV: the catalog version the caller judged by. When a SKU's rules were written by a
+-- newer catalog ('\0v'), every order answers "S" (stale) and nothing changes: the caller
+-- refreshes its catalog and asks again, so an order is judged by one catalog, never a mix.
 -- Returns: one outcome per order, fields separated by \31:
 --       "A" followed by (location, sku, qty) triples, or "R" followed by a reason; an
 --       accepted order that became a first-N campaign candidate is "G" followed by its "A..."
@@ -70,7 +73,9 @@ end
 for i = 1, nchans do chans[i] = ARGV[4 + nskus + 2 * nlocs + i] end
 local first = 6 + nskus + 2 * nlocs + nchans -- ARGV index of the first order id
 local norders = tonumber(ARGV[first - 1])
-if not norders or #ARGV ~= first - 1 + 3 * norders then return bad('bad order count') end
+if not norders or #ARGV ~= first + 3 * norders then return bad('bad order count') end
+local version = tonumber(ARGV[#ARGV])
+if not version then return bad('bad catalog version') end
 
 -- Pass 1: validate every spec and collect order ids per decision hash (no writes yet).
 local ids_by_home = {}
@@ -95,6 +100,7 @@ for o = 1, norders do
 end
 
 -- A replayed order keeps its stored outcome: one HMGET per decision hash for the batch.
+-- (Asked before the staleness check: a stored outcome stands whatever the catalog.)
 local stored = {}
 for h, ids in pairs(ids_by_home) do
   for i = 1, #ids, CHUNK do
@@ -132,6 +138,15 @@ for s = 1, nskus do
       for j = 1, #got do counts[custs[i + j - 1]] = tonumber(got[j] or '0') end
     end
     sold[s], sold_dirty[s] = counts, {}
+  end
+end
+
+-- Rules newer than the caller's catalog: nothing is decided (see the header).
+for s = 1, nskus do
+  if (stock[s]['\0v'] or 0) > version then
+    local out = {}
+    for o = 1, norders do out[o] = stored[ARGV[first + 3 * o - 3]] or 'S' end
+    return out
   end
 end
 

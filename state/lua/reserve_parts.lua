@@ -6,14 +6,15 @@
 --       KEYS[6i] = its campaigns' candidates and progress (unused: an order becomes a
 --       first-N candidate once all its parts are reserved, candidates.lua). All in one slot.
 -- ARGV: nskus, sku names (nskus), nsafe, nsafe pairs (location, units online channels may
---       not take there), norders, then per order: order_id, home (SKU index whose parts hash
+--       not take there), the caller's catalog version, norders, then per order: order_id, home (SKU index whose parts hash
 --       keeps this order's part), customer id, channel id, vip (0/1), paid_at (epoch ms),
 --       store_channel (1: may take safety stock), nallocs, nallocs triples (sku index,
 --       location, qty).
 -- Returns: per order 1 reserved now, 2 already reserved by
 --          an earlier call (unchanged), 0 not enough stock, 3 vip_only, 4 limit_exceeded,
 --          5 sold_out for this channel: other channels' locks hold the units (nothing changed
---          for that order). Rules (locks last) are judged before stock.
+--          for that order), 6 for every order when a SKU's rules ('\0v') are newer than the
+--          caller's catalog (nothing changed: it refreshes and plans again). Rules (locks last) are judged before stock.
 --          Each order's part is all or nothing; orders are applied in ARGV order.
 -- A stored part is customer, channel, then (location, sku, qty, counted, locked) quintuples:
 -- counted = 1 where the units were added to the customer's count, locked = the units drawn
@@ -37,6 +38,8 @@ for _ = 1, nsafe do
   if not safety[ARGV[p]] then return bad('bad safety stock') end
   p = p + 2
 end
+local version = tonumber(ARGV[p]); p = p + 1
+if not version then return bad('bad catalog version') end
 local norders = tonumber(ARGV[p]); p = p + 1
 if not norders then return bad('bad order count') end
 local orders = {}
@@ -91,6 +94,14 @@ for s = 1, nskus do
     local counts = {}
     for k = 1, #custs do counts[custs[k]] = tonumber(got[k] or '0') end
     sold[s], sold_dirty[s] = counts, {}
+  end
+end
+
+for s = 1, nskus do -- rules newer than the caller's catalog: nothing is reserved
+  if (stock[s]['\0v'] or 0) > version then
+    local out = {}
+    for o = 1, norders do out[o] = 6 end
+    return out
   end
 end
 
