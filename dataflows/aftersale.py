@@ -27,6 +27,12 @@ _REFUSALS = {
 }
 
 
+def _digest(r: events.Return) -> str:
+    """A return's identity: the same order, location and lines are the same return."""
+    key = "\x1f".join([r.order_id, r.location, *(f"{ln.sku}:{ln.qty}" for ln in r.lines)])
+    return hashlib.sha1(key.encode()).hexdigest()[:24]
+
+
 class Aftersale:
     def __init__(self, store: Store, wait: Waiter, settler: Settler) -> None:
         self.store = store
@@ -94,7 +100,13 @@ class Aftersale:
     ) -> list[str]:
         """Apply the batch's returns in arrival order: units back at the named location, only
         for accepted orders, never more per SKU than shipped, each return once. Refused
-        returns become dead letters with the reason; accepted ones, return records."""
+        returns become dead letters with the reason; accepted ones, return records. A copy of
+        a return whose record was written changes nothing and has no outcome of its own
+        (whatever happened to the order since: that record is its outcome)."""
+        written = self.wait.call(
+            self.store.registry, shard, [keys.REG_RETURN + _digest(r) for _, _, r in returns]
+        )
+        returns = [ret for ret, rec in zip(returns, written, strict=True) if rec is None]
         earlier = list({r.order_id for _, _, r in returns if r.order_id not in firsts})
         got = self.wait.call(
             self.store.registry,
@@ -126,9 +138,7 @@ class Aftersale:
             if reason is not None:
                 dead.append([eid, events.text_of(raw), f"return refused: {reason}"])
                 continue
-            key = "\x1f".join([oid, r.location, *(f"{ln.sku}:{ln.qty}" for ln in r.lines)])
-            digest = hashlib.sha1(key.encode()).hexdigest()[:24]
-            todo.append((eid, raw, r, shipped, digest))
+            todo.append((eid, raw, r, shipped, _digest(r)))
         if not todo:
             return []
         # what each SKU of each order got back before, and which returns were applied

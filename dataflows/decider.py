@@ -230,6 +230,13 @@ class Decider:
         self._retry.clear()
         self._spread.clear()
         seen = self._seen.get(shard, -1)
+        # a cancel earlier in this batch than its order: the order is never decided, as when
+        # the cancel came in an earlier batch (the outcome must not depend on the batching)
+        early = {
+            oid
+            for oid, at in cancels.items()
+            if oid in firsts and parse_id(at) < parse_id(firsts[oid][0])
+        }
         for i, oid in enumerate(ids):
             d = firsts[oid][1]
             if d.__class__ is Valid and d.paid_ms > seen:  # type: ignore[union-attr]
@@ -237,7 +244,7 @@ class Decider:
             if got[step * i] is not None:  # replay of an order whose record exists: skip it
                 del firsts[oid]
                 continue
-            if step == 2 and got[2 * i + 1] is not None:  # cancelled before it came
+            if (step == 2 and got[2 * i + 1] is not None) or oid in early:  # cancelled before
                 outcome[oid] = "C"  # never decided
                 continue
             if d.__class__ is not Valid:

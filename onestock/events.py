@@ -111,8 +111,8 @@ def decode(raw: bytes | str, now_ms: int | None = None) -> Decoded:
         order = order_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         return _classify_bad(raw, str(exc))
-    except msgspec.DecodeError as exc:
-        return Dead(text_of(raw), f"not JSON: {exc}")
+    except msgspec.DecodeError as exc:  # (an unpaired surrogate: the stdlib may still read it)
+        return _classify_bad(raw, f"not JSON msgspec can read: {exc}")
     oid = order.order_id
     if not oid.isprintable():
         return Dead(text_of(raw), f"order_id {text_problem(oid)}")
@@ -258,7 +258,7 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
     if kind == "return":
         try:
             ret = _return_decoder.decode(raw)
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             return Dead(text_of(raw), f"not a return: {exc}")
         texts = [("location", ret.location)]
         texts += [(f"lines[{i}].sku", ln.sku) for i, ln in enumerate(ret.lines)]

@@ -376,3 +376,40 @@ def test_a_bucketed_order_returned_then_cancelled_gives_back_only_the_rest(
     assert dead[0][2] == "return refused: the order was cancelled"
     assert store.return_units([(["HOT"], [1, "HOT", 1, 1, "h", "x", "wh-a", 1, 2])]) == [[2]]
     assert ops.stock_view(store, "HOT")["HOT"].total == 8
+
+
+# found by the randomized check (onestock.sim)
+def test_a_cancel_earlier_in_the_same_batch_means_the_order_is_never_decided(
+    store: Store,
+) -> None:
+    """The outcome must not depend on the batching: a cancel before its order in one batch
+    is what a cancel in an earlier batch is."""
+    d, seq = setup(store, catalog()), [0]
+    send(d, [cancel("a"), buy("a", 0, ("SOCKS", 3)), cancel("b"), buy("b", 1, ("SOCKS", 999))],
+         seq)  # fmt: skip
+    recs = final(store)
+    assert (recs["a"].status, recs["a"].shipments) == ("cancelled", [])
+    assert (recs["b"].status, recs["b"].shipments) == ("cancelled", [])  # not "rejected"
+    assert total(store) == 100
+
+
+def test_a_copy_of_a_written_return_has_no_outcome_of_its_own(store: Store) -> None:
+    d, seq = setup(store, catalog()), [0]
+    send(d, [buy("o", 0, ("SOCKS", 2))], seq)
+    send(d, [ret("o", "wh-bj", ("SOCKS", 1))], seq)
+    send(d, [cancel("o")], seq)
+    send(d, [ret("o", "wh-bj", ("SOCKS", 1))], seq)  # a webhook retry after the cancel
+    dead = list(store.entries(keys.deadbox, SHARDS))
+    assert dead == [] and total(store) == 100
+
+
+def test_a_return_applied_before_a_crash_still_gets_its_record(store: Store) -> None:
+    d, seq = setup(store, catalog()), [0]
+    send(d, [buy("o", 0, ("SOCKS", 2))], seq)
+    raw = orjson.dumps(ret("o", "wh-bj", ("SOCKS", 1)))
+    shard = ops.shard_of(raw, SHARDS)
+    d.process(shard, [("900-0", raw)])  # restocked, then killed before its record
+    restarted = Decider(store, say=lambda _m: None)
+    restarted.emit(restarted.process(shard, [("900-0", raw)]))
+    assert [(r.order_id, r.location) for r in ops.returns(store, SHARDS)] == [("o", "wh-bj")]
+    assert total(store) == 99

@@ -203,3 +203,16 @@ def test_paid_at_is_parsed_once_per_text_and_judged_the_same_every_time() -> Non
     for i in range(events.PAID_CACHE + 10):
         events.decode(orjson.dumps(order("p", ("S", 1), paid_at=f"2026-11-11T00:00:00.{i:06d}Z")))
     assert len(events._paid_ms) <= events.PAID_CACHE
+
+
+def test_an_unpaired_surrogate_escape_outside_the_order_id_makes_the_order_invalid() -> None:
+    """msgspec refuses the escape; the event still has a usable order id: a record."""
+    raw = orjson.dumps(order("s1", ("SKU", 1))).replace(b'"c-s1"', b'"c\\ud800"')
+    d = events.decode(raw)
+    assert isinstance(d, events.Invalid) and d.order_id == "s1" and d.detail.isprintable()
+
+
+def test_a_return_with_an_unpaired_surrogate_escape_is_a_dead_letter() -> None:
+    raw = b'{"type": "return", "order_id": "r1", "location": "wh\\ud800", "lines": []}'
+    d = events.decode(raw)
+    assert isinstance(d, events.Dead) and d.reason.startswith("not a return")
