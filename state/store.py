@@ -141,6 +141,7 @@ class Store:
         self._undo_units = client.register_script(lua("undo_units", "lib_stock"))
         self._return_units = client.register_script(lua("return_units", "lib_stock"))
         self.campaigns = Campaigns(client)
+        self._camps: tuple[int, set[str]] | None = None  # (catalog version, campaign SKUs)
         self.buckets = Buckets(
             client, client.register_script(lua("lend")), client.register_script(lua("receive"))
         )
@@ -302,7 +303,8 @@ class Store:
         return [(eid.decode(), fields[1]) for eid, fields in rows]
 
     def drained(self, shard: int, last_read: str) -> bool:
-        """True when every event pushed to the shard so far has its outcome written."""
+        """True when every event pushed to the shard so far has its outcome written, and
+        every first-N rank settled so far is acknowledged (in the ranks stream)."""
         pipe = self.r.pipeline(transaction=False)
         pipe.xrevrange(keys.inbox(shard), count=1)
         pipe.get(keys.watermark(shard))
@@ -310,10 +312,20 @@ class Store:
         newest, wm, held = pipe.execute()
         if held:  # records still wait for their gift settlement
             return False
+        if any(self.r.llen(keys.settled(sku)) for sku in self._campaign_skus()):
+            return False  # released records whose ranks are not acknowledged yet (a crash)
         if not newest:
             return True
         top = parse_id(newest[0][0].decode())
         return wm is not None and parse_id(wm.decode()) >= top and parse_id(last_read) >= top
+
+    def _campaign_skus(self) -> set[str]:
+        """The campaign SKUs of the loaded catalog (read again when its version moves)."""
+        version = self.catalog_version()
+        if self._camps is None or self._camps[0] != version:
+            _, cat = self.catalog()
+            self._camps = (version, {c.sku for c in cat.campaigns} if cat else set())
+        return self._camps[1]
 
     def watermark(self, shard: int) -> str | None:
         """The last input entry id of the shard whose outcome is written."""

@@ -125,3 +125,25 @@ def test_a_replayed_cross_slot_order_takes_one_rank(store: Store) -> None:
     idle(restarted)
     restarted.settler.run(force=True)
     assert [(w.order_id, w.rank) for w in ops.gifts(store, "D11").winners] == [(c1, 1), (c2, 2)]
+
+
+def test_a_drain_waits_for_ranks_released_but_not_acknowledged(store: Store) -> None:
+    """Killed between releasing a winner's record and acknowledging its rank: nothing is
+    held any more, but `onestock gifts` would miss the winner. The drain waits, and the next
+    settlement round acknowledges it."""
+    d, seq = setup(store, catalog(first_n=2)), [0]
+    a = oid("a", 0)
+    on_shard(d, 0, [buy(a, 100)], seq)
+    idle(d)
+    store.r.delete(keys.lease("SNEAKER"))
+    camp = d.settler.store.campaigns
+    got = camp.settle("SNEAKER", "crashed", 3000, True, None, True)
+    assert got is not None and len(got[1]) == 1
+    [loc] = camp.take_gifts("TOTE", [(f"D11\x1f{a}", ["wh-bj"])])
+    gift = "\x1d".join(["D11", "TOTE", "1", loc])
+    assert camp.release_held(0, [(a, gift, "")]) == [1]  # released; killed before the ack
+    store.r.delete(keys.lease("SNEAKER"))
+    assert not store.drained(0, "1-0")
+    d.settler.run()
+    assert store.drained(0, "1-0")
+    assert [w.order_id for w in ops.gifts(store, "D11").winners] == [a]
