@@ -193,8 +193,8 @@ class Decider:
         # (while no cancel of the shard waits for its order, as its last emit said, the
         # "~c:" lookups are skipped)
         step = 1 if shard in self._no_early else 2
-        early = keys.REG_EARLY_CANCEL
-        fields = ids if step == 1 else [f for oid in ids for f in (oid, early + oid)]
+        ec = keys.REG_EARLY_CANCEL
+        fields = ids if step == 1 else [f for oid in ids for f in (oid, ec + oid)]
         # (the same round trip reads the SKUs decide.lua last found sold out, and moves the
         # shard's decide mark past this batch before anything of it is decided)
         last_id = entries[-1][0]
