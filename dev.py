@@ -4,6 +4,8 @@
     python3 dev.py demo [ARGS]   # the flash-sale demo
     python3 dev.py test [ARGS]   # the full test suite (pytest)
     python3 dev.py bench [ARGS]  # the throughput benchmark
+    python3 dev.py soak [ARGS]   # randomized fault-injecting check (--minutes N --seed S
+                                 #   --mode fast|cli|both --features SPEC; see onestock/sim)
     python3 dev.py onestock ...  # any onestock command
 
 Creates ``.venv`` beside this file and installs the project with its test extras there
@@ -53,7 +55,7 @@ def ensure_venv() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test", "bench", "onestock"):
+    if not argv or argv[0] not in ("demo", "test", "bench", "soak", "onestock"):
         print(__doc__)
         return 2
     ensure_venv()
@@ -63,6 +65,8 @@ def main(argv: list[str]) -> int:
         args = [str(PY), "-m", "pytest", *rest]
     elif cmd == "onestock":
         args = [str(PY), "-m", "onestock", *rest]
+    elif cmd == "soak":
+        args = [str(PY), "-m", "onestock.sim.run", *rest]
     else:
         args = [str(PY), "-m", "onestock", cmd, *rest]
     return subprocess.run(args, cwd=ROOT, env=env).returncode

@@ -1,0 +1,204 @@
+"""CLI mode: a history through the real command line, with kill -9 and Redis restarts.
+
+Per history: a persistent embedded Redis server (AOF) and ONESTOCK_HOME in a temp dir;
+`onestock catalog load`, `orders push -`, `run
+--until-drained --workers W` killed with SIGKILL (its whole process group) at random times
+and started again, the Redis server restarted with a clean shutdown (SIGTERM: nothing
+acknowledged is lost) while a run goes on, then a last run that must drain, and every
+output read back with the commands users run. Every call has a timeout: a hang is a
+violation, never a hung check.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from onestock.sim import observe
+from onestock.sim.fast import anchor_of
+from onestock.sim.history import History, render_catalog
+from onestock.sim.model import Observed
+from state.server import RedisServer
+from state.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+DRAIN_TIMEOUT_S = 45.0
+CALL_TIMEOUT_S = 60.0
+
+
+class Cli:
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.tmp = tmp
+        self.problems: list[tuple[str, str]] = []
+        self.runs = 0
+
+    def call(self, *args: str, stdin: bytes | None = None) -> bytes:
+        """One command; a timeout, a traceback or a failure is recorded as a problem."""
+        what = "onestock " + " ".join(args)
+        try:
+            p = subprocess.run([sys.executable, "-m", "onestock", *args], input=stdin,
+                               capture_output=True, env=self.env, cwd=ROOT,
+                               timeout=CALL_TIMEOUT_S)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            self.problems.append(("cli.hang", f"`{what}` did not finish in {CALL_TIMEOUT_S} s"))
+            return b""
+        err = p.stderr.decode(errors="replace")
+        if "Traceback" in err:
+            self.problems.append(("cli.traceback", f"`{what}`: {err.strip().splitlines()[-1]}"))
+        elif p.returncode != 0:
+            self.problems.append(("cli.failed", f"`{what}` exited {p.returncode}: {err[-300:]}"))
+        return p.stdout
+
+    def start_run(self, workers: int) -> subprocess.Popen[bytes]:
+        self.runs += 1
+        log = open(self.tmp / f"run{self.runs}.log", "wb")  # noqa: SIM115 (closed with the run)
+        return subprocess.Popen(
+            [sys.executable, "-m", "onestock", "run", "--until-drained", "--workers", str(workers)],
+            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def log(self) -> str:
+        """The run's last messages and the last line of each traceback it printed."""
+        text = (self.tmp / f"run{self.runs}.log").read_text(errors="replace")
+        lines = [ln for ln in text.splitlines() if ln and not ln.startswith((" ", "Traceback"))]
+        return " | ".join(lines[-6:])
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_cli(h: History, tmp: Path) -> tuple[Observed, dict[str, int]]:
+    rng = random.Random(h.seed * 104729 + 3)
+    server = RedisServer(tmp / "r", persistent=True).start()
+    k = h.shards if h.features.skew or not h.features.campaign else 1  # no skew: one shard
+    w = min(h.workers, k)
+    env = {"ONESTOCK_REDIS_URL": server.url, "ONESTOCK_HOME": str(tmp / "home"),
+           "ONESTOCK_SHARDS": str(k), "ONESTOCK_BATCH_SIZE": str(rng.choice([1, 2, 5, 20])),
+           "ONESTOCK_SNAPSHOT_MS": str(rng.choice([200, 500, 1000]))}  # fmt: skip
+    cli = Cli(env, tmp)
+    faults = 0
+    first_kill: int | None = None
+    try:
+        anchor = anchor_of(h)
+        lines = h.render_events(anchor)
+        cats = [render_catalog(h.catalog, anchor)]
+        base = {s["sku"]: dict(s["stock"]) for s in cats[0]["skus"]}
+        (tmp / "catalog.json").write_bytes(orjson.dumps(cats[0]))
+        cli.call("catalog", "load", str(tmp / "catalog.json"))
+        # everything at once: a later push after an idle, drained run would make its
+        # orders rightly "late" for the campaign (the burst was over), muddling the check
+        cli.call("orders", "push", "-", stdin=b"\n".join(lines) + b"\n")
+        window: tuple[int, int] | None = None
+        for n in range(rng.randint(1, 3)):
+            proc = cli.start_run(w)
+            started = _progress(server.url, k, rng.randint(1, max(1, len(lines) // 2)), proc)
+            time.sleep(rng.uniform(0, 0.3))
+            if started and rng.random() < 0.4 and proc.poll() is None:  # Redis restarted under it
+                first_kill = first_kill or int(time.time() * 1000)
+                server.stop()
+                time.sleep(rng.uniform(0.1, 1.0))
+                server.start()
+                faults += 1
+                time.sleep(rng.uniform(0.2, 2.0))
+            if proc.poll() is None:
+                faults += 1
+                first_kill = first_kill or int(time.time() * 1000)
+            elif proc.returncode != 0:
+                cli.problems.append(("run.failed", f"run {n + 1} exited {proc.returncode}: "
+                                     f"{cli.log()[-600:]}"))  # fmt: skip
+            kill9(proc)
+            if n == 0 and h.reload is not None:  # the reload, while no run goes on
+                window = _reload(h, anchor, server.url, tmp, cli, cats)
+                faults += 1
+        proc = cli.start_run(w)
+        try:
+            rc = proc.wait(timeout=DRAIN_TIMEOUT_S)
+            if rc != 0:
+                cli.problems.append(("run.failed", f"last run exited {rc}: {cli.log()[-600:]}"))
+        except subprocess.TimeoutExpired:
+            cli.problems.append(("drain.hang", f"`run --until-drained` still running after "
+                                 f"{DRAIN_TIMEOUT_S:.0f} s: {cli.log()[-600:]}"))  # fmt: skip
+            kill9(proc)
+        ob = _read(cli, server.url, lines, k, cats, base, window)
+        ob.first_crash_ms = first_kill
+    finally:
+        server.stop()
+    return ob, {"events": len(lines), "faults": faults}
+
+
+def _progress(url: str, k: int, more: int, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait until the run wrote ``more`` outcomes (or ended, or 20 s passed): a kill then
+    lands mid-burst, not while the workers still start. True: the run is under way."""
+    store = Store.connect(url)
+    deadline = time.monotonic() + 20
+    try:
+        before = sum(store.outcome_counts(k))
+        while proc.poll() is None and time.monotonic() < deadline:
+            if sum(store.outcome_counts(k)) >= before + more:
+                return True
+            time.sleep(0.02)
+        return False
+    finally:
+        store.r.close()
+
+
+def _reload(
+    h: History, anchor: int, url: str, tmp: Path, cli: Cli, cats: list[dict[str, Any]]
+) -> tuple[int, int]:
+    assert h.reload is not None
+    start = int(time.time() * 1000)
+    cat = render_catalog(h.reload, anchor)
+    store = Store.connect(url)
+    levels = store.stock_levels([s["sku"] for s in cat["skus"]])
+    store.r.close()
+    for sku in cat["skus"]:
+        sku["stock"] = {**dict.fromkeys(sku["stock"], 0), **levels.get(sku["sku"], {})}
+    (tmp / "reload.json").write_bytes(orjson.dumps(cat))
+    cli.call("catalog", "load", str(tmp / "reload.json"))
+    cats.append(cat)
+    return start, int(time.time() * 1000)
+
+
+def _read(
+    cli: Cli,
+    url: str,
+    lines: list[bytes],
+    k: int,
+    cats: list[dict[str, Any]],
+    base: dict[str, dict[str, int]],
+    window: tuple[int, int] | None,
+) -> Observed:
+    camp = (cats[-1].get("campaigns") or [None])[0]
+    store = Store.connect(url)
+    try:
+        vers, ranks = observe.versions(store, k), observe.ranks(store, camp and camp["sku"])
+    except Exception as exc:
+        cli.problems.append(("read.exception", f"{type(exc).__name__}: {exc}"))
+        vers, ranks = [], []
+    store.r.close()
+    gifts = cli.call("gifts", camp["id"], "--json") if camp else b""
+    return Observed(
+        lines=lines, shards=k, catalogs=cats, base=base, reload_window=window,
+        fulfilments=observe.jsonl(cli.call("fulfilments")),
+        versions=vers,
+        deadletters=observe.jsonl(cli.call("deadletters")),
+        returns=observe.jsonl(cli.call("returns")),
+        stock=orjson.loads(cli.call("stock", "--json") or b"{}"),
+        gifts=orjson.loads(gifts) if gifts.strip() else None,
+        alerts=observe.jsonl(cli.call("alerts")),
+        ranks=ranks, problems=cli.problems, skew_ms=2000,
+    )  # fmt: skip

@@ -1,0 +1,81 @@
+"""Crashes for fast mode: the dataflow's Redis clients count the commands they send; at a
+seeded count the process "dies" (a private exception no retry loop of the product catches,
+raised before the command reached Redis or after it did, its reply lost), and at another a
+hook runs (a catalog reload from another process, between two commands of a batch).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from state.store import Store
+
+
+class Crash(Exception):
+    """The simulated process dies here (no retry loop of the product catches it)."""
+
+
+class Faults:
+    """Counts the dataflow's Redis commands: a crash at ``crash_at``, a hook at ``hook_at``."""
+
+    def __init__(self, rng: random.Random, crashes: int) -> None:
+        self.rng, self.left, self.crashes = rng, crashes, 0
+        self.count = 0
+        self.crash_at: int | None = None
+        self.after_send = False
+        self.hook_at = 0
+        self.hook: Callable[[], None] | None = None
+        self.hook_after = False
+        self.first_ms: int | None = None  # wall ms of the first crash
+        self.arm()
+
+    def arm(self) -> None:
+        if self.left > 0:
+            self.left -= 1
+            self.crash_at = self.count + self.rng.randint(1, 200)
+            self.after_send = self.rng.random() < 0.5
+
+    def set_hook(self, hook: Callable[[], None], within: int) -> None:
+        """Run ``hook`` at one of the next ``within`` commands: before it is sent, or after
+        (when the caller already sent what it read before the hook, e.g. a stale version)."""
+        self.hook, self.hook_at = hook, self.count + self.rng.randint(1, within)
+        self.hook_after = self.rng.random() < 0.5
+
+    def _run_hook(self, after: bool) -> None:
+        if self.hook is not None and self.count >= self.hook_at and after == self.hook_after:
+            hook, self.hook = self.hook, None
+            hook()
+
+    def before(self) -> None:
+        self.count += 1
+        self._run_hook(False)
+        if self.crash_at == self.count and not self.after_send:
+            self._die()
+
+    def after(self) -> None:
+        self._run_hook(True)
+        if self.crash_at == self.count and self.after_send:
+            self._die()
+
+    def _die(self) -> None:
+        self.crash_at = None
+        self.crashes += 1
+        self.first_ms = self.first_ms or int(time.time() * 1000)
+        raise Crash(f"simulated crash at Redis command {self.count}")
+
+
+def faulty_store(url: str, faults: Faults) -> Store:
+    base: Any = redis.UnixDomainSocketConnection if url.startswith("unix:") else redis.Connection
+
+    class Conn(base):  # type: ignore[misc,valid-type]
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            faults.before()
+            super().send_packed_command(command, check_health)
+            faults.after()
+
+    return Store(redis.Redis.from_url(url, health_check_interval=10, connection_class=Conn))

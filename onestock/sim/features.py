@@ -1,0 +1,60 @@
+"""Which classes of input a history may contain: one switch each, so the check runs green on
+what is fixed and red on what is not (``python3 dev.py soak --features all,-skew``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Features:
+    """One switch per class of input (True: the history may contain it)."""
+
+    garbage: bool = True  # lines that are not JSON, not objects, without an order_id
+    dups: bool = True  # exact copies of an order (webhook retries)
+    cancels: bool = True  # cancels after their order
+    early_cancels: bool = True  # cancels before their order (in the same batch or earlier)
+    returns: bool = True  # returns, partial and duplicated
+    early_returns: bool = True  # returns before their order (refused: "no such order")
+    campaign: bool = True  # a first-N gift campaign
+    alerts: bool = True  # low_stock_threshold on some SKUs (checks the sold_out alert)
+    reload: bool = True  # a catalog reload mid-burst (same stock levels, rules changed)
+    reload_adds_limit: bool = True  # ... which adds a per-customer limit
+    cancel_after_return: bool = True  # a cancel after a return of the same order
+    tail_noop: bool = True  # a shard may end on events that write nothing new
+    internal_ids: bool = True  # order ids such as "~nc", "~c:o-003", "#1-0"
+    control_ids: bool = True  # customer ids with \x1f or \x1e
+    surrogates: bool = True  # lone surrogates (\ud800) in JSON strings
+    bad_times: bool = True  # paid_at in year 1, 1969 and 2062
+    skew: bool = True  # fast mode: shards processed at very different paces
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def parse(cls, spec: str) -> Features:
+        """Parse "all" / "none" / a comma list relative to all: "all,-skew" or "none,+dups"."""
+        on = set(cls.names())
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            name = part.lstrip("+-")
+            if part == "all":
+                on = set(cls.names())
+            elif part == "none":
+                on = set()
+            elif name not in cls.names():
+                raise ValueError(f"unknown feature {name!r}; known: {', '.join(cls.names())}")
+            elif part.startswith("-"):
+                on.discard(name)
+            else:
+                on.add(name)
+        return cls(**{n: n in on for n in cls.names()})
+
+    def spec(self) -> str:
+        """The shortest spec that parses back to these features."""
+        off = [n for n in self.names() if not getattr(self, n)]
+        on = [n for n in self.names() if getattr(self, n)]
+        if len(off) <= len(on):
+            return ",".join(["all", *(f"-{n}" for n in off)])
+        return ",".join(["none", *(f"+{n}" for n in on)])

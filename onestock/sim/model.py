@@ -1,0 +1,300 @@
+"""The checker: a history's outputs against the contract's invariants.
+
+Not a second implementation of routing: it re-adds what the outputs say and asks whether the
+sums and orders hold. (a) one outcome per event, nothing missing or extra; (b) stock
+conserved per SKU and location from the loaded levels, never below zero; (c) per-customer
+limits never exceeded, and a ``limit_exceeded`` never without a reason; (d) channel locks
+and VIP pre-sales honoured as far as the outputs show; (e) first-N ranks follow
+(paid_at, order_id); (f) no unit given back twice. Each violation is (class, detail).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+Violation = tuple[str, str]
+
+
+@dataclass
+class Observed:
+    """What a run of a history produced, read back the way users read it."""
+
+    lines: list[bytes]  # the events pushed, in push order
+    shards: int
+    catalogs: list[dict[str, Any]]  # the initial catalog, then the reloaded one
+    base: dict[str, dict[str, int]]  # the stock levels conservation is measured from
+    reload_window: tuple[int, int] | None  # wall ms around the reload
+    fulfilments: list[dict[str, Any]]  # `onestock fulfilments`
+    versions: list[dict[str, Any]]  # every record the output streams hold, in order
+    deadletters: list[dict[str, Any]]
+    returns: list[dict[str, Any]]  # `onestock returns`
+    stock: dict[str, Any]  # `onestock stock --json`
+    gifts: dict[str, Any] | None  # `onestock gifts CAMPAIGN --json`
+    alerts: list[dict[str, Any]]
+    ranks: list[tuple[str, str, int, str, bool]]  # campaign, order id, rank, gift from, late
+    problems: list[Violation] = field(default_factory=list)  # hangs, crashes, tracebacks
+    # order ids certainly judged by the reloaded rules (None: those decided after the reload)
+    after_reload: set[str] | None = None
+    skew_ms: int = 0  # how far decided_at may run behind decision order (concurrent workers)
+    # wall ms of the first crash: a replayed decision's record is dated by its replay, so
+    # from then on decided_at says nothing about the order of decisions
+    first_crash_ms: int | None = None
+
+
+@dataclass
+class Ev:
+    i: int
+    raw: bytes
+    kind: str  # order | cancel | return | dead
+    oid: str | None
+    obj: dict[str, Any] | None
+    shard: int
+
+
+def classify(lines: list[bytes], shards: int) -> list[Ev]:
+    """Each event as the contract sees it: a usable order_id is a string of 1 to 256
+    printable characters in a JSON object; everything else is a dead letter."""
+    out = []
+    for i, raw in enumerate(lines):
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            obj = None
+        oid = obj.get("order_id") if isinstance(obj, dict) else None
+        if not (isinstance(oid, str) and 0 < len(oid) <= 256 and oid.isprintable()):
+            out.append(Ev(i, raw, "dead", None, None, zlib.crc32(raw) % shards))
+            continue
+        assert isinstance(obj, dict)
+        kind = {None: "order", "order": "order", "cancel": "cancel", "return": "return"}
+        out.append(Ev(i, raw, kind.get(obj.get("type"), "dead"), oid, obj,
+                      zlib.crc32(oid.encode()) % shards))  # fmt: skip
+    return out
+
+
+def ms(text: Any) -> int | None:
+    try:
+        return int(datetime.fromisoformat(str(text)).timestamp() * 1000)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def units(shipments: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
+    """(SKU, location) -> units of a record's shipments."""
+    got: Counter[tuple[str, str]] = Counter()
+    for s in shipments:
+        for ln in s["lines"]:
+            got[(ln["sku"], s["location"])] += ln["qty"]
+    return got
+
+
+def per_sku(c: Counter[tuple[str, str]]) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for (sku, _), q in c.items():
+        out[sku] += q
+    return out
+
+
+def cancelled_back(
+    shipments: list[dict[str, Any]], returned: Counter[str]
+) -> Counter[tuple[str, str]]:
+    """What a cancel gives back (README "Cancellations"): the order's shipments less what
+    returns brought back before, taken off its last allocations first."""
+    left = Counter(returned)
+    back: Counter[tuple[str, str]] = Counter()
+    for s in reversed(shipments):
+        for ln in reversed(s["lines"]):
+            off = min(left[ln["sku"]], ln["qty"])
+            left[ln["sku"]] -= off
+            back[(ln["sku"], s["location"])] += ln["qty"] - off
+    return +back
+
+
+def ordered(obj: dict[str, Any]) -> Counter[str]:
+    want: Counter[str] = Counter()
+    for ln in obj.get("lines", []):
+        want[ln["sku"]] += ln["qty"]
+    return want
+
+
+class Checker:
+    def __init__(self, ob: Observed) -> None:
+        self.ob = ob
+        self.v: list[Violation] = list(ob.problems)
+        self.evs = classify(ob.lines, ob.shards)
+        self.first: dict[str, Ev] = {}  # order id -> its first order event
+        self.cancels: dict[str, Ev] = {}  # order id -> its first cancel event
+        for e in self.evs:
+            if e.kind == "order" and e.oid is not None:
+                self.first.setdefault(e.oid, e)
+            if e.kind == "cancel" and e.oid is not None:
+                self.cancels.setdefault(e.oid, e)
+        self.return_raws = {
+            e.raw.decode("utf-8", "replace") for e in self.evs if e.kind == "return"
+        }
+        self.versions: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for rec in ob.versions:
+            self.versions[rec["order_id"]].append(rec)
+        # the order's decision (the first record that is not a cancellation)
+        self.decision: dict[str, dict[str, Any]] = {}
+        for oid, recs in self.versions.items():
+            dec = [r for r in recs if r["status"] != "cancelled"]
+            if len(dec) > 1:
+                self.fail("outcome.two_decisions", f"{oid!r}: {[r['status'] for r in dec]}")
+            if dec:
+                self.decision[oid] = dec[0]
+        self.final = {r["order_id"]: r for r in ob.fulfilments}
+        self.took = {oid: self._took(oid) for oid in self.versions}  # units first taken
+        self.back: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)  # given back
+        returned: dict[str, Counter[str]] = defaultdict(Counter)  # order -> SKU -> units
+        for ret in ob.returns:
+            for ln in ret["lines"]:
+                self.back[ret["order_id"]][(ln["sku"], ret["location"])] += ln["qty"]
+                returned[ret["order_id"]][ln["sku"]] += ln["qty"]
+        for oid, recs in self.versions.items():
+            for r in recs:
+                if r["status"] == "cancelled":
+                    self.back[oid] += cancelled_back(r["shipments"], returned[oid])
+
+    def fail(self, cls: str, detail: str) -> None:
+        self.v.append((cls, detail))
+
+    def _took(self, oid: str) -> Counter[tuple[str, str]]:
+        dec = self.decision.get(oid)
+        if dec is not None:
+            return units(dec["shipments"]) if dec["status"] == "accepted" else Counter()
+        # decided and cancelled in one batch (or held, then cancelled): what it gave back
+        return sum((units(r["shipments"]) for r in self.versions[oid]), Counter())
+
+    def accepted(self, oid: str) -> bool:
+        dec = self.decision.get(oid)
+        return dec is not None and dec["status"] == "accepted" or bool(self.took.get(oid))
+
+    def run(self) -> list[Violation]:
+        from onestock.sim import rules
+
+        self.outcomes()
+        self.aftersale()
+        self.conservation()
+        rules.check(self)
+        return self.v
+
+    # (a) one outcome per event -----------------------------------------------------------
+
+    def outcomes(self) -> None:
+        ob = self.ob
+        seen = Counter(r["order_id"] for r in ob.fulfilments)
+        for oid, n in seen.items():
+            if n > 1:
+                self.fail("outcome.duplicate", f"{oid!r}: {n} lines in `onestock fulfilments`")
+            if oid not in self.first:
+                self.fail("outcome.phantom", f"a record for {oid!r}, which no order event has")
+        for oid in self.first:
+            if oid not in seen:
+                self.fail("outcome.missing", f"no record for order {oid!r}")
+            elif (
+                self.versions.get(oid)
+                and self.versions[oid][-1]["status"] != (self.final[oid]["status"])
+            ):
+                self.fail("outcome.final", f"{oid!r}: printed record is not the latest")
+        want = Counter(e.raw.decode("utf-8", "replace") for e in self.evs if e.kind == "dead")
+        got = Counter(d["raw"] for d in ob.deadletters if d["raw"] not in self.return_raws)
+        for raw in want - got:
+            self.fail("dead.missing", f"no dead letter for {raw[:80]!r}")
+        for raw in got - want:
+            self.fail("dead.extra", f"a dead letter for {raw[:80]!r}")
+        for oid, rec in self.final.items():
+            dec = self.decision.get(oid)
+            if dec is not None and dec["status"] == "accepted":
+                want_l = ordered((self.first[oid].obj or {}) if oid in self.first else {})
+                if per_sku(units(dec["shipments"])) != want_l:
+                    self.fail("lines.mismatch", f"{oid!r} ordered {dict(want_l)}, shipped "
+                              f"{dict(per_sku(units(dec['shipments'])))}")  # fmt: skip
+            if rec["status"] == "rejected" and rec["shipments"]:
+                self.fail("lines.mismatch", f"{oid!r}: rejected with shipments")
+
+    def aftersale(self) -> None:
+        for oid, rec in self.final.items():
+            c = self.cancels.get(oid)
+            if rec["status"] == "cancelled" and c is None:
+                self.fail("cancel.phantom", f"{oid!r} is cancelled but no cancel names it")
+            if c is None or oid not in self.first:
+                continue
+            if c.i < self.first[oid].i and (rec["status"] != "cancelled" or rec["shipments"]):
+                self.fail("cancel.early", f"{oid!r} cancelled before it came, yet {rec['status']}")
+            elif self.accepted(oid) and rec["status"] != "cancelled":
+                self.fail("cancel.lost", f"{oid!r} was accepted and cancelled, yet {rec['status']}")
+        groups: dict[tuple[Any, ...], list[Ev]] = defaultdict(list)
+        for e in self.evs:
+            if e.kind == "return" and e.obj is not None:
+                lines = tuple(sorted(ordered(e.obj).items()))
+                groups[(e.oid, e.obj.get("location"), lines)].append(e)
+        applied = Counter(
+            (r["order_id"], r["location"], tuple(sorted(ordered(r).items())))
+            for r in self.ob.returns
+        )
+        refused = Counter(d["raw"] for d in self.ob.deadletters if d["raw"] in self.return_raws)
+        for key, copies in groups.items():
+            a = applied[key]
+            d = sum(refused[raw] for raw in {c.raw.decode("utf-8", "replace") for c in copies})
+            if a > 1 or (a == 1 and d > len(copies) - 1):
+                self.fail("return.twice", f"{key}: applied {a}, refused {d}, {len(copies)} copies")
+            if a == 0 and d < len(copies):
+                self.fail("return.missing", f"{key}: {len(copies)} copies, {d} outcomes")
+            if a and not self.accepted(str(key[0])):
+                self.fail("return.wrong", f"{key}: applied to an order never accepted")
+        by_raw: dict[str, Ev] = {}  # a return's text -> its first copy
+        for e in self.evs:
+            if e.kind == "return":
+                by_raw.setdefault(e.raw.decode("utf-8", "replace"), e)
+        for letter in self.ob.deadletters:
+            ret = by_raw.get(letter["raw"])
+            if ret is None or ret.oid is None or ret.oid not in self.final:
+                continue  # (an order without a record is reported as such)
+            oid, o, why = ret.oid, self.first.get(ret.oid), letter["reason"]
+            if "no such order" in why and o is not None and o.i < ret.i:
+                self.fail("return.refused", f"{oid!r}: {why!r}, but the order came first")
+            if "was rejected" in why and self.accepted(oid):
+                self.fail("return.refused", f"{oid!r}: {why!r}, but it was accepted")
+            if "was cancelled" in why and oid not in self.cancels:
+                self.fail("return.refused", f"{oid!r}: {why!r}, but nothing cancelled it")
+
+    # (b) conservation, (f) nothing given back twice ---------------------------------------
+
+    def conservation(self) -> None:
+        expect: Counter[tuple[str, str]] = Counter()
+        for sku, locs in self.ob.base.items():
+            for loc, q in locs.items():
+                expect[(sku, loc)] += q
+        for oid, took in self.took.items():
+            expect.subtract(took)
+            expect.update(self.back.get(oid, Counter()))
+            rec = self.final.get(oid)
+            if rec and rec["status"] == "accepted" and rec.get("gift"):
+                expect[(rec["gift"]["sku"], rec["gift"]["location"])] -= 1
+        for oid, back in self.back.items():
+            if oid not in self.took:  # returns of an order with no record
+                expect.update(back)
+            shipped = per_sku(self.took.get(oid, Counter()))
+            for sku, q in per_sku(back).items():
+                if q > shipped[sku]:
+                    self.fail("restock.twice", f"{oid!r}: {q} x {sku} given back, "
+                              f"{shipped[sku]} shipped")  # fmt: skip
+        have: Counter[tuple[str, str]] = Counter()
+        for sku, view in self.ob.stock.items():
+            for loc, q in view["locations"].items():
+                have[(sku, loc)] = q
+                if q < 0:
+                    self.fail("stock.negative", f"{sku} at {loc}: {q}")
+        for key in sorted(set(expect) | set(have)):
+            if expect[key] != have[key]:
+                self.fail("stock.conservation", f"{key[0]} at {key[1]}: expected "
+                          f"{expect[key]}, `onestock stock` says {have[key]}")  # fmt: skip
+
+
+def check(ob: Observed) -> list[Violation]:
+    return Checker(ob).run()
