@@ -14,7 +14,7 @@ from dataflows.gifts import Settler
 from onestock import events
 from onestock.records import pack
 from state import keys
-from state.conn import Waiter
+from state.conn import Waiter, parse_id
 from state.keys import public, sku_slot
 from state.store import Store
 
@@ -117,8 +117,9 @@ class Aftersale:
         todo: list[tuple[str, bytes, events.Return, dict[str, int], str]] = []
         for eid, raw, r in returns:
             oid = r.order_id
-            if oid in firsts:
-                text = outcome.get(oid, "R")
+            if oid in firsts:  # (an order later in the batch had not come yet for it)
+                before = parse_id(firsts[oid][0]) < parse_id(eid)
+                text = outcome.get(oid, "R") if before else "?"
             else:
                 value, x, k = state[oid]
                 text = "?" if value is None else ("C" if x or k else value.decode().lstrip("HG"))

@@ -120,6 +120,8 @@ class Decider:
         self.refusals = Refusals()  # sold-out orders refused on a batch's first read
         # per shard: the greatest paid_at (ms) of the valid orders this process decided there
         self._seen: dict[int, int] = {}
+        # per shard: its watermark (keys.watermark) as this process last read or moved it
+        self._wm: dict[int, tuple[int, int]] = {}
 
     def refresh(self) -> None:
         version = self.wait.call(self.store.catalog_version)
@@ -163,6 +165,18 @@ class Decider:
             if self.version < 0:
                 self.refresh()
             return Decided(shard, "0-0", [], [])
+        # Entries at or before the shard's watermark have their outcomes written (a resume
+        # from an older snapshot reads them again): never decided again, whatever changed
+        # since (a return refused then would find its order now)
+        wm = self._wm.get(shard)
+        if wm is None:
+            stored = self.wait.call(self.store.watermark, shard)
+            wm = self._wm[shard] = parse_id(stored) if stored else (0, 0)
+        if parse_id(entries[0][0]) <= wm:
+            last = entries[-1][0]
+            entries = [e for e in entries if parse_id(e[0]) > wm]
+            if not entries:
+                return Decided(shard, last, [], [])
         self._paid.clear()
         decided = str(int(time.time() * 1000))
         firsts: dict[str, tuple[str, events.Decoded]] = {}
@@ -409,6 +423,8 @@ class Decider:
                 self._no_early.add(d.shard)
             else:
                 self._no_early.discard(d.shard)
+            if d.last_id != "0-0" and d.shard in self._wm:
+                self._wm[d.shard] = max(self._wm[d.shard], parse_id(d.last_id))
         if self.view.campaign_skus:  # how far the shard read in event time (first-N)
             seen = self._seen.get(d.shard)
             now = int(time.time() * 1000)

@@ -414,3 +414,28 @@ def test_a_return_applied_before_a_crash_still_gets_its_record(store: Store) -> 
     restarted.emit(restarted.process(shard, [("900-0", raw)]))
     assert [(r.order_id, r.location) for r in ops.returns(store, SHARDS)] == [("o", "wh-bj")]
     assert total(store) == 99
+
+
+def test_an_entry_replayed_after_its_outcome_is_written_is_not_decided_again(
+    store: Store,
+) -> None:
+    """A return refused (its order had not come), then read again by a resume from an older
+    snapshot once its order exists: its one outcome stays the dead letter."""
+    d = setup(store, catalog())
+    r = orjson.dumps(ret("o", "wh-bj", ("SOCKS", 1)))
+    o = orjson.dumps(buy("o", 0, ("SOCKS", 2)))
+    shard = ops.shard_of(o, SHARDS)
+    d.emit(d.process(shard, [("10-0", r)]))
+    d.emit(d.process(shard, [("11-0", o)]))
+    restarted = Decider(store, say=lambda _m: None)
+    restarted.emit(restarted.process(shard, [("10-0", r), ("11-0", o)]))
+    assert list(ops.returns(store, SHARDS)) == [] and total(store) == 98
+    assert dead_reasons(store) == ["return refused: no such order"]
+
+
+def test_a_return_before_its_order_in_one_batch_is_refused_as_in_two(store: Store) -> None:
+    d = setup(store, catalog())
+    r = orjson.dumps(ret("o", "wh-bj", ("SOCKS", 1)))
+    o = orjson.dumps(buy("o", 0, ("SOCKS", 2)))
+    d.emit(d.process(ops.shard_of(o, SHARDS), [("10-0", r), ("11-0", o)]))
+    assert dead_reasons(store) == ["return refused: no such order"] and total(store) == 98
