@@ -34,7 +34,6 @@ from onestock.sim.faults import Crash, Faults, faulty_store
 from onestock.sim.history import History, render_catalog
 from onestock.sim.model import Observed
 from state import keys
-from state.conn import parse_id
 from state.store import Store
 
 DRAIN_S = 15.0  # the settle lease of a crashed worker lasts 3 s; the rest is slack
@@ -123,6 +122,20 @@ def run_fast(h: History, url: str) -> tuple[Observed, dict[str, int]]:
                 procs.clear()
         faults.arm()
 
+    order: dict[str, int] = {}  # entry id -> push index (ids of two shards do not compare)
+    tops = ["0-0"] * k
+
+    def push(i: int, j: int) -> None:
+        """`orders push` of lines i..j, and where each landed."""
+        ops.push(admin, lines[i:j], k)
+        by_shard: list[list[int]] = [[] for _ in range(k)]
+        for n in range(i, j):
+            by_shard[ops.shard_of(lines[n], k)].append(n)
+        for x in range(k):
+            rows = admin.read(x, tops[x], len(by_shard[x])) if by_shard[x] else []
+            order.update(zip((eid for eid, _ in rows), by_shard[x], strict=True))
+            tops[x] = rows[-1][0] if rows else tops[x]
+
     def fire_reload() -> None:
         window.append(reload(admin, h, anchor, cats))
 
@@ -134,7 +147,7 @@ def run_fast(h: History, url: str) -> tuple[Observed, dict[str, int]]:
         if not heads:
             return False
         if style == "lockstep":
-            s = min(heads, key=lambda x: parse_id(heads[x]))
+            s = min(heads, key=lambda x: order[heads[x]])
         else:
             s = favour if style == "favour" and favour in heads else rng.choice(list(heads))
         p = procs[s % w]
@@ -172,7 +185,7 @@ def run_fast(h: History, url: str) -> tuple[Observed, dict[str, int]]:
             try:
                 if chunks and (rng.random() < 0.4 or not step()):
                     i, j = chunks.pop(0)
-                    ops.push(admin, lines[i:j], k)
+                    push(i, j)
                     if h.reload is not None and not window and j > h.reload_at:
                         faults.set_hook(fire_reload, 5)
                 elif not chunks and not step():
