@@ -8,7 +8,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Annotated
 
@@ -20,6 +19,7 @@ from rich.table import Table
 
 from onestock import cli_perf, ops
 from onestock.errors import OnestockError
+from onestock.events import rfc3339_ms
 from onestock.settings import DEFAULT_WORKERS, Settings
 from state.server import stop_embedded
 
@@ -252,13 +252,9 @@ def stock(
     and the channel locks."""
     at_ms = None
     if at is not None:
-        try:
-            when = datetime.fromisoformat(at)
-        except ValueError:
-            when = None
-        if when is None or when.tzinfo is None:
+        at_ms = rfc3339_ms(at)
+        if at_ms is None:
             raise OnestockError(f"--at: not an RFC 3339 time with an offset: {at!r}")
-        at_ms = int(when.timestamp() * 1000)
     view = ops.stock_view(ops.open_store(_settings(redis_url)), sku, at_ms)
     if as_json:
         sys.stdout.buffer.write(msgspec.json.encode(view) + b"\n")

@@ -41,17 +41,23 @@ def text_problem(value: str) -> str | None:
     return None
 
 
-def _env_time_ms(name: str, default: str) -> int:
-    text = os.environ.get(name) or default
+def rfc3339_ms(text: str) -> int | None:
+    """An RFC 3339 time with an offset, in epoch ms; None for anything else."""
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        at = None
-    if at is None or at.tzinfo is None:
+        return None
+    return None if at.tzinfo is None else int(at.timestamp() * 1000)
+
+
+def _env_time_ms(name: str, default: str) -> int:
+    text = os.environ.get(name) or default
+    ms = rfc3339_ms(text)
+    if ms is None:
         from onestock.errors import OnestockError
 
         raise OnestockError(f"{name}={text!r} is not an RFC 3339 time with an offset")
-    return int(at.timestamp() * 1000)
+    return ms
 
 
 # The sane window of an event's paid_at: from EARLIEST_MS to FUTURE_MS after the moment it
@@ -189,11 +195,7 @@ PAID_CACHE = 4096
 
 
 def _parse_paid(text: str) -> int | None:
-    try:
-        paid = datetime.fromisoformat(text)
-    except ValueError:
-        paid = None
-    ms = None if paid is None or paid.tzinfo is None else int(paid.timestamp() * 1000)
+    ms = rfc3339_ms(text)
     if len(_paid_ms) >= PAID_CACHE:
         _paid_ms.clear()
     _paid_ms[text] = ms
