@@ -205,7 +205,7 @@ class Decider:
         # came before it
         # (the catalog version comes in the same round trip: a new catalog applies from here)
         # (while no cancel of the shard waits for its order, as its last emit said, the
-        # "~c:" lookups are skipped)
+        # keys.REG_EARLY_CANCEL lookups are skipped)
         step = 1 if shard in self._no_early else 2
         ec = keys.REG_EARLY_CANCEL
         fields = ids if step == 1 else [f for oid in ids for f in (oid, ec + oid)]
@@ -423,7 +423,7 @@ class Decider:
                 self._no_early.add(d.shard)
             else:
                 self._no_early.discard(d.shard)
-            if d.last_id != "0-0" and d.shard in self._wm:
+            if not idle and d.shard in self._wm:
                 self._wm[d.shard] = max(self._wm[d.shard], parse_id(d.last_id))
         if self.view.campaign_skus:  # how far the shard read in event time (first-N)
             seen = self._seen.get(d.shard)
