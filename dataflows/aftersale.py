@@ -11,8 +11,8 @@ import hashlib
 from typing import Any
 
 from dataflows.gifts import Settler
-from onestock import events
-from onestock.records import pack
+from onestock.domain import events
+from onestock.domain.records import pack
 from state import keys
 from state.conn import Waiter, parse_id
 from state.keys import public, sku_slot

@@ -28,7 +28,7 @@ from typing import Any
 import redis
 from msgspec.structs import replace
 
-from onestock.types import Catalog, Order
+from onestock.domain.types import Catalog, Order
 from state import keys
 from state.store import Store
 

@@ -23,9 +23,9 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from onestock.records import SEP, rejected
-from onestock.routing import Allocation, plan
-from onestock.types import Order
+from onestock.domain.records import SEP, rejected
+from onestock.domain.routing import Allocation, plan
+from onestock.domain.types import Order
 from state import keys
 from state.store import Store
 

@@ -20,10 +20,10 @@ from dataflows.buckets import BucketPlan
 from dataflows.cross_slot import Rules, StaleCatalog, decide_cross
 from dataflows.gifts import Settler
 from dataflows.refusals import NO_PICKUP, SOLD_OUT, Refusals
-from onestock import events, meter
-from onestock.records import head, held, pack, rejected
-from onestock.routing import Router
-from onestock.types import Catalog, Order
+from onestock.domain import events, meter
+from onestock.domain.records import head, held, pack, rejected
+from onestock.domain.routing import Router
+from onestock.domain.types import Catalog, Order
 from state import keys
 from state.conn import Waiter, parse_id
 from state.keys import sku_slot
@@ -46,7 +46,7 @@ class Decided(msgspec.Struct):
     records: list[str]  # flat: order_id, registry value, packed record, order_id, ...
     dead: list[list[Any]]  # [entry id, raw text, reason]
     # latency sums and counts (received->decided ms, n, paid->decided ms, n), one metric tag
-    # per record (onestock.meter)
+    # per record (onestock.domain.meter)
     meter: tuple[int, int, int, int, list[str]] | None = None
 
 

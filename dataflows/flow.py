@@ -21,7 +21,7 @@ from prometheus_client import Counter, Histogram
 from dataflows import quarantine
 from dataflows.decider import Decided, Decider
 from dataflows.source import STOP, ShardSource
-from onestock.settings import Settings
+from onestock.domain.settings import Settings
 from state.store import Store
 
 # This worker process's own figures, in prometheus_client's default registry: Bytewax's

@@ -28,9 +28,9 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 
-from onestock.ops import shard_of_id
-from onestock.records import GS, SEP
-from onestock.types import Campaign, Catalog
+from onestock.domain.records import GS, SEP
+from onestock.domain.sharding import shard_of_id
+from onestock.domain.types import Campaign, Catalog
 from state import keys
 from state.store import Store
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dataflows.decider import Decided, Decider
-from onestock.events import text_of
+from onestock.domain.events import text_of
 from state.conn import TRANSIENT
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from onestock import events
-from onestock.records import rejected
-from onestock.types import Order
+from onestock.domain import events
+from onestock.domain.records import rejected
+from onestock.domain.types import Order
 from state.keys import BUCKET
 from state.store import Alone, Lock
 

@@ -26,8 +26,8 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from dataflows.flow import build_flow
 from dataflows.source import STARTED, STOP
-from onestock.errors import OnestockError
-from onestock.settings import Settings
+from onestock.domain.errors import OnestockError
+from onestock.domain.settings import Settings
 from state.server import free_port
 
 RECOVERY_PARTITIONS = 4

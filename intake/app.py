@@ -25,8 +25,8 @@ import orjson
 
 from intake import mapping, signing
 from intake.committer import TRANSIENT, Committer, Unavailable, connect
-from intake.dashboard import Dashboard
-from onestock.ops import shard_of, shard_of_id
+from onestock.domain.sharding import shard_of, shard_of_id
+from onestock.ops.dashboard import Dashboard
 from state import keys
 
 Scope = dict[str, Any]

@@ -41,7 +41,7 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from onestock.errors import OnestockError
+from onestock.domain.errors import OnestockError
 from state.server import RedisServer
 from state.store import Store
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import msgspec
 
-from onestock import ops
-from onestock.metrics import Figures, Reader, quantile
-from onestock.types import Catalog, FulfilmentRecord
+from onestock.domain.types import Catalog, FulfilmentRecord
+from onestock.ops import services as ops
+from onestock.ops.metrics import Figures, Reader, quantile
 from state.store import Store
 
 ACKED = "os:loadtest:acked"  # SET of order ids the intake acknowledged (202 or 200)

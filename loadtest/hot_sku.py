@@ -15,7 +15,7 @@ from typing import Any
 from loadtest import gate
 from loadtest.common import Orders
 from loadtest.users import buyers
-from onestock.types import Campaign, Catalog, Channel, Location, Sku
+from onestock.domain.types import Campaign, Catalog, Channel, Location, Sku
 
 UNITS = {"wh-shanghai": 60, "wh-beijing": 40, "st-hangzhou-1": 20}
 FIRST_N, GIFTS = 50, 80

@@ -15,7 +15,7 @@ from typing import Any
 from loadtest import gate
 from loadtest.common import Orders
 from loadtest.users import buyers
-from onestock.types import Catalog, Channel, Location, Sku
+from onestock.domain.types import Catalog, Channel, Location, Sku
 
 UNITS = {"wh-shanghai": 61, "wh-beijing": 39, "st-hangzhou-1": 20}
 BUCKETS = 4

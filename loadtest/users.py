@@ -33,7 +33,7 @@ from loadtest.common import (
     shopify_body,
     shopify_sign,
 )
-from onestock.ops import shard_of_id
+from onestock.domain.sharding import shard_of_id
 from state import keys
 from state.store import Store
 

@@ -37,9 +37,9 @@ from rich.console import Console
 from rich.table import Table
 
 from onestock import burst, harness
-from onestock.records import packed_records
-from onestock.settings import DEFAULT_SHARDS, Settings
-from onestock.types import Catalog
+from onestock.domain.records import packed_records
+from onestock.domain.settings import DEFAULT_SHARDS, Settings
+from onestock.domain.types import Catalog
 from state import keys
 from state.store import Store
 

@@ -14,7 +14,7 @@ from importlib.resources import files
 
 import orjson
 
-from onestock.types import Campaign, Catalog, ChannelLock, catalog_decoder
+from onestock.domain.types import Campaign, Catalog, ChannelLock, catalog_decoder
 
 T0 = datetime(2026, 11, 11, tzinfo=UTC)
 CITIES = [  # (lat, lon) of buyers' home cities

@@ -17,10 +17,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from onestock import cli_perf, ops
-from onestock.errors import OnestockError
-from onestock.events import rfc3339_ms
-from onestock.settings import DEFAULT_WORKERS, Settings
+from onestock import cli_perf
+from onestock.domain.errors import OnestockError
+from onestock.domain.events import rfc3339_ms
+from onestock.domain.settings import DEFAULT_WORKERS, Settings
+from onestock.ops import services as ops
 from state.server import stop_embedded
 
 app = typer.Typer(
@@ -292,7 +293,7 @@ def top(
     ] = None,
 ) -> None:
     """The live dashboard's figures in the terminal: rates, latency, stock, gifts, oversell."""
-    from onestock.top import run_top
+    from onestock.ops.top import run_top
 
     if interval <= 0 or (frames is not None and frames < 1):
         raise OnestockError("--interval must be > 0 and --frames >= 1")

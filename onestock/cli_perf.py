@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from onestock.errors import OnestockError
-from onestock.settings import DEFAULT_WORKERS
+from onestock.domain.errors import OnestockError
+from onestock.domain.settings import DEFAULT_WORKERS
 
 
 def _check_orders(orders: int) -> None:

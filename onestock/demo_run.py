@@ -8,8 +8,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from onestock import burst, harness, ops
-from onestock.settings import DEFAULT_SHARDS
+from onestock import burst, harness
+from onestock.domain.settings import DEFAULT_SHARDS
+from onestock.ops import services as ops
 from state.store import Store
 
 
@@ -23,7 +24,7 @@ def _pct(values: list[int], q: float) -> int:
 def run_demo(n: int, workers: int) -> int:
     console = Console()
     if n < 1:
-        from onestock.errors import OnestockError
+        from onestock.domain.errors import OnestockError
 
         raise OnestockError(f"--orders must be at least 1, not {n}")
     console.print(f"[bold]onestock demo[/]: {n:,} flash-sale orders, {workers} dataflow workers")

@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from onestock import burst, ops
-from onestock.settings import DEFAULT_SHARDS
-from onestock.types import Catalog
+from onestock import burst
+from onestock.domain import sharding
+from onestock.domain.settings import DEFAULT_SHARDS
+from onestock.domain.types import Catalog
 from state.server import RedisServer
 from state.store import Store
 
@@ -53,7 +54,7 @@ def push(
 ) -> None:
     for i in range(0, len(lines), chunk):
         part = lines[i : i + chunk]
-        store.push((ops.shard_of(raw, shards), raw) for raw in part)
+        store.push((sharding.shard_of(raw, shards), raw) for raw in part)
         if progress:
             progress(len(part))
 

@@ -23,8 +23,8 @@ from rich.table import Table
 
 import loadtest
 from onestock import harness
-from onestock.errors import OnestockError
-from onestock.types import Catalog
+from onestock.domain.errors import OnestockError
+from onestock.domain.types import Catalog
 from state.server import free_port
 from state.store import Store
 

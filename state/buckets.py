@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from onestock.types import Sku
+from onestock.domain.types import Sku
 from state import keys
 
 LEASE_S = 5.0  # a crashed mover's lease ends after this; a move takes a few round trips

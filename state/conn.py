@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from onestock.errors import OnestockError
+from onestock.domain.errors import OnestockError
 
 Redis = redis.Redis | RedisCluster
 TRANSIENT = (

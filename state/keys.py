@@ -14,7 +14,7 @@ PREFIX = "os"
 CATALOG = f"{PREFIX}:catalog"  # JSON of the loaded catalog
 CATALOG_VERSION = f"{PREFIX}:catalog:version"  # INCR on every load; workers re-read on change
 SHARDS = f"{PREFIX}:shards"  # K, fixed once the first event is pushed
-# The intake processes' outcome counts (onestock.metrics): "r:<source>:<outcome>" requests,
+# The intake processes' outcome counts (onestock.ops.metrics): "r:<source>:<outcome>" requests,
 # "e:<source>" events stored; each process adds what it counted every second.
 INTAKE_COUNTS = f"{PREFIX}:intake:counts"
 STOCK_MARKER = "\x00sku"  # field present in every stock hash: the SKU exists even at 0 units
@@ -36,7 +36,7 @@ SEP = "\x1f"  # separates fields inside a stored outcome
 
 # Internal fields of a shard's registry (``emitted``) and of a SKU's decision hash
 # (``decisions``) start with NUL, like the rules beside a SKU's stock: an order id passes
-# ``onestock.events.text_problem`` (printable), so it never does, and no order id can name,
+# ``onestock.domain.events.text_problem`` (printable), so it never does, and no order id can name,
 # shadow or overwrite internal state. Any order id the contract allows is an order id.
 REG_EARLY_CANCEL = "\x00c:"  # + order id: a cancel that came before its order (registry only)
 REG_CANCEL = "\x00x:"  # + order id: the record that cancels an accepted order

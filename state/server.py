@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from onestock.errors import OnestockError
+from onestock.domain.errors import OnestockError
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 

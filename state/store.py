@@ -14,9 +14,9 @@ from typing import Any, NamedTuple
 import redis
 from redis.commands.core import Script
 
-from onestock.errors import OnestockError
-from onestock.records import RS
-from onestock.types import Catalog, Sku, catalog_decoder, json_encoder
+from onestock.domain.errors import OnestockError
+from onestock.domain.records import RS
+from onestock.domain.types import Catalog, Sku, catalog_decoder, json_encoder
 from state import keys, wire
 from state.buckets import Buckets, split
 from state.campaigns import Campaigns

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from onestock import catalog as catalogs
-from onestock.types import Catalog
+from onestock.domain import catalog as catalogs
+from onestock.domain.types import Catalog
 from state.server import RedisServer, redis_server_binary
 from state.store import Store
 

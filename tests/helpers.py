@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 
 from dataflows.decider import Decider
-from onestock.records import packed_records, record_from_packed
-from onestock.types import FulfilmentRecord
+from onestock.domain.records import packed_records, record_from_packed
+from onestock.domain.types import FulfilmentRecord
 from state import keys
 from state.store import Store
 

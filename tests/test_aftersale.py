@@ -10,8 +10,10 @@ import orjson
 import pytest
 
 from dataflows.decider import Decider
-from onestock import burst, ops
-from onestock.types import FulfilmentRecord
+from onestock import burst
+from onestock.domain import sharding
+from onestock.domain.types import FulfilmentRecord
+from onestock.ops import services as ops
 from state import keys
 from state.store import Store
 from tests.conftest import load, onestock
@@ -62,9 +64,11 @@ def test_a_cancel_before_its_order_on_a_shard_that_wrote_records_already(store: 
     lookups; the first cancel that comes before its order must turn that off for the
     shard's next batch."""
     d, seq = setup(store, catalog(first_n=3)), [0]
-    shard = ops.shard_of(orjson.dumps(cancel("late")), SHARDS)
+    shard = sharding.shard_of(orjson.dumps(cancel("late")), SHARDS)
     first = next(
-        f"o{i}" for i in range(1000) if ops.shard_of(orjson.dumps(cancel(f"o{i}")), SHARDS) == shard
+        f"o{i}"
+        for i in range(1000)
+        if sharding.shard_of(orjson.dumps(cancel(f"o{i}")), SHARDS) == shard
     )
     send(d, [buy(first, 0, ("SOCKS", 1))], seq)
     assert store.r.hexists(keys.emitted(shard), keys.REG_NO_EARLY)
@@ -408,7 +412,7 @@ def test_a_return_applied_before_a_crash_still_gets_its_record(store: Store) -> 
     d, seq = setup(store, catalog()), [0]
     send(d, [buy("o", 0, ("SOCKS", 2))], seq)
     raw = orjson.dumps(ret("o", "wh-bj", ("SOCKS", 1)))
-    shard = ops.shard_of(raw, SHARDS)
+    shard = sharding.shard_of(raw, SHARDS)
     d.process(shard, [("900-0", raw)])  # restocked, then killed before its record
     restarted = Decider(store, say=lambda _m: None)
     restarted.emit(restarted.process(shard, [("900-0", raw)]))
@@ -424,7 +428,7 @@ def test_an_entry_replayed_after_its_outcome_is_written_is_not_decided_again(
     d = setup(store, catalog())
     r = orjson.dumps(ret("o", "wh-bj", ("SOCKS", 1)))
     o = orjson.dumps(buy("o", 0, ("SOCKS", 2)))
-    shard = ops.shard_of(o, SHARDS)
+    shard = sharding.shard_of(o, SHARDS)
     d.emit(d.process(shard, [("10-0", r)]))
     d.emit(d.process(shard, [("11-0", o)]))
     restarted = Decider(store, say=lambda _m: None)
@@ -437,5 +441,5 @@ def test_a_return_before_its_order_in_one_batch_is_refused_as_in_two(store: Stor
     d = setup(store, catalog())
     r = orjson.dumps(ret("o", "wh-bj", ("SOCKS", 1)))
     o = orjson.dumps(buy("o", 0, ("SOCKS", 2)))
-    d.emit(d.process(ops.shard_of(o, SHARDS), [("10-0", r), ("11-0", o)]))
+    d.emit(d.process(sharding.shard_of(o, SHARDS), [("10-0", r), ("11-0", o)]))
     assert dead_reasons(store) == ["return refused: no such order"] and total(store) == 98

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from dataflows.decider import Decider
-from onestock import ops
+from onestock.ops import services as ops
 from state import keys
 from state.store import Store, read_alone
 from tests.conftest import load

@@ -9,8 +9,9 @@ import pytest
 from redis.crc import key_slot
 
 from dataflows.decider import Decider
-from onestock import burst, ops
-from onestock.errors import CatalogError
+from onestock import burst
+from onestock.domain.errors import CatalogError
+from onestock.ops import services as ops
 from state import keys
 from state.store import Store
 from tests.conftest import load, make_catalog

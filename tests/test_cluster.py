@@ -15,8 +15,9 @@ import pytest
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from onestock import burst, ops
-from onestock.metrics import Reader
+from onestock import burst
+from onestock.ops import services as ops
+from onestock.ops.metrics import Reader
 from state import keys
 from state.server import LocalCluster
 from state.store import Store

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from onestock import burst, harness, ops
+from onestock import burst, harness
+from onestock.ops import services as ops
 from state.server import RedisServer
 from state.store import Store
 from tests.helpers import Server

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from dataflows.decider import Decider
-from onestock import ops
+from onestock.ops import services as ops
 from state import keys
 from state.store import Store
 from tests.conftest import load

@@ -18,7 +18,7 @@ import yaml
 
 from dataflows.flow import BATCH_EVENTS, BATCH_SECONDS
 from onestock import burst
-from onestock.metrics import Reader, families
+from onestock.ops.metrics import Reader, families
 from state.store import Store
 from tests.conftest import ROOT
 from tests.helpers import decide, order

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from onestock import events
+from onestock.domain import events
 from tests.helpers import order
 
 json_values = st.recursive(

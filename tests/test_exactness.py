@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from onestock import ops
+from onestock.ops import services as ops
 from state.store import Store
 from tests.conftest import ROOT, onestock
 from tests.helpers import order
@@ -148,7 +148,7 @@ def test_an_event_that_makes_deciding_raise_is_quarantined_not_a_crash_loop(
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        "import onestock.events as e\n"
+        "import onestock.domain.events as e\n"
         "_real = e.decode\n"
         "def decode(raw, *a, **k):\n"
         "    if b'POISON' in (raw if isinstance(raw, bytes) else raw.encode()):\n"

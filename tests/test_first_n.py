@@ -9,7 +9,8 @@ import orjson
 
 from dataflows.cross_slot import _Item, _slot_args
 from dataflows.decider import Decider
-from onestock import events, ops
+from onestock.domain import events, sharding
+from onestock.ops import services as ops
 from state import keys
 from state.keys import sku_slot
 from state.store import Store
@@ -21,7 +22,7 @@ def on_shard(d: Decider, shard: int, orders: list[dict[str, object]], seq: list[
     """Decide and emit ``orders`` as one batch of ``shard`` (their ids hash to it)."""
     entries = []
     for o in orders:
-        assert ops.shard_of_id(str(o["order_id"]), SHARDS) == shard, o["order_id"]
+        assert sharding.shard_of_id(str(o["order_id"]), SHARDS) == shard, o["order_id"]
         seq[0] += 1
         entries.append((f"{seq[0]}-0", orjson.dumps(o)))
     d.emit(d.process(shard, entries))
@@ -30,7 +31,7 @@ def on_shard(d: Decider, shard: int, orders: list[dict[str, object]], seq: list[
 def oid(name: str, shard: int) -> str:
     """``name`` with the first suffix that puts it on ``shard``."""
     return next(
-        f"{name}{i}" for i in range(10_000) if ops.shard_of_id(f"{name}{i}", SHARDS) == shard
+        f"{name}{i}" for i in range(10_000) if sharding.shard_of_id(f"{name}{i}", SHARDS) == shard
     )
 
 

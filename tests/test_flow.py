@@ -13,8 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
-from onestock import burst, ops
-from onestock.metrics import Reader
+from onestock import burst
+from onestock.ops import services as ops
+from onestock.ops.metrics import Reader
 from state.server import RedisServer
 from state.store import Store
 from tests.conftest import ROOT, onestock

@@ -14,9 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataflows.decider import Decider
-from onestock import burst, ops
-from onestock.records import packed_records, record_from_packed
-from onestock.types import FulfilmentRecord
+from onestock import burst
+from onestock.domain import sharding
+from onestock.domain.records import packed_records, record_from_packed
+from onestock.domain.types import FulfilmentRecord
+from onestock.ops import services as ops
 from state import keys
 from state.store import Store
 from tests.conftest import load, onestock
@@ -64,7 +66,7 @@ def send(d: Decider, events: list[dict[str, Any]], seq: list[int]) -> None:
     for e in events:
         raw = orjson.dumps(e)
         seq[0] += 1
-        shard = ops.shard_of(raw, SHARDS)
+        shard = sharding.shard_of(raw, SHARDS)
         if not runs or runs[-1][0] != shard:
             runs.append((shard, []))
         runs[-1][1].append((f"{seq[0]}-0", raw))

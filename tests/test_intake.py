@@ -16,7 +16,7 @@ import pytest
 
 from intake import mapping
 from intake.signing import sign_onestock
-from onestock import ops
+from onestock.domain import sharding
 from state import keys
 from state.server import RedisServer
 from state.store import Store
@@ -188,7 +188,7 @@ def test_canonical_orders_one_or_many_signed_with_a_timestamp(server: Server, st
     assert sorted(e["order_id"] for e in stored(store)) == ["o-1", "o-2", "o-3"]
     # the same event lands on the shard `onestock orders push` would put it on
     k = store.shard_count()
-    assert store.read(ops.shard_of(one, k), "0-0", 10)[0][1] == one
+    assert store.read(sharding.shard_of(one, k), "0-0", 10)[0][1] == one
     stale = server.post("/orders", one, orders_headers(one, t=int(time.time()) - 301))
     assert stale[0] == 401 and "stale" in stale[2]["error"]
     for body, expected in [(b"[]", "empty"), (b"[1]", "JSON object at [0]"), (b"{", "not JSON")]:
@@ -330,7 +330,7 @@ def test_end_to_end_from_a_signed_shopify_webhook_to_its_fulfilment_record(
     assert "$.lines[1].sku" in legacy["detail"]
     assert Store.connect(cli_env["ONESTOCK_REDIS_URL"]).r.exists(
         keys.delivery(
-            ops.shard_of(orjson.dumps(mapping.shopify_order(SHOPIFY, "shopify", "VIP")), 16),
+            sharding.shard_of(orjson.dumps(mapping.shopify_order(SHOPIFY, "shopify", "VIP")), 16),
             "shopify",
             "d-1",
         )

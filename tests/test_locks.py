@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from dataflows.decider import Decider
-from onestock import ops
-from onestock.records import packed_records, record_from_packed
+from onestock.domain.records import packed_records, record_from_packed
+from onestock.ops import services as ops
 from state import keys
 from state.store import Store
 from tests.conftest import load

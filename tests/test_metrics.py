@@ -18,10 +18,12 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from onestock import burst, meter, ops
-from onestock.live import Live
-from onestock.metrics import LE, Reader, quantile
-from onestock.records import packed_records
+from onestock import burst
+from onestock.domain import meter
+from onestock.domain.records import packed_records
+from onestock.ops import services as ops
+from onestock.ops.live import Live
+from onestock.ops.metrics import LE, Reader, quantile
 from state import keys
 from state.store import Store
 from tests.conftest import ROOT, onestock

@@ -53,7 +53,7 @@ def _racer(url: str, shard: int, start: mp.Event) -> None:  # type: ignore[valid
 def test_racing_processes_never_oversell_the_hot_sku(store: Store, url: str, round_: int) -> None:
     load(store, HOT)
     at_once(_racer, [(url, s) for s in range(PROCS)], timeout=120)
-    from onestock import ops
+    from onestock.ops import services as ops
 
     loaded = {"HOT": {"wh-a": 17, "wh-b": 13, "st-c": 7}, "SIDE": {"wh-a": 5, "wh-b": 5}}
     audit = ops.audit(store, PROCS, loaded)

@@ -175,7 +175,7 @@ def test_pickup_only_where_the_location_says_pickup(store: Store) -> None:
 
 
 def test_stock_view_shows_what_each_channel_can_sell(store: Store) -> None:
-    from onestock import ops
+    from onestock.ops import services as ops
 
     load(store, SAFE)
     view = ops.stock_view(store)["SNEAKER"]
@@ -239,7 +239,7 @@ def test_every_strategy_prefers_one_location_that_holds_every_line(
 def alerts_of(store: Store) -> list[tuple[str, int, str]]:
     import io
 
-    from onestock import ops
+    from onestock.ops import services as ops
 
     buf = io.BytesIO()
     ops.write_alerts(store, buf)

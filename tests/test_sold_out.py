@@ -9,7 +9,7 @@ import pytest
 
 from dataflows.cross_slot import _Item, _slot_args
 from dataflows.decider import Decider
-from onestock import events
+from onestock.domain import events
 from state import keys
 from state.keys import sku_slot
 from state.store import Store

@@ -1,4 +1,5 @@
-"""The house style is checked with the tests: ruff lint and format, mypy (config in pyproject)."""
+"""The house style is checked with the tests: ruff lint and format, mypy, and the layers
+contract (import-linter); their configuration is in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -16,9 +17,14 @@ from tests.conftest import ROOT
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
         ["mypy", "onestock", "state", "dataflows", "intake", "loadtest", "tests"],
+        ["importlinter.cli"],
     ],
-    ids=["ruff-lint", "ruff-format", "mypy"],
+    ids=["ruff-lint", "ruff-format", "mypy", "layers"],
 )
 def test_style_tool_passes(tool: list[str]) -> None:
-    proc = subprocess.run([sys.executable, "-m", *tool], cwd=ROOT, capture_output=True, text=True)
+    if tool == ["importlinter.cli"]:  # no __main__: call its console entry point
+        tool = ["-c", "import sys, importlinter.cli as c; sys.exit(c.lint_imports_command())"]
+    else:
+        tool = ["-m", *tool]
+    proc = subprocess.run([sys.executable, *tool], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

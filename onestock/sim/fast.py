@@ -28,7 +28,8 @@ import orjson
 
 from dataflows.decider import Decided, Decider
 from dataflows.source import ShardSource
-from onestock import ops
+from onestock.domain import sharding
+from onestock.ops import services as ops
 from onestock.sim import observe
 from onestock.sim.faults import Crash, Faults, faulty_store
 from onestock.sim.history import History, render_catalog
@@ -130,7 +131,7 @@ def run_fast(h: History, url: str) -> tuple[Observed, dict[str, int]]:
         ops.push(admin, lines[i:j], k)
         by_shard: list[list[int]] = [[] for _ in range(k)]
         for n in range(i, j):
-            by_shard[ops.shard_of(lines[n], k)].append(n)
+            by_shard[sharding.shard_of(lines[n], k)].append(n)
         for x in range(k):
             rows = admin.read(x, tops[x], len(by_shard[x])) if by_shard[x] else []
             order.update(zip((eid for eid, _ in rows), by_shard[x], strict=True))

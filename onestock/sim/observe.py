@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 import orjson
 
-from onestock import ops
-from onestock.records import RS, SEP, packed_records, record_from_packed
+from onestock.domain.records import RS, SEP, packed_records, record_from_packed
+from onestock.ops import services as ops
 from state import keys
 from state.store import Store
 

@@ -5,11 +5,11 @@ process (and ``onestock top``) shows the same numbers for the whole pipeline, ho
 dataflow and intake processes there are, and the counters survive their restarts:
 
 - decisions, cancellations, returns, latency histograms, trimming: the shard counters that
-  ``emit.lua`` keeps with each written batch (``onestock.meter``), exact across crashes;
+  ``emit.lua`` keeps with each written batch (``onestock.domain.meter``), exact across crashes;
 - intake outcomes: counted by each intake process, added to Redis every second;
 - stock, locks, campaigns, backlog, held records: read as they are now.
 
-``onestock.live.Live`` keeps the last minute of these readings to turn counters into rates,
+``onestock.ops.live.Live`` keeps the last minute of these readings to turn counters into rates,
 windowed latency percentiles and a sell-out projection per SKU.
 """
 
@@ -28,10 +28,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from onestock import meter
-from onestock.errors import OnestockError
-from onestock.ops import StockView, stock_view
-from onestock.types import Catalog
+from onestock.domain import meter
+from onestock.domain.errors import OnestockError
+from onestock.domain.types import Catalog
+from onestock.ops.services import StockView, stock_view
 from state import keys
 from state.store import Store
 

@@ -3,7 +3,7 @@ events, one reading a second), ``/api/live`` (the same reading once, JSON), ``/m
 (Prometheus) and ``/static/plotly.min.js`` (the charting library, served from the installed
 ``plotly`` package: nothing third-party is committed to this repository).
 
-Readings come from Redis (``onestock.metrics``): every server process shows the whole
+Readings come from Redis (``onestock.ops.metrics``): every server process shows the whole
 pipeline. One sampler task per process reads once a second while a page is open and every
 open page gets the same reading.
 """
@@ -23,8 +23,8 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from onestock.live import Live
-from onestock.metrics import PipelineCollector, Reader
+from onestock.ops.live import Live
+from onestock.ops.metrics import PipelineCollector, Reader
 from state.store import Store
 
 Scope = dict[str, Any]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import msgspec
 
-from onestock.errors import CatalogError
-from onestock.events import text_problem
-from onestock.types import Catalog, catalog_decoder
+from onestock.domain.errors import CatalogError
+from onestock.domain.events import text_problem
+from onestock.domain.types import Catalog, catalog_decoder
 
 
 def _unique_ids(source: str, section: str, field: str, what: str, ids: list[str]) -> set[str]:

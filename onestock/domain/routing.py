@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from onestock.types import Catalog, Line
+from onestock.domain.types import Catalog, Line
 
 EARTH_KM = 6371.0088
 Allocation = tuple[str, str, int]  # (location, sku, qty)

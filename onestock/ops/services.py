@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -12,10 +11,9 @@ from typing import IO
 
 import msgspec
 
-from onestock import catalog as catalogs
-from onestock.errors import OnestockError
-from onestock.events import order_id_of
-from onestock.records import (
+from onestock.domain import catalog as catalogs
+from onestock.domain.errors import OnestockError
+from onestock.domain.records import (
     RS,
     SEP,
     dead_from_entry,
@@ -24,8 +22,9 @@ from onestock.records import (
     packed_records,
     record_from_packed,
 )
-from onestock.settings import DEFAULT_SHARDS, Settings
-from onestock.types import Catalog, FulfilmentRecord, ShipLine, json_encoder
+from onestock.domain.settings import DEFAULT_SHARDS, Settings
+from onestock.domain.sharding import shard_of
+from onestock.domain.types import Catalog, FulfilmentRecord, ShipLine, json_encoder
 from state import keys
 from state.server import embedded_url
 from state.store import Store
@@ -53,17 +52,6 @@ def load_catalog(store: Store, path: Path) -> Catalog:
     merged = catalogs.validate(catalogs.merge(old, new), str(path))
     store.load_catalog(merged, [s.sku for s in new.skus])
     return merged
-
-
-def shard_of(raw: bytes, shards: int) -> int:
-    """Same order id -> same shard, so its copies are decided in sequence by one worker."""
-    oid = order_id_of(raw)
-    return shard_of_id(oid, shards) if oid is not None else zlib.crc32(raw) % shards
-
-
-def shard_of_id(order_id: str, shards: int) -> int:
-    """The shard of an event with a usable order id."""
-    return zlib.crc32(order_id.encode()) % shards
 
 
 def read_lines(stream: IO[bytes]) -> Iterator[bytes]:

@@ -17,7 +17,7 @@ import msgspec
 import orjson
 from msgspec import Meta
 
-from onestock.types import Line, NonEmpty, Order, order_decoder
+from onestock.domain.types import Line, NonEmpty, Order, order_decoder
 
 MAX_TEXT = 256  # the longest id or name any event may carry (order, customer, SKU, ...)
 MAX_ORDER_ID = MAX_TEXT
@@ -54,7 +54,7 @@ def _env_time_ms(name: str, default: str) -> int:
     text = os.environ.get(name) or default
     ms = rfc3339_ms(text)
     if ms is None:
-        from onestock.errors import OnestockError
+        from onestock.domain.errors import OnestockError
 
         raise OnestockError(f"{name}={text!r} is not an RFC 3339 time with an offset")
     return ms

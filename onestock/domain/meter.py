@@ -2,7 +2,7 @@
 
 The decider tags each record it hands to ``emit.lua`` with ``<received bucket><paid
 bucket><status>``; the script counts the tags of the records it writes now (so a replay
-after a crash counts nothing twice) under fields ``m<tag>``. ``onestock.metrics`` reads
+after a crash counts nothing twice) under fields ``m<tag>``. ``onestock.ops.metrics`` reads
 them back as Prometheus counters and histograms.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from onestock.records import SEP
+from onestock.domain.records import SEP
 
 # Latency histogram bounds (inclusive upper bounds, ms); the last bucket is +Inf.
 BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000,

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from onestock.types import DeadLetter, FulfilmentRecord, Gift, ShipLine, Shipment, json_encoder
+from onestock.domain.types import (
+    DeadLetter,
+    FulfilmentRecord,
+    Gift,
+    ShipLine,
+    Shipment,
+    json_encoder,
+)
 
 SEP = "\x1f"  # between the fields of one record or outcome
 RS = "\x1e"  # between the records of one output stream entry

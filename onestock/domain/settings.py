@@ -20,7 +20,7 @@ def _int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        from onestock.errors import OnestockError
+        from onestock.domain.errors import OnestockError
 
         raise OnestockError(f"{name}={raw!r} is not a whole number") from None
 

@@ -10,8 +10,8 @@ from rich.live import Live as RichLive
 from rich.table import Table
 from rich.text import Text
 
-from onestock.live import Live
-from onestock.metrics import Reader
+from onestock.ops.live import Live
+from onestock.ops.metrics import Reader
 from state.store import Store
 
 

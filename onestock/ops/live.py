@@ -1,4 +1,4 @@
-"""The live view: the last minute of ``onestock.metrics`` readings turned into what the
+"""The live view: the last minute of ``onestock.ops.metrics`` readings turned into what the
 dashboard and ``onestock top`` show: rates, windowed latency percentiles, a sell-out
 projection per SKU."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from onestock.metrics import Figures, Reader, quantile
+from onestock.ops.metrics import Figures, Reader, quantile
 
 
 class Live:
