@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from onestock.domain.protocol import SEP
 from onestock.domain.types import Sku
 from state import keys
 
@@ -146,8 +147,8 @@ class Buckets:
         out = []
         for name, entries in zip(names, pipe.execute(), strict=True):
             for tid, value in entries.items():
-                into, _, rest = value.decode().partition(keys.SEP)
-                out.append((name, tid.decode(), int(into), _pairs(rest.split(keys.SEP))))
+                into, _, rest = value.decode().partition(SEP)
+                out.append((name, tid.decode(), int(into), _pairs(rest.split(SEP))))
         return out
 
     def _finish(self, recipient: str, transfers: list[tuple[str, list[tuple[str, int]]]]) -> int:

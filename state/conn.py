@@ -26,10 +26,12 @@ TRANSIENT = (
 
 
 def lua(name: str, *libs: str) -> str:
-    """A script's text, after the shared ``lib_*.lua`` functions it uses (Redis has no
-    ``require``: a script is one text, so the library is prepended once, here)."""
+    """A script's text, after the protocol's names (``lib_protocol.lua``, always) and the
+    shared ``lib_*.lua`` functions it uses (Redis has no ``require``: a script is one text,
+    so the libraries are prepended once, here)."""
     files = importlib.resources.files("state")
-    return "\n".join(files.joinpath(f"lua/{n}.lua").read_text() for n in (*libs, name))
+    names = ("lib_protocol", *libs, name)
+    return "\n".join(files.joinpath(f"lua/{n}.lua").read_text() for n in names)
 
 
 def parse_id(entry_id: str) -> tuple[int, int]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from redis.crc import key_slot
 
+from onestock.domain.protocol import BUCKET
+
 PREFIX = "os"
 CATALOG = f"{PREFIX}:catalog"  # JSON of the loaded catalog
 CATALOG_VERSION = f"{PREFIX}:catalog:version"  # INCR on every load; workers re-read on change
@@ -32,7 +34,6 @@ ALERTED = "\x00alerted"  # flag: the low-stock alert fired (cleared when a resto
 LOCK_QTY, LOCK_UNTIL, LOCK_USED = "\x00Lq:", "\x00Lu:", "\x00Lc:"
 # A first-N gift campaign on the SKU: its first_n and its lateness_ms.
 CAMPAIGN, CAMPAIGN_LATENESS = "\x00G:", "\x00Gl:"
-SEP = "\x1f"  # separates fields inside a stored outcome
 
 # Internal fields of a shard's registry (``emitted``) and of a SKU's decision hash
 # (``decisions``) start with NUL, like the rules beside a SKU's stock: an order id passes
@@ -204,7 +205,6 @@ def sku_slot(sku: str) -> int:
 
 # Hot-SKU buckets: bucket 0 of a SKU is the SKU's own keys; bucket b > 0 is the "SKU" named
 # "<sku>\x1c<b>", whose keys hash to another slot. Catalog ids never hold control characters.
-BUCKET = "\x1c"
 
 
 def bucket(sku: str, b: int) -> str:

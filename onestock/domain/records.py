@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from onestock.domain.protocol import GS, RS, SEP
 from onestock.domain.types import (
     DeadLetter,
     FulfilmentRecord,
@@ -17,10 +18,6 @@ from onestock.domain.types import (
     Shipment,
     json_encoder,
 )
-
-SEP = "\x1f"  # between the fields of one record or outcome
-RS = "\x1e"  # between the records of one output stream entry
-GS = "\x1d"  # inside a gift field; between the head and the outcome of a held record
 
 
 def head(oid: str, channel: str, paid: str, mode: str, received_ms: str, decided_ms: str) -> str:

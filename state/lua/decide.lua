@@ -41,8 +41,6 @@
 -- below zero. Every write happens after the whole ARGV was parsed and validated (Redis does
 -- not roll back a failing script): decisions run on Lua tables, written back at the end.
 local SEP = '\31'
-local MARKER = '\0sku'
-local RULE_LIMIT, RULE_VIP = '\0limit', '\0vip'
 local tonumber, byte, concat, call, unpack = tonumber, string.byte, table.concat, redis.call, unpack
 local SOLD_OUT = 'R' .. SEP .. 'sold_out'
 local UNKNOWN = 'R' .. SEP .. 'unknown_sku'
@@ -118,13 +116,13 @@ local camps, progress, adds, now = {}, {}, {}, nil -- first-N gift campaigns of 
 local any_low = false -- does any SKU of this call have a low-stock threshold
 for s = 1, nskus do
   local t, sum, lk, cp = read_stock(KEYS[6 * s - 5])
-  stock[s], exists[s], dirty[s], total[s], locks[s] = t, t[MARKER] ~= nil, {}, sum, lk
+  stock[s], exists[s], dirty[s], total[s], locks[s] = t, t[STOCK_MARKER] ~= nil, {}, sum, lk
   if cp then
     camps[s], progress[s], adds[s] = cp, read_progress(KEYS[6 * s]), {}
     now = now or wall_ms()
   end
-  any_low = any_low or t['\0low'] ~= nil
-  limit[s], vip_until[s] = t[RULE_LIMIT], t[RULE_VIP]
+  any_low = any_low or t[RULE_LOW] ~= nil
+  limit[s], vip_until[s] = t[RULE_LIMIT], t[RULE_VIP_UNTIL]
   if limit[s] then
     -- units already sold to each customer of this batch
     local custs, seen = {}, {}
@@ -143,7 +141,7 @@ end
 
 -- Rules newer than the caller's catalog: nothing is decided (see the header).
 for s = 1, nskus do
-  if (stock[s]['\0v'] or 0) > version then
+  if (stock[s][RULES_VERSION] or 0) > version then
     local out = {}
     for o = 1, norders do out[o] = stored[ARGV[first + 3 * o - 3]] or 'S' end
     return out
@@ -333,7 +331,7 @@ end
 local function draw_locks(blob, draws)
   local c1, c2 = byte(blob, 7, 8)
   local ch = chans[c1 + 256 * c2]
-  local field = '\0Lc:' .. ch
+  local field = LOCK_USED .. ch
   for s, units in pairs(draws) do
     if units > 0 then
       local l = locks[s][ch]

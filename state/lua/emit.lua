@@ -144,11 +144,11 @@ else
         held[#held + 1] = rec
         decided[#decided + 1] = oid .. '\31A'
       elseif rec == '' then -- a pending cancel: registry only
-        if string.sub(oid, 1, 3) == '\0c:' then no_early = false; call('HDEL', KEYS[1], '\0nc') end
-      elseif string.sub(oid, 1, 3) == '\0R:' then
+        if string.sub(oid, 1, 3) == REG_EARLY_CANCEL then no_early = false; call('HDEL', KEYS[1], REG_NO_EARLY) end
+      elseif string.sub(oid, 1, 3) == REG_RETURN then
         returned[#returned + 1] = rec
       else
-        if string.sub(oid, 1, 3) == '\0x:' then call('HDEL', KEYS[7], string.sub(oid, 4)) end
+        if string.sub(oid, 1, 3) == REG_CANCEL then call('HDEL', KEYS[7], string.sub(oid, 4)) end
         written = written + 1
         recs[written] = rec
         if kind == 114 then decided[#decided + 1] = oid .. '\31R' end -- 'r'
@@ -172,7 +172,7 @@ else
 end
 for i = 1, ndl do
   local q = p + 3 * (i - 1) + 1
-  if redis.call('HSETNX', KEYS[1], '\0#' .. ARGV[q], 'D') == 1 then
+  if redis.call('HSETNX', KEYS[1], REG_DEAD .. ARGV[q], 'D') == 1 then
     redis.call('XADD', KEYS[3], '*', 'id', ARGV[q], 'raw', ARGV[q + 1], 'reason', ARGV[q + 2])
     dead = dead + 1
   end
@@ -198,5 +198,5 @@ if last ~= '-' then
     if trimmed > 0 then redis.call('HINCRBY', KEYS[6], 'trimmed', trimmed) end
   end
 end
-if no_early then call('HSET', KEYS[1], '\0nc', 1) end
-return { written, dead, call('HEXISTS', KEYS[1], '\0nc') }
+if no_early then call('HSET', KEYS[1], REG_NO_EARLY, 1) end
+return { written, dead, call('HEXISTS', KEYS[1], REG_NO_EARLY) }

@@ -15,7 +15,7 @@ for i = 1, n do
   if not key or not ncand then return redis.error_reply('ERR gift.lua: bad winner #' .. i) end
   local got = redis.call('HGET', KEYS[2], key)
   if not got then
-    got = '\0-'
+    got = GIFT_NONE
     for j = 1, ncand do
       local loc = ARGV[p + 1 + j]
       if tonumber(redis.call('HGET', KEYS[1], loc) or '0') >= 1 then

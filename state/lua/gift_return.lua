@@ -10,7 +10,7 @@ for i, key in ipairs(ARGV) do
   local loc = redis.call('HGET', KEYS[2], key)
   if loc and string.byte(loc, 1) ~= 0 then
     redis.call('HINCRBY', KEYS[1], loc, 1)
-    redis.call('HSET', KEYS[2], key, '\0b:' .. loc)
+    redis.call('HSET', KEYS[2], key, GIFT_BACK .. loc)
     out[i] = 1
   else
     out[i] = 0

@@ -126,18 +126,18 @@ end
 -- changes no units, raises nothing. `remaining` = the units right after the change.
 local ALERT_REASON = { [0] = 'back_in_stock', 'low_stock', 'sold_out' }
 local function settle_alert(i, name, units, fields)
-  local low = fields['\0low']
+  local low = fields[RULE_LOW]
   if not low then return end
   local level = 0
   if units <= 0 then level = 2 elseif units <= low then level = 1 end
-  if level == (fields['\0alerted'] or 0) then return end
+  if level == (fields[ALERTED] or 0) then return end
   redis.call('XADD', KEYS[6 * i - 2], '*', 'sku', name, 'remaining', units,
     'reason', ALERT_REASON[level], 'at', wall_ms())
   if level == 0 then
-    redis.call('HDEL', KEYS[6 * i - 5], '\0alerted')
-    fields['\0alerted'] = nil
+    redis.call('HDEL', KEYS[6 * i - 5], ALERTED)
+    fields[ALERTED] = nil
   else
-    redis.call('HSET', KEYS[6 * i - 5], '\0alerted', level)
-    fields['\0alerted'] = level
+    redis.call('HSET', KEYS[6 * i - 5], ALERTED, level)
+    fields[ALERTED] = level
   end
 end

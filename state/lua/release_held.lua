@@ -15,7 +15,7 @@ for i = 1, n do
   local oid, gift, late = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
   local value = redis.call('HGET', KEYS[1], oid)
   if (value and string.byte(value, 1) == 67) -- 'C': cancelled in its own batch
-     or redis.call('HEXISTS', KEYS[1], '\0k:' .. oid) == 1 then -- a cancel is under way
+     or redis.call('HEXISTS', KEYS[1], REG_CANCELLING .. oid) == 1 then -- a cancel is under way
     redis.call('HDEL', KEYS[3], oid)
     out[i] = 3
   elseif not value then

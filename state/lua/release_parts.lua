@@ -39,8 +39,8 @@ for _, x in ipairs(parsed) do
     local s, q, own = index[f[i + 1]], tonumber(f[i + 2]), tonumber(f[i + 4])
     redis.call('HINCRBY', KEYS[6 * s - 5], f[i], q)
     if f[i + 3] == '1' then redis.call('HINCRBY', KEYS[6 * s - 3], customer, -q) end
-    if own > 0 and redis.call('HEXISTS', KEYS[6 * s - 5], '\0Lq:' .. channel) == 1 then
-      redis.call('HINCRBY', KEYS[6 * s - 5], '\0Lc:' .. channel, -own)
+    if own > 0 and redis.call('HEXISTS', KEYS[6 * s - 5], LOCK_QTY .. channel) == 1 then
+      redis.call('HINCRBY', KEYS[6 * s - 5], LOCK_USED .. channel, -own)
     end
   end
   redis.call('HDEL', KEYS[6 * x[2] - 4], x[1])

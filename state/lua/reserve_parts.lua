@@ -20,7 +20,6 @@
 -- counted = 1 where the units were added to the customer's count, locked = the units drawn
 -- from the channel's own lock (release_parts gives both back).
 local SEP = '\31'
-local RULE_LIMIT, RULE_VIP = '\0limit', '\0vip'
 local call, unpack, tonumber = redis.call, unpack, tonumber
 local function bad(msg) return redis.error_reply('ERR reserve_parts.lua: ' .. msg) end
 
@@ -84,7 +83,7 @@ local locks = {}
 for s = 1, nskus do
   local t, sum, lk = read_stock(KEYS[6 * s - 5])
   total[s], locks[s] = sum, lk
-  stock[s], dirty[s], limit[s], vip_until[s] = t, {}, t[RULE_LIMIT], t[RULE_VIP]
+  stock[s], dirty[s], limit[s], vip_until[s] = t, {}, t[RULE_LIMIT], t[RULE_VIP_UNTIL]
   if limit[s] then
     local custs, seen = {}, {}
     for _, od in ipairs(orders) do
@@ -98,7 +97,7 @@ for s = 1, nskus do
 end
 
 for s = 1, nskus do -- rules newer than the caller's catalog: nothing is reserved
-  if (stock[s]['\0v'] or 0) > version then
+  if (stock[s][RULES_VERSION] or 0) > version then
     local out = {}
     for o = 1, norders do out[o] = 6 end
     return out
@@ -162,7 +161,7 @@ for o, od in ipairs(orders) do
         local own = draws[s] or 0 -- the lock's units go on the SKU's first allocation
         stored[#stored + 1] = own
         if own > 0 then
-          local l, field = locks[s][channel], '\0Lc:' .. channel
+          local l, field = locks[s][channel], LOCK_USED .. channel
           l.c = l.c + own
           stock[s][field] = l.c
           dirty[s][field] = true

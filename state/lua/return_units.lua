@@ -42,7 +42,7 @@ for _, digest in ipairs(digests) do
   local g = groups[digest]
   local oid = lines[g[1]].oid
   local code, bad = 1, nil
-  if redis.call('HEXISTS', KEYS[6 * lines[g[1]].s - 4], '\0r:' .. digest) == 1 then
+  if redis.call('HEXISTS', KEYS[6 * lines[g[1]].s - 4], DEC_RETURN .. digest) == 1 then
     code = 0 -- a return's lines in one slot are applied together: one marker tells
   else
     local want = {}
@@ -50,11 +50,11 @@ for _, digest in ipairs(digests) do
       local l = lines[i]
       want[l.s] = (want[l.s] or 0) + l.q
       local dec = KEYS[6 * l.s - 4]
-      if redis.call('HEXISTS', dec, '\0u:' .. oid) == 1 then
+      if redis.call('HEXISTS', dec, DEC_UNDONE .. oid) == 1 then
         code, bad = 2, i
         break
       end
-      if tonumber(redis.call('HGET', dec, '\0rq:' .. oid) or '0') + want[l.s] > l.shipped then
+      if tonumber(redis.call('HGET', dec, DEC_RETURNED .. oid) or '0') + want[l.s] > l.shipped then
         code, bad = 3, i
         break
       end
@@ -67,10 +67,10 @@ for _, digest in ipairs(digests) do
       local dec = KEYS[6 * l.s - 4]
       if not counted[l.s] then
         counted[l.s] = true
-        redis.call('HSET', dec, '\0r:' .. digest, 1)
+        redis.call('HSET', dec, DEC_RETURN .. digest, 1)
       end
       redis.call('HINCRBY', KEYS[6 * l.s - 5], l.loc, l.q)
-      redis.call('HINCRBY', dec, '\0rq:' .. l.oid, l.q)
+      redis.call('HINCRBY', dec, DEC_RETURNED .. l.oid, l.q)
       touched[l.s] = true
     end
   end

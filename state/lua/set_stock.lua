@@ -21,24 +21,24 @@ end
 local old = redis.call('HGETALL', KEYS[1])
 local kept = {}
 for i = 1, #old, 2 do
-  if string.sub(old[i], 1, 4) == '\0Lc:' then kept[string.sub(old[i], 5)] = old[i + 1] end
+  if string.sub(old[i], 1, 4) == LOCK_USED then kept[string.sub(old[i], 5)] = old[i + 1] end
 end
 local units, low, extra = 0, nil, {}
 for i = 1, #ARGV, 2 do
   local f, q = ARGV[i], tonumber(ARGV[i + 1])
-  if f == '\0low' then low = q
+  if f == RULE_LOW then low = q
   elseif string.byte(f, 1) ~= 0 then units = units + q
-  elseif string.sub(f, 1, 4) == '\0Lq:' and kept[string.sub(f, 5)] then
-    extra[#extra + 1] = '\0Lc:' .. string.sub(f, 5)
+  elseif string.sub(f, 1, 4) == LOCK_QTY and kept[string.sub(f, 5)] then
+    extra[#extra + 1] = LOCK_USED .. string.sub(f, 5)
     extra[#extra + 1] = kept[string.sub(f, 5)]
   end
 end
-local was = tonumber(redis.call('HGET', KEYS[1], '\0alerted') or '0')
+local was = tonumber(redis.call('HGET', KEYS[1], ALERTED) or '0')
 local level = 0
 if low then
   if units <= 0 then level = 2 elseif units <= low then level = 1 end
   if level > 0 then
-    extra[#extra + 1] = '\0alerted'
+    extra[#extra + 1] = ALERTED
     extra[#extra + 1] = level
   end
   if level ~= was then
@@ -51,6 +51,6 @@ if low then
   end
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], '\0sku', '1', unpack(ARGV))
+redis.call('HSET', KEYS[1], STOCK_MARKER, '1', unpack(ARGV))
 if #extra > 0 then redis.call('HSET', KEYS[1], unpack(extra)) end
 return #ARGV / 2

@@ -30,7 +30,7 @@ for i = 1, n do
       counts[camp .. ':awarded'] = (counts[camp .. ':awarded'] or 0) + 1
     end
     if late == '1' then counts[camp .. ':late'] = (counts[camp .. ':late'] or 0) + 1 end
-    if gift == '\0-' and not ended[camp] then
+    if gift == GIFT_NONE and not ended[camp] then
       ended[camp] = true
       redis.call('HSETNX', KEYS[1], camp .. ':ended', rank)
     end

@@ -59,9 +59,9 @@ for o, od in ipairs(orders) do
   local res = { 0 }
   for _, s in ipairs(skus) do
     local allocs, returned = by_sku[s][1], by_sku[s][2]
-    returned = returned + tonumber(redis.call('HGET', KEYS[6 * s - 4], '\0rq:' .. oid) or '0')
+    returned = returned + tonumber(redis.call('HGET', KEYS[6 * s - 4], DEC_RETURNED .. oid) or '0')
     res[#res + 1] = returned
-    if redis.call('HSETNX', KEYS[6 * s - 4], '\0u:' .. oid, 1) == 1 then
+    if redis.call('HSETNX', KEYS[6 * s - 4], DEC_UNDONE .. oid, 1) == 1 then
       local _, _, _, camps = read_stock(KEYS[6 * s - 5])
       for id in pairs(camps or {}) do
         local m = id .. '\31' .. oid
