@@ -1,7 +1,7 @@
 """Which shard an event goes to: every copy of an order's events on one shard, in sequence.
 
 The intake, the CLI's push, the load tests and the gift settler all place events with these
-two functions, so an order id always lands on the same input stream (``os:in:{<shard>}``).
+two functions, so an order id always lands on the same input stream (``keys.inbox``).
 """
 
 from __future__ import annotations
