@@ -1,4 +1,4 @@
-"""Cancellations and returns of a shard batch (README "Cancellations", "Returns").
+"""Cancellations and returns of a shard batch (docs/intake.md "Cancellations", "Returns").
 
 Both arrive on the order's shard (the shard follows the order id), so one worker applies
 them in arrival order, after the batch's orders are decided and before its outputs are
@@ -8,29 +8,171 @@ written: a crash in between replays them, and every step is idempotent.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 from dataflows.gifts import Settler
 from onestock.domain import events
+from onestock.domain.protocol import SEP, Code, ProtocolError, code_of
 from onestock.domain.records import pack
 from state import keys
 from state.conn import Waiter, parse_id
 from state.keys import public, sku_slot
 from state.store import Store
 
-# what a return of an order in this state is refused for (registry value's first letter)
+# The state a return finds its order in when no order of that id came before it: not a
+# stored code (the other states are outcomes and registry values: ``Code``).
+UNKNOWN_ORDER = "?"
+# what a return of an order in this state is refused for (its first letter)
 _REFUSALS = {
-    "?": "no such order",
-    "R": "the order was rejected",
-    "r": "the order was rejected",
-    "C": "the order was cancelled",
+    UNKNOWN_ORDER: "no such order",
+    Code.REJECTED: "the order was rejected",
+    Code.CAMPAIGN_REJECTED: "the order was rejected",
+    Code.CANCELLED: "the order was cancelled",
 }
+# Per line of a return, return_units.lua answers (state/lua/return_units.lua):
+APPLIED_BEFORE = 0  # the return was applied before: nothing changes
+APPLIED = 1  # applied now: the units are back
+CANCELLED_BEFORE = 2  # refused: a cancel gave the order's units of the SKU back
+MORE_THAN_SHIPPED = 3  # refused: the SKU would get back more than shipped
+REFUSED_WITH = 4  # refused: another line of the same return was
+_RESTOCK_CODES = {APPLIED_BEFORE, APPLIED, CANCELLED_BEFORE, MORE_THAN_SHIPPED, REFUSED_WITH}
+
+# (SKU, order id, return digest, location, qty, units of the SKU shipped): one line of a
+# return_units.lua call
+_Line = tuple[str, str, str, str, int, int]
+# where each line of a return went in the calls: (slot, index in its call, line of the return)
+_Refs = list[tuple[int, int, int]]
+
+
+class _Checked(NamedTuple):
+    """A return whose order may take it back, as far as the order's state tells."""
+
+    eid: str
+    raw: bytes
+    ret: events.Return
+    shipped: dict[str, int]  # units shipped per SKU (a hot SKU's buckets count as the SKU)
+    digest: str
+
+
+class _Sent(NamedTuple):
+    """A return sent to return_units.lua."""
+
+    eid: str
+    raw: bytes
+    ret: events.Return
+    digest: str
+    refs: _Refs
+
+
+class _Counted(NamedTuple):
+    """The returns judged on the counts read (``Aftersale._counted``)."""
+
+    sent: list[_Sent]
+    lines: dict[int, list[_Line]]  # per slot: the lines of its return_units.lua call
+    copies: list[tuple[str, bytes, str]]  # (entry id, raw, digest) of a copy in the batch
 
 
 def _digest(r: events.Return) -> str:
     """A return's identity: the same order, location and lines are the same return."""
-    key = "\x1f".join([r.order_id, r.location, *(f"{ln.sku}:{ln.qty}" for ln in r.lines)])
+    key = SEP.join([r.order_id, r.location, *(f"{ln.sku}:{ln.qty}" for ln in r.lines)])
     return hashlib.sha1(key.encode()).hexdigest()[:24]
+
+
+def _unheld(value: str) -> str:
+    """A registry value's outcome: a campaign order's (``Code.HELD``, or ``CANDIDATE`` once
+    released) as any other's."""
+    return value[1:] if value[:1] in (Code.HELD, Code.CANDIDATE) else value
+
+
+def _accepted(outcome: str) -> bool:
+    """Whether an order's outcome (or registry value, unheld) is accepted; an unknown code
+    raises."""
+    code = code_of(outcome)
+    if code is Code.ACCEPTED:
+        return True
+    if code in (Code.REJECTED, Code.CAMPAIGN_REJECTED, Code.CANCELLED):
+        return False
+    raise ProtocolError(f"an order's outcome {outcome[:40]!r}")
+
+
+def _refusal(state: str) -> str | None:
+    """Why a return of an order in ``state`` (its outcome, or UNKNOWN_ORDER) is refused;
+    None: the order was accepted."""
+    reason = _REFUSALS.get(state[:1])
+    if reason is None and code_of(state) is not Code.ACCEPTED:
+        raise ProtocolError(f"a return's order in state {state[:40]!r}")
+    return reason
+
+
+def _shipped(outcome: str) -> dict[str, int]:
+    """Units per SKU of an accepted outcome (a hot SKU's bucket counts as the SKU)."""
+    f = outcome.split(SEP)
+    shipped: dict[str, int] = {}
+    for i in range(1, len(f) - 2, 3):
+        sku = public(f[i + 1])
+        shipped[sku] = shipped.get(sku, 0) + int(f[i + 2])
+    return shipped
+
+
+def _not_shipped(r: events.Return, shipped: dict[str, int]) -> str | None:
+    """Why ``r`` is refused for a line of a SKU its order did not ship, if it has one."""
+    for j, ln in enumerate(r.lines):
+        if ln.sku not in shipped:
+            return f"{ln.sku!r} was not shipped in this order - at `$.lines[{j}].sku`"
+    return None
+
+
+def _new_lines(
+    r: events.Return,
+    shipped: dict[str, int],
+    answers: Iterator[tuple[bytes | None, bytes | None]],
+    so_far: dict[tuple[str, str], int],
+) -> tuple[list[tuple[int, str, int]], str | None]:
+    """The lines (index, SKU, qty) of ``r`` not applied before, and why they would give back
+    more than shipped (None: they would not). ``answers``: per line, the units of its SKU
+    back before and whether the return was applied; ``so_far``: units back per (order id,
+    SKU), read or counted in this batch."""
+    lines = []
+    refused = None
+    want: dict[str, int] = {}  # units of each SKU this return gives back
+    for j, ln in enumerate(r.lines):
+        before, applied = next(answers)
+        k = (r.order_id, ln.sku)
+        so_far.setdefault(k, int(before or 0))
+        if applied is None:
+            want[ln.sku] = want.get(ln.sku, 0) + ln.qty
+            if so_far[k] + want[ln.sku] > shipped[ln.sku] and refused is None:
+                refused = (
+                    f"{ln.sku}: {want[ln.sku]} more would exceed the {shipped[ln.sku]}"
+                    f" shipped ({so_far[k]} back already) - at `$.lines[{j}].qty`"
+                )
+            lines.append((j, ln.sku, ln.qty))
+    return lines, refused
+
+
+def _script_refusal(
+    r: events.Return, refs: _Refs, codes: dict[int, list[Any]], lines: dict[int, list[_Line]]
+) -> str | None:
+    """Why return_units.lua refused ``r`` (its lines at ``refs``), None: it did not."""
+    for slot, i, j in refs:
+        code = int(codes[slot][i])
+        if code == CANCELLED_BEFORE:
+            return "the order was cancelled"
+        if code == MORE_THAN_SHIPPED:
+            shipped = lines[slot][i][5]
+            return (
+                f"{r.lines[j].sku}: more would come back than the {shipped} shipped"
+                f" - at `$.lines[{j}].qty`"
+            )
+        if code not in _RESTOCK_CODES:
+            raise ProtocolError(f"return_units.lua answered {code} for {r.order_id!r}")
+    return None
+
+
+def _refused(eid: str, raw: bytes, reason: str) -> list[Any]:
+    """The dead letter of a refused return."""
+    return [eid, events.text_of(raw), f"return refused: {reason}"]
 
 
 class Aftersale:
@@ -54,36 +196,36 @@ class Aftersale:
         remembered so it is never decided."""
         earlier = [oid for oid in cancels if oid not in firsts]
         state = self.wait.call(
-            self.store.registry, shard, [f for oid in earlier for f in (oid, keys.REG_CANCEL + oid)]
+            self.store.shards.registry,
+            shard,
+            [f for oid in earlier for f in (oid, keys.REG_CANCEL + oid)],
         )
         undo: list[tuple[str, str]] = []  # (order id, its accepted outcome)
         out: list[str] = []
         for oid in cancels:
             if oid in firsts:
                 res = outcome.get(oid, "")
-                if res[:1] == "A":
+                if res[:1] == Code.ACCEPTED:
                     undo.append((oid, res))
-                    outcome[oid] = "C" + res[1:]
+                    outcome[oid] = Code.CANCELLED + res[1:]
                     held_ids.discard(oid)
         for i, oid in enumerate(earlier):
             value, cancelled = state[2 * i], state[2 * i + 1]
             if cancelled is not None:
                 continue  # cancelled before: nothing more to do
-            if value is None:
-                out += [keys.REG_EARLY_CANCEL + oid, "P", ""]  # its order has not come yet
+            if value is None:  # its order has not come yet
+                out += [keys.REG_EARLY_CANCEL + oid, Code.EARLY_CANCEL, ""]
                 continue
-            text = value.decode()
-            if text[0] in "HG":  # a campaign order: its gift, if any, goes back too
-                text = text[1:]
-            if text[0] != "A":
-                continue  # rejected: there is nothing to give back
+            text = _unheld(value.decode())  # a campaign order: its gift, if any, goes back too
+            if not _accepted(text):
+                continue  # rejected (or cancelled): there is nothing to give back
             undo.append((oid, text))
             received = cancels[oid].partition("-")[0]
-            rec = pack(oid, "", "", "ship", received, decided, "C" + text[1:])
-            out += [keys.REG_CANCEL + oid, "C", rec]
+            rec = pack(oid, "", "", "ship", received, decided, Code.CANCELLED + text[1:])
+            out += [keys.REG_CANCEL + oid, Code.CANCELLED, rec]
         if undo:  # before anything is given back: a settler that meets keys.REG_CANCELLING
             # releases no gift for the order (and puts back one it took)
-            self.wait.call(self.store.mark_cancelling, shard, [oid for oid, _ in undo])
+            self.wait.call(self.store.shards.mark_cancelling, shard, [oid for oid, _ in undo])
         removed = self._undo(undo) if undo else {}
         self._return_gifts([(oid, res) for oid, res in undo if removed.get(oid, 0) == 0])
         return out
@@ -104,51 +246,62 @@ class Aftersale:
         a return whose record was written changes nothing and has no outcome of its own
         (whatever happened to the order since: that record is its outcome)."""
         written = self.wait.call(
-            self.store.registry, shard, [keys.REG_RETURN + _digest(r) for _, _, r in returns]
+            self.store.shards.registry, shard, [keys.REG_RETURN + _digest(r) for _, _, r in returns]
         )
         returns = [ret for ret, rec in zip(returns, written, strict=True) if rec is None]
+        states = self._order_states(shard, returns, firsts, outcome)
+        # per return: its order's outcome as the return finds it, or UNKNOWN_ORDER
+        todo = _checked(returns, states, dead, locations)
+        # [_Checked]: the returns their orders' states and shipments do not refuse
+        if not todo:
+            return []
+        counted = self._counted(todo, dead)
+        # _Counted: the returns the counts read do not refuse, their lines per slot
+        restocked = self.wait.call(self.store.skus.return_units, list(counted.lines.values()))
+        codes = dict(zip(counted.lines, restocked, strict=True))
+        return _recorded(counted, codes, decided, dead)
+
+    def _order_states(
+        self,
+        shard: int,
+        returns: list[tuple[str, bytes, events.Return]],
+        firsts: dict[str, tuple[str, events.Decoded]],
+        outcome: dict[str, str],
+    ) -> list[str]:
+        """Per return, its order's outcome as the return finds it: from this batch if the
+        order came before it, else from the registry (cancelled if a cancel is recorded or
+        under way); UNKNOWN_ORDER if none came before it."""
         earlier = list({r.order_id for _, _, r in returns if r.order_id not in firsts})
         got = self.wait.call(
-            self.store.registry,
+            self.store.shards.registry,
             shard,
             [f for o in earlier for f in (o, keys.REG_CANCEL + o, keys.REG_CANCELLING + o)],
         )
         state = {o: got[3 * i : 3 * i + 3] for i, o in enumerate(earlier)}
-        todo: list[tuple[str, bytes, events.Return, dict[str, int], str]] = []
-        for eid, raw, r in returns:
+        states: list[str] = []
+        for eid, _, r in returns:
             oid = r.order_id
             if oid in firsts:  # (an order later in the batch had not come yet for it)
                 before = parse_id(firsts[oid][0]) < parse_id(eid)
-                text = outcome.get(oid, "R") if before else "?"
-            else:
-                value, x, k = state[oid]
-                text = "?" if value is None else ("C" if x or k else value.decode().lstrip("HG"))
-            reason = _REFUSALS.get(text[:1])
-            if reason is None and r.location not in locations:
-                reason = f"unknown location {r.location!r} - at `$.location`"
-            shipped: dict[str, int] = {}
-            if reason is None:
-                f = text.split("\x1f")
-                for i in range(1, len(f) - 2, 3):  # a hot SKU's bucket counts as the SKU
-                    sku = public(f[i + 1])
-                    shipped[sku] = shipped.get(sku, 0) + int(f[i + 2])
-                for j, ln in enumerate(r.lines):
-                    if ln.sku not in shipped:
-                        reason = f"{ln.sku!r} was not shipped in this order - at `$.lines[{j}].sku`"
-                        break
-            if reason is not None:
-                dead.append([eid, events.text_of(raw), f"return refused: {reason}"])
+                states.append(outcome.get(oid, Code.REJECTED) if before else UNKNOWN_ORDER)
                 continue
-            todo.append((eid, raw, r, shipped, _digest(r)))
-        if not todo:
-            return []
+            value, x, k = state[oid]
+            if value is None:
+                states.append(UNKNOWN_ORDER)
+            else:
+                states.append(Code.CANCELLED if x or k else _unheld(value.decode()))
+        return states
+
+    def _counted(self, todo: list[_Checked], dead: list[list[Any]]) -> _Counted:
+        """The returns judged on what each SKU of each order got back before (read) and on
+        the returns before them in the batch: one that would give back more than shipped is
+        refused; a copy of one applied in the batch changes nothing."""
         # what each SKU of each order got back before, and which returns were applied
-        wanted = [(ln.sku, [keys.DEC_RETURNED + r.order_id, keys.DEC_RETURN + digest])
-                  for _, _, r, _, digest in todo for ln in r.lines]  # fmt: skip
-        answers = iter(self.wait.call(self.store.sku_fields, wanted))
+        wanted = [(ln.sku, r.order_id, digest) for _, _, r, _, digest in todo for ln in r.lines]
+        answers = iter(self.wait.call(self.store.skus.returned, wanted))
         so_far: dict[tuple[str, str], int] = {}
-        apply: dict[int, list[tuple[str, str, str, str, int, int]]] = {}
-        sent: list[tuple[str, bytes, events.Return, str, list[tuple[int, int, int]]]] = []
+        apply: dict[int, list[_Line]] = {}
+        sent: list[_Sent] = []
         in_batch: set[str] = set()  # returns applied in this batch (a copy changes nothing)
         copies: list[tuple[str, bytes, str]] = []
         for eid, raw, r, shipped, digest in todo:
@@ -157,23 +310,9 @@ class Aftersale:
                     next(answers)
                 copies.append((eid, raw, digest))
                 continue
-            lines = []
-            refused = None
-            want: dict[str, int] = {}  # units of each SKU this return gives back
-            for j, ln in enumerate(r.lines):
-                before, applied = next(answers)
-                k = (r.order_id, ln.sku)
-                so_far.setdefault(k, int(before or 0))
-                if applied is None:
-                    want[ln.sku] = want.get(ln.sku, 0) + ln.qty
-                    if so_far[k] + want[ln.sku] > shipped[ln.sku] and refused is None:
-                        refused = (
-                            f"{ln.sku}: {want[ln.sku]} more would exceed the {shipped[ln.sku]}"
-                            f" shipped ({so_far[k]} back already) - at `$.lines[{j}].qty`"
-                        )
-                    lines.append((j, ln.sku, ln.qty))
+            lines, refused = _new_lines(r, shipped, answers, so_far)
             if refused is not None:
-                dead.append([eid, events.text_of(raw), f"return refused: {refused}"])
+                dead.append(_refused(eid, raw, refused))
                 continue
             in_batch.add(digest)
             refs = []
@@ -182,44 +321,8 @@ class Aftersale:
                 part = apply.setdefault(sku_slot(sku), [])
                 refs.append((sku_slot(sku), len(part), j))
                 part.append((sku, r.order_id, digest, r.location, qty, shipped[sku]))
-            sent.append((eid, raw, r, digest, refs))
-        calls = []
-        for part in apply.values():
-            names: dict[str, int] = {}
-            for sku, *_ in part:
-                names.setdefault(sku, len(names) + 1)
-            args: list[Any] = [len(names), *names, len(part)]
-            for sku, oid, digest, loc, qty, shipped_qty in part:
-                args += [names[sku], oid, digest, loc, qty, shipped_qty]
-            calls.append((list(names), args))
-        codes = dict(zip(apply, self.wait.call(self.store.return_units, calls) if calls else [],
-                         strict=True))  # fmt: skip
-        out: list[str] = []
-        refused_now: dict[str, str] = {}
-        for eid, raw, r, digest, refs in sent:
-            # the script's atomic check (an order cancelled, or more back than shipped, since
-            # the reads above): the return changes nothing and is refused
-            why = next((self._refused(r, j, int(codes[slot][i]), apply[slot][i][5])
-                        for slot, i, j in refs if int(codes[slot][i]) in (2, 3)), None)  # fmt: skip
-            if why is not None:
-                refused_now[digest] = f"return refused: {why}"
-                dead.append([eid, events.text_of(raw), refused_now[digest]])
-                continue
-            body = "\x1f".join(f"{r.location}\x1f{ln.sku}\x1f{ln.qty}" for ln in r.lines)
-            rec = pack(r.order_id, "", "", "return", eid.partition("-")[0], decided, "T\x1f" + body)
-            out += [keys.REG_RETURN + digest, "T", rec]
-        for eid, raw, digest in copies:  # a copy of a refused return is refused too
-            if digest in refused_now:
-                dead.append([eid, events.text_of(raw), refused_now[digest]])
-        return out
-
-    @staticmethod
-    def _refused(r: events.Return, j: int, code: int, shipped: int) -> str:
-        """The reason for return_units.lua's refusal ``code`` of line ``j`` of ``r``."""
-        if code == 2:
-            return "the order was cancelled"
-        sku = r.lines[j].sku
-        return f"{sku}: more would come back than the {shipped} shipped - at `$.lines[{j}].qty`"
+            sent.append(_Sent(eid, raw, r, digest, refs))
+        return _Counted(sent, apply, copies)
 
     def _undo(self, orders: list[tuple[str, str]]) -> dict[str, int]:
         """Give the units of accepted outcomes back (undo_units.lua per slot), per SKU only
@@ -235,14 +338,14 @@ class Aftersale:
         allocs: list[tuple[str, list[tuple[str, str, int]]]] = []
         marks: list[tuple[str, list[tuple[str, str, int, int]]]] = []
         for oid, res in orders:
-            f = res.split("\x1f")
+            f = res.split(SEP)
             part = [(f[i + 1], f[i], int(f[i + 2])) for i in range(1, len(f) - 2, 3)]
             allocs.append((oid, part))
             hot = {public(sku) for sku, _, _ in part if sku != public(sku)}
             if hot:
                 marks.append((oid, [(sku, "", 0, 0) for sku in sorted(hot)]))
         back: dict[tuple[str, str], int] = {}  # (order id, SKU) -> units returned before
-        for oid, skus, got in self._undo_calls(marks):
+        for oid, skus, got in self.wait.call(self.store.skus.undo_units, marks):
             for sku, n in zip(skus, got[1:], strict=True):
                 back[(oid, sku)] = int(n)
         quads = [
@@ -251,42 +354,9 @@ class Aftersale:
             for oid, part in allocs
         ]  # fmt: skip
         removed: dict[str, int] = {}
-        for oid, _, got in self._undo_calls(quads):
+        for oid, _, got in self.wait.call(self.store.skus.undo_units, quads):
             removed[oid] = removed.get(oid, 0) + int(got[0])
         return removed
-
-    def _undo_calls(
-        self, orders: list[tuple[str, list[tuple[str, str, int, int]]]]
-    ) -> list[tuple[str, list[str], list[Any]]]:
-        """undo_units.lua, one call per slot, for orders' (SKU, location, qty, returned)
-        quadruples; per order and slot: (order id, its SKUs there, the script's answer)."""
-        by_slot: dict[int, list[tuple[str, list[tuple[str, str, int, int]]]]] = {}
-        for oid, part in orders:
-            per_slot: dict[int, list[tuple[str, str, int, int]]] = {}
-            for q in part:
-                per_slot.setdefault(sku_slot(q[0]), []).append(q)
-            for slot, quads in per_slot.items():
-                by_slot.setdefault(slot, []).append((oid, quads))
-        calls = []
-        for batch in by_slot.values():
-            names: dict[str, int] = {}
-            for _, quads in batch:
-                for sku, *_ in quads:
-                    names.setdefault(sku, len(names) + 1)
-            args: list[Any] = [len(names), *names, len(batch)]
-            for oid, quads in batch:
-                args += [oid, len(quads)]
-                for sku, loc, qty, returned in quads:
-                    args += [names[sku], loc, qty, returned]
-            calls.append((list(names), args))
-        if not calls:
-            return []
-        out = []
-        for batch, res in zip(by_slot.values(), self.wait.call(self.store.undo_units, calls),
-                              strict=True):  # fmt: skip
-            for (oid, quads), r in zip(batch, res, strict=True):
-                out.append((oid, list(dict.fromkeys(q[0] for q in quads)), r))
-        return out
 
     def _return_gifts(self, orders: list[tuple[str, str]]) -> None:
         """Cancelled orders (id, accepted outcome) of a campaign SKU that were no longer
@@ -295,9 +365,57 @@ class Aftersale:
         by_sku = self.settler.by_sku
         by_gift: dict[str, list[str]] = {}
         for oid, res in orders:
-            skus = set(res.split("\x1f")[2::3])
+            skus = set(res.split(SEP)[2::3])
             for sku in skus & by_sku.keys():
                 for c in by_sku[sku]:
-                    by_gift.setdefault(c.gift_sku, []).append(f"{c.id}\x1f{oid}")
+                    by_gift.setdefault(c.gift_sku, []).append(f"{c.id}{SEP}{oid}")
         for gift_sku, keys_ in by_gift.items():
             self.wait.call(self.store.campaigns.return_gifts, gift_sku, keys_)
+
+
+def _checked(
+    returns: list[tuple[str, bytes, events.Return]],
+    states: list[str],
+    dead: list[list[Any]],
+    locations: set[str],
+) -> list[_Checked]:
+    """The returns their order's state (``states``), the location and the order's
+    shipments do not refuse; the refused ones become dead letters."""
+    todo: list[_Checked] = []
+    for (eid, raw, r), state in zip(returns, states, strict=True):
+        reason = _refusal(state)
+        if reason is None and r.location not in locations:
+            reason = f"unknown location {r.location!r} - at `$.location`"
+        shipped: dict[str, int] = {}
+        if reason is None:
+            shipped = _shipped(state)
+            reason = _not_shipped(r, shipped)
+        if reason is not None:
+            dead.append(_refused(eid, raw, reason))
+            continue
+        todo.append(_Checked(eid, raw, r, shipped, _digest(r)))
+    return todo
+
+
+def _recorded(
+    counted: _Counted, codes: dict[int, list[Any]], decided: str, dead: list[list[Any]]
+) -> list[str]:
+    """Registry triples of the returns return_units.lua applied; the ones its atomic check
+    refused (an order cancelled, or more back than shipped, since the reads), and their
+    copies in the batch, become dead letters: such a return changes nothing."""
+    out: list[str] = []
+    refused_now: dict[str, list[Any]] = {}  # digest -> the return's dead letter
+    for eid, raw, r, digest, refs in counted.sent:
+        why = _script_refusal(r, refs, codes, counted.lines)
+        if why is not None:
+            refused_now[digest] = letter = _refused(eid, raw, why)
+            dead.append(letter)
+            continue
+        body = SEP.join(f"{r.location}{SEP}{ln.sku}{SEP}{ln.qty}" for ln in r.lines)
+        outcome = f"{Code.RETURN}{SEP}{body}"
+        rec = pack(r.order_id, "", "", "return", eid.partition("-")[0], decided, outcome)
+        out += [keys.REG_RETURN + digest, Code.RETURN, rec]
+    for eid, raw, digest in counted.copies:  # a copy of a refused return is refused too
+        if digest in refused_now:
+            dead.append([eid, events.text_of(raw), refused_now[digest][2]])
+    return out

@@ -8,7 +8,7 @@ of a store-kind channel (which may take safety stock, kept in bucket 0), is deci
 bucket 0.
 
 A bucket that cannot serve an order does not say sold_out at once (``decide.lua`` answers
-"B" and changes nothing). Under the SKU's mover lease the decider then:
+``Code.BUCKET_SHORT`` and changes nothing). Under the SKU's mover lease the decider then:
 
 1. borrows half of what every other bucket may lend, and decides the short orders again;
 2. for the orders still short, borrows *everything* the other buckets may lend, and decides
@@ -28,6 +28,7 @@ from typing import Any
 import redis
 from msgspec.structs import replace
 
+from onestock.domain.protocol import Code
 from onestock.domain.types import Catalog, Order
 from state import keys
 from state.store import Store
@@ -73,9 +74,9 @@ class BucketPlan:
 
 
 def short(outcome: str) -> bool:
-    """The bucket was short for the order ("B": from decide.lua, or from the cross-slot path
+    """The bucket was short for the order (BUCKET_SHORT: from decide.lua, or the cross-slot path
     when only bucketed lines fell short); nothing was stored or taken."""
-    return outcome == "B"
+    return outcome == Code.BUCKET_SHORT
 
 
 def borrow_and_decide(

@@ -23,14 +23,22 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from onestock.domain.records import SEP, rejected
+from onestock.domain.protocol import SEP, Code, ProtocolError
+from onestock.domain.records import rejected
 from onestock.domain.routing import Allocation, plan
 from onestock.domain.types import Order
 from state import keys
+from state.skus import Part
 from state.store import Store
 
 MAX_STALLED = 20  # rounds in a row that settle no order
-STALE = 6  # reserve_parts.lua: the slot's rules are newer than the caller's catalog
+# reserve_parts.lua's answer per order (state/lua/reserve_parts.lua): reserved now, or by an
+# earlier call; else nothing changed for it: too few units, vip_only, limit_exceeded,
+# sold_out for its channel (other channels' locks hold the units), or STALE: the slot's
+# rules are newer than the caller's catalog (every order of the call answers so)
+NO_UNITS, RESERVED, RESERVED_BEFORE, RULE_VIP_ONLY, RULE_LIMIT, RULE_LOCKED, STALE = range(7)
+_RESERVED = frozenset({RESERVED, RESERVED_BEFORE})
+_NOT_RESERVED = frozenset({NO_UNITS, RULE_VIP_ONLY, RULE_LIMIT, RULE_LOCKED, STALE})
 
 
 class StaleCatalog(Exception):
@@ -77,39 +85,18 @@ class _Item:
 
 
 def accepted(allocs: list[Allocation]) -> str:
-    return SEP.join(["A", *(f"{loc}{SEP}{sku}{SEP}{qty}" for loc, sku, qty in allocs)])
+    return SEP.join([Code.ACCEPTED, *(f"{loc}{SEP}{sku}{SEP}{qty}" for loc, sku, qty in allocs)])
 
 
 # (order, slot, allocations in that slot or None to release)
 _Entry = tuple[_Item, int, list[Allocation] | None]
 
 
-def _slot_args(
-    batch: Sequence[_Entry], floors: dict[str, int] | None = None, version: int = 0
-) -> tuple[list[str], list[Any]]:
-    """ARGV for one slot: SKU table (then, to reserve, the safety stock and the catalog
-    ``version`` planned with), per-order entries. ``floors`` None: release_parts; else
-    reserve_parts."""
-    names: dict[str, int] = {}
-    for item, slot, _ in batch:
-        for sku in item.slots[slot]:
-            names.setdefault(sku, len(names) + 1)
-    args: list[Any] = [len(names), *names]
-    if floors is not None:
-        args.append(len(floors))
-        for loc, units in floors.items():
-            args += [loc, units]
-        args.append(version)
-    args.append(len(batch))
-    for item, slot, allocs in batch:
-        o = item.order
-        args += [o.order_id, names[item.slots[slot][0]]]
-        if allocs is not None:  # reserve: the rules' inputs, then the allocations
-            args += [o.customer.id, o.channel, int(o.customer.vip), item.paid_ms]
-            args += [int(item.store_channel), len(allocs)]
-            for loc, sku, qty in allocs:
-                args += [names[sku], loc, qty]
-    return list(names), args
+def _parts(batch: Sequence[_Entry]) -> list[Part]:
+    """A slot's entries as ``state.skus`` reserves (with their allocations) or releases
+    them: each order's SKUs in the slot, smallest first (the first keeps the part)."""
+    return [Part(it.order, it.slots[slot], it.paid_ms, it.store_channel, allocs or ())
+            for it, slot, allocs in batch]  # fmt: skip
 
 
 def _stored_allocations(part: bytes) -> list[Allocation]:
@@ -124,7 +111,7 @@ def _release(store: Store, call: Callable[..., Any], items: list[_Item]) -> None
         for slot in item.slots:
             by_slot[slot].append((item, slot, None))
     if by_slot:
-        call(store.release_parts, [_slot_args(batch) for batch in by_slot.values()])
+        call(store.skus.release_parts, [_parts(batch) for batch in by_slot.values()])
 
 
 def decide_cross(
@@ -140,11 +127,11 @@ def decide_cross(
 ) -> None:
     """Decide cross-slot orders into ``outcome``; ``call`` wraps Redis calls (retry on outage);
     ``paid``: paid_at in epoch ms per order id (parsed once, at decode).
-    An order in ``retry`` that only a hot SKU's bucket is short for gets "B" (decided again
+    An order in ``retry`` that only a hot SKU's bucket is short for gets BUCKET_SHORT (decided again
     once the bucket borrowed; ``dataflows.buckets``) instead of being rejected."""
     items = [_Item(o, r, rules, paid[o.order_id]) for o, r in zip(orders, rankings, strict=True)]
     wanted = [(it.order.order_id, skus[0]) for it in items for skus in it.slots.values()]
-    found = call(store.read_parts, wanted)
+    found = call(store.skus.read_parts, wanted)
     pending, partial = [], []
     at = 0
     for it in items:
@@ -229,6 +216,26 @@ def _take(
             own[0] -= min(own[0], ln.qty)
 
 
+class _Read(NamedTuple):
+    """One read of the pending orders' SKUs; planning updates it as it plans."""
+
+    stock: dict[str, dict[str, int]]  # per SKU: units per location
+    units: dict[str, int]  # per SKU: units over the locations with some
+    locks: dict[str, dict[str, list[int]]]  # per locked SKU: channel -> [units left, until ms]
+    counts: dict[tuple[str, str], int]  # units sold so far per (SKU with a limit, customer)
+    # SKUs without a unit anywhere on this read (planning only takes units, so they stay
+    # so): an order of one is refused as planning would, without planning it
+    gone: set[str]
+
+
+class _Plans(NamedTuple):
+    """The pending orders planned on one read (``_plan``)."""
+
+    plans: dict[str, list[Allocation]]  # order id -> the allocations to reserve
+    refused: dict[str, str]  # order id -> reason, on the read (BUCKET_SHORT: may borrow)
+    by_slot: dict[int, list[_Entry]]  # per slot, in arrival order: the parts to reserve
+
+
 def _attempt(
     store: Store,
     call: Callable[..., Any],
@@ -242,6 +249,24 @@ def _attempt(
     An order the read says a rule (judged first) or the stock rejects is rejected on that read,
     writing nothing, like a sold-out order of the one-slot path; an accepted order's rules are
     judged again by the script that reserves it, atomically with its units."""
+    read = _read(store, call, pending, rules)
+    planned = _plan(pending, rules, read, outcome, retry)
+    # _Plans: allocations or a reason per order, the parts to reserve per slot
+    batches = list(planned.by_slot.values())
+    parts = [_parts(b) for b in batches]
+    results = call(store.skus.reserve_parts, parts, rules.floors, rules.version)
+    failed, stale = _failures(batches, results)
+    # the orders a slot did not reserve; whether a slot's rules are newer than the read's
+    again, undo = _settle(pending, planned, failed, outcome)
+    if undo:
+        _release(store, call, undo)
+    if stale:  # the orders before the first failure stand; the rest wait for the new rules
+        raise StaleCatalog
+    return again
+
+
+def _read(store: Store, call: Callable[..., Any], pending: list[_Item], rules: Rules) -> _Read:
+    """The stock, channel locks and customers' counts the pending orders plan against."""
     skus = sorted(set().union(*(it.skus for it in pending)))
     limits = rules.limits
     wanted = sorted(
@@ -249,61 +274,99 @@ def _attempt(
         if limits
         else ()
     )
-    state, bought = call(store.plan_state, skus, wanted)
+    state, bought = call(store.skus.plan_state, skus, wanted)
     counts = dict(zip(wanted, bought, strict=True))
     stock = {sku: levels for sku, (levels, _) in state.items()}
-    # per locked SKU: channel -> [units its lock still holds, until ms]
     locks = {
         sku: {lk.channel: [max(0, lk.qty - lk.used), lk.until_ms] for lk in held}
         for sku, (_, held) in state.items()
         if held
     }
-    plans: dict[str, list[Allocation]] = {}
-    refused: dict[str, str] = {}  # order id -> reason, on the read
-    # SKUs without a unit anywhere on this read (planning only takes units, so they stay
-    # so): an order of one is refused as planning would, without planning it
     units = {sku: sum(u for u in levels.values() if u > 0) for sku, levels in stock.items()}
     gone = {sku for sku, n in units.items() if n == 0}
-    by_slot: dict[int, list[_Entry]] = defaultdict(list)  # per slot, in arrival order
+    return _Read(stock, units, locks, counts, gone)
+
+
+def _plan(
+    pending: list[_Item],
+    rules: Rules,
+    read: _Read,
+    outcome: dict[str, str],
+    retry: set[str] | None,
+) -> _Plans:
+    """Each pending order, in arrival order, judged by the rules (only an order with a
+    ruled SKU or a SKU under a channel lock can be refused by them) and planned on the read,
+    which its plan then updates (``_take``); an order of an unknown SKU is rejected."""
+    plans: dict[str, list[Allocation]] = {}
+    refused: dict[str, str] = {}
+    by_slot: dict[int, list[_Entry]] = defaultdict(list)
+    stock, locks = read.stock, read.locks
     for it in pending:
         o = it.order
         if not stock.keys() >= set(it.skus):
             outcome[o.order_id] = rejected("unknown_sku")
             continue
-        # the rules can only refuse an order with a ruled SKU or a SKU under a channel lock
         judged = it.ruled or (bool(locks) and not locks.keys().isdisjoint(it.skus))
-        reason = _judge(it, rules, units, locks, counts) if judged else None
-        if reason is not None:
-            refused[o.order_id] = reason
-            continue
-        pickup = o.delivery.store if o.delivery.mode == "pickup" else None
-        floors = None if it.store_channel else rules.floors
-        if gone and not gone.isdisjoint(it.skus):
-            res: list[Allocation] | str = "pickup_unavailable" if pickup else "sold_out"
-        else:
-            res = plan(o.lines, stock, it.ranking, pickup, floors, rules.fewest)
+        reason = _judge(it, rules, read.units, locks, read.counts) if judged else None
+        res = _plan_order(it, rules, read, retry) if reason is None else reason
         if isinstance(res, str):
-            if retry and o.order_id in retry and _bucket_short(o, rules, res, stock, it, floors):
-                res = "B"
             refused[o.order_id] = res
             continue
         plans[o.order_id] = res
-        _take(it, rules, res, stock, units, locks, counts, judged)
+        _take(it, rules, res, stock, read.units, locks, read.counts, judged)
         for slot, slot_skus in it.slots.items():
             by_slot[slot].append((it, slot, [a for a in res if a[1] in slot_skus]))
-    batches = list(by_slot.values())
-    calls = [_slot_args(b, rules.floors, rules.version) for b in batches]
-    results = call(store.reserve_parts, calls) if calls else []
-    failed: set[str] = set()  # a slot had too few units, or a rule rejects it after all
-    stale = False  # a slot holds rules of a newer catalog than the plans were made with
+    return _Plans(plans, refused, by_slot)
+
+
+def _plan_order(
+    it: _Item, rules: Rules, read: _Read, retry: set[str] | None
+) -> list[Allocation] | str:
+    """The order's allocations on the read, or the reason planning refuses it for:
+    BUCKET_SHORT where only a hot SKU's bucket is short and the order may borrow
+    (``retry``)."""
+    o = it.order
+    pickup = o.delivery.store if o.delivery.mode == "pickup" else None
+    floors = None if it.store_channel else rules.floors
+    res: list[Allocation] | str
+    if read.gone and not read.gone.isdisjoint(it.skus):
+        res = "pickup_unavailable" if pickup else "sold_out"
+    else:
+        res = plan(o.lines, read.stock, it.ranking, pickup, floors, rules.fewest)
+    if (
+        isinstance(res, str)
+        and retry
+        and o.order_id in retry
+        and _bucket_short(o, rules, res, read.stock, it, floors)
+    ):
+        return Code.BUCKET_SHORT
+    return res
+
+
+def _failures(batches: list[list[_Entry]], results: list[list[int]]) -> tuple[set[str], bool]:
+    """The orders some slot did not reserve (too few units, or a rule rejects it after
+    all), and whether a slot holds rules of a newer catalog than the plans were made with.
+    An answer the protocol does not know raises."""
+    failed: set[str] = set()
+    stale = False
     for batch, statuses in zip(batches, results, strict=True):
         for (it, _, _), status in zip(batch, statuses, strict=True):
-            if status not in (1, 2):
-                failed.add(it.order.order_id)
-                stale = stale or status == STALE
-    # In arrival order: once an order's plan did not go through, the orders after it may have
-    # planned around units it never took, or been judged on counts that included it, so they
-    # are released and decided again on a fresh read; the ones before it stand.
+            if status in _RESERVED:
+                continue
+            if status not in _NOT_RESERVED:
+                raise ProtocolError(f"reserve_parts.lua answered {status!r}")
+            failed.add(it.order.order_id)
+            stale = stale or status == STALE
+    return failed, stale
+
+
+def _settle(
+    pending: list[_Item], planned: _Plans, failed: set[str], outcome: dict[str, str]
+) -> tuple[list[_Item], list[_Item]]:
+    """The round's outcomes; returns the orders to plan again and those whose parts to
+    release. In arrival order: once an order's plan did not go through, the orders after it
+    may have planned around units it never took, or been judged on counts that included
+    it, so they are released and decided again on a fresh read; the ones before it stand."""
     again: list[_Item] = []
     undo: list[_Item] = []
     suspect = False
@@ -313,23 +376,20 @@ def _attempt(
             undo.append(it)
             again.append(it)
             suspect = True
-        elif oid in plans:
+        elif oid in planned.plans:
             if suspect:
                 undo.append(it)
                 again.append(it)
             else:
-                outcome[oid] = accepted(plans[oid])
-        elif oid in refused:
+                outcome[oid] = accepted(planned.plans[oid])
+        elif oid in planned.refused:
             if suspect:
                 again.append(it)
             else:
-                reason = refused[oid]
-                outcome[oid] = "B" if reason == "B" else rejected(reason)
-    if undo:
-        _release(store, call, undo)
-    if stale:  # the orders before the first failure stand; the rest wait for the new rules
-        raise StaleCatalog
-    return again
+                reason = planned.refused[oid]
+                short = reason == Code.BUCKET_SHORT
+                outcome[oid] = Code.BUCKET_SHORT if short else rejected(reason)
+    return again, undo
 
 
 def _bucket_short(

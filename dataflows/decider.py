@@ -6,10 +6,9 @@ call ``Decider.process`` so the ceiling they are compared against does the same 
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import redis
@@ -19,23 +18,27 @@ from dataflows.aftersale import Aftersale
 from dataflows.buckets import BucketPlan
 from dataflows.cross_slot import Rules, StaleCatalog, decide_cross
 from dataflows.gifts import Settler
-from dataflows.refusals import NO_PICKUP, SOLD_OUT, Refusals
+from dataflows.refusals import NO_PICKUP, SOLD_OUT, Left, Refusals
 from onestock.domain import events, meter
+from onestock.domain.protocol import Code, ProtocolError
 from onestock.domain.records import head, held, pack, rejected
 from onestock.domain.routing import Router
 from onestock.domain.types import Catalog, Order
 from state import keys
 from state.conn import Waiter, parse_id
 from state.keys import sku_slot
+from state.skus import DecideArgs
 from state.store import Store
 
-# home SKU index, pickup location index (0 = ship), lines, channel index, flags (bit 0: VIP,
-# bit 1: store channel), paid_at ms
-_HEAD = struct.Struct("<HHHHBQ")
-_LINE = struct.Struct("<HI")  # SKU index, qty
 # At most this many orders per decide.lua call (a batch's calls still share one round trip):
 # each call stays a few ms at most, however large the batch.
 CALL_ORDERS = 250
+# decide.lua's answers that are the order's outcome as they stand (besides CANDIDATE + an
+# accepted outcome, and STALE)
+_FINAL = frozenset(c.value for c in (Code.ACCEPTED, Code.REJECTED, Code.BUCKET_SHORT))
+# the metric tags of after-sale records (onestock.domain.meter: no latency buckets)
+_CANCEL_TAG = f"{meter.NONE}{meter.NONE}{Code.CANCELLATION}"
+_RETURN_TAG = f"{meter.NONE}{meter.NONE}{Code.RETURN}"
 
 
 class Decided(msgspec.Struct):
@@ -48,6 +51,52 @@ class Decided(msgspec.Struct):
     # latency sums and counts (received->decided ms, n, paid->decided ms, n), one metric tag
     # per record (onestock.domain.meter)
     meter: tuple[int, int, int, int, list[str]] | None = None
+
+
+class _Batch(NamedTuple):
+    """A batch decoded (``Decider._decode``)."""
+
+    # order id -> (entry id, its first event in the batch); the judge drops the replays
+    firsts: dict[str, tuple[str, events.Decoded]]
+    cancels: dict[str, str]  # order id -> entry id of the (first) cancel in the batch
+    returns: list[tuple[str, bytes, events.Return]]  # (entry id, raw event, return)
+    dead: list[list[Any]]  # [entry id, raw text, reason]; refused returns join them
+    seen: int  # the greatest paid_at (ms) of the batch's valid orders, -1 if none
+
+
+class _Prelude(NamedTuple):
+    """The batch's first round trip (``Decider._prelude``)."""
+
+    ids: list[str]  # the batch's order ids, in the order of ``registry``
+    registry: list[bytes | None]  # per order: its registry value[, its early cancel]
+    step: int  # values per order in ``registry``: 1, or 2 with the early-cancel lookups
+    short: dict[str, Left]  # SKUs read that can refuse an order on the read
+    bought: dict[tuple[str, str], int]  # units sold so far per (SKU, customer) read
+
+
+class _Judged(NamedTuple):
+    """The orders judged before deciding (``Decider._judge``)."""
+
+    outcome: dict[str, str]  # order id -> outcome, for the orders judged without Redis
+    todo: list[Order]  # the orders to decide, in arrival order
+    bucketed: list[Order]  # orders of hot SKUs, renamed to their bucket (may borrow)
+
+
+def _by_slot(orders: list[Order]) -> tuple[dict[int, list[Order]], list[Order]]:
+    """The orders of one slot, per slot in arrival order; and the orders spanning slots."""
+    slot_orders: dict[int, list[Order]] = {}
+    cross: list[Order] = []
+    for o in orders:
+        lines = o.lines
+        slot = sku_slot(lines[0].sku)
+        if len(lines) == 1 or all(sku_slot(ln.sku) == slot for ln in lines):
+            group = slot_orders.get(slot)
+            if group is None:
+                group = slot_orders[slot] = []
+            group.append(o)
+        else:
+            cross.append(o)
+    return slot_orders, cross
 
 
 class _View:
@@ -161,165 +210,265 @@ class Decider:
                 time.sleep(0.02)
 
     def _process(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
+        """The batch's phases, each named by what it hands on (every phase is one call per
+        batch: the loops over orders stay inside them)."""
         if not entries:  # a tick from a caught-up shard: only gift settlement to do
             if self.version < 0:
                 self.refresh()
             return Decided(shard, "0-0", [], [])
-        # Entries at or before the shard's watermark have their outcomes written (a resume
-        # from an older snapshot reads them again): never decided again, whatever changed
-        # since (a return refused then would find its order now)
-        wm = self._wm.get(shard)
-        if wm is None:
-            stored = self.wait.call(self.store.watermark, shard)
-            wm = self._wm[shard] = parse_id(stored) if stored else (0, 0)
-        if parse_id(entries[0][0]) <= wm:
-            last = entries[-1][0]
-            entries = [e for e in entries if parse_id(e[0]) > wm]
-            if not entries:
-                return Decided(shard, last, [], [])
+        last_id = entries[-1][0]
+        entries = self._after_watermark(shard, entries)
+        # [(entry id, raw event), ...]: only entries no outcome was written for
+        if not entries:
+            return Decided(shard, last_id, [], [])
         self._paid.clear()
         decided = str(int(time.time() * 1000))
+        batch = self._decode(entries, int(decided))
+        # _Batch(firsts {order id: (entry id, Decoded)}, cancels, returns, dead, seen)
+        pre = self._prelude(shard, batch.firsts, entries[0][0], last_id)
+        # _Prelude(ids, registry values, step, SKUs short on the read, bought), catalog fresh
+        judged = self._judge(shard, batch, pre)
+        # _Judged({order id: outcome} so far, [Order] to decide, [Order] of hot-SKU buckets);
+        # batch.firsts without the replays
+        if batch.seen > self._seen.get(shard, -1):
+            self._seen[shard] = batch.seen
+        outcome = judged.outcome
+        held_ids: set[str] = set()
+        self._decide(judged.todo, outcome, held_ids)
+        if judged.bucketed:
+            self._borrow(judged.bucketed, outcome, held_ids)
+        # outcome: every order's; held_ids: first-N candidates (their records are held)
+        records, tags = self._aftersale(shard, batch, outcome, held_ids, decided)
+        # registry triples and metric tags of the cancels and returns; outcome says which
+        # orders of the batch were cancelled
+        sums = self._records(batch.firsts, outcome, held_ids, decided, records, tags)
+        # records, tags: with each order's registry triple and tag
+        return Decided(shard, last_id, records, batch.dead, sums)
+
+    # -- the phases of a batch ---------------------------------------------------------------
+
+    def _after_watermark(
+        self, shard: int, entries: list[tuple[str, bytes]]
+    ) -> list[tuple[str, bytes]]:
+        """The entries after the shard's watermark. Entries at or before it have their
+        outcomes written (a resume from an older snapshot reads them again): never decided
+        again, whatever changed since (a return refused then would find its order now)."""
+        wm = self._wm.get(shard)
+        if wm is None:
+            stored = self.wait.call(self.store.shards.watermark, shard)
+            wm = self._wm[shard] = parse_id(stored) if stored else (0, 0)
+        if parse_id(entries[0][0]) > wm:
+            return entries
+        return [e for e in entries if parse_id(e[0]) > wm]
+
+    @staticmethod
+    def _decode(entries: list[tuple[str, bytes]], now_ms: int) -> _Batch:
+        """Each entry classified: an order's first event in the batch (a later copy changes
+        nothing), cancels, returns, dead letters."""
         firsts: dict[str, tuple[str, events.Decoded]] = {}
         dead: list[list[Any]] = []
-        cancels: dict[str, str] = {}  # order id -> entry id of the (first) cancel in the batch
+        cancels: dict[str, str] = {}
         returns: list[tuple[str, bytes, events.Return]] = []
+        seen = -1
         decode, Dead, Valid, Cancel = events.decode, events.Dead, events.Valid, events.Cancel
-        now_ms = int(decided)
         for eid, raw in entries:
             d = decode(raw, now_ms)
             cls = d.__class__
-            if cls is Dead:
+            if cls is Valid:
+                oid = d.order.order_id  # type: ignore[union-attr]
+                if oid not in firsts:
+                    firsts[oid] = (eid, d)
+                    if d.paid_ms > seen:  # type: ignore[union-attr]
+                        seen = d.paid_ms  # type: ignore[union-attr]
+            elif cls is Dead:
                 dead.append([eid, d.raw, d.reason])  # type: ignore[union-attr]
-                continue
-            if cls is Cancel:
+            elif cls is Cancel:
                 cancels.setdefault(d.order_id, eid)  # type: ignore[union-attr]
-                continue
-            if cls is events.Return:
+            elif cls is events.Return:
                 returns.append((eid, raw, d))  # type: ignore[arg-type]
-                continue
-            oid = d.order.order_id if cls is Valid else d.order_id  # type: ignore[union-attr]
-            if oid not in firsts:  # a later copy in the same batch changes nothing
-                firsts[oid] = (eid, d)
+            elif d.order_id not in firsts:  # type: ignore[union-attr]
+                firsts[d.order_id] = (eid, d)  # type: ignore[union-attr]
+        return _Batch(firsts, cancels, returns, dead, seen)
+
+    def _prelude(
+        self,
+        shard: int,
+        firsts: dict[str, tuple[str, events.Decoded]],
+        first_id: str,
+        last_id: str,
+    ) -> _Prelude:
+        """The batch's first round trip: per order id its registry value (an earlier copy
+        was emitted) and whether a cancel came before it; the catalog version (a new catalog
+        applies from here); the stock of the SKUs decide.lua last found sold out (refusals
+        on the read); and the shard's decide mark moved past this batch before anything of
+        it is decided. (While no cancel of the shard waits for its order, as its last emit
+        said, the keys.REG_EARLY_CANCEL lookups are skipped.)"""
         ids = list(firsts)
-        # per order id: its registry value (an earlier copy was emitted) and whether a cancel
-        # came before it
-        # (the catalog version comes in the same round trip: a new catalog applies from here)
-        # (while no cancel of the shard waits for its order, as its last emit said, the
-        # keys.REG_EARLY_CANCEL lookups are skipped)
         step = 1 if shard in self._no_early else 2
         ec = keys.REG_EARLY_CANCEL
         fields = ids if step == 1 else [f for oid in ids for f in (oid, ec + oid)]
-        # (the same round trip reads the SKUs decide.lua last found sold out, and moves the
-        # shard's decide mark past this batch before anything of it is decided)
-        last_id = entries[-1][0]
         mark = self._mark.get(shard)
         ahead = mark is not None and parse_id(last_id) > mark
         skus, pairs = self.refusals.to_read(firsts, self.view.rules.limits)
         pre = self.wait.call(
-            self.store.prelude, shard, fields, skus, pairs, last_id if ahead else None
+            self.store.shards.prelude, shard, fields, skus, pairs, last_id if ahead else None
         )
         if mark is None:  # this process's first batch of the shard: the stored mark
-            mark = parse_id(pre.mark)
+            mark = parse_id(pre.mark)  # type: ignore[arg-type]
             if parse_id(last_id) > mark:
-                self.wait.call(self.store.set_mark, shard, last_id)
+                self.wait.call(self.store.shards.set_mark, shard, last_id)
         # Refusals on the read only when every order of the batch comes after the mark (no
         # process ever decided them; a replayed one may hold units, or parts a crashed
         # attempt reserved, that the scripts give back before the batch's later orders),
         # and when the catalog did not change under the read (the view would not be the one
         # the stock was read with)
-        refusing = parse_id(entries[0][0]) > mark and pre.version == self.version
+        refusing = parse_id(first_id) > mark and pre.version == self.version
         self._mark[shard] = max(mark, parse_id(last_id))
         if pre.version != self.version:
             self.refresh()
-        got = pre.registry
+        short = self.refusals.left(pre.skus, self.view.floors) if refusing else {}
+        return _Prelude(ids, pre.registry, step, short, pre.bought)
+
+    def _judge(self, shard: int, batch: _Batch, pre: _Prelude) -> _Judged:
+        """Every order judged before deciding: a replay of an order whose record exists is
+        skipped (dropped from ``batch.firsts``); one a cancel came before is cancelled, never
+        decided; an invalid one, or one the catalog (``_precheck``) or the read
+        (``Refusals.judge``) refuses, is rejected; the rest go to the scripts, those of hot
+        SKUs renamed to their bucket (``_assign_buckets``)."""
+        firsts, got, step = batch.firsts, pre.registry, pre.step
         view = self.view
-        short = self.refusals.left(pre.skus, view.floors) if refusing else {}
-        judge = self.refusals.judge
+        short, bought = pre.short, pre.bought
+        judge, precheck, paid = self.refusals.judge, self._precheck, self._paid
         channels, bucketed_skus = view.store_channels, view.rules.bucketed
+        Valid, cancelled = events.Valid, Code.CANCELLED
         outcome: dict[str, str] = {}
-        held_ids: set[str] = set()
         todo: list[Order] = []
-        bucketed: list[Order] = []  # orders of hot SKUs split into buckets, renamed
-        plan = view.buckets
-        self._retry.clear()
-        self._spread.clear()
-        seen = self._seen.get(shard, -1)
         # a cancel earlier in this batch than its order: the order is never decided, as when
         # the cancel came in an earlier batch (the outcome must not depend on the batching)
         early = {
             oid
-            for oid, at in cancels.items()
+            for oid, at in batch.cancels.items()
             if oid in firsts and parse_id(at) < parse_id(firsts[oid][0])
         }
-        for i, oid in enumerate(ids):
-            d = firsts[oid][1]
-            if d.__class__ is Valid and d.paid_ms > seen:  # type: ignore[union-attr]
-                seen = d.paid_ms  # type: ignore[union-attr]
+        for i, oid in enumerate(pre.ids):
             if got[step * i] is not None:  # replay of an order whose record exists: skip it
                 del firsts[oid]
                 continue
             if (step == 2 and got[2 * i + 1] is not None) or oid in early:  # cancelled before
-                outcome[oid] = "C"  # never decided
+                outcome[oid] = cancelled  # never decided
                 continue
+            d = firsts[oid][1]
             if d.__class__ is not Valid:
                 outcome[oid] = rejected("invalid", d.detail)  # type: ignore[union-attr]
                 continue
             o = d.order  # type: ignore[union-attr]
-            reason = self._precheck(o)
+            reason = precheck(o)
             if reason is None and short:
                 paid_ms = d.paid_ms  # type: ignore[union-attr]
-                reason = judge(o, paid_ms, short, pre.bought, channels, bucketed_skus)
+                reason = judge(o, paid_ms, short, bought, channels, bucketed_skus)
             if reason is not None:
                 outcome[oid] = reason
                 continue
-            self._paid[oid] = d.paid_ms  # type: ignore[union-attr]
-            if plan.count:
-                assigned = plan.assign(o, shard)
-                if assigned is not None:
-                    o, b = assigned
-                    bucketed.append(o)
-                    self._retry.add(oid)
-                    if b:  # bucket 0 alone holds safety stock
-                        self._spread.add(oid)
-                    if self._dry and all((t[0], t[2]) in self._dry for t in plan.targets(o)):
-                        outcome[oid] = "B"  # sold out at the last look: straight to borrowing
-                        continue
+            paid[oid] = d.paid_ms  # type: ignore[union-attr]
             todo.append(o)
-        if seen >= 0:
-            self._seen[shard] = seen
-        self._decide(todo, outcome, held_ids)
-        if bucketed:
-            again = [o for o in bucketed if buckets.short(outcome[o.order_id])]
-            if again:
+        self._retry.clear()
+        self._spread.clear()
+        if not view.buckets.count:
+            return _Judged(outcome, todo, [])
+        return self._assign_buckets(shard, todo, outcome)
 
-                def decide(orders: list[Order], retry: set[str]) -> None:
-                    self._retry = retry
-                    self._decide(orders, outcome, held_ids)
+    def _assign_buckets(self, shard: int, todo: list[Order], outcome: dict[str, str]) -> _Judged:
+        """Orders of hot SKUs renamed to the bucket that decides them (dataflows.buckets):
+        they may borrow; one of a SKU whose other buckets had nothing to lend at the last
+        borrowing (``_dry``) goes straight to borrowing."""
+        plan, dry, retry, spread = self.view.buckets, self._dry, self._retry, self._spread
+        kept: list[Order] = []
+        bucketed: list[Order] = []  # orders of hot SKUs split into buckets, renamed
+        for o in todo:
+            assigned = plan.assign(o, shard)
+            if assigned is None:
+                kept.append(o)
+                continue
+            renamed, b = assigned
+            oid = renamed.order_id
+            bucketed.append(renamed)
+            retry.add(oid)
+            if b:  # bucket 0 alone holds safety stock
+                spread.add(oid)
+            if dry and all((t[0], t[2]) in dry for t in plan.targets(renamed)):
+                outcome[oid] = Code.BUCKET_SHORT  # sold out at the last look: straight to borrowing
+                continue
+            kept.append(renamed)
+        return _Judged(outcome, kept, bucketed)
 
-                moved = buckets.borrow_and_decide(
-                    self.store, self.wait.call, plan, again, outcome, decide
-                )
-                for where, units in moved.items():  # none of the SKU's buckets could lend
-                    if units:
-                        self._dry.discard(where)
-                    else:
-                        self._dry.add(where)
-        gifts = self.view.campaign_skus
+    def _borrow(self, bucketed: list[Order], outcome: dict[str, str], held_ids: set[str]) -> None:
+        """Hot-SKU orders whose bucket was short: borrow from the SKU's other buckets and
+        decide them again (``buckets.borrow_and_decide``); remember where nothing could be
+        lent (``_dry``)."""
+        again = [o for o in bucketed if buckets.short(outcome[o.order_id])]
+        if not again:
+            return
+
+        def decide(orders: list[Order], retry: set[str]) -> None:
+            self._retry = retry
+            self._decide(orders, outcome, held_ids)
+
+        moved = buckets.borrow_and_decide(
+            self.store, self.wait.call, self.view.buckets, again, outcome, decide
+        )
+        for where, units in moved.items():  # none of the SKU's buckets could lend
+            if units:
+                self._dry.discard(where)
+            else:
+                self._dry.add(where)
+
+    def _aftersale(
+        self,
+        shard: int,
+        batch: _Batch,
+        outcome: dict[str, str],
+        held_ids: set[str],
+        decided: str,
+    ) -> tuple[list[str], list[str]]:
+        """The batch's cancels, then its returns (``Aftersale``): their registry triples
+        (flat) and a metric tag per triple ("": not counted)."""
         records: list[str] = []
         tags: list[str] = []
-        add, tag = records.extend, tags.append
-        if cancels:
-            out = self.aftersale.cancel(shard, cancels, firsts, outcome, held_ids, decided)
-            add(out)
-            tags += ["--X" if k.startswith(keys.REG_CANCEL) else "" for k in out[::3]]
-        if returns:
+        firsts = batch.firsts
+        if batch.cancels:
+            out = self.aftersale.cancel(shard, batch.cancels, firsts, outcome, held_ids, decided)
+            records += out
+            tags += [_CANCEL_TAG if k.startswith(keys.REG_CANCEL) else "" for k in out[::3]]
+        if batch.returns:
             locations = self.view.locations
-            out = self.aftersale.returns(shard, returns, firsts, outcome, decided, dead, locations)
-            add(out)
-            tags += ["--T" if k.startswith(keys.REG_RETURN) else "" for k in out[::3]]
+            out = self.aftersale.returns(
+                shard, batch.returns, firsts, outcome, decided, batch.dead, locations
+            )
+            records += out
+            tags += [_RETURN_TAG if k.startswith(keys.REG_RETURN) else "" for k in out[::3]]
+        return records, tags
+
+    def _records(
+        self,
+        firsts: dict[str, tuple[str, events.Decoded]],
+        outcome: dict[str, str],
+        held_ids: set[str],
+        decided: str,
+        records: list[str],
+        tags: list[str],
+    ) -> tuple[int, int, int, int, list[str]]:
+        """Each order's registry triple (order id, registry value, packed record) onto
+        ``records`` and its metric tag onto ``tags``; returns ``Decided.meter``. A first-N
+        candidate's record is held until its gift is settled (``Code.HELD``); a rejected
+        order of a campaign SKU goes to the decisions stream too (``CAMPAIGN_REJECTED``)."""
+        gifts = self.view.campaign_skus
+        add, tag = records.extend, tags.append
         now = int(decided)
         tag_of = meter.Tagger(now)
         sum_r = sum_p = n_p = 0
+        Valid = events.Valid
+        ACCEPTED, REJECTED, CANCELLED = Code.ACCEPTED, Code.REJECTED, Code.CANCELLED
+        CAMPAIGN_REJECTED = Code.CAMPAIGN_REJECTED
         for oid, (eid, d) in firsts.items():
             res = outcome[oid]
             kind = res[0]
@@ -333,85 +482,105 @@ class Decider:
                 sum_p += now - paid_ms
                 n_p += 1
                 tag(tag_of(received_ms, paid_ms, res))
-                campaign = bool(gifts) and kind == "R" and any(ln.sku in gifts for ln in o.lines)
+                campaign = (
+                    bool(gifts) and kind == REJECTED and any(ln.sku in gifts for ln in o.lines)
+                )
             else:
                 channel, paid, mode = d.channel or "", d.paid_at or "", "ship"  # type: ignore[union-attr]
                 tag(tag_of(received_ms, None, res))
                 campaign = False
             if oid in held_ids:  # held until its gift is settled; decided at once
-                add((oid, "H" + res, held(head(oid, channel, paid, mode, received, decided), res)))
+                rec = held(head(oid, channel, paid, mode, received, decided), res)
+                add((oid, Code.HELD + res, rec))
                 continue
             rec = pack(oid, channel, paid, mode, received, decided, res)
-            if kind == "A":
+            if kind == ACCEPTED:
                 add((oid, res, rec))
-            elif kind == "C":  # cancelled in this batch (or before it came)
-                add((oid, "C", rec))
+            elif kind == CANCELLED:  # cancelled in this batch (or before it came)
+                add((oid, CANCELLED, rec))
             elif campaign:  # a rejected campaign order: its decision goes to the decisions stream
-                add((oid, "r", rec))
+                add((oid, CAMPAIGN_REJECTED, rec))
             else:
-                add((oid, "R", rec))
-        return Decided(shard, last_id, records, dead, (sum_r, len(firsts), sum_p, n_p, tags))
+                add((oid, REJECTED, rec))
+        return sum_r, len(firsts), sum_p, n_p, tags
+
+    # -- deciding --------------------------------------------------------------------------
 
     def _decide(self, orders: list[Order], outcome: dict[str, str], held_ids: set[str]) -> None:
         """Decide valid orders into ``outcome``: one decide.lua call per slot, the orders
         spanning slots slot by slot; first-N candidates go into ``held_ids``."""
-        slot_orders: dict[int, list[Order]] = {}  # per slot, in arrival order
-        cross: list[Order] = []
-        for o in orders:
-            lines = o.lines
-            slot = sku_slot(lines[0].sku)
-            if len(lines) == 1 or all(sku_slot(ln.sku) == slot for ln in lines):
-                group = slot_orders.get(slot)
-                if group is None:
-                    group = slot_orders[slot] = []
-                group.append(o)
-            else:
-                cross.append(o)
+        slot_orders, cross = _by_slot(orders)
         # every order's ranking in one go (numpy's cost is per call, not per customer)
         ranked = dict(zip((o.order_id for o in orders), self._rankings(orders), strict=True))
         if slot_orders:
-            # a slot's orders in calls of CALL_ORDERS, in order (one round trip for all)
-            groups = [
-                g[i : i + CALL_ORDERS]
-                for g in slot_orders.values()
-                for i in range(0, len(g), CALL_ORDERS)
-            ]
-            calls = [self._slot_call(group, ranked) for group in groups]
-            results = self.wait.call(self.store.decide_slots, calls)
-            stale = False  # a call found rules of a newer catalog: it changed nothing
-            for group, res in zip(groups, results, strict=True):
-                for o, r in zip(group, res, strict=True):
-                    text = r.decode()
-                    if text == "S":
-                        stale = True
-                        continue
-                    if text[0] == "G":  # accepted and a first-N candidate: record held
-                        held_ids.add(o.order_id)
-                        text = text[1:]
-                    elif text == SOLD_OUT:
-                        self.refusals.sold_out(o)
-                    outcome[o.order_id] = text
-            if stale:
-                raise StaleCatalog
+            self._decide_slots(slot_orders, ranked, outcome, held_ids)
         if cross:
-            gifts = self.view.campaign_skus
-            router = self.view.router
-            rankings = [router.decode(ranked[o.order_id]) for o in cross]
-            decide_cross(
-                self.store, self.wait.call, cross, rankings, outcome, self.view.rules, self._retry,
-                paid=self._paid,
-            )  # fmt: skip
-            candidates: dict[str, list[tuple[str, int]]] = {}
-            for o in cross:  # an order reserved whole with a campaign SKU is a candidate
-                res = outcome[o.order_id]
-                if res[0] == "A" and any(ln.sku in gifts for ln in o.lines):
+            self._decide_cross(cross, ranked, outcome, held_ids)
+
+    def _decide_slots(
+        self,
+        slot_orders: dict[int, list[Order]],
+        ranked: dict[str, bytes],
+        outcome: dict[str, str],
+        held_ids: set[str],
+    ) -> None:
+        """The orders of one slot each: decide.lua, a slot's orders in calls of CALL_ORDERS,
+        in order (one round trip for all). An answer the protocol does not know raises."""
+        groups = [
+            g[i : i + CALL_ORDERS]
+            for g in slot_orders.values()
+            for i in range(0, len(g), CALL_ORDERS)
+        ]
+        results = self.wait.call(self.store.skus.decide, groups, self._decide_args(ranked))
+        stale = False  # a call found rules of a newer catalog: it changed nothing
+        final, candidate, sold_out = _FINAL, Code.CANDIDATE, self.refusals.sold_out
+        for group, res in zip(groups, results, strict=True):
+            for o, r in zip(group, res, strict=True):
+                text = r.decode()
+                code = text[:1]
+                if code in final:
+                    if text == SOLD_OUT:
+                        sold_out(o)
+                elif code == candidate:  # accepted and a first-N candidate: record held
                     held_ids.add(o.order_id)
-                    for sku in {ln.sku for ln in o.lines if ln.sku in gifts}:
-                        candidates.setdefault(sku, []).append((o.order_id, self._paid[o.order_id]))
-                elif res == SOLD_OUT:  # (the next read keeps only SKUs without the units)
-                    self.refusals.sold_out(o)
-            for sku, items in candidates.items():  # (only now: every part is reserved)
-                self.wait.call(self.store.campaigns.add_candidates, sku, items)
+                    text = text[1:]
+                elif text == Code.STALE:
+                    stale = True
+                    continue
+                else:
+                    raise ProtocolError(f"decide.lua answered {text[:40]!r} for {o.order_id!r}")
+                outcome[o.order_id] = text
+        if stale:
+            raise StaleCatalog
+
+    def _decide_cross(
+        self,
+        cross: list[Order],
+        ranked: dict[str, bytes],
+        outcome: dict[str, str],
+        held_ids: set[str],
+    ) -> None:
+        """The orders spanning slots (``cross_slot.decide_cross``); an order reserved whole
+        with a campaign SKU becomes a first-N candidate of it (only then: every part is
+        reserved)."""
+        gifts = self.view.campaign_skus
+        router = self.view.router
+        rankings = [router.decode(ranked[o.order_id]) for o in cross]
+        decide_cross(
+            self.store, self.wait.call, cross, rankings, outcome, self.view.rules, self._retry,
+            paid=self._paid,
+        )  # fmt: skip
+        candidates: dict[str, list[tuple[str, int]]] = {}
+        for o in cross:
+            res = outcome[o.order_id]
+            if res[0] == Code.ACCEPTED and any(ln.sku in gifts for ln in o.lines):
+                held_ids.add(o.order_id)
+                for sku in {ln.sku for ln in o.lines if ln.sku in gifts}:
+                    candidates.setdefault(sku, []).append((o.order_id, self._paid[o.order_id]))
+            elif res == SOLD_OUT:  # (the next read keeps only SKUs without the units)
+                self.refusals.sold_out(o)
+        for sku, items in candidates.items():
+            self.wait.call(self.store.campaigns.add_candidates, sku, items)
 
     def emit(self, d: Decided) -> None:
         # Every batch read is emitted, also one that writes nothing new (a retried delivery,
@@ -419,7 +588,9 @@ class Decider:
         # them and a drain ends.
         idle = d.last_id == "0-0"  # a tick: the shard has nothing left to read
         if d.records or d.dead or not idle:
-            if self.wait.call(self.store.emit, d.shard, d.last_id, d.records, d.dead, d.meter):
+            if self.wait.call(
+                self.store.shards.emit, d.shard, d.last_id, d.records, d.dead, d.meter
+            ):
                 self._no_early.add(d.shard)
             else:
                 self._no_early.discard(d.shard)
@@ -458,53 +629,12 @@ class Decider:
         ]
         return self.view.router.rank_batch(coords)  # type: ignore[arg-type]
 
-    def _slot_call(
-        self, orders: list[Order], ranked: dict[str, bytes]
-    ) -> tuple[list[str], list[Any]]:
-        """(SKUs, ARGV) of one decide.lua call: each order is its id and a binary spec."""
+    def _decide_args(self, ranked: dict[str, bytes]) -> DecideArgs:
+        """What the batch's decide.lua calls take besides their orders (``state.skus`` packs
+        them): the catalog as this process's view has it, and the orders' rankings, paid_at
+        and hot-SKU bucket flags."""
         view = self.view
-        sku_index: dict[str, int] = {}
-        chan_index: dict[str, int] = {}
-        body: list[Any] = [len(orders)]
-        paid_of = self._paid
-        for o in orders:
-            ranking = ranked[o.order_id]
-            lines = o.lines
-            for ln in lines:
-                if ln.sku not in sku_index:
-                    sku_index[ln.sku] = len(sku_index) + 1
-            # The outcome lives with the order's smallest SKU name: the same key on every replay.
-            home = (
-                sku_index[min(ln.sku for ln in lines)]
-                if len(lines) > 1
-                else sku_index[lines[0].sku]
-            )
-            paid = paid_of[o.order_id]
-            chan = chan_index.get(o.channel)
-            if chan is None:
-                chan = chan_index[o.channel] = len(chan_index) + 1
-            flags = o.customer.vip | (2 if o.channel in view.store_channels else 0)
-            if self._spread and o.order_id in self._spread:
-                flags |= 2
-            if self._retry and o.order_id in self._retry:  # a hot SKU's bucket may borrow
-                flags |= 4
-            if o.delivery.mode == "pickup":
-                pickup = view.loc_index[o.delivery.store]  # type: ignore[index]
-                head = _HEAD.pack(home, pickup, len(lines), chan, flags, paid)
-                ranking = b""
-            else:
-                head = _HEAD.pack(home, 0, len(lines), chan, flags, paid)
-            if len(lines) == 1:
-                spec = head + _LINE.pack(sku_index[lines[0].sku], lines[0].qty) + ranking
-            else:
-                spec = (
-                    head + b"".join(_LINE.pack(sku_index[ln.sku], ln.qty) for ln in lines) + ranking
-                )
-            # (the customer id always goes: the script judges the rules Redis holds, which a
-            # catalog loaded since this process's view may have given a per-customer limit)
-            body += [o.order_id, spec, o.customer.id]
-        skus = list(sku_index)
-        ids = view.router.ids
-        chans = list(chan_index)
-        header = [len(skus), len(ids), len(chans), view.fewest, *skus, *ids, *view.safety, *chans]
-        return skus, [*header, *body, view.version]  # (the version last: decide.lua)
+        return DecideArgs(
+            view.router.ids, view.loc_index, view.safety, view.fewest, view.store_channels,
+            view.version, ranked, self._paid, self._spread, self._retry,
+        )  # fmt: skip

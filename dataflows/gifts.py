@@ -27,8 +27,9 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from typing import NamedTuple
 
-from onestock.domain.records import GS, SEP
+from onestock.domain.protocol import GS, SEP, ProtocolError
 from onestock.domain.sharding import shard_of_id
 from onestock.domain.types import Campaign, Catalog
 from state import keys
@@ -39,6 +40,27 @@ EVERY_S = 0.1  # how often a worker settles while batches flow
 BUDGET_S = 0.2  # at most this long per round (a round comes back for the rest)
 MAX = 5000  # settle.lua's most entries per call
 FRESH_MS = 2000  # a shard's progress report older than this no longer counts as idle
+# release_held.lua's answer per order: its batch is not emitted yet (ask again later), its
+# record released now, or before, or the order was cancelled (its record says so)
+NOT_EMITTED, RELEASED, RELEASED_BEFORE, CANCELLED_SINCE = range(4)
+_RELEASE_CODES = frozenset({NOT_EMITTED, RELEASED, RELEASED_BEFORE, CANCELLED_SINCE})
+
+
+class _Settled(NamedTuple):
+    """A settled entry of settle.lua: "<campaign> SEP <order id> SEP <rank> SEP <late 0/1>
+    SEP <paid_at ms>"."""
+
+    entry: str
+    camp: str
+    oid: str
+    rank: int
+    late: bool
+
+    @classmethod
+    def parse(cls, entry: str) -> _Settled:
+        camp, rest = entry.split(SEP, 1)
+        oid, rank, late, _paid = rest.rsplit(SEP, 3)
+        return cls(entry, camp, oid, int(rank), late == "1")
 
 
 class Settler:
@@ -80,7 +102,7 @@ class Settler:
         if not self.by_sku:
             return 0
         if not self.shards:
-            self.shards = self.store.shard_count()
+            self.shards = self.store.shards.shard_count()
         acked = 0
         watermark, idle = self.watermark()
         for sku in list(self.by_sku):
@@ -120,44 +142,63 @@ class Settler:
         return (max(seen) if seen else None), True
 
     def _finish(self, sku: str, ended: set[str], entries: list[str]) -> int:
-        parsed: list[tuple[str, str, str, int, bool]] = []
-        for e in entries:
-            camp_id, rest = e.split(SEP, 1)
-            order_id, rank_s, late_s, _paid = rest.rsplit(SEP, 3)
-            parsed.append((e, camp_id, order_id, int(rank_s), late_s == "1"))
+        """Steps 2 to 4 for settled entries of ``sku``'s campaigns (``ended``: those whose
+        gift stock ran out); returns the entries acknowledged."""
+        parsed = [_Settled.parse(e) for e in entries]
+        gift_of = self._gifts(parsed, ended)
+        # entry -> its gift: the location a unit was taken at, keys.GIFT_NONE, or "" (none)
+        released = self._release(parsed, gift_of)
+        # the entries whose held records are written; gift_of: GIFT_CANCELLED for those of
+        # orders cancelled since
+        done = [(p.entry, gift_of[p.entry]) for p in parsed if p.entry in released]
+        if not done:
+            return 0
+        return self.store.campaigns.settled_ack(sku, done, head=len(done) == len(parsed))
+
+    def _gifts(self, parsed: list[_Settled], ended: set[str]) -> dict[str, str]:
+        """Each entry's gift, in rank order per campaign (entries are in settlement order
+        already): a winner's unit of the gift SKU (``take_gifts``), from the order's
+        shipping location if it has one, else the nearest that has; "" for the others."""
         ship_from = self._shipping_locations(
-            [oid for _, camp, oid, rank, _ in parsed
-             if camp in self.campaigns and rank <= self.campaigns[camp].first_n]
+            [p.oid for p in parsed
+             if p.camp in self.campaigns and p.rank <= self.campaigns[p.camp].first_n]
         )  # fmt: skip
-        # gifts, in rank order per campaign (entries are in settlement order already)
         gift_of: dict[str, str] = {}
         by_gift: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
         winners: dict[str, list[str]] = defaultdict(list)
-        for e, camp, oid, rank, _ in parsed:
-            c = self.campaigns.get(camp)
-            if c is None or camp in ended or rank > c.first_n:
-                gift_of[e] = ""
+        for p in parsed:
+            c = self.campaigns.get(p.camp)
+            if c is None or p.camp in ended or p.rank > c.first_n:
+                gift_of[p.entry] = ""
                 continue
-            loc = ship_from.get(oid)
+            loc = ship_from.get(p.oid)
             prefs = self.nearest.get(loc, []) if loc else sorted(self.nearest)
-            by_gift[c.gift_sku].append((f"{camp}{SEP}{oid}", prefs))
-            winners[c.gift_sku].append(e)
+            by_gift[c.gift_sku].append((f"{p.camp}{SEP}{p.oid}", prefs))
+            winners[c.gift_sku].append(p.entry)
         for gift_sku, wanted in by_gift.items():
-            for e, loc in zip(
-                winners[gift_sku], self.store.campaigns.take_gifts(gift_sku, wanted), strict=True
-            ):
-                camp = e.split(SEP, 1)[0]
-                if camp in ended:
-                    gift_of[e] = ""
-                    continue
-                gift_of[e] = loc
-                if loc == keys.GIFT_NONE:  # the gift stock ran out here: the campaign ends
-                    ended.add(camp)
-                    if camp not in self.said:
-                        self.said.add(camp)
-                        at = e.rsplit(SEP, 3)[1]
-                        self.say(f"campaign {camp}: gift stock ran out at rank {at}: it ends here")
-        # release the held records on their shards
+            taken = self.store.campaigns.take_gifts(gift_sku, wanted)
+            for e, loc in zip(winners[gift_sku], taken, strict=True):
+                gift_of[e] = self._taken(e, loc, ended)
+        return gift_of
+
+    def _taken(self, entry: str, loc: str, ended: set[str]) -> str:
+        """A winner's gift as ``take_gifts`` answered ``loc``: none once its campaign ended;
+        the first winner that finds none left (keys.GIFT_NONE) ends the campaign."""
+        camp = entry.split(SEP, 1)[0]
+        if camp in ended:
+            return ""
+        if loc == keys.GIFT_NONE:  # the gift stock ran out here: the campaign ends
+            ended.add(camp)
+            if camp not in self.said:
+                self.said.add(camp)
+                at = entry.rsplit(SEP, 3)[1]
+                self.say(f"campaign {camp}: gift stock ran out at rank {at}: it ends here")
+        return loc
+
+    def _release(self, parsed: list[_Settled], gift_of: dict[str, str]) -> set[str]:
+        """Step 3: the held records written with their gifts on their shards; returns the
+        entries released (now or before). An order cancelled after its rank was settled
+        keeps the rank used; a gift taken for it goes back to the stock."""
         by_shard: dict[int, list[tuple[str, tuple[str, str, str]]]] = defaultdict(list)
         for e, camp, oid, rank, late in parsed:
             loc = gift_of[e]
@@ -173,19 +214,18 @@ class Settler:
         for shard, items in by_shard.items():
             statuses = self.store.campaigns.release_held(shard, [item for _, item in items])
             for (e, _), status in zip(items, statuses, strict=True):
-                if status:
+                if status not in _RELEASE_CODES:
+                    raise ProtocolError(f"release_held.lua answered {status!r} for {e!r}")
+                if status != NOT_EMITTED:
                     released.add(e)
-                if status == 3:  # cancelled after its rank was settled: the rank stays used
+                if status == CANCELLED_SINCE:  # the rank stays used
                     camp, oid = e.split(SEP, 2)[:2]
                     if gift_of[e] not in ("", keys.GIFT_NONE):
                         cancelled[self.campaigns[camp].gift_sku].append(f"{camp}{SEP}{oid}")
                     gift_of[e] = keys.GIFT_CANCELLED
         for gift_sku, winner_keys in cancelled.items():  # its gift goes back to the stock
             self.store.campaigns.return_gifts(gift_sku, winner_keys)
-        done = [(e, gift_of[e]) for e, _, _, _, _ in parsed if e in released]
-        if not done:
-            return 0
-        return self.store.campaigns.settled_ack(sku, done, head=len(done) == len(parsed))
+        return released
 
     def _shipping_locations(self, order_ids: list[str]) -> dict[str, str]:
         """The first location of each order's allocations (from its shard's registry)."""
@@ -194,7 +234,7 @@ class Settler:
             by_shard[shard_of_id(oid, self.shards)].append(oid)
         out: dict[str, str] = {}
         for shard, oids in by_shard.items():
-            for oid, value in zip(oids, self.store.registry(shard, oids), strict=True):
+            for oid, value in zip(oids, self.store.shards.registry(shard, oids), strict=True):
                 if value:
                     fields = value.decode().split(SEP)
                     if len(fields) > 1:

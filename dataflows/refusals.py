@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from onestock.domain import events
 from onestock.domain.records import rejected
-from onestock.domain.types import Order
+from onestock.domain.types import Line, Order
 from state.keys import BUCKET
 from state.store import Alone, Lock
 
@@ -122,21 +122,16 @@ class Refusals:
         pickup = o.delivery.mode == "pickup"
         if len(lines) == 1:  # (the usual order, without the loops)
             left = short.get(lines[0].sku)
-            if left is None:
+            if left is None or (bucketed and lines[0].sku in bucketed):
                 return None
             lacking = (left.online if online else left.units) < lines[0].qty
             if not lacking and (pickup or not left.read.locks):
                 return None
         else:
-            if not all(ln.sku in short for ln in lines):
+            basket = _lacking(lines, short, online, pickup, bucketed)
+            if basket is None:
                 return None
-            lacking = any(
-                (short[ln.sku].online if online else short[ln.sku].units) < ln.qty for ln in lines
-            )
-            if not lacking and (pickup or not any(short[ln.sku].read.locks for ln in lines)):
-                return None
-        if bucketed and any(ln.sku in bucketed for ln in lines):
-            return None
+            lacking = basket
         for ln in lines:
             until = short[ln.sku].read.vip_until
             if until is not None and not o.customer.vip and paid_ms < until:
@@ -149,17 +144,49 @@ class Refusals:
                     return None
                 if n + ln.qty > limit:
                     return LIMIT
-        if pickup:  # (lacking) a lock judged before the stock may say sold_out
-            for ln in lines:
-                left = short[ln.sku]
-                if left.read.locks and left.units >= ln.qty:
-                    return None
-            return NO_PICKUP
-        if lacking:
+        if lacking and not pickup:
             return SOLD_OUT  # (a lock could only say sold_out too)
+        return _by_stock(o, paid_ms, short, pickup)
+
+
+def _lacking(
+    lines: list[Line],
+    short: dict[str, Left],
+    online: bool,
+    pickup: bool,
+    bucketed: frozenset[str],
+) -> bool | None:
+    """For an order of several lines: whether a line has more units than its SKU has left
+    for the order (an online channel's order cannot take the safety stock); None when
+    the scripts tell (a SKU not read or bucketed, or no line lacking and no lock to
+    judge)."""
+    if not all(ln.sku in short for ln in lines):
+        return None
+    if bucketed and any(ln.sku in bucketed for ln in lines):
+        return None
+    lacking = any(
+        (short[ln.sku].online if online else short[ln.sku].units) < ln.qty for ln in lines
+    )
+    if not lacking and (pickup or not any(short[ln.sku].read.locks for ln in lines)):
+        return None
+    return lacking
+
+
+def _by_stock(o: Order, paid_ms: int, short: dict[str, Left], pickup: bool) -> str | None:
+    """The rest of ``Refusals.judge`` once the rules let the order through (a shipment
+    lacking units is sold_out before): a pickup lacks units (pickup_unavailable, unless a
+    lock judged first may say sold_out: the script tells), or a channel lock keeps a
+    shipment's units from its channel (sold_out)."""
+    lines = o.lines
+    if pickup:  # (lacking) a lock judged before the stock may say sold_out
         for ln in lines:
             left = short[ln.sku]
-            locks = left.read.locks
-            if locks and locked_out(locks, o.channel, paid_ms, ln.qty, left.units):
-                return SOLD_OUT
-        return None
+            if left.read.locks and left.units >= ln.qty:
+                return None
+        return NO_PICKUP
+    for ln in lines:
+        left = short[ln.sku]
+        locks = left.read.locks
+        if locks and locked_out(locks, o.channel, paid_ms, ln.qty, left.units):
+            return SOLD_OUT
+    return None

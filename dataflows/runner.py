@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,11 +29,12 @@ from dataflows.flow import build_flow
 from dataflows.source import STARTED, STOP
 from onestock.domain.errors import OnestockError
 from onestock.domain.settings import Settings
+from state import keys
 from state.server import free_port
 
 RECOVERY_PARTITIONS = 4
 STOP_GRACE_S = 15.0  # a worker still running this long after SIGTERM is killed
-INSTANCE_KEY = "os:instance"
+INSTANCE_KEY = keys.INSTANCE
 
 
 def recovery_dir(home: Path, instance: str) -> Path:
@@ -145,15 +147,7 @@ def run(
     With ``cluster`` (every process's host:port) and ``process_id``, run only that process of
     a Bytewax cluster whose other processes are started elsewhere (other machines, or other
     invocations), all with the same list."""
-    if cluster:
-        workers, mine = len(cluster), [process_id or 0]
-        addresses = ";".join(cluster)
-    else:
-        workers = max(1, settings.workers)
-        mine = list(range(workers))
-        addresses = (
-            ";".join(f"127.0.0.1:{free_port()}" for _ in range(workers)) if workers > 1 else ""
-        )
+    mine, addresses = _processes(settings, process_id, cluster)
     if settings.metrics_port:
         _check_ports(settings.metrics_port + mine[0], len(mine))
     rdir = recovery_dir(settings.home, instance)
@@ -174,50 +168,90 @@ def run(
         for i in mine:
             if stop_at:
                 break
-            cmd = [
-                sys.executable, "-m", "dataflows.runner",
-                "--url", url, "--recovery", str(rdir), "--process-id", str(i),
-                "--addresses", addresses, "--shards", str(settings.shards),
-                "--batch-size", str(settings.batch_size), "--poll-ms", str(settings.poll_ms),
-                "--snapshot-ms", str(settings.snapshot_ms), "--parent", str(os.getpid()),
-            ]  # fmt: skip
-            if until_drained:
-                cmd.append("--until-drained")
-            env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-            if settings.metrics_port:  # Bytewax's own webserver: its metrics and ours
-                env |= {
-                    "BYTEWAX_DATAFLOW_API_ENABLED": "true",
-                    "BYTEWAX_DATAFLOW_API_PORT": str(settings.metrics_port + i),
-                    # where it writes the dataflow's JSON description (default: the working dir)
-                    "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(Path(settings.home).absolute()),
-                }
-            procs.append(subprocess.Popen(cmd, env=env))
+            cmd = _worker_command(url, rdir, i, addresses, settings, until_drained)
+            procs.append(subprocess.Popen(cmd, env=_worker_env(settings, i)))
             if i == 0 and len(mine) > 1:
                 time.sleep(0.3)  # let process 0 listen first: fewer "connection refused" retries
-        status = 0
-        while any(pr.poll() is None for pr in procs):
-            for pr in procs:
-                rc = pr.poll()
-                if rc not in (None, 0) and not stop_at:
-                    # one worker failed: the cluster cannot go on without it
-                    status = status or rc
-                    forward(signal.SIGTERM, None)
-            if stop_at and time.monotonic() - stop_at[0] > STOP_GRACE_S:
-                # e.g. a worker still waiting for a peer that is gone: recovery makes this safe
-                for i, pr in enumerate(procs):
-                    if pr.poll() is None:
-                        print(f"onestock: worker {i} did not stop within {STOP_GRACE_S:.0f} s of "
-                              "SIGTERM: killed (the next run resumes from recovery)",
-                              file=sys.stderr, flush=True)  # fmt: skip
-                        pr.kill()
-                        pr.wait()
-            time.sleep(0.05)
-        for pr in procs:
-            status = status or (pr.returncode if pr.returncode and pr.returncode > 0 else 0)
-        return status
+        return _wait(procs, stop_at, lambda: forward(signal.SIGTERM, None))
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _processes(
+    settings: Settings, process_id: int | None, cluster: list[str] | None
+) -> tuple[list[int], str]:
+    """The ids of the processes this run starts, and every process's address (";"-joined;
+    "" for a single process)."""
+    if cluster:
+        return [process_id or 0], ";".join(cluster)
+    workers = max(1, settings.workers)
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(workers)) if workers > 1 else ""
+    return list(range(workers)), addresses
+
+
+def _worker_command(
+    url: str, rdir: Path, i: int, addresses: str, settings: Settings, until_drained: bool
+) -> list[str]:
+    """The command line of worker process ``i`` (``worker_main``)."""
+    cmd = [
+        sys.executable, "-m", "dataflows.runner",
+        "--url", url, "--recovery", str(rdir), "--process-id", str(i),
+        "--addresses", addresses, "--shards", str(settings.shards),
+        "--batch-size", str(settings.batch_size), "--poll-ms", str(settings.poll_ms),
+        "--snapshot-ms", str(settings.snapshot_ms), "--parent", str(os.getpid()),
+    ]  # fmt: skip
+    if until_drained:
+        cmd.append("--until-drained")
+    return cmd
+
+
+def _worker_env(settings: Settings, i: int) -> dict[str, str]:
+    """The environment of worker process ``i``: one BLAS thread; with a metrics port,
+    Bytewax's own webserver (its metrics and ours) on that port + i."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    if settings.metrics_port:
+        env |= {
+            "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+            "BYTEWAX_DATAFLOW_API_PORT": str(settings.metrics_port + i),
+            # where it writes the dataflow's JSON description (default: the working dir)
+            "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(Path(settings.home).absolute()),
+        }
+    return env
+
+
+def _wait(
+    procs: list[subprocess.Popen[bytes]], stop_at: list[float], stop: Callable[[], None]
+) -> int:
+    """Wait for the workers to end; the first failure's status, else 0. One worker failing
+    stops the others (``stop``: the cluster cannot go on without it); a worker still running
+    STOP_GRACE_S after the first stop (``stop_at``) is killed."""
+    status = 0
+    while any(pr.poll() is None for pr in procs):
+        for pr in procs:
+            rc = pr.poll()
+            if rc not in (None, 0) and not stop_at:
+                # one worker failed: the cluster cannot go on without it
+                status = status or rc
+                stop()
+        if stop_at and time.monotonic() - stop_at[0] > STOP_GRACE_S:
+            _kill_stragglers(procs)
+        time.sleep(0.05)
+    for pr in procs:
+        status = status or (pr.returncode if pr.returncode and pr.returncode > 0 else 0)
+    return status
+
+
+def _kill_stragglers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Kill the workers still running, e.g. one still waiting for a peer that is gone:
+    recovery makes this safe."""
+    for i, pr in enumerate(procs):
+        if pr.poll() is None:
+            print(f"onestock: worker {i} did not stop within {STOP_GRACE_S:.0f} s of "
+                  "SIGTERM: killed (the next run resumes from recovery)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            pr.kill()
+            pr.wait()
 
 
 if __name__ == "__main__":

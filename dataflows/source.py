@@ -41,8 +41,8 @@ class _ShardPartition(StatefulSourcePartition[Batch, str]):
             raise StopIteration
         src = self.src
         try:
-            rows = src.store.read(self.shard, self.last, src.batch_size)
-            if not rows and src.until_drained and src.store.drained(self.shard, self.last):
+            rows = src.store.shards.read(self.shard, self.last, src.batch_size)
+            if not rows and src.until_drained and src.store.shards.drained(self.shard, self.last):
                 src.store.campaigns.finished(self.shard)  # (first-N: it holds nothing back)
                 raise StopIteration
         except TRANSIENT as exc:
@@ -105,7 +105,7 @@ class ShardSource(FixedPartitionedSource[Batch, str]):
         # Resume from the snapshot; with none (a new recovery directory over an old dataset),
         # from the shard's watermark: everything up to it already has its outcome.
         shard = int(for_part)
-        mark = self.store.watermark(shard) or "0-0"
+        mark = self.store.shards.watermark(shard) or "0-0"
         if resume_state is not None and parse_id(resume_state) < parse_id(mark):
             mark = resume_state
         return _ShardPartition(self, shard, mark)

@@ -1,6 +1,6 @@
 """How onestock reaches Redis: the client for a URL (a Cluster node is detected), the errors
 that mean "Redis is away for now", the retry loop the dataflow wraps its calls in, and the
-scripts' text. Nothing here knows onestock's keys (``state.store`` does).
+scripts' text. Nothing here knows onestock's keys (``state.keys`` names them).
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ SHARDS = f"{PREFIX}:shards"  # K, fixed once the first event is pushed
 # The intake processes' outcome counts (onestock.ops.metrics): "r:<source>:<outcome>" requests,
 # "e:<source>" events stored; each process adds what it counted every second.
 INTAKE_COUNTS = f"{PREFIX}:intake:counts"
+INTAKE_REQUESTS, INTAKE_EVENTS = "r", "e"  # the kinds of its fields: "<kind>:<...>"
+INSTANCE = f"{PREFIX}:instance"  # the dataset's random id, fixed by its first run (recovery)
+# `onestock loadtest`'s own bookkeeping (loadtest/checks.py): the order ids the intake
+# acknowledged (SET), and the acknowledged events that can only be dead letters (count).
+LOADTEST_ACKED = f"{PREFIX}:loadtest:acked"
+LOADTEST_ACKED_DEAD = f"{PREFIX}:loadtest:acked_dead"
 STOCK_MARKER = "\x00sku"  # field present in every stock hash: the SKU exists even at 0 units
 # The SKU's rules live beside its stock (fields that start with NUL are never locations), so
 # one HGETALL gives a script everything it needs about the SKU.

@@ -69,7 +69,7 @@ def decide(
 
 
 def stock(store: Store, sku: str) -> dict[str, int]:
-    return store.stock_levels([sku]).get(sku, {})
+    return store.skus.stock_levels([sku]).get(sku, {})
 
 
 def at_once(

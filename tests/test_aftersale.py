@@ -37,10 +37,10 @@ def cancel(oid: str) -> dict[str, Any]:
 def test_a_cancel_gives_the_units_back_and_supersedes_the_record(store: Store) -> None:
     d, seq = setup(store, catalog(first_n=3)), [0]
     send(d, [buy("s1", 0, ("SOCKS", 4))], seq)
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 96}
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 96}
     send(d, [cancel("s1"), cancel("s1")], seq)  # a duplicated cancel
     send(d, [cancel("s1")], seq)  # and a later copy
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 100}
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 100}
     rec = final(store)["s1"]
     assert rec.status == "cancelled"
     assert [(s.location, ln.sku, ln.qty) for s in rec.shipments for ln in s.lines] == [
@@ -55,7 +55,7 @@ def test_a_cancel_before_its_order_is_kept_and_applied_when_it_comes(store: Stor
     recs = final(store)
     assert recs["early"].status == "cancelled" and recs["early"].shipments == []
     assert recs["other"].status == "accepted"
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}
 
 
 def test_a_cancel_before_its_order_on_a_shard_that_wrote_records_already(store: Store) -> None:
@@ -78,7 +78,7 @@ def test_a_cancel_before_its_order_on_a_shard_that_wrote_records_already(store: 
     recs = final(store)
     assert recs["late"].status == "cancelled" and recs["late"].shipments == []
     assert recs[first].status == "accepted"
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}
 
 
 def test_an_order_and_its_cancel_in_one_batch(store: Store) -> None:
@@ -86,7 +86,7 @@ def test_an_order_and_its_cancel_in_one_batch(store: Store) -> None:
     send(d, [buy("x", 0, ("SOCKS", 2)), cancel("x"), buy("y", 0, ("SOCKS", 1))], seq)
     recs = final(store)
     assert recs["x"].status == "cancelled" and recs["y"].status == "accepted"
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}
 
 
 def test_an_unsettled_cancelled_order_passes_its_slot_to_the_next(store: Store) -> None:
@@ -97,7 +97,7 @@ def test_an_unsettled_cancelled_order_passes_its_slot_to_the_next(store: Store) 
     recs = final(store)
     assert recs["a"].status == "cancelled"
     assert {o: r.gift.rank for o, r in recs.items() if r.gift} == {"b": 1, "c": 2}
-    assert store.stock_levels(["SNEAKER", "TOTE"]) == {
+    assert store.skus.stock_levels(["SNEAKER", "TOTE"]) == {
         "SNEAKER": {"wh-sh": 48},
         "TOTE": {"wh-bj": 98},
     }
@@ -109,13 +109,13 @@ def test_after_settlement_the_gift_is_cancelled_with_its_order_and_the_slot_stay
     d, seq = setup(store, catalog(first_n=2)), [0]
     send(d, [buy("a", 10), buy("b", 20), buy("c", 30)], seq)
     d.settler.run(force=True)
-    assert store.stock_levels(["TOTE"])["TOTE"] == {"wh-bj": 98}
+    assert store.skus.stock_levels(["TOTE"])["TOTE"] == {"wh-bj": 98}
     send(d, [cancel("a")], seq)
     send(d, [cancel("a")], seq)  # duplicated: nothing twice
     recs = final(store)
     assert recs["a"].status == "cancelled"
     assert {o: r.gift.rank for o, r in recs.items() if r.gift} == {"b": 2}  # "c" stays rank 3
-    assert store.stock_levels(["SNEAKER", "TOTE"]) == {
+    assert store.skus.stock_levels(["SNEAKER", "TOTE"]) == {
         "SNEAKER": {"wh-sh": 48},
         "TOTE": {"wh-bj": 99},
     }
@@ -139,7 +139,7 @@ def test_a_cancel_between_settlement_and_release_returns_the_gift(store: Store) 
     d.settler.run(force=True)
     store.campaigns.release_held = real  # type: ignore[method-assign]
     assert final(store)["a"].status == "cancelled"
-    assert store.stock_levels(["SNEAKER", "TOTE"]) == {
+    assert store.skus.stock_levels(["SNEAKER", "TOTE"]) == {
         "SNEAKER": {"wh-sh": 50},
         "TOTE": {"wh-bj": 100},
     }
@@ -166,7 +166,7 @@ def test_a_cancellation_storm_during_the_burst(tmp_path: Path, cli_env: dict[str
         else:
             stream.append(raw)
     store = run_campaign(tmp_path, cli_env, 300, stream)
-    k = store.shard_count()
+    k = store.shards.shard_count()
     recs = {r.order_id: r for r in ops.records(store, k)}
     assert set(recs) == {orjson.loads(x)["order_id"] for x in lines}
     # a cancelled order ends cancelled, or rejected if it was (nothing to give back)
@@ -193,7 +193,7 @@ def ret(oid: str, location: str, *lines: tuple[str, int]) -> dict[str, Any]:
 
 
 def dead_reasons(store: Store) -> list[str]:
-    return [f[b"reason"].decode() for f in store.entries(keys.deadbox, SHARDS)]
+    return [f[b"reason"].decode() for f in store.shards.entries(keys.deadbox, SHARDS)]
 
 
 def test_returns_restock_the_named_location_once_and_never_more_than_shipped(
@@ -203,10 +203,10 @@ def test_returns_restock_the_named_location_once_and_never_more_than_shipped(
     send(d, [buy("o", 0, ("SOCKS", 3))], seq)  # shipped from wh-sh
     send(d, [ret("o", "wh-bj", ("SOCKS", 2)), ret("o", "wh-bj", ("SOCKS", 2))], seq)  # a copy
     send(d, [ret("o", "wh-bj", ("SOCKS", 2))], seq)  # and a later copy
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 97, "wh-bj": 2}
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 97, "wh-bj": 2}
     send(d, [ret("o", "wh-sh", ("SOCKS", 2))], seq)  # 2 + 2 > 3 shipped
     send(d, [ret("o", "wh-sh", ("SOCKS", 1))], seq)  # exactly the last one
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 98, "wh-bj": 2}
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 98, "wh-bj": 2}
     back = list(ops.returns(store, SHARDS))
     assert [(r.location, [(ln.sku, ln.qty) for ln in r.lines]) for r in back] == [
         ("wh-bj", [("SOCKS", 2)]), ("wh-sh", [("SOCKS", 1)])
@@ -236,7 +236,7 @@ def test_returns_that_cannot_be_are_dead_letters_with_the_reason(
     send(d, [cancel("can")], seq)
     send(d, [event], seq)
     assert len(dead_reasons(store)) == 1 and reason in dead_reasons(store)[0]
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}  # only "ok" took one
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 99}  # only "ok" took one
 
 
 def test_returns_through_the_dataflow_keep_the_stock_conserved(
@@ -244,7 +244,7 @@ def test_returns_through_the_dataflow_keep_the_stock_conserved(
 ) -> None:
     lines = list(burst.orders(2000, burst.demo_catalog(), seed=31, garbage=0.0))
     store = run_campaign(tmp_path, cli_env, 100, lines)
-    k = store.shard_count()
+    k = store.shards.shard_count()
     accepted = [r for r in ops.records(store, k) if r.status == "accepted"][:60]
     events = []
     for r in accepted:  # one unit of the first line back to a store, each sent twice
@@ -263,7 +263,7 @@ def test_returns_through_the_dataflow_keep_the_stock_conserved(
 
 
 def total(store: Store, sku: str = "SOCKS") -> int:
-    return sum(store.stock_levels([sku])[sku].values())
+    return sum(store.skus.stock_levels([sku])[sku].values())
 
 
 def test_a_return_then_a_cancel_gives_back_only_the_rest(store: Store) -> None:
@@ -271,7 +271,7 @@ def test_a_return_then_a_cancel_gives_back_only_the_rest(store: Store) -> None:
     send(d, [buy("o", 0, ("SOCKS", 3))], seq)
     send(d, [ret("o", "wh-bj", ("SOCKS", 2))], seq)
     send(d, [cancel("o")], seq)  # 1 still out: only that goes back
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 98, "wh-bj": 2}
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 98, "wh-bj": 2}
     send(d, [buy("later", 1, ("SOCKS", 100))], seq)  # every unit sells, and no more
     send(d, [buy("more", 2, ("SOCKS", 1))], seq)
     recs = final(store)
@@ -284,10 +284,10 @@ def test_the_returned_units_come_off_the_last_allocations_first(store: Store) ->
     cat["skus"][2]["stock"] = {"wh-sh": 2, "wh-bj": 3}
     d, seq = setup(store, cat), [0]
     send(d, [buy("o", 0, ("SOCKS", 4))], seq)  # split: wh-sh 2 (nearest), then wh-bj 2
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 0, "wh-bj": 1}
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 0, "wh-bj": 1}
     send(d, [ret("o", "wh-sh", ("SOCKS", 3))], seq)
     send(d, [cancel("o")], seq)  # 1 out: wh-bj's 2 are the 2 last returned, wh-sh gets 1
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 4, "wh-bj": 1}
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 4, "wh-bj": 1}
     loaded = {s["sku"]: s["stock"] for s in cat["skus"]}
     assert ops.audit(store, SHARDS, loaded).oversold == 0  # the audit counts it the same way
 
@@ -309,7 +309,7 @@ def test_partial_returns_cancels_and_their_copies_conserve_the_stock_exactly(
              cancel("p")]  # fmt: skip
     send(d, batch, seq)
     send(d, batch, seq)
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 91 + 1 + 2 + 4, "wh-bj": 2}
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 91 + 1 + 2 + 4, "wh-bj": 2}
     assert total(store) == 100
     assert [(r.order_id, sum(ln.qty for ln in r.lines)) for r in ops.returns(store, SHARDS)] == [
         ("o", 2), ("o", 1)
@@ -326,11 +326,11 @@ def test_a_return_after_a_cancel_is_refused_also_by_the_script(store: Store) -> 
     assert total(store) == 100
     # the atomic check, asked directly: 2 = the order's units were given back by a cancel,
     # 3 = more than shipped; either way nothing changes
-    line = [1, "SOCKS", 1, 1, "o", "x1", "wh-bj", 1, 3]
-    assert store.return_units([(["SOCKS"], line)]) == [[2]]
+    line = ("SOCKS", "o", "x1", "wh-bj", 1, 3)
+    assert store.skus.return_units([[line]]) == [[2]]
     send(d, [buy("q", 1, ("SOCKS", 2))], seq)
-    ok = [1, "SOCKS", 2, 1, "q", "x2", "wh-bj", 2, 2, 1, "q", "x2", "wh-sh", 1, 2]
-    assert store.return_units([(["SOCKS"], ok)]) == [[4, 3]]  # 2 + 1 of the SKU > 2 shipped
+    ok = [("SOCKS", "q", "x2", "wh-bj", 2, 2), ("SOCKS", "q", "x2", "wh-sh", 1, 2)]
+    assert store.skus.return_units([ok]) == [[4, 3]]  # 2 + 1 of the SKU > 2 shipped
     assert total(store) == 98 and not store.r.hexists(
         keys.decisions("SOCKS"), keys.DEC_RETURNED + "q"
     )
@@ -344,20 +344,20 @@ def test_a_cancel_landing_between_the_checks_and_the_restock_refuses_the_return(
     d, seq = setup(store, catalog()), [0]
     send(d, [buy("o", 0, ("SOCKS", 3))], seq)
     other = Decider(store, say=lambda _m: None)
-    real = store.sku_fields
+    real = store.skus.returned
 
     def cancel_meanwhile(wanted):  # type: ignore[no-untyped-def]
         got = real(wanted)
         send(other, [cancel("o")], seq)
         return got
 
-    store.sku_fields = cancel_meanwhile  # type: ignore[method-assign]
+    store.skus.returned = cancel_meanwhile  # type: ignore[method-assign]
     send(d, [ret("o", "wh-bj", ("SOCKS", 2))] * 2, seq)  # and a copy in the same batch
-    store.sku_fields = real  # type: ignore[method-assign]
+    store.skus.returned = real  # type: ignore[method-assign]
     assert final(store)["o"].status == "cancelled"
     assert dead_reasons(store) == ["return refused: the order was cancelled"] * 2
     assert list(ops.returns(store, SHARDS)) == []
-    assert store.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 100}
+    assert store.skus.stock_levels(["SOCKS"])["SOCKS"] == {"wh-sh": 100}
 
 
 def test_a_bucketed_order_returned_then_cancelled_gives_back_only_the_rest(
@@ -379,7 +379,7 @@ def test_a_bucketed_order_returned_then_cancelled_gives_back_only_the_rest(
     assert store.r.hexists(keys.decisions("HOT"), keys.DEC_UNDONE + "h")  # no return lands after it
     _, dead = decide(store, [{**back, "location": "wh-a"}], shard=3)
     assert dead[0][2] == "return refused: the order was cancelled"
-    assert store.return_units([(["HOT"], [1, "HOT", 1, 1, "h", "x", "wh-a", 1, 2])]) == [[2]]
+    assert store.skus.return_units([[("HOT", "h", "x", "wh-a", 1, 2)]]) == [[2]]
     assert ops.stock_view(store, "HOT")["HOT"].total == 8
 
 
@@ -404,7 +404,7 @@ def test_a_copy_of_a_written_return_has_no_outcome_of_its_own(store: Store) -> N
     send(d, [ret("o", "wh-bj", ("SOCKS", 1))], seq)
     send(d, [cancel("o")], seq)
     send(d, [ret("o", "wh-bj", ("SOCKS", 1))], seq)  # a webhook retry after the cancel
-    dead = list(store.entries(keys.deadbox, SHARDS))
+    dead = list(store.shards.entries(keys.deadbox, SHARDS))
     assert dead == [] and total(store) == 100
 
 

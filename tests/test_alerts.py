@@ -11,7 +11,8 @@ import orjson
 from dataflows.decider import Decider
 from onestock.ops import services as ops
 from state import keys
-from state.store import Store, read_alone
+from state.stock import read_alone
+from state.store import Store
 from tests.conftest import load
 from tests.helpers import order
 from tests.test_gifts import SHARDS, paid, send
@@ -33,7 +34,7 @@ def catalog(units: int = 5, threshold: int | None = 2, buckets: int = 1) -> dict
 
 def setup(store: Store, cat: dict[str, Any]) -> Decider:
     load(store, cat)
-    store.shard_count(SHARDS)
+    store.shards.shard_count(SHARDS)
     return Decider(store, say=lambda _m: None)
 
 
@@ -76,7 +77,7 @@ def test_low_stock_then_sold_out_then_back_in_stock_each_once_across_replays(
     send(d, [cancel("b")], seq)
     assert alerts(store)[3:] == [("SNEAKER", 3, "back_in_stock")]
     assert len(alerts(store)) == 4
-    assert store.stock_levels(["SNEAKER"])["SNEAKER"] == {"wh-sh": 2, "wh-bj": 1}
+    assert store.skus.stock_levels(["SNEAKER"])["SNEAKER"] == {"wh-sh": 2, "wh-bj": 1}
 
 
 def test_one_batch_crossing_the_threshold_and_reaching_zero_raises_both_in_order(

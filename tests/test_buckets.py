@@ -37,7 +37,7 @@ def catalog(stock: dict[str, int], buckets: int = 4, **extra: object) -> dict:  
 
 
 def levels(store: Store, sku: str, b: int) -> dict[str, int]:
-    return store.stock_levels([keys.bucket(sku, b)]).get(keys.bucket(sku, b), {})
+    return store.skus.stock_levels([keys.bucket(sku, b)]).get(keys.bucket(sku, b), {})
 
 
 def test_a_catalog_load_splits_the_stock_over_buckets_on_different_slots(store: Store) -> None:

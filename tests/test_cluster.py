@@ -71,7 +71,7 @@ def test_a_burst_through_the_dataflow_on_the_cluster(
         env=env, cwd=ROOT, capture_output=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    k = cstore.shard_count()
+    k = cstore.shards.shard_count()
     ids = {oid for oid in map(order_id, lines) if oid is not None}
     records = list(ops.records(cstore, k))
     audit = ops.audit(cstore, k, {s.sku: dict(s.stock) for s in cat.skus})
@@ -133,8 +133,8 @@ def test_a_reservation_on_one_master_is_undone_when_the_other_fails(cstore: Stor
         "locations": [{"id": "wh-1", "lat": 31.2, "lon": 121.5}],
         "skus": [{"sku": a, "stock": {"wh-1": 5}}, {"sku": b, "stock": {"wh-1": 2}}],
     })  # fmt: skip
-    stale = cstore.stock_state([a, b])
-    fresh = cstore.plan_state
+    stale = cstore.skus.stock_state([a, b])
+    fresh = cstore.skus.plan_state
     reads: list[object] = []
 
     def stale_once(skus, pairs):  # type: ignore[no-untyped-def]
@@ -145,9 +145,9 @@ def test_a_reservation_on_one_master_is_undone_when_the_other_fails(cstore: Stor
 
     decide(cstore, [order("thief", (b, 2))])
     d = Decider(cstore, say=lambda _m: None)
-    cstore.plan_state = stale_once  # type: ignore[method-assign]
+    cstore.skus.plan_state = stale_once  # type: ignore[method-assign]
     recs, _ = decide(cstore, [order("victim", (a, 1), (b, 1))], decider=d)
-    cstore.plan_state = fresh  # type: ignore[method-assign]
+    cstore.skus.plan_state = fresh  # type: ignore[method-assign]
     assert len(reads) >= 2 and (recs[0].status, recs[0].reason) == ("rejected", "sold_out")
     assert stock(cstore, a) == {"wh-1": 5}  # reserved on its master, then given back
     assert cstore.r.hlen(keys.parts(a)) == 0
@@ -192,7 +192,7 @@ def test_slots_moved_during_a_burst_are_followed(tmp_path: Path) -> None:
         node2 = f"127.0.0.1:{cluster.nodes[2].port}"
         fresh = Store.connect(cluster.url)
         assert all(owner(fresh, keys.sku_slot(sku)) == node2 for sku in moving)
-        k = fresh.shard_count()
+        k = fresh.shards.shard_count()
         records = list(ops.records(fresh, k))
         audit = ops.audit(fresh, k, {s.sku: dict(s.stock) for s in cat.skus})
         assert len(records) == len({r.order_id for r in records}) == len(lines)

@@ -7,11 +7,13 @@ from typing import Any
 import pytest
 
 from dataflows.decider import Decider
+from onestock.domain import events
 from onestock.ops import services as ops
 from state import keys
+from state.skus import Part
 from state.store import Store
 from tests.conftest import load
-from tests.helpers import decide, order, stock
+from tests.helpers import decide, order, raw, stock
 
 CATALOG: dict[str, Any] = {
     "channels": [{"id": "tmall", "kind": "online"}, {"id": "pos", "kind": "store"}],
@@ -161,7 +163,7 @@ def test_replayed_order_keeps_its_outcome_and_changes_nothing(loaded: Store, tee
     assert stock(loaded, tee) == {"wh-beijing": 0, "st-hangzhou": 1}
     d.emit(first)
     d.emit(again)
-    assert loaded.outcome_counts(1) == (1, 0)
+    assert loaded.shards.outcome_counts(1) == (1, 0)
     assert len(list(ops.records(loaded, 1))) == 1
 
 
@@ -190,8 +192,8 @@ def test_cross_slot_order_is_compensated_when_a_later_slot_fails(loaded: Store, 
     """Plan on a stale read (as if another worker took TEE in between), then reserve."""
     if tee != "TEE":
         pytest.skip("needs SKUs in different slots")
-    stale = loaded.stock_state(["SNEAKER", tee])
-    fresh_read = loaded.plan_state
+    stale = loaded.skus.stock_state(["SNEAKER", tee])
+    fresh_read = loaded.skus.plan_state
     reads = []
 
     def stale_once(skus, pairs):  # type: ignore[no-untyped-def]
@@ -202,9 +204,9 @@ def test_cross_slot_order_is_compensated_when_a_later_slot_fails(loaded: Store, 
 
     decide(loaded, [order("thief", (tee, 3))])  # takes every TEE at wh-beijing
     d = Decider(loaded, say=lambda _m: None)
-    loaded.plan_state = stale_once  # type: ignore[method-assign]
+    loaded.skus.plan_state = stale_once  # type: ignore[method-assign]
     recs, _ = decide(loaded, [order("victim", ("SNEAKER", 1), (tee, 2))], decider=d)
-    loaded.plan_state = fresh_read  # type: ignore[method-assign]
+    loaded.skus.plan_state = fresh_read  # type: ignore[method-assign]
     assert len(reads) >= 2, "the stale plan failed and was re-planned on a fresh read"
     assert (recs[0].status, recs[0].reason) == ("rejected", "sold_out")
     # SNEAKER was reserved in its slot by the stale plan, then released: nothing leaked.
@@ -218,14 +220,9 @@ def test_half_reserved_cross_slot_order_from_a_crash_is_undone_then_redone(
     if tee != "TEE":
         pytest.skip("needs SKUs in different slots")
     # A crash after the SNEAKER slot was reserved at Shanghai, before the TEE slot.
-    # ARGV: SKU table, no safety stock, catalog version; order id, home, customer, channel,
-    # vip, paid_at, store_channel, allocations
-    v = loaded.catalog_version()
-    part = (
-        ["SNEAKER"],
-        [1, "SNEAKER", 0, v, 1, "half", 1, "c-half", "tmall", 0, 0, 0, 1, 1, "wh-shanghai", 1],
-    )
-    assert loaded.reserve_parts([part]) == [[1]]
+    half = events.decode(raw(order("half", ("SNEAKER", 1)))).order  # type: ignore[union-attr]
+    part = Part(half, ["SNEAKER"], 0, False, [("wh-shanghai", "SNEAKER", 1)])
+    assert loaded.skus.reserve_parts([[part]], {}, loaded.catalog_version()) == [[1]]
     recs, _ = decide(
         loaded, [order("half", ("SNEAKER", 1), (tee, 1), lat=BEIJING[0], lon=BEIJING[1])]
     )
@@ -244,15 +241,15 @@ def test_a_batch_larger_than_one_call_is_decided_in_arrival_order(loaded: Store)
 
     n = 2 * decider_module.CALL_ORDERS + 7
     calls: list[int] = []
-    real = loaded.decide_slots
+    real = loaded.skus.decide
 
-    def spy(batch):  # type: ignore[no-untyped-def]
-        calls.extend(len(args) for _, args in batch)
-        return real(batch)
+    def spy(groups, args):  # type: ignore[no-untyped-def]
+        calls.extend(len(group) for group in groups)
+        return real(groups, args)
 
-    loaded.decide_slots = spy  # type: ignore[method-assign]
+    loaded.skus.decide = spy  # type: ignore[method-assign]
     recs, _ = decide(loaded, [order(f"big-{i:04d}", ("SNEAKER", 1)) for i in range(n)])
-    loaded.decide_slots = real  # type: ignore[method-assign]
+    loaded.skus.decide = real  # type: ignore[method-assign]
     assert len(calls) == 3, "one call per CALL_ORDERS orders of the slot"
     assert len(recs) == n and len({r.order_id for r in recs}) == n
     accepted = sorted(r.order_id for r in recs if r.status == "accepted")

@@ -53,7 +53,7 @@ def run_flow(
 def conserved(url: str, catalog: dict[str, Any] = CATALOG) -> None:
     store = Store.connect(url)
     loaded = {s["sku"]: dict(s["stock"]) for s in catalog["skus"]}
-    audit = ops.audit(store, store.shard_count(), loaded)
+    audit = ops.audit(store, store.shards.shard_count(), loaded)
     assert audit.oversold == 0 and audit.duplicates == 0, audit
 
 
@@ -182,14 +182,14 @@ def test_a_limit_loaded_under_a_batch_never_rejects_an_order_within_it(store: St
     d.emit(d.process(0, [("1-0", raw(order("warm-1", ("TEE", 1))))]))
     limited = json.loads(json.dumps(CATALOG))
     limited["skus"][1]["per_customer_limit"] = 2
-    real = store.decide_slots
+    real = store.skus.decide
 
-    def load_first(calls: Any) -> Any:  # the load lands between the read and the script
-        store.decide_slots = real  # type: ignore[method-assign]
+    def load_first(*calls: Any) -> Any:  # the load lands between the read and the script
+        store.skus.decide = real  # type: ignore[method-assign]
         load(store, limited)
-        return real(calls)
+        return real(*calls)
 
-    store.decide_slots = load_first  # type: ignore[method-assign]
+    store.skus.decide = load_first  # type: ignore[method-assign, assignment]
     out = d.process(0, [("2-0", raw(order("in-1", ("TEE", 1)))),
                         ("3-0", raw(order("in-2", ("TEE", 2))))])  # fmt: skip
     d.emit(out)
@@ -225,7 +225,7 @@ def test_an_order_id_that_looks_internal_is_an_order_id(
     assert all(recs[o]["status"] == "accepted" for o in INTERNAL_LOOKING if o != "~x:X-1")
     store = Store.connect(url)
     # 20 loaded: X-1's 2 came back (1 returned, 1 by its cancel), "~x:X-1"'s by its cancel
-    assert store.stock_levels(["TEE"])["TEE"] == {"wh-a": 20 - len(INTERNAL_LOOKING) + 1}
+    assert store.skus.stock_levels(["TEE"])["TEE"] == {"wh-a": 20 - len(INTERNAL_LOOKING) + 1}
     conserved(url, cat)
 
 
@@ -265,17 +265,17 @@ def test_an_order_is_judged_by_one_catalog_never_a_mix(store: Store) -> None:
     load(store, cat("P}A"))
     d = Decider(store, say=lambda _m: None)
     d.refresh()
-    real = store.decide_slots
+    real = store.skus.decide
     finish = threading.Timer(0.3, lambda: load(store, cat("P}B")))
 
-    def half_loaded(calls: Any) -> Any:  # A's rules of the new catalog are written, B's not
-        store.decide_slots = real  # type: ignore[method-assign]
+    def half_loaded(*calls: Any) -> Any:  # A's rules of the new catalog are written, B's not
+        store.skus.decide = real  # type: ignore[method-assign]
         store.r.hset(keys.stock("P}A"), mapping={keys.RULES_VERSION: 2})
         store.r.hdel(keys.stock("P}A"), keys.RULE_VIP_UNTIL)
         finish.start()
-        return real(calls)
+        return real(*calls)
 
-    store.decide_slots = half_loaded  # type: ignore[method-assign]
+    store.skus.decide = half_loaded  # type: ignore[method-assign, assignment]
     out = d.process(0, [("3-0", raw(order("mix", ("P}A", 1), ("P}B", 1))))])
     finish.join()
     assert out.records[2].endswith("vip_only")  # by the new catalog: B is for VIPs

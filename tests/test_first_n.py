@@ -7,12 +7,12 @@ import time
 
 import orjson
 
-from dataflows.cross_slot import _Item, _slot_args
 from dataflows.decider import Decider
 from onestock.domain import events, sharding
 from onestock.ops import services as ops
 from state import keys
 from state.keys import sku_slot
+from state.skus import Part
 from state.store import Store
 from tests.helpers import raw
 from tests.test_gifts import SHARDS, buy, catalog, idle, setup
@@ -89,11 +89,10 @@ def test_a_part_reserved_by_a_crashed_attempt_never_takes_a_rank(store: Store) -
     d = setup(store, cat)
     d.refresh()
     a1 = buy(oid("a", 0), 100, ("SNEAKER", 1), ("ZZZ", 1))  # can never be served: ZZZ has nothing
-    item = _Item(events.decode(raw(a1)).order, ["wh-sh"], d.view.rules, 100)  # type: ignore[union-attr]
-    part = _slot_args(
-        [(item, sku_slot("SNEAKER"), [("wh-sh", "SNEAKER", 1)])], d.view.floors, d.view.version
-    )
-    assert store.reserve_parts([part]) == [[1]]  # then kill -9 before the ZZZ part
+    o = events.decode(raw(a1)).order  # type: ignore[union-attr]
+    part = Part(o, ["SNEAKER"], 100, o.channel in d.view.store_channels, [("wh-sh", "SNEAKER", 1)])
+    # the SNEAKER part is reserved, then kill -9 before the ZZZ part
+    assert store.skus.reserve_parts([[part]], d.view.floors, d.view.version) == [[1]]
     idle(d)
     d.settler.run(force=True)  # another worker settles meanwhile
     seq = [10]
@@ -144,7 +143,7 @@ def test_a_drain_waits_for_ranks_released_but_not_acknowledged(store: Store) -> 
     gift = "\x1d".join(["D11", "TOTE", "1", loc])
     assert camp.release_held(0, [(a, gift, "")]) == [1]  # released; killed before the ack
     store.r.delete(keys.lease("SNEAKER"))
-    assert not store.drained(0, "1-0")
+    assert not store.shards.drained(0, "1-0")
     d.settler.run()
-    assert store.drained(0, "1-0")
+    assert store.shards.drained(0, "1-0")
     assert [w.order_id for w in ops.gifts(store, "D11").winners] == [a]

@@ -55,7 +55,7 @@ def wait_for(cond, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-de
 
 
 def outcomes(store: Store) -> int:
-    return sum(store.outcome_counts(store.shard_count()))
+    return sum(store.shards.outcome_counts(store.shards.shard_count()))
 
 
 def check_exactly_once(
@@ -63,7 +63,7 @@ def check_exactly_once(
 ) -> ops.Audit:
     """One record per order id, stock conserved against ``loaded`` (default: the demo
     catalog's), and the ops counters agreeing; returns the audit."""
-    k = store.shard_count()
+    k = store.shards.shard_count()
     audit = ops.audit(store, k, loaded or loaded_stock())
     seen = [r.order_id for r in ops.records(store, k)]
     assert audit.duplicates == 0
@@ -118,7 +118,11 @@ def test_until_drained_gives_every_event_exactly_one_outcome(
     dead = [orjson.loads(x) for x in onestock("deadletters", env=cli_env).stdout.splitlines()]
     assert sorted(d["raw"] for d in dead) == sorted(x.decode() for x in GARBAGE[:4])
     # Input is trimmed behind the outputs (whole stream nodes of <= 100 entries at a time).
-    assert store.backlog(store.shard_count()) <= 100 * store.shard_count() < len(lines)
+    assert (
+        store.shards.backlog(store.shards.shard_count())
+        <= 100 * store.shards.shard_count()
+        < len(lines)
+    )
 
 
 @pytest.mark.slow
@@ -202,10 +206,10 @@ def test_four_dataflow_workers_race_on_one_hot_sku(
     onestock("orders", "push", "-", input=b"\n".join(orders), env=cli_env)
     onestock("run", "--until-drained", "--workers", "4", env=cli_env, timeout=180)
     store = Store.connect(url)
-    recs = list(ops.records(store, store.shard_count()))
+    recs = list(ops.records(store, store.shards.shard_count()))
     assert len(recs) == 4000 and len({r.order_id for r in recs}) == 4000
     sold = sum(ln.qty for r in recs for s in r.shipments for ln in s.lines)
-    left = store.stock_levels(["HOT"])["HOT"]
+    left = store.skus.stock_levels(["HOT"])["HOT"]
     assert sold == 37 and left == {"wh-a": 0, "st-b": 0}
 
 
@@ -256,7 +260,7 @@ def test_every_garbage_form_ends_as_exactly_one_outcome_and_the_pipeline_goes_on
     onestock("orders", "push", "-", input=b"\n".join(EVERY_GARBAGE + good), env=cli_env)
     onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
     store = Store.connect(url)
-    recs = {r.order_id: r for r in ops.records(store, store.shard_count())}
+    recs = {r.order_id: r for r in ops.records(store, store.shards.shard_count())}
     dead = onestock("deadletters", env=cli_env).stdout.splitlines()
     invalid = {"huge", "inv-1", "vip", "\u00fcn\u00efc\u00f6d\u00e9"}
     assert invalid <= set(recs) and all(recs[i].reason == "invalid" for i in invalid)
@@ -304,7 +308,7 @@ def test_a_catalog_reload_takes_effect_under_a_running_dataflow(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    recs = {r.order_id: r for r in ops.records(store, store.shard_count())}
+    recs = {r.order_id: r for r in ops.records(store, store.shards.shard_count())}
     assert sum(r.status == "accepted" for k, r in recs.items() if k.startswith("a-")) == 5
     b = [(r.status, r.reason) for k, r in recs.items() if k.startswith("b-")]
     assert sorted(b, key=str) == [
@@ -314,7 +318,7 @@ def test_a_catalog_reload_takes_effect_under_a_running_dataflow(
     ]
     c = sorted((r.status, r.reason) for k, r in recs.items() if k.startswith("c-"))
     assert c == [("accepted", None), ("rejected", "sold_out"), ("rejected", "sold_out")]
-    levels = store.stock_levels(["HOT", "COLD"])
+    levels = store.skus.stock_levels(["HOT", "COLD"])
     assert levels == {"HOT": {"wh-a": 3}, "COLD": {"wh-a": 9}}  # COLD, not named, kept
 
 

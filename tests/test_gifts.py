@@ -83,7 +83,7 @@ def idle(d: Decider) -> None:
 
 def final_records(store: Store) -> dict[str, FulfilmentRecord]:
     out: dict[str, FulfilmentRecord] = {}
-    for fields in store.entries(keys.outbox, SHARDS):
+    for fields in store.shards.entries(keys.outbox, SHARDS):
         for p in packed_records(fields):
             rec = record_from_packed(p)
             assert rec.order_id not in out, f"two records for {rec.order_id}"
@@ -93,7 +93,7 @@ def final_records(store: Store) -> dict[str, FulfilmentRecord]:
 
 def setup(store: Store, cat: dict[str, Any]) -> Decider:
     load(store, cat)
-    store.shard_count(SHARDS)
+    store.shards.shard_count(SHARDS)
     return Decider(store, say=lambda _m: None)
 
 
@@ -104,7 +104,9 @@ def test_the_first_n_by_paid_at_get_the_gift_once_settled(store: Store) -> None:
     recs = final_records(store)
     assert set(recs) == {"s1"}  # orders without a campaign SKU are not delayed
     decided = [
-        p for f in store.entries(keys.decided, SHARDS) for p in f[b"v"].decode().split("\x1e")
+        p
+        for f in store.shards.entries(keys.decided, SHARDS)
+        for p in f[b"v"].decode().split("\x1e")
     ]
     assert sorted(decided) == sorted(f"{o}\x1fA" for o in ("o5", "o1", "o9", "o3", "o2b", "o2a"))
     assert d.settler.run(force=True) == 6
@@ -115,7 +117,7 @@ def test_the_first_n_by_paid_at_get_the_gift_once_settled(store: Store) -> None:
     view = ops.gifts(store, "D11")
     assert [(w.order_id, w.rank) for w in view.winners] == [("o1", 1), ("o2a", 2), ("o2b", 3)]
     assert (view.settled, view.pending, view.ended_early_at) == (6, 0, None)
-    assert store.stock_levels(["TOTE"])["TOTE"] == {"wh-bj": 97}
+    assert store.skus.stock_levels(["TOTE"])["TOTE"] == {"wh-bj": 97}
     assert d.settler.run(force=True) == 0  # settling again changes nothing
 
 
@@ -139,7 +141,9 @@ def test_every_campaign_orders_decision_goes_to_the_decisions_stream_once(store:
                            ("5-0", orjson.dumps(buy("d", 5)))])  # fmt: skip
     d.emit(second)
     d.emit(second)
-    decided = [p for f in store.entries(keys.decided, SHARDS) for p in f[b"v"].split(b"\x1e")]
+    decided = [
+        p for f in store.shards.entries(keys.decided, SHARDS) for p in f[b"v"].split(b"\x1e")
+    ]
     assert decided == [b"a\x1fA", b"b\x1fR", b"c\x1fR", b"d\x1fR"]
     assert store.r.hget(keys.counters(0), "records") == b"4"  # b, c, s, d (a is held)
 
@@ -167,7 +171,7 @@ def test_gift_stock_smaller_than_n_ends_the_campaign_early(store: Store) -> None
     assert {o: r.gift.rank for o, r in recs.items() if r.gift} == {"o0": 1, "o1": 2}
     view = ops.gifts(store, "D11")
     assert view.ended_early_at == 3 and len(view.winners) == 2
-    assert store.stock_levels(["TOTE"])["TOTE"] == {"wh-bj": 0}
+    assert store.skus.stock_levels(["TOTE"])["TOTE"] == {"wh-bj": 0}
     assert len(recs) == 6  # every order has its record, gift or not
 
 
@@ -263,7 +267,7 @@ def run_campaign(
 
 
 def _check_campaign(store: Store, order_ids: set[str], first_n: int) -> None:
-    k = store.shard_count()
+    k = store.shards.shard_count()
     recs = {r.order_id: r for r in ops.records(store, k)}
     assert set(recs) == order_ids  # one record each, none still held
     audit = ops.audit(store, k, {s.sku: dict(s.stock) for s in burst.demo_catalog().skus})

@@ -64,8 +64,8 @@ def server(cli_env: dict[str, str]) -> Iterator[Server]:
 
 
 def stored(store: Store) -> list[dict[str, Any]]:
-    k = store.shard_count()
-    return [orjson.loads(raw) for s in range(k) for _, raw in store.read(s, "0-0", 100_000)]
+    k = store.shards.shard_count()
+    return [orjson.loads(raw) for s in range(k) for _, raw in store.shards.read(s, "0-0", 100_000)]
 
 
 # -- mapping -----------------------------------------------------------------------------------
@@ -187,8 +187,8 @@ def test_canonical_orders_one_or_many_signed_with_a_timestamp(server: Server, st
     assert (status, reply) == (202, {"status": "stored", "events": 2})
     assert sorted(e["order_id"] for e in stored(store)) == ["o-1", "o-2", "o-3"]
     # the same event lands on the shard `onestock orders push` would put it on
-    k = store.shard_count()
-    assert store.read(sharding.shard_of(one, k), "0-0", 10)[0][1] == one
+    k = store.shards.shard_count()
+    assert store.shards.read(sharding.shard_of(one, k), "0-0", 10)[0][1] == one
     stale = server.post("/orders", one, orders_headers(one, t=int(time.time()) - 301))
     assert stale[0] == 401 and "stale" in stale[2]["error"]
     for body, expected in [(b"[]", "empty"), (b"[1]", "JSON object at [0]"), (b"{", "not JSON")]:

@@ -75,7 +75,7 @@ def test_gate_fails_when_an_acked_order_has_no_outcome(store) -> None:  # type: 
 
     cat = burst.demo_catalog()
     store.load_catalog(cat, [s.sku for s in cat.skus])
-    store.shard_count(16)
+    store.shards.shard_count(16)
     decide(store, [order("ok-1", ("SNEAKER-42", 1))])
     store.r.sadd(ACKED, "ok-1", "lost-1")  # acknowledged, never decided
     sc = gate.Scenario("t", burst.demo_catalog, lambda t, o: 1.0)

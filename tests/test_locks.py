@@ -131,13 +131,13 @@ def test_cross_slot_orders_judge_the_locks_on_the_units_the_batch_left(
     4 held by douyin's lock), not reserved in one slot, refused by the script and released."""
     load(store, catalog("TEE"))  # SNEAKER 10 at wh-a, 4 locked for douyin; TEE in another slot
     released: list[Any] = []
-    release = store.release_parts
+    release = store.skus.release_parts
 
     def counted(calls: list[Any]) -> list[int]:
         released.append(calls)
         return release(calls)
 
-    monkeypatch.setattr(store, "release_parts", counted)
+    monkeypatch.setattr(store.skus, "release_parts", counted)
     recs, _ = decide(store, [
         buy("t1", ("SNEAKER", 5), ("TEE", 1), customer="a", paid=BEFORE),  # 10 - 4 = 6 >= 5
         buy("t2", ("SNEAKER", 2), ("TEE", 1), customer="b", paid=BEFORE),  # 5 - 4 = 1 < 2
@@ -151,9 +151,9 @@ def test_a_released_cross_slot_part_gives_its_lock_units_back(store: Store) -> N
     """douyin's order is planned on a stale read that still shows TEE: its SNEAKER part is
     reserved (2 units drawn from the lock), its TEE part fails, the SNEAKER part is released."""
     load(store, catalog("TEE"))
-    stale = store.stock_state(["SNEAKER", "TEE"])
+    stale = store.skus.stock_state(["SNEAKER", "TEE"])
     store.r.hset(keys.stock("TEE"), "wh-a", 0)  # someone took every TEE since the read
-    fresh_read, reads = store.plan_state, []
+    fresh_read, reads = store.skus.plan_state, []
 
     def stale_once(skus: list[str], pairs: list[tuple[str, str]]) -> Any:
         reads.append(skus)
@@ -161,9 +161,9 @@ def test_a_released_cross_slot_part_gives_its_lock_units_back(store: Store) -> N
             return {k: (dict(v[0]), v[1]) for k, v in stale.items()}, [0] * len(pairs)
         return fresh_read(skus, pairs)
 
-    store.plan_state = stale_once  # type: ignore[method-assign]
+    store.skus.plan_state = stale_once  # type: ignore[method-assign]
     recs, _ = decide(store, [buy("x2", ("SNEAKER", 2), ("TEE", 1), paid=BEFORE, channel="douyin")])
-    store.plan_state = fresh_read  # type: ignore[method-assign]
+    store.skus.plan_state = fresh_read  # type: ignore[method-assign]
     assert len(reads) >= 2 and reasons(recs) == ["sold_out"]
     assert used(store) == 0 and stock(store, "SNEAKER") == {"wh-a": 10}
     assert store.r.hlen(keys.parts("SNEAKER")) == 0

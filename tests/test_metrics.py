@@ -80,7 +80,7 @@ def test_metrics_add_up_to_the_records_of_a_real_run(
     finally:
         assert server.stop() == 0
 
-    k = store.shard_count()
+    k = store.shards.shard_count()
     records = list(ops.records(store, k))
     cancelled_after = {r.order_id for r in records if r.status == "cancelled"}
     expect: Counter[tuple[tuple[str, str], ...]] = Counter()
@@ -103,7 +103,7 @@ def test_metrics_add_up_to_the_records_of_a_real_run(
     assert m[("onestock_paid_to_decided_seconds_count", ())] == decided - 1  # bad-1: no paid_at
     assert m[("onestock_received_to_decided_seconds_sum", ())] > 0
     assert m[("onestock_dead_letters_total", ())] == 1
-    written = sum(len(packed_records(f)) for f in store.entries(keys.outbox, k))
+    written = sum(len(packed_records(f)) for f in store.shards.entries(keys.outbox, k))
     assert m[("onestock_records_total", ())] == written
     assert sum(by_name(m, "onestock_stream_backlog").values()) == 0
     assert m[("onestock_stream_trimmed_total", ())] > 0
@@ -147,7 +147,7 @@ def test_live_view_turns_counters_into_rates_and_a_sell_out_projection(store: St
 
     cat = burst.demo_catalog()
     store.load_catalog(cat, [s.sku for s in cat.skus])
-    store.shard_count(16)
+    store.shards.shard_count(16)
     sku = cat.skus[0].sku
     units = sum(cat.skus[0].stock.values())
     live = Live(Reader(store))
@@ -242,7 +242,7 @@ def test_a_batch_written_twice_is_counted_once(store: Store) -> None:
 
     cat = burst.demo_catalog()
     store.load_catalog(cat, [s.sku for s in cat.skus])
-    store.shard_count(16)
+    store.shards.shard_count(16)
     d = Decider(store, say=lambda _m: None)
     events = [order(f"t{i}", (cat.skus[0].sku, 1)) for i in range(20)] + [order("u", ("NOPE", 1))]
     out = d.process(0, [(f"{i + 1}-0", raw(e)) for i, e in enumerate(events)])
@@ -258,12 +258,12 @@ def test_a_large_batch_written_in_parts_and_again_is_counted_once(store: Store) 
     after the first (only it written, the watermark not moved) and the replay of the whole
     batch write every record once, count it once, and move the watermark once."""
     from dataflows.decider import Decider
-    from state.store import EMIT_RECORDS
+    from state.shards import EMIT_RECORDS
     from tests.helpers import order, raw
 
     cat = burst.demo_catalog()
     store.load_catalog(cat, [s.sku for s in cat.skus])
-    store.shard_count(16)
+    store.shards.shard_count(16)
     d = Decider(store, say=lambda _m: None)
     n = 2 * EMIT_RECORDS + 11
     events = [order(f"big{i}", (cat.skus[0].sku, 1)) for i in range(n)]
@@ -271,16 +271,19 @@ def test_a_large_batch_written_in_parts_and_again_is_counted_once(store: Store) 
     assert out.meter is not None
     sum_r, n_r, sum_p, n_p, tags = out.meter
     first = out.records[: 3 * EMIT_RECORDS]
-    store.emit(0, "-", first, [], (sum_r, n_r, sum_p, n_p, tags[:EMIT_RECORDS]))  # then a crash
-    assert store.watermark(0) is None
+    meter = (sum_r, n_r, sum_p, n_p, tags[:EMIT_RECORDS])
+    store.shards.emit(0, "-", first, [], meter)  # then a crash
+    assert store.shards.watermark(0) is None
     d.emit(out)
     d.emit(out)
     f = Reader(store).read()
     assert f.records == n and f.decisions == {"accepted": n}
     assert sum(f.received) == sum(f.paid) == n
-    ids = [p.split("\x1f")[0] for e in store.entries(keys.outbox, 1) for p in packed_records(e)]
+    ids = [
+        p.split("\x1f")[0] for e in store.shards.entries(keys.outbox, 1) for p in packed_records(e)
+    ]
     assert sorted(ids) == sorted(f"big{i}" for i in range(n))
-    assert store.watermark(0) == f"{n}-0"
+    assert store.shards.watermark(0) == f"{n}-0"
 
 
 def test_gifts_left_is_bounded_by_the_gift_units_on_hand(store: Store) -> None:
@@ -290,7 +293,7 @@ def test_gifts_left_is_bounded_by_the_gift_units_on_hand(store: Store) -> None:
     gift = next(s for s in cat.skus if s.sku == "TOTE-BAG")
     gift.stock = {loc: 0 for loc in gift.stock} | {next(iter(gift.stock)): 3}
     store.load_catalog(cat, [s.sku for s in cat.skus])
-    store.shard_count(16)
+    store.shards.shard_count(16)
     decide(store, [order("g1", (cat.campaigns[0].sku, 1))])  # one candidate, not settled yet
     (camp,) = Reader(store).read().campaigns
     assert (camp.first_n, camp.ranks, camp.gift_units, camp.left) == (100, 0, 3, 3)

@@ -60,7 +60,7 @@ def test_racing_processes_never_oversell_the_hot_sku(store: Store, url: str, rou
     assert audit.records == PROCS * ORDERS_EACH
     assert audit.duplicates == 0
     assert audit.oversold == 0
-    left = store.stock_levels(["HOT", "SIDE"])
+    left = store.skus.stock_levels(["HOT", "SIDE"])
     assert all(q >= 0 for v in left.values() for q in v.values())
     hot_sold = STOCK - sum(left["HOT"].values())
     assert hot_sold == STOCK  # demand far exceeds stock: every unit goes, none twice

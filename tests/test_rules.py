@@ -304,15 +304,15 @@ def test_a_read_the_script_contradicts_is_judged_again(store: Store) -> None:
     is refused, released, and the order decided again on a fresh read."""
     load(store, catalog("TEE", limit=2, presale=None))
     store.r.hset(keys.bought("SNEAKER"), "c1", 2)
-    real, reads = store.plan_state, []
+    real, reads = store.skus.plan_state, []
 
     def stale_once(skus, pairs):  # type: ignore[no-untyped-def]
         reads.append(pairs)
         state, counts = real(skus, pairs)
         return (state, [0] * len(pairs)) if len(reads) == 1 else (state, counts)
 
-    store.plan_state = stale_once  # type: ignore[method-assign]
+    store.skus.plan_state = stale_once  # type: ignore[method-assign]
     recs, _ = decide(store, [buy("s1", ("SNEAKER", 1), ("TEE", 1))])
-    store.plan_state = real  # type: ignore[method-assign]
+    store.skus.plan_state = real  # type: ignore[method-assign]
     assert len(reads) == 2 and reasons(recs) == ["limit_exceeded"]
     assert stock(store, "TEE") == {"wh-a": 50} and store.r.hlen(keys.parts("TEE")) == 0

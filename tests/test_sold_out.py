@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from dataflows.cross_slot import _Item, _slot_args
 from dataflows.decider import Decider
 from onestock.domain import events
 from state import keys
 from state.keys import sku_slot
+from state.skus import Part
 from state.store import Store
 from tests.conftest import load
 from tests.helpers import decide, order, raw
@@ -66,8 +66,9 @@ def test_a_basket_with_a_sold_out_line_is_refused_on_the_read(
     recs, _ = decide(store, [order("a1", ("HOT", 3)), order("a2", ("HOT", 2), (tee, 1))], decider=d)
     assert [outcome(r) for r in recs] == ["sold_out", "accepted"]
     called: list[str] = []
-    for name in ("decide_slots", "plan_state", "reserve_parts"):
-        monkeypatch.setattr(store, name, lambda *a, _n=name: called.append(_n))
+    for part, name in [(store.skus, "decide"), (store.skus, "plan_state"),
+                       (store.skus, "reserve_parts")]:  # fmt: skip
+        monkeypatch.setattr(part, name, lambda *a, _n=name: called.append(_n))
     batch = [order("b1", ("HOT", 1), (tee, 1)), order("b2", (tee, 2), ("HOT", 1), pickup="st-b")]
     recs, _ = decide(store, batch, decider=d)
     assert [outcome(r) for r in recs] == ["sold_out", "pickup_unavailable"]
@@ -128,12 +129,11 @@ def test_parts_a_crash_left_reserved_go_back_before_the_batchs_later_orders(
     crashed = Decider(store, say=lambda _m: None)
     crashed.refresh()
     a1 = order("a1", ("HOT", 1), ("ZZZ", 1))
-    item = _Item(events.decode(raw(a1)).order, ["wh-a"], crashed.view.rules, 0)  # type: ignore[union-attr]
-    part = _slot_args(
-        [(item, sku_slot("HOT"), [("wh-a", "HOT", 1)])], crashed.view.floors, crashed.view.version
-    )
-    assert store.reserve_parts([part]) == [[1]]  # then kill -9 before the ZZZ part
-    store.set_mark(0, "100-0")  # the crashed run's batch ended at a1
+    part = Part(events.decode(raw(a1)).order, ["HOT"], 0, False, [("wh-a", "HOT", 1)])  # type: ignore[union-attr]
+    view = crashed.view
+    # the HOT part is reserved, then kill -9 before the ZZZ part
+    assert store.skus.reserve_parts([[part]], view.floors, view.version) == [[1]]
+    store.shards.set_mark(0, "100-0")  # the crashed run's batch ended at a1
     restarted = Decider(store, say=lambda _m: None)
     recs, _ = decide(store, [order("x1", ("HOT", 1))], shard=1, decider=restarted)
     assert outcome(recs[0]) == "sold_out"  # HOT is a suspect of the new process now
@@ -154,14 +154,14 @@ def test_a_catalog_loaded_under_the_read_refuses_nothing_on_it(
     recs, _ = decide(store, [order("a1", ("HOT", 3))], decider=d)
     assert outcome(recs[0]) == "sold_out"  # HOT: a suspect
     load(store, catalog(stock={"wh-a": 4}, buckets=2))  # (the decider has not seen it yet)
-    read = store.prelude
+    read = store.shards.prelude
 
     def prelude(*args: Any) -> Any:
         got = read(*args)
         load(store, catalog(stock={"wh-a": 4}))
         return got
 
-    monkeypatch.setattr(store, "prelude", prelude)
+    monkeypatch.setattr(store.shards, "prelude", prelude)
     recs, _ = decide(store, [order("b1", ("HOT", 3))], decider=d)
     assert outcome(recs[0]) == "accepted"
 
@@ -186,14 +186,14 @@ def test_online_orders_are_refused_before_the_safety_stock_store_channels_may_ta
 
 def test_the_decide_mark_of_a_shard(store: Store) -> None:
     load(store, CATALOG)
-    assert store.prelude(0, [], [], [], None).mark == "0-0"  # nothing ever written
+    assert store.shards.prelude(0, [], [], [], None).mark == "0-0"  # nothing ever written
     for oid in ("a1", "a2"):
         store.r.xadd(keys.inbox(0), {"e": raw(order(oid, ("HOT", 1)))}, id=f"{oid[1]}00-0")
     store.r.hset(keys.emitted(0), "older", "R")
     # written by a version without the mark: every entry in the stream may be decided
-    assert store.prelude(0, [], [], [], None).mark == "200-0"
-    store.prelude(0, [], [], [], "300-0")
-    assert store.prelude(0, [], [], [], None).mark == "300-0"
+    assert store.shards.prelude(0, [], [], [], None).mark == "200-0"
+    store.shards.prelude(0, [], [], [], "300-0")
+    assert store.shards.prelude(0, [], [], [], None).mark == "300-0"
     d = Decider(store, say=lambda _m: None)
     d.process(0, [("250-0", raw(order("a3", ("HOT", 1))))])  # a replay: the mark stays
     assert store.r.get(keys.decide_mark(0)) == b"300-0"

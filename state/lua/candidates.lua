@@ -12,9 +12,9 @@ local n = tonumber(ARGV[1])
 if not n or #ARGV ~= 1 + 2 * n or #KEYS ~= 7 then
   return redis.error_reply('ERR candidates.lua: bad arguments')
 end
-local _, _, _, camps = read_stock(KEYS[1])
+local _, _, _, camps = read_stock(sku_key(1, K_STOCK))
 if not camps then return 0 end
-local progress, adds, now, added = read_progress(KEYS[6]), {}, wall_ms(), 0
+local progress, adds, now, added = read_progress(sku_key(1, K_PROGRESS)), {}, wall_ms(), 0
 for i = 1, n do
   local oid, paid = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
   if not paid then return redis.error_reply('ERR candidates.lua: bad paid_at') end

@@ -1,12 +1,17 @@
 -- emit.lua: write a shard's decided batch: records and dead letters exactly once, then trim.
 --
--- KEYS: KEYS[1] registry hash (order id -> outcome; "\0#<entry id>" for dead letters;
---       every internal field starts with NUL, which no order id does: state/keys.py),
---       KEYS[2] fulfilment stream, KEYS[3] dead-letter stream, KEYS[4] input stream,
---       KEYS[5] watermark (the last input entry id whose outcome is written),
---       KEYS[6] counters hash (fields "records", "dead"), KEYS[7] held records (order id ->
---       record waiting for its gift settlement), KEYS[8] decisions stream, KEYS[9] returns
---       stream (records of keys "\0R:<return digest>" go there). One slot.
+-- KEYS (one slot), at these indices:
+local K_REGISTRY = 1 -- registry hash (order id -> outcome; "\0#<entry id>" for dead letters;
+--                      every internal field starts with NUL, which no order id does:
+--                      state/keys.py)
+local K_OUT = 2 -- fulfilment stream
+local K_DEAD_LETTERS = 3 -- dead-letter stream
+local K_INPUT = 4 -- input stream
+local K_WATERMARK = 5 -- the last input entry id whose outcome is written
+local K_COUNTERS = 6 -- counters hash (fields "records", "dead")
+local K_HELD = 7 -- held records (order id -> record waiting for its gift settlement)
+local K_DECISIONS = 8 -- decisions stream
+local K_RETURNS = 9 -- returns stream (records of keys "\0R:<return digest>" go there)
 -- ARGV: last input entry id of the batch ("-": a part of a batch whose last part moves the
 --       watermark), nrecords, then per record: order_id, registry
 --       value; then the packed records joined by \30 (one per record, in that order; ""
@@ -22,14 +27,14 @@
 --       campaign order is not), the joined records are written as they came and the counted
 --       tags added: no record or tag is split out in Lua (every string Lua makes costs; this
 --       script runs once per batch).
--- Counters (KEYS[6]): "records", "dead", "trimmed" (input entries trimmed), and per metric
+-- Counters (K_COUNTERS): "records", "dead", "trimmed" (input entries trimmed), and per metric
 --       tag "m<tag>" how many new records carried it, "sum_r"/"sum_p" the latency sums in ms.
 --       Tags count only records written now, so a replay after a crash counts nothing twice;
 --       the sums of a batch that is partly a replay are scaled to its new records.
 -- Writes: the batch's new records as ONE stream entry (field "v": packed records separated
 --       by \30; field "n": how many), one entry per dead letter.
 -- A registry value starting with "H" marks an accepted order that waits for a gift
--- settlement: its record is held (KEYS[7]), not written, and its decision ("A") goes to the
+-- settlement: its record is held (K_HELD), not written, and its decision ("A") goes to the
 -- decisions stream at once; one starting with "r" is a rejected campaign order: its record
 -- is written and its decision ("R") goes to the decisions stream too.
 -- Cancellations use registry keys of their own: "\0x:<order id>" for the record that
@@ -41,14 +46,6 @@
 local last = ARGV[1]
 local nrec = tonumber(ARGV[2])
 if not last or not nrec then return redis.error_reply('ERR emit.lua: bad header') end
-
-local function id_lt(a, b)
-  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
-  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
-  ams, bms = tonumber(ams), tonumber(bms)
-  if ams ~= bms then return ams < bms end
-  return tonumber(aseq) < tonumber(bseq)
-end
 if last ~= '-' and not string.match(last, '^%d+%-%d+$') then
   return redis.error_reply('ERR emit.lua: bad id')
 end
@@ -64,19 +61,30 @@ local nrej = nagg and tonumber(ARGV[tb + 7 + 2 * nagg])
 if not nrej or #ARGV ~= tb + 8 + 2 * nagg then return redis.error_reply('ERR emit.lua: bad shape') end
 
 local CHUNK = 4000
-local argv, call, unpack, byte = ARGV, redis.call, unpack, string.byte
+local argv, call, unpack, byte, sub = ARGV, redis.call, unpack, string.byte, string.sub
+local HELD_BYTE, CAMPAIGN_REJECTED_BYTE = byte(HELD), byte(CAMPAIGN_REJECTED)
+local NO_BUCKET = byte('-') -- a metric tag's latency bucket when it has none
+local PREFIX = #REG_EARLY_CANCEL -- (as long as REG_CANCEL and REG_RETURN)
 
--- s split at every \30: exactly n parts (empty ones kept)
+local function id_lt(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  ams, bms = tonumber(ams), tonumber(bms)
+  if ams ~= bms then return ams < bms end
+  return tonumber(aseq) < tonumber(bseq)
+end
+
+-- s split at every RS: exactly n parts (empty ones kept)
 local function split(s, n)
   local out, i = {}, 1
   for k = 1, n - 1 do
-    local j = string.find(s, '\30', i, true)
+    local j = string.find(s, RS, i, true)
     if not j then return nil end
-    out[k] = string.sub(s, i, j - 1)
+    out[k] = sub(s, i, j - 1)
     i = j + 1
   end
-  if n > 0 then out[n] = string.sub(s, i) end
-  if string.find(out[n] or '', '\30', 1, true) then return nil end
+  if n > 0 then out[n] = sub(s, i) end
+  if string.find(out[n] or '', RS, 1, true) then return nil end
   return out
 end
 
@@ -85,47 +93,58 @@ end
 -- look up "\0c:<order id>" for the orders of its next batch. Set by the first write to an empty
 -- registry (one written before this flag existed never gets it), dropped for good by the
 -- first cancel that comes before its order.
-local no_early = call('HLEN', KEYS[1]) == 0
-local fresh, plain, seen = {}, true, {}
-for i = 1, nrec, CHUNK do
-  local last_k = math.min(i + CHUNK - 1, nrec)
-  local ids = {}
-  for k = i, last_k do ids[k - i + 1] = argv[1 + 2 * k] end
-  local got = call('HMGET', KEYS[1], unpack(ids))
-  for k = i, last_k do
-    local oid = ids[k - i + 1]
-    if got[k - i + 1] or seen[oid] then
-      plain = false
-    else
-      fresh[k] = true
-      local kind = byte(argv[2 + 2 * k], 1)
-      if kind == 72 or byte(oid, 1) == 0 then plain = false end -- H, or an internal field
-    end
-    seen[oid] = true
-  end
-end
-
+local no_early = call('HLEN', KEYS[K_REGISTRY]) == 0
 local written, dead, wr, wp = 0, 0, 0, 0
 local tags = {} -- metric tag -> new records carrying it
-if plain then
+
+-- The records not in the registry yet (fresh[k] for record k), and whether the batch takes
+-- the fast path (plain: all are fresh, and none is special).
+local function read_fresh()
+  local fresh, plain, seen = {}, true, {}
+  for i = 1, nrec, CHUNK do
+    local last_k = math.min(i + CHUNK - 1, nrec)
+    local ids = {}
+    for k = i, last_k do ids[k - i + 1] = argv[1 + 2 * k] end
+    local got = call('HMGET', KEYS[K_REGISTRY], unpack(ids))
+    for k = i, last_k do
+      local oid = ids[k - i + 1]
+      if got[k - i + 1] or seen[oid] then
+        plain = false
+      else
+        fresh[k] = true
+        local kind = byte(argv[2 + 2 * k], 1)
+        if kind == HELD_BYTE or byte(oid, 1) == 0 then plain = false end -- or an internal field
+      end
+      seen[oid] = true
+    end
+  end
+  return fresh, plain
+end
+
+-- The fast path: the batch as it came.
+local function write_plain()
   written = nrec
   if nrec > 0 then
-    call('XADD', KEYS[2], '*', 'n', nrec, 'v', blob)
+    call('XADD', KEYS[K_OUT], '*', 'n', nrec, 'v', blob)
     for i = 3, 2 + 2 * nrec, 2 * CHUNK do
-      call('HSET', KEYS[1], unpack(argv, i, math.min(i + 2 * CHUNK - 1, 2 + 2 * nrec)))
+      call('HSET', KEYS[K_REGISTRY], unpack(argv, i, math.min(i + 2 * CHUNK - 1, 2 + 2 * nrec)))
     end
   end
   for i = tb + 7, tb + 6 + 2 * nagg, 2 do
     local t, n = argv[i], tonumber(argv[i + 1])
     tags[t] = n
-    if byte(t, 1) ~= 45 then wr = wr + n end -- '-'
-    if byte(t, 2) ~= 45 then wp = wp + n end
+    if byte(t, 1) ~= NO_BUCKET then wr = wr + n end
+    if byte(t, 2) ~= NO_BUCKET then wp = wp + n end
   end
-  if nrej > 0 then call('XADD', KEYS[8], '*', 'n', nrej, 'v', argv[tb + 8 + 2 * nagg]) end
-else
-  local recs_in, tags_in = split(blob, nrec), split(argv[tb + 5], nrec)
-  if not recs_in or not tags_in then return redis.error_reply('ERR emit.lua: bad shape') end
-  local reg, recs, held, decided, returned, nreg = {}, {}, {}, {}, {}, 0
+  if nrej > 0 then call('XADD', KEYS[K_DECISIONS], '*', 'n', nrej, 'v', argv[tb + 8 + 2 * nagg]) end
+end
+
+-- The fresh records sorted out: {registry pairs, records to write, held pairs, decisions,
+-- returns}; tags counted. A pending cancel's HDEL of '\0nc' and a cancellation's HDEL of its
+-- held record happen here.
+local function sort_fresh(fresh, recs_in, tags_in)
+  local w = { reg = {}, recs = {}, held = {}, decided = {}, returned = {} }
+  local reg, held, decided = w.reg, w.held, w.decided
   for k = 1, nrec do
     if fresh[k] then
       local oid, value, rec = argv[1 + 2 * k], argv[2 + 2 * k], recs_in[k]
@@ -133,70 +152,100 @@ else
       local t = tags_in[k]
       if t ~= '' then
         tags[t] = (tags[t] or 0) + 1
-        if byte(t, 1) ~= 45 then wr = wr + 1 end -- '-'
-        if byte(t, 2) ~= 45 then wp = wp + 1 end
+        if byte(t, 1) ~= NO_BUCKET then wr = wr + 1 end
+        if byte(t, 2) ~= NO_BUCKET then wp = wp + 1 end
       end
-      nreg = nreg + 1
-      reg[2 * nreg - 1] = oid
-      reg[2 * nreg] = value
-      if kind == 72 then -- 'H'
+      reg[#reg + 1] = oid
+      reg[#reg + 1] = value
+      local prefix = sub(oid, 1, PREFIX)
+      if kind == HELD_BYTE then
         held[#held + 1] = oid
         held[#held + 1] = rec
-        decided[#decided + 1] = oid .. '\31A'
+        decided[#decided + 1] = oid .. SEP .. ACCEPTED
       elseif rec == '' then -- a pending cancel: registry only
-        if string.sub(oid, 1, 3) == REG_EARLY_CANCEL then no_early = false; call('HDEL', KEYS[1], REG_NO_EARLY) end
-      elseif string.sub(oid, 1, 3) == REG_RETURN then
-        returned[#returned + 1] = rec
+        if prefix == REG_EARLY_CANCEL then no_early = false; call('HDEL', KEYS[K_REGISTRY], REG_NO_EARLY) end
+      elseif prefix == REG_RETURN then
+        w.returned[#w.returned + 1] = rec
       else
-        if string.sub(oid, 1, 3) == REG_CANCEL then call('HDEL', KEYS[7], string.sub(oid, 4)) end
+        if prefix == REG_CANCEL then call('HDEL', KEYS[K_HELD], sub(oid, PREFIX + 1)) end
         written = written + 1
-        recs[written] = rec
-        if kind == 114 then decided[#decided + 1] = oid .. '\31R' end -- 'r'
+        w.recs[written] = rec
+        if kind == CAMPAIGN_REJECTED_BYTE then decided[#decided + 1] = oid .. SEP .. REJECTED end
       end
     end
   end
+  return w
+end
+
+-- The slow path: record by record (a replay, a held record, an internal field).
+local function write_sorted(fresh)
+  local recs_in, tags_in = split(blob, nrec), split(argv[tb + 5], nrec)
+  if not recs_in or not tags_in then return redis.error_reply('ERR emit.lua: bad shape') end
+  local w = sort_fresh(fresh, recs_in, tags_in)
+  local reg, held = w.reg, w.held
   if written > 0 then
     -- One entry per batch: a redis.call costs far more than the bytes it writes.
-    call('XADD', KEYS[2], '*', 'n', written, 'v', table.concat(recs, '\30'))
+    call('XADD', KEYS[K_OUT], '*', 'n', written, 'v', table.concat(w.recs, RS))
   end
-  for i = 1, #held, CHUNK do call('HSET', KEYS[7], unpack(held, i, math.min(i + CHUNK - 1, #held))) end
-  if #returned > 0 then
-    call('XADD', KEYS[9], '*', 'n', #returned, 'v', table.concat(returned, '\30'))
+  for i = 1, #held, CHUNK do call('HSET', KEYS[K_HELD], unpack(held, i, math.min(i + CHUNK - 1, #held))) end
+  if #w.returned > 0 then
+    call('XADD', KEYS[K_RETURNS], '*', 'n', #w.returned, 'v', table.concat(w.returned, RS))
   end
-  if #decided > 0 then
-    call('XADD', KEYS[8], '*', 'n', #decided, 'v', table.concat(decided, '\30'))
+  if #w.decided > 0 then
+    call('XADD', KEYS[K_DECISIONS], '*', 'n', #w.decided, 'v', table.concat(w.decided, RS))
   end
   for i = 1, #reg, CHUNK do
-    call('HSET', KEYS[1], unpack(reg, i, math.min(i + CHUNK - 1, #reg)))
+    call('HSET', KEYS[K_REGISTRY], unpack(reg, i, math.min(i + CHUNK - 1, #reg)))
+  end
+  return nil
+end
+
+local function write_dead()
+  for i = 1, ndl do
+    local q = p + 3 * (i - 1) + 1
+    if call('HSETNX', KEYS[K_REGISTRY], REG_DEAD .. argv[q], DEAD) == 1 then
+      call('XADD', KEYS[K_DEAD_LETTERS], '*', 'id', argv[q], 'raw', argv[q + 1], 'reason', argv[q + 2])
+      dead = dead + 1
+    end
   end
 end
-for i = 1, ndl do
-  local q = p + 3 * (i - 1) + 1
-  if redis.call('HSETNX', KEYS[1], REG_DEAD .. ARGV[q], 'D') == 1 then
-    redis.call('XADD', KEYS[3], '*', 'id', ARGV[q], 'raw', ARGV[q + 1], 'reason', ARGV[q + 2])
-    dead = dead + 1
-  end
-end
-if written > 0 then redis.call('HINCRBY', KEYS[6], 'records', written) end
-if dead > 0 then redis.call('HINCRBY', KEYS[6], 'dead', dead) end
-for t, n in pairs(tags) do redis.call('HINCRBY', KEYS[6], 'm' .. t, n) end
+
 local function add_sum(field, sum, n, new)
   sum, n = tonumber(argv[sum]), tonumber(argv[n])
   if new > 0 and sum and n and n > 0 then
-    redis.call('HINCRBY', KEYS[6], field, math.floor(sum * new / n + 0.5))
+    call('HINCRBY', KEYS[K_COUNTERS], field, math.floor(sum * new / n + 0.5))
   end
 end
-add_sum('sum_r', tb + 1, tb + 2, wr)
-add_sum('sum_p', tb + 3, tb + 4, wp)
-if last ~= '-' then
-  local wm = redis.call('GET', KEYS[5])
+
+local function count()
+  if written > 0 then call('HINCRBY', KEYS[K_COUNTERS], 'records', written) end
+  if dead > 0 then call('HINCRBY', KEYS[K_COUNTERS], 'dead', dead) end
+  for t, n in pairs(tags) do call('HINCRBY', KEYS[K_COUNTERS], 'm' .. t, n) end
+  add_sum('sum_r', tb + 1, tb + 2, wr)
+  add_sum('sum_p', tb + 3, tb + 4, wp)
+end
+
+local function advance_watermark()
+  if last == '-' then return end
+  local wm = call('GET', KEYS[K_WATERMARK])
   if not wm or id_lt(wm, last) then
-    redis.call('SET', KEYS[5], last)
+    call('SET', KEYS[K_WATERMARK], last)
     -- Everything before `last` has its outcome stored: it is never needed again, even by a
     -- resume from an older snapshot (replays of it are skipped by the registry).
-    local trimmed = redis.call('XTRIM', KEYS[4], 'MINID', '~', last)
-    if trimmed > 0 then redis.call('HINCRBY', KEYS[6], 'trimmed', trimmed) end
+    local trimmed = call('XTRIM', KEYS[K_INPUT], 'MINID', '~', last)
+    if trimmed > 0 then call('HINCRBY', KEYS[K_COUNTERS], 'trimmed', trimmed) end
   end
 end
-if no_early then call('HSET', KEYS[1], REG_NO_EARLY, 1) end
-return { written, dead, call('HEXISTS', KEYS[1], REG_NO_EARLY) }
+
+local fresh, plain = read_fresh()
+if plain then
+  write_plain()
+else
+  local failed = write_sorted(fresh)
+  if failed then return failed end
+end
+write_dead()
+count()
+advance_watermark()
+if no_early then call('HSET', KEYS[K_REGISTRY], REG_NO_EARLY, 1) end
+return { written, dead, call('HEXISTS', KEYS[K_REGISTRY], REG_NO_EARLY) }

@@ -26,6 +26,6 @@ for i = 4, #ARGV, 2 do
   end
 end
 if #out > 0 then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '\31' .. table.concat(out, '\31'))
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. SEP .. table.concat(out, SEP))
 end
 return out

@@ -1,8 +1,25 @@
--- lib_stock.lua: prepended by state/store.py to the scripts that take or return units
--- (decide, reserve_parts, release_parts), so what they share is written once.
+-- lib_stock.lua: prepended (state/conn.py lua(), after lib_protocol.lua) to the scripts that
+-- take or return units (decide, reserve_parts, release_parts, undo_units, return_units,
+-- set_stock: state/skus.py) and to those of the first-N campaigns (settle, candidates:
+-- state/campaigns.py), so what they share is written once.
 --
--- Needs KEYS laid out per SKU i as those scripts do: KEYS[6i-5] stock hash, KEYS[6i-2] alerts,
--- KEYS[6i-1] campaign candidates, KEYS[6i] campaign progress.
+-- KEYS, per SKU i of a call (1-based), as those scripts lay them out: KEYS[SKU_KEYS * i - K]
+-- for K one of the K_* below (sku_key(i, K) reads it). All of one SKU share a slot.
+local SKU_KEYS = 6 -- keys per SKU
+local K_STOCK = 5 -- its stock hash (location -> units, plus NUL-prefixed rules and flags)
+local K_RECORDS = 4 -- its decision hash (decide.lua) or parts hash (reserve_parts.lua)
+local K_BOUGHT = 3 -- units sold per customer
+local K_ALERTS = 2 -- its low-stock alerts stream
+local K_CANDIDATES = 1 -- its first-N campaigns' candidates ZSET
+local K_PROGRESS = 0 -- its first-N campaigns' progress hash
+
+local function sku_key(i, k) return KEYS[SKU_KEYS * i - k] end
+
+-- Which internal field of a stock hash read_stock is reading: its second byte ('\0Lq:', '\0Lu:',
+-- '\0Lc:' are a channel lock's; '\0G:' and '\0Gl:' a campaign's, '\0Gl:' with this third byte).
+local LOCK_TAG = string.byte(LOCK_QTY, 2)
+local CAMPAIGN_TAG = string.byte(CAMPAIGN, 2)
+local LATENESS_TAG = string.byte(CAMPAIGN_LATENESS, 3)
 
 -- A SKU's stock hash as a table (fields -> numbers), its units over all locations (fields
 -- that start with a NUL byte are the marker, rules and flags, not locations), and its channel
@@ -18,22 +35,30 @@ local function read_stock(key)
     t[f] = q
     if string.byte(f, 1) ~= 0 then
       if q > 0 then units = units + q end
-    elseif string.byte(f, 2) == 76 then -- 'L'
+    elseif string.byte(f, 2) == LOCK_TAG then
       locks = locks or {}
-      local ch = string.sub(f, 5)
+      local ch = string.sub(f, #LOCK_QTY + 1)
       local l = locks[ch]
       if not l then l = { q = 0, u = 0, c = 0 }; locks[ch] = l end
       l[string.sub(f, 3, 3)] = q
-    elseif string.byte(f, 2) == 71 then -- 'G'
+    elseif string.byte(f, 2) == CAMPAIGN_TAG then
       camps = camps or {}
-      local long = string.byte(f, 3) == 108 -- '\0Gl:<campaign>'
-      local id = string.sub(f, long and 5 or 4)
+      local long = string.byte(f, 3) == LATENESS_TAG -- '\0Gl:<campaign>'
+      local id = string.sub(f, long and #CAMPAIGN_LATENESS + 1 or #CAMPAIGN + 1)
       local c = camps[id]
       if not c then c = { n = 0, l = 0 }; camps[id] = c end
       c[long and 'l' or 'n'] = q
     end
   end
   return t, units, locks, camps
+end
+
+local LATE = SEP .. 'L' -- the suffix of a late candidate's member (settle.lua reads it)
+
+-- The two members an order `oid` may have in campaign `id`'s candidates (on time, late).
+local function candidate_members(id, oid)
+  local m = id .. SEP .. oid
+  return m, m .. LATE
 end
 
 -- First-N gift campaigns: an accepted order with units of a campaign SKU becomes a candidate
@@ -54,7 +79,7 @@ local function add_candidate(camps, progress, adds, oid, paid, now, always)
       local upto = progress[id .. ':upto']
       local late = upto ~= nil and paid < upto
       adds[#adds + 1] = paid
-      adds[#adds + 1] = id .. '\31' .. oid .. (late and '\31L' or '')
+      adds[#adds + 1] = id .. SEP .. oid .. (late and LATE or '')
       progress[id .. ':arrived'] = now
     end
   end
@@ -71,14 +96,14 @@ end
 local function write_progress(i, progress, adds)
   if #adds == 0 then return end
   for j = 1, #adds, 4000 do
-    redis.call('ZADD', KEYS[6 * i - 1], unpack(adds, j, math.min(j + 3999, #adds)))
+    redis.call('ZADD', sku_key(i, K_CANDIDATES), unpack(adds, j, math.min(j + 3999, #adds)))
   end
   local args = {}
   for f, v in pairs(progress) do
     args[#args + 1] = f
     args[#args + 1] = v
   end
-  redis.call('HSET', KEYS[6 * i], unpack(args))
+  redis.call('HSET', sku_key(i, K_PROGRESS), unpack(args))
 end
 
 local function wall_ms()
@@ -114,30 +139,45 @@ local function write_changed(key, changed, values)
   if #args > 0 then redis.call('HSET', key, unpack(args)) end
 end
 
--- Stock alerts of SKU i (rule '\0low' = low_stock_threshold; a SKU without one has none):
--- its alert level, from its units (over all locations) now: 2 sold out (0 units), 1 low
--- (1..threshold), 0 in stock (above it; a threshold of 0 has only levels 0 and 2). The level
--- last alerted is the field '\0alerted' of the stock hash (absent = 0). An alert is raised
--- exactly when the level changes: to 1 'low_stock', to 2 'sold_out', to 0 'back_in_stock';
--- one alert per change, so a fall from in stock straight to 0 is one 'sold_out' (no
--- low_stock before it) and a restock from 0 to 1..threshold is one 'low_stock'. Called after
--- every change of the units (decide, reserve/release parts, undo, return; set_stock.lua
--- does the same at a catalog load), so each transition is raised once and a replay, which
--- changes no units, raises nothing. `remaining` = the units right after the change.
+-- Stock alerts (rule '\0low' = low_stock_threshold; a SKU without one has none): the alert
+-- level of a SKU (alert_level), from its units (over all locations) now: 2 sold out (0
+-- units), 1 low (1..threshold), 0 in stock (above it; a threshold of 0 has only levels 0 and
+-- 2). The level last alerted is the field '\0alerted' of the stock hash (absent = 0). An
+-- alert is raised exactly when the level changes: to 1 'low_stock', to 2 'sold_out', to 0
+-- 'back_in_stock'; one alert per change, so a fall from in stock straight to 0 is one
+-- 'sold_out' (no low_stock before it) and a restock from 0 to 1..threshold is one
+-- 'low_stock'. Settled after every change of the units (settle_alert: decide, reserve/release
+-- parts, undo, return; set_stock.lua at a catalog load, with alert_level and raise_alert), so
+-- each transition is raised once and a replay, which changes no units, raises nothing. The
+-- read path judges the same level in Python (state/stock.py read_alone).
 local ALERT_REASON = { [0] = 'back_in_stock', 'low_stock', 'sold_out' }
+
+local function alert_level(units, low)
+  if units <= 0 then return 2 elseif units <= low then return 1 end
+  return 0
+end
+
+-- The alert of SKU `name` whose level changed to `level` at `units` left: to its alerts
+-- stream, and its new level to the stock hash and to `fields` (its stock table).
+local function raise_alert(stock_key, alerts_key, name, units, level, fields)
+  redis.call('XADD', alerts_key, '*', 'sku', name, 'remaining', units,
+    'reason', ALERT_REASON[level], 'at', wall_ms())
+  if level == 0 then
+    redis.call('HDEL', stock_key, ALERTED)
+    fields[ALERTED] = nil
+  else
+    redis.call('HSET', stock_key, ALERTED, level)
+    fields[ALERTED] = level
+  end
+end
+
+-- SKU i's alert (the KEYS layout above) after a change of its units: `units` = its units
+-- right after the change, `fields` = its stock table (read_stock).
 local function settle_alert(i, name, units, fields)
   local low = fields[RULE_LOW]
   if not low then return end
-  local level = 0
-  if units <= 0 then level = 2 elseif units <= low then level = 1 end
-  if level == (fields[ALERTED] or 0) then return end
-  redis.call('XADD', KEYS[6 * i - 2], '*', 'sku', name, 'remaining', units,
-    'reason', ALERT_REASON[level], 'at', wall_ms())
-  if level == 0 then
-    redis.call('HDEL', KEYS[6 * i - 5], ALERTED)
-    fields[ALERTED] = nil
-  else
-    redis.call('HSET', KEYS[6 * i - 5], ALERTED, level)
-    fields[ALERTED] = level
+  local level = alert_level(units, low)
+  if level ~= (fields[ALERTED] or 0) then
+    raise_alert(sku_key(i, K_STOCK), sku_key(i, K_ALERTS), name, units, level, fields)
   end
 end

@@ -7,34 +7,37 @@
 -- Returns per order: 1 released now, 2 released before (nothing to do), 0 not emitted yet
 -- (its batch is still on its way: ask again later), 3 the order was cancelled (its record
 -- says so; a gift taken for it must go back). Released records go out as one stream
--- entry; the registry value turns from "H..." to "G..." so a replay knows.
+-- entry; the registry value turns from HELD ("H...") to CANDIDATE ("G...") so a replay knows.
+local NOT_EMITTED, RELEASED, RELEASED_BEFORE, WAS_CANCELLED = 0, 1, 2, 3 -- the answers above
+local HELD_RECORD = '^(.-)' .. GS .. '(.*)$' -- a held record: its head, GS, its outcome
 local n = tonumber(ARGV[1])
 if not n or #ARGV ~= 1 + 3 * n then return redis.error_reply('ERR release_held.lua: bad arguments') end
 local out, recs, reg = {}, {}, {}
 for i = 1, n do
   local oid, gift, late = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
   local value = redis.call('HGET', KEYS[1], oid)
-  if (value and string.byte(value, 1) == 67) -- 'C': cancelled in its own batch
+  local code = value and string.sub(value, 1, 1)
+  if code == CANCELLED -- cancelled in its own batch
      or redis.call('HEXISTS', KEYS[1], REG_CANCELLING .. oid) == 1 then -- a cancel is under way
     redis.call('HDEL', KEYS[3], oid)
-    out[i] = 3
+    out[i] = WAS_CANCELLED
   elseif not value then
-    out[i] = 0
-  elseif string.byte(value, 1) ~= 72 then -- not 'H': released before
-    out[i] = 2
+    out[i] = NOT_EMITTED
+  elseif code ~= HELD then -- released before
+    out[i] = RELEASED_BEFORE
   else
     local h = redis.call('HGET', KEYS[3], oid) or ''
-    local head, outcome = string.match(h, '^(.-)\29(.*)$')
+    local head, outcome = string.match(h, HELD_RECORD)
     if not head then return redis.error_reply('ERR release_held.lua: no held record for ' .. oid) end
-    recs[#recs + 1] = head .. '\31' .. gift .. '\31' .. late .. '\31' .. outcome
+    recs[#recs + 1] = head .. SEP .. gift .. SEP .. late .. SEP .. outcome
     reg[#reg + 1] = oid
-    reg[#reg + 1] = 'G' .. string.sub(value, 2)
+    reg[#reg + 1] = CANDIDATE .. string.sub(value, 2)
     redis.call('HDEL', KEYS[3], oid)
-    out[i] = 1
+    out[i] = RELEASED
   end
 end
 if #recs > 0 then
-  redis.call('XADD', KEYS[2], '*', 'n', #recs, 'v', table.concat(recs, '\30'))
+  redis.call('XADD', KEYS[2], '*', 'n', #recs, 'v', table.concat(recs, RS))
   for j = 1, #reg, 4000 do redis.call('HSET', KEYS[1], unpack(reg, j, math.min(j + 3999, #reg))) end
   redis.call('HINCRBY', KEYS[4], 'records', #recs)
 end

@@ -1,16 +1,15 @@
 -- release_parts.lua: undo this slot's part of orders that could not be reserved whole.
 --
--- KEYS: as reserve_parts.lua: per SKU i, KEYS[6i-5] stock hash, KEYS[6i-4] parts hash,
---       KEYS[6i-3] units sold per customer, KEYS[6i-2] alerts stream, KEYS[6i-1] campaign
---       candidates (a released order's candidacy goes too), KEYS[6i] campaign progress.
+-- KEYS: as reserve_parts.lua (lib_stock.lua sku_key): per SKU i, K_STOCK stock hash,
+--       K_RECORDS parts hash, K_BOUGHT units sold per customer, K_ALERTS alerts stream,
+--       K_CANDIDATES campaign candidates (a released order's candidacy goes too), K_PROGRESS
+--       campaign progress.
 -- ARGV: nskus, sku names (nskus), norders, then per order: order_id, home (SKU index).
 -- Returns: how many parts were released: their units go back to the locations they came
 -- from, leave the customer's count and go back into the channel's lock they were drawn from
 -- (if the SKU still has one). Idempotent: releasing twice is a no-op.
-local SEP = '\31'
-
 local nskus = tonumber(ARGV[1])
-if not nskus or #KEYS ~= 6 * nskus then return redis.error_reply('ERR release_parts.lua: bad header') end
+if not nskus or #KEYS ~= SKU_KEYS * nskus then return redis.error_reply('ERR release_parts.lua: bad header') end
 local index = {}
 for i = 1, nskus do index[ARGV[1 + i]] = i end
 local p = 2 + nskus
@@ -20,7 +19,7 @@ local parsed = {}
 for o = 1, norders do
   local oid, home = ARGV[p + 2 * o - 1], tonumber(ARGV[p + 2 * o])
   if not home or home < 1 or home > nskus then return redis.error_reply('ERR release_parts.lua: bad home') end
-  local stored = redis.call('HGET', KEYS[6 * home - 4], oid)
+  local stored = redis.call('HGET', sku_key(home, K_RECORDS), oid)
   if stored then
     local f = {}
     for field in string.gmatch(stored, '[^' .. SEP .. ']+') do f[#f + 1] = field end
@@ -37,23 +36,22 @@ for _, x in ipairs(parsed) do
   local customer, channel = f[1], f[2]
   for i = 3, #f, 5 do
     local s, q, own = index[f[i + 1]], tonumber(f[i + 2]), tonumber(f[i + 4])
-    redis.call('HINCRBY', KEYS[6 * s - 5], f[i], q)
-    if f[i + 3] == '1' then redis.call('HINCRBY', KEYS[6 * s - 3], customer, -q) end
-    if own > 0 and redis.call('HEXISTS', KEYS[6 * s - 5], LOCK_QTY .. channel) == 1 then
-      redis.call('HINCRBY', KEYS[6 * s - 5], LOCK_USED .. channel, -own)
+    redis.call('HINCRBY', sku_key(s, K_STOCK), f[i], q)
+    if f[i + 3] == '1' then redis.call('HINCRBY', sku_key(s, K_BOUGHT), customer, -q) end
+    if own > 0 and redis.call('HEXISTS', sku_key(s, K_STOCK), LOCK_QTY .. channel) == 1 then
+      redis.call('HINCRBY', sku_key(s, K_STOCK), LOCK_USED .. channel, -own)
     end
   end
-  redis.call('HDEL', KEYS[6 * x[2] - 4], x[1])
+  redis.call('HDEL', sku_key(x[2], K_RECORDS), x[1])
 end
 if #parsed > 0 then -- units came back: an alert flag may clear; candidacies end
   for name, s in pairs(index) do
-    local t, units, _, camps = read_stock(KEYS[6 * s - 5])
+    local t, units, _, camps = read_stock(sku_key(s, K_STOCK))
     settle_alert(s, name, units, t)
     if camps then
       for _, x in ipairs(parsed) do
         for id in pairs(camps) do
-          local member = id .. SEP .. x[1]
-          redis.call('ZREM', KEYS[6 * s - 1], member, member .. SEP .. 'L')
+          redis.call('ZREM', sku_key(s, K_CANDIDATES), candidate_members(id, x[1]))
         end
       end
     end

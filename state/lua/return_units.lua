@@ -1,9 +1,9 @@
 -- return_units.lua: put returned units back at the named location (this slot's SKUs).
 --
--- KEYS: per SKU i, the decide.lua layout: KEYS[6i-5] stock hash, KEYS[6i-4] decision hash
---       (it keeps "\0r:<digest>" per applied return and "\0rq:<order id>" = units of the SKU
---       returned for the order so far; a cancel's "\0u:<order id>", see undo_units.lua),
---       KEYS[6i-2] alerts stream (the others unused here).
+-- KEYS: per SKU i, the decide.lua layout (lib_stock.lua sku_key): K_STOCK stock hash,
+--       K_RECORDS decision hash (it keeps "\0r:<digest>" per applied return and
+--       "\0rq:<order id>" = units of the SKU returned for the order so far; a cancel's
+--       "\0u:<order id>", see undo_units.lua), K_ALERTS alerts stream (the others unused here).
 -- ARGV: nskus, sku names (nskus), n, then per line: sku index, order id, return digest,
 --       location, qty, shipped (units of the SKU the order shipped, over all its shipments;
 --       a hot SKU's buckets count as the SKU, whose own keys take its returns).
@@ -15,8 +15,13 @@
 -- - else applied: the units back at the location, '\0rq' counts them, each line answers 1.
 -- So, with undo_units.lua, the units given back for an order never exceed those it shipped;
 -- the caller checks first (for the human reason), this is the atomic check.
+local APPLIED_BEFORE = 0 -- the codes of each line, as above
+local APPLIED = 1
+local CANCELLED_ORDER = 2
+local MORE_THAN_SHIPPED = 3
+local WITH_A_REFUSED_LINE = 4
 local nskus = tonumber(ARGV[1])
-if not nskus or #KEYS ~= 6 * nskus then return redis.error_reply('ERR return_units.lua: bad header') end
+if not nskus or #KEYS ~= SKU_KEYS * nskus then return redis.error_reply('ERR return_units.lua: bad header') end
 local names = {}
 for i = 1, nskus do names[i] = ARGV[1 + i] end
 local p = 2 + nskus
@@ -41,45 +46,45 @@ local out, touched = {}, {}
 for _, digest in ipairs(digests) do
   local g = groups[digest]
   local oid = lines[g[1]].oid
-  local code, bad = 1, nil
-  if redis.call('HEXISTS', KEYS[6 * lines[g[1]].s - 4], DEC_RETURN .. digest) == 1 then
-    code = 0 -- a return's lines in one slot are applied together: one marker tells
+  local code, bad = APPLIED, nil
+  if redis.call('HEXISTS', sku_key(lines[g[1]].s, K_RECORDS), DEC_RETURN .. digest) == 1 then
+    code = APPLIED_BEFORE -- a return's lines in one slot are applied together: one marker tells
   else
     local want = {}
     for _, i in ipairs(g) do
       local l = lines[i]
       want[l.s] = (want[l.s] or 0) + l.q
-      local dec = KEYS[6 * l.s - 4]
+      local dec = sku_key(l.s, K_RECORDS)
       if redis.call('HEXISTS', dec, DEC_UNDONE .. oid) == 1 then
-        code, bad = 2, i
+        code, bad = CANCELLED_ORDER, i
         break
       end
       if tonumber(redis.call('HGET', dec, DEC_RETURNED .. oid) or '0') + want[l.s] > l.shipped then
-        code, bad = 3, i
+        code, bad = MORE_THAN_SHIPPED, i
         break
       end
     end
   end
-  if code == 1 then
+  if code == APPLIED then
     local counted = {}
     for _, i in ipairs(g) do
       local l = lines[i]
-      local dec = KEYS[6 * l.s - 4]
+      local dec = sku_key(l.s, K_RECORDS)
       if not counted[l.s] then
         counted[l.s] = true
         redis.call('HSET', dec, DEC_RETURN .. digest, 1)
       end
-      redis.call('HINCRBY', KEYS[6 * l.s - 5], l.loc, l.q)
+      redis.call('HINCRBY', sku_key(l.s, K_STOCK), l.loc, l.q)
       redis.call('HINCRBY', dec, DEC_RETURNED .. l.oid, l.q)
       touched[l.s] = true
     end
   end
   for _, i in ipairs(g) do
-    out[i] = (bad and i ~= bad) and 4 or code
+    out[i] = (bad and i ~= bad) and WITH_A_REFUSED_LINE or code
   end
 end
 for s in pairs(touched) do -- units came back: the SKU's alert level may change
-  local t, units = read_stock(KEYS[6 * s - 5])
+  local t, units = read_stock(sku_key(s, K_STOCK))
   settle_alert(s, names[s], units, t)
 end
 return out

@@ -45,7 +45,7 @@ if camps then
     end
     if upto then
       local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', upto, 'WITHSCORES', 'LIMIT', 0, MAX)
-      local prefix = id .. '\31'
+      local prefix = id .. SEP
       local rank = progress[id .. ':ranks'] or 0
       local moved, pushed, upto_n = {}, {}, nil
       for k = 1, #due, 2 do
@@ -53,9 +53,9 @@ if camps then
         if string.sub(m, 1, #prefix) == prefix then
           local rest = string.sub(m, #prefix + 1)
           local late = '0'
-          if string.sub(rest, -2) == '\31L' then late, rest = '1', string.sub(rest, 1, -3) end
+          if string.sub(rest, -#LATE) == LATE then late, rest = '1', string.sub(rest, 1, -#LATE - 1) end
           rank = rank + 1
-          pushed[#pushed + 1] = prefix .. rest .. '\31' .. rank .. '\31' .. late .. '\31' .. paid
+          pushed[#pushed + 1] = prefix .. rest .. SEP .. rank .. SEP .. late .. SEP .. paid
           moved[#moved + 1] = m
           if not upto_n or tonumber(paid) >= upto_n then upto_n = tonumber(paid) + 1 end
         end

@@ -12,6 +12,8 @@
 -- Counts (progress hash): "<campaign>:awarded" ranks that got a gift unit, "<campaign>:late"
 -- ranks of orders later than the lateness bound.
 -- Returns how many were acknowledged now.
+-- a settled LIST entry: campaign, order id, rank, late, paid_at
+local SETTLED = '^(.-)' .. SEP .. '(.*)' .. SEP .. '(%d+)' .. SEP .. '([01])' .. SEP .. '(%d+)$'
 local whole, n = ARGV[1] == '1', tonumber(ARGV[2])
 if not n or #ARGV ~= 2 + 2 * n then return redis.error_reply('ERR settled_ack.lua: bad arguments') end
 if whole and n > 0 then -- the common case: check the LIST still starts with them, then trim
@@ -24,8 +26,8 @@ local out, ended, counts = {}, {}, {}
 for i = 1, n do
   local entry, gift = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
   if whole or redis.call('LREM', KEYS[2], 1, entry) == 1 then
-    local camp, oid, rank, late, paid = string.match(entry, '^(.-)\31(.*)\31(%d+)\31([01])\31(%d+)$')
-    out[#out + 1] = camp .. '\31' .. oid .. '\31' .. rank .. '\31' .. gift .. '\31' .. late .. '\31' .. paid
+    local camp, oid, rank, late, paid = string.match(entry, SETTLED)
+    out[#out + 1] = camp .. SEP .. oid .. SEP .. rank .. SEP .. gift .. SEP .. late .. SEP .. paid
     if gift ~= '' and string.byte(gift, 1) ~= 0 then -- a location, not a marker
       counts[camp .. ':awarded'] = (counts[camp .. ':awarded'] or 0) + 1
     end
@@ -38,5 +40,5 @@ for i = 1, n do
 end
 if whole and n > 0 then redis.call('LTRIM', KEYS[2], n, -1) end
 for field, k in pairs(counts) do redis.call('HINCRBY', KEYS[1], field, k) end
-if #out > 0 then redis.call('XADD', KEYS[3], '*', 'n', #out, 'v', table.concat(out, '\30')) end
+if #out > 0 then redis.call('XADD', KEYS[3], '*', 'n', #out, 'v', table.concat(out, RS)) end
 return #out

@@ -1,11 +1,11 @@
 -- undo_units.lua: give a cancelled order's units back, this slot's part (idempotent), never
 -- more than is still out.
 --
--- KEYS: per SKU i of this call, the decide.lua layout: KEYS[6i-5] stock hash, KEYS[6i-4]
---       decision hash (it keeps the marker "\0u:<order id>" once the units are back, and the
---       count "\0rq:<order id>" of units of the SKU returned for the order, see
---       return_units.lua), KEYS[6i-3] units sold per customer, KEYS[6i-2] alerts,
---       KEYS[6i-1] campaign candidates, KEYS[6i] campaign progress.
+-- KEYS: per SKU i of this call, the decide.lua layout (lib_stock.lua sku_key): K_STOCK stock
+--       hash, K_RECORDS decision hash (it keeps the marker "\0u:<order id>" once the units are
+--       back, and the count "\0rq:<order id>" of units of the SKU returned for the order, see
+--       return_units.lua), K_BOUGHT units sold per customer, K_ALERTS alerts,
+--       K_CANDIDATES campaign candidates, K_PROGRESS campaign progress.
 -- ARGV: nskus, sku names (nskus), norders, then per order: order id, n, then n quadruples
 --       (sku index, location, qty >= 0, returned): the order's allocations in this slot, in
 --       the order of its outcome. `returned` (read on a SKU's first quadruple) = units of the
@@ -23,7 +23,7 @@
 -- Returns per order {candidacies removed (0: none, or already settled), then per SKU of the
 -- order in this call (in order of first appearance) its units returned before the cancel}.
 local nskus = tonumber(ARGV[1])
-if not nskus or #KEYS ~= 6 * nskus then return redis.error_reply('ERR undo_units.lua: bad header') end
+if not nskus or #KEYS ~= SKU_KEYS * nskus then return redis.error_reply('ERR undo_units.lua: bad header') end
 local names = {}
 for i = 1, nskus do names[i] = ARGV[1 + i] end
 local p = 2 + nskus
@@ -59,20 +59,19 @@ for o, od in ipairs(orders) do
   local res = { 0 }
   for _, s in ipairs(skus) do
     local allocs, returned = by_sku[s][1], by_sku[s][2]
-    returned = returned + tonumber(redis.call('HGET', KEYS[6 * s - 4], DEC_RETURNED .. oid) or '0')
+    returned = returned + tonumber(redis.call('HGET', sku_key(s, K_RECORDS), DEC_RETURNED .. oid) or '0')
     res[#res + 1] = returned
-    if redis.call('HSETNX', KEYS[6 * s - 4], DEC_UNDONE .. oid, 1) == 1 then
-      local _, _, _, camps = read_stock(KEYS[6 * s - 5])
+    if redis.call('HSETNX', sku_key(s, K_RECORDS), DEC_UNDONE .. oid, 1) == 1 then
+      local _, _, _, camps = read_stock(sku_key(s, K_STOCK))
       for id in pairs(camps or {}) do
-        local m = id .. '\31' .. oid
-        res[1] = res[1] + redis.call('ZREM', KEYS[6 * s - 1], m, m .. '\31L')
+        res[1] = res[1] + redis.call('ZREM', sku_key(s, K_CANDIDATES), candidate_members(id, oid))
       end
       for j = #allocs, 1, -1 do -- what came back already is taken off the last ones first
         local loc, q = allocs[j][1], allocs[j][2]
         local cut = math.min(returned, q)
         returned = returned - cut
         if q > cut then
-          redis.call('HINCRBY', KEYS[6 * s - 5], loc, q - cut)
+          redis.call('HINCRBY', sku_key(s, K_STOCK), loc, q - cut)
           touched[s] = true
         end
       end
@@ -81,7 +80,7 @@ for o, od in ipairs(orders) do
   out[o] = res
 end
 for s in pairs(touched) do -- units came back: the SKU's alert level may change
-  local t, units = read_stock(KEYS[6 * s - 5])
+  local t, units = read_stock(sku_key(s, K_STOCK))
   settle_alert(s, names[s], units, t)
 end
 return out
