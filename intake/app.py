@@ -1,7 +1,8 @@
 """The intake's ASGI application (served by uvicorn with uvloop and httptools).
 
 A plain ASGI callable rather than a framework: the hot path is one route and measured 26k
-signed requests/s bare against Starlette's 16-17k on this machine (README, "Webhook intake").
+signed requests/s bare against Starlette's 16-17k on this machine (docs/decisions.md,
+"uvicorn with a plain ASGI app").
 
 Per request, in this order: read the raw bytes (413 past the limit), verify the signature on
 those bytes with a constant-time compare (401), refuse a stale signed timestamp (401), parse
@@ -28,6 +29,8 @@ from intake.committer import TRANSIENT, Committer, Unavailable, connect
 from onestock.domain.sharding import shard_of, shard_of_id
 from onestock.ops.dashboard import Dashboard
 from state import keys
+
+REQUESTS, EVENTS = keys.INTAKE_REQUESTS, keys.INTAKE_EVENTS  # the kinds of counts
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -131,7 +134,7 @@ class IntakeApp:
         except _Refused as r:
             source = SOURCES.get(scope["path"])
             if source is not None:
-                self.counts[f"r:{source}:{REFUSALS.get(r.status, str(r.status))}"] += 1
+                self.counts[f"{REQUESTS}:{source}:{REFUSALS.get(r.status, str(r.status))}"] += 1
             await _reply(send, r.status, {"error": r.error}, r.retry_after)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -216,7 +219,7 @@ class IntakeApp:
         if b"x-wc-webhook-signature" not in headers and body.startswith(b"webhook_id="):
             # WooCommerce pings a new webhook's URL (unsigned, "webhook_id=N") and keeps the
             # webhook only after a 2xx; nothing is stored.
-            self.counts["r:woocommerce:ping"] += 1
+            self.counts[f"{REQUESTS}:woocommerce:ping"] += 1
             await _reply(send, 200, {"status": "pong"})
             return
         _verify(signing.verify_base64, secret, body, headers.get(b"x-wc-webhook-signature"),
@@ -259,8 +262,8 @@ class IntakeApp:
         except Unavailable as exc:
             raise _Refused(503, str(exc), retry_after=1) from None
         self.stored += len(raws)
-        self.counts["r:orders:stored"] += 1
-        self.counts["e:orders"] += len(raws)
+        self.counts[f"{REQUESTS}:orders:stored"] += 1
+        self.counts[f"{EVENTS}:orders"] += len(raws)
         await _reply(send, 202, {"status": "stored", "events": len(raws)})
 
     async def healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -321,12 +324,12 @@ class IntakeApp:
             raise _Refused(503, str(exc), retry_after=1) from None
         if fresh:
             self.stored += 1
-            self.counts[f"r:{source}:stored"] += 1
-            self.counts[f"e:{source}"] += 1
+            self.counts[f"{REQUESTS}:{source}:stored"] += 1
+            self.counts[f"{EVENTS}:{source}"] += 1
             await _reply(send, 202, {"status": "stored", "order_id": event["order_id"]})
         else:
             self.duplicates += 1
-            self.counts[f"r:{source}:duplicate"] += 1
+            self.counts[f"{REQUESTS}:{source}:duplicate"] += 1
             await _reply(send, 200, {"status": "duplicate", "order_id": event["order_id"]})
 
 

@@ -42,6 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onestock.domain.errors import OnestockError
+from state import keys
 from state.server import RedisServer
 from state.store import Store
 
@@ -247,8 +248,8 @@ def run_intake_bench(
         store = Store.connect(redis.url)
         rate_max, acked, bad = _wrk(wrk, [*threads, "-s", str(script), f"{url}/webhooks/shopify",
                                           "--", str(data)])  # fmt: skip
-        k = store.shard_count()
-        stored = sum(store.r.xlen(f"os:{{s{s}}}:in") for s in range(k))
+        k = store.shards.shard_count()
+        stored = sum(store.r.xlen(keys.inbox(s)) for s in range(k))
         console.print(f"latency: open loop at {rate:,}/s for {seconds:g} s ...")
         ol = uvloop.run(_open_loop(port, pool, rate, seconds))
         lat = ol["latencies"]

@@ -13,10 +13,11 @@ import msgspec
 from onestock.domain.types import Catalog, FulfilmentRecord
 from onestock.ops import services as ops
 from onestock.ops.metrics import Figures, Reader, quantile
+from state import keys
 from state.store import Store
 
-ACKED = "os:loadtest:acked"  # SET of order ids the intake acknowledged (202 or 200)
-ACKED_DEAD = "os:loadtest:acked_dead"  # acknowledged events that can only be dead letters
+ACKED = keys.LOADTEST_ACKED  # SET of order ids the intake acknowledged (202 or 200)
+ACKED_DEAD = keys.LOADTEST_ACKED_DEAD  # acknowledged events that can only be dead letters
 
 
 class Check(msgspec.Struct):

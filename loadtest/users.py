@@ -227,7 +227,7 @@ class StreamOrders(_Scenario, User):
         if not url:
             raise RuntimeError("--onestock-redis (or ONESTOCK_REDIS_URL) is not set")
         self.store = Store.connect(url)
-        self.shards = self.store.shard_count()
+        self.shards = self.store.shards.shard_count()
         self.waiting: list[tuple[str, bytes, float]] = []
         self.wake = gevent.event.Event()
         self.writer = gevent.spawn(self._write_loop)

@@ -234,7 +234,7 @@ def alerts(redis_url: RedisUrl = None, out: Out = None) -> None:
 
 def _shards(store: ops.Store) -> int:
     try:
-        return store.shard_count()
+        return store.shards.shard_count()
     except OnestockError:
         return 0
 

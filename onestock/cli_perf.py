@@ -26,7 +26,7 @@ def loadtest(
     ] = None,
     seconds: Annotated[int | None, typer.Option(help="Run time (default: the scenario's).")] = None,
     processes: Annotated[int, typer.Option(help="Locust processes (--processes).")] = 1,
-    users: Annotated[int | None, typer.Option(help="Locust users (default: see README).")] = None,
+    users: Annotated[int | None, typer.Option(help="Locust users (default: docs/ops.md).")] = None,
     model: Annotated[
         str, typer.Option(help="open (arrival rate) or closed (users wait).")
     ] = "open",
@@ -105,7 +105,7 @@ def bench_scale(
     ] = "1",
     out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
 ) -> None:
-    """Orders/s against dataflow processes, Redis masters and hot-SKU buckets (README)."""
+    """Orders/s against dataflow processes, Redis masters and hot-SKU buckets (docs/)."""
     from onestock.bench import run_scale
 
     def counts(text: str, what: str) -> list[int]:

@@ -41,7 +41,7 @@ def reset(
     store.r.flushall()
     cat = catalog or burst.demo_catalog()
     store.load_catalog(cat, [s.sku for s in cat.skus])
-    store.shard_count(shards)
+    store.shards.shard_count(shards)
     return {s.sku: dict(s.stock) for s in cat.skus}
 
 
@@ -54,13 +54,13 @@ def push(
 ) -> None:
     for i in range(0, len(lines), chunk):
         part = lines[i : i + chunk]
-        store.push((sharding.shard_of(raw, shards), raw) for raw in part)
+        store.shards.push((sharding.shard_of(raw, shards), raw) for raw in part)
         if progress:
             progress(len(part))
 
 
 def outcomes(store: Store, shards: int = DEFAULT_SHARDS) -> int:
-    return sum(store.outcome_counts(shards))
+    return sum(store.shards.outcome_counts(shards))
 
 
 def start_dataflow(

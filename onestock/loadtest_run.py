@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,130 @@ def _stall(url: str, at_s: float, ms: int) -> None:
     Store.connect(url).r.execute_command("CLIENT", "PAUSE", ms, "WRITE")
 
 
+@dataclass
+class _Run:
+    """One load test: the scenario and its settings, defaults filled in."""
+
+    name: str
+    scenario: Described
+    rate: float
+    seconds: int
+    processes: int
+    users: int
+    model: str
+    via: str
+    user_class: str
+    out: Path
+    scale: float
+    max_p99_ms: float
+    max_failure_ratio: float
+    workers: int
+    stall_ms: int
+    orders_secret: str = field(default_factory=lambda: secrets.token_hex(16))
+    shopify_secret: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    @property
+    def prefix(self) -> Path:
+        """Where Locust writes its reports (CSV, HTML), and the log and plot beside them."""
+        return self.out / self.name
+
+    @property
+    def verdict(self) -> Path:
+        return self.out / f"{self.name}_verdict.json"
+
+    @property
+    def log(self) -> Path:
+        return self.out / f"{self.name}_locust.log"
+
+
+def _plan(
+    name: str, rate: float | None, seconds: int | None, processes: int, users: int | None,
+    model: str, via: str, **rest: Any,
+) -> _Run:  # fmt: skip
+    """The scenario and the settings of its run, checked (``rest``: taken as they are)."""
+    if name not in scenarios():
+        raise OnestockError(f"unknown scenario {name!r}: one of {', '.join(scenarios())}")
+    sc = describe(name)
+    rate = rate if rate is not None else sc.default_rate
+    seconds = seconds if seconds is not None else sc.default_seconds
+    if seconds < 1 or processes < 1 or rate < 0:
+        raise OnestockError("--seconds and --processes must be >= 1, --rate >= 0")
+    classes = sc.stream if via == "stream" else sc.http
+    if not classes:
+        raise OnestockError(f"scenario {name} has no {via} users")
+    if users is None:  # open: one arrival loop per process; closed: enough users to pace
+        users = processes if model == "open" else max(processes, min(200, math.ceil(rate / 20)))
+    return _Run(name, sc, rate, seconds, processes, users, model, via, classes[0], **rest)
+
+
+def _env(run: _Run, url: str, home: Path) -> dict[str, str]:
+    """The environment of ``onestock serve`` and of Locust."""
+    return {
+        **os.environ, "ONESTOCK_REDIS_URL": url, "ONESTOCK_HOME": str(home),
+        "ONESTOCK_ORDERS_SECRET": run.orders_secret,
+        "ONESTOCK_SHOPIFY_SECRET": run.shopify_secret, "ONESTOCK_SHOPIFY_CHANNEL": "app",
+    }  # fmt: skip
+
+
+def _locust_cmd(run: _Run, port: int, url: str) -> list[str]:
+    """Locust, headless, against the intake on ``port`` (and Redis at ``url`` for its
+    checks), writing its reports and the gate's verdict."""
+    prefix, users = run.prefix, run.users
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(SCENARIO_DIR / f"{run.name}.py"),
+        "--headless", "--only-summary", "-u", str(users), "-r", str(max(users, 1)),
+        "-t", f"{run.seconds}s", "--stop-timeout", "5",
+        "-H", f"http://127.0.0.1:{port}",
+        "--csv", str(prefix), "--csv-full-history", "--html", f"{prefix}.html",
+        "--onestock-redis", url, "--orders-secret", run.orders_secret,
+        "--shopify-secret", run.shopify_secret, "--target-rate", str(run.rate),
+        "--model", run.model, "--scale", str(run.scale), "--max-p99-ms", str(run.max_p99_ms),
+        "--max-failure-ratio", str(run.max_failure_ratio), "--verdict", str(run.verdict),
+    ]  # fmt: skip
+    if run.processes > 1:
+        cmd += ["--processes", str(run.processes)]
+    cmd.append(run.user_class)
+    return cmd
+
+
+def _locust(run: _Run, port: int, url: str, env: dict[str, str], console: Console) -> int:
+    """Run the scenario (with a stall half-way through, if asked); Locust's exit status."""
+    console.print(
+        f"[bold]onestock loadtest {run.name}[/]: {run.user_class} ({run.via}, {run.model} "
+        f"model), {run.seconds} s, {run.users} user(s) on {run.processes} process(es), "
+        + (f"scale {run.scale}" if run.name == "double_eleven_day" else f"target {run.rate:g}/s")
+    )
+    if run.stall_ms:
+        threading.Thread(
+            target=_stall, args=(url, run.seconds / 2, run.stall_ms), daemon=True
+        ).start()
+    with open(run.log, "wb") as log:
+        cmd = _locust_cmd(run, port, url)
+        return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def _against_pipeline(run: _Run, console: Console) -> int:
+    """A fresh Redis with the scenario's catalog, ``onestock serve`` and ``onestock run``,
+    and the scenario against them; Locust's exit status."""
+    with harness.scratch_redis("onestock-loadtest-") as (server, home):
+        store = Store.connect(server.url)
+        harness.reset(store, catalog=run.scenario.catalog)
+        env = _env(run, server.url, home)
+        port = free_port()
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "onestock", "serve", "--port", str(port)], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        flow = harness.start_dataflow(server.url, home, run.workers, until_drained=False)
+        try:
+            _wait_http(port, serve, "onestock serve")
+            return _locust(run, port, server.url, env, console)
+        finally:
+            serve.terminate()
+            serve.wait(timeout=60)
+            harness.stop(flow)
+
+
 def run_loadtest(
     name: str,
     *,
@@ -106,73 +231,19 @@ def run_loadtest(
     console: Console | None = None,
 ) -> int:
     console = console or Console()
-    if name not in scenarios():
-        raise OnestockError(f"unknown scenario {name!r}: one of {', '.join(scenarios())}")
-    sc = describe(name)
-    rate = rate if rate is not None else sc.default_rate
-    seconds = seconds if seconds is not None else sc.default_seconds
-    if seconds < 1 or processes < 1 or rate < 0:
-        raise OnestockError("--seconds and --processes must be >= 1, --rate >= 0")
-    classes = sc.stream if via == "stream" else sc.http
-    if not classes:
-        raise OnestockError(f"scenario {name} has no {via} users")
-    user_class = classes[0]
-    if users is None:  # open: one arrival loop per process; closed: enough users to pace
-        users = processes if model == "open" else max(processes, min(200, math.ceil(rate / 20)))
+    run = _plan(
+        name, rate, seconds, processes, users, model, via, out=out, scale=scale,
+        max_p99_ms=max_p99_ms, max_failure_ratio=max_failure_ratio, workers=workers,
+        stall_ms=stall_ms,
+    )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    prefix = out / name
-    verdict_path = out / f"{name}_verdict.json"
-    verdict_path.unlink(missing_ok=True)
-    orders_secret, shopify_secret = secrets.token_hex(16), secrets.token_hex(16)
-    with harness.scratch_redis("onestock-loadtest-") as (server, home):
-        store = Store.connect(server.url)
-        harness.reset(store, catalog=sc.catalog)
-        env = {
-            **os.environ, "ONESTOCK_REDIS_URL": server.url, "ONESTOCK_HOME": str(home),
-            "ONESTOCK_ORDERS_SECRET": orders_secret, "ONESTOCK_SHOPIFY_SECRET": shopify_secret,
-            "ONESTOCK_SHOPIFY_CHANNEL": "app",
-        }  # fmt: skip
-        port = free_port()
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "onestock", "serve", "--port", str(port)], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        flow = harness.start_dataflow(server.url, home, workers, until_drained=False)
-        try:
-            _wait_http(port, serve, "onestock serve")
-            cmd = [
-                sys.executable, "-m", "locust", "-f", str(SCENARIO_DIR / f"{name}.py"),
-                "--headless", "--only-summary", "-u", str(users), "-r", str(max(users, 1)),
-                "-t", f"{seconds}s", "--stop-timeout", "5",
-                "-H", f"http://127.0.0.1:{port}",
-                "--csv", str(prefix), "--csv-full-history", "--html", f"{prefix}.html",
-                "--onestock-redis", server.url, "--orders-secret", orders_secret,
-                "--shopify-secret", shopify_secret, "--target-rate", str(rate),
-                "--model", model, "--scale", str(scale), "--max-p99-ms", str(max_p99_ms),
-                "--max-failure-ratio", str(max_failure_ratio), "--verdict", str(verdict_path),
-            ]  # fmt: skip
-            if processes > 1:
-                cmd += ["--processes", str(processes)]
-            cmd.append(user_class)
-            console.print(
-                f"[bold]onestock loadtest {name}[/]: {user_class} ({via}, {model} model), "
-                f"{seconds} s, {users} user(s) on {processes} process(es), "
-                + (f"scale {scale}" if name == "double_eleven_day" else f"target {rate:g}/s")
-            )
-            if stall_ms:
-                threading.Thread(
-                    target=_stall, args=(server.url, seconds / 2, stall_ms), daemon=True
-                ).start()
-            with open(out / f"{name}_locust.log", "wb") as log:
-                rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-        finally:
-            serve.terminate()
-            serve.wait(timeout=60)
-            harness.stop(flow)
-    if not verdict_path.exists():
-        tail = (out / f"{name}_locust.log").read_text(errors="replace")[-3000:]
+    run.verdict.unlink(missing_ok=True)
+    rc = _against_pipeline(run, console)
+    if not run.verdict.exists():
+        tail = run.log.read_text(errors="replace")[-3000:]
         raise OnestockError(f"locust ended ({rc}) without a verdict:\n{tail}")
-    verdict = msgspec.json.decode(verdict_path.read_bytes())
+    verdict = msgspec.json.decode(run.verdict.read_bytes())
+    prefix = run.prefix
     _print_report(console, prefix, verdict)
     if plot:
         png = _plot(prefix, name)

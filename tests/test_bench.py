@@ -9,7 +9,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from onestock.bench import Figures, _check_outcomes
+from onestock.bench import Figures, check_outcomes
+from onestock.bench.measure import Measured, Run
+from onestock.bench.render import bench_table
+from onestock.bench.summary import summarise
 from state import keys
 from state.store import Store
 from tests.conftest import onestock
@@ -43,6 +46,34 @@ def test_bench_alternates_bare_loop_and_dataflow_and_reports_their_medians(
     assert "run 3: every rule on, drained" in text
 
 
+def test_the_figures_are_the_medians_of_the_runs_and_the_table_marks_them() -> None:
+    """Summarising and rendering alone, on runs measured by hand (no Redis)."""
+    m = Measured(4000, 2, script_calls=10, script_usec=4500.0, script_slow=1)
+    m.runs = [Run(100.0, 80.0, 400.0, 0.8, 200.0, 0.5), Run(300.0, 90.0, 600.0, 0.3, 150.0, 0.25),
+              Run(200.0, 70.0, 500.0, 0.35, 300.0, 0.6)]  # fmt: skip
+    m.gifts_drain_s, m.gifts_latency = 2.0, (5, 9)
+    figs = summarise(m)
+    assert (figs.bare_orders_per_s, figs.dataflow_orders_per_s) == (200.0, 80.0)
+    assert (figs.dataflow_drain_orders_per_s, figs.ratio) == (500.0, 0.35)
+    assert (figs.rules_drain_orders_per_s, figs.rules_ratio) == (200.0, 0.5)
+    assert (figs.gifts_drain_orders_per_s, figs.gifts_ratio) == (2000.0, 4.0)
+    assert figs.script_avg_us == 450.0 and figs.core_fulfilment_ms == (0, 0)
+    rows = [str(c) for c in bench_table(figs).columns[0].cells]
+    assert rows[:2] == [
+        "run 1: bare / dataflow drained, orders/s (ratio, wall)",
+        "run 1: every rule on, drained, orders/s (ratio to run 1's core)",
+    ]
+    assert "bare loop (ceiling), orders/s (median)" in rows
+    assert "ratio gifts / core (drain)" in rows
+    m.runs = m.runs[:1]
+    m.runs[0].rules_drain_orders_per_s = m.runs[0].rules_ratio = None
+    m.gifts_drain_s = None
+    figs = summarise(m)
+    assert figs.rules_drain_orders_per_s is None and figs.gifts_ratio is None
+    rows = [str(c) for c in bench_table(figs).columns[0].cells]
+    assert rows[0] == "bare loop (ceiling), orders/s" and not any("rule" in r for r in rows)
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [
@@ -59,8 +90,8 @@ def test_bench_refuses_bad_options_in_one_line(args: list[str], error: str) -> N
 def test_a_run_whose_outcomes_do_not_match_its_events_is_refused(store: Store) -> None:
     store.r.hset(keys.counters(0), mapping={"records": 7, "dead": 2})
     store.r.hset(keys.counters(3), mapping={"records": 1})
-    _check_outcomes(store, 10, "dataflow")  # 8 records + 2 dead letters: every event once
+    check_outcomes(store, 10, "dataflow")  # 8 records + 2 dead letters: every event once
     with pytest.raises(RuntimeError, match=r"^dataflow: 8 records \+ 2 dead letters for 11 "):
-        _check_outcomes(store, 11, "dataflow")  # one lost
+        check_outcomes(store, 11, "dataflow")  # one lost
     with pytest.raises(RuntimeError, match=r"for 9 events$"):
-        _check_outcomes(store, 9, "dataflow")  # one doubled
+        check_outcomes(store, 9, "dataflow")  # one doubled

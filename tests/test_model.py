@@ -115,18 +115,58 @@ def model(
     at paid_at, per-customer limit, channel locks: the other channels' active unconsumed
     locks are not for sale to this one), then the stock. ``drawn``: (sku, channel) -> units
     that channel drew from its lock."""
+    refused = _refused(cat, stock, o) or _ruled_out(cat, stock, bought, drawn, o)
+    if refused is not None:
+        return refused
     locs = {loc["id"]: loc for loc in cat["locations"]}
-    rules = {s["sku"]: s for s in cat["skus"]}
     lines = o["lines"]
+    online = o["channel"] != "pos"
+
+    def free(sku: str, loc: str) -> int:
+        """What this order may take: online channels leave the safety stock."""
+        return stock[sku].get(loc, 0) - (locs[loc].get("safety_stock", 0) if online else 0)
+
+    if o["delivery"]["mode"] == "pickup":
+        store = o["delivery"]["store"]
+        if any(free(ln["sku"], store) < ln["qty"] for ln in lines):
+            return ("pickup_unavailable",)
+        return [(store, ln["sku"], ln["qty"]) for ln in lines]
+    ranked = _ranked(cat, o["customer"])
+    for loc in ranked:
+        if all(free(ln["sku"], loc) >= ln["qty"] for ln in lines):
+            return [(loc, ln["sku"], ln["qty"]) for ln in lines]
+    if cat["routing"] == "fewest_shipments":
+        return _fewest(lines, ranked, free)
+    return _nearest(lines, ranked, free)
+
+
+def _refused(
+    cat: dict[str, Any], stock: dict[str, dict[str, int]], o: dict[str, Any]
+) -> tuple[str] | None:
+    """The order's own faults: an unknown channel or SKU, a pickup where there is none."""
+    locs = {loc["id"]: loc for loc in cat["locations"]}
     if o["channel"] not in CHANNELS:
         return ("unknown_channel",)
-    if any(ln["sku"] not in stock for ln in lines):
+    if any(ln["sku"] not in stock for ln in o["lines"]):
         return ("unknown_sku",)
     pickup = o["delivery"]["mode"] == "pickup"
     if pickup and o["delivery"]["store"] not in locs:
         return ("invalid",)
     if pickup and not locs[o["delivery"]["store"]].get("pickup"):
         return ("pickup_unavailable",)
+    return None
+
+
+def _ruled_out(
+    cat: dict[str, Any],
+    stock: dict[str, dict[str, int]],
+    bought: dict[tuple[str, str], int],
+    drawn: dict[tuple[str, str], int],
+    o: dict[str, Any],
+) -> tuple[str] | None:
+    """The rules, in order: a VIP pre-sale, the per-customer limit, the other channels' locks."""
+    rules = {s["sku"]: s for s in cat["skus"]}
+    lines = o["lines"]
     paid = datetime.fromisoformat(o["paid_at"])
     for ln in lines:
         end = rules[ln["sku"]].get("vip_presale_until")
@@ -141,18 +181,12 @@ def model(
         others = sum(locked(rules[ln["sku"]], drawn, paid, but=o["channel"]))
         if total - others < ln["qty"] <= total:  # (beyond the total: the stock check says)
             return ("sold_out",)
-    online = o["channel"] != "pos"
+    return None
 
-    def free(sku: str, loc: str) -> int:
-        """What this order may take: online channels leave the safety stock."""
-        return stock[sku].get(loc, 0) - (locs[loc].get("safety_stock", 0) if online else 0)
 
-    if pickup:
-        store = o["delivery"]["store"]
-        if any(free(ln["sku"], store) < ln["qty"] for ln in lines):
-            return ("pickup_unavailable",)
-        return [(store, ln["sku"], ln["qty"]) for ln in lines]
-    c = o["customer"]
+def _ranked(cat: dict[str, Any], c: dict[str, Any]) -> list[str]:
+    """The catalog's locations for customer ``c``: nearest first (ties: priority, id), or by
+    priority first under "priority" routing; without coordinates, by priority."""
 
     def key(loc: dict[str, Any]) -> tuple[float, float, str]:
         if "lat" in c and "lat" in loc:
@@ -163,12 +197,11 @@ def model(
             return (loc["priority"], km, loc["id"])
         return (km, loc["priority"], loc["id"])
 
-    ranked = [loc["id"] for loc in sorted(locs.values(), key=key)]
-    for loc in ranked:
-        if all(free(ln["sku"], loc) >= ln["qty"] for ln in lines):
-            return [(loc, ln["sku"], ln["qty"]) for ln in lines]
-    if cat["routing"] == "fewest_shipments":
-        return _fewest(lines, ranked, free)
+    return [loc["id"] for loc in sorted(cat["locations"], key=key)]
+
+
+def _nearest(lines: list[dict[str, Any]], ranked: list[str], free: Any) -> Any:
+    """Each line from the locations nearest first, as much as each has."""
     taken = []
     for ln in lines:
         need = ln["qty"]
@@ -202,7 +235,8 @@ def test_decisions_match_the_contract_model(
         recs, _ = decide(store, chunk, decider=d)
         got += recs
         # Within one batch, orders spanning hash slots are decided after the batch's
-        # single-slot orders (README: "Order of decisions"); otherwise in arrival order.
+        # single-slot orders (docs/architecture.md: "Order of decisions"); otherwise in
+        # arrival order.
         sequence += sorted(chunk, key=_spans_slots)
     assert sorted(r.order_id for r in got) == sorted(o["order_id"] for o in batch)
     by_id = {r.order_id: r for r in got}
@@ -248,7 +282,7 @@ def test_decisions_match_the_contract_model(
             assert [
                 (s.location, s.mode, ln.sku, ln.qty) for s in rec.shipments for ln in s.lines
             ] == [(loc, mode, sku, q) for loc, sku, q in _grouped(want)], o
-    state = store.stock_state(stock)
+    state = store.skus.stock_state(stock)
     assert {k: levels for k, (levels, _) in state.items()} == stock
     assert all(q >= 0 for levels, _ in state.values() for q in levels.values())
     assert {(k, lk.channel): lk.used for k, (_, locks) in state.items() for lk in locks} == {

@@ -7,12 +7,13 @@ location``), so a user can fix the line without reading code.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import msgspec
 
 from onestock.domain.errors import CatalogError
 from onestock.domain.events import text_problem
-from onestock.domain.types import Catalog, catalog_decoder
+from onestock.domain.types import Catalog, Sku, catalog_decoder
 
 
 def _unique_ids(source: str, section: str, field: str, what: str, ids: list[str]) -> set[str]:
@@ -31,10 +32,6 @@ def _unique_ids(source: str, section: str, field: str, what: str, ids: list[str]
 
 def validate(catalog: Catalog, source: str = "catalog") -> Catalog:
     """Semantic checks msgspec cannot express: unique ids and references that resolve."""
-
-    def fail(path: str, msg: str) -> None:
-        raise CatalogError(f"{source}: {path}: {msg}")
-
     channels = _unique_ids(source, "channels", "id", "channel", [c.id for c in catalog.channels])
     locations = _unique_ids(
         source, "locations", "id", "location", [loc.id for loc in catalog.locations]
@@ -43,38 +40,47 @@ def validate(catalog: Catalog, source: str = "catalog") -> Catalog:
     _unique_ids(source, "campaigns", "id", "campaign", [c.id for c in catalog.campaigns])
     for i, loc in enumerate(catalog.locations):
         if (loc.lat is None) != (loc.lon is None):
-            fail(f"$.locations[{i}]", "give both lat and lon, or neither")
+            _fail(source, f"$.locations[{i}]", "give both lat and lon, or neither")
     for i, sku in enumerate(catalog.skus):
-        for loc_id in sku.stock:
-            if loc_id not in locations:
-                fail(f"$.skus[{i}].stock.{loc_id}", f"unknown location {loc_id!r}")
-        locked: set[str] = set()
-        for j, lock in enumerate(sku.channel_locks):
-            if lock.channel not in channels:
-                fail(f"$.skus[{i}].channel_locks[{j}].channel", f"unknown channel {lock.channel!r}")
-            if lock.channel in locked:
-                fail(
-                    f"$.skus[{i}].channel_locks[{j}].channel",
-                    f"a second lock for channel {lock.channel!r} (one lock per channel and SKU)",
-                )
-            locked.add(lock.channel)
-        if sku.buckets > 1:
-            # Rules that count per SKU (a customer's units, a lock's draws, a threshold) would
-            # count per bucket: refused rather than judged wrongly.
-            for rule in ("per_customer_limit", "low_stock_threshold", "channel_locks"):
-                if getattr(sku, rule):
-                    fail(f"$.skus[{i}].buckets", f"a SKU split into buckets cannot have {rule}")
+        _check_sku(source, f"$.skus[{i}]", sku, channels, locations)
     bucketed = {s.sku for s in catalog.skus if s.buckets > 1}
     for i, camp in enumerate(catalog.campaigns):
         for name in ("sku", "gift_sku"):
-            if getattr(camp, name) not in skus:
-                fail(f"$.campaigns[{i}].{name}", f"unknown SKU {getattr(camp, name)!r}")
-            if getattr(camp, name) in bucketed:
-                fail(
-                    f"$.campaigns[{i}].{name}",
-                    f"SKU {getattr(camp, name)!r} is split into buckets (campaigns need one)",
-                )
+            where, value = f"$.campaigns[{i}].{name}", getattr(camp, name)
+            if value not in skus:
+                _fail(source, where, f"unknown SKU {value!r}")
+            if value in bucketed:
+                _fail(source, where, f"SKU {value!r} is split into buckets (campaigns need one)")
     return catalog
+
+
+def _fail(source: str, path: str, msg: str) -> NoReturn:
+    raise CatalogError(f"{source}: {path}: {msg}")
+
+
+def _check_sku(source: str, at: str, sku: Sku, channels: set[str], locations: set[str]) -> None:
+    """One SKU's stock locations, channel locks (one per known channel) and, split into
+    buckets, no rule that counts per SKU."""
+    for loc_id in sku.stock:
+        if loc_id not in locations:
+            _fail(source, f"{at}.stock.{loc_id}", f"unknown location {loc_id!r}")
+    locked: set[str] = set()
+    for j, lock in enumerate(sku.channel_locks):
+        where = f"{at}.channel_locks[{j}].channel"
+        if lock.channel not in channels:
+            _fail(source, where, f"unknown channel {lock.channel!r}")
+        if lock.channel in locked:
+            _fail(
+                source, where,
+                f"a second lock for channel {lock.channel!r} (one lock per channel and SKU)",
+            )  # fmt: skip
+        locked.add(lock.channel)
+    if sku.buckets > 1:
+        # Rules that count per SKU (a customer's units, a lock's draws, a threshold) would
+        # count per bucket: refused rather than judged wrongly.
+        for rule in ("per_customer_limit", "low_stock_threshold", "channel_locks"):
+            if getattr(sku, rule):
+                _fail(source, f"{at}.buckets", f"a SKU split into buckets cannot have {rule}")
 
 
 def parse(data: bytes, source: str = "catalog") -> Catalog:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from onestock.domain.records import SEP
+from onestock.domain.protocol import SEP, Code
 
 # Latency histogram bounds (inclusive upper bounds, ms); the last bucket is +Inf.
 BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000,
              3_600_000)  # fmt: skip
 CHARS = "abcdefghijklmnop"  # bucket index -> one character (len(BOUNDS_MS) + 1 of them)
 NONE = "-"  # no observation (an order without a usable paid_at; not an order at all)
-ACCEPTED, REJECTED, CANCELLED = "A", "R", "C"  # order decisions ("R" + reason)
-CANCELLATION, RETURN = "X", "T"  # after-sale records
+FIELD = "m"  # a tag's field in the shard's counters hash: FIELD + tag
+ACCEPTED, REJECTED, CANCELLED = Code.ACCEPTED, Code.REJECTED, Code.CANCELLED  # (+ reason)
+CANCELLATION, RETURN = Code.CANCELLATION, Code.RETURN  # after-sale records
 
 
 def bucket(ms: int) -> str:
@@ -38,7 +39,8 @@ class Tagger:
 
     def __call__(self, received_ms: int, paid_ms: int | None, outcome: str) -> str:
         """``<received bucket><paid bucket or NONE><status>``; status: the outcome's kind
-        ("A", "C", ...), or "R" and the reason of a rejection ("R\x1f<reason>[\x1f...]")."""
+        (``Code.ACCEPTED``, ...), or ``REJECTED`` and the reason of a rejection (an outcome
+        ``REJECTED`` SEP reason [SEP detail])."""
         cache = self._buckets
         lat = self.now - received_ms
         r = cache.get(lat) or cache.setdefault(lat, bucket(lat))

@@ -1,15 +1,16 @@
 """Stored outcomes <-> fulfilment records.
 
-A decision is stored compactly (``A`` + location/sku/qty triples, or ``R`` + reason [+ detail],
-fields separated by \\x1f) and an output stream entry is one packed string; the public JSON
-record of the contract is rebuilt from it on export. This keeps a 20-million-order day small.
+A decision is stored compactly (``Code.ACCEPTED`` + location/sku/qty triples, or
+``Code.REJECTED`` + reason [+ detail], fields separated by ``SEP``) and an output stream entry
+is one packed string; the public JSON record of the contract is rebuilt from it on export.
+This keeps a 20-million-order day small.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from onestock.domain.protocol import GS, RS, SEP
+from onestock.domain.protocol import BUCKET, GS, RS, SEP, Code, ProtocolError, code_of
 from onestock.domain.types import (
     DeadLetter,
     FulfilmentRecord,
@@ -50,7 +51,8 @@ def _clean(text: str) -> str:
 
 
 def rejected(reason: str, detail: str | None = None) -> str:
-    return f"R{SEP}{reason}" if detail is None else f"R{SEP}{reason}{SEP}{detail}"
+    r = Code.REJECTED
+    return f"{r}{SEP}{reason}" if detail is None else f"{r}{SEP}{reason}{SEP}{detail}"
 
 
 def iso_ms(ms: int) -> str:
@@ -64,7 +66,7 @@ def shipments(outcome: str, mode: str) -> list[Shipment]:
     by_loc: dict[str, Shipment] = {}
     for i in range(1, len(fields) - 2, 3):
         # a hot SKU's bucket (``state.keys.bucket``) is shown as the SKU
-        loc, sku, qty = fields[i], fields[i + 1].partition("\x1c")[0], int(fields[i + 2])
+        loc, sku, qty = fields[i], fields[i + 1].partition(BUCKET)[0], int(fields[i + 2])
         ship = by_loc.get(loc)
         if ship is None:
             ship = by_loc[loc] = Shipment(location=loc, mode=mode, lines=[])
@@ -75,13 +77,16 @@ def shipments(outcome: str, mode: str) -> list[Shipment]:
 def record_from_packed(packed: str) -> FulfilmentRecord:
     """One output stream entry -> the contract's fulfilment record."""
     oid, channel, paid, mode, received, decided, gift, late, outcome = packed.split(SEP, 8)
-    if outcome[0] == "C":  # cancelled: the shipments listed are what was given back
+    code = code_of(outcome)
+    if code is Code.CANCELLED:  # cancelled: the shipments listed are what was given back
         return FulfilmentRecord(
             order_id=oid, status="cancelled", reason=None, channel=channel or None,
             shipments=shipments(outcome, mode), gift=None, paid_at=paid or None,
             received_at=iso_ms(int(received)), decided_at=iso_ms(int(decided)),
         )  # fmt: skip
-    accepted = outcome.startswith("A")
+    if code is not Code.ACCEPTED and code is not Code.REJECTED:
+        raise ProtocolError(f"a fulfilment record of outcome {outcome[:40]!r}")
+    accepted = code is Code.ACCEPTED
     parts = [] if accepted else outcome.split(SEP, 2)
     g = None
     if gift:

@@ -121,6 +121,13 @@ def plan(
             return [(loc, ln.sku, ln.qty) for ln in lines]
     if fewest:
         return _split_fewest(lines, candidates, free)
+    return _split_nearest(lines, candidates, free)
+
+
+def _split_nearest(
+    lines: list[Line], candidates: list[str], free: Callable[[str, str], int]
+) -> list[Allocation] | str:
+    """Each line from the candidates nearest first, as much as each has (a line may split)."""
     taken: list[Allocation] = []
     for line in lines:
         need = line.qty

@@ -56,7 +56,7 @@ class Sku(Struct, forbid_unknown_fields=True):
     channel_locks: list[ChannelLock] = []
     vip_presale_until: Time | None = None
     # Hot-SKU buckets: the SKU's stock split over this many stock hashes on different hash
-    # slots (README "Hot-SKU buckets"); 1 = one hash, as every other SKU.
+    # slots (docs/buckets.md); 1 = one hash, as every other SKU.
     buckets: Annotated[int, Meta(ge=1, le=64)] = 1
 
 

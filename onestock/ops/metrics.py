@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 from prometheus_client.core import (
@@ -30,7 +31,8 @@ from prometheus_client.registry import Collector
 
 from onestock.domain import meter
 from onestock.domain.errors import OnestockError
-from onestock.domain.types import Catalog
+from onestock.domain.protocol import Code, ProtocolError, code_of
+from onestock.domain.types import Campaign, Catalog
 from onestock.ops.services import StockView, stock_view
 from state import keys
 from state.store import Store
@@ -104,15 +106,49 @@ class Reader:
         return self._catalog
 
     def read(self) -> Figures:
-        store, r = self.store, self.store.r
+        store = self.store
         cat = self.catalog()
         try:
-            k = store.shard_count()
+            k = store.shards.shard_count()
         except OnestockError:
             k = 0  # nothing pushed yet
         camps = cat.campaigns if cat else []
         camp_skus = sorted({c.sku for c in camps})
-        pipe = r.pipeline(transaction=False)
+        got = self._fetch(k, camp_skus)
+        now = time.time()
+        tally = _Tally()
+        lengths, marks, held = [], [], 0
+        for s in range(k):
+            counts, length, mark, nheld = got[4 * s : 4 * s + 4]
+            lengths.append(length)
+            marks.append(mark)
+            held += nheld
+            tally.add(counts)
+        backlog = self._backlog(lengths, marks)
+        intake, events = _intake_counts(got[4 * k])
+        progress = dict(zip(camp_skus, got[4 * k + 1 :], strict=True))
+        campaigns = [_campaign(c, progress[c.sku]) for c in camps]
+        stock = stock_view(store, cat=cat) if cat is not None else {}
+        for camp in campaigns:
+            gift = stock.get(camp.gift_sku)
+            camp.gift_units = gift.total if gift is not None else None
+        oversold = sum(max(0, -q) for v in stock.values() for q in v.locations.values())
+        oversold += sum(max(0, c.awarded - c.first_n) for c in campaigns)
+        totals, after = tally.totals, tally.after
+        return Figures(
+            at=now, shards=k, decisions=tally.decisions,
+            cancellations=after[meter.CANCELLATION], returns=after[meter.RETURN],
+            records=totals["records"], dead=totals["dead"], trimmed=totals["trimmed"],
+            received=tally.received, paid=tally.paid,
+            sum_received_ms=totals["sum_r"], sum_paid_ms=totals["sum_p"],
+            backlog=backlog, stream_length=lengths, held=held, intake=intake,
+            intake_events=events, stock=stock, campaigns=campaigns, oversold=oversold,
+        )  # fmt: skip
+
+    def _fetch(self, k: int, camp_skus: list[str]) -> list[Any]:
+        """One round trip: per shard its counters, input length, watermark and held records;
+        the intake's counts; each campaign SKU's campaign progress."""
+        pipe = self.store.r.pipeline(transaction=False)
         for s in range(k):
             pipe.hgetall(keys.counters(s))
             pipe.xlen(keys.inbox(s))
@@ -121,81 +157,7 @@ class Reader:
         pipe.hgetall(keys.INTAKE_COUNTS)
         for sku in camp_skus:
             pipe.hgetall(keys.campaigns(sku))
-        got = pipe.execute()
-        now = time.time()
-        decisions: dict[str, int] = {}
-        received, paid = [0] * NB, [0] * NB
-        totals = {"records": 0, "dead": 0, "trimmed": 0, "sum_r": 0, "sum_p": 0}
-        after = {meter.CANCELLATION: 0, meter.RETURN: 0}
-        lengths, marks, held = [], [], 0
-        for s in range(k):
-            counts, length, mark, nheld = got[4 * s : 4 * s + 4]
-            lengths.append(length)
-            marks.append(mark)
-            held += nheld
-            for field, value in counts.items():
-                name, n = field.decode(), int(value)
-                if name[0] != "m":
-                    if name in totals:
-                        totals[name] += n
-                    continue
-                rb, pb, status = name[1], name[2], name[3:]
-                if status in after:
-                    after[status] += n
-                    continue
-                label = STATUS.get(status) or "rejected:" + status[1:]
-                decisions[label] = decisions.get(label, 0) + n
-                i = meter.index(rb)
-                if i is not None:
-                    received[i] += n
-                j = meter.index(pb)
-                if j is not None:
-                    paid[j] += n
-        backlog = self._backlog(lengths, marks)
-        intake: dict[str, int] = {}
-        events: dict[str, int] = {}
-        for field, value in got[4 * k].items():
-            kind, _, rest = field.decode().partition(":")
-            if kind == "r":
-                intake[rest] = int(value)
-            elif kind == "e":
-                events[rest] = int(value)
-        progress = dict(zip(camp_skus, got[4 * k + 1 :], strict=True))
-        campaigns = []
-        for c in camps:
-            p = progress[c.sku]
-
-            def num(field: str, hash_: dict[bytes, bytes] = p, cid: str = c.id) -> int | None:
-                v = hash_.get(f"{cid}:{field}".encode())
-                return int(v) if v is not None else None
-
-            campaigns.append(
-                CampaignFigures(
-                    c.id,
-                    c.sku,
-                    c.gift_sku,
-                    c.first_n,
-                    num("ranks") or 0,
-                    num("awarded") or 0,
-                    num("late") or 0,
-                    num("ended"),
-                )  # fmt: skip
-            )
-        stock = stock_view(store, cat=cat) if cat is not None else {}
-        for camp in campaigns:
-            gift = stock.get(camp.gift_sku)
-            camp.gift_units = gift.total if gift is not None else None
-        oversold = sum(max(0, -q) for v in stock.values() for q in v.locations.values())
-        oversold += sum(max(0, c.awarded - c.first_n) for c in campaigns)
-        return Figures(
-            at=now, shards=k, decisions=decisions,
-            cancellations=after[meter.CANCELLATION], returns=after[meter.RETURN],
-            records=totals["records"], dead=totals["dead"], trimmed=totals["trimmed"],
-            received=received, paid=paid,
-            sum_received_ms=totals["sum_r"], sum_paid_ms=totals["sum_p"],
-            backlog=backlog, stream_length=lengths, held=held, intake=intake,
-            intake_events=events, stock=stock, campaigns=campaigns, oversold=oversold,
-        )  # fmt: skip
+        return pipe.execute()
 
     def _backlog(self, lengths: list[int], marks: list[bytes | None]) -> list[int]:
         """Per shard: entries after the watermark (the last one whose outcome is stored).
@@ -212,6 +174,78 @@ class Reader:
         ]
 
 
+class _Tally:
+    """The shard counters added up: decisions by label, after-sale records, the latency
+    histograms (received, paid) and the plain totals."""
+
+    def __init__(self) -> None:
+        self.decisions: dict[str, int] = {}
+        self.received, self.paid = [0] * NB, [0] * NB
+        self.totals = {"records": 0, "dead": 0, "trimmed": 0, "sum_r": 0, "sum_p": 0}
+        self.after: dict[str, int] = {meter.CANCELLATION: 0, meter.RETURN: 0}
+
+    def add(self, counts: dict[bytes, bytes]) -> None:
+        """One shard's counters hash."""
+        for field, value in counts.items():
+            name, n = field.decode(), int(value)
+            if name[0] == meter.FIELD:  # "m<received bucket><paid bucket><status>"
+                self._tag(name[1], name[2], name[3:], n)
+            elif name in self.totals:
+                self.totals[name] += n
+
+    def _tag(self, rb: str, pb: str, status: str, n: int) -> None:
+        """``n`` records of one metric tag (``onestock.domain.meter``)."""
+        if status in self.after:
+            self.after[status] += n
+            return
+        label = _label(status)
+        self.decisions[label] = self.decisions.get(label, 0) + n
+        i = meter.index(rb)
+        if i is not None:
+            self.received[i] += n
+        j = meter.index(pb)
+        if j is not None:
+            self.paid[j] += n
+
+
+def _label(status: str) -> str:
+    """The decisions label of a decision's tag status: "accepted", "cancelled" or
+    "rejected:<reason>"; an unknown code raises."""
+    code = code_of(status)
+    if code is Code.REJECTED:
+        return "rejected:" + status[1:]
+    label = STATUS.get(code)
+    if label is None:
+        raise ProtocolError(f"a metric tag of status {status!r}: not a decision")
+    return label
+
+
+def _intake_counts(counts: dict[bytes, bytes]) -> tuple[dict[str, int], dict[str, int]]:
+    """The intake's counts: requests by "<source>:<outcome>", events stored by source."""
+    intake: dict[str, int] = {}
+    events: dict[str, int] = {}
+    for field, value in counts.items():
+        kind, _, rest = field.decode().partition(":")
+        if kind == keys.INTAKE_REQUESTS:
+            intake[rest] = int(value)
+        elif kind == keys.INTAKE_EVENTS:
+            events[rest] = int(value)
+    return intake, events
+
+
+def _campaign(c: Campaign, progress: dict[bytes, bytes]) -> CampaignFigures:
+    """A campaign's figures from its SKU's campaign progress hash."""
+
+    def num(field: str) -> int | None:
+        v = progress.get(f"{c.id}:{field}".encode())
+        return int(v) if v is not None else None
+
+    return CampaignFigures(
+        c.id, c.sku, c.gift_sku, c.first_n,
+        num("ranks") or 0, num("awarded") or 0, num("late") or 0, num("ended"),
+    )  # fmt: skip
+
+
 # -- Prometheus ------------------------------------------------------------------------------
 
 
@@ -225,11 +259,7 @@ def _histogram(name: str, doc: str, counts: list[int], sum_ms: int) -> Histogram
     return h
 
 
-def families(f: Figures) -> Iterator[Metric]:
-    """The Prometheus metric families of one reading (README "Metrics" lists them)."""
-    g = GaugeMetricFamily("onestock_redis_up", "1 when the last reading of Redis worked.")
-    g.add_metric([], 1)
-    yield g
+def _intake_families(f: Figures) -> Iterator[Metric]:
     c = CounterMetricFamily(
         "onestock_intake_requests", "Webhook requests by source and outcome.",
         labels=["source", "outcome"],
@@ -244,6 +274,10 @@ def families(f: Figures) -> Iterator[Metric]:
     for source, n in sorted(f.intake_events.items()):
         c.add_metric([source], n)
     yield c
+
+
+def _outcome_families(f: Figures) -> Iterator[Metric]:
+    """Decisions, after-sale records, records, dead letters, trimming, latencies."""
     c = CounterMetricFamily(
         "onestock_decisions",
         "Orders decided, by status (accepted, rejected, cancelled) and rejection reason.",
@@ -271,6 +305,10 @@ def families(f: Figures) -> Iterator[Metric]:
         "onestock_paid_to_decided_seconds",
         "From the order's paid_at to its decision.", f.paid, f.sum_paid_ms,
     )  # fmt: skip
+
+
+def _stream_families(f: Figures) -> Iterator[Metric]:
+    """Per shard backlog and length; the held records."""
     for name, doc, values in (
         ("onestock_stream_backlog", "Events in the input stream not decided yet.", f.backlog),
         ("onestock_stream_length", "Entries the input stream holds in Redis.", f.stream_length),
@@ -282,6 +320,10 @@ def families(f: Figures) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "onestock_held_records", "Accepted records waiting for their gift settlement.", f.held
     )
+
+
+def _stock_families(f: Figures) -> Iterator[Metric]:
+    """Stock per SKU and channel, the first-N campaigns, units oversold."""
     g = GaugeMetricFamily(
         "onestock_stock_sellable_units",
         "Units each channel can still sell, per SKU (locks and safety stock applied).",
@@ -316,6 +358,17 @@ def families(f: Figures) -> Iterator[Metric]:
         "onestock_oversold_units", "Units sold beyond stock or gifts past first_n: must be 0.",
         f.oversold,
     )  # fmt: skip
+
+
+def families(f: Figures) -> Iterator[Metric]:
+    """The Prometheus metric families of one reading (docs/ops.md "Metrics" lists them)."""
+    g = GaugeMetricFamily("onestock_redis_up", "1 when the last reading of Redis worked.")
+    g.add_metric([], 1)
+    yield g
+    yield from _intake_families(f)
+    yield from _outcome_families(f)
+    yield from _stream_families(f)
+    yield from _stock_families(f)
 
 
 class PipelineCollector(Collector):

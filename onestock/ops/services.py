@@ -13,6 +13,7 @@ import msgspec
 
 from onestock.domain import catalog as catalogs
 from onestock.domain.errors import OnestockError
+from onestock.domain.protocol import INTERNAL
 from onestock.domain.records import (
     RS,
     SEP,
@@ -41,8 +42,8 @@ def open_store(settings: Settings) -> Store:
 
 def instance_id(store: Store) -> str:
     """A random id fixed by the first run against this Redis dataset (keys recovery state)."""
-    store.r.set("os:instance", uuid.uuid4().hex, nx=True)
-    return store.r.get("os:instance").decode()  # type: ignore[union-attr]
+    store.r.set(keys.INSTANCE, uuid.uuid4().hex, nx=True)
+    return store.r.get(keys.INSTANCE).decode()  # type: ignore[union-attr]
 
 
 def load_catalog(store: Store, path: Path) -> Catalog:
@@ -65,25 +66,25 @@ def fix_shards(store: Store, wanted: int | None, default: int = DEFAULT_SHARDS) 
     """K: the count already stored, else ``wanted`` (or ``default``) becomes it. An explicit
     ``wanted`` that differs from the stored count is an error."""
     if wanted is not None:
-        return store.shard_count(wanted)
+        return store.shards.shard_count(wanted)
     try:
-        return store.shard_count()
+        return store.shards.shard_count()
     except OnestockError:
-        return store.shard_count(default)
+        return store.shards.shard_count(default)
 
 
 def push(
     store: Store, lines: Iterable[bytes], shards: int | None = None, default: int = DEFAULT_SHARDS
 ) -> int:
     k = fix_shards(store, shards, default)
-    return store.push((shard_of(raw, k), raw) for raw in lines)
+    return store.shards.push((shard_of(raw, k), raw) for raw in lines)
 
 
 def records(store: Store, shards: int) -> Iterator[FulfilmentRecord]:
     """Every final record, one per order id, in decision order (a cancellation's record
     replaces the order's first one)."""
     final: dict[str, FulfilmentRecord] = {}
-    for fields in store.entries(keys.outbox, shards):
+    for fields in store.shards.entries(keys.outbox, shards):
         for packed in packed_records(fields):
             rec = record_from_packed(packed)
             final[rec.order_id] = rec
@@ -100,7 +101,7 @@ def write_records(store: Store, shards: int, out: IO[bytes]) -> int:
 
 def write_deadletters(store: Store, shards: int, out: IO[bytes]) -> int:
     n = 0
-    for fields in store.entries(keys.deadbox, shards):
+    for fields in store.shards.entries(keys.deadbox, shards):
         out.write(json_encoder.encode(dead_from_entry(fields)) + b"\n")
         n += 1
     return n
@@ -116,7 +117,7 @@ class ReturnRecord(msgspec.Struct):
 
 def returns(store: Store, shards: int) -> Iterator[ReturnRecord]:
     """Every accepted return, once each, in decision order."""
-    for fields in store.entries(keys.returns, shards):
+    for fields in store.shards.entries(keys.returns, shards):
         for packed in packed_records(fields):
             oid, _, _, _, received, decided, _, _, outcome = packed.split(SEP, 8)
             f = outcome.split(SEP)
@@ -145,7 +146,7 @@ def write_alerts(store: Store, out: IO[bytes]) -> int:
     _, cat = store.catalog()
     n = 0
     skus = [s.sku for s in cat.skus] if cat else []
-    for f in store.merged([keys.alerts(sku) for sku in skus]):
+    for f in store.shards.merged([keys.alerts(sku) for sku in skus]):
         alert = Alert(
             f[b"sku"].decode(), int(f[b"remaining"]), f[b"reason"].decode(), iso_ms(int(f[b"at"]))
         )
@@ -183,7 +184,7 @@ def stock_view(
             raise OnestockError(f"unknown SKU {sku!r}")
         names = [sku]
     at = int(time.time() * 1000) if at_ms is None else at_ms
-    state = store.stock_state(names, {s.sku: s.buckets for s in cat.skus})
+    state = store.skus.stock_state(names, {s.sku: s.buckets for s in cat.skus})
     safety = {loc.id: loc.safety_stock for loc in cat.locations if loc.safety_stock}
     view = {}
     for name in names:
@@ -240,13 +241,13 @@ def gifts(store: Store, campaign: str) -> CampaignView:
         raise OnestockError(f"unknown campaign {campaign!r}")
     winners: list[Winner] = []
     late_ranks = 0
-    for fields in store.merged([keys.ranks(camp.sku)]):
+    for fields in store.shards.merged([keys.ranks(camp.sku)]):
         for entry in fields[b"v"].decode().split(RS):
             camp_id, oid, rank, loc, late, paid = entry.split(SEP)
             if camp_id != campaign:
                 continue
             late_ranks += late == "1"
-            if loc and not loc.startswith("\x00"):  # a location, not a marker (keys.GIFT_*)
+            if loc and not loc.startswith(INTERNAL):  # a location, not a marker (keys.GIFT_*)
                 winners.append(Winner(oid, int(rank), iso_ms(int(paid)), loc, late == "1"))
     winners.sort(key=lambda w: w.rank)
     progress = store.r.hgetall(keys.campaigns(camp.sku))
@@ -292,16 +293,56 @@ def _returned_stays_shipped(
                 left[ln.sku] -= take
 
 
+def _add_final(
+    final: Iterable[FulfilmentRecord],
+    back: Counter[tuple[str, str]],
+    shipped: Counter[tuple[str, str]],
+    rejected: Counter[str],
+) -> tuple[int, int]:
+    """Each order's final record into ``shipped`` (units per SKU and location) and
+    ``rejected`` (by reason); (accepted orders, gifts given)."""
+    accepted = gifts = 0
+    for rec in final:
+        if rec.status == "cancelled":  # its cancel gave back only what was not returned:
+            _returned_stays_shipped(rec, back, shipped)  # the returned units count as shipped
+        if rec.status == "accepted":
+            accepted += 1
+            for ship in rec.shipments:
+                for ln in ship.lines:
+                    shipped[(ln.sku, ship.location)] += ln.qty
+            if rec.gift is not None:
+                shipped[(rec.gift.sku, rec.gift.location)] += 1
+                gifts += 1
+        else:
+            rejected[rec.reason or rec.status] += 1
+    return accepted, gifts
+
+
+def _oversold(
+    loaded: dict[str, dict[str, int]],
+    shipped: Counter[tuple[str, str]],
+    now: dict[str, dict[str, int]],
+) -> int:
+    """Units below zero, or missing between loaded - shipped and the stock ``now``."""
+    oversold = 0
+    for sku, locs in loaded.items():
+        for loc in set(locs) | set(now.get(sku, {})):
+            expect = locs.get(loc, 0) - shipped[(sku, loc)]
+            have = now.get(sku, {}).get(loc, 0)
+            oversold += max(0, -have) + abs(expect - have)
+    return oversold
+
+
 def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit:
     """Re-add every record against the loaded stock: conservation and one record per order."""
     shipped: Counter[tuple[str, str]] = Counter()
     rejected: Counter[str] = Counter()
     seen: set[str] = set()
-    dup = accepted = n = gifts = 0
+    dup = n = 0
     lat: list[int] = []
     first, last = 2**63, 0
     final: dict[str, FulfilmentRecord] = {}
-    for packed in (p for f in store.entries(keys.outbox, shards) for p in packed_records(f)):
+    for packed in (p for f in store.shards.entries(keys.outbox, shards) for p in packed_records(f)):
         oid, _, _, _, received_s, decided_s, _ = packed.split(SEP, 6)  # (the rest: gift, ...)
         rec = record_from_packed(packed)
         if rec.status == "cancelled" and oid in seen:
@@ -319,26 +360,9 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
         for ln in ret.lines:
             shipped[(ln.sku, ret.location)] -= ln.qty
             back[(ret.order_id, ln.sku)] += ln.qty
-    for rec in final.values():
-        if rec.status == "cancelled":  # its cancel gave back only what was not returned:
-            _returned_stays_shipped(rec, back, shipped)  # the returned units count as shipped
-        if rec.status == "accepted":
-            accepted += 1
-            for ship in rec.shipments:
-                for ln in ship.lines:
-                    shipped[(ln.sku, ship.location)] += ln.qty
-            if rec.gift is not None:
-                shipped[(rec.gift.sku, rec.gift.location)] += 1
-                gifts += 1
-        else:
-            rejected[rec.reason or rec.status] += 1
+    accepted, gifts = _add_final(final.values(), back, shipped, rejected)
     _, cat = store.catalog()  # a SKU split into buckets is counted over all of them
-    now = store.stock_levels(loaded, {s.sku: s.buckets for s in cat.skus} if cat else None)
-    oversold = 0
-    for sku, locs in loaded.items():
-        for loc in set(locs) | set(now.get(sku, {})):
-            expect = locs.get(loc, 0) - shipped[(sku, loc)]
-            have = now.get(sku, {}).get(loc, 0)
-            oversold += max(0, -have) + abs(expect - have)
-    dead = store.outcome_counts(shards)[1]
+    now = store.skus.stock_levels(loaded, {s.sku: s.buckets for s in cat.skus} if cat else None)
+    oversold = _oversold(loaded, shipped, now)
+    dead = store.shards.outcome_counts(shards)[1]
     return Audit(n, accepted, rejected, dead, dup, oversold, lat, first, last, gifts)

@@ -146,9 +146,9 @@ def _progress(url: str, k: int, more: int, proc: subprocess.Popen[bytes]) -> boo
     store = Store.connect(url)
     deadline = time.monotonic() + 20
     try:
-        before = sum(store.outcome_counts(k))
+        before = sum(store.shards.outcome_counts(k))
         while proc.poll() is None and time.monotonic() < deadline:
-            if sum(store.outcome_counts(k)) >= before + more:
+            if sum(store.shards.outcome_counts(k)) >= before + more:
                 return True
             time.sleep(0.02)
         return False
@@ -163,7 +163,7 @@ def _reload(
     start = int(time.time() * 1000)
     cat = render_catalog(h.reload, anchor)
     store = Store.connect(url)
-    levels = store.stock_levels([s["sku"] for s in cat["skus"]])
+    levels = store.skus.stock_levels([s["sku"] for s in cat["skus"]])
     store.r.close()
     for sku in cat["skus"]:
         sku["stock"] = {**dict.fromkeys(sku["stock"], 0), **levels.get(sku["sku"], {})}

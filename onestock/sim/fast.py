@@ -54,7 +54,7 @@ def reload(admin: Store, h: History, anchor: int, cats: list[dict[str, Any]]) ->
     start = int(time.time() * 1000)
     time.sleep(0.003)
     cat = render_catalog(h.reload, anchor)
-    levels = admin.stock_levels([s["sku"] for s in cat["skus"]])
+    levels = admin.skus.stock_levels([s["sku"] for s in cat["skus"]])
     for sku in cat["skus"]:
         sku["stock"] = {**dict.fromkeys(sku["stock"], 0), **levels.get(sku["sku"], {})}
     load_file(admin, cat)
@@ -83,31 +83,41 @@ class Worker:
             part.ticked = math.inf  # no wall-clock ticks either: the driver ticks
 
 
-def run_fast(h: History, url: str) -> tuple[Observed, dict[str, int]]:
-    rng = random.Random(h.seed * 7919 + 17)
-    admin = Store.connect(url)
-    admin.r.flushall()
-    admin.r.script_flush()  # the same commands every time: NOSCRIPT round trips count too
-    anchor = anchor_of(h)
-    lines = h.render_events(anchor)
-    cats = [render_catalog(h.catalog, anchor)]
-    load_file(admin, cats[0])
-    base = {s["sku"]: dict(s["stock"]) for s in cats[0]["skus"]}
-    k, w = h.shards, h.workers
-    ops.fix_shards(admin, k)
-    camp = (cats[0].get("campaigns") or [None])[0]
-    faults = Faults(rng, rng.choice([0, 1, 1, 2, 3]))
-    style = rng.choice(["lockstep", "random", "favour"]) if h.features.skew else "lockstep"
-    favour = rng.randrange(k)
-    seen: list[list[str]] = [[] for _ in range(k)]  # snapshots a resume could start from
-    procs: list[Worker] = []
-    problems: list[tuple[str, str]] = []
-    window: list[tuple[int, int]] = []
-    before: set[str | None] = set()  # order ids in batches begun before the reload ended
-    after: set[str | None] = set()  # ... and not before, in batches begun after it
+class _Play:
+    """One history played: the admin client (the "other processes": pushes, the reload), the
+    worker processes and what the checker is given. Every random choice comes from one
+    seeded ``rng``, in a fixed order, so a seed replays the same run."""
 
-    def start() -> None:
+    def __init__(self, h: History, url: str) -> None:
+        self.h, self.url = h, url
+        self.rng = rng = random.Random(h.seed * 7919 + 17)
+        self.admin = admin = Store.connect(url)
+        admin.r.flushall()
+        admin.r.script_flush()  # the same commands every time: NOSCRIPT round trips count too
+        self.anchor = anchor_of(h)
+        self.lines = h.render_events(self.anchor)
+        self.cats = [render_catalog(h.catalog, self.anchor)]
+        load_file(admin, self.cats[0])
+        self.base = {s["sku"]: dict(s["stock"]) for s in self.cats[0]["skus"]}
+        k = self.k = h.shards
+        self.w = h.workers
+        ops.fix_shards(admin, k)
+        self.camp = (self.cats[0].get("campaigns") or [None])[0]
+        self.faults = Faults(rng, rng.choice([0, 1, 1, 2, 3]))
+        self.style = rng.choice(["lockstep", "random", "favour"]) if h.features.skew else "lockstep"
+        self.favour = rng.randrange(k)
+        self.seen: list[list[str]] = [[] for _ in range(k)]  # snapshots a resume could start from
+        self.procs: list[Worker] = []  # (one list, cleared and refilled by every restart)
+        self.problems: list[tuple[str, str]] = []
+        self.window: list[tuple[int, int]] = []
+        self.before: set[str | None] = set()  # order ids in batches begun before the reload ended
+        self.after: set[str | None] = set()  # ... and not before, in batches begun after it
+        self.order: dict[str, int] = {}  # entry id -> push index (ids of two shards do not compare)
+        self.tops = ["0-0"] * k
+
+    def start(self) -> None:
         """(Re)start every worker process: a crash takes the whole cluster down."""
+        procs, rng, seen, k, w = self.procs, self.rng, self.seen, self.k, self.w
         for p in procs:
             p.store.r.close()
         procs.clear()
@@ -118,52 +128,41 @@ def run_fast(h: History, url: str) -> tuple[Observed, dict[str, int]]:
                 resume[s] = None if r < 0.3 or not seen[s] else (
                     rng.choice(seen[s]) if r < 0.7 else seen[s][-1])  # fmt: skip
             try:
-                procs.append(Worker(url, faults, k, resume))
+                procs.append(Worker(self.url, self.faults, k, resume))
             except Crash:
                 procs.clear()
-        faults.arm()
+        self.faults.arm()
 
-    order: dict[str, int] = {}  # entry id -> push index (ids of two shards do not compare)
-    tops = ["0-0"] * k
-
-    def push(i: int, j: int) -> None:
+    def push(self, i: int, j: int) -> None:
         """`orders push` of lines i..j, and where each landed."""
+        admin, lines, k, tops = self.admin, self.lines, self.k, self.tops
         ops.push(admin, lines[i:j], k)
         by_shard: list[list[int]] = [[] for _ in range(k)]
         for n in range(i, j):
             by_shard[sharding.shard_of(lines[n], k)].append(n)
         for x in range(k):
-            rows = admin.read(x, tops[x], len(by_shard[x])) if by_shard[x] else []
-            order.update(zip((eid for eid, _ in rows), by_shard[x], strict=True))
+            rows = admin.shards.read(x, tops[x], len(by_shard[x])) if by_shard[x] else []
+            self.order.update(zip((eid for eid, _ in rows), by_shard[x], strict=True))
             tops[x] = rows[-1][0] if rows else tops[x]
 
-    def fire_reload() -> None:
-        window.append(reload(admin, h, anchor, cats))
+    def fire_reload(self) -> None:
+        self.window.append(reload(self.admin, self.h, self.anchor, self.cats))
 
-    def step() -> bool:
+    def step(self) -> bool:
         """One worker step: read a batch of some shards, decide, then write them; False
         when no shard has anything to read."""
-        at = {s: procs[s % w].parts[s].snapshot() for s in range(k)}
-        heads = {s: rows[0][0] for s in range(k) if (rows := admin.read(s, at[s], 1))}
+        k, w, rng = self.k, self.w, self.rng
+        at = {s: self.procs[s % w].parts[s].snapshot() for s in range(k)}
+        heads = {s: rows[0][0] for s in range(k) if (rows := self.admin.shards.read(s, at[s], 1))}
         if not heads:
             return False
-        if style == "lockstep":
-            s = min(heads, key=lambda x: order[heads[x]])
+        if self.style == "lockstep":
+            s = min(heads, key=lambda x: self.order[heads[x]])
         else:
-            s = favour if style == "favour" and favour in heads else rng.choice(list(heads))
-        p = procs[s % w]
-        out: list[Decided] = []
-        judged_after = bool(window)  # batches begun after the reload: judged by its rules
-        for x in [s] + [x for x in heads if x != s and x % w == s % w and rng.random() < 0.3]:
-            p.source.batch_size = rng.randint(1, 6)
-            for shard, rows in p.parts[x].next_batch():
-                ids = {_order_id(raw) for _, raw in rows}  # (before deciding: it may crash)
-                if judged_after:
-                    after.update(ids - before)
-                else:
-                    before.update(ids)
-                out.append(p.decider.process(shard, rows))
-            seen[x].append(p.parts[x].snapshot())
+            favour = self.favour
+            s = favour if self.style == "favour" and favour in heads else rng.choice(list(heads))
+        p = self.procs[s % w]
+        out = self._decide(p, s, heads)
         for x in p.parts:  # a caught-up shard's tick, as the source sends every 0.1 s
             if x not in heads and rng.random() < 0.5:
                 out.append(p.decider.process(x, []))
@@ -173,48 +172,88 @@ def run_fast(h: History, url: str) -> tuple[Observed, dict[str, int]]:
             settle(p.decider)
         return True
 
-    chunks = []
-    i = 0
-    most = 60 if style != "lockstep" and rng.random() < 0.6 else 12  # skew: pushes run ahead
-    while i < len(lines):
-        j = min(len(lines), i + rng.randint(1, most))
-        chunks.append((i, j))
-        i = j
-    start()
-    try:
+    def _decide(self, p: Worker, s: int, heads: dict[int, str]) -> list[Decided]:
+        """Worker ``p`` reads and decides a batch of shard ``s`` and maybe of its other
+        shards with something to read."""
+        w, rng = self.w, self.rng
+        out: list[Decided] = []
+        judged_after = bool(self.window)  # batches begun after the reload: judged by its rules
+        for x in [s] + [x for x in heads if x != s and x % w == s % w and rng.random() < 0.3]:
+            p.source.batch_size = rng.randint(1, 6)
+            for shard, rows in p.parts[x].next_batch():
+                ids = {_order_id(raw) for _, raw in rows}  # (before deciding: it may crash)
+                if judged_after:
+                    self.after.update(ids - self.before)
+                else:
+                    self.before.update(ids)
+                out.append(p.decider.process(shard, rows))
+            self.seen[x].append(p.parts[x].snapshot())
+        return out
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """The pushes: lines i..j each, of seeded sizes."""
+        chunks = []
+        i = 0
+        # skew: pushes run ahead
+        most = 60 if self.style != "lockstep" and self.rng.random() < 0.6 else 12
+        while i < len(self.lines):
+            j = min(len(self.lines), i + self.rng.randint(1, most))
+            chunks.append((i, j))
+            i = j
+        return chunks
+
+    def play(self, chunks: list[tuple[int, int]]) -> None:
+        """Pushes and worker steps interleaved at random, each crash a restart, until
+        everything is pushed and no shard has anything to read; the reload, once, while
+        some of the pushes are done."""
+        h, faults = self.h, self.faults
         while True:
             try:
-                if chunks and (rng.random() < 0.4 or not step()):
+                if chunks and (self.rng.random() < 0.4 or not self.step()):
                     i, j = chunks.pop(0)
-                    push(i, j)
-                    if h.reload is not None and not window and j > h.reload_at:
-                        faults.set_hook(fire_reload, 5)
-                elif not chunks and not step():
+                    self.push(i, j)
+                    if h.reload is not None and not self.window and j > h.reload_at:
+                        faults.set_hook(self.fire_reload, 5)
+                elif not chunks and not self.step():
                     break
             except Crash:
-                start()
+                self.start()
         if faults.hook is not None:
             faults.hook = None
-            fire_reload()
-        drain(procs, step, start, problems)
-    except Exception as exc:  # a product failure: a real worker would die here too
-        problems.append(("run.exception", _where(exc)))
+            self.fire_reload()
+
+    def observed(self) -> tuple[Observed, dict[str, int]]:
+        """What the run produced, read back as users read it."""
+        admin, k, camp, problems = self.admin, self.k, self.camp, self.problems
+        try:
+            pub = observe.public(admin, k, camp["id"] if camp else None)
+            vers = observe.versions(admin, k)
+            ranks = observe.ranks(admin, camp["sku"] if camp else None)
+        except Exception as exc:
+            problems.append(("read.exception", _where(exc)))
+            pub = {"fulfilments": [], "deadletters": [], "returns": [], "stock": {}, "gifts": None,
+                   "alerts": []}  # fmt: skip
+            vers, ranks = [], []
+        for p in self.procs:
+            p.store.r.close()
+        window, faults = self.window, self.faults
+        ob = Observed(lines=self.lines, shards=k, catalogs=self.cats, base=self.base,
+                      reload_window=window[0] if window else None, versions=vers, ranks=ranks,
+                      after_reload={a for a in self.after if a}, first_crash_ms=faults.first_ms,
+                      problems=problems, **pub)  # fmt: skip
+        return ob, {"events": len(self.lines), "faults": faults.crashes + len(window)}
+
+
+def run_fast(h: History, url: str) -> tuple[Observed, dict[str, int]]:
+    play = _Play(h, url)
+    chunks = play.chunks()
+    play.start()
     try:
-        pub = observe.public(admin, k, camp["id"] if camp else None)
-        vers = observe.versions(admin, k)
-        ranks = observe.ranks(admin, camp["sku"] if camp else None)
-    except Exception as exc:
-        problems.append(("read.exception", _where(exc)))
-        pub = {"fulfilments": [], "deadletters": [], "returns": [], "stock": {}, "gifts": None,
-               "alerts": []}  # fmt: skip
-        vers, ranks = [], []
-    for p in procs:
-        p.store.r.close()
-    ob = Observed(lines=lines, shards=k, catalogs=cats, base=base,
-                  reload_window=window[0] if window else None, versions=vers, ranks=ranks,
-                  after_reload={a for a in after if a}, first_crash_ms=faults.first_ms,
-                  problems=problems, **pub)  # fmt: skip
-    return ob, {"events": len(lines), "faults": faults.crashes + len(window)}
+        play.play(chunks)
+        drain(play.procs, play.step, play.start, play.problems)
+    except Exception as exc:  # a product failure: a real worker would die here too
+        play.problems.append(("run.exception", _where(exc)))
+    return play.observed()
 
 
 def drain(
@@ -231,32 +270,42 @@ def drain(
         try:
             if step():
                 continue
-            done = True
-            for p in procs:
-                p.source.until_drained = True
-                for s, part in p.parts.items():
-                    try:
-                        for shard, rows in part.next_batch() or [(s, [])]:
-                            p.decider.emit(p.decider.process(shard, rows))
-                        done = False
-                    except StopIteration:
-                        pass
-            for p in procs:  # (a worker whose shards are all drained has to load it)
-                if p.decider.version < 0:
-                    p.decider.refresh()
-                settle(p.decider, force=True)
-            if done:
+            if _drained(procs):
                 return
         except Crash:
             start()
             continue
         if time.monotonic() > deadline:
-            stuck = [(s, p.store.watermark(s), p.parts[s].snapshot(), p.store.r.xlen(keys.inbox(s)))
-                     for p in procs for s in p.parts]  # fmt: skip
+            inbox = keys.inbox
+            stuck = [
+                (s, p.store.shards.watermark(s), p.parts[s].snapshot(), p.store.r.xlen(inbox(s)))
+                for p in procs
+                for s in p.parts
+            ]
             problems.append(("drain.hang", f"not drained after {DRAIN_S:.0f} s: (shard, "
                              f"watermark, read to, backlog) {stuck}"))  # fmt: skip
             return
         time.sleep(0.05)
+
+
+def _drained(procs: list[Worker]) -> bool:
+    """One pass of every worker over its partitions until drained, then a forced gift
+    settlement: True when every partition had ended."""
+    done = True
+    for p in procs:
+        p.source.until_drained = True
+        for s, part in p.parts.items():
+            try:
+                for shard, rows in part.next_batch() or [(s, [])]:
+                    p.decider.emit(p.decider.process(shard, rows))
+                done = False
+            except StopIteration:
+                pass
+    for p in procs:  # (a worker whose shards are all drained has to load it)
+        if p.decider.version < 0:
+            p.decider.refresh()
+        settle(p.decider, force=True)
+    return done
 
 
 def settle(d: Decider, force: bool = False) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from onestock.domain.protocol import RS, SEP
 from onestock.sim.features import Features
 
 SUR = "@@SUR@@"  # rendered as the JSON escape of a lone surrogate, \ud800
@@ -92,53 +93,12 @@ def generate(seed: int, features: Features) -> History:
     skus = [s["sku"] for s in cat["skus"]]
     shards = rng.choice([1, 2, 3, 4])
     h = History(seed, f, shards, rng.choice([1, 2]) if shards > 1 else 1, lateness, cat, None, 0)
-    keyed: list[tuple[float, Event]] = []
-    t = 0
-    ids = [f"o-{i:03d}" for i in range(n)]
-    for i in range(n):
-        t += rng.choice([0, 0, 5, 20, 60, 150])
-        oid = ids[i]
-        if f.internal_ids and rng.random() < 0.04:
-            oid = rng.choice(INTERNAL).format(x=rng.choice(ids))
-        body = _order(rng, cat, skus, oid, t)
-        if f.control_ids and rng.random() < 0.02:
-            body["customer"]["id"] = rng.choice(["c\x1f1", "c\x1e2", "c-\x1f"])
-        if f.surrogates and rng.random() < 0.015:
-            spot = rng.choice(["order_id", "customer", "sku"])
-            if spot == "order_id":
-                body["order_id"] = oid + SUR
-            elif spot == "customer":
-                body["customer"]["id"] = "c" + SUR
-            else:
-                body["lines"][0]["sku"] += SUR
-        if f.bad_times and rng.random() < 0.03:
-            body["paid_at"] = rng.choice(BAD_TIMES)
-        # the push order: paid_at displaced by less than half the lateness bound
-        key = t + rng.randrange(max(1, lateness // 2 - 1))
-        keyed.append((key, Event("order", body)))
-    keyed.sort(key=lambda kv: kv[0])
-    base = [e for _, e in keyed]
+    base, t = _orders(rng, f, cat, skus, n, lateness)
     events: list[tuple[float, Event]] = [(float(i), e) for i, e in enumerate(base)]
     end = float(len(base))
+    locations = [loc["id"] for loc in cat["locations"]]
     for i, e in enumerate(base):
-        oid = (e.body or {})["order_id"]
-        cancel_key = None
-        if f.cancels and rng.random() < 0.15:
-            before = f.early_cancels and rng.random() < 0.25
-            cancel_key = rng.uniform(-0.99, i - 0.01) if before else rng.uniform(i + 0.01, end)
-            events.append((cancel_key, Event("cancel", {"type": "cancel", "order_id": oid})))
-        if f.dups and rng.random() < 0.12:
-            k = i + 0.001 if rng.random() < 0.4 else rng.uniform(i + 0.01, end)
-            events.append((k, Event("dup", of=id(e))))  # resolved below
-        if f.returns and rng.random() < 0.15:
-            if cancel_key is not None and not f.cancel_after_return:
-                continue
-            for ret in _returns(rng, e.body or {}, [loc["id"] for loc in cat["locations"]]):
-                early = f.early_returns and rng.random() < 0.08
-                k = rng.uniform(-0.99, i) if early else rng.uniform(i + 0.01, end)
-                events.append((k, Event("return", ret)))
-                if rng.random() < 0.25:  # a retried delivery of the same return
-                    events.append((rng.uniform(k, end + 0.5), Event("return", dict(ret))))
+        events += _aftersale(rng, f, i, e, end, locations)
     if f.garbage:
         for _ in range(rng.randint(1, 4)):
             events.append((rng.uniform(-1, end), Event("garbage", raw=rng.choice(GARBAGE))))
@@ -156,6 +116,71 @@ def generate(seed: int, features: Features) -> History:
         h.reload = _reload(rng, cat, f)
         h.reload_at = rng.randint(len(h.events) // 6, len(h.events) // 2)
     return h
+
+
+def _orders(
+    rng: random.Random, f: Features, cat: dict[str, Any], skus: list[str], n: int, lateness: int
+) -> tuple[list[Event], int]:
+    """The history's ``n`` orders in push order (paid_at displaced by less than half the
+    lateness bound), and the paid_at offset of the last one."""
+    keyed: list[tuple[float, Event]] = []
+    t = 0
+    ids = [f"o-{i:03d}" for i in range(n)]
+    for i in range(n):
+        t += rng.choice([0, 0, 5, 20, 60, 150])
+        oid = ids[i]
+        if f.internal_ids and rng.random() < 0.04:
+            oid = rng.choice(INTERNAL).format(x=rng.choice(ids))
+        body = _order(rng, cat, skus, oid, t)
+        _hostile(rng, f, body, oid)
+        # the push order: paid_at displaced by less than half the lateness bound
+        key = t + rng.randrange(max(1, lateness // 2 - 1))
+        keyed.append((key, Event("order", body)))
+    keyed.sort(key=lambda kv: kv[0])
+    return [e for _, e in keyed], t
+
+
+def _hostile(rng: random.Random, f: Features, body: dict[str, Any], oid: str) -> None:
+    """Now and then a customer id with separators, a lone surrogate, a paid_at out of range."""
+    if f.control_ids and rng.random() < 0.02:
+        body["customer"]["id"] = rng.choice([f"c{SEP}1", f"c{RS}2", f"c-{SEP}"])
+    if f.surrogates and rng.random() < 0.015:
+        spot = rng.choice(["order_id", "customer", "sku"])
+        if spot == "order_id":
+            body["order_id"] = oid + SUR
+        elif spot == "customer":
+            body["customer"]["id"] = "c" + SUR
+        else:
+            body["lines"][0]["sku"] += SUR
+    if f.bad_times and rng.random() < 0.03:
+        body["paid_at"] = rng.choice(BAD_TIMES)
+
+
+def _aftersale(
+    rng: random.Random, f: Features, i: int, e: Event, end: float, locations: list[str]
+) -> list[tuple[float, Event]]:
+    """The events around order ``i`` (at key ``i``; the last at ``end``): maybe a cancel (maybe
+    before it), a copy, returns (some early, some delivered twice)."""
+    out: list[tuple[float, Event]] = []
+    oid = (e.body or {})["order_id"]
+    cancel_key = None
+    if f.cancels and rng.random() < 0.15:
+        before = f.early_cancels and rng.random() < 0.25
+        cancel_key = rng.uniform(-0.99, i - 0.01) if before else rng.uniform(i + 0.01, end)
+        out.append((cancel_key, Event("cancel", {"type": "cancel", "order_id": oid})))
+    if f.dups and rng.random() < 0.12:
+        k = i + 0.001 if rng.random() < 0.4 else rng.uniform(i + 0.01, end)
+        out.append((k, Event("dup", of=id(e))))  # resolved by generate
+    if f.returns and rng.random() < 0.15:
+        if cancel_key is not None and not f.cancel_after_return:
+            return out
+        for ret in _returns(rng, e.body or {}, locations):
+            early = f.early_returns and rng.random() < 0.08
+            k = rng.uniform(-0.99, i) if early else rng.uniform(i + 0.01, end)
+            out.append((k, Event("return", ret)))
+            if rng.random() < 0.25:  # a retried delivery of the same return
+                out.append((rng.uniform(k, end + 0.5), Event("return", dict(ret))))
+    return out
 
 
 def _shard(oid: str, shards: int) -> int:

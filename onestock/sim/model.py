@@ -102,7 +102,7 @@ def per_sku(c: Counter[tuple[str, str]]) -> Counter[str]:
 def cancelled_back(
     shipments: list[dict[str, Any]], returned: Counter[str]
 ) -> Counter[tuple[str, str]]:
-    """What a cancel gives back (README "Cancellations"): the order's shipments less what
+    """What a cancel gives back (docs/intake.md "Cancellations"): the order's shipments less what
     returns brought back before, taken off its last allocations first."""
     left = Counter(returned)
     back: Counter[tuple[str, str]] = Counter()
@@ -149,16 +149,21 @@ class Checker:
                 self.decision[oid] = dec[0]
         self.final = {r["order_id"]: r for r in ob.fulfilments}
         self.took = {oid: self._took(oid) for oid in self.versions}  # units first taken
-        self.back: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)  # given back
+        self.back = self._given_back()
+
+    def _given_back(self) -> dict[str, Counter[tuple[str, str]]]:
+        """Order -> units given back, by returns and by cancels."""
+        back: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
         returned: dict[str, Counter[str]] = defaultdict(Counter)  # order -> SKU -> units
-        for ret in ob.returns:
+        for ret in self.ob.returns:
             for ln in ret["lines"]:
-                self.back[ret["order_id"]][(ln["sku"], ret["location"])] += ln["qty"]
+                back[ret["order_id"]][(ln["sku"], ret["location"])] += ln["qty"]
                 returned[ret["order_id"]][ln["sku"]] += ln["qty"]
         for oid, recs in self.versions.items():
             for r in recs:
                 if r["status"] == "cancelled":
-                    self.back[oid] += cancelled_back(r["shipments"], returned[oid])
+                    back[oid] += cancelled_back(r["shipments"], returned[oid])
+        return back
 
     def fail(self, cls: str, detail: str) -> None:
         self.v.append((cls, detail))
@@ -207,6 +212,10 @@ class Checker:
             self.fail("dead.missing", f"no dead letter for {raw[:80]!r}")
         for raw in got - want:
             self.fail("dead.extra", f"a dead letter for {raw[:80]!r}")
+        self._lines()
+
+    def _lines(self) -> None:
+        """An accepted order ships what it ordered; a rejected one ships nothing."""
         for oid, rec in self.final.items():
             dec = self.decision.get(oid)
             if dec is not None and dec["status"] == "accepted":
@@ -218,6 +227,13 @@ class Checker:
                 self.fail("lines.mismatch", f"{oid!r}: rejected with shipments")
 
     def aftersale(self) -> None:
+        self._cancelled()
+        self._returns_applied()
+        self._returns_refused()
+
+    def _cancelled(self) -> None:
+        """A cancelled order was named by a cancel; a cancel of an accepted order (or before
+        its order) ends it cancelled."""
         for oid, rec in self.final.items():
             c = self.cancels.get(oid)
             if rec["status"] == "cancelled" and c is None:
@@ -228,6 +244,9 @@ class Checker:
                 self.fail("cancel.early", f"{oid!r} cancelled before it came, yet {rec['status']}")
             elif self.accepted(oid) and rec["status"] != "cancelled":
                 self.fail("cancel.lost", f"{oid!r} was accepted and cancelled, yet {rec['status']}")
+
+    def _returns_applied(self) -> None:
+        """Each return (its copies one group) applied once or refused, to an accepted order."""
         groups: dict[tuple[Any, ...], list[Ev]] = defaultdict(list)
         for e in self.evs:
             if e.kind == "return" and e.obj is not None:
@@ -247,6 +266,9 @@ class Checker:
                 self.fail("return.missing", f"{key}: {len(copies)} copies, {d} outcomes")
             if a and not self.accepted(str(key[0])):
                 self.fail("return.wrong", f"{key}: applied to an order never accepted")
+
+    def _returns_refused(self) -> None:
+        """A refused return's reason is true of its order."""
         by_raw: dict[str, Ev] = {}  # a return's text -> its first copy
         for e in self.evs:
             if e.kind == "return":
@@ -266,6 +288,21 @@ class Checker:
     # (b) conservation, (f) nothing given back twice ---------------------------------------
 
     def conservation(self) -> None:
+        expect = self._expected()
+        have: Counter[tuple[str, str]] = Counter()
+        for sku, view in self.ob.stock.items():
+            for loc, q in view["locations"].items():
+                have[(sku, loc)] = q
+                if q < 0:
+                    self.fail("stock.negative", f"{sku} at {loc}: {q}")
+        for key in sorted(set(expect) | set(have)):
+            if expect[key] != have[key]:
+                self.fail("stock.conservation", f"{key[0]} at {key[1]}: expected "
+                          f"{expect[key]}, `onestock stock` says {have[key]}")  # fmt: skip
+
+    def _expected(self) -> Counter[tuple[str, str]]:
+        """The stock the outputs add up to: loaded, less what was taken (gifts too), plus
+        what was given back; no order given back more than it shipped."""
         expect: Counter[tuple[str, str]] = Counter()
         for sku, locs in self.ob.base.items():
             for loc, q in locs.items():
@@ -284,16 +321,7 @@ class Checker:
                 if q > shipped[sku]:
                     self.fail("restock.twice", f"{oid!r}: {q} x {sku} given back, "
                               f"{shipped[sku]} shipped")  # fmt: skip
-        have: Counter[tuple[str, str]] = Counter()
-        for sku, view in self.ob.stock.items():
-            for loc, q in view["locations"].items():
-                have[(sku, loc)] = q
-                if q < 0:
-                    self.fail("stock.negative", f"{sku} at {loc}: {q}")
-        for key in sorted(set(expect) | set(have)):
-            if expect[key] != have[key]:
-                self.fail("stock.conservation", f"{key[0]} at {key[1]}: expected "
-                          f"{expect[key]}, `onestock stock` says {have[key]}")  # fmt: skip
+        return expect
 
 
 def check(ob: Observed) -> list[Violation]:

@@ -26,7 +26,7 @@ def versions(store: Store, shards: int) -> list[dict[str, Any]]:
     """Every record written to the output streams, in decision order."""
     return [
         msgspec.to_builtins(record_from_packed(p))
-        for fields in store.entries(keys.outbox, shards)
+        for fields in store.shards.entries(keys.outbox, shards)
         for p in packed_records(fields)
     ]
 
@@ -36,7 +36,7 @@ def ranks(store: Store, campaign_sku: str | None) -> list[tuple[str, str, int, s
     if campaign_sku is None:
         return []
     out = []
-    for fields in store.merged([keys.ranks(campaign_sku)]):
+    for fields in store.shards.merged([keys.ranks(campaign_sku)]):
         for entry in fields[b"v"].decode().split(RS):
             camp, oid, rank, loc, late, _paid = entry.split(SEP)
             out.append((camp, oid, int(rank), loc, late == "1"))

@@ -16,6 +16,8 @@ from onestock.sim.model import ms, ordered, per_sku, units
 if TYPE_CHECKING:
     from onestock.sim.model import Checker, Ev
 
+Rank = tuple[str, str, int, str, bool]  # campaign, order id, rank, gift from, late
+
 
 def check(c: Checker) -> None:
     limits(c)
@@ -43,8 +45,22 @@ def _decided_ms(c: Checker, oid: str) -> int | None:
 
 def limits(c: Checker) -> None:
     lim = _rule(c, "per_customer_limit")
-    bought: Counter[tuple[str, str]] = Counter()  # (customer, SKU) -> units, a cancel counts
-    after: Counter[tuple[str, str]] = Counter()  # ... of orders decided after the reload
+    bought, after = _bought(c)
+    for (cust, sku), q in bought.items():
+        first, last = lim[0].get(sku), lim[-1].get(sku)
+        if first is not None and q > max(first, last or first):
+            c.fail("limit.exceeded", f"{cust!r} bought {q} x {sku}, limit {first}/{last}")
+        elif first is None and last is not None and after[(cust, sku)] > last:
+            c.fail("limit.exceeded", f"{cust!r} bought {after[(cust, sku)]} x {sku} after "
+                   f"the reload set a limit of {last}")  # fmt: skip
+    _limit_rejections(c, lim)
+
+
+def _bought(c: Checker) -> tuple[Counter[tuple[str, str]], Counter[tuple[str, str]]]:
+    """(customer, SKU) -> units bought (a cancel counts), and of orders decided after the
+    reload."""
+    bought: Counter[tuple[str, str]] = Counter()
+    after: Counter[tuple[str, str]] = Counter()
     for oid, took in c.took.items():
         cust = _obj(c, oid).get("customer", {}).get("id")
         if not took or cust is None:
@@ -56,15 +72,12 @@ def limits(c: Checker) -> None:
             bought[(cust, sku)] += q
             if later:
                 after[(cust, sku)] += q
-    for (cust, sku), q in bought.items():
-        first, last = lim[0].get(sku), lim[-1].get(sku)
-        if first is not None and q > max(first, last or first):
-            c.fail("limit.exceeded", f"{cust!r} bought {q} x {sku}, limit {first}/{last}")
-        elif first is None and last is not None and after[(cust, sku)] > last:
-            c.fail("limit.exceeded", f"{cust!r} bought {after[(cust, sku)]} x {sku} after "
-                   f"the reload set a limit of {last}")  # fmt: skip
-    # a limit_exceeded needs units the customer bought before it (decided no later than it,
-    # give or take the clock skew between concurrent workers), whichever catalog judged it
+    return bought, after
+
+
+def _limit_rejections(c: Checker, lim: list[dict[str, Any]]) -> None:
+    """A limit_exceeded needs units the customer bought before it (decided no later than it,
+    give or take the clock skew between concurrent workers), whichever catalog judged it."""
     times = {oid: _decided_ms(c, oid) for oid in c.took}
     for oid, dec in c.decision.items():
         if dec["status"] != "rejected" or dec["reason"] != "limit_exceeded":
@@ -93,10 +106,14 @@ def limits(c: Checker) -> None:
 
 
 def locks_and_presales(c: Checker) -> None:
+    _presales_and_pickups(c)
+    _locks(c)
+
+
+def _presales_and_pickups(c: Checker) -> None:
+    """No non-VIP bought before a pre-sale's end (by either catalog); a pickup ships from its
+    store."""
     vip = _rule(c, "vip_presale_until")
-    given: Counter[str] = Counter()
-    for back in c.back.values():
-        given += per_sku(back)
     for oid, took in c.took.items():
         obj = _obj(c, oid)
         paid = ms(obj.get("paid_at"))
@@ -112,6 +129,13 @@ def locks_and_presales(c: Checker) -> None:
         if dec and dec["status"] == "accepted" and obj.get("delivery", {}).get("mode") == "pickup":
             if {(s["location"], s["mode"]) for s in dec["shipments"]} != {(store, "pickup")}:
                 c.fail("pickup.wrong", f"{oid!r}: pickup at {store!r}, {dec['shipments']}")
+
+
+def _locks(c: Checker) -> None:
+    """Other channels took no more of a locked SKU, before the lock's end, than was theirs."""
+    given: Counter[str] = Counter()
+    for back in c.back.values():
+        given += per_sku(back)
     for sku in c.ob.catalogs[0]["skus"]:
         for lock in sku.get("channel_locks", []):
             until, name = ms(lock["until"]), sku["sku"]
@@ -132,8 +156,21 @@ def first_n(c: Checker) -> None:
     if not camps:
         return
     camp = camps[0]
-    n, late_ms, sku = camp["first_n"], camp["lateness_ms"], camp["sku"]
     entries = [e for e in c.ob.ranks if e[0] == camp["id"]]
+    rank_of = _ranks(c, entries)
+    view = c.ob.gifts or {}
+    if view.get("pending"):
+        c.fail("firstn.pending", f"{view['pending']} candidates never settled")
+    unacked = view.get("settled", 0) - len(entries)
+    if unacked > 0:  # settled and released, but not in the ranks `onestock gifts` lists
+        c.fail("firstn.unacked", f"drained, `onestock gifts` says {view['settled']} ranks "
+               f"settled, but lists {len(entries)}: winners missing from it")  # fmt: skip
+    _gifts(c, camp, rank_of, view.get("ended_early_at"), unacked)
+    _rank_order(c, entries, camp["sku"], camp["lateness_ms"])
+
+
+def _ranks(c: Checker, entries: list[Rank]) -> dict[str, int]:
+    """Order id -> its rank: each rank given once, 1.. without a gap, to accepted orders."""
     for rank, k in Counter(e[2] for e in entries).items():
         if k > 1:
             c.fail("firstn.rank_twice", f"rank {rank} given {k} times")
@@ -143,14 +180,15 @@ def first_n(c: Checker) -> None:
     for oid in rank_of:
         if not c.accepted(oid):
             c.fail("firstn.rank_to_rejected", f"{oid!r} holds rank {rank_of[oid]}")
-    view = c.ob.gifts or {}
-    ended = view.get("ended_early_at")
-    if view.get("pending"):
-        c.fail("firstn.pending", f"{view['pending']} candidates never settled")
-    unacked = view.get("settled", 0) - len(entries)
-    if unacked > 0:  # settled and released, but not in the ranks `onestock gifts` lists
-        c.fail("firstn.unacked", f"drained, `onestock gifts` says {view['settled']} ranks "
-               f"settled, but lists {len(entries)}: winners missing from it")  # fmt: skip
+    return rank_of
+
+
+def _gifts(
+    c: Checker, camp: dict[str, Any], rank_of: dict[str, int], ended: int | None, unacked: int
+) -> None:
+    """Every accepted buyer of the campaign SKU ranked (until N are); a gift exactly to the
+    ranks up to N, while the gift stock lasts."""
+    n, sku = camp["first_n"], camp["sku"]
     full = ended is not None or sum(1 for r in rank_of.values() if r <= n) >= n
     for oid, rec in c.final.items():
         g = rec.get("gift")
@@ -163,6 +201,11 @@ def first_n(c: Checker) -> None:
             c.fail("firstn.gift", f"{oid!r}: gift {g}, rank {rank_of.get(oid)}, N {n}")
         if holds and not g and ended is None and rank_of.get(oid, n + 1) <= n:
             c.fail("firstn.gift", f"{oid!r} holds rank {rank_of[oid]} <= {n}, but no gift")
+
+
+def _rank_order(c: Checker, entries: list[Rank], sku: str, late_ms: int) -> None:
+    """A rank marked late had an earlier order of its shard paid more than the lateness
+    after it; the ranks on time follow (paid_at, order id)."""
 
     def hostile(e: Ev) -> bool:
         return (e.obj or {}).get("paid_at") in BAD_TIMES
