@@ -1,11 +1,10 @@
-"""The live dashboard in a real headless Chromium (Debian's package, driven by Playwright)
-while a real burst runs through a real dataflow and a real `onestock serve`."""
+"""The live dashboard in a real headless Chromium (Debian's package or Playwright's own build,
+driven by Playwright) while a real burst runs through a real dataflow and a real `onestock
+serve`."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import threading
 import time
 import urllib.request
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import dev
 from onestock import burst, harness
 from onestock.ops import services as ops
 from state.server import RedisServer
@@ -29,26 +29,18 @@ FLAGS = [
 ]  # fmt: skip
 
 
-def _find() -> str | None:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's chromium; installed here when missing and the tests run as root (CI)."""
-    found = _find()
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=False,
-                       timeout=1200, stdout=subprocess.DEVNULL)  # fmt: skip
-        found = _find()
+    """Debian's chromium, else Playwright's own build: `python3 dev.py setup` installs one."""
+    from playwright.sync_api import sync_playwright
+
+    found = dev.debian_chromium()
     if found is None:
-        pytest.skip("needs Debian's chromium: `apt-get install chromium` (the tests do it as root)")
+        with sync_playwright() as p:
+            own = p.chromium.executable_path
+        found = own if os.path.exists(own) else None
+    if found is None:
+        pytest.fail("no Chromium: `python3 dev.py setup` installs it", pytrace=False)
     return found
 
 

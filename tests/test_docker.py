@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-import tempfile
-import zipfile
-from pathlib import Path
 
 import jsonschema
 import promql_parser
 import pytest
 import yaml
 
+import dev
 from dataflows.flow import BATCH_EVENTS, BATCH_SECONDS
 from onestock import burst
 from onestock.ops.metrics import Reader, families
+from state import keys
 from state.store import Store
 from tests.conftest import ROOT
 from tests.helpers import decide, order
@@ -31,8 +28,8 @@ def served_names(store: Store) -> set[str]:
     """Every sample name /metrics and a dataflow worker's API serve, from a real reading."""
     cat = burst.campaign_catalog()
     store.load_catalog(cat, [s.sku for s in cat.skus])
-    store.shard_count(16)
-    store.r.hset("os:intake:counts", mapping={"r:shopify:stored": 1, "e:shopify": 1})
+    store.shards.shard_count(16)
+    store.r.hset(keys.INTAKE_COUNTS, mapping={"r:shopify:stored": 1, "e:shopify": 1})
     decide(store, [order("m1", (cat.skus[0].sku, 1))])  # labelled series appear once counted
     names = {s.name for fam in families(Reader(store).read()) for s in fam.samples}
     for metric in (BATCH_SECONDS, BATCH_EVENTS):
@@ -83,29 +80,15 @@ def test_grafana_dashboard_queries_only_metrics_onestock_serves(store: Store) ->
 
 # -- the image and compose.yaml (no Docker engine here: checked against the Compose schema) ----
 
-COMPOSE_SCHEMA_FROM = "docker-compose==1.29.2"  # its wheel carries compose/config/compose_spec.json
-ARTIFACTS = ROOT / "tests" / "artifacts"
-
 
 @pytest.fixture(scope="session")
 def compose_schema() -> dict:  # type: ignore[type-arg]
     """The Compose Specification's JSON schema, from Docker's own published package (fetched
-    once from PyPI into tests/artifacts/; nothing third-party is committed)."""
-    cached = ARTIFACTS / "compose_spec.json"
-    if not cached.exists():
-        ARTIFACTS.mkdir(exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            got = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp,
-                 COMPOSE_SCHEMA_FROM],
-                capture_output=True, timeout=300,
-            )  # fmt: skip
-            wheels = list(Path(tmp).glob("*.whl"))
-            if got.returncode != 0 or not wheels:
-                pytest.skip(f"cannot fetch {COMPOSE_SCHEMA_FROM} from PyPI for its schema")
-            with zipfile.ZipFile(wheels[0]) as zf:
-                cached.write_bytes(zf.read("compose/config/compose_spec.json"))
-    return json.loads(cached.read_text())  # type: ignore[no-any-return]
+    once from PyPI by `python3 dev.py setup`; nothing third-party is committed)."""
+    if not dev.COMPOSE_SCHEMA.exists():
+        pytest.fail(f"no Compose schema at {dev.COMPOSE_SCHEMA}: `python3 dev.py setup` fetches it",
+                    pytrace=False)  # fmt: skip
+    return json.loads(dev.COMPOSE_SCHEMA.read_text())  # type: ignore[no-any-return]
 
 
 def compose() -> dict:  # type: ignore[type-arg]

@@ -1,5 +1,6 @@
 """The house style is checked with the tests: ruff lint and format, mypy, and the layers
-contract (import-linter); their configuration is in pyproject.toml."""
+contract (import-linter); the tools are dev.py's LINT (also `python3 dev.py lint` and the
+pre-commit hooks), their configuration is in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -8,23 +9,13 @@ import sys
 
 import pytest
 
+import dev
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize(
-    "tool",
-    [
-        ["ruff", "check", "."],
-        ["ruff", "format", "--check", "."],
-        ["mypy", "onestock", "state", "dataflows", "intake", "loadtest", "tests"],
-        ["importlinter.cli"],
-    ],
-    ids=["ruff-lint", "ruff-format", "mypy", "layers"],
-)
-def test_style_tool_passes(tool: list[str]) -> None:
-    if tool == ["importlinter.cli"]:  # no __main__: call its console entry point
-        tool = ["-c", "import sys, importlinter.cli as c; sys.exit(c.lint_imports_command())"]
-    else:
-        tool = ["-m", *tool]
-    proc = subprocess.run([sys.executable, *tool], cwd=ROOT, capture_output=True, text=True)
+@pytest.mark.parametrize("tool", list(dev.LINT))
+def test_style_tool_passes(tool: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, *dev.LINT[tool]], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
