@@ -149,13 +149,6 @@ local function read_skus()
   end
 end
 
--- Rules newer than the caller's catalog: nothing is decided (see the header).
-local function stale()
-  for s = 1, nskus do
-    if (stock[s][RULES_VERSION] or 0) > version then return true end
-  end
-  return false
-end
 
 local function stale_outcomes(stored)
   local out = {}
@@ -366,7 +359,7 @@ by_home, failed = ids_by_home()
 if failed then return failed end
 local stored = read_stored(by_home)
 read_skus()
-if stale() then return stale_outcomes(stored) end
+if rules_newer(stock, nskus, version) then return stale_outcomes(stored) end
 local out, records = decide_all(stored)
 write_back(records)
 return out

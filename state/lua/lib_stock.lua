@@ -53,6 +53,16 @@ local function read_stock(key)
   return t, units, locks, camps
 end
 
+-- Whether any of the first n SKUs' rules were written by a catalog newer than the caller's
+-- (RULES_VERSION): then the script changes nothing and answers STALE (decide.lua,
+-- reserve_parts.lua).
+local function rules_newer(stock, n, version)
+  for s = 1, n do
+    if (stock[s][RULES_VERSION] or 0) > version then return true end
+  end
+  return false
+end
+
 local LATE = SEP .. 'L' -- the suffix of a late candidate's member (settle.lua reads it)
 
 -- The two members an order `oid` may have in campaign `id`'s candidates (on time, late).

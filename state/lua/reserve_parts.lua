@@ -141,13 +141,6 @@ local function read_skus()
   end
 end
 
--- rules newer than the caller's catalog: nothing is reserved
-local function stale()
-  for s = 1, nskus do
-    if (stock[s][RULES_VERSION] or 0) > version then return true end
-  end
-  return false
-end
 
 -- RESERVED (reservable), SHORT_OF_STOCK, NOT_VIP, OVER_LIMIT or LOCKED_OUT as above;
 -- `draws` gets, per locked SKU, the units that would come out of the channel's own lock.
@@ -251,7 +244,7 @@ local failed = read_call()
 if failed then return failed end
 local done = read_done()
 read_skus()
-if stale() then
+if rules_newer(stock, nskus, version) then
   local out = {}
   for o = 1, #orders do out[o] = STALE_RULES end
   return out
