@@ -18,6 +18,8 @@ from dataflows.aftersale import Aftersale
 from dataflows.buckets import BucketPlan
 from dataflows.cross_slot import Rules, StaleCatalog, decide_cross
 from dataflows.gifts import Settler
+from dataflows.movements import Item as MovementItem
+from dataflows.movements import Movements
 from dataflows.refusals import NO_PICKUP, SOLD_OUT, Left, Refusals
 from onestock.domain import events, meter
 from onestock.domain.protocol import Code, ProtocolError
@@ -39,6 +41,7 @@ _FINAL = frozenset(c.value for c in (Code.ACCEPTED, Code.REJECTED, Code.BUCKET_S
 # the metric tags of after-sale records (onestock.domain.meter: no latency buckets)
 _CANCEL_TAG = f"{meter.NONE}{meter.NONE}{Code.CANCELLATION}"
 _RETURN_TAG = f"{meter.NONE}{meter.NONE}{Code.RETURN}"
+_MOVEMENT_TAG = ""  # (movements are counted by kind and outcome: not yet)
 
 
 class Decided(msgspec.Struct):
@@ -62,6 +65,7 @@ class _Batch(NamedTuple):
     returns: list[tuple[str, bytes, events.Return]]  # (entry id, raw event, return)
     dead: list[list[Any]]  # [entry id, raw text, reason]; refused returns join them
     seen: int  # the greatest paid_at (ms) of the batch's valid orders, -1 if none
+    movements: list[MovementItem]  # (entry id, movement) in arrival order
 
 
 class _Prelude(NamedTuple):
@@ -153,6 +157,7 @@ class Decider:
         self.view = _View(None)
         self.settler = Settler(store, say)
         self.aftersale = Aftersale(store, self.wait, self.settler)
+        self.movements = Movements(store, self.wait)
         self._paid: dict[str, int] = {}  # paid_at ms of the batch's orders sent to Lua
         # Hot-SKU buckets: orders that say "short" instead of sold_out in this round, and
         # orders decided in a bucket other than 0 (it holds no safety stock)
@@ -241,6 +246,13 @@ class Decider:
         records, tags = self._aftersale(shard, batch, outcome, held_ids, decided)
         # registry triples and metric tags of the cancels and returns; outcome says which
         # orders of the batch were cancelled
+        if batch.movements:
+            moved = self.movements.apply(
+                shard, batch.movements, self.view.skus, self.view.locations, self.view.buckets,
+                decided,
+            )  # fmt: skip
+            records += moved  # registry triples of the movements' records
+            tags += [_MOVEMENT_TAG] * (len(moved) // 3)
         sums = self._records(batch.firsts, outcome, held_ids, decided, records, tags)
         # records, tags: with each order's registry triple and tag
         return Decided(shard, last_id, records, batch.dead, sums)
@@ -264,11 +276,12 @@ class Decider:
     @staticmethod
     def _decode(entries: list[tuple[str, bytes]], now_ms: int) -> _Batch:
         """Each entry classified: an order's first event in the batch (a later copy changes
-        nothing), cancels, returns, dead letters."""
+        nothing), cancels, returns, movements, dead letters."""
         firsts: dict[str, tuple[str, events.Decoded]] = {}
         dead: list[list[Any]] = []
         cancels: dict[str, str] = {}
         returns: list[tuple[str, bytes, events.Return]] = []
+        movements: list[MovementItem] = []
         seen = -1
         decode, Dead, Valid, Cancel = events.decode, events.Dead, events.Valid, events.Cancel
         for eid, raw in entries:
@@ -286,9 +299,11 @@ class Decider:
                 cancels.setdefault(d.order_id, eid)  # type: ignore[union-attr]
             elif cls is events.Return:
                 returns.append((eid, raw, d))  # type: ignore[arg-type]
+            elif cls is events.Movement or cls is events.BadMovement:
+                movements.append((eid, d))  # type: ignore[arg-type]
             elif d.order_id not in firsts:  # type: ignore[union-attr]
                 firsts[d.order_id] = (eid, d)  # type: ignore[union-attr]
-        return _Batch(firsts, cancels, returns, dead, seen)
+        return _Batch(firsts, cancels, returns, dead, seen, movements)
 
     def _prelude(
         self,

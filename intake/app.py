@@ -38,7 +38,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON = [(b"content-type", b"application/json")]
 MAX_DELIVERY_ID = 256
 SOURCES = {"/webhooks/shopify": "shopify", "/webhooks/woocommerce": "woocommerce",
-           "/orders": "orders"}  # fmt: skip
+           "/orders": "orders", "/movements": "movements"}  # fmt: skip
 # request outcome counted per source (onestock_intake_requests_total) for a refusal's status
 REFUSALS = {400: "invalid", 401: "unauthorized", 404: "not_configured", 413: "too_large",
             503: "unavailable"}  # fmt: skip
@@ -60,6 +60,7 @@ class IntakeSettings:
     woo_secret: bytes | None = None
     woo_channel: str = "woocommerce"
     orders_secret: bytes | None = None
+    movements_secret: bytes | None = None  # (unset: the orders secret signs movements too)
     vip_tag: str = "VIP"
     max_body: int = 1 << 20  # bytes
     max_backlog: int = 2_000_000  # events in the input streams; beyond: 503
@@ -79,6 +80,7 @@ class IntakeSettings:
             woo_secret=secret("ONESTOCK_WOO_SECRET"),
             woo_channel=os.environ.get("ONESTOCK_WOO_CHANNEL") or "woocommerce",
             orders_secret=secret("ONESTOCK_ORDERS_SECRET"),
+            movements_secret=secret("ONESTOCK_MOVEMENTS_SECRET"),
             vip_tag=os.environ.get("ONESTOCK_VIP_TAG") or "VIP",
             max_body=_env_int("ONESTOCK_INTAKE_MAX_BODY", 1 << 20),
             max_backlog=_env_int("ONESTOCK_INTAKE_MAX_BACKLOG", 2_000_000),
@@ -107,6 +109,7 @@ class IntakeApp:
             ("POST", "/webhooks/shopify"): self.shopify,
             ("POST", "/webhooks/woocommerce"): self.woocommerce,
             ("POST", "/orders"): self.orders,
+            ("POST", "/movements"): self.movements,
             ("GET", "/healthz"): self.healthz,
             ("GET", "/readyz"): self.readyz,
             ("GET", "/"): self.dashboard.page,
@@ -234,12 +237,42 @@ class IntakeApp:
     async def orders(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Canonical events, one object or an array of them, stored as they are."""
         secret = self._secret(self.s.orders_secret, "orders", "ONESTOCK_ORDERS_SECRET")
+        await self._canonical(scope, receive, send, secret, "orders")
+
+    async def movements(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stock movements (``"type": "movement"``), one object or an array, signed like
+        ``/orders``, stored as they are (docs/movements.md)."""
+        secret = self._secret(
+            self.s.movements_secret or self.s.orders_secret, "movements",
+            "ONESTOCK_MOVEMENTS_SECRET or ONESTOCK_ORDERS_SECRET",
+        )  # fmt: skip
+        await self._canonical(scope, receive, send, secret, "movements")
+
+    async def _canonical(
+        self, scope: Scope, receive: Receive, send: Send, secret: bytes, source: str
+    ) -> None:
         headers = dict(scope["headers"])
         body = await self._body(scope, receive)
         try:
             signing.verify_onestock(secret, body, headers.get(b"x-onestock-signature"), time.time())
         except signing.SignatureError as exc:
             raise _Refused(401, str(exc)) from None
+        raws = self._events(body, source == "movements")
+        self._admit()
+        committer = self.committer
+        assert committer is not None
+        try:
+            await asyncio.gather(*(committer.submit(shard, None, raw) for shard, raw in raws))
+        except Unavailable as exc:
+            raise _Refused(503, str(exc), retry_after=1) from None
+        self.stored += len(raws)
+        self.counts[f"{REQUESTS}:{source}:stored"] += 1
+        self.counts[f"{EVENTS}:{source}"] += len(raws)
+        await _reply(send, 202, {"status": "stored", "events": len(raws)})
+
+    def _events(self, body: bytes, movements: bool) -> list[tuple[int, bytes]]:
+        """(shard, raw event) of each event of a canonical body (one object or an array);
+        ``movements``: every one must be a movement."""
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -249,22 +282,14 @@ class IntakeApp:
             raise _Refused(400, "an empty array holds no event")
         raws: list[tuple[int, bytes]] = []
         for i, item in enumerate(items):
+            where = f" at [{i}]" if isinstance(parsed, list) else ""
             if not isinstance(item, dict):
-                where = f" at [{i}]" if isinstance(parsed, list) else ""
                 raise _Refused(400, f"an event must be a JSON object{where}")
+            if movements and item.get("type") != "movement":
+                raise _Refused(400, f'only movements ("type": "movement") are taken here{where}')
             raw = body if parsed is item else orjson.dumps(item)
             raws.append((shard_of(raw, self.s.shards), raw))
-        self._admit()
-        committer = self.committer
-        assert committer is not None
-        try:
-            await asyncio.gather(*(committer.submit(shard, None, raw) for shard, raw in raws))
-        except Unavailable as exc:
-            raise _Refused(503, str(exc), retry_after=1) from None
-        self.stored += len(raws)
-        self.counts[f"{REQUESTS}:orders:stored"] += 1
-        self.counts[f"{EVENTS}:orders"] += len(raws)
-        await _reply(send, 202, {"status": "stored", "events": len(raws)})
+        return raws
 
     async def healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _reply(send, 200, {"status": "ok"})

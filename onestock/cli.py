@@ -224,6 +224,16 @@ def returns_cmd(redis_url: RedisUrl = None, out: Out = None) -> None:
         ops.write_returns(store, _shards(store), fh)
 
 
+@app.command("movements")
+def movements_cmd(redis_url: RedisUrl = None, out: Out = None) -> None:
+    """Every stock movement's record as JSON Lines, one per movement id: {"movement_id",
+    "status": "applied"|"refused", "reason", "lines": [{"sku", "qty", "on_hand"}], ...}
+    (push movements like orders: `onestock orders push`)."""
+    store = ops.open_store(_settings(redis_url))
+    with _output(out) as fh:
+        ops.write_movements(store, _shards(store), fh)
+
+
 @app.command("alerts")
 def alerts(redis_url: RedisUrl = None, out: Out = None) -> None:
     """Low-stock and sold-out alerts as JSON Lines: {"sku", "remaining", "reason", "time"}."""

@@ -51,9 +51,13 @@ REG_CANCELLING = "\x00k:"  # + order id: a cancel is giving the order's units ba
 REG_RETURN = "\x00R:"  # + return digest: an accepted return's record
 REG_NO_EARLY = "\x00nc"  # flag: no cancel of the shard waits for its order (emit.lua)
 REG_DEAD = "\x00#"  # + input entry id: that entry's dead letter is written
+REG_MOVEMENT = "\x00M:"  # + movement id: its record is written (one per movement id)
 DEC_UNDONE = "\x00u:"  # + order id: a cancel gave the order's units of the SKU back
 DEC_RETURN = "\x00r:"  # + return digest: that return was applied to the SKU
 DEC_RETURNED = "\x00rq:"  # + order id: units of the SKU returned for the order so far
+# + movement id: the movement's state in this slot (protocol.MOVE_*; kept in the decision
+# hash of the first SKU of the slot's movement.lua call)
+DEC_MOVEMENT = "\x00m:"
 # What a winner's gift is instead of a location (gift.lua, gift_return.lua, settled_ack.lua):
 # NUL-prefixed too, so a location id never reads as one.
 GIFT_NONE = "\x00-"  # no unit was left: the campaign ends at this rank
@@ -191,6 +195,11 @@ def held(shard: int) -> str:
 def returns(shard: int) -> str:
     """STREAM of accepted returns (units restocked), one entry per batch."""
     return f"{shard_tag(shard)}:returns"
+
+
+def movements(shard: int) -> str:
+    """STREAM of movement records (onestock movements), one entry per batch."""
+    return f"{shard_tag(shard)}:moves"
 
 
 def decided(shard: int) -> str:

@@ -191,7 +191,7 @@ class Shards:
         """
         ks = [keys.emitted(shard), keys.outbox(shard), keys.deadbox(shard), keys.inbox(shard),
               keys.watermark(shard), keys.counters(shard), keys.held(shard),
-              keys.decided(shard), keys.returns(shard)]  # fmt: skip
+              keys.decided(shard), keys.returns(shard), keys.movements(shard)]  # fmt: skip
         calls = [(self._emit, ks, args) for args in _emit_args(last_id, records, dead, meter)]
         return bool(wire.scripts(self.r, calls)[-1][2])
 

@@ -225,10 +225,10 @@ class Skus:
         """Independent one-slot script calls (SKUs, ARGV), pipelined on a single server (each
         stays atomic; a Redis Cluster client runs them one by one, each routed to its slot's
         node)."""
-        return wire.scripts(self.r, [(script, _sku_keys(s, second), a) for s, a in calls])
+        return wire.scripts(self.r, [(script, sku_keys(s, second), a) for s, a in calls])
 
 
-def _sku_keys(skus: list[str], second: Callable[[str], str]) -> list[str]:
+def sku_keys(skus: list[str], second: Callable[[str], str]) -> list[str]:
     """KEYS of decide.lua's layout: per SKU, in order: its stock hash, ``second`` (decisions
     or parts), its counters of units sold per customer, its alerts stream, its campaigns'
     candidates and progress."""

@@ -6,7 +6,8 @@ touch one kind of key (``keys.py`` names them all):
 - ``store.skus`` (``state.skus``): the SKUs' keys: stock and rules, decisions, parts of
   orders across slots, units sold per customer; planning reads and the deciding scripts;
 - ``store.campaigns`` (``state.campaigns``): first-N gift campaigns;
-- ``store.buckets`` (``state.buckets``): hot-SKU buckets and the moves between them.
+- ``store.buckets`` (``state.buckets``): hot-SKU buckets and the moves between them;
+- ``store.movements`` (``state.movements``): stock movements (receipts, sales, counts...).
 
 The Store itself holds the catalog (``keys.CATALOG``, ``keys.CATALOG_VERSION``): loading one
 writes the stock and rules of the SKUs it names through ``skus``.
@@ -25,6 +26,7 @@ from state import keys
 from state.buckets import Buckets, split
 from state.campaigns import Campaigns
 from state.conn import Redis, connect, lua
+from state.movements import Movements
 from state.shards import Shards
 from state.skus import Skus, campaign_fields, rule_fields
 from state.stock import Alone, Lock
@@ -43,6 +45,7 @@ class Store:
         self.shards = Shards(client, self.campaign_skus)
         self.skus = Skus(client, self.buckets)
         self.campaigns = Campaigns(client)
+        self.movements = Movements(client)
         self._camps: tuple[int, set[str]] | None = None  # (catalog version, campaign SKUs)
 
     @classmethod

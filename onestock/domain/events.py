@@ -102,7 +102,43 @@ class Return(msgspec.Struct, gc=False):
 
 _return_decoder = msgspec.json.Decoder(Return)
 
-Decoded = Valid | Invalid | Dead | Cancel | Return
+MOVEMENT_KINDS = ("receipt", "sale", "adjustment", "transfer", "count")
+MAX_MOVED = 10**9  # the most units one line of a movement may move
+
+
+class MovementLine(msgspec.Struct, gc=False):
+    sku: str
+    qty: int
+
+
+class Movement(msgspec.Struct, gc=False):
+    """``{"type": "movement", "movement_id", "kind", "location", "lines": [{"sku", "qty"}],
+    "at"[, "to"][, "reason"]}``: stock that moved outside onestock's decisions (CONTRACT.md,
+    "Stock movements"; docs/movements.md)."""
+
+    movement_id: str
+    kind: Literal["receipt", "sale", "adjustment", "transfer", "count"]
+    location: str
+    lines: Annotated[list[MovementLine], Meta(min_length=1, max_length=1000)]
+    at: str | None = None
+    to: str | None = None
+    reason: str | None = None
+    type: Literal["movement"] = "movement"
+
+
+class BadMovement(msgspec.Struct, gc=False):
+    """A movement with a usable movement id that cannot be applied as written: it ends as a
+    refused movement record saying why."""
+
+    movement_id: str
+    kind: str | None
+    location: str | None
+    detail: str
+
+
+_movement_decoder = msgspec.json.Decoder(Movement)
+
+Decoded = Valid | Invalid | Dead | Cancel | Return | Movement | BadMovement
 
 
 def text_of(raw: bytes | str) -> str:
@@ -215,13 +251,14 @@ def merge_lines(lines: list[Line]) -> list[Line]:
 
 
 def order_id_of(raw: bytes | str) -> str | None:
-    """The usable order_id of a raw event, if it has one (used to pick its shard too)."""
+    """The usable order_id of a raw event, if it has one; for a movement, its usable
+    movement_id (used to pick its shard: every copy of an event on one shard)."""
     try:
         obj = _loads_any(raw)
     except (ValueError, RecursionError):
         return None
     if isinstance(obj, dict):
-        oid = obj.get("order_id")
+        oid = obj.get("movement_id" if obj.get("type") == "movement" else "order_id")
         if isinstance(oid, str) and text_problem(oid) is None:
             return oid
     return None
@@ -246,6 +283,8 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
         return Dead(text_of(raw), f"not JSON: {exc}")
     if not isinstance(obj, dict):
         return Dead(text_of(raw), f"not an object: a JSON {type(obj).__name__}")
+    if obj.get("type") == "movement":
+        return movement(raw, obj)
     oid = obj.get("order_id")
     if oid is None:
         return Dead(text_of(raw), "no order_id")
@@ -280,3 +319,65 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
         _shown(paid_at) if isinstance(paid_at, str) else None,
         _shown(error),  # (msgspec's message may quote the bad value)
     )
+
+
+def movement(raw: bytes | str, obj: dict[str, object]) -> Movement | BadMovement | Dead:
+    """A movement event checked whole: a ``Movement`` to apply, a ``BadMovement`` (refused,
+    with a detail naming the field) or, without a usable movement_id, a dead letter."""
+    mid = obj.get("movement_id")
+    if not isinstance(mid, str) or text_problem(mid) is not None:
+        why = "missing" if mid is None else text_problem(mid) if isinstance(mid, str) else None
+        return Dead(text_of(raw), f"movement_id {why or 'is not a string'}")
+    kind, location = obj.get("kind"), obj.get("location")
+
+    def bad(detail: str) -> BadMovement:
+        return BadMovement(
+            mid,
+            _shown(kind) if isinstance(kind, str) else None,
+            _shown(location) if isinstance(location, str) else None,
+            _shown(detail),
+        )
+
+    try:
+        m = _movement_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return bad(str(exc))
+    problem = _movement_problem(m)
+    return bad(problem) if problem is not None else m
+
+
+def _movement_problem(m: Movement) -> str | None:
+    """Why a decoded movement cannot be applied as written (the detail of its refusal)."""
+    texts = [("location", m.location)]
+    texts += [(f"lines[{i}].sku", ln.sku) for i, ln in enumerate(m.lines)]
+    texts += [(name, v) for name, v in (("to", m.to), ("reason", m.reason)) if v is not None]
+    for path, value in texts:
+        problem = text_problem(value)
+        if problem is not None:
+            return f"{path}: {problem} - at `$.{path}`"
+    if m.at is not None and rfc3339_ms(m.at) is None:
+        return f"at: {m.at!r} is not an RFC 3339 time with an offset - at `$.at`"
+    if m.kind == "transfer" and m.to is None:
+        return "a transfer needs `to` (the location the units go to) - at `$.to`"
+    if m.kind != "transfer" and m.to is not None:
+        return f"only a transfer has `to`, not a {m.kind} - at `$.to`"
+    if m.to == m.location:
+        return "a transfer needs `to` other than `location` - at `$.to`"
+    least = {"adjustment": -MAX_MOVED, "count": 0}.get(m.kind, 1)
+    seen: set[str] = set()
+    for i, ln in enumerate(m.lines):
+        if not least <= ln.qty <= MAX_MOVED or (m.kind == "adjustment" and ln.qty == 0):
+            return f"lines[{i}].qty: {ln.qty} is not {_QTY_RULE[m.kind]} - at `$.lines[{i}].qty`"
+        if m.kind == "count" and ln.sku in seen:
+            return f"lines[{i}].sku: {ln.sku!r} is counted twice - at `$.lines[{i}].sku`"
+        seen.add(ln.sku)
+    return None
+
+
+_QTY_RULE = {
+    "receipt": f"a whole number of units from 1 to {MAX_MOVED}",
+    "sale": f"a whole number of units from 1 to {MAX_MOVED}",
+    "transfer": f"a whole number of units from 1 to {MAX_MOVED}",
+    "adjustment": f"a whole number of units other than 0, from -{MAX_MOVED} to {MAX_MOVED}",
+    "count": f"a whole number of units from 0 to {MAX_MOVED}",
+}

@@ -39,6 +39,14 @@ class Code(StrEnum):
     RETURN = "T"  # registry and metric tag: an accepted return's record
     CANCELLATION = "X"  # metric tag: the record that cancels an accepted order
     DEAD = "D"  # registry (keys.REG_DEAD + entry id): the entry's dead letter is written
+    MOVEMENT = "M"  # registry (keys.REG_MOVEMENT + movement id) and metric tag: its record
+
+
+# The state of a stock movement in one hash slot (movement.lua; keys.DEC_MOVEMENT + movement
+# id in the decision hash of the slot's first SKU), then SEP-joined fields:
+MOVE_HELD = "h"  # its decreases are taken out (+ the units taken per line); not yet applied
+MOVE_APPLIED = "a"  # applied (+ per line: on hand, on hand at `to`, discrepancy)
+MOVE_REFUSED = "x"  # refused, nothing changed (+ the reason)
 
 
 class ProtocolError(OnestockError):

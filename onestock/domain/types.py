@@ -149,6 +149,34 @@ class FulfilmentRecord(Struct, omit_defaults=False):
     late: bool | None = None  # true: the order came later than its campaign's lateness bound
 
 
+class MovedLine(Struct):
+    """One line of a movement record: ``on_hand`` = units at the movement's location after
+    it (None when refused); a transfer's also at ``to``; a count's ``discrepancy`` = counted
+    - expected (the units onestock had there when the count took effect)."""
+
+    sku: str
+    qty: int
+    on_hand: int | None = None
+    to_on_hand: int | None = None
+    discrepancy: int | None = None
+
+
+class MovementRecord(Struct):
+    """The one outcome of a stock movement (``onestock movements``)."""
+
+    movement_id: str
+    status: Literal["applied", "refused"]
+    reason: str | None = None  # invalid, unknown_sku, unknown_location or below_zero
+    detail: str | None = None  # the refusal in words, naming the field or the line
+    kind: str | None = None
+    location: str | None = None
+    to: str | None = None
+    lines: list[MovedLine] = msgspec.field(default_factory=list)
+    discrepancy: int | None = None  # a count: the sum of its lines' discrepancies
+    at: str | None = None
+    decided_at: str = ""
+
+
 class DeadLetter(Struct):
     raw: str
     reason: str

@@ -13,6 +13,7 @@ import msgspec
 
 from onestock.domain import catalog as catalogs
 from onestock.domain.errors import OnestockError
+from onestock.domain.movements import moved_units
 from onestock.domain.protocol import INTERNAL
 from onestock.domain.records import (
     RS,
@@ -25,7 +26,13 @@ from onestock.domain.records import (
 )
 from onestock.domain.settings import DEFAULT_SHARDS, Settings
 from onestock.domain.sharding import shard_of
-from onestock.domain.types import Catalog, FulfilmentRecord, ShipLine, json_encoder
+from onestock.domain.types import (
+    Catalog,
+    FulfilmentRecord,
+    MovementRecord,
+    ShipLine,
+    json_encoder,
+)
 from state import keys
 from state.server import embedded_url
 from state.store import Store
@@ -128,6 +135,24 @@ def returns(store: Store, shards: int) -> Iterator[ReturnRecord]:
 def write_returns(store: Store, shards: int, out: IO[bytes]) -> int:
     n = 0
     for rec in returns(store, shards):
+        out.write(json_encoder.encode(rec) + b"\n")
+        n += 1
+    return n
+
+
+_movement_decoder = msgspec.json.Decoder(MovementRecord)
+
+
+def movements(store: Store, shards: int) -> Iterator[MovementRecord]:
+    """Every movement record, one per movement id, in decision order."""
+    for fields in store.shards.entries(keys.movements, shards):
+        for packed in packed_records(fields):
+            yield _movement_decoder.decode(packed)
+
+
+def write_movements(store: Store, shards: int, out: IO[bytes]) -> int:
+    n = 0
+    for rec in movements(store, shards):
         out.write(json_encoder.encode(rec) + b"\n")
         n += 1
     return n
@@ -360,6 +385,9 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
         for ln in ret.lines:
             shipped[(ln.sku, ret.location)] -= ln.qty
             back[(ret.order_id, ln.sku)] += ln.qty
+    for mv in movements(store, shards):  # applied movements: as if loaded with the stock
+        for sku, loc, units in moved_units(mv):
+            shipped[(sku, loc)] -= units
     accepted, gifts = _add_final(final.values(), back, shipped, rejected)
     _, cat = store.catalog()  # a SKU split into buckets is counted over all of them
     now = store.skus.stock_levels(loaded, {s.sku: s.buckets for s in cat.skus} if cat else None)

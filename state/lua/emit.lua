@@ -12,6 +12,7 @@ local K_COUNTERS = 6 -- counters hash (fields "records", "dead")
 local K_HELD = 7 -- held records (order id -> record waiting for its gift settlement)
 local K_DECISIONS = 8 -- decisions stream
 local K_RETURNS = 9 -- returns stream (records of keys "\0R:<return digest>" go there)
+local K_MOVEMENTS = 10 -- movements stream (records of keys "\0M:<movement id>" go there)
 -- ARGV: last input entry id of the batch ("-": a part of a batch whose last part moves the
 --       watermark), nrecords, then per record: order_id, registry
 --       value; then the packed records joined by \30 (one per record, in that order; ""
@@ -64,7 +65,7 @@ local CHUNK = 4000
 local argv, call, unpack, byte, sub = ARGV, redis.call, unpack, string.byte, string.sub
 local HELD_BYTE, CAMPAIGN_REJECTED_BYTE = byte(HELD), byte(CAMPAIGN_REJECTED)
 local NO_BUCKET = byte('-') -- a metric tag's latency bucket when it has none
-local PREFIX = #REG_EARLY_CANCEL -- (as long as REG_CANCEL and REG_RETURN)
+local PREFIX = #REG_EARLY_CANCEL -- (as long as REG_CANCEL, REG_RETURN and REG_MOVEMENT)
 
 local function id_lt(a, b)
   local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
@@ -143,7 +144,7 @@ end
 -- returns}; tags counted. A pending cancel's HDEL of '\0nc' and a cancellation's HDEL of its
 -- held record happen here.
 local function sort_fresh(fresh, recs_in, tags_in)
-  local w = { reg = {}, recs = {}, held = {}, decided = {}, returned = {} }
+  local w = { reg = {}, recs = {}, held = {}, decided = {}, returned = {}, moved = {} }
   local reg, held, decided = w.reg, w.held, w.decided
   for k = 1, nrec do
     if fresh[k] then
@@ -166,6 +167,8 @@ local function sort_fresh(fresh, recs_in, tags_in)
         if prefix == REG_EARLY_CANCEL then no_early = false; call('HDEL', KEYS[K_REGISTRY], REG_NO_EARLY) end
       elseif prefix == REG_RETURN then
         w.returned[#w.returned + 1] = rec
+      elseif prefix == REG_MOVEMENT then
+        w.moved[#w.moved + 1] = rec
       else
         if prefix == REG_CANCEL then call('HDEL', KEYS[K_HELD], sub(oid, PREFIX + 1)) end
         written = written + 1
@@ -190,6 +193,9 @@ local function write_sorted(fresh)
   for i = 1, #held, CHUNK do call('HSET', KEYS[K_HELD], unpack(held, i, math.min(i + CHUNK - 1, #held))) end
   if #w.returned > 0 then
     call('XADD', KEYS[K_RETURNS], '*', 'n', #w.returned, 'v', table.concat(w.returned, RS))
+  end
+  if #w.moved > 0 then
+    call('XADD', KEYS[K_MOVEMENTS], '*', 'n', #w.moved, 'v', table.concat(w.moved, RS))
   end
   if #w.decided > 0 then
     call('XADD', KEYS[K_DECISIONS], '*', 'n', #w.decided, 'v', table.concat(w.decided, RS))

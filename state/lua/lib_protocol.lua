@@ -22,6 +22,12 @@ local EARLY_CANCEL = 'P'
 local RETURN = 'T'
 local CANCELLATION = 'X'
 local DEAD = 'D'
+local MOVEMENT = 'M'
+
+-- a stock movement's state in a slot (protocol.MOVE_*)
+local MOVE_HELD = 'h'
+local MOVE_APPLIED = 'a'
+local MOVE_REFUSED = 'x'
 
 -- fields of a SKU's stock hash beside its locations (keys.py)
 local STOCK_MARKER = '\0sku'
@@ -43,9 +49,11 @@ local REG_CANCELLING = '\0k:'
 local REG_RETURN = '\0R:'
 local REG_NO_EARLY = '\0nc'
 local REG_DEAD = '\0#'
+local REG_MOVEMENT = '\0M:'
 local DEC_UNDONE = '\0u:'
 local DEC_RETURN = '\0r:'
 local DEC_RETURNED = '\0rq:'
+local DEC_MOVEMENT = '\0m:'
 
 -- a winner's gift instead of a location (keys.py)
 local GIFT_NONE = '\0-'
