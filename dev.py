@@ -6,7 +6,8 @@
     python3 dev.py test-fast [ARGS]  # the suite without the end-to-end tests (-m "not e2e")
     python3 dev.py lint [TOOL ...]   # ruff-lint, ruff-format, mypy, layers (default: all)
     python3 dev.py setup             # what the tests use but do not install: Chromium, the
-                                     #   Compose schema (cached; `test` runs it first)
+                                     #   Compose schema (cached), Prometheus (Debian's, as
+                                     #   root; `test` runs it first)
     python3 dev.py bench [ARGS]      # the throughput benchmark
     python3 dev.py soak [ARGS]       # randomized fault-injecting check (--minutes N --seed S
                                      #   --mode fast|cli|both --features SPEC; see onestock/sim)
@@ -186,6 +187,27 @@ def setup_chromium() -> bool:
     return got.returncode == 0
 
 
+def setup_prometheus() -> bool:
+    """Debian's prometheus package (the server and promtool) for tests/test_prometheus.py,
+    as root with apt-get; its package starts a service where it can: stopped, the tests run
+    their own. Not root: nothing installed, and those tests skip saying so."""
+    if shutil.which("prometheus") and shutil.which("promtool"):
+        return True
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print("dev.py setup: prometheus: not root (or no apt-get), so Debian's prometheus is "
+              "not installed; tests/test_prometheus.py will skip (as root: apt-get install "
+              "prometheus)", file=sys.stderr)  # fmt: skip
+        return True
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
+                   env=env, check=False, timeout=1200, stdout=subprocess.DEVNULL)  # fmt: skip
+    for stop in (["service", "prometheus", "stop"], ["systemctl", "stop", "prometheus"]):
+        if shutil.which(stop[0]):
+            subprocess.run(stop, check=False, timeout=60, capture_output=True)
+    return bool(shutil.which("prometheus") and shutil.which("promtool"))
+
+
 def setup_compose_schema() -> bool:
     if COMPOSE_SCHEMA.exists():
         return True
@@ -206,7 +228,11 @@ def setup_compose_schema() -> bool:
     return True
 
 
-SETUP = {"chromium": setup_chromium, "compose-schema": setup_compose_schema}
+SETUP = {
+    "chromium": setup_chromium,
+    "compose-schema": setup_compose_schema,
+    "prometheus": setup_prometheus,
+}
 
 
 def setup(names: list[str]) -> bool:

@@ -41,7 +41,6 @@ _FINAL = frozenset(c.value for c in (Code.ACCEPTED, Code.REJECTED, Code.BUCKET_S
 # the metric tags of after-sale records (onestock.domain.meter: no latency buckets)
 _CANCEL_TAG = f"{meter.NONE}{meter.NONE}{Code.CANCELLATION}"
 _RETURN_TAG = f"{meter.NONE}{meter.NONE}{Code.RETURN}"
-_MOVEMENT_TAG = ""  # (movements are counted by kind and outcome: not yet)
 
 
 class Decided(msgspec.Struct):
@@ -247,12 +246,12 @@ class Decider:
         # registry triples and metric tags of the cancels and returns; outcome says which
         # orders of the batch were cancelled
         if batch.movements:
-            moved = self.movements.apply(
+            moved, moved_tags = self.movements.apply(
                 shard, batch.movements, self.view.skus, self.view.locations, self.view.buckets,
                 decided,
             )  # fmt: skip
             records += moved  # registry triples of the movements' records
-            tags += [_MOVEMENT_TAG] * (len(moved) // 3)
+            tags += moved_tags
         sums = self._records(batch.firsts, outcome, held_ids, decided, records, tags)
         # records, tags: with each order's registry triple and tag
         return Decided(shard, last_id, records, batch.dead, sums)
@@ -602,6 +601,7 @@ class Decider:
         # a duplicate cancel): its entries have their outcomes, so the watermark moves past
         # them and a drain ends.
         idle = d.last_id == "0-0"  # a tick: the shard has nothing left to read
+        self._changed()
         if d.records or d.dead or not idle:
             if self.wait.call(
                 self.store.shards.emit, d.shard, d.last_id, d.records, d.dead, d.meter
@@ -617,6 +617,17 @@ class Decider:
             self.wait.call(self.store.campaigns.report, d.shard, seen, idle, now)
         if self.settler.due():
             self.wait.call(self.settler.run)
+            self._changed()
+
+    def _changed(self) -> None:
+        """Tell the availability feed which SKUs this process's scripts changed since it
+        last did (``Store.touched``). Before the batch's records are written: a crash
+        between the two replays the batch, whose scripts touch the SKUs again."""
+        touched = self.store.touched
+        if touched:
+            names = list(touched)
+            touched.clear()
+            self.wait.call(self.store.feed.mark, names)
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -27,7 +27,8 @@ from typing import NamedTuple
 import redis
 
 from dataflows.buckets import BucketPlan
-from onestock.domain import events
+from onestock.domain import events, meter
+from onestock.domain.events import MOVEMENT_KINDS
 from onestock.domain.movements import op_of
 from onestock.domain.protocol import MOVE_APPLIED, MOVE_HELD, MOVE_REFUSED, SEP, Code, ProtocolError
 from onestock.domain.records import iso_ms
@@ -65,9 +66,10 @@ class Movements:
         locations: set[str],
         plan: BucketPlan,
         decided: str,
-    ) -> list[str]:
+    ) -> tuple[list[str], list[str]]:
         """The movements' registry triples (key, ``Code.MOVEMENT``, record JSON), flat, for
-        those not recorded before: one per movement id."""
+        those not recorded before (one per movement id), and each one's metric tag:
+        ``--M<kind>:<status>`` (``onestock.domain.meter``; kind "invalid" when unreadable)."""
         firsts: dict[str, Item] = {}
         for eid, m in items:
             firsts.setdefault(m.movement_id, (eid, m))
@@ -92,11 +94,14 @@ class Movements:
         if plans:
             self._run(plans, plan, records, decided)
         out: list[str] = []
+        tags: list[str] = []
         for mid in ids:
             rec = records.get(mid)
             if rec is not None:
                 out += [keys.REG_MOVEMENT + mid, Code.MOVEMENT, json_encoder.encode(rec).decode()]
-        return out
+                kind = rec.kind if rec.kind in MOVEMENT_KINDS else "invalid"
+                tags.append(f"{meter.NONE}{meter.NONE}{Code.MOVEMENT}{kind}:{rec.status}")
+        return out, tags
 
     def _run(
         self,

@@ -19,14 +19,15 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from intake import mapping, signing
+from intake import access, mapping, signing
 from intake.committer import TRANSIENT, Committer, Unavailable, connect
 from onestock.domain.sharding import shard_of, shard_of_id
+from onestock.ops.availability_http import Availability
 from onestock.ops.dashboard import Dashboard
 from state import keys
 
@@ -66,6 +67,8 @@ class IntakeSettings:
     max_backlog: int = 2_000_000  # events in the input streams; beyond: 503
     dedup_ttl_s: int = 72 * 3600  # how long a delivery id is remembered
     shards: int = 16
+    ops_port: int | None = None  # the ops listener's port: ops endpoints answer only there
+    tokens: list[access.Token] = field(default_factory=list)  # ONESTOCK_OPS_TOKENS
 
     @classmethod
     def from_env(cls, redis_url: str, shards: int) -> IntakeSettings:
@@ -86,7 +89,16 @@ class IntakeSettings:
             max_backlog=_env_int("ONESTOCK_INTAKE_MAX_BACKLOG", 2_000_000),
             dedup_ttl_s=_env_int("ONESTOCK_DEDUP_TTL_S", 72 * 3600),
             shards=shards,
+            ops_port=_env_int("ONESTOCK_INTAKE_OPS_PORT", 0) or None,
+            tokens=_tokens(),
         )
+
+
+def _tokens() -> list[access.Token]:
+    try:
+        return access.parse_tokens(os.environ.get("ONESTOCK_OPS_TOKENS"))
+    except access.AccessError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 class _Refused(Exception):
@@ -105,6 +117,7 @@ class IntakeApp:
         self.counts: Counter[str] = Counter()
         self._refresher: asyncio.Task[None] | None = None
         self.dashboard = Dashboard(settings.redis_url)
+        self.availability = Availability(settings.redis_url)
         self.routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("POST", "/webhooks/shopify"): self.shopify,
             ("POST", "/webhooks/woocommerce"): self.woocommerce,
@@ -117,6 +130,7 @@ class IntakeApp:
             ("GET", "/api/live"): self.dashboard.snapshot,
             ("GET", "/metrics"): self.dashboard.metrics,
             ("GET", "/static/plotly.min.js"): self.dashboard.plotly,
+            ("GET", "/availability"): self.availability.get,
         }
 
     # -- ASGI ------------------------------------------------------------------------------
@@ -126,6 +140,9 @@ class IntakeApp:
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
+            return
+        guarded = access.OPS_PATHS.get(scope["path"])
+        if guarded is not None and not await self._may(scope, send, guarded):
             return
         handler = self.routes.get((scope["method"], scope["path"]))
         if handler is None:
@@ -139,6 +156,21 @@ class IntakeApp:
             if source is not None:
                 self.counts[f"{REQUESTS}:{source}:{REFUSALS.get(r.status, str(r.status))}"] += 1
             await _reply(send, r.status, {"error": r.error}, r.retry_after)
+
+    async def _may(self, scope: Scope, send: Send, guarded: str) -> bool:
+        """Whether a request to an ops endpoint (``guarded``: its scope) may go on; else it
+        is answered: 404 on the main listener when an ops listener is configured (the
+        endpoint is not there), 401 with an empty body without a token for the scope."""
+        ops_port = self.s.ops_port
+        if ops_port is not None and (scope.get("server") or (None, None))[1] != ops_port:
+            await _reply(send, 404, {"error": "no such endpoint"})
+            return False
+        if self.s.tokens and not access.allowed(self.s.tokens, scope["headers"], guarded):
+            await send({"type": "http.response.start", "status": 401,
+                        "headers": [*access.CHALLENGE, (b"content-length", b"0")]})  # fmt: skip
+            await send({"type": "http.response.body", "body": b""})
+            return False
+        return True
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -160,6 +192,7 @@ class IntakeApp:
         self.committer = Committer(self.redis, self.s.shards, self.s.dedup_ttl_s)
         await self.committer.start()
         self.dashboard.start()
+        self.availability.start(self.redis)
         self._refresher = asyncio.create_task(self._every_second())
 
     async def shutdown(self) -> None:

@@ -124,9 +124,14 @@ def run(
             "same list everywhere; with --process-id this invocation runs only its process.",
         ),
     ] = None,
+    feed: Annotated[
+        bool,
+        typer.Option(help="Also run the availability change feed (`onestock feed`) beside it."),
+    ] = True,
 ) -> None:
     """Run the Bytewax dataflow (recovery on: a killed run resumes without loss or duplicates)."""
     from dataflows.runner import run as run_flow
+    from onestock import feed_run
 
     cluster = [a.strip() for a in addresses.split(";") if a.strip()] if addresses else None
     if (cluster is None) != (process_id is None):
@@ -149,11 +154,68 @@ def run(
         raise OnestockError(
             f"--workers {settings.workers} exceeds the {settings.shards} input shards"
         )
-    rc = run_flow(
-        url, ops.instance_id(store), settings, until_drained=until_drained,
-        process_id=process_id, cluster=cluster,
-    )  # fmt: skip
+    child = feed_run.start(url) if feed else None
+    try:
+        rc = run_flow(
+            url, ops.instance_id(store), settings, until_drained=until_drained,
+            process_id=process_id, cluster=cluster,
+        )  # fmt: skip
+    finally:
+        if child is not None:
+            feed_run.finish(child)
     raise typer.Exit(rc if rc >= 0 else 1)
+
+
+@app.command("feed")
+def feed_cmd(redis_url: RedisUrl = None) -> None:
+    """The availability change feed: publish every status change of a (SKU, channel) as a
+    transition (`onestock availability --follow`) and deliver them to the catalog's
+    subscribers. `onestock run` starts one; run more for failover (one publishes at a time).
+    Runs until SIGTERM or Ctrl-C."""
+    from onestock import feed_run
+
+    raise typer.Exit(feed_run.main(ops.resolve_url(_settings(redis_url))))
+
+
+@app.command("deliveries")
+def deliveries_cmd(
+    redis_url: RedisUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    undelivered: Annotated[
+        bool,
+        typer.Option(
+            "--undelivered",
+            help="The transitions given up after the retry budget, as JSON Lines "
+            '{"subscriber", "seq", "transition", "attempts", "error", "given_up_at"}.',
+        ),
+    ] = False,
+) -> None:
+    """The change feed's webhook deliveries, per subscriber: URL, channels, the seq every
+    transition is delivered (or given up) up to, lag behind the feed, delivered, retrying now,
+    given up. Tuned by ONESTOCK_DELIVERY_* (README)."""
+    from onestock.ops import deliveries
+
+    store = ops.open_store(_settings(redis_url))
+    if undelivered:
+        for line in deliveries.undelivered(store):
+            sys.stdout.buffer.write(line + b"\n")
+        return
+    doc = deliveries.view(store)
+    if as_json:
+        sys.stdout.buffer.write(msgspec.json.encode(doc) + b"\n")
+        return
+    state = "delivering" if doc.delivering else "no deliverer running (onestock feed)"
+    table = Table(title=f"webhook deliveries: feed at seq {doc.last_seq}, {state}")
+    cols = ("subscriber", "url", "channels", "progress", "lag", "delivered", "retrying",
+            "given up", "last error")  # fmt: skip
+    for col in cols:
+        table.add_column(col)
+    for sub in doc.subscribers:
+        table.add_row(
+            sub.id, sub.url, ", ".join(sub.channels), str(sub.progress), str(sub.lag),
+            str(sub.delivered), str(sub.retrying), str(sub.given_up), sub.last_error or "",
+        )  # fmt: skip
+    Console().print(table)
 
 
 @app.command("serve")
@@ -162,14 +224,32 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     workers: Annotated[int, typer.Option(help="Server processes (one port, shared).")] = 1,
+    ops_host: Annotated[
+        str, typer.Option(envvar="ONESTOCK_OPS_HOST", help="The ops listener's address.")
+    ] = "127.0.0.1",
+    ops_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="ONESTOCK_OPS_PORT",
+            help="A second listener for the ops endpoints (dashboard, /metrics, /availability, "
+            "/movements), which then answer only there [default: none, one port].",
+        ),
+    ] = None,
 ) -> None:
     """Webhook intake: POST /webhooks/shopify, /webhooks/woocommerce, /orders (signed);
     GET /healthz, /readyz. An event is acknowledged (202) only once stored. Ops: the live
-    dashboard at /, Prometheus metrics at /metrics."""
-    import uvicorn
+    dashboard at /, Prometheus metrics at /metrics, GET /availability, POST /movements
+    (on --ops-port when given; bearer tokens: ONESTOCK_OPS_TOKENS)."""
+    from intake import access
 
     if workers < 1 or workers > 64:
         raise OnestockError(f"--workers must be 1..64, not {workers}")
+    if ops_port is not None and (ops_port, ops_host) == (port, host):
+        raise OnestockError("--ops-port must differ from --port")
+    try:
+        tokens = access.parse_tokens(os.environ.get("ONESTOCK_OPS_TOKENS"))
+    except access.AccessError as exc:
+        raise OnestockError(str(exc)) from None
     settings = _settings(redis_url)
     url = ops.resolve_url(settings)
     shards = ops.fix_shards(ops.Store.connect(url), None, settings.shards)
@@ -187,16 +267,45 @@ def serve(
     intakes = ", ".join(enabled) or (
         "no intake: set ONESTOCK_SHOPIFY_SECRET, ONESTOCK_WOO_SECRET or ONESTOCK_ORDERS_SECRET"
     )
-    print(f"onestock serve on http://{host}:{port}: dashboard /, metrics /metrics; {intakes}; "
-          f"Redis {url}", flush=True)  # fmt: skip
+    ops_at = f"http://{ops_host}:{ops_port}" if ops_port is not None else f"http://{host}:{port}"
+    guard = f"tokens for {', '.join(t.consumer for t in tokens)}" if tokens else "no tokens"
+    print(f"onestock serve on http://{host}:{port}: {intakes}; ops (dashboard /, /metrics, "
+          f"/availability, /movements) on {ops_at}, {guard}; Redis {url}", flush=True)  # fmt: skip
+    if ops_port is None and not tokens and host not in ("127.0.0.1", "::1", "localhost"):
+        err.print(f"onestock: warning: the ops endpoints answer anyone who reaches "
+                  f"{host}:{port} (stock, metrics): give --ops-port or ONESTOCK_OPS_TOKENS "
+                  "(docs/ops.md)")  # fmt: skip
+    if ops_port is not None:
+        os.environ["ONESTOCK_INTAKE_OPS_PORT"] = str(ops_port)
+    _uvicorn(host, port, workers, (ops_host, ops_port) if ops_port is not None else None)
+
+
+def _uvicorn(host: str, port: int, workers: int, ops: tuple[str, int] | None) -> None:
+    """The intake app on its listener (and the ops listener), in ``workers`` processes."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    def config(h: str, p: int) -> uvicorn.Config:
+        return uvicorn.Config(
+            "intake.app:create_app", factory=True, host=h, port=p, workers=workers,
+            loop="uvloop", http="httptools", lifespan="on", access_log=False,
+            log_level="warning", timeout_graceful_shutdown=30,
+        )  # fmt: skip
+
+    main = config(host, port)
+    try:
+        sockets = [main.bind_socket()] + ([config(*ops).bind_socket()] if ops else [])
+    except SystemExit:  # uvicorn says why (the port is taken) and exits
+        raise OnestockError(
+            f"cannot listen on {host}:{port}" + (f" and {ops[0]}:{ops[1]}" if ops else "")
+        ) from None
     # uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully: end with status 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
-    uvicorn.run(
-        "intake.app:create_app", factory=True, host=host, port=port, workers=workers,
-        loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level="warning",
-        timeout_graceful_shutdown=30,
-    )  # fmt: skip
+    if workers > 1:
+        Multiprocess(main, sockets=sockets).run()
+    else:
+        uvicorn.Server(main).run(sockets=sockets)
 
 
 @app.command("fulfilments")
@@ -283,6 +392,34 @@ def stock(
     Console().print(table)
 
 
+@app.command("availability")
+def availability_cmd(
+    redis_url: RedisUrl = None,
+    channel: Annotated[
+        str | None, typer.Option(help="Only this channel (default: every channel).")
+    ] = None,
+    sku: Annotated[
+        list[str] | None,
+        typer.Option("--sku", help="Only this SKU; repeatable (default: every catalog SKU)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The JSON of GET /availability.")] = False,
+) -> None:
+    """What each channel can sell now of each SKU, and its status (in_stock, low_stock,
+    sold_out): the figures of GET /availability."""
+    from onestock.ops import availability
+
+    doc = availability.read(ops.open_store(_settings(redis_url)), channel, sku or None)
+    if as_json:
+        sys.stdout.buffer.write(availability.encode(doc) + b"\n")
+        return
+    table = Table(title="available to sell")
+    for col in ("SKU", "channel", "available", "status"):
+        table.add_column(col, justify="right" if col == "available" else "left")
+    for name, ch, figures in availability.rows(doc):
+        table.add_row(name, ch, str(figures["available"]), figures["status"])
+    Console().print(table)
+
+
 @app.command("demo")
 def demo(
     orders: Annotated[int, typer.Option("--orders", help="Orders in the burst.")] = 200_000,
@@ -345,6 +482,8 @@ app.command("loadtest")(cli_perf.loadtest)
 app.command("bench")(cli_perf.bench)
 app.command("bench-scale")(cli_perf.bench_scale)
 app.command("bench-intake")(cli_perf.bench_intake)
+app.command("bench-availability")(cli_perf.bench_availability)
+app.command("bench-feed")(cli_perf.bench_feed)
 
 
 @redis_app.command("url")

@@ -1,6 +1,7 @@
-"""The measuring commands of ``onestock``: ``loadtest``, ``bench``, ``bench-scale`` and
-``bench-intake`` (registered on the main app by ``onestock.cli``). Each imports its engine
-only when it runs, so the everyday commands start without Locust, wrk or the benchmarks."""
+"""The measuring commands of ``onestock``: ``loadtest``, ``bench``, ``bench-scale``,
+``bench-intake`` and ``bench-availability`` (registered on the main app by ``onestock.cli``).
+Each imports its engine only when it runs, so the everyday commands start without Locust, wrk
+or the benchmarks."""
 
 from __future__ import annotations
 
@@ -136,3 +137,59 @@ def bench_intake(
     from intake.bench import run_intake_bench
 
     run_intake_bench(rate, seconds, workers, connections, out)
+
+
+def bench_availability(
+    skus: Annotated[int, typer.Option(help="SKUs in the catalog.")] = 10_000,
+    per_request: Annotated[int, typer.Option(help="SKUs per request.")] = 100,
+    rate: Annotated[int, typer.Option(help="Open-loop rate, SKU reads/s.")] = 10_000,
+    seconds: Annotated[float, typer.Option(help="Length of each window.")] = 5.0,
+    workers: Annotated[int, typer.Option(help="Server processes.")] = 2,
+    connections: Annotated[int, typer.Option(help="wrk connections (closed loop).")] = 16,
+    orders: Annotated[int, typer.Option("--orders", help="Orders in the burst.")] = 1_000_000,
+    run_workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = DEFAULT_WORKERS,
+    replica: Annotated[
+        bool, typer.Option(help="Also measure reads of a replica of the deciding Redis.")
+    ] = True,
+    out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+) -> None:
+    """SKU reads/s of GET /availability (wrk, closed loop) and its latency at a fixed rate
+    (open loop), idle and while `onestock run` decides a burst, against a fresh Redis and a
+    real `onestock serve`."""
+    from onestock.bench.availability import run_availability_bench
+
+    _check_orders(orders)
+    if not 1 <= per_request <= 1000 or skus < max(per_request, 5) or rate < per_request:
+        raise OnestockError(
+            "--per-request is 1..1000, --skus at least that (and 5), --rate at least --per-request"
+        )
+    run_availability_bench(
+        skus, per_request, rate, seconds, workers, connections, orders, run_workers, replica, out
+    )
+
+
+def bench_feed(
+    rate: Annotated[float, typer.Option(help="Orders/s pushed (open loop).")] = 2000.0,
+    seconds: Annotated[float, typer.Option(help="Length of the burst.")] = 20.0,
+    skus: Annotated[int, typer.Option(help="SKUs, selling out one after another.")] = 300,
+    workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = DEFAULT_WORKERS,
+    out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+) -> None:
+    """Propagation of sold_out: from the decision that sold a SKU's last unit to a webhook
+    subscriber receiving the transition, p50/p99 over the SKUs that sell out during a burst
+    at --rate (a fresh Redis, the real pipeline, a real HTTP receiver)."""
+    import orjson
+
+    from onestock.bench.propagation import run
+
+    if rate < 10 or seconds < 2 or skus < 1:
+        raise OnestockError("--rate at least 10, --seconds at least 2, --skus at least 1")
+    f = run(rate, seconds, skus, workers)
+    print(
+        f"pushed {f.orders:,} orders in {f.seconds:.1f} s ({f.rate:,.0f}/s); "
+        f"{f.sold_out} SKUs sold out, {f.measured} sold_out received by the subscriber\n"
+        f"decision of the last unit -> subscriber received sold_out: "
+        f"p50 {f.p50_ms:.0f} ms, p99 {f.p99_ms:.0f} ms, max {f.max_ms:.0f} ms"
+    )
+    if out is not None:
+        out.write_bytes(orjson.dumps(f._asdict(), option=orjson.OPT_INDENT_2))

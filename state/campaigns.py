@@ -11,8 +11,9 @@ from state.conn import Redis, lua
 
 
 class Campaigns:
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, touched: set[str] | None = None) -> None:
         self._r = client
+        self.touched: set[str] = touched if touched is not None else set()  # (Store.touched)
         self._settle = client.register_script(lua("settle", "lib_stock"))
         self._settled_ack = client.register_script(lua("settled_ack"))
         self._gift = client.register_script(lua("gift"))
@@ -73,6 +74,7 @@ class Campaigns:
         args: list[Any] = [len(winners)]
         for key, locs in winners:
             args += [key, len(locs), *locs]
+        self.touched.add(gift_sku)
         got = self._gift(keys=[keys.stock(gift_sku), keys.gift_taken(gift_sku)], args=args)
         return [g.decode() for g in got]
 
@@ -96,4 +98,5 @@ class Campaigns:
         """Put back the gift units of cancelled winners: per key 1 (a unit went back), 0
         (none was taken, or it is back already)."""
         ks = [keys.stock(gift_sku), keys.gift_taken(gift_sku)]
+        self.touched.add(gift_sku)
         return [int(x) for x in self._gift_return(keys=ks, args=winner_keys)]

@@ -207,6 +207,22 @@ def decided(shard: int) -> str:
     return f"{shard_tag(shard)}:decided"
 
 
+# The availability change feed (state/feed.py, docs/availability.md): every key in one slot.
+FEED_TAG = f"{PREFIX}:{{feed}}"
+FEED = f"{FEED_TAG}:transitions"  # STREAM, entry id "<seq>-0": one transition each
+FEED_SEQ = f"{FEED_TAG}:seq"  # the last transition's seq
+FEED_STATUS = f"{FEED_TAG}:status"  # HASH "<sku>\x1f<channel>" -> "<status>\x1f<available>"
+FEED_LEASE = f"{FEED_TAG}:lease"  # the publisher's lease (its random token)
+FEED_DIRTY = f"{FEED_TAG}:dirty"  # SET of SKUs whose stock changed since they were judged
+FEED_COUNTS = f"{FEED_TAG}:counts"  # HASH status -> transitions published to it
+# Webhook deliveries of the feed (onestock/ops/deliver.py)
+FEED_DELIVERED = f"{FEED_TAG}:delivered"  # HASH subscriber id -> seq delivered up to
+FEED_UNDELIVERED = f"{FEED_TAG}:undelivered"  # STREAM of deliveries given up (kept, visible)
+FEED_DELIVERY_COUNTS = f"{FEED_TAG}:dcounts"  # HASH "<subscriber>:<outcome>" -> count
+FEED_DELIVERY_LEASE = f"{FEED_TAG}:dlease"  # the deliverer's lease
+FEED_RETRYING = f"{FEED_TAG}:dretrying"  # HASH subscriber id -> transitions being retried now
+FEED_DELIVERY_ERROR = f"{FEED_TAG}:derror"  # HASH subscriber id -> its last failed attempt
+
 _slots: dict[str, int] = {}
 
 

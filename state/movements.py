@@ -42,8 +42,9 @@ class Answer(NamedTuple):
 class Movements:
     """The movement script (a part of ``state.store.Store``)."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, touched: set[str] | None = None) -> None:
         self.r = client
+        self.touched: set[str] = touched if touched is not None else set()  # (Store.touched)
         self._script = client.register_script(lua("movement", "lib_stock"))
 
     def run(self, calls: list[Call]) -> list[Answer]:
@@ -52,6 +53,7 @@ class Movements:
         if not calls:
             return []
         jobs = []
+        self.touched.update(ln.sku for c in calls for ln in c.lines)
         for c in calls:
             names: dict[str, int] = {}
             for ln in c.lines:

@@ -74,7 +74,10 @@ _SAFETY, _SHORT = 2, 4
 
 
 class Skus:
-    def __init__(self, client: Redis, buckets: Buckets) -> None:
+    def __init__(self, client: Redis, buckets: Buckets, touched: set[str] | None = None) -> None:
+        # the catalog SKUs whose stock a script of this process may have changed, for the
+        # availability feed (``Store.touched``)
+        self.touched: set[str] = touched if touched is not None else set()
         self.r = client
         self.buckets = buckets
         self._decide = client.register_script(lua("decide", "lib_stock", "lib_route"))
@@ -225,6 +228,7 @@ class Skus:
         """Independent one-slot script calls (SKUs, ARGV), pipelined on a single server (each
         stays atomic; a Redis Cluster client runs them one by one, each routed to its slot's
         node)."""
+        self.touched.update(keys.public(sku) for s, _ in calls for sku in s)
         return wire.scripts(self.r, [(script, sku_keys(s, second), a) for s, a in calls])
 
 

@@ -7,7 +7,8 @@ touch one kind of key (``keys.py`` names them all):
   orders across slots, units sold per customer; planning reads and the deciding scripts;
 - ``store.campaigns`` (``state.campaigns``): first-N gift campaigns;
 - ``store.buckets`` (``state.buckets``): hot-SKU buckets and the moves between them;
-- ``store.movements`` (``state.movements``): stock movements (receipts, sales, counts...).
+- ``store.movements`` (``state.movements``): stock movements (receipts, sales, counts...);
+- ``store.feed`` (``state.feed``): the availability change feed.
 
 The Store itself holds the catalog (``keys.CATALOG``, ``keys.CATALOG_VERSION``): loading one
 writes the stock and rules of the SKUs it names through ``skus``.
@@ -26,6 +27,7 @@ from state import keys
 from state.buckets import Buckets, split
 from state.campaigns import Campaigns
 from state.conn import Redis, connect, lua
+from state.feed import Feed
 from state.movements import Movements
 from state.shards import Shards
 from state.skus import Skus, campaign_fields, rule_fields
@@ -42,10 +44,14 @@ class Store:
         self.buckets = Buckets(
             client, client.register_script(lua("lend")), client.register_script(lua("receive"))
         )
+        # The catalog SKUs whose stock this process's scripts may have changed since the
+        # availability feed was last told (``Decider.emit`` hands them to ``feed.mark``)
+        self.touched: set[str] = set()
         self.shards = Shards(client, self.campaign_skus)
-        self.skus = Skus(client, self.buckets)
-        self.campaigns = Campaigns(client)
-        self.movements = Movements(client)
+        self.skus = Skus(client, self.buckets, self.touched)
+        self.campaigns = Campaigns(client, self.touched)
+        self.movements = Movements(client, self.touched)
+        self.feed = Feed(client)
         self._camps: tuple[int, set[str]] | None = None  # (catalog version, campaign SKUs)
 
     @classmethod

@@ -115,11 +115,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+    def __init__(self, env: dict[str, str], workers: int = 1, extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "onestock", "serve", "--port", str(self.port),
-             "--workers", str(workers)],
+             "--workers", str(workers), *extra],
             env={**os.environ, **env}, cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -12,16 +12,28 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
+import msgspec
+import orjson
 import pytest
 
 import dev
 from onestock import burst, harness
+from onestock.domain.types import Subscriber
 from onestock.ops import services as ops
 from state.server import RedisServer
 from state.store import Store
 from tests.helpers import Server
+from tests.test_prometheus import Receiver, subscriber
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
+MOVEMENTS = [
+    {"type": "movement", "movement_id": "GRN-1", "kind": "receipt", "location": "wh-shanghai",
+     "lines": [{"sku": "TEE-M", "qty": 500}]},
+    {"type": "movement", "movement_id": "TR-1", "kind": "transfer", "location": "wh-shanghai",
+     "to": "wh-beijing", "lines": [{"sku": "TEE-M", "qty": 5}]},
+    {"type": "movement", "movement_id": "POS-1", "kind": "sale", "location": "st-hangzhou-1",
+     "lines": [{"sku": "TEE-M", "qty": 10**6}]},  # below zero: refused
+]  # fmt: skip
 # Chromium as a root process on a closed network: no sandbox, no background connections
 FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,13 +57,19 @@ def chromium() -> str:
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path) -> Iterator[tuple[Store, Server]]:
-    """Redis, the campaign catalog, a 2-worker dataflow and `onestock serve`."""
+def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Store, Server]]:
+    """Redis, the campaign catalog with a webhook subscriber of tmall (a real local receiver
+    that fails its first 2 requests), a 2-worker dataflow with the change feed and its
+    deliveries, and `onestock serve`."""
     server = RedisServer(tmp_path / "redis", persistent=False).start()
     home = tmp_path / "home"
     home.mkdir()
     store = Store.connect(server.url)
-    harness.reset(store, catalog=burst.campaign_catalog(first_n=3000))
+    receiver = Receiver(failures=2)
+    cat = burst.campaign_catalog(first_n=3000)
+    cat.subscribers = [msgspec.convert(subscriber(receiver.url), Subscriber)]
+    harness.reset(store, catalog=cat)
+    monkeypatch.setenv("ONESTOCK_DELIVERY_BACKOFF_S", "0.2")  # (the dataflow's feed child)
     flow = harness.start_dataflow(server.url, home, 2, until_drained=False)
     serve = Server({"ONESTOCK_REDIS_URL": server.url, "ONESTOCK_HOME": str(home)})
     try:
@@ -60,6 +78,7 @@ def pipeline(tmp_path: Path) -> Iterator[tuple[Store, Server]]:
         serve.stop()
         harness.stop(flow)
         server.stop()
+        receiver.close()
 
 
 def test_dashboard_shows_a_running_burst_in_chromium(
@@ -76,6 +95,8 @@ def test_dashboard_shows_a_running_burst_in_chromium(
             if stop.is_set():
                 return
             ops.push(store, lines[i : i + 300])
+            if i == 3000:  # stock movements in the middle of the burst
+                ops.push(store, [orjson.dumps(m) for m in MOVEMENTS])
             time.sleep(0.1)
 
     pusher = threading.Thread(target=pace, daemon=True)
@@ -103,8 +124,19 @@ def test_dashboard_shows_a_running_burst_in_chromium(
             assert second > first, "the numbers did not move while the burst ran"
             assert int(page.inner_text("#orders-10s").replace(",", "")) > 0
             assert page.inner_text("#oversell") == "0"
+            # movements by kind, transitions, deliveries (retried twice, then delivered)
+            page.wait_for_function(
+                "document.getElementById('movements').textContent === '2 / 1'"
+                " && parseInt(document.getElementById('delivered').textContent) > 0",
+                timeout=30_000,
+            )
+            assert int(page.inner_text("#transitions").split()[0].replace(",", "")) > 0
+            assert page.inner_text("#given-up") == "0"
+            row = page.locator("#subscribers tbody tr").first.inner_text().split("\t")
+            assert row[0] == "tmall-sync" and int(row[1].replace(",", "")) > 0
+            assert row[2] == "2" and row[4] == "0", row  # retried 2, none given up
             # every chart was drawn by plotly.js (served from the installed package)
-            for chart in ("rate", "latency", "decisions", "stock", "gifts"):
+            for chart in ("rate", "latency", "decisions", "stock", "gifts", "movements", "feed"):
                 assert page.locator(f"#chart-{chart} .main-svg").count() > 0, chart
             assert page.locator("#sellout tbody tr").count() == 5  # the catalog's SKUs
             ARTIFACTS.mkdir(exist_ok=True)

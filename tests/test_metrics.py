@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,30 +13,48 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 
 from onestock import burst
 from onestock.domain import meter
+from onestock.domain.events import MOVEMENT_KINDS
 from onestock.domain.records import packed_records
 from onestock.ops import services as ops
 from onestock.ops.live import Live
-from onestock.ops.metrics import LE, Reader, quantile
+from onestock.ops.metrics import LE, Reader, families, quantile
+from onestock.ops.top import render
 from state import keys
 from state.store import Store
-from tests.conftest import ROOT, onestock
+from tests.conftest import ROOT, load, onestock
 from tests.helpers import Server, free_ports
 from tests.test_intake import SECRETS, SHOPIFY, shopify_headers
 
 CATALOG = ROOT / "onestock" / "demo" / "catalog.json"
+MOVEMENTS = [
+    {"type": "movement", "movement_id": "GRN-1", "kind": "receipt", "location": "wh-shanghai",
+     "lines": [{"sku": "TEE-M", "qty": 50}]},
+    {"type": "movement", "movement_id": "GRN-1", "kind": "receipt", "location": "wh-shanghai",
+     "lines": [{"sku": "TEE-M", "qty": 50}]},  # redelivered: applied once, one record
+    {"type": "movement", "movement_id": "POS-1", "kind": "sale", "location": "st-hangzhou-1",
+     "lines": [{"sku": "TEE-M", "qty": 10**6}]},  # below zero: refused
+    {"type": "movement", "movement_id": "TR-1", "kind": "transfer", "location": "wh-shanghai",
+     "to": "wh-beijing", "lines": [{"sku": "TEE-M", "qty": 3}]},
+    {"type": "movement", "movement_id": "BAD-1", "kind": "teleport", "location": "wh-shanghai",
+     "lines": [{"sku": "TEE-M", "qty": 3}]},  # no such kind: refused invalid
+]  # fmt: skip
 
 
-def scrape(
-    port: int, path: str = "/metrics"
-) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int, path: str = "/metrics") -> Samples:
     """Samples of a Prometheus text page: (name, sorted labels) -> value."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30).read().decode()
     out = {}
@@ -70,7 +89,7 @@ def test_metrics_add_up_to_the_records_of_a_real_run(
         assert server.post("/webhooks/shopify", SHOPIFY, bad)[0] == 401
         junk = b'{"line_items": []}'
         assert server.post("/webhooks/shopify", junk, shopify_headers(junk, "m-3"))[0] == 400
-        ops.push(store, lines[:-5])
+        ops.push(store, lines[:-5] + [orjson.dumps(m) for m in MOVEMENTS])
         onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=180)
         ops.push(store, lines[-5:])  # cancels of orders accepted before
         onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=180)
@@ -126,8 +145,25 @@ def test_metrics_add_up_to_the_records_of_a_real_run(
         assert m[("onestock_stock_units", (("sku", sku),))] == v.total
         for channel, n in v.available.items():
             assert m[("onestock_stock_sellable_units", (("channel", channel), ("sku", sku)))] == n
+    check_movements_and_feed(store, k, m, live)
     # the dashboard's JSON reads the same figures
     assert live["decided"] == decided and live["oversold"] == 0 and live["dead"] == 1
+
+
+def check_movements_and_feed(store: Store, k: int, m: Samples, live: dict[str, Any]) -> None:
+    """Movement records by kind (or invalid) and status, one each (a redelivery: none), as
+    /metrics and the dashboard count them; transitions add up to the feed's last seq."""
+    moved = Counter((r.kind if r.kind in MOVEMENT_KINDS else "invalid", r.status)
+                    for r in ops.movements(store, k))  # fmt: skip
+    assert moved == {("receipt", "applied"): 1, ("transfer", "applied"): 1,
+                     ("sale", "refused"): 1, ("invalid", "refused"): 1}  # fmt: skip
+    got = by_name(m, "onestock_movements_total")
+    assert {(dict(lb)["kind"], dict(lb)["status"]): v for lb, v in got.items() if v} == moved
+    assert sum(by_name(m, "onestock_availability_transitions_total").values()) == (
+        store.feed.last_seq()
+    )
+    assert (live["movements_applied"], live["movements_refused"]) == (2, 2)
+    assert live["movements"]["receipt"] == {"applied": 1, "refused": 0}
 
 
 def test_histogram_quantile_matches_prometheus_interpolation() -> None:
@@ -331,3 +367,77 @@ def test_a_batch_tagger_gives_each_record_its_buckets_and_status() -> None:
     ]
     for received, paid, outcome, expected in cases:
         assert tag(received, paid, outcome) == expected
+
+
+def test_feed_and_delivery_figures_come_from_the_publishers_and_deliverers_keys(
+    store: Store,
+) -> None:
+    """Transitions by status (feed_publish.lua's counts), webhook deliveries per subscriber
+    and outcome, retries now, lag behind the feed and the given-up ones kept: from the keys
+    the publisher and the deliverer keep (written here as they write them)."""
+    hook = {"secret": "whsec_" + "a" * 32, "channels": ["tmall"]}
+    load(store, {
+        "channels": [{"id": "tmall"}], "locations": [{"id": "wh-a"}],
+        "skus": [{"sku": "A", "stock": {"wh-a": 3}}],
+        "subscribers": [{"id": "up", "url": "http://127.0.0.1:9/a", **hook},
+                        {"id": "down", "url": "http://127.0.0.1:9/b", **hook},
+                        {"id": "new", "url": "http://127.0.0.1:9/c", **hook}],
+    })  # fmt: skip
+    token = store.feed.lease(None)
+    assert token is not None
+    store.feed.publish(token, 1, [("A", "tmall", "in_stock", 3)])
+    store.feed.publish(token, 2, [("A", "tmall", "sold_out", 0)])
+    store.feed.publish(token, 3, [("A", "tmall", "sold_out", 0)])  # no change: none
+    store.feed.publish(token, 4, [("A", "tmall", "low_stock", 1), ("B", "tmall", "in_stock", 9)])
+    assert store.feed.last_seq() == 4
+    store.r.hset(keys.FEED_DELIVERY_COUNTS, mapping={
+        "up:delivered": 4, "down:delivered": 1, "down:retried": 7, "down:given_up": 2,
+    })  # fmt: skip
+    store.r.hset(keys.FEED_DELIVERED, mapping={"up": 4, "down": 3})
+    store.r.hset(keys.FEED_RETRYING, mapping={"up": 0, "down": 1})
+    for seq in (2, 3):
+        store.r.xadd(keys.FEED_UNDELIVERED, {"subscriber": "down", "entry": f'{{"seq": {seq}}}'})
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in families(Reader(store).read())
+        for s in fam.samples
+    }
+    status = by_name(samples, "onestock_availability_transitions_total")
+    assert status == {(("status", "in_stock"),): 2, (("status", "low_stock"),): 1,
+                      (("status", "sold_out"),): 1}  # fmt: skip
+    deliveries = {
+        (dict(lb)["subscriber"], dict(lb)["outcome"]): v
+        for lb, v in by_name(samples, "onestock_webhook_deliveries_total").items()
+    }
+    assert deliveries == {
+        ("up", "delivered"): 4, ("up", "retried"): 0, ("up", "given_up"): 0,
+        ("down", "delivered"): 1, ("down", "retried"): 7, ("down", "given_up"): 2,
+        ("new", "delivered"): 0, ("new", "retried"): 0, ("new", "given_up"): 0,
+    }  # fmt: skip
+    lag = by_name(samples, "onestock_subscriber_lag_transitions")
+    assert lag == {(("subscriber", "up"),): 0, (("subscriber", "down"),): 1,
+                   (("subscriber", "new"),): 4}  # fmt: skip
+    retrying = by_name(samples, "onestock_webhook_retrying")
+    assert retrying == {(("subscriber", s),): n for s, n in (("up", 0), ("down", 1), ("new", 0))}
+    assert samples[("onestock_webhook_undelivered", ())] == 2
+    # the live view and `onestock top` show the same
+    v = Live(Reader(store)).sample()
+    assert v["transitions"] == 4 and v["undelivered"] == 2
+    assert v["deliveries"] == {"delivered": 5, "retried": 7, "given_up": 2, "retrying": 1}
+    down = next(s for s in v["subscribers"] if s["id"] == "down")
+    assert down == {"id": "down", "delivered": 1, "retried": 7, "given_up": 2, "retrying": 1,
+                    "lag": 1}  # fmt: skip
+    out = StringIO()
+    Console(file=out, width=140).print(render(v))
+    text = out.getvalue()
+    assert "transitions 4" in text and "webhook subscribers" in text
+    assert re.search(r"down\s+│\s+1\s+│\s+7\s+│\s+1\s+│\s+2\s+│\s+1", text), text
+
+
+def test_transitions_published_before_they_were_counted_show_as_unknown(store: Store) -> None:
+    """A feed published by a publisher that did not count by status (an older version): the
+    total still adds up to the feed's last seq."""
+    store.r.set(keys.FEED_SEQ, 5)
+    store.r.hset(keys.FEED_COUNTS, "sold_out", 2)
+    f = Reader(store).read()
+    assert f.feed.transitions == {"sold_out": 2, "unknown": 3}

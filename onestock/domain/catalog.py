@@ -6,14 +6,17 @@ location``), so a user can fix the line without reading code.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 import msgspec
 
 from onestock.domain.errors import CatalogError
 from onestock.domain.events import text_problem
-from onestock.domain.types import Catalog, Sku, catalog_decoder
+from onestock.domain.types import Catalog, Sku, Subscriber, catalog_decoder
 
 
 def _unique_ids(source: str, section: str, field: str, what: str, ids: list[str]) -> set[str]:
@@ -51,6 +54,9 @@ def validate(catalog: Catalog, source: str = "catalog") -> Catalog:
                 _fail(source, where, f"unknown SKU {value!r}")
             if value in bucketed:
                 _fail(source, where, f"SKU {value!r} is split into buckets (campaigns need one)")
+    _unique_ids(source, "subscribers", "id", "subscriber", [s.id for s in catalog.subscribers])
+    for i, sub in enumerate(catalog.subscribers):
+        _check_subscriber(source, f"$.subscribers[{i}]", sub, channels)
     return catalog
 
 
@@ -83,6 +89,39 @@ def _check_sku(source: str, at: str, sku: Sku, channels: set[str], locations: se
                 _fail(source, f"{at}.buckets", f"a SKU split into buckets cannot have {rule}")
 
 
+SECRET_PREFIX = "whsec_"  # Standard Webhooks: "whsec_" + the key in base64
+
+
+def _check_subscriber(source: str, at: str, sub: Subscriber, channels: set[str]) -> None:
+    """A webhook subscriber: an http(s) URL with a host, a Standard Webhooks secret, and
+    known channels, each once."""
+    try:
+        url = urlsplit(sub.url)
+        url.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError as exc:
+        _fail(source, f"{at}.url", f"not a URL: {exc}")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        _fail(source, f"{at}.url", f"want an http:// or https:// URL with a host, not {sub.url!r}")
+    if not sub.url.isprintable():
+        _fail(source, f"{at}.url", "contains unprintable characters")
+    if not sub.secret.startswith(SECRET_PREFIX):
+        _fail(source, f"{at}.secret", f'want "{SECRET_PREFIX}" followed by the key in base64')
+    key = sub.secret[len(SECRET_PREFIX) :]
+    try:
+        ok = bool(base64.b64decode(key + "=" * (-len(key) % 4), validate=True))
+    except (binascii.Error, ValueError):
+        ok = False
+    if not ok:
+        _fail(source, f"{at}.secret", f'the key after "{SECRET_PREFIX}" is not base64')
+    seen: set[str] = set()
+    for j, channel in enumerate(sub.channels):
+        if channel not in channels:
+            _fail(source, f"{at}.channels[{j}]", f"unknown channel {channel!r}")
+        if channel in seen:
+            _fail(source, f"{at}.channels[{j}]", f"channel {channel!r} given twice")
+        seen.add(channel)
+
+
 def parse(data: bytes, source: str = "catalog") -> Catalog:
     """Decode and validate catalog JSON; raises CatalogError naming the path."""
     try:
@@ -104,7 +143,7 @@ def read(path: Path) -> Catalog:
 
 def merge(old: Catalog | None, new: Catalog) -> Catalog:
     """The catalog after loading ``new`` over ``old``: SKUs and campaigns it names are
-    replaced, the others kept; channels and locations are those of ``new``."""
+    replaced, the others kept; channels, locations and subscribers are those of ``new``."""
     if old is None:
         return new
     named = {s.sku for s in new.skus}
@@ -114,5 +153,6 @@ def merge(old: Catalog | None, new: Catalog) -> Catalog:
         locations=new.locations,
         skus=[s for s in old.skus if s.sku not in named] + new.skus,
         campaigns=[c for c in old.campaigns if c.id not in camps] + new.campaigns,
+        subscribers=new.subscribers,
         routing=new.routing,
     )

@@ -68,11 +68,23 @@ class Campaign(Struct, forbid_unknown_fields=True):
     lateness_ms: Annotated[int, Meta(ge=0)] = 2000
 
 
+class Subscriber(Struct, forbid_unknown_fields=True):
+    """Where the availability change feed is delivered (``onestock/ops/deliver.py``): each
+    transition of ``channels`` POSTed to ``url``, signed per Standard Webhooks with
+    ``secret`` ("whsec_" + base64)."""
+
+    id: NonEmpty
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    secret: Annotated[str, Meta(min_length=1, max_length=1024)]
+    channels: Annotated[list[NonEmpty], Meta(min_length=1)]
+
+
 class Catalog(Struct, forbid_unknown_fields=True):
     channels: list[Channel]
     locations: list[Location]
     skus: list[Sku]
     campaigns: list[Campaign] = []
+    subscribers: list[Subscriber] = []  # the change feed's webhook subscribers
     # nearest: the contract's default; priority: lower priority first, then nearest;
     # fewest_shipments: a single location if any, else as few locations as possible.
     routing: Literal["nearest", "priority", "fewest_shipments"] = "nearest"

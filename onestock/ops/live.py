@@ -1,13 +1,13 @@
 """The live view: the last minute of ``onestock.ops.metrics`` readings turned into what the
 dashboard and ``onestock top`` show: rates, windowed latency percentiles, a sell-out
-projection per SKU."""
+projection per SKU, movements by kind, the change feed and its webhook deliveries."""
 
 from __future__ import annotations
 
 from collections import deque
 from typing import Any
 
-from onestock.ops.metrics import Figures, Reader, quantile
+from onestock.ops.metrics import DELIVERY_OUTCOMES, FEED_STATUSES, Figures, Reader, quantile
 
 
 class Live:
@@ -89,4 +89,34 @@ class Live:
                 for c in f.campaigns
             ],  # fmt: skip
             "intake": dict(sorted(f.intake.items())),
+            **_loop(f, ten),
         }
+
+
+def _loop(f: Figures, ten: Figures) -> dict[str, Any]:
+    """The inventory loop: movements by kind and status, transitions of the change feed
+    (and their rate over ``ten``'s window), webhook deliveries in all and per subscriber."""
+    movements: dict[str, dict[str, int]] = {}
+    for label, n in sorted(f.movements.items()):
+        kind, _, status = label.partition(":")
+        movements.setdefault(kind, {"applied": 0, "refused": 0})[status] = n
+    feed, dt = f.feed, f.at - ten.at
+    names = sorted(set(feed.lag) | {k.rpartition(":")[0] for k in feed.deliveries})
+    subscribers: list[dict[str, Any]] = [
+        {"id": sub, **{o: feed.deliveries.get(f"{sub}:{o}", 0) for o in DELIVERY_OUTCOMES},
+         "retrying": feed.retrying.get(sub, 0), "lag": feed.lag.get(sub)}
+        for sub in names
+    ]  # fmt: skip
+    deliveries = {o: sum(s[o] for s in subscribers) for o in DELIVERY_OUTCOMES}
+    deliveries["retrying"] = sum(s["retrying"] for s in subscribers)
+    return {
+        "movements": movements,
+        "movements_applied": sum(m["applied"] for m in movements.values()),
+        "movements_refused": sum(m["refused"] for m in movements.values()),
+        "transitions": feed.seq,
+        "transitions_by_status": dict.fromkeys(FEED_STATUSES, 0) | feed.transitions,
+        "transitions_rate_10s": round((feed.seq - ten.feed.seq) / dt, 1) if dt > 0 else 0.0,
+        "deliveries": deliveries,
+        "undelivered": feed.undelivered,
+        "subscribers": subscribers,
+    }

@@ -6,7 +6,10 @@ dataflow and intake processes there are, and the counters survive their restarts
 
 - decisions, cancellations, returns, latency histograms, trimming: the shard counters that
   ``emit.lua`` keeps with each written batch (``onestock.domain.meter``), exact across crashes;
+- movements: counted by ``emit.lua`` with the batch's records too (tags ``M<kind>:<status>``);
 - intake outcomes: counted by each intake process, added to Redis every second;
+- the availability change feed: transitions by status (``feed_publish.lua``), webhook
+  deliveries by subscriber and outcome, progress and retries (``onestock/ops/deliver.py``);
 - stock, locks, campaigns, backlog, held records: read as they are now.
 
 ``onestock.ops.live.Live`` keeps the last minute of these readings to turn counters into rates,
@@ -29,10 +32,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from onestock.domain import meter
+from onestock.domain import events, meter
 from onestock.domain.errors import OnestockError
 from onestock.domain.protocol import Code, ProtocolError, code_of
 from onestock.domain.types import Campaign, Catalog
+from onestock.ops import availability
 from onestock.ops.services import StockView, stock_view
 from state import keys
 from state.store import Store
@@ -40,6 +44,12 @@ from state.store import Store
 LE = [b / 1000 for b in meter.BOUNDS_MS] + [math.inf]  # bucket upper bounds, seconds
 NB = len(LE)
 STATUS = {meter.ACCEPTED: "accepted", meter.CANCELLED: "cancelled"}
+MOVEMENT_STATUSES = ("applied", "refused")
+# every (kind, status) a movement record can have ("invalid": not a movement one can apply)
+MOVEMENT_LABELS = [f"{k}:{s}" for k in events.MOVEMENT_KINDS for s in MOVEMENT_STATUSES]
+MOVEMENT_LABELS.append("invalid:refused")
+FEED_STATUSES = (availability.IN_STOCK, availability.LOW_STOCK, availability.SOLD_OUT)
+DELIVERY_OUTCOMES = ("delivered", "retried", "given_up")  # (onestock/ops/deliver.py OUTCOMES)
 
 
 class CampaignFigures(msgspec.Struct):
@@ -61,6 +71,17 @@ class CampaignFigures(msgspec.Struct):
             return 0
         left = max(0, self.first_n - self.ranks)
         return left if self.gift_units is None else min(left, max(0, self.gift_units))
+
+
+class FeedFigures(msgspec.Struct):
+    """The availability change feed and its webhook deliveries."""
+
+    seq: int = 0  # transitions published so far (the feed's last seq)
+    transitions: dict[str, int] = {}  # status -> transitions published to it
+    deliveries: dict[str, int] = {}  # "<subscriber>:<outcome>" -> count (DELIVERY_OUTCOMES)
+    retrying: dict[str, int] = {}  # subscriber -> transitions being retried now
+    lag: dict[str, int] = {}  # subscriber of the catalog -> transitions not done yet
+    undelivered: int = 0  # deliveries given up, kept in keys.FEED_UNDELIVERED
 
 
 class Figures(msgspec.Struct):
@@ -86,6 +107,8 @@ class Figures(msgspec.Struct):
     stock: dict[str, StockView]
     campaigns: list[CampaignFigures]
     oversold: int  # units below zero + gifts past first_n: must be 0
+    movements: dict[str, int] = {}  # "<kind>:<applied|refused>" -> movement records
+    feed: FeedFigures = msgspec.field(default_factory=FeedFigures)
 
     @property
     def decided(self) -> int:
@@ -126,7 +149,9 @@ class Reader:
             tally.add(counts)
         backlog = self._backlog(lengths, marks)
         intake, events = _intake_counts(got[4 * k])
-        progress = dict(zip(camp_skus, got[4 * k + 1 :], strict=True))
+        ncamp = len(camp_skus)
+        progress = dict(zip(camp_skus, got[4 * k + 1 : 4 * k + 1 + ncamp], strict=True))
+        feed = _feed(got[4 * k + 1 + ncamp :], cat)
         campaigns = [_campaign(c, progress[c.sku]) for c in camps]
         stock = stock_view(store, cat=cat) if cat is not None else {}
         for camp in campaigns:
@@ -143,11 +168,13 @@ class Reader:
             sum_received_ms=totals["sum_r"], sum_paid_ms=totals["sum_p"],
             backlog=backlog, stream_length=lengths, held=held, intake=intake,
             intake_events=events, stock=stock, campaigns=campaigns, oversold=oversold,
+            movements=tally.movements, feed=feed,
         )  # fmt: skip
 
     def _fetch(self, k: int, camp_skus: list[str]) -> list[Any]:
         """One round trip: per shard its counters, input length, watermark and held records;
-        the intake's counts; each campaign SKU's campaign progress."""
+        the intake's counts; each campaign SKU's campaign progress; the feed's figures
+        (``_feed``: the seq first, so a transition published meanwhile is in the counts)."""
         pipe = self.store.r.pipeline(transaction=False)
         for s in range(k):
             pipe.hgetall(keys.counters(s))
@@ -157,6 +184,11 @@ class Reader:
         pipe.hgetall(keys.INTAKE_COUNTS)
         for sku in camp_skus:
             pipe.hgetall(keys.campaigns(sku))
+        pipe.get(keys.FEED_SEQ)
+        for key in (keys.FEED_COUNTS, keys.FEED_DELIVERY_COUNTS, keys.FEED_DELIVERED):
+            pipe.hgetall(key)
+        pipe.hgetall(keys.FEED_RETRYING)
+        pipe.xlen(keys.FEED_UNDELIVERED)
         return pipe.execute()
 
     def _backlog(self, lengths: list[int], marks: list[bytes | None]) -> list[int]:
@@ -183,6 +215,7 @@ class _Tally:
         self.received, self.paid = [0] * NB, [0] * NB
         self.totals = {"records": 0, "dead": 0, "trimmed": 0, "sum_r": 0, "sum_p": 0}
         self.after: dict[str, int] = {meter.CANCELLATION: 0, meter.RETURN: 0}
+        self.movements: dict[str, int] = {}  # "<kind>:<applied|refused>" -> records
 
     def add(self, counts: dict[bytes, bytes]) -> None:
         """One shard's counters hash."""
@@ -197,6 +230,9 @@ class _Tally:
         """``n`` records of one metric tag (``onestock.domain.meter``)."""
         if status in self.after:
             self.after[status] += n
+            return
+        if status[:1] == Code.MOVEMENT:  # a movement's record: "M<kind>:<status>"
+            self.movements[status[1:]] = self.movements.get(status[1:], 0) + n
             return
         label = _label(status)
         self.decisions[label] = self.decisions.get(label, 0) + n
@@ -231,6 +267,27 @@ def _intake_counts(counts: dict[bytes, bytes]) -> tuple[dict[str, int], dict[str
         elif kind == keys.INTAKE_EVENTS:
             events[rest] = int(value)
     return intake, events
+
+
+def _ints(h: dict[bytes, bytes]) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in h.items()}
+
+
+def _feed(got: list[Any], cat: Catalog | None) -> FeedFigures:
+    """The feed's figures from ``_fetch``'s last answers. Transitions counted before the
+    publisher counted them by status (none on a fresh install) show as status "unknown"."""
+    seq_b, counts, delivered_counts, progress, retrying, undelivered = got
+    seq = int(seq_b or 0)
+    transitions = _ints(counts)
+    if seq > sum(transitions.values()):
+        transitions["unknown"] = seq - sum(transitions.values())
+    done = _ints(progress)
+    subs = [s.id for s in cat.subscribers] if cat else []
+    return FeedFigures(
+        seq=seq, transitions=transitions, deliveries=_ints(delivered_counts),
+        retrying=_ints(retrying), lag={s: max(0, seq - done.get(s, 0)) for s in subs},
+        undelivered=int(undelivered),
+    )  # fmt: skip
 
 
 def _campaign(c: Campaign, progress: dict[bytes, bytes]) -> CampaignFigures:
@@ -360,6 +417,69 @@ def _stock_families(f: Figures) -> Iterator[Metric]:
     )  # fmt: skip
 
 
+def _movement_families(f: Figures) -> Iterator[Metric]:
+    """Movement records by kind and status; every (kind, status) from 0, so a rate sees the
+    first one."""
+    c = CounterMetricFamily(
+        "onestock_movements",
+        "Stock movement records, by kind (receipt, sale, adjustment, transfer, count, "
+        "invalid) and status (applied, refused).",
+        labels=["kind", "status"],
+    )
+    counts = dict.fromkeys(MOVEMENT_LABELS, 0) | f.movements
+    for label, n in sorted(counts.items()):
+        kind, _, status = label.partition(":")
+        c.add_metric([kind, status], n)
+    yield c
+
+
+def _feed_families(f: Figures) -> Iterator[Metric]:
+    """The change feed's transitions; webhook deliveries per subscriber, retries, lag and
+    the given-up deliveries kept. Each subscriber of the catalog has every outcome from 0."""
+    feed = f.feed
+    c = CounterMetricFamily(
+        "onestock_availability_transitions",
+        "Availability transitions of a (SKU, channel) published on the change feed, by the "
+        "status changed to.",
+        labels=["status"],
+    )
+    for status, n in sorted((dict.fromkeys(FEED_STATUSES, 0) | feed.transitions).items()):
+        c.add_metric([status], n)
+    yield c
+    d = CounterMetricFamily(
+        "onestock_webhook_deliveries",
+        "Webhook deliveries of the change feed, by subscriber and outcome (delivered, "
+        "retried: a try after a failed one, given_up: kept undelivered).",
+        labels=["subscriber", "outcome"],
+    )
+    counts = {f"{s}:{o}": 0 for s in feed.lag for o in DELIVERY_OUTCOMES} | feed.deliveries
+    for label, n in sorted(counts.items()):
+        sub, _, outcome = label.rpartition(":")
+        d.add_metric([sub, outcome], n)
+    yield d
+    retrying = GaugeMetricFamily(
+        "onestock_webhook_retrying",
+        "Transitions being retried now, per subscriber.",
+        labels=["subscriber"],
+    )
+    for sub, n in sorted((dict.fromkeys(feed.lag, 0) | feed.retrying).items()):
+        retrying.add_metric([sub], n)
+    yield retrying
+    lag = GaugeMetricFamily(
+        "onestock_subscriber_lag_transitions",
+        "Transitions published and not yet delivered (or given up), per subscriber.",
+        labels=["subscriber"],
+    )
+    for sub, n in sorted(feed.lag.items()):
+        lag.add_metric([sub], n)
+    yield lag
+    yield GaugeMetricFamily(
+        "onestock_webhook_undelivered",
+        "Webhook deliveries given up and kept (onestock deliveries --undelivered).",
+        feed.undelivered,
+    )
+
+
 def families(f: Figures) -> Iterator[Metric]:
     """The Prometheus metric families of one reading (docs/ops.md "Metrics" lists them)."""
     g = GaugeMetricFamily("onestock_redis_up", "1 when the last reading of Redis worked.")
@@ -369,6 +489,8 @@ def families(f: Figures) -> Iterator[Metric]:
     yield from _outcome_families(f)
     yield from _stream_families(f)
     yield from _stock_families(f)
+    yield from _movement_families(f)
+    yield from _feed_families(f)
 
 
 class PipelineCollector(Collector):

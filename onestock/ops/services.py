@@ -33,6 +33,7 @@ from onestock.domain.types import (
     ShipLine,
     json_encoder,
 )
+from onestock.ops import availability
 from state import keys
 from state.server import embedded_url
 from state.store import Store
@@ -209,32 +210,18 @@ def stock_view(
             raise OnestockError(f"unknown SKU {sku!r}")
         names = [sku]
     at = int(time.time() * 1000) if at_ms is None else at_ms
-    state = store.skus.stock_state(names, {s.sku: s.buckets for s in cat.skus})
-    safety = {loc.id: loc.safety_stock for loc in cat.locations if loc.safety_stock}
+    # what each channel can sell: the read side's own arithmetic (onestock/ops/availability.py)
+    model = availability.Model(0, cat)
+    stocks = availability.read_stocks(store, model, names, levels=True)
     view = {}
     for name in names:
-        locs, locks = state.get(name, ({}, []))
-        total = sum(locs.values())
-        # online channels cannot take a location's safety stock; store channels can
-        held = sum(min(q, safety.get(loc, 0)) for loc, q in locs.items() if q > 0)
-        # every channel sees the total minus the other channels' unconsumed active locks
-        left = {lk.channel: lk.left(at) for lk in locks}
-        locked = sum(left.values())
-        available = {
-            c.id: max(
-                0,
-                min(
-                    total - (held if c.kind == "online" else 0),
-                    total - locked + left.get(c.id, 0),
-                ),
-            )
-            for c in cat.channels
-        }
+        st = stocks.get(name) or availability.Stock(0, 0, [], {})
         lock_view = {
-            lk.channel: LockView(lk.qty, lk.used, left[lk.channel], iso_ms(lk.until_ms))
-            for lk in locks
+            lk.channel: LockView(lk.qty, lk.used, lk.left(at), iso_ms(lk.until_ms))
+            for lk in st.locks
         }
-        view[name] = StockView(total, locs, available, lock_view)
+        available = availability.channel_available(st, at, model.channels)
+        view[name] = StockView(sum(st.levels.values()), st.levels, available, lock_view)
     return view
 
 

@@ -27,8 +27,35 @@ def _duration(s: float | None) -> str:
     return f"{s / 60:.0f} min" if s < 3600 else f"{s / 3600:.1f} h"
 
 
+def _alarm(n: int) -> Text:
+    return Text(f"{n:,}", style="bold green" if n == 0 else "bold red")
+
+
+def _loop_tables(v: dict[str, Any]) -> list[Table]:
+    """Movements by kind and outcome, webhook deliveries per subscriber (each when any)."""
+    out = []
+    if v["movements"]:
+        moves = Table(title="stock movements", title_justify="left")
+        for col in ("kind", "applied", "refused"):
+            moves.add_column(col, justify="left" if col == "kind" else "right")
+        for kind, n in v["movements"].items():
+            moves.add_row(kind, f"{n['applied']:,}", f"{n['refused']:,}")
+        out.append(moves)
+    if v["subscribers"]:
+        subs = Table(title="webhook subscribers", title_justify="left")
+        for col in ("subscriber", "delivered", "retried", "retrying", "given up", "lag"):
+            subs.add_column(col, justify="left" if col == "subscriber" else "right")
+        for s in v["subscribers"]:
+            lag = "-" if s["lag"] is None else f"{s['lag']:,}"
+            subs.add_row(s["id"], f"{s['delivered']:,}", f"{s['retried']:,}",
+                         f"{s['retrying']:,}", _alarm(s["given_up"]), lag)  # fmt: skip
+        out.append(subs)
+    return out
+
+
 def render(v: dict[str, Any], skus: int = 15) -> Group:
-    """One frame: the headline figures, decisions, stock with sell-out, campaigns."""
+    """One frame: the headline figures, decisions, stock with sell-out, movements, webhook
+    subscribers, campaigns."""
     head = Table.grid(padding=(0, 3))
     for _ in range(4):
         head.add_column()
@@ -52,6 +79,14 @@ def render(v: dict[str, Any], skus: int = 15) -> Group:
         f"cancelled [bold]{v['cancelled']:,}[/]",
         Text.assemble("oversold units ", over),
     )
+    d = v["deliveries"]
+    head.add_row(
+        f"movements [bold]{v['movements_applied']:,}[/] applied "
+        f"[bold]{v['movements_refused']:,}[/] refused",
+        f"transitions [bold]{v['transitions']:,}[/]",
+        f"webhooks [bold]{d['delivered']:,}[/] delivered [bold]{d['retrying']:,}[/] retrying",
+        Text.assemble("given up ", _alarm(d["given_up"])),
+    )
     decisions = Table(title="decisions", title_justify="left", expand=False)
     decisions.add_column("outcome")
     decisions.add_column("orders", justify="right")
@@ -72,7 +107,7 @@ def render(v: dict[str, Any], skus: int = 15) -> Group:
             s["sku"], f"{s['total']:,}", *(f"{s['channels'][c]:,}" for c in channels),
             f"{s['rate']:,.1f}", sellout,
         )  # fmt: skip
-    parts: list[Any] = [head, decisions, stock]
+    parts: list[Any] = [head, decisions, stock, *_loop_tables(v)]
     if v["campaigns"]:
         camps = Table(title="first-N gifts", title_justify="left")
         for col in ("campaign", "SKU", "first N", "awarded", "left", "late"):

@@ -1,0 +1,76 @@
+"""``onestock feed``: the availability change feed's publisher (and its webhook deliveries),
+in a process of its own so that a slow subscriber never slows the decisions. ``onestock run``
+starts one beside its workers (``--no-feed``: not); any number may run, one publishes at a
+time (a lease)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+from onestock.ops import deliver
+from onestock.ops.feed import Publisher
+from state.store import Store
+
+
+def serve(url: str, say: Callable[[str], None], stop: threading.Event) -> None:
+    """Publish (a thread) and deliver (asyncio, here) until ``stop`` is set; then the
+    publisher's last round, and the deliveries of what it published (``drain_s`` at most)."""
+    publisher = Publisher(Store.connect(url), say)
+    published = threading.Event()
+
+    def publish() -> None:
+        try:
+            publisher.run(stop)
+        finally:
+            published.set()
+
+    thread = threading.Thread(target=publish, name="onestock-publisher", daemon=True)
+    thread.start()
+    try:
+        deliver.run(url, say, stop, published)
+    finally:
+        stop.set()  # (the deliverer failed: the publisher stops too, and the process ends)
+        thread.join()
+
+
+def main(url: str) -> int:
+    """The command: until SIGTERM or SIGINT, then one last round; exit 0."""
+    stop = threading.Event()
+
+    def stopping(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stopping)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # (blocked by start)
+    serve(url, lambda m: print(f"onestock feed: {m}", file=sys.stderr, flush=True), stop)
+    return 0
+
+
+def start(url: str) -> subprocess.Popen[bytes]:
+    """``onestock feed`` as a child process (of ``onestock run``). It starts with SIGTERM
+    blocked, so a stop that comes while it is still starting waits for its handler (one last
+    round, the deliveries of it) instead of killing it."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "onestock", "feed", "--redis-url", url],
+            start_new_session=True,  # a Ctrl-C reaches it through run, after the workers
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def finish(child: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """Stop the child (one last round of publishing first); kill it if it does not end."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
