@@ -403,11 +403,26 @@ def availability_cmd(
         typer.Option("--sku", help="Only this SKU; repeatable (default: every catalog SKU)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The JSON of GET /availability.")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            help="Print every status transition as JSON Lines as it happens (Ctrl-C ends)."
+        ),
+    ] = False,
+    from_seq: Annotated[
+        int | None,
+        typer.Option("--from", help="With --follow: replay the transitions after this seq first."),
+    ] = None,
 ) -> None:
     """What each channel can sell now of each SKU, and its status (in_stock, low_stock,
-    sold_out): the figures of GET /availability."""
+    sold_out): the figures of GET /availability. --follow: the change feed instead."""
     from onestock.ops import availability
 
+    if from_seq is not None and (not follow or from_seq < 0):
+        raise OnestockError("--from SEQ (0 or more) goes with --follow")
+    if follow:
+        _follow(redis_url, channel, sku, from_seq)
+        return
     doc = availability.read(ops.open_store(_settings(redis_url)), channel, sku or None)
     if as_json:
         sys.stdout.buffer.write(availability.encode(doc) + b"\n")
@@ -418,6 +433,26 @@ def availability_cmd(
     for name, ch, figures in availability.rows(doc):
         table.add_row(name, ch, str(figures["available"]), figures["status"])
     Console().print(table)
+
+
+def _follow(
+    redis_url: str | None, channel: str | None, skus: list[str] | None, after: int | None
+) -> None:
+    """``onestock availability --follow``: transitions as JSON Lines until SIGTERM/Ctrl-C."""
+    from onestock.ops import feed
+
+    stopped: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _f: stopped.append(signum))
+    wanted = set(skus) if skus else None
+    out = sys.stdout.buffer
+    try:
+        feed.follow(ops.open_store(_settings(redis_url)), out, after, lambda: bool(stopped),
+                    lambda t: (channel is None or t.channel == channel)
+                    and (wanted is None or t.sku in wanted))  # fmt: skip
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # (piped into a reader that stopped reading)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @app.command("demo")

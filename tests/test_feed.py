@@ -107,3 +107,42 @@ def test_a_sweep_catches_a_change_nobody_marked_and_a_new_catalog_is_judged(
     load(store, {**CATALOG, "skus": [{"sku": "B", "stock": {"wh-a": 1}, "low_stock_threshold": 3}]})
     assert pub.step() == 2  # a threshold changed what B's units mean
     assert feed(store, 6) == [("B", "tmall", "low_stock", 1), ("B", "pos", "low_stock", 1)]
+
+
+def test_follow_replays_from_a_seq_then_prints_as_they_happen(
+    store: Store, cli_env: dict[str, str]
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import orjson
+
+    from tests.conftest import ROOT, onestock
+
+    load(store, CATALOG)
+    pub = quiet(store)
+    pub.step()  # seq 1..4
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "onestock", "availability", "--follow", "--from", "1",
+         "--channel", "tmall"],
+        env={**os.environ, **cli_env}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert follower.stdout is not None
+        first = orjson.loads(follower.stdout.readline())  # replayed: seq 3 (B, tmall)
+        assert (first["seq"], first["sku"], first["status"]) == (3, "B", "sold_out")
+        store.r.hincrby(keys.stock("B"), "wh-a", 7)
+        store.feed.mark(["B"])
+        pub.step()  # seq 5, 6: B in stock on both channels; only tmall's is printed
+        live = orjson.loads(follower.stdout.readline())
+        assert {k: live[k] for k in ("seq", "sku", "channel", "status", "available")} == {
+            "seq": 5, "sku": "B", "channel": "tmall", "status": "in_stock", "available": 7,
+        }  # fmt: skip
+        assert live["at"].endswith("Z")
+    finally:
+        follower.send_signal(signal.SIGTERM)
+    assert follower.wait(timeout=10) == 0
+    bad = onestock("availability", "--from", "3", env=cli_env, check=False)
+    assert bad.returncode == 2 and b"goes with --follow" in bad.stderr

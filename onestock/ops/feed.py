@@ -18,7 +18,7 @@ stalled past its lease never writes behind the next one. Statuses are judged one
 another by one publisher: the feed follows the stock in time order. A change that is undone
 before the publisher reads it (sold out for a millisecond, then a cancel gives a unit back)
 is not a transition: the feed carries what a reader of the stock could observe, at most
-``poll_s`` plus one read apart.
+``ROUND_S`` plus one read apart.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ from onestock.ops.availability import AvailabilityError, Model
 from state.feed import Transition
 from state.store import Store
 
-POLL_S = 0.005  # how soon an idle publisher looks for marked SKUs again
+# A round every this often: the SKUs marked meanwhile are judged together (one read), so a
+# burst costs a round per interval, not one per batch; a transition waits half of it on
+# average (docs/performance.md: the propagation figures).
+ROUND_S = 0.02
 SWEEP_S = 5.0  # every SKU judged again this often
 RENEW_S = 1.0  # the lease renewed this often (it lasts state.feed.LEASE_MS)
 CHUNK = 2000  # SKUs read per round trip
@@ -84,11 +87,12 @@ class Publisher:
             self.published[(sku, channel)] = status
         return n
 
-    def run(self, stop: threading.Event, poll_s: float = POLL_S) -> None:
+    def run(self, stop: threading.Event, round_s: float = ROUND_S) -> None:
         """Publish until ``stop`` is set; then one last round, and the lease given back."""
         while not stop.is_set():
-            if self.step() <= 0:
-                stop.wait(poll_s)
+            due = time.monotonic() + round_s
+            self.step()
+            stop.wait(max(0.0, due - time.monotonic()))
         self.step()
         if self.token is not None:
             self.store.feed.release(self.token)
@@ -165,13 +169,18 @@ def transition_json(t: Transition) -> bytes:
 
 
 def follow(
-    store: Store, out: IO[bytes], after: int | None = None, stop: Callable[[], bool] = lambda: False
+    store: Store,
+    out: IO[bytes],
+    after: int | None = None,
+    stop: Callable[[], bool] = lambda: False,
+    keep: Callable[[Transition], bool] = lambda _t: True,
 ) -> None:
-    """Write the transitions after seq ``after`` (None: from now on) as JSON Lines, as they
-    happen, until ``stop()``."""
+    """Write the transitions after seq ``after`` (None: from now on) that ``keep`` keeps as
+    JSON Lines, as they happen, until ``stop()``."""
     seq = store.feed.last_seq() if after is None else after
     while not stop():
         for t in store.feed.after(seq, count=1000, block_ms=500):
-            out.write(transition_json(t) + b"\n")
+            if keep(t):
+                out.write(transition_json(t) + b"\n")
             seq = t.seq
         out.flush()
