@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import copy
 import os
+from typing import Any
 
 import pytest
 
+from dataflows import movements as flow_movements
 from onestock.sim.fast import run_fast
 from onestock.sim.history import Features, generate
 from onestock.sim.model import Observed, check
 from onestock.sim.run import Report, soak
+from state import movements as state_movements
 
 # Input classes generated: all of them (each class the check found is fixed). A class that
 # breaks again and cannot be fixed at once can be left out here, e.g. "all,-skew"
@@ -85,6 +88,95 @@ def test_the_checker_reports_doctored_outputs(url: str, how: str, cls: str) -> N
     after = check(_doctor(ob, how))
     assert cls not in before
     assert any(c == cls for c, _ in after), after
+
+
+MOVES = Features.parse("none,+movements")
+
+
+def _receipt_seed(skus: int) -> int:
+    """A seed whose history (``MOVES``) has a well-formed receipt of ``skus`` SKUs (each in a
+    hash slot of its own): certainly applied."""
+    return next(
+        s for s in range(1000)
+        if any(e.kind == "movement" and (b := e.body or {})["movement_id"].startswith("MV-")
+               and b["kind"] == "receipt" and len(b["lines"]) == skus
+               for e in generate(s, MOVES).events)
+    )  # fmt: skip
+
+
+def _doctor_moves(ob: Observed, how: str) -> Observed:
+    bad = copy.deepcopy(ob)
+    if how == "record a movement twice":
+        bad.movements.append(dict(bad.movements[-1]))
+    elif how == "lose a movement record":
+        bad.movements = bad.movements[1:]
+    elif how == "refuse a receipt":
+        rec = next(r for r in bad.movements if r["kind"] == "receipt" and r["status"] == "applied")
+        rec.update(status="refused", reason="below_zero")
+    elif how == "one more unit available":
+        view = next(iter(bad.availability.values()))
+        sku = next(iter(view))
+        ch = next(iter(view[sku]))
+        view[sku][ch] = (view[sku][ch][0] + 1, view[sku][ch][1])
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("how", "cls"),
+    [
+        ("record a movement twice", "movement.duplicate"),
+        ("lose a movement record", "movement.missing"),
+        ("refuse a receipt", "movement.status"),
+        ("one more unit available", "availability.mismatch"),
+    ],
+)
+def test_the_checker_reports_doctored_movements_and_availability(
+    url: str, how: str, cls: str
+) -> None:
+    ob, _ = run_fast(generate(_receipt_seed(1), MOVES), url)
+    assert cls not in {c for c, _ in check(ob)}
+    assert any(c == cls for c, _ in check(_doctor_moves(ob, how)))
+
+
+def test_the_checker_reports_a_movement_applied_twice(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The product broken: every movement of one slot applied a second time."""
+    real = state_movements.Movements.run
+
+    def twice(self: Any, calls: list[state_movements.Call]) -> list[state_movements.Answer]:
+        out = real(self, calls)
+        again = [c._replace(movement_id=c.movement_id + "-again") for c in calls
+                 if c.mode == state_movements.APPLY]  # fmt: skip
+        real(self, again)
+        return out
+
+    monkeypatch.setattr(state_movements.Movements, "run", twice)
+    ob, _ = run_fast(generate(_receipt_seed(1), MOVES), url)
+    assert {"stock.conservation", "audit.oversold"} <= {c for c, _ in check(ob)}
+
+
+def test_the_checker_reports_a_movement_half_applied(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The product broken: a movement across slots commits in its first slot only; the
+    others abort, and its record says refused."""
+    real = flow_movements._second_round
+
+    def half(plans: Any, first: Any) -> Any:
+        answers, calls = real(plans, first)
+        seen: set[int] = set()
+        out = []
+        for (i, slot), c in calls:
+            if c.mode == state_movements.COMMIT and i in seen:
+                c = c._replace(mode=state_movements.ABORT, reason="below_zero\x1fby hand")
+            seen.add(i)
+            out.append(((i, slot), c))
+        return answers, out
+
+    monkeypatch.setattr(flow_movements, "_second_round", half)
+    ob, _ = run_fast(generate(_receipt_seed(2), MOVES), url)
+    assert {"stock.conservation", "audit.oversold"} <= {c for c, _ in check(ob)}
 
 
 @pytest.mark.slow

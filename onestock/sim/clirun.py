@@ -24,8 +24,8 @@ import orjson
 
 from onestock.sim import observe
 from onestock.sim.fast import anchor_of
-from onestock.sim.history import History, render_catalog
-from onestock.sim.model import Observed
+from onestock.sim.history import History, iso, render_catalog
+from onestock.sim.model import Observed, ms
 from state.server import RedisServer
 from state.store import Store
 
@@ -163,7 +163,8 @@ def _reload(
     start = int(time.time() * 1000)
     cat = render_catalog(h.reload, anchor)
     store = Store.connect(url)
-    levels = store.skus.stock_levels([s["sku"] for s in cat["skus"]])
+    buckets = {s["sku"]: s.get("buckets", 1) for s in cat["skus"]}  # (a split SKU: them all)
+    levels = store.skus.stock_levels(list(buckets), buckets)
     store.r.close()
     for sku in cat["skus"]:
         sku["stock"] = {**dict.fromkeys(sku["stock"], 0), **levels.get(sku["sku"], {})}
@@ -186,19 +187,25 @@ def _read(
     store = Store.connect(url)
     try:
         vers, ranks = observe.versions(store, k), observe.ranks(store, camp and camp["sku"])
+        cli.problems += observe.audit(store, k, base)
     except Exception as exc:
         cli.problems.append(("read.exception", f"{type(exc).__name__}: {exc}"))
         vers, ranks = [], []
     store.r.close()
     gifts = cli.call("gifts", camp["id"], "--json") if camp else b""
+    # `stock --json --at T`: while every lock holds, and after them all (at ms as read back)
+    stocks = {ms(t := iso(at)) or 0: orjson.loads(cli.call("stock", "--json", "--at", t) or b"{}")
+              for at in observe.reading_times(cats[-1], few=True)}  # fmt: skip
     return Observed(
         lines=lines, shards=k, catalogs=cats, base=base, reload_window=window,
         fulfilments=observe.jsonl(cli.call("fulfilments")),
         versions=vers,
         deadletters=observe.jsonl(cli.call("deadletters")),
         returns=observe.jsonl(cli.call("returns")),
-        stock=orjson.loads(cli.call("stock", "--json") or b"{}"),
+        stock=next(iter(stocks.values())),
         gifts=orjson.loads(gifts) if gifts.strip() else None,
         alerts=observe.jsonl(cli.call("alerts")),
         ranks=ranks, problems=cli.problems, skew_ms=2000,
+        movements=observe.jsonl(cli.call("movements")),
+        availability={at: observe.from_stock(doc) for at, doc in stocks.items()},
     )  # fmt: skip

@@ -54,7 +54,8 @@ def reload(admin: Store, h: History, anchor: int, cats: list[dict[str, Any]]) ->
     start = int(time.time() * 1000)
     time.sleep(0.003)
     cat = render_catalog(h.reload, anchor)
-    levels = admin.skus.stock_levels([s["sku"] for s in cat["skus"]])
+    buckets = {s["sku"]: s.get("buckets", 1) for s in cat["skus"]}  # (a split SKU: them all)
+    levels = admin.skus.stock_levels(list(buckets), buckets)
     for sku in cat["skus"]:
         sku["stock"] = {**dict.fromkeys(sku["stock"], 0), **levels.get(sku["sku"], {})}
     load_file(admin, cat)
@@ -75,6 +76,8 @@ class Worker:
 
     def __init__(self, url: str, faults: Faults, k: int, resume: dict[int, str | None]) -> None:
         self.store = faulty_store(url, faults)
+        moves = self.store.movements  # a crash now and then inside a movement's two steps
+        moves.run = faults.aimed(moves.run)  # type: ignore[method-assign]
         self.decider = Decider(self.store, say=_quiet)
         self.decider.settler.last = math.inf  # no wall-clock settling: settle() at seeded points
         self.source = ShardSource(lambda: self.store, k, say=_quiet)
@@ -226,13 +229,14 @@ class _Play:
         """What the run produced, read back as users read it."""
         admin, k, camp, problems = self.admin, self.k, self.camp, self.problems
         try:
-            pub = observe.public(admin, k, camp["id"] if camp else None)
+            pub = observe.public(admin, k, camp["id"] if camp else None, self.cats[-1])
             vers = observe.versions(admin, k)
             ranks = observe.ranks(admin, camp["sku"] if camp else None)
+            problems += observe.audit(admin, k, self.base)
         except Exception as exc:
             problems.append(("read.exception", _where(exc)))
             pub = {"fulfilments": [], "deadletters": [], "returns": [], "stock": {}, "gifts": None,
-                   "alerts": []}  # fmt: skip
+                   "alerts": [], "movements": [], "availability": {}}  # fmt: skip
             vers, ranks = [], []
         for p in self.procs:
             p.store.r.close()

@@ -32,6 +32,7 @@ class Faults:
         self.hook: Callable[[], None] | None = None
         self.hook_after = False
         self.first_ms: int | None = None  # wall ms of the first crash
+        self.aims = 1  # crashes ``aimed`` may still arm
         self.arm()
 
     def arm(self) -> None:
@@ -39,6 +40,19 @@ class Faults:
             self.left -= 1
             self.crash_at = self.count + self.rng.randint(1, 200)
             self.after_send = self.rng.random() < 0.5
+
+    def aimed(self, fn: Callable[..., Any], p: float = 0.3) -> Callable[..., Any]:
+        """``fn`` that now and then (``p``, while ``aims`` last) arms a crash at the first
+        Redis command it sends, before or after it reached Redis: a crash aimed at a rare,
+        short step (a movement's hold or commit) that random counts seldom hit."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.aims > 0 and self.rng.random() < p:
+                self.aims -= 1
+                self.crash_at, self.after_send = self.count + 1, self.rng.random() < 0.5
+            return fn(*args, **kwargs)
+
+        return call
 
     def set_hook(self, hook: Callable[[], None], within: int) -> None:
         """Run ``hook`` at one of the next ``within`` commands: before it is sent, or after

@@ -28,6 +28,8 @@ class Features:
     surrogates: bool = True  # lone surrogates (\ud800) in JSON strings
     bad_times: bool = True  # paid_at in year 1, 1969 and 2062
     skew: bool = True  # fast mode: shards processed at very different paces
+    movements: bool = True  # stock movements among the orders: every kind, copies, bad ones
+    buckets: bool = True  # a SKU or two split into hot-SKU buckets (their movements too)
 
     @classmethod
     def names(cls) -> list[str]:

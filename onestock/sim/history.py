@@ -35,7 +35,7 @@ GARBAGE = [b"not json {", b"[1,2,3]", b"42", b'"just a string"', b'{"no_id": tru
 
 @dataclass
 class Event:
-    kind: str  # order | dup | cancel | return | garbage | closer
+    kind: str  # order | dup | cancel | return | garbage | closer | movement
     body: dict[str, Any] | None = None  # "paid_at": int = ms after the anchor
     raw: bytes | None = None  # fixed bytes (garbage)
     of: int = -1  # dup: index (in ``History.events``) of the event it copies
@@ -52,6 +52,12 @@ class History:
     reload: dict[str, Any] | None  # its SKUs' stock is filled in by the driver
     reload_at: int  # the reload comes after this many events were pushed
     events: list[Event] = field(default_factory=list)
+
+    def movements(self) -> int:
+        """How many of the events pushed are movements (copies too)."""
+        kinds = [e.kind for e in self.events]
+        return sum(k == "movement" or k == "dup" and kinds[e.of] == "movement"
+                   for k, e in zip(kinds, self.events, strict=True))  # fmt: skip
 
     def render_events(self, anchor_ms: int) -> list[bytes]:
         out: list[bytes] = []
@@ -90,6 +96,8 @@ def generate(seed: int, features: Features) -> History:
     lateness = rng.choice([800, 1500, 3000])
     span = n * 40
     cat = _catalog(rng, f, lateness, span)
+    if f.buckets:
+        _split(seed, cat)
     skus = [s["sku"] for s in cat["skus"]]
     shards = rng.choice([1, 2, 3, 4])
     h = History(seed, f, shards, rng.choice([1, 2]) if shards > 1 else 1, lateness, cat, None, 0)
@@ -102,6 +110,13 @@ def generate(seed: int, features: Features) -> History:
     if f.garbage:
         for _ in range(rng.randint(1, 4)):
             events.append((rng.uniform(-1, end), Event("garbage", raw=rng.choice(GARBAGE))))
+    if f.movements:  # (drawn from a source of their own: the rest stays as without them)
+        from onestock.sim.moves import movement_events
+
+        ids = [
+            o for e in base if (o := (e.body or {})["order_id"]).startswith("o-") and SUR not in o
+        ]
+        events += movement_events(seed, cat, end, ids, f.internal_ids)
     events.sort(key=lambda kv: kv[0])
     where = {id(e): j for j, (_, e) in enumerate(events)}
     h.events = [e for _, e in events]
@@ -234,6 +249,18 @@ def _catalog(rng: random.Random, f: Features, lateness: int, span: int) -> dict[
     return cat
 
 
+def _split(seed: int, cat: dict[str, Any]) -> None:
+    """Maybe a SKU or two split into hot-SKU buckets (docs/buckets.md), drawn from a source
+    of their own; such a SKU may have no per-customer limit, threshold or lock (the catalog
+    refuses them), and neither the campaign's SKU nor its gift is split."""
+    rng = random.Random(seed * 7_368_787 + 5)
+    regular = [s for s in cat["skus"] if s["sku"] not in (CAMPAIGN_SKU, GIFT)]
+    for sku in rng.sample(regular, min(len(regular), rng.choice([0, 1, 1, 2]))):
+        sku["buckets"] = rng.randint(2, 4)
+        for rule in ("per_customer_limit", "low_stock_threshold", "channel_locks"):
+            sku.pop(rule, None)
+
+
 def _order(
     rng: random.Random, cat: dict[str, Any], skus: list[str], oid: str, t: int
 ) -> dict[str, Any]:
@@ -279,7 +306,11 @@ def _reload(rng: random.Random, cat: dict[str, Any], f: Features) -> dict[str, A
     for sku in new["skus"]:
         if "per_customer_limit" in sku and rng.random() < 0.5:
             sku["per_customer_limit"] += 1
-    unlimited = [s for s in new["skus"] if "per_customer_limit" not in s and s["sku"] != GIFT]
+    unlimited = [
+        s
+        for s in new["skus"]
+        if "per_customer_limit" not in s and s["sku"] != GIFT and not s.get("buckets")
+    ]
     if f.reload_adds_limit and unlimited:  # on the SKU most likely to have units left
         most = max(unlimited, key=lambda s: sum(s["stock"].values()))
         most["per_customer_limit"] = rng.randint(1, 2)

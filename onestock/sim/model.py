@@ -2,10 +2,13 @@
 
 Not a second implementation of routing: it re-adds what the outputs say and asks whether the
 sums and orders hold. (a) one outcome per event, nothing missing or extra; (b) stock
-conserved per SKU and location from the loaded levels, never below zero; (c) per-customer
-limits never exceeded, and a ``limit_exceeded`` never without a reason; (d) channel locks
-and VIP pre-sales honoured as far as the outputs show; (e) first-N ranks follow
-(paid_at, order_id); (f) no unit given back twice. Each violation is (class, detail).
+conserved per SKU and location from the loaded levels and the applied movements, never
+below zero; (c) per-customer limits never exceeded, and a ``limit_exceeded`` never without
+a reason; (d) channel locks and VIP pre-sales honoured as far as the outputs show; (e)
+first-N ranks follow (paid_at, order_id); (f) no unit given back twice; (g) one record per
+stock movement, the status the model expects, figures consistent (``movecheck``); (h) every
+channel's availability equal to a plain model's (``availcheck``). Each violation is (class,
+detail).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 Violation = tuple[str, str]
 
@@ -44,35 +47,48 @@ class Observed:
     # wall ms of the first crash: a replayed decision's record is dated by its replay, so
     # from then on decided_at says nothing about the order of decisions
     first_crash_ms: int | None = None
+    movements: list[dict[str, Any]] = field(default_factory=list)  # `onestock movements`
+    # what each channel may sell, read at fixed times: at ms -> SKU -> channel -> (available,
+    # status; None where the command read does not print one)
+    availability: dict[int, dict[str, dict[str, tuple[int, str | None]]]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass
 class Ev:
     i: int
     raw: bytes
-    kind: str  # order | cancel | return | dead
-    oid: str | None
+    kind: str  # order | cancel | return | movement | dead
+    oid: str | None  # a movement's: its movement id
     obj: dict[str, Any] | None
     shard: int
 
 
+def usable(text: Any) -> TypeGuard[str]:
+    """An id or name the contract accepts: a string of 1 to 256 printable characters."""
+    return isinstance(text, str) and 0 < len(text) <= 256 and text.isprintable()
+
+
 def classify(lines: list[bytes], shards: int) -> list[Ev]:
-    """Each event as the contract sees it: a usable order_id is a string of 1 to 256
-    printable characters in a JSON object; everything else is a dead letter."""
+    """Each event as the contract sees it: a usable order_id (a movement's: movement_id) in
+    a JSON object; everything else is a dead letter."""
     out = []
+    kinds = {None: "order", "order": "order", "cancel": "cancel", "return": "return",
+             "movement": "movement"}  # fmt: skip
     for i, raw in enumerate(lines):
         try:
             obj = json.loads(raw)
         except ValueError:
             obj = None
-        oid = obj.get("order_id") if isinstance(obj, dict) else None
-        if not (isinstance(oid, str) and 0 < len(oid) <= 256 and oid.isprintable()):
+        obj = obj if isinstance(obj, dict) else {}
+        t = obj.get("type")
+        kind = kinds.get(t, "dead") if t is None or isinstance(t, str) else "dead"
+        oid = obj.get("movement_id" if kind == "movement" else "order_id")
+        if not usable(oid):
             out.append(Ev(i, raw, "dead", None, None, zlib.crc32(raw) % shards))
             continue
-        assert isinstance(obj, dict)
-        kind = {None: "order", "order": "order", "cancel": "cancel", "return": "return"}
-        out.append(Ev(i, raw, kind.get(obj.get("type"), "dead"), oid, obj,
-                      zlib.crc32(oid.encode()) % shards))  # fmt: skip
+        out.append(Ev(i, raw, kind, oid, obj, zlib.crc32(oid.encode()) % shards))
     return out
 
 
@@ -150,6 +166,11 @@ class Checker:
         self.final = {r["order_id"]: r for r in ob.fulfilments}
         self.took = {oid: self._took(oid) for oid in self.versions}  # units first taken
         self.back = self._given_back()
+        from onestock.sim.movecheck import Moves
+
+        self.moves = Moves(self.evs, ob)
+        self.expect: Counter[tuple[str, str]] = Counter()  # the stock the outputs add up to
+        self.unbalanced: set[str] = set()  # SKUs whose stock breaks the conservation law
 
     def _given_back(self) -> dict[str, Counter[tuple[str, str]]]:
         """Order -> units given back, by returns and by cancels."""
@@ -180,12 +201,14 @@ class Checker:
         return dec is not None and dec["status"] == "accepted" or bool(self.took.get(oid))
 
     def run(self) -> list[Violation]:
-        from onestock.sim import rules
+        from onestock.sim import availcheck, movecheck, rules
 
         self.outcomes()
         self.aftersale()
         self.conservation()
         rules.check(self)
+        movecheck.check(self)
+        availcheck.check(self)
         return self.v
 
     # (a) one outcome per event -----------------------------------------------------------
@@ -288,7 +311,7 @@ class Checker:
     # (b) conservation, (f) nothing given back twice ---------------------------------------
 
     def conservation(self) -> None:
-        expect = self._expected()
+        expect = self.expect = self._expected()
         have: Counter[tuple[str, str]] = Counter()
         for sku, view in self.ob.stock.items():
             for loc, q in view["locations"].items():
@@ -297,16 +320,19 @@ class Checker:
                     self.fail("stock.negative", f"{sku} at {loc}: {q}")
         for key in sorted(set(expect) | set(have)):
             if expect[key] != have[key]:
+                self.unbalanced.add(key[0])
                 self.fail("stock.conservation", f"{key[0]} at {key[1]}: expected "
                           f"{expect[key]}, `onestock stock` says {have[key]}")  # fmt: skip
 
     def _expected(self) -> Counter[tuple[str, str]]:
-        """The stock the outputs add up to: loaded, less what was taken (gifts too), plus
-        what was given back; no order given back more than it shipped."""
+        """The stock the outputs add up to: loaded, plus what applied movements added (less
+        what they took), less what orders took (gifts too), plus what was given back; no
+        order given back more than it shipped."""
         expect: Counter[tuple[str, str]] = Counter()
         for sku, locs in self.ob.base.items():
             for loc, q in locs.items():
                 expect[(sku, loc)] += q
+        expect.update(self.moves.moved)
         for oid, took in self.took.items():
             expect.subtract(took)
             expect.update(self.back.get(oid, Counter()))

@@ -13,7 +13,9 @@ import msgspec
 import orjson
 
 from onestock.domain.records import RS, SEP, packed_records, record_from_packed
+from onestock.ops import availability
 from onestock.ops import services as ops
+from onestock.sim.model import ms
 from state import keys
 from state.store import Store
 
@@ -43,9 +45,49 @@ def ranks(store: Store, campaign_sku: str | None) -> list[tuple[str, str, int, s
     return out
 
 
-def public(store: Store, shards: int, campaign: str | None) -> dict[str, Any]:
-    """What `fulfilments`, `deadletters`, `returns`, `stock --json`, `gifts --json` and
-    `alerts` print, produced by the same functions the commands call (fast mode)."""
+FAR_MS = 10**13  # a reading time after every lock's end (the year 2286)
+
+Availability = dict[int, dict[str, dict[str, tuple[int, str | None]]]]
+
+
+def reading_times(cat: dict[str, Any], few: bool = False) -> list[int]:
+    """When to read availability (epoch ms): while every lock holds, just before and at each
+    lock's end, after them all; ``few``: only the first and the last."""
+    untils = sorted({u for s in cat["skus"] for lk in s.get("channel_locks", [])
+                     if (u := ms(lk["until"])) is not None})  # fmt: skip
+    times = sorted({t for u in untils for t in (u - 1, u)} | {FAR_MS})
+    return [times[0], times[-1]] if few and len(times) > 2 else times
+
+
+def available_at(store: Store, times: list[int]) -> Availability:
+    """``GET /availability``'s figures (``availability.read``), for every channel and SKU,
+    at each of ``times``: at ms -> SKU -> channel -> (available, status)."""
+    out: Availability = {}
+    for at in times:
+        doc = availability.read(store, at_ms=at)
+        view: dict[str, dict[str, tuple[int, str | None]]] = out.setdefault(at, {})
+        for ch, figures in doc["channels"].items():
+            for sku, f in figures["skus"].items():
+                view.setdefault(sku, {})[ch] = (f["available"], f["status"])
+    return out
+
+
+def from_stock(doc: dict[str, Any]) -> dict[str, dict[str, tuple[int, str | None]]]:
+    """SKU -> channel -> (available, None) from what `onestock stock --json` prints."""
+    return {sku: {ch: (n, None) for ch, n in v["available"].items()} for sku, v in doc.items()}
+
+
+def audit(store: Store, shards: int, base: dict[str, dict[str, int]]) -> list[tuple[str, str]]:
+    """The product's own stock audit (``ops.audit``: loaded + applied movements - shipped +
+    given back = on hand), as a violation when it finds units off."""
+    off = ops.audit(store, shards, base).oversold
+    return [("audit.oversold", f"`ops.audit` finds {off} units off")] if off else []
+
+
+def public(store: Store, shards: int, campaign: str | None, cat: dict[str, Any]) -> dict[str, Any]:
+    """What `fulfilments`, `deadletters`, `returns`, `movements`, `stock --json`, `gifts
+    --json` and `alerts` print, produced by the same functions the commands call (fast mode),
+    and the availability at the reading times of ``cat`` (the catalog loaded last)."""
 
     def lines(write: Any, *args: Any) -> list[dict[str, Any]]:
         buf = io.BytesIO()
@@ -61,4 +103,6 @@ def public(store: Store, shards: int, campaign: str | None) -> dict[str, Any]:
         "stock": stock,
         "gifts": gifts,
         "alerts": lines(ops.write_alerts, store),
+        "movements": lines(ops.write_movements, store, shards),
+        "availability": available_at(store, reading_times(cat)),
     }

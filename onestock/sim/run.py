@@ -44,6 +44,7 @@ class Failure:
 class Report:
     histories: dict[str, int] = field(default_factory=lambda: {"fast": 0, "cli": 0})
     events: int = 0
+    movements: int = 0  # of the events, stock movements (copies and bad ones too)
     faults: int = 0
     seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
@@ -61,7 +62,8 @@ class Report:
         n = sum(self.histories.values())
         out = [
             f"soak: {n} histories ({self.histories['fast']} fast, {self.histories['cli']} cli), "
-            f"{self.events} events, {self.faults} faults in {self.seconds:.0f} s; "
+            f"{self.events} events ({self.movements} movements), {self.faults} faults in "
+            f"{self.seconds:.0f} s; "
             f"{len(self.failures)} failed"
         ]
         for cls, f in sorted(self.by_class().items()):
@@ -70,8 +72,10 @@ class Report:
         return "\n".join(out)
 
 
-def one(seed: int, mode: str, features: Features, url: str) -> tuple[list[Violation], int, int]:
-    """Run the history of ``seed`` in ``mode``: (violations, events, faults)."""
+def one(
+    seed: int, mode: str, features: Features, url: str
+) -> tuple[list[Violation], int, int, int]:
+    """Run the history of ``seed`` in ``mode``: (violations, events, faults, movements)."""
     h = generate(seed, features)
     if mode == "fast":
         from onestock.sim.fast import run_fast
@@ -87,7 +91,7 @@ def one(seed: int, mode: str, features: Features, url: str) -> tuple[list[Violat
     if fatal and len(fatal) < len(violations):
         more = len(violations) - len(fatal)
         violations = [*fatal, ("(cascade)", f"{more} further violations follow from it")]
-    return violations, stats["events"], stats["faults"]
+    return violations, stats["events"], stats["faults"], h.movements()
 
 
 def soak(
@@ -122,11 +126,12 @@ def soak(
                     modes = ["cli" if n % CLI_EVERY == CLI_EVERY - 1 else "fast"]
                 n += 1
                 for m in modes:
-                    violations, events, faults = one(s, m, features, url or server.url)
+                    violations, events, faults, moves = one(s, m, features, url or server.url)
                     violations = [v for v in violations if v[0] not in ignore]
                     report.histories[m] += 1
                     report.events += events
                     report.faults += faults
+                    report.movements += moves
                     if violations:
                         f = Failure(s, m, events, violations, features)
                         report.failures.append(f)
