@@ -5,6 +5,7 @@ time (a lease)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -47,8 +48,27 @@ def main(url: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stopping)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # (blocked by start)
-    serve(url, lambda m: print(f"onestock feed: {m}", file=sys.stderr, flush=True), stop)
+
+    def say(message: str) -> None:
+        print(f"onestock feed: {message}", file=sys.stderr, flush=True)
+
+    parent = os.environ.pop(PARENT, None)
+    if parent:
+        threading.Thread(target=_watch, args=(int(parent), stop, say), daemon=True).start()
+    serve(url, say, stop)
     return 0
+
+
+PARENT = "ONESTOCK_FEED_PARENT"  # set by ``start``: the pid of the onestock run it serves
+
+
+def _watch(parent: int, stop: threading.Event, say: Callable[[str], None]) -> None:
+    """Stop when the ``onestock run`` that started this process is gone (a ``kill -9`` of it
+    leaves no feed process behind)."""
+    while not stop.wait(0.5):
+        if os.getppid() != parent:
+            say("the onestock run that started it is gone: stopping")
+            stop.set()
 
 
 def start(url: str) -> subprocess.Popen[bytes]:
@@ -60,6 +80,7 @@ def start(url: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "onestock", "feed", "--redis-url", url],
             start_new_session=True,  # a Ctrl-C reaches it through run, after the workers
+            env={**os.environ, PARENT: str(os.getpid())},
         )
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)

@@ -146,3 +146,37 @@ def test_follow_replays_from_a_seq_then_prints_as_they_happen(
     assert follower.wait(timeout=10) == 0
     bad = onestock("availability", "--from", "3", env=cli_env, check=False)
     assert bad.returncode == 2 and b"goes with --follow" in bad.stderr
+
+
+def test_a_kill_9_of_the_run_leaves_no_feed_process_behind(
+    store: Store, cli_env: dict[str, str]
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    load(store, CATALOG)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "onestock", "run", "--workers", "1"],
+        env={**os.environ, **cli_env}, cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def feeds() -> list[str]:
+        pattern = f"onestock feed --redis-url {cli_env['ONESTOCK_REDIS_URL']}$"
+        got = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+        return got.stdout.split()
+
+    deadline = time.monotonic() + 30
+    while not (feeds() and store.feed.last_seq() == 4):  # it published the first statuses
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.1)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 15
+    while feeds():
+        assert time.monotonic() < deadline, "the feed process outlived its run"
+        time.sleep(0.2)
