@@ -85,6 +85,14 @@ def _unheld(value: str) -> str:
     return value[1:] if value[:1] in (Code.HELD, Code.CANDIDATE) else value
 
 
+def _as_accepted(outcome: str) -> str:
+    """An order's outcome as it was when it was accepted: a cancelled one that kept its
+    allocations ("C" + allocations) reads as accepted with them."""
+    if outcome[:1] == Code.CANCELLED and len(outcome) > 1:
+        return Code.ACCEPTED + outcome[1:]
+    return outcome
+
+
 def _accepted(outcome: str) -> bool:
     """Whether an order's outcome (or registry value, unheld) is accepted; an unknown code
     raises."""
@@ -249,7 +257,7 @@ class Aftersale:
             self.store.shards.registry, shard, [keys.REG_RETURN + _digest(r) for _, _, r in returns]
         )
         returns = [ret for ret, rec in zip(returns, written, strict=True) if rec is None]
-        states = self._order_states(shard, returns, firsts, outcome)
+        states = self._order_states(shard, returns, firsts, outcome, self._applied(returns))
         # per return: its order's outcome as the return finds it, or UNKNOWN_ORDER
         todo = _checked(returns, states, dead, locations)
         # [_Checked]: the returns their orders' states and shipments do not refuse
@@ -261,16 +269,27 @@ class Aftersale:
         codes = dict(zip(counted.lines, restocked, strict=True))
         return _recorded(counted, codes, decided, dead)
 
+    def _applied(self, returns: list[tuple[str, bytes, events.Return]]) -> set[str]:
+        """The digests of the returns whose units an attempt that crashed before its records
+        were written already put back (``keys.DEC_RETURN`` in a SKU's decision hash)."""
+        wanted = [(ln.sku, r.order_id, _digest(r)) for _, _, r in returns for ln in r.lines]
+        got = self.wait.call(self.store.skus.returned, wanted) if wanted else []
+        return {w[2] for w, (_, done) in zip(wanted, got, strict=True) if done is not None}
+
     def _order_states(
         self,
         shard: int,
         returns: list[tuple[str, bytes, events.Return]],
         firsts: dict[str, tuple[str, events.Decoded]],
         outcome: dict[str, str],
+        applied: set[str],
     ) -> list[str]:
         """Per return, its order's outcome as the return finds it: from this batch if the
         order came before it, else from the registry (cancelled if a cancel is recorded or
-        under way); UNKNOWN_ORDER if none came before it."""
+        under way); UNKNOWN_ORDER if none came before it. A return ``applied`` before (by an
+        attempt that crashed) finds its order as it was then, accepted: its outcome must not
+        change with the batching of its replay (a cancel now in the same batch is decided
+        first, and gives back only what the return did not)."""
         earlier = list({r.order_id for _, _, r in returns if r.order_id not in firsts})
         got = self.wait.call(
             self.store.shards.registry,
@@ -281,13 +300,17 @@ class Aftersale:
         states: list[str] = []
         for eid, _, r in returns:
             oid = r.order_id
+            done = _digest(r) in applied
             if oid in firsts:  # (an order later in the batch had not come yet for it)
                 before = parse_id(firsts[oid][0]) < parse_id(eid)
-                states.append(outcome.get(oid, Code.REJECTED) if before else UNKNOWN_ORDER)
+                got = outcome.get(oid, Code.REJECTED) if before or done else UNKNOWN_ORDER
+                states.append(_as_accepted(got) if done else got)
                 continue
             value, x, k = state[oid]
             if value is None:
                 states.append(UNKNOWN_ORDER)
+            elif done:
+                states.append(_as_accepted(_unheld(value.decode())))
             else:
                 states.append(Code.CANCELLED if x or k else _unheld(value.decode()))
         return states
