@@ -5,11 +5,13 @@ time (a lease)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from onestock.ops import deliver
@@ -54,7 +56,7 @@ def main(url: str) -> int:
 
     parent = os.environ.pop(PARENT, None)
     if parent:
-        threading.Thread(target=_watch, args=(int(parent), stop, say), daemon=True).start()
+        _die_with(int(parent))
     serve(url, say, stop)
     return 0
 
@@ -62,13 +64,22 @@ def main(url: str) -> int:
 PARENT = "ONESTOCK_FEED_PARENT"  # set by ``start``: the pid of the onestock run it serves
 
 
-def _watch(parent: int, stop: threading.Event, say: Callable[[str], None]) -> None:
-    """Stop when the ``onestock run`` that started this process is gone (a ``kill -9`` of it
-    leaves no feed process behind)."""
-    while not stop.wait(0.5):
-        if os.getppid() != parent:
-            say("the onestock run that started it is gone: stopping")
-            stop.set()
+def _die_with(parent: int) -> None:
+    """End at once, writing nothing more, when the ``onestock run`` that started this process
+    is gone (a ``kill -9`` of it leaves no feed process behind, as it leaves no worker: the
+    next publisher sweeps every SKU, the next deliverer resumes from its progress). The
+    kernel's parent-death signal where there is one, and a watch of the parent pid."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def start(url: str) -> subprocess.Popen[bytes]:
