@@ -133,12 +133,17 @@ def returns(store: Store, shards: int) -> Iterator[ReturnRecord]:
             yield ReturnRecord(oid, f[1], lines, iso_ms(int(received)), iso_ms(int(decided)))
 
 
-def write_returns(store: Store, shards: int, out: IO[bytes]) -> int:
+def write_jsonl(records: Iterable[msgspec.Struct], out: IO[bytes]) -> int:
+    """Each record as one line of JSON; how many."""
     n = 0
-    for rec in returns(store, shards):
+    for rec in records:
         out.write(json_encoder.encode(rec) + b"\n")
         n += 1
     return n
+
+
+def write_returns(store: Store, shards: int, out: IO[bytes]) -> int:
+    return write_jsonl(returns(store, shards), out)
 
 
 _movement_decoder = msgspec.json.Decoder(MovementRecord)
@@ -152,11 +157,7 @@ def movements(store: Store, shards: int) -> Iterator[MovementRecord]:
 
 
 def write_movements(store: Store, shards: int, out: IO[bytes]) -> int:
-    n = 0
-    for rec in movements(store, shards):
-        out.write(json_encoder.encode(rec) + b"\n")
-        n += 1
-    return n
+    return write_jsonl(movements(store, shards), out)
 
 
 class Alert(msgspec.Struct):
