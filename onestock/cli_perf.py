@@ -143,14 +143,20 @@ def bench_availability(
     skus: Annotated[int, typer.Option(help="SKUs in the catalog.")] = 10_000,
     per_request: Annotated[int, typer.Option(help="SKUs per request.")] = 100,
     rate: Annotated[int, typer.Option(help="Open-loop rate, SKU reads/s.")] = 10_000,
-    seconds: Annotated[float, typer.Option(help="Length of each window.")] = 5.0,
+    seconds: Annotated[float, typer.Option(help="Length of each window.")] = 4.0,
     workers: Annotated[int, typer.Option(help="Server processes.")] = 2,
     connections: Annotated[int, typer.Option(help="wrk connections (closed loop).")] = 16,
-    orders: Annotated[int, typer.Option("--orders", help="Orders in the burst.")] = 1_000_000,
+    orders: Annotated[int, typer.Option("--orders", help="Orders in the burst.")] = 1_200_000,
     run_workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = DEFAULT_WORKERS,
     replica: Annotated[
         bool, typer.Option(help="Also measure reads of a replica of the deciding Redis.")
-    ] = True,
+    ] = False,
+    nice: Annotated[
+        int,
+        typer.Option(
+            help="Then measure the burst again with the dataflow reniced to this (0: not)."
+        ),
+    ] = 0,
     out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
 ) -> None:
     """SKU reads/s of GET /availability (wrk, closed loop) and its latency at a fixed rate
@@ -163,9 +169,12 @@ def bench_availability(
         raise OnestockError(
             "--per-request is 1..1000, --skus at least that (and 5), --rate at least --per-request"
         )
+    if not 0 <= nice <= 19:
+        raise OnestockError(f"--nice is 0..19, not {nice}")
     run_availability_bench(
-        skus, per_request, rate, seconds, workers, connections, orders, run_workers, replica, out
-    )
+        skus, per_request, rate, seconds, workers, connections, orders, run_workers, replica,
+        nice, out,
+    )  # fmt: skip
 
 
 def bench_feed(

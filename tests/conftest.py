@@ -81,6 +81,7 @@ MARKS = {
         "test_aftersale.py::test_returns_through_the_dataflow_keep_the_stock_conserved",
         "test_availability.py::test_equal_to_a_plain_model_after_a_dataflow_run",
         "test_availability.py::test_redis_away_is_503_and_a_restarted_redis_is_read_again",
+        "test_availability.py::test_the_benchmark_measures_and_checks_what_it_was_served",
         "test_bench.py::test_bench_alternates_bare_loop_and_dataflow_and_reports_their_medians",
         "test_cli.py::test_embedded_redis_starts_once_with_aof_and_keeps_data",
         "test_cli.py::test_fulfilments_out_writes_a_file",

@@ -4,6 +4,7 @@ other channels' active locks, hot-SKU buckets)."""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ from onestock.ops import availability, availability_http, services
 from state import keys
 from state.server import RedisServer
 from state.store import Store
-from tests.conftest import load, onestock
+from tests.conftest import have, load, onestock
 from tests.helpers import Server, decide, order
 
 FUTURE, PAST = "2099-01-01T00:00:00Z", "2020-01-01T00:00:00Z"
@@ -340,3 +341,28 @@ def test_cli_unknown_channel_or_sku_is_an_error(
 def test_cli_without_a_catalog_says_so(url: str, cli_env: dict[str, str]) -> None:
     proc = onestock("availability", env=cli_env, check=False)
     assert proc.returncode == 2 and "no catalog loaded" in proc.stderr.decode()
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+
+def test_the_benchmark_measures_and_checks_what_it_was_served(tmp_path: Path) -> None:
+    if not have("wrk") and os.geteuid() != 0:
+        pytest.skip("onestock bench-availability needs wrk: apt-get install wrk")
+    out = tmp_path / "figures.json"
+    onestock("bench-availability", "--skus", "300", "--per-request", "20", "--rate", "400",
+             "--seconds", "1", "--orders", "20000", "--workers", "1", "--connections", "2",
+             "--replica", "--nice", "10", "--out", str(out), timeout=300)  # fmt: skip
+    figs = orjson.loads(out.read_bytes())
+    assert figs["checked"] == 50 and figs["cores"] >= 1
+    names = [w["name"] for w in figs["windows"]]
+    burst = ["no reads", "open loop", "open loop, replica", "closed loop", "closed loop, replica"]
+    assert names == [
+        "idle: closed loop", "idle: open loop", "idle: open loop, replica",
+        *(f"burst{', ' if w == 'no reads' else ': '}{w}" for w in burst),
+        *(f"burst, dataflow at nice 10{', ' if w == 'no reads' else ': '}{w}" for w in burst),
+    ]  # fmt: skip
+    assert all(w["errors"] == 0 for w in figs["windows"])
+    opened = [w for w in figs["windows"] if "open loop" in w["name"]]
+    assert all(w["p99_ms"] > 0 and w["sku_reads_per_s"] > 300 for w in opened)
+    assert all(w["decisions_per_s"] is not None for w in figs["windows"][3:])

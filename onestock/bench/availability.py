@@ -13,13 +13,23 @@ on every third, the demo's safety stock), one ``onestock serve``, and two load g
    SKUs as asked for).
 
 Both run first with nothing else going on, then while ``onestock run`` decides ``--orders``
-pre-pushed demo orders (after a first window without reads: the decision rate they cost is
-the difference). The decision rate in each window is counted from the outcomes written.
+pre-pushed demo orders as fast as it can (after a first window without reads: the decision
+rate they cost is the difference), once it has run for ``SETTLE_S``; with ``--nice N``, the
+same windows again with the dataflow's processes reniced to N (Redis and ``onestock serve``
+then preempt the deciders on the shared cores). The decision rate in each window is counted
+from the outcomes written. With ``--replica``, a replica of
+the deciding Redis and a second ``onestock serve`` reading it
+(``ONESTOCK_AVAILABILITY_REDIS_URL``) are measured beside them. After the burst, both
+servers' figures must equal a direct read.
+
+Everything shares the machine's cores: the load average when the run started is printed with
+the figures, since another busy process moves them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import random
@@ -34,6 +44,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 import orjson
@@ -43,11 +54,13 @@ from rich.table import Table
 
 from intake.bench import _free_port, _pct, _wait_healthy, _wrk, ensure_wrk
 from onestock import burst, harness
+from onestock.domain.errors import OnestockError
 from onestock.domain.types import Catalog, ChannelLock, Sku
 from onestock.ops import availability, availability_http
 from state.server import RedisServer
 from state.store import Store
 
+SETTLE_S = 2.0  # the burst's windows start this long after its first decision
 WRK_LUA = r"""
 local paths, n = {}, 0
 function init(args)
@@ -86,6 +99,9 @@ class Figures(msgspec.Struct):
     orders: int
     windows: list[Window]
     checked: int  # SKUs whose served figures matched a direct read after the burst
+    load_average: float = 0.0  # of the machine, 1 minute, when the run started
+    cores: int = 0
+    nice: int = 0  # the dataflow's niceness in the second part of the burst (0: none)
 
 
 def bench_catalog(skus: int, seed: int = 2026) -> Catalog:
@@ -190,7 +206,10 @@ class Bench:
         self.cat = cat
         self.paths = request_paths(cat, per_request)
         self.per_request = per_request
-        self.wrk = ensure_wrk()
+        try:
+            self.wrk = ensure_wrk()
+        except OnestockError:
+            raise OnestockError("bench-availability needs wrk (apt-get install wrk)") from None
         self.files = home / "paths.txt", home / "paths.lua"
         self.files[0].write_text("\n".join(self.paths) + "\n")
         self.files[1].write_text(WRK_LUA)
@@ -226,17 +245,23 @@ class Bench:
         w.name = name
         return w
 
-    def check(self, server: str) -> int:
-        """The first 50 SKUs: served = read directly (nothing moves any more)."""
+    def check(self) -> int:
+        """The first 50 SKUs, every server: served = read directly (nothing moves any more;
+        a replica is given 5 s to catch up)."""
         import http.client
 
         names = [s.sku for s in self.cat.skus[:50]]
-        conn = http.client.HTTPConnection("127.0.0.1", self.servers[server][0], timeout=30)
-        conn.request("GET", "/availability?skus=" + ",".join(names))
-        served = orjson.loads(conn.getresponse().read())
         direct = availability.read(self.store, None, names)
-        if served["channels"] != direct["channels"]:
-            raise RuntimeError(f"GET /availability ({server}) disagrees with a direct read")
+        for server, (port, _) in self.servers.items():
+            deadline = time.time() + 5
+            while True:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("GET", "/availability?skus=" + ",".join(names))
+                if orjson.loads(conn.getresponse().read()) == direct:
+                    break
+                if time.time() > deadline:
+                    raise RuntimeError(f"GET /availability ({server}) != a direct read")
+                time.sleep(0.1)
         return len(names)
 
     def stop(self) -> None:
@@ -247,27 +272,40 @@ class Bench:
             proc.wait(timeout=60)
 
 
-# (window name, kind: quiet | open | closed, server: primary | replica, seconds)
-Plan = list[tuple[str, str, str, float]]
+class Step(NamedTuple):
+    """One step of a run: a measured window, or (``renice``) the dataflow's niceness set."""
+
+    name: str
+    kind: str  # quiet (no reads) | open | closed | renice
+    server: str = "primary"  # primary | replica
+    seconds: float = 0.0
+    nice: int = 0
 
 
-def _measure(b: Bench, plan: Plan, rate: int, connections: int) -> list[Window]:
-    out = []
-    for name, kind, server, seconds in plan:
-        if kind == "quiet":
-            time.sleep(seconds)
-            out.append(Window(name, seconds))
-        elif kind == "open":
-            out.append(b.open(name, server, rate, seconds))
-        else:
-            out.append(b.closed(name, server, connections, seconds))
-    return out
+def _measure(b: Bench, step: Step, rate: int, connections: int) -> Window:
+    if step.kind == "quiet":
+        time.sleep(step.seconds)
+        return Window(step.name, step.seconds)
+    if step.kind == "open":
+        return b.open(step.name, step.server, rate, step.seconds)
+    return b.closed(step.name, step.server, connections, step.seconds)
 
 
-def _in_burst(b: Bench, plan: Plan, orders: int, run_workers: int, rate: int, connections: int
-              ) -> list[Window]:  # fmt: skip
-    """Push the orders, start the dataflow, and measure each window of ``plan`` while it
-    decides, with the decisions made meanwhile."""
+def renice(pid: int, nice: int) -> None:
+    """Every thread of ``pid`` and of its descendants to niceness ``nice`` (on Linux a
+    thread's own; raising it needs no privilege)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # (a thread that ended meanwhile)
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+        with contextlib.suppress(OSError):
+            for child in Path(f"/proc/{pid}/task/{tid}/children").read_text().split():
+                renice(int(child), nice)
+
+
+def _in_burst(b: Bench, plan: list[Step], orders: int, run_workers: int, rate: int,
+              connections: int) -> list[Window]:  # fmt: skip
+    """Push the orders, start the dataflow, and take each step of ``plan`` while it decides
+    (each window with the decisions made meanwhile)."""
     b.say.print(f"pushing {orders:,} demo orders ...")
     harness.push(b.store, list(burst.orders(orders, burst.demo_catalog(), seed=2026)))
     proc = harness.start_dataflow(b.url, b.home, run_workers, until_drained=True)
@@ -278,9 +316,14 @@ def _in_burst(b: Bench, plan: Plan, orders: int, run_workers: int, rate: int, co
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError("the dataflow decided nothing in 60 s")
             time.sleep(0.05)
+        time.sleep(SETTLE_S)  # past its start: the workers' first batches, Bytewax's set-up
         for step in plan:
+            if step.kind == "renice":
+                b.say.print(f"the dataflow's processes to nice {step.nice} ...")
+                renice(proc.pid, step.nice)
+                continue
             before, t0 = harness.outcomes(b.store), time.perf_counter()
-            w = _measure(b, [step], rate, connections)[0]
+            w = _measure(b, step, rate, connections)
             done = harness.outcomes(b.store)
             w.decisions_per_s = (done - before) / (time.perf_counter() - t0)
             w.burst_running = done < orders
@@ -311,27 +354,39 @@ def _servers(replica: bool) -> Iterator[tuple[str, str | None, Path]]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _plan(seconds: float, replica: bool) -> tuple[Plan, Plan]:
-    idle: Plan = [("idle: closed loop", "closed", "primary", seconds),
-                  ("idle: open loop", "open", "primary", seconds)]  # fmt: skip
-    busy: Plan = [("burst, no reads", "quiet", "", seconds / 2),
-                  ("burst: open loop", "open", "primary", seconds)]  # fmt: skip
-    if replica:
-        idle.append(("idle: open loop, replica", "open", "replica", seconds))
-        busy.append(("burst: open loop, replica", "open", "replica", seconds))
-    busy.append(("burst: closed loop", "closed", "primary", seconds))
-    if replica:
-        busy.append(("burst: closed loop, replica", "closed", "replica", seconds))
+def _plan(seconds: float, replica: bool, nice: int) -> tuple[list[Step], list[Step]]:
+    """The idle windows, and the burst's: at the dataflow's own niceness, then (``nice``)
+    with the dataflow reniced."""
+    servers = ["primary", "replica"] if replica else ["primary"]
+    idle = [Step("idle: closed loop", "closed", "primary", seconds)] + [
+        Step("idle: open loop" + (", replica" if s == "replica" else ""), "open", s, seconds)
+        for s in servers
+    ]
+
+    def burst(label: str) -> list[Step]:
+        steps = [Step(f"{label}, no reads", "quiet", seconds=seconds / 2)]
+        for kind in ("open", "closed"):
+            steps += [
+                Step(f"{label}: {kind} loop" + (", replica" if s == "replica" else ""), kind, s,
+                     seconds)
+                for s in servers
+            ]  # fmt: skip
+        return steps
+
+    busy = burst("burst")
+    if nice:
+        busy += [Step("", "renice", nice=nice), *burst(f"burst, dataflow at nice {nice}")]
     return idle, busy
 
 
 def run_availability_bench(
     skus: int, per_request: int, rate: int, seconds: float, workers: int, connections: int,
-    orders: int, run_workers: int, replica: bool, out: Path | None,
+    orders: int, run_workers: int, replica: bool, nice: int, out: Path | None,
 ) -> Figures:  # fmt: skip
     say = Console()
+    load = os.getloadavg()[0]
     cat = bench_catalog(skus)
-    idle, busy = _plan(seconds, replica)
+    idle, busy = _plan(seconds, replica, nice)
     with _servers(replica) as (url, replica_url, home):
         store = Store.connect(url)
         harness.reset(store, catalog=cat)
@@ -340,13 +395,15 @@ def run_availability_bench(
             b.serve("primary", workers)
             if replica_url is not None:
                 b.serve("replica", workers, replica_url)
-            windows = _measure(b, idle, rate, connections)
+            for server in b.servers:  # every server process reads the catalog once
+                b.closed(f"warming {server} up", server, connections, 1)
+            windows = [_measure(b, step, rate, connections) for step in idle]
             windows += _in_burst(b, busy, orders, run_workers, rate, connections)
-            checked = b.check("primary")
+            checked = b.check()
         finally:
             b.stop()
     figs = Figures(skus, len(cat.channels), per_request, workers, connections, rate, orders,
-                   windows, checked)  # fmt: skip
+                   windows, checked, load, os.cpu_count() or 0, nice)  # fmt: skip
     render(figs, say)
     if out is not None:
         out.write_bytes(msgspec.json.format(msgspec.json.encode(figs)))
@@ -376,4 +433,5 @@ def render(figs: Figures, say: Console) -> None:
         table.add_row(w.name, f"{w.requests_per_s:,.0f}", f"{w.sku_reads_per_s:,.0f}", lat,
                       str(w.errors), decided)  # fmt: skip
     say.print(table)
-    say.print(f"after the burst: GET /availability = a direct read for {figs.checked} SKUs")
+    say.print(f"after the burst: GET /availability = a direct read for {figs.checked} SKUs; "
+              f"{figs.cores} cores, load average {figs.load_average:.2f} at the start")  # fmt: skip

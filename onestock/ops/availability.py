@@ -110,6 +110,7 @@ class Model:
             loc.id.encode(): loc.safety_stock for loc in cat.locations if loc.safety_stock > 0
         }
         self._packed: dict[str, tuple[bytes, int]] = {}
+        self._seen: dict[str, tuple[Any, Stock | None]] = {}  # SKU -> (last reply, its Stock)
 
     def known(self, skus: Iterable[str]) -> list[str]:
         """The catalog's SKUs among ``skus``, once each, in their order."""
@@ -143,30 +144,46 @@ class Model:
     ) -> tuple[dict[str, Stock], list[Transfer]]:
         """Each SKU's ``Stock`` from the replies to its ``reads`` (a SKU missing in Redis is
         left out), and the transfers between a hot SKU's buckets that may still be in flight
-        (``settle`` counts those that are); ``levels``: also its units per location."""
+        (``settle`` counts those that are); ``levels``: also its units per location.
+
+        A reply equal to the SKU's previous one is not decoded again: its ``Stock`` is the
+        same (the stock itself is read from Redis every time; only the parsing is saved)."""
         out: dict[str, Stock] = {}
         pending: list[Transfer] = []
+        seen, safety = self._seen, self.safety
         i = 0
         for sku in skus:
             n = self.buckets.get(sku, 1)
             got = replies[i]
-            if n == 1:
-                i += 1
-                if got:
-                    out[sku] = tally(got, self.safety, {} if levels else None)
-                continue
-            parts, lent = replies[i + 1 : i + n], replies[i + n : i + 2 * n]
-            i += 2 * n
-            if not got:
-                continue
-            stock = tally(got, self.safety, {} if levels else None)
-            units = stock.units
-            for part in parts:  # the other buckets hold no safety stock: none of it is held
-                if part:
-                    units += tally(part, {}, stock.levels if levels else None).units
-            out[sku] = stock._replace(units=units)
-            pending += [t for entries in lent for t in transfers(sku, entries)]
+            if n > 1:
+                stock = self._pooled(sku, replies[i : i + 2 * n], levels, pending)
+                i += 2 * n
+            elif levels:
+                stock, i = (tally(got, safety, {}) if got else None), i + 1
+            else:
+                last = seen.get(sku)
+                if last is None or last[0] != got:
+                    last = seen[sku] = (got, tally(got, safety) if got else None)
+                stock, i = last[1], i + 1
+            if stock is not None:
+                out[sku] = stock
         return out, pending
+
+    def _pooled(
+        self, sku: str, replies: Sequence[Any], levels: bool, pending: list[Transfer]
+    ) -> Stock | None:
+        """A hot SKU's ``Stock`` over its buckets (the replies to its ``reads``); its
+        transfers in flight are added to ``pending``."""
+        n = len(replies) // 2
+        if not replies[0]:
+            return None
+        stock = tally(replies[0], self.safety, {} if levels else None)
+        units = stock.units
+        for part in replies[1:n]:  # the other buckets hold no safety stock: none is held
+            if part:
+                units += tally(part, {}, stock.levels if levels else None).units
+        pending += [t for entries in replies[n:] for t in transfers(sku, entries)]
+        return stock._replace(units=units)
 
     def document(self, stocks: dict[str, Stock], channel: str | None, at_ms: int) -> dict[str, Any]:
         """The contract's JSON: one channel's SKUs, or every channel's."""
