@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -190,14 +191,33 @@ async def _open_loop(
         except (OSError, asyncio.IncompleteReadError, ValueError):
             errors += 1
 
+    await paced(fire, total, rate, start, loop.time, 0.0005)
+    elapsed = loop.time() - start
+    for _, writer in idle:
+        writer.close()
+    return {"latencies": latencies, "statuses": statuses, "errors": errors, "sent": total,
+            "elapsed": elapsed}  # fmt: skip
+
+
+async def paced(
+    fire: Callable[[int, float], Awaitable[None]],
+    total: int,
+    rate: float,
+    start: float,
+    clock: Callable[[], float],
+    lead: float,
+) -> None:
+    """An open loop: request ``i`` fired at its intended time ``start + i / rate`` (by
+    ``clock``, woken ``lead`` s early), whether or not earlier ones were answered; returns
+    once every one is. The garbage collector is off meanwhile: the sender's own pauses would
+    count as the server's latency."""
     pending: set[asyncio.Future[None]] = set()
-    gc.disable()  # the sender's own pauses would count as the server's latency
+    gc.disable()
     try:
         for i in range(total):
             due = start + i / rate
-            delay = due - loop.time()
-            if delay > 0.0005:
-                await asyncio.sleep(delay)
+            if due - clock() > lead:
+                await asyncio.sleep(due - clock() - lead)
             task = asyncio.ensure_future(fire(i, due))
             pending.add(task)
             task.add_done_callback(pending.discard)
@@ -205,11 +225,6 @@ async def _open_loop(
             await asyncio.gather(*pending)
     finally:
         gc.enable()
-    elapsed = loop.time() - start
-    for _, writer in idle:
-        writer.close()
-    return {"latencies": latencies, "statuses": statuses, "errors": errors, "sent": total,
-            "elapsed": elapsed}  # fmt: skip
 
 
 def _pct(values: list[float], p: float) -> float:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import random
 import re
@@ -52,7 +51,7 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from intake.bench import _free_port, _pct, _wait_healthy, _wrk, ensure_wrk
+from intake.bench import _free_port, _pct, _wait_healthy, _wrk, ensure_wrk, paced
 from onestock import burst, harness
 from onestock.domain.errors import OnestockError
 from onestock.domain.types import Catalog, ChannelLock, Sku
@@ -139,7 +138,6 @@ async def _open_loop(port: int, paths: list[str], rate: float, seconds: float) -
     """``rate`` requests/s for ``seconds`` on keep-alive connections (opened beforehand, more
     when all are busy). Each latency runs from the request's intended send time, or from its
     actual one when the sender, woken early (its timers have 1 ms steps), sent it sooner."""
-    loop = asyncio.get_running_loop()
     clock = time.perf_counter
     idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(16)]
     wanted = [p.count(",") + 1 for p in paths]
@@ -168,20 +166,7 @@ async def _open_loop(port: int, paths: list[str], rate: float, seconds: float) -
 
     total = int(rate * seconds)
     start = clock() + 0.1
-    pending: set[asyncio.Future[None]] = set()
-    gc.disable()  # the sender's own pauses would count as the server's latency
-    try:
-        for i in range(total):
-            due = start + i / rate
-            if due - clock() > 0.002:
-                await asyncio.sleep(due - clock() - 0.002)
-            task = loop.create_task(fire(i, due))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        while pending:
-            await asyncio.gather(*pending)
-    finally:
-        gc.enable()
+    await paced(fire, total, rate, start, clock, 0.002)
     elapsed = clock() - start
     for _, writer in idle:
         writer.close()
