@@ -29,6 +29,8 @@ _REFUSALS = {
     Code.REJECTED: "the order was rejected",
     Code.CAMPAIGN_REJECTED: "the order was rejected",
     Code.CANCELLED: "the order was cancelled",
+    Code.RESERVED: "the order is not paid",
+    Code.EXPIRED: "the order expired unpaid",
 }
 # Per line of a return, return_units.lua answers (state/lua/return_units.lua):
 APPLIED_BEFORE = 0  # the return was applied before: nothing changes
@@ -97,9 +99,9 @@ def _accepted(outcome: str) -> bool:
     """Whether an order's outcome (or registry value, unheld) is accepted; an unknown code
     raises."""
     code = code_of(outcome)
-    if code is Code.ACCEPTED:
+    if code is Code.ACCEPTED or code is Code.RESERVED:  # (a reserved order holds units too)
         return True
-    if code in (Code.REJECTED, Code.CAMPAIGN_REJECTED, Code.CANCELLED):
+    if code in (Code.REJECTED, Code.CAMPAIGN_REJECTED, Code.CANCELLED, Code.EXPIRED):
         return False
     raise ProtocolError(f"an order's outcome {outcome[:40]!r}")
 
@@ -206,19 +208,19 @@ class Aftersale:
         state = self.wait.call(
             self.store.shards.registry,
             shard,
-            [f for oid in earlier for f in (oid, keys.REG_CANCEL + oid)],
+            [f for oid in earlier for f in (oid, keys.REG_CANCEL + oid, keys.REG_STATE + oid)],
         )
         undo: list[tuple[str, str]] = []  # (order id, its accepted outcome)
         out: list[str] = []
         for oid in cancels:
             if oid in firsts:
                 res = outcome.get(oid, "")
-                if res[:1] == Code.ACCEPTED:
+                if res[:1] == Code.ACCEPTED or res[:1] == Code.RESERVED:
                     undo.append((oid, res))
                     outcome[oid] = Code.CANCELLED + res[1:]
                     held_ids.discard(oid)
         for i, oid in enumerate(earlier):
-            value, cancelled = state[2 * i], state[2 * i + 1]
+            value, cancelled, version = state[3 * i : 3 * i + 3]
             if cancelled is not None:
                 continue  # cancelled before: nothing more to do
             if value is None:  # its order has not come yet
@@ -229,12 +231,13 @@ class Aftersale:
                 continue  # rejected (or cancelled): there is nothing to give back
             undo.append((oid, text))
             received = cancels[oid].partition("-")[0]
-            rec = pack(oid, "", "", "ship", received, decided, Code.CANCELLED + text[1:])
+            after = str(int(version) + 1 if version is not None else 2)  # its record's version
+            rec = pack(oid, "", "", "ship", received, decided, Code.CANCELLED + text[1:], after)
             out += [keys.REG_CANCEL + oid, Code.CANCELLED, rec]
         if undo:  # before anything is given back: a settler that meets keys.REG_CANCELLING
             # releases no gift for the order (and puts back one it took)
             self.wait.call(self.store.shards.mark_cancelling, shard, [oid for oid, _ in undo])
-        removed = self._undo(undo) if undo else {}
+        removed = self.undo(undo) if undo else {}
         self._return_gifts([(oid, res) for oid, res in undo if removed.get(oid, 0) == 0])
         return out
 
@@ -347,7 +350,7 @@ class Aftersale:
             sent.append(_Sent(eid, raw, r, digest, refs))
         return _Counted(sent, apply, copies)
 
-    def _undo(self, orders: list[tuple[str, str]]) -> dict[str, int]:
+    def undo(self, orders: list[tuple[str, str]]) -> dict[str, int]:
         """Give the units of accepted outcomes back (undo_units.lua per slot), per SKU only
         what is still out: the allocations minus the units returned before (keys.DEC_RETURNED <order
         id>'), taken off the last allocations first. Returns per order the first-N

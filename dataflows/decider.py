@@ -20,6 +20,7 @@ from dataflows.cross_slot import Rules, StaleCatalog, decide_cross
 from dataflows.gifts import Settler
 from dataflows.movements import Item as MovementItem
 from dataflows.movements import Movements
+from dataflows.payments import Payments, segments
 from dataflows.refusals import NO_PICKUP, SOLD_OUT, Left, Refusals
 from onestock.domain import events, meter
 from onestock.domain.protocol import Code, ProtocolError
@@ -65,6 +66,7 @@ class _Batch(NamedTuple):
     dead: list[list[Any]]  # [entry id, raw text, reason]; refused returns join them
     seen: int  # the greatest paid_at (ms) of the batch's valid orders, -1 if none
     movements: list[MovementItem]  # (entry id, movement) in arrival order
+    paids: list[tuple[str, bytes, events.Paid]]  # (entry id, raw, payment) in arrival order
 
 
 class _Prelude(NamedTuple):
@@ -141,6 +143,7 @@ class _View:
         # SKUs with a first-N gift campaign: their accepted orders' records wait for it
         self.campaign_skus = {c.sku for c in catalog.campaigns}
         self.buckets = BucketPlan(catalog, list(self.router.ids), self.floors)
+        self.payment_deadline_ms = catalog.payment_deadline_s * 1000  # a pending order's default
 
 
 class Decider:
@@ -157,6 +160,9 @@ class Decider:
         self.settler = Settler(store, say)
         self.aftersale = Aftersale(store, self.wait, self.settler)
         self.movements = Movements(store, self.wait)
+        self.payments = Payments(store, self.wait, self.aftersale)
+        self._pending: dict[str, int] = {}  # the batch's pending orders -> deadline ms
+        self._after: dict[int, str] = {}  # per shard: the last entry id this process decided
         self._paid: dict[str, int] = {}  # paid_at ms of the batch's orders sent to Lua
         # Hot-SKU buckets: orders that say "short" instead of sold_out in this round, and
         # orders decided in a bucket other than 0 (it holds no safety stock)
@@ -197,7 +203,7 @@ class Decider:
         waited = 0
         while True:
             try:
-                return self._process(shard, entries)
+                return self._segmented(shard, entries)
             except StaleCatalog:
                 before = self.version
                 self.refresh()
@@ -213,19 +219,37 @@ class Decider:
                 waited += 1
                 time.sleep(0.02)
 
+    def _segmented(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
+        """The batch's parts (``payments.segments``) in order: each but the last written
+        at once (emit.lua without moving the watermark: the last part moves it)."""
+        parts = list(segments(entries)) if entries else [entries]
+        for part in parts[:-1]:
+            d = self._process(shard, part)
+            self.emit(Decided(d.shard, "-", d.records, d.dead, d.meter))
+        return self._process(shard, parts[-1])
+
+    def _tick(self, shard: int) -> Decided:
+        """A caught-up shard: gift settlement (in ``emit``) and the payment deadlines due."""
+        if self.version < 0:
+            self.refresh()
+        after = self._after.get(shard)
+        if after is None:
+            after = self._after[shard] = self.wait.call(self.store.shards.watermark, shard) or ""
+        decided = str(int(time.time() * 1000))
+        return Decided(shard, "0-0", self.payments.expire(shard, after, [], set(), decided), [])
+
     def _process(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
         """The batch's phases, each named by what it hands on (every phase is one call per
         batch: the loops over orders stay inside them)."""
-        if not entries:  # a tick from a caught-up shard: only gift settlement to do
-            if self.version < 0:
-                self.refresh()
-            return Decided(shard, "0-0", [], [])
+        if not entries:  # a tick from a caught-up shard
+            return self._tick(shard)
         last_id = entries[-1][0]
         entries = self._after_watermark(shard, entries)
         # [(entry id, raw event), ...]: only entries no outcome was written for
         if not entries:
             return Decided(shard, last_id, [], [])
         self._paid.clear()
+        self._pending.clear()
         decided = str(int(time.time() * 1000))
         batch = self._decode(entries, int(decided))
         # _Batch(firsts {order id: (entry id, Decoded)}, cancels, returns, dead, seen)
@@ -241,6 +265,7 @@ class Decider:
         self._decide(judged.todo, outcome, held_ids)
         if judged.bucketed:
             self._borrow(judged.bucketed, outcome, held_ids)
+        new = self._reserved(batch.firsts, outcome)  # pending orders: their units reserved
         # outcome: every order's; held_ids: first-N candidates (their records are held)
         records, tags = self._aftersale(shard, batch, outcome, held_ids, decided)
         # registry triples and metric tags of the cancels and returns; outcome says which
@@ -254,7 +279,39 @@ class Decider:
             tags += moved_tags
         sums = self._records(batch.firsts, outcome, held_ids, decided, records, tags)
         # records, tags: with each order's registry triple and tag
+        paid: list[str] = []
+        if batch.paids:  # after the orders, cancels and returns (no order has both: segments)
+            paid = self.payments.paid(
+                shard, batch.paids, self.view.campaign_skus, decided, batch.dead
+            )
+            records += paid
+            tags += [""] * (len(paid) // 3)
+            self._seen[shard] = max(
+                self._seen.get(shard, -1), *(p.paid_ms for *_, p in batch.paids)
+            )
+        busy = {*batch.firsts, *batch.cancels, *(r.order_id for *_, r in batch.returns)}
+        busy.update(p.order_id for *_, p in batch.paids)
+        gone = [k[len(keys.REG_STATE) :] for k in paid[::3]]  # paid: out of the deadlines
+        expired = self.payments.expire(shard, last_id, new, busy, decided, gone)
+        records += expired
+        tags += [""] * (len(expired) // 3)
+        self._after[shard] = last_id
         return Decided(shard, last_id, records, batch.dead, sums)
+
+    def _reserved(
+        self, firsts: dict[str, tuple[str, events.Decoded]], outcome: dict[str, str]
+    ) -> list[tuple[str, int, str, str]]:
+        """The pending orders accepted in this batch become reserved (``Code.RESERVED``):
+        (order id, deadline ms, channel, delivery mode) of each, for ``payments.lua``."""
+        new: list[tuple[str, int, str, str]] = []
+        for oid, deadline in self._pending.items():
+            res = outcome.get(oid, "")
+            if res[:1] != Code.ACCEPTED:
+                continue
+            outcome[oid] = Code.RESERVED + res[1:]
+            o = firsts[oid][1].order  # type: ignore[union-attr]
+            new.append((oid, deadline, o.channel, o.delivery.mode))
+        return new
 
     # -- the phases of a batch ---------------------------------------------------------------
 
@@ -281,6 +338,7 @@ class Decider:
         cancels: dict[str, str] = {}
         returns: list[tuple[str, bytes, events.Return]] = []
         movements: list[MovementItem] = []
+        paids: list[tuple[str, bytes, events.Paid]] = []
         seen = -1
         decode, Dead, Valid, Cancel = events.decode, events.Dead, events.Valid, events.Cancel
         for eid, raw in entries:
@@ -300,9 +358,11 @@ class Decider:
                 returns.append((eid, raw, d))  # type: ignore[arg-type]
             elif cls is events.Movement or cls is events.BadMovement:
                 movements.append((eid, d))  # type: ignore[arg-type]
+            elif cls is events.Paid:
+                paids.append((eid, raw, d))  # type: ignore[arg-type]
             elif d.order_id not in firsts:  # type: ignore[union-attr]
                 firsts[d.order_id] = (eid, d)  # type: ignore[union-attr]
-        return _Batch(firsts, cancels, returns, dead, seen, movements)
+        return _Batch(firsts, cancels, returns, dead, seen, movements, paids)
 
     def _prelude(
         self,
@@ -384,6 +444,8 @@ class Decider:
                 outcome[oid] = reason
                 continue
             paid[oid] = d.paid_ms  # type: ignore[union-attr]
+            if d.deadline_ms:  # type: ignore[union-attr]
+                self._pending[oid] = self._deadline(firsts[oid][0], d.deadline_ms)  # type: ignore[union-attr]
             todo.append(o)
         self._retry.clear()
         self._spread.clear()
@@ -482,7 +544,7 @@ class Decider:
         sum_r = sum_p = n_p = 0
         Valid = events.Valid
         ACCEPTED, REJECTED, CANCELLED = Code.ACCEPTED, Code.REJECTED, Code.CANCELLED
-        CAMPAIGN_REJECTED = Code.CAMPAIGN_REJECTED
+        CAMPAIGN_REJECTED, RESERVED = Code.CAMPAIGN_REJECTED, Code.RESERVED
         for oid, (eid, d) in firsts.items():
             res = outcome[oid]
             kind = res[0]
@@ -508,7 +570,7 @@ class Decider:
                 add((oid, Code.HELD + res, rec))
                 continue
             rec = pack(oid, channel, paid, mode, received, decided, res)
-            if kind == ACCEPTED:
+            if kind == ACCEPTED or kind == RESERVED:
                 add((oid, res, rec))
             elif kind == CANCELLED:  # cancelled in this batch (or before it came)
                 add((oid, CANCELLED, rec))
@@ -587,7 +649,11 @@ class Decider:
         candidates: dict[str, list[tuple[str, int]]] = {}
         for o in cross:
             res = outcome[o.order_id]
-            if res[0] == Code.ACCEPTED and any(ln.sku in gifts for ln in o.lines):
+            if (
+                res[0] == Code.ACCEPTED
+                and o.order_id not in self._pending  # (a payment makes it a candidate)
+                and any(ln.sku in gifts for ln in o.lines)
+            ):
                 held_ids.add(o.order_id)
                 for sku in {ln.sku for ln in o.lines if ln.sku in gifts}:
                     candidates.setdefault(sku, []).append((o.order_id, self._paid[o.order_id]))
@@ -609,7 +675,7 @@ class Decider:
                 self._no_early.add(d.shard)
             else:
                 self._no_early.discard(d.shard)
-            if not idle and d.shard in self._wm:
+            if not idle and d.last_id != "-" and d.shard in self._wm:
                 self._wm[d.shard] = max(self._wm[d.shard], parse_id(d.last_id))
         if self.view.campaign_skus:  # how far the shard read in event time (first-N)
             seen = self._seen.get(d.shard)
@@ -630,6 +696,12 @@ class Decider:
             self.wait.call(self.store.feed.mark, names)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _deadline(self, eid: str, deadline_ms: int) -> int:
+        """A pending order's deadline: its own, or the catalog's default after it came."""
+        if deadline_ms == events.DEFAULT_DEADLINE:
+            return int(eid.partition("-")[0]) + self.view.payment_deadline_ms
+        return deadline_ms
 
     def _precheck(self, o: Order) -> str | None:
         """Rejections that need only the catalog (the Lua script re-checks SKUs atomically)."""
@@ -662,5 +734,5 @@ class Decider:
         view = self.view
         return DecideArgs(
             view.router.ids, view.loc_index, view.safety, view.fewest, view.store_channels,
-            view.version, ranked, self._paid, self._spread, self._retry,
+            view.version, ranked, self._paid, self._spread, self._retry, self._pending.keys(),
         )  # fmt: skip

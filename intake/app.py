@@ -8,7 +8,9 @@ Per request, in this order: read the raw bytes (413 past the limit), verify the 
 those bytes with a constant-time compare (401), refuse a stale signed timestamp (401), parse
 and map (400 with the reason), refuse when Redis is away or the backlog is past its bound
 (503 with ``Retry-After``), store (group commit), and only then answer 202 (200 for a
-duplicate delivery, stored before). No business logic: the dataflow decides.
+duplicate delivery, stored before, and for a delivery that maps to no event: a refund that
+restocks nothing, an order update that changes no stock). No business logic: the dataflow
+decides.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from standardwebhooks.webhooks import Webhook
 
 from intake import access, mapping, signing
 from intake.committer import TRANSIENT, Committer, Unavailable, connect
@@ -61,6 +64,8 @@ class IntakeSettings:
     woo_secret: bytes | None = None
     woo_channel: str = "woocommerce"
     orders_secret: bytes | None = None
+    orders_webhook: Webhook | None = None  # ONESTOCK_ORDERS_WEBHOOK_SECRET (Standard Webhooks)
+    shopify_locations: dict[str, str] = field(default_factory=dict)  # Shopify id -> catalog
     movements_secret: bytes | None = None  # (unset: the orders secret signs movements too)
     vip_tag: str = "VIP"
     max_body: int = 1 << 20  # bytes
@@ -83,6 +88,8 @@ class IntakeSettings:
             woo_secret=secret("ONESTOCK_WOO_SECRET"),
             woo_channel=os.environ.get("ONESTOCK_WOO_CHANNEL") or "woocommerce",
             orders_secret=secret("ONESTOCK_ORDERS_SECRET"),
+            orders_webhook=_standard_webhook("ONESTOCK_ORDERS_WEBHOOK_SECRET"),
+            shopify_locations=_locations("ONESTOCK_SHOPIFY_LOCATIONS"),
             movements_secret=secret("ONESTOCK_MOVEMENTS_SECRET"),
             vip_tag=os.environ.get("ONESTOCK_VIP_TAG") or "VIP",
             max_body=_env_int("ONESTOCK_INTAKE_MAX_BODY", 1 << 20),
@@ -92,6 +99,26 @@ class IntakeSettings:
             ops_port=_env_int("ONESTOCK_INTAKE_OPS_PORT", 0) or None,
             tokens=_tokens(),
         )
+
+
+def _standard_webhook(name: str) -> Webhook | None:
+    value = os.environ.get(name)
+    try:
+        return signing.standard_webhook(value, name) if value else None
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def _locations(name: str) -> dict[str, str]:
+    """``{"<Shopify location id>": "<catalog location id>"}`` from JSON in ``name``."""
+    raw = os.environ.get(name) or ""
+    try:
+        parsed = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError as exc:
+        raise SystemExit(f"{name} is not JSON: {exc}") from None
+    if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+        raise SystemExit(f'{name} must be a JSON object {{"<Shopify location id>": "<location>"}}')
+    return {str(k): v for k, v in parsed.items()}
 
 
 def _tokens() -> list[access.Token]:
@@ -241,12 +268,18 @@ class IntakeApp:
         body = await self._body(scope, receive)
         _verify(signing.verify_base64, secret, body, headers.get(b"x-shopify-hmac-sha256"),
                 "X-Shopify-Hmac-SHA256")  # fmt: skip
-        topic = headers.get(b"x-shopify-topic", b"orders/create")
-        if topic != b"orders/create":
-            raise _Refused(400, f"unsupported topic {topic.decode(errors='replace')!r}")
-        delivery = _delivery_id(headers, b"x-shopify-webhook-id", "X-Shopify-Webhook-Id")
-        event = _map(mapping.shopify_order, body, self.s.shopify_channel, self.s.vip_tag)
-        await self._store_one(send, event, "shopify", delivery)
+        topic = headers.get(b"x-shopify-topic", b"orders/create").decode(errors="replace")
+        # Deduplicated on the event (one per event, the same across retries and across
+        # subscriptions), per topic; without X-Shopify-Event-Id on the delivery id (retries).
+        event_id = _delivery_id(headers, b"x-shopify-event-id", "X-Shopify-Event-Id")
+        if event_id is not None:
+            dedup: tuple[str, str] | None = ("shopify-event", f"{topic}:{event_id}")
+        else:
+            delivery = _delivery_id(headers, b"x-shopify-webhook-id", "X-Shopify-Webhook-Id")
+            dedup = None if delivery is None else ("shopify", delivery)
+        mapped = _map(mapping.shopify, topic, body, self.s.shopify_channel, self.s.vip_tag,
+                      self.s.shopify_locations)  # fmt: skip
+        await self._store(send, mapped, "shopify", dedup)
 
     async def woocommerce(self, scope: Scope, receive: Receive, send: Send) -> None:
         secret = self._secret(self.s.woo_secret, "woocommerce", "ONESTOCK_WOO_SECRET")
@@ -260,17 +293,19 @@ class IntakeApp:
             return
         _verify(signing.verify_base64, secret, body, headers.get(b"x-wc-webhook-signature"),
                 "X-WC-Webhook-Signature")  # fmt: skip
-        topic = headers.get(b"x-wc-webhook-topic", b"order.created")
-        if topic != b"order.created":
-            raise _Refused(400, f"unsupported topic {topic.decode(errors='replace')!r}")
+        topic = headers.get(b"x-wc-webhook-topic", b"order.created").decode(errors="replace")
         delivery = _delivery_id(headers, b"x-wc-webhook-delivery-id", "X-WC-Webhook-Delivery-ID")
-        event = _map(mapping.woo_order, body, self.s.woo_channel)
-        await self._store_one(send, event, "woocommerce", delivery)
+        mapped = _map(mapping.woocommerce, topic, body, self.s.woo_channel)
+        await self._store(send, mapped, "woocommerce", None if delivery is None else
+                          ("woocommerce", delivery))  # fmt: skip
 
     async def orders(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Canonical events, one object or an array of them, stored as they are."""
-        secret = self._secret(self.s.orders_secret, "orders", "ONESTOCK_ORDERS_SECRET")
-        await self._canonical(scope, receive, send, secret, "orders")
+        """Canonical events, one object or an array of them, stored as they are: signed with
+        ``X-Onestock-Signature``, or per Standard Webhooks (deduplicated on ``webhook-id``)."""
+        if self.s.orders_secret is None and self.s.orders_webhook is None:
+            either = "ONESTOCK_ORDERS_SECRET or ONESTOCK_ORDERS_WEBHOOK_SECRET"
+            raise _Refused(404, f"the orders intake is not configured (set {either})")
+        await self._canonical(scope, receive, send, self.s.orders_secret, "orders")
 
     async def movements(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stock movements (``"type": "movement"``), one object or an array, signed like
@@ -282,26 +317,62 @@ class IntakeApp:
         await self._canonical(scope, receive, send, secret, "movements")
 
     async def _canonical(
-        self, scope: Scope, receive: Receive, send: Send, secret: bytes, source: str
+        self, scope: Scope, receive: Receive, send: Send, secret: bytes | None, source: str
     ) -> None:
         headers = dict(scope["headers"])
         body = await self._body(scope, receive)
-        try:
-            signing.verify_onestock(secret, body, headers.get(b"x-onestock-signature"), time.time())
-        except signing.SignatureError as exc:
-            raise _Refused(401, str(exc)) from None
+        delivery = self._verify_canonical(headers, body, secret, source)
         raws = self._events(body, source == "movements")
         self._admit()
         committer = self.committer
         assert committer is not None
+        by_shard: dict[int, list[bytes]] = {}
+        for shard, raw in raws:
+            by_shard.setdefault(shard, []).append(raw)
+        # one delivery id, remembered in each shard its events go to: a retry after a
+        # partial store (Redis failed half way) stores exactly the shards that were missed
+        dedup = {s: None if delivery is None else keys.delivery(s, source, delivery)
+                 for s in by_shard}  # fmt: skip
         try:
-            await asyncio.gather(*(committer.submit(shard, None, raw) for shard, raw in raws))
+            fresh = await asyncio.gather(
+                *(committer.submit_all(s, dedup[s], group) for s, group in by_shard.items())
+            )
         except Unavailable as exc:
             raise _Refused(503, str(exc), retry_after=1) from None
-        self.stored += len(raws)
+        n = sum(len(group) for group, new in zip(by_shard.values(), fresh, strict=True) if new)
+        if n == 0:
+            self.duplicates += 1
+            self.counts[f"{REQUESTS}:{source}:duplicate"] += 1
+            await _reply(send, 200, {"status": "duplicate", "events": 0})
+            return
+        self.stored += n
         self.counts[f"{REQUESTS}:{source}:stored"] += 1
-        self.counts[f"{EVENTS}:{source}"] += len(raws)
-        await _reply(send, 202, {"status": "stored", "events": len(raws)})
+        self.counts[f"{EVENTS}:{source}"] += n
+        await _reply(send, 202, {"status": "stored", "events": n})
+
+    def _verify_canonical(
+        self, headers: dict[bytes, bytes], body: bytes, secret: bytes | None, source: str
+    ) -> str | None:
+        """Check a canonical body's signature; its delivery id (``webhook-id``) when it is
+        signed per Standard Webhooks (only ``/orders`` takes those), else None."""
+        webhook = self.s.orders_webhook if source == "orders" else None
+        try:
+            if signing.is_standard(headers):
+                if webhook is None:
+                    why = "ONESTOCK_ORDERS_WEBHOOK_SECRET is not set" if source == "orders" else (
+                        f"/{source} takes X-Onestock-Signature only")  # fmt: skip
+                    raise signing.SignatureError(f"signed per Standard Webhooks, but {why}")
+                signing.verify_standard(webhook, body, headers)
+                return _delivery_id(headers, b"webhook-id", "webhook-id")
+            if secret is None:
+                raise signing.SignatureError(
+                    "missing webhook-id, webhook-timestamp, webhook-signature headers (Standard"
+                    " Webhooks; X-Onestock-Signature is off: ONESTOCK_ORDERS_SECRET is not set)"
+                )
+            signing.verify_onestock(secret, body, headers.get(b"x-onestock-signature"), time.time())
+        except signing.SignatureError as exc:
+            raise _Refused(401, str(exc)) from None
+        return None
 
     def _events(self, body: bytes, movements: bool) -> list[tuple[int, bytes]]:
         """(shard, raw event) of each event of a canonical body (one object or an array);
@@ -369,26 +440,37 @@ class IntakeApp:
                 503, f"backlog of {self.committer.backlog} events is past its bound", retry_after=1
             )
 
-    async def _store_one(
-        self, send: Send, event: dict[str, Any], source: str, delivery: str | None
+    async def _store(
+        self, send: Send, mapped: mapping.Mapped, source: str, dedup: tuple[str, str] | None
     ) -> None:
+        """Store a webhook's events (all of one order: one shard, all or none) under its
+        delivery's one dedup key ``(source, id)``; answer 202 stored, 200 duplicate, or 200
+        with the outcome of a delivery that maps to no event (nothing stored)."""
+        oid = mapped.order_id
+        if not mapped.events:
+            self.counts[f"{REQUESTS}:{source}:{mapped.outcome}"] += 1
+            await _reply(send, 200, {"status": mapped.outcome, "order_id": oid,
+                                     "reason": mapped.reason})  # fmt: skip
+            return
         self._admit()
         assert self.committer is not None
-        shard = shard_of_id(event["order_id"], self.s.shards)
-        dedup = keys.delivery(shard, source, delivery) if delivery is not None else None
+        shard = shard_of_id(oid, self.s.shards)
+        key = keys.delivery(shard, *dedup) if dedup is not None else None
+        raws = [orjson.dumps(e) for e in mapped.events]
         try:
-            fresh = await self.committer.submit(shard, dedup, orjson.dumps(event))
+            fresh = await self.committer.submit_all(shard, key, raws)
         except Unavailable as exc:
             raise _Refused(503, str(exc), retry_after=1) from None
+        more = {"events": len(raws)} if len(raws) > 1 else {}
         if fresh:
-            self.stored += 1
+            self.stored += len(raws)
             self.counts[f"{REQUESTS}:{source}:stored"] += 1
-            self.counts[f"{EVENTS}:{source}"] += 1
-            await _reply(send, 202, {"status": "stored", "order_id": event["order_id"]})
+            self.counts[f"{EVENTS}:{source}"] += len(raws)
+            await _reply(send, 202, {"status": "stored", "order_id": oid, **more})
         else:
             self.duplicates += 1
             self.counts[f"{REQUESTS}:{source}:duplicate"] += 1
-            await _reply(send, 200, {"status": "duplicate", "order_id": event["order_id"]})
+            await _reply(send, 200, {"status": "duplicate", "order_id": oid, **more})
 
 
 def _verify(check: Any, secret: bytes, body: bytes, header: bytes | None, name: str) -> None:
@@ -408,9 +490,9 @@ def _delivery_id(headers: dict[bytes, bytes], header: bytes, name: str) -> str |
     return text
 
 
-def _map(fn: Callable[..., dict[str, Any]], body: bytes, *args: Any) -> dict[str, Any]:
+def _map(fn: Callable[..., mapping.Mapped], *args: Any) -> mapping.Mapped:
     try:
-        return fn(body, *args)
+        return fn(*args)
     except mapping.MappingError as exc:
         raise _Refused(400, str(exc)) from None
 

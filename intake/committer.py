@@ -1,10 +1,12 @@
 """Group commit: concurrent requests' events appended in one Redis round trip.
 
-Requests put (shard, dedup key, event) on a queue and await their result. One flusher takes
+Requests put (shard, dedup key, events) on a queue and await their result. One flusher takes
 everything queued, sends one ``intake.lua`` call per shard in one pipeline, and resolves each
 request's future with its outcome; whatever arrives during a flush goes in the next one. At
 low load a flush holds one event (no added wait); at high load a flush holds hundreds, and
-Redis sees one round trip for all of them.
+Redis sees one round trip for all of them. A delivery's events (a refund that restocks at
+two locations is two return events, all of one order, so of one shard) travel as one item:
+stored together or not at all, deduplicated on the delivery's one key.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from state import conn, keys
 TRANSIENT = (*conn.TRANSIENT, OSError)
 
 
+# (shard, dedup key or None, the delivery's raw events, its result: True stored, False a dup)
+_Item = tuple[int, str | None, list[bytes], asyncio.Future[bool]]
+
+
 class Unavailable(Exception):
     """Redis could not store the event; the request gets 503 and nothing was acknowledged."""
 
@@ -34,7 +40,7 @@ class Committer:
         self.shards = shards
         self.ttl_s = ttl_s
         self.max_batch = max_batch
-        self.queue: list[tuple[int, str | None, bytes, asyncio.Future[bool]]] = []
+        self.queue: list[_Item] = []
         self.wake = asyncio.Event()
         self.lengths = [0] * shards  # input stream length per shard, as last seen
         self.script = importlib.resources.files("state").joinpath("lua/intake.lua").read_text()
@@ -58,10 +64,13 @@ class Committer:
         if self.task is not None:
             await self.task
 
-    async def submit(self, shard: int, dedup_key: str | None, raw: bytes) -> bool:
-        """Store one event; True appended, False a duplicate delivery. Raises Unavailable."""
+    async def submit_all(self, shard: int, dedup_key: str | None, raws: list[bytes]) -> bool:
+        """Store one delivery's events (at least one, all of ``shard``) together: True all
+        appended, False a duplicate delivery (none appended). Raises Unavailable."""
+        if not raws:
+            raise ValueError("a delivery holds at least one event")
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.queue.append((shard, dedup_key, raw, fut))
+        self.queue.append((shard, dedup_key, raws, fut))
         self.wake.set()
         return await fut
 
@@ -86,9 +95,7 @@ class Committer:
             if self.closing:
                 return
 
-    async def _flush(
-        self, batch: list[tuple[int, str | None, bytes, asyncio.Future[bool]]]
-    ) -> None:
+    async def _flush(self, batch: list[_Item]) -> None:
         by_shard: dict[int, list[int]] = defaultdict(list)
         for i, (shard, _, _, _) in enumerate(batch):
             by_shard[shard].append(i)
@@ -97,12 +104,10 @@ class Committer:
             ks: list[str] = [keys.inbox(shard)]
             args: list[Any] = [self.ttl_s, len(idx)]
             for i in idx:
-                _, dedup, raw, _ = batch[i]
-                if dedup is None:
-                    args += [0, raw]
-                else:
+                _, dedup, raws, _ = batch[i]
+                if dedup is not None:
                     ks.append(dedup)
-                    args += [len(ks), raw]
+                args += [0 if dedup is None else len(ks), len(raws), *raws]
             calls.append((shard, idx, ks, args))
         try:
             results = await self._send(calls)

@@ -52,6 +52,11 @@ REG_RETURN = "\x00R:"  # + return digest: an accepted return's record
 REG_NO_EARLY = "\x00nc"  # flag: no cancel of the shard waits for its order (emit.lua)
 REG_DEAD = "\x00#"  # + input entry id: that entry's dead letter is written
 REG_MOVEMENT = "\x00M:"  # + movement id: its record is written (one per movement id)
+# + order id: the version of the order's latest record when it is past 1 (a payment, an
+# expiry): emit.lua writes it with the record, and the order's own field then holds its
+# current outcome (dataflows/payments.py)
+REG_STATE = "\x00s:"
+REG_PENDING = "\x00p:"  # + order id: a reserved order's channel SEP delivery mode (payments.lua)
 DEC_UNDONE = "\x00u:"  # + order id: a cancel gave the order's units of the SKU back
 DEC_RETURN = "\x00r:"  # + return digest: that return was applied to the SKU
 DEC_RETURNED = "\x00rq:"  # + order id: units of the SKU returned for the order so far
@@ -200,6 +205,12 @@ def returns(shard: int) -> str:
 def movements(shard: int) -> str:
     """STREAM of movement records (onestock movements), one entry per batch."""
     return f"{shard_tag(shard)}:moves"
+
+
+def deadlines(shard: int) -> str:
+    """ZSET of the shard's reserved orders: order id, scored by its payment deadline (epoch
+    ms); an order leaves once it is paid, expired or cancelled (payments.lua)."""
+    return f"{shard_tag(shard)}:deadlines"
 
 
 def decided(shard: int) -> str:

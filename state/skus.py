@@ -13,7 +13,7 @@ per slot, go in one round trip (``state.wire``).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from redis.commands.core import Script
@@ -43,6 +43,7 @@ class DecideArgs(NamedTuple):
     spread: set[str]  # orders decided in a hot SKU's bucket other than 0 (it holds no safety
     # stock: they may take any unit there)
     retry: set[str]  # orders whose hot-SKU bucket may borrow: BUCKET_SHORT, not sold_out
+    pending: Collection[str] = frozenset()  # orders whose payment is pending
 
 
 class Part(NamedTuple):
@@ -69,8 +70,9 @@ ReturnLine = tuple[str, str, str, str, int, int]
 _HEAD = struct.Struct("<HHHHBQ")
 _LINE = struct.Struct("<HI")
 # the flags beside bit 0 (FLAG_VIP: a VIP, the customer's bool): FLAG_SAFETY may take safety
-# stock, FLAG_SHORT answers BUCKET_SHORT instead of sold_out
-_SAFETY, _SHORT = 2, 4
+# stock, FLAG_SHORT answers BUCKET_SHORT instead of sold_out, FLAG_PENDING: not a first-N
+# candidate (yet)
+_SAFETY, _SHORT, _PENDING = 2, 4, 8
 
 
 class Skus:
@@ -251,6 +253,7 @@ def _decide_args(orders: list[Order], args: DecideArgs) -> tuple[list[str], list
     body: list[Any] = [len(orders)]
     ranked, paid_of, loc_index = args.ranked, args.paid, args.loc_index
     store_channels, spread, retry = args.store_channels, args.spread, args.retry
+    pending = args.pending
     for o in orders:
         ranking = ranked[o.order_id]
         lines = o.lines
@@ -267,6 +270,8 @@ def _decide_args(orders: list[Order], args: DecideArgs) -> tuple[list[str], list
             flags |= _SAFETY
         if retry and o.order_id in retry:  # a hot SKU's bucket may borrow
             flags |= _SHORT
+        if pending and o.order_id in pending:
+            flags |= _PENDING
         if o.delivery.mode == "pickup":
             pickup = loc_index[o.delivery.store]  # type: ignore[index]
             head = _HEAD.pack(home, pickup, len(lines), chan, flags, paid_of[o.order_id])

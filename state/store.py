@@ -29,6 +29,7 @@ from state.campaigns import Campaigns
 from state.conn import Redis, connect, lua
 from state.feed import Feed
 from state.movements import Movements
+from state.payments import Payments
 from state.shards import Shards
 from state.skus import Skus, campaign_fields, rule_fields
 from state.stock import Alone, Lock
@@ -51,6 +52,7 @@ class Store:
         self.skus = Skus(client, self.buckets, self.touched)
         self.campaigns = Campaigns(client, self.touched)
         self.movements = Movements(client, self.touched)
+        self.payments = Payments(client)
         self.feed = Feed(client)
         self._camps: tuple[int, set[str]] | None = None  # (catalog version, campaign SKUs)
 

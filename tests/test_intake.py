@@ -143,20 +143,28 @@ def test_bad_signatures_are_401_and_store_nothing(
     assert stored(store) == []
 
 
-def test_the_same_delivery_at_the_same_moment_is_stored_once(server: Server, store: Store) -> None:
+def deliver_at_once(
+    server: Server, path: str, body: bytes, headers: dict[str, str], n: int = 16
+) -> list[int]:
+    """The statuses of ``n`` copies of one delivery, sent at the same moment, sorted."""
     results: list[int] = []
-    barrier = threading.Barrier(16)
+    barrier = threading.Barrier(n)
 
     def deliver() -> None:
         barrier.wait()
-        results.append(server.post("/webhooks/shopify", SHOPIFY, shopify_headers(SHOPIFY))[0])
+        results.append(server.post(path, body, headers)[0])
 
-    threads = [threading.Thread(target=deliver) for _ in range(16)]
+    threads = [threading.Thread(target=deliver) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results) == [200] * 15 + [202]
+    return sorted(results)
+
+
+def test_the_same_delivery_at_the_same_moment_is_stored_once(server: Server, store: Store) -> None:
+    results = deliver_at_once(server, "/webhooks/shopify", SHOPIFY, shopify_headers(SHOPIFY))
+    assert results == [200] * 15 + [202]
     assert len(stored(store)) == 1
     # another delivery id of the same body is another delivery (Shopify dedups by id)
     assert server.post("/webhooks/shopify", SHOPIFY, shopify_headers(SHOPIFY, "d-2"))[0] == 202
@@ -335,3 +343,25 @@ def test_end_to_end_from_a_signed_shopify_webhook_to_its_fulfilment_record(
             "d-1",
         )
     )
+
+
+def test_intake_lua_stores_each_delivery_whole_or_not_at_all(store: Store) -> None:
+    """One call: a delivery of two events under a key, the same delivery again (a duplicate
+    in the same call: nothing of it), one without a key; malformed calls change nothing."""
+    script = (Path(__file__).parent.parent / "state/lua/intake.lua").read_text()
+    inbox, dedup = keys.inbox(0), keys.delivery(0, "shopify", "d-1")
+    out = store.r.eval(script, 3, inbox, dedup, dedup, 60, 3,
+                       2, 2, b"r1", b"r2", 3, 2, b"r1", b"r2", 0, 1, b"o1")  # fmt: skip
+    assert out == [3, 1, 0, 1]
+    rows: Any = store.r.xrange(inbox)
+    assert [f[b"e"] for _, f in rows] == [b"r1", b"r2", b"o1"]
+    assert 0 < store.r.ttl(dedup) <= 60
+    for bad in (
+        [60, 1, 0, 2, b"only one"],
+        [60, 1, 0, 0],
+        [60, 1, 1, 1, b"x"],
+        [60, 2, 0, 1, b"x"],
+    ):
+        with pytest.raises(Exception, match="intake.lua: bad"):
+            store.r.eval(script, 1, inbox, *bad)
+    assert store.r.xlen(inbox) == 3

@@ -130,8 +130,8 @@ def fulfilment_latency(store: Store, sku: str = "SNEAKER-42") -> tuple[int, int]
     for eid, fields in _entries_with_ids(store):
         written = int(eid.split("-")[0])
         for p in packed_records(fields):
-            f = p.split(SEP, 8)
-            if f[8].startswith(Code.ACCEPTED) and needle in SEP + f[8] + SEP:
+            f = p.split(SEP, 9)
+            if f[9].startswith(Code.ACCEPTED) and needle in SEP + f[9] + SEP:
                 lat.append(written - int(f[4]))
     lat.sort()
     if not lat:

@@ -16,7 +16,7 @@ import msgspec
 
 from onestock.domain.errors import CatalogError
 from onestock.domain.events import text_problem
-from onestock.domain.types import Catalog, Sku, Subscriber, catalog_decoder
+from onestock.domain.types import Catalog, RecordSubscriber, Sku, Subscriber, catalog_decoder
 
 
 def _unique_ids(source: str, section: str, field: str, what: str, ids: list[str]) -> set[str]:
@@ -57,6 +57,10 @@ def validate(catalog: Catalog, source: str = "catalog") -> Catalog:
     _unique_ids(source, "subscribers", "id", "subscriber", [s.id for s in catalog.subscribers])
     for i, sub in enumerate(catalog.subscribers):
         _check_subscriber(source, f"$.subscribers[{i}]", sub, channels)
+    rsubs = catalog.record_subscribers
+    _unique_ids(source, "record_subscribers", "id", "record subscriber", [s.id for s in rsubs])
+    for i, rsub in enumerate(rsubs):
+        _check_subscriber(source, f"$.record_subscribers[{i}]", rsub, locations)
     return catalog
 
 
@@ -92,9 +96,11 @@ def _check_sku(source: str, at: str, sku: Sku, channels: set[str], locations: se
 SECRET_PREFIX = "whsec_"  # Standard Webhooks: "whsec_" + the key in base64
 
 
-def _check_subscriber(source: str, at: str, sub: Subscriber, channels: set[str]) -> None:
+def _check_subscriber(
+    source: str, at: str, sub: Subscriber | RecordSubscriber, known: set[str]
+) -> None:
     """A webhook subscriber: an http(s) URL with a host, a Standard Webhooks secret, and
-    known channels, each once."""
+    known channels (a record subscriber: locations), each once."""
     try:
         url = urlsplit(sub.url)
         url.port  # noqa: B018 (a port that is not a number raises here)
@@ -113,13 +119,15 @@ def _check_subscriber(source: str, at: str, sub: Subscriber, channels: set[str])
         ok = False
     if not ok:
         _fail(source, f"{at}.secret", f'the key after "{SECRET_PREFIX}" is not base64')
+    record = isinstance(sub, RecordSubscriber)
+    field, what = ("locations", "location") if record else ("channels", "channel")
     seen: set[str] = set()
-    for j, channel in enumerate(sub.channels):
-        if channel not in channels:
-            _fail(source, f"{at}.channels[{j}]", f"unknown channel {channel!r}")
-        if channel in seen:
-            _fail(source, f"{at}.channels[{j}]", f"channel {channel!r} given twice")
-        seen.add(channel)
+    for j, ref in enumerate(getattr(sub, field)):
+        if ref not in known:
+            _fail(source, f"{at}.{field}[{j}]", f"unknown {what} {ref!r}")
+        if ref in seen:
+            _fail(source, f"{at}.{field}[{j}]", f"{what} {ref!r} given twice")
+        seen.add(ref)
 
 
 def parse(data: bytes, source: str = "catalog") -> Catalog:
@@ -154,5 +162,7 @@ def merge(old: Catalog | None, new: Catalog) -> Catalog:
         skus=[s for s in old.skus if s.sku not in named] + new.skus,
         campaigns=[c for c in old.campaigns if c.id not in camps] + new.campaigns,
         subscribers=new.subscribers,
+        record_subscribers=new.record_subscribers,
         routing=new.routing,
+        payment_deadline_s=new.payment_deadline_s,
     )

@@ -70,6 +70,11 @@ FUTURE_MS = int(os.environ.get("ONESTOCK_MAX_FUTURE_S") or 86400) * 1000
 class Valid(msgspec.Struct, gc=False):
     order: Order
     paid_ms: int = 0  # paid_at in epoch milliseconds (parsed once, here)
+    # a pending payment's deadline in epoch ms; DEFAULT_DEADLINE: the catalog's; 0: paid
+    deadline_ms: int = 0
+
+
+DEFAULT_DEADLINE = -1  # Valid.deadline_ms of a pending order that names no deadline
 
 
 class Invalid(msgspec.Struct, gc=False):
@@ -101,6 +106,19 @@ class Return(msgspec.Struct, gc=False):
 
 
 _return_decoder = msgspec.json.Decoder(Return)
+
+
+class Paid(msgspec.Struct, gc=False):
+    """``{"type": "paid", "order_id", "paid_at"}``: a reserved order is paid (it becomes
+    accepted, and a first-N campaign ranks it by this ``paid_at``)."""
+
+    order_id: str
+    paid_at: str
+    paid_ms: int = 0  # paid_at in epoch ms (set by ``decode``)
+    type: Literal["paid"] = "paid"
+
+
+_paid_decoder = msgspec.json.Decoder(Paid)
 
 MOVEMENT_KINDS = ("receipt", "sale", "adjustment", "transfer", "count")
 MAX_MOVED = 10**9  # the most units one line of a movement may move
@@ -138,7 +156,7 @@ class BadMovement(msgspec.Struct, gc=False):
 
 _movement_decoder = msgspec.json.Decoder(Movement)
 
-Decoded = Valid | Invalid | Dead | Cancel | Return | Movement | BadMovement
+Decoded = Valid | Invalid | Dead | Cancel | Return | Paid | Movement | BadMovement
 
 
 def text_of(raw: bytes | str) -> str:
@@ -191,7 +209,26 @@ def decode(raw: bytes | str, now_ms: int | None = None) -> Decoded:
         )
     if len(order.lines) > 1:
         order.lines = merge_lines(order.lines)
+    if order.payment is not None and order.payment.status == "pending":
+        return _pending(order, paid_ms)
     return Valid(order, paid_ms)
+
+
+def _pending(order: Order, paid_ms: int) -> Valid | Invalid:
+    """A pending order: its deadline checked (an RFC 3339 time with an offset)."""
+    text = order.payment.deadline  # type: ignore[union-attr]
+    if text is None:
+        return Valid(order, paid_ms, DEFAULT_DEADLINE)
+    ms = rfc3339_ms(text) if text.isprintable() else None
+    if ms is None or ms < EARLIEST_MS:
+        return Invalid(
+            order.order_id,
+            order.channel,
+            order.paid_at,
+            f"payment.deadline: {_shown(text)!r} is not an RFC 3339 time with an offset - at "
+            "`$.payment.deadline`",
+        )
+    return Valid(order, paid_ms, ms)
 
 
 def _bad_text(order: Order) -> str | None:
@@ -309,6 +346,8 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
                 return Dead(text_of(raw), f"not a return: {path}: {problem} - at `$.{path}`")
         ret.lines = merge_lines(ret.lines)
         return ret
+    if kind == "paid":
+        return _paid(raw)
     if kind not in (None, "order"):
         return Dead(text_of(raw), f"unsupported event type {kind!r}")
     channel = obj.get("channel")
@@ -319,6 +358,24 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
         _shown(paid_at) if isinstance(paid_at, str) else None,
         _shown(error),  # (msgspec's message may quote the bad value)
     )
+
+
+def _paid(raw: bytes | str) -> Paid | Dead:
+    """A payment event checked whole; one that cannot be read is a dead letter naming the
+    field (it changes nothing: the order's deadline still stands)."""
+    try:
+        p = _paid_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return Dead(text_of(raw), f"not a payment: {exc}")
+    ms = rfc3339_ms(p.paid_at) if p.paid_at.isprintable() else None
+    if ms is None or ms < EARLIEST_MS:
+        return Dead(
+            text_of(raw),
+            f"not a payment: paid_at: {_shown(p.paid_at)!r} is not an RFC 3339 time with an "
+            "offset from 2000 on - at `$.paid_at`",
+        )
+    p.paid_ms = ms
+    return p
 
 
 def movement(raw: bytes | str, obj: dict[str, object]) -> Movement | BadMovement | Dead:

@@ -9,6 +9,8 @@ internal fields stored beside orders and stock are named in ``state/keys.py``.
     A<SEP>loc<SEP>sku<SEP>qty...   accepted, with its allocations
     R<SEP>reason[<SEP>detail]      rejected (``onestock.domain.records.rejected``)
     C                              cancelled (never decided, or its units given back)
+    V<SEP>loc<SEP>sku<SEP>qty...   reserved: a pending order's units, waiting for payment
+    E<SEP>loc<SEP>sku<SEP>qty...   expired: its deadline passed unpaid, units given back
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class Code(StrEnum):
     CANCELLATION = "X"  # metric tag: the record that cancels an accepted order
     DEAD = "D"  # registry (keys.REG_DEAD + entry id): the entry's dead letter is written
     MOVEMENT = "M"  # registry (keys.REG_MOVEMENT + movement id) and metric tag: its record
+    RESERVED = "V"  # + allocations: a pending order's units, held until paid or its deadline
+    EXPIRED = "E"  # + allocations given back: its payment deadline passed unpaid
+    PAID = "Y"  # metric tag: the record of a reserved order's payment
 
 
 # The state of a stock movement in one hash slot (movement.lua; keys.DEC_MOVEMENT + movement

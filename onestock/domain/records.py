@@ -21,22 +21,52 @@ from onestock.domain.types import (
 )
 
 
-def head(oid: str, channel: str, paid: str, mode: str, received_ms: str, decided_ms: str) -> str:
+def head(
+    oid: str,
+    channel: str,
+    paid: str,
+    mode: str,
+    received_ms: str,
+    decided_ms: str,
+    version: str = "",
+) -> str:
     """The fields of a packed record before its gift, late flag and outcome (``oid`` and
-    ``mode`` hold no separator: decoding refuses control characters in an order id)."""
+    ``mode`` hold no separator: decoding refuses control characters in an order id);
+    ``version`` "" is 1."""
     if not channel.isprintable():  # (the usual answer is the fast one)
         channel = _clean(channel)
     if not paid.isprintable():
         paid = _clean(paid)
-    return f"{oid}{SEP}{channel}{SEP}{paid}{SEP}{mode}{SEP}{received_ms}{SEP}{decided_ms}"
+    return (
+        f"{oid}{SEP}{channel}{SEP}{paid}{SEP}{mode}{SEP}{received_ms}{SEP}{decided_ms}{SEP}"
+        f"{version}"
+    )
 
 
 def pack(
-    oid: str, channel: str, paid: str, mode: str, received_ms: str, decided_ms: str, outcome: str
+    oid: str,
+    channel: str,
+    paid: str,
+    mode: str,
+    received_ms: str,
+    decided_ms: str,
+    outcome: str,
+    version: str = "",
 ) -> str:
     """One record of an output stream entry (field ``v``): head, gift ("" or campaign GS sku
     GS rank GS location), late ("" or "1"), then the outcome, last since it holds SEPs."""
-    return f"{head(oid, channel, paid, mode, received_ms, decided_ms)}{SEP}{SEP}{SEP}{outcome}"
+    rec_head = head(oid, channel, paid, mode, received_ms, decided_ms, version)
+    return f"{rec_head}{SEP}{SEP}{SEP}{outcome}"
+
+
+# the status of a record per the code its outcome starts with
+_STATUS = {
+    Code.ACCEPTED: "accepted",
+    Code.REJECTED: "rejected",
+    Code.CANCELLED: "cancelled",
+    Code.RESERVED: "reserved",
+    Code.EXPIRED: "expired",
+}
 
 
 def held(record_head: str, outcome: str) -> str:
@@ -76,16 +106,20 @@ def shipments(outcome: str, mode: str) -> list[Shipment]:
 
 def record_from_packed(packed: str) -> FulfilmentRecord:
     """One output stream entry -> the contract's fulfilment record."""
-    oid, channel, paid, mode, received, decided, gift, late, outcome = packed.split(SEP, 8)
+    oid, channel, paid, mode, received, decided, version, gift, late, outcome = packed.split(SEP, 9)
     code = code_of(outcome)
-    if code is Code.CANCELLED:  # cancelled: the shipments listed are what was given back
-        return FulfilmentRecord(
-            order_id=oid, status="cancelled", reason=None, channel=channel or None,
-            shipments=shipments(outcome, mode), gift=None, paid_at=paid or None,
-            received_at=iso_ms(int(received)), decided_at=iso_ms(int(decided)),
-        )  # fmt: skip
-    if code is not Code.ACCEPTED and code is not Code.REJECTED:
+    status = _STATUS.get(code)
+    if status is None:
         raise ProtocolError(f"a fulfilment record of outcome {outcome[:40]!r}")
+    if code is not Code.ACCEPTED and code is not Code.REJECTED:
+        # cancelled, expired: the shipments listed are what was given back; reserved: what
+        # is held for the order
+        return FulfilmentRecord(
+            order_id=oid, status=status, reason=None,  # type: ignore[arg-type]
+            channel=channel or None, shipments=shipments(outcome, mode), gift=None,
+            paid_at=paid or None, received_at=iso_ms(int(received)),
+            decided_at=iso_ms(int(decided)), version=int(version or 1),
+        )  # fmt: skip
     accepted = code is Code.ACCEPTED
     parts = [] if accepted else outcome.split(SEP, 2)
     g = None
@@ -104,6 +138,7 @@ def record_from_packed(packed: str) -> FulfilmentRecord:
         decided_at=iso_ms(int(decided)),
         detail=parts[2] if len(parts) > 2 else None,
         late=True if late else None,
+        version=int(version or 1),
     )
 
 

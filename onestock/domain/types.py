@@ -79,12 +79,27 @@ class Subscriber(Struct, forbid_unknown_fields=True):
     channels: Annotated[list[NonEmpty], Meta(min_length=1)]
 
 
+class RecordSubscriber(Struct, forbid_unknown_fields=True):
+    """Where fulfilment records are delivered (``onestock/ops/deliver.py``, docs/downstream.md):
+    each record (every version) with a shipment at one of ``locations`` (none given: every
+    record) POSTed to ``url``, signed like a ``Subscriber``'s."""
+
+    id: NonEmpty
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    secret: Annotated[str, Meta(min_length=1, max_length=1024)]
+    locations: list[NonEmpty] = []
+
+
 class Catalog(Struct, forbid_unknown_fields=True):
     channels: list[Channel]
     locations: list[Location]
     skus: list[Sku]
     campaigns: list[Campaign] = []
     subscribers: list[Subscriber] = []  # the change feed's webhook subscribers
+    record_subscribers: list[RecordSubscriber] = []  # the fulfilment records' webhooks
+    # A pending order's payment deadline when it names none: this many seconds after it
+    # came (docs/payments.md)
+    payment_deadline_s: Annotated[int, Meta(ge=1, le=90 * 86400)] = 1800
     # nearest: the contract's default; priority: lower priority first, then nearest;
     # fewest_shipments: a single location if any, else as few locations as possible.
     routing: Literal["nearest", "priority", "fewest_shipments"] = "nearest"
@@ -110,6 +125,15 @@ class Delivery(Struct, frozen=True, gc=False):
     store: NonEmpty | None = None
 
 
+class Payment(Struct, gc=False):
+    """``"payment": {"status": "pending", "deadline": "<RFC 3339>"}``: the order's units are
+    reserved until a ``paid`` event or the deadline (the catalog's default when absent);
+    ``"paid"``: paid at ``paid_at``, as an order without ``payment``."""
+
+    status: Literal["pending", "paid"]
+    deadline: NonEmpty | None = None
+
+
 class Order(Struct, gc=False):
     """The canonical order event. Unknown fields are ignored (forward compatible).
 
@@ -124,6 +148,7 @@ class Order(Struct, gc=False):
     paid_at: NonEmpty
     delivery: Delivery = Delivery()
     type: Literal["order"] | None = None
+    payment: Payment | None = None
 
 
 # -- outcomes ------------------------------------------------------------------------------
@@ -149,7 +174,7 @@ class Gift(Struct):
 
 class FulfilmentRecord(Struct, omit_defaults=False):
     order_id: str
-    status: Literal["accepted", "rejected", "cancelled"]
+    status: Literal["accepted", "rejected", "cancelled", "reserved", "expired"]
     reason: str | None
     channel: str | None
     shipments: list[Shipment]
@@ -159,6 +184,7 @@ class FulfilmentRecord(Struct, omit_defaults=False):
     decided_at: str
     detail: str | None = None
     late: bool | None = None  # true: the order came later than its campaign's lateness bound
+    version: int = 1  # 1, 2, ...: each change of the order's outcome is a new record
 
 
 class MovedLine(Struct):

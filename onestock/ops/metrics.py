@@ -43,7 +43,7 @@ from state.store import Store
 
 LE = [b / 1000 for b in meter.BOUNDS_MS] + [math.inf]  # bucket upper bounds, seconds
 NB = len(LE)
-STATUS = {meter.ACCEPTED: "accepted", meter.CANCELLED: "cancelled"}
+STATUS = {meter.ACCEPTED: "accepted", meter.CANCELLED: "cancelled", Code.RESERVED: "reserved"}
 MOVEMENT_STATUSES = ("applied", "refused")
 # every (kind, status) a movement record can have ("invalid": not a movement one can apply)
 MOVEMENT_LABELS = [f"{k}:{s}" for k in events.MOVEMENT_KINDS for s in MOVEMENT_STATUSES]

@@ -89,13 +89,15 @@ def push(
 
 
 def records(store: Store, shards: int) -> Iterator[FulfilmentRecord]:
-    """Every final record, one per order id, in decision order (a cancellation's record
-    replaces the order's first one)."""
+    """Every order's latest record (its greatest version: a payment, an expiry or a
+    cancellation replaces the ones before), one per order id, in decision order."""
     final: dict[str, FulfilmentRecord] = {}
     for fields in store.shards.entries(keys.outbox, shards):
         for packed in packed_records(fields):
             rec = record_from_packed(packed)
-            final[rec.order_id] = rec
+            was = final.get(rec.order_id)
+            if was is None or rec.version >= was.version:
+                final[rec.order_id] = rec
     yield from final.values()
 
 
@@ -127,7 +129,7 @@ def returns(store: Store, shards: int) -> Iterator[ReturnRecord]:
     """Every accepted return, once each, in decision order."""
     for fields in store.shards.entries(keys.returns, shards):
         for packed in packed_records(fields):
-            oid, _, _, _, received, decided, _, _, outcome = packed.split(SEP, 8)
+            oid, _, _, _, received, decided, _, _, _, outcome = packed.split(SEP, 9)
             f = outcome.split(SEP)
             lines = [ShipLine(sku=f[i + 1], qty=int(f[i + 2])) for i in range(1, len(f) - 2, 3)]
             yield ReturnRecord(oid, f[1], lines, iso_ms(int(received)), iso_ms(int(decided)))
@@ -318,7 +320,11 @@ def _add_final(
     for rec in final:
         if rec.status == "cancelled":  # its cancel gave back only what was not returned:
             _returned_stays_shipped(rec, back, shipped)  # the returned units count as shipped
-        if rec.status == "accepted":
+        if rec.status == "reserved":  # its units are held for it: out of stock
+            for ship in rec.shipments:
+                for ln in ship.lines:
+                    shipped[(ln.sku, ship.location)] += ln.qty
+        elif rec.status == "accepted":
             accepted += 1
             for ship in rec.shipments:
                 for ln in ship.lines:
@@ -358,8 +364,8 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
     for packed in (p for f in store.shards.entries(keys.outbox, shards) for p in packed_records(f)):
         oid, _, _, _, received_s, decided_s, _ = packed.split(SEP, 6)  # (the rest: gift, ...)
         rec = record_from_packed(packed)
-        if rec.status == "cancelled" and oid in seen:
-            final[oid] = rec  # a cancellation replaces the order's record
+        if oid in seen and rec.version > final[oid].version:
+            final[oid] = rec  # a later version (paid, expired, cancelled) replaces it
             continue
         n += 1
         dup += oid in seen

@@ -276,14 +276,15 @@ local function becomes_candidate(oid, blob, lines)
 end
 
 -- What follows from an accepted outcome `res` of an order of channel `ch`: the customer's
--- counts and the lock's draws (`draws` nil: no rules), the candidacy (then CANDIDATE .. res),
+-- counts and the lock's draws (`draws` nil: no rules), the candidacy (then CANDIDATE .. res;
+-- not while its payment is `pending`: a payment makes it a candidate, dataflows/payments.py),
 -- the alerts.
-local function accepted(oid, blob, lines, customer, ch, draws, res)
+local function accepted(oid, blob, lines, customer, ch, draws, res, pending)
   if draws then
     count_sold(lines, customer)
     draw_locks(ch, draws)
   end
-  if now and becomes_candidate(oid, blob, lines) then res = CANDIDATE .. res end
+  if now and not pending and becomes_candidate(oid, blob, lines) then res = CANDIDATE .. res end
   if any_low then
     for i = 1, #lines, 2 do
       local s = lines[i]
@@ -294,7 +295,7 @@ local function accepted(oid, blob, lines, customer, ch, draws, res)
 end
 
 local function decide_one(oid, blob, customer)
-  local lines, has_rules, pickup, c, vip, all_stock, short = read_spec(blob, exists, ruled)
+  local lines, has_rules, pickup, c, vip, all_stock, short, pending = read_spec(blob, exists, ruled)
   if not lines then return UNKNOWN end
   local draws, ch = nil, chans[c]
   if has_rules then
@@ -307,7 +308,9 @@ local function decide_one(oid, blob, customer)
     if short then return BUCKET_SHORT end
     return res
   end
-  if draws or now or any_low then res = accepted(oid, blob, lines, customer, ch, draws, res) end
+  if draws or now or any_low then
+    res = accepted(oid, blob, lines, customer, ch, draws, res, pending)
+  end
   return res
 end
 

@@ -41,6 +41,10 @@ local K_MOVEMENTS = 10 -- movements stream (records of keys "\0M:<movement id>" 
 -- Cancellations use registry keys of their own: "\0x:<order id>" for the record that
 -- cancels an accepted order (its held record, if any, is dropped: it will never be
 -- released), "\0c:<order id>" with an empty record for a cancel that came before its order.
+-- Later versions of an order's record (a payment, an expiry: dataflows/payments.py) come
+-- under "\0s:<order id>" with the value "<version>\31<outcome>": written when the stored
+-- version is older; the order's own field then takes the outcome (HELD: the record is held
+-- for its gift like a first one).
 -- Returns: {records written, dead letters written, 1 if '\0nc' (below) is in the registry
 -- else 0}. A record whose key is already in the
 -- registry is skipped: replays after a crash never produce a second record.
@@ -65,7 +69,8 @@ local CHUNK = 4000
 local argv, call, unpack, byte, sub = ARGV, redis.call, unpack, string.byte, string.sub
 local HELD_BYTE, CAMPAIGN_REJECTED_BYTE = byte(HELD), byte(CAMPAIGN_REJECTED)
 local NO_BUCKET = byte('-') -- a metric tag's latency bucket when it has none
-local PREFIX = #REG_EARLY_CANCEL -- (as long as REG_CANCEL, REG_RETURN and REG_MOVEMENT)
+local PREFIX = #REG_EARLY_CANCEL -- (as long as REG_CANCEL, REG_RETURN, REG_MOVEMENT, REG_STATE)
+local VERSIONED = '^(%d+)' .. SEP .. '(.+)$' -- a REG_STATE record's value: version SEP outcome
 
 local function id_lt(a, b)
   local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
@@ -109,7 +114,13 @@ local function read_fresh()
     local got = call('HMGET', KEYS[K_REGISTRY], unpack(ids))
     for k = i, last_k do
       local oid = ids[k - i + 1]
-      if got[k - i + 1] or seen[oid] then
+      local was = got[k - i + 1]
+      if was and not seen[oid] and sub(oid, 1, PREFIX) == REG_STATE then
+        -- a later version of an order's record: fresh while the stored version is older
+        local v = tonumber(string.match(argv[2 + 2 * k], '^(%d+)'))
+        if v and tonumber(was) < v then was = nil end
+      end
+      if was or seen[oid] then
         plain = false
       else
         fresh[k] = true
@@ -159,7 +170,21 @@ local function sort_fresh(fresh, recs_in, tags_in)
       reg[#reg + 1] = oid
       reg[#reg + 1] = value
       local prefix = sub(oid, 1, PREFIX)
-      if kind == HELD_BYTE then
+      if prefix == REG_STATE then -- version n: the order's field takes its new outcome
+        local v, current = string.match(value, VERSIONED)
+        local real = sub(oid, PREFIX + 1)
+        reg[#reg] = v
+        reg[#reg + 1] = real
+        reg[#reg + 1] = current
+        if byte(current, 1) == HELD_BYTE then -- paid, a first-N candidate: held as at first
+          held[#held + 1] = real
+          held[#held + 1] = rec
+          decided[#decided + 1] = real .. SEP .. ACCEPTED
+        else
+          written = written + 1
+          w.recs[written] = rec
+        end
+      elseif kind == HELD_BYTE then
         held[#held + 1] = oid
         held[#held + 1] = rec
         decided[#decided + 1] = oid .. SEP .. ACCEPTED

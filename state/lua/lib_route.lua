@@ -21,6 +21,7 @@ local FLAG_VIP = 1 -- the customer is a VIP
 -- holds none)
 local FLAG_SAFETY = 2
 local FLAG_SHORT = 4 -- "short" (BUCKET_SHORT) instead of sold_out (decide.lua)
+local FLAG_PENDING = 8 -- its payment is pending: reserved, not a first-N candidate yet
 --
 -- Lines, as the route functions take them: flat {sku index, qty, sku index, qty, ...}.
 -- `stock`: per SKU index its stock table (read_stock); `floors`: per location the units this
@@ -39,7 +40,7 @@ end
 
 -- The spec of an order, read: its lines (nil when one of their SKUs is not in `exists`),
 -- whether any of their SKUs is in `ruled`, its pickup location index (0: ship), its channel
--- index, and its flags: VIP, may take safety stock, short instead of sold_out.
+-- index, and its flags: VIP, may take safety stock, short instead of sold_out, pending.
 -- (One call per order, on the hot path: the header's fields, SPEC_PICKUP to SPEC_FLAGS, are
 -- read in one go.)
 local function read_spec(blob, exists, ruled)
@@ -55,7 +56,8 @@ local function read_spec(blob, exists, ruled)
     lines[2 * j] = q1 + 256 * (q2 + 256 * (q3 + 256 * q4))
   end
   return lines, any, p1 + 256 * p2, c1 + 256 * c2, f % (2 * FLAG_VIP) >= FLAG_VIP,
-    f % (2 * FLAG_SAFETY) >= FLAG_SAFETY, f % (2 * FLAG_SHORT) >= FLAG_SHORT
+    f % (2 * FLAG_SAFETY) >= FLAG_SAFETY, f % (2 * FLAG_SHORT) >= FLAG_SHORT,
+    f >= FLAG_PENDING
 end
 
 -- The byte of the spec where the ranking of an order of nl lines starts.

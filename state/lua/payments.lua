@@ -1,0 +1,59 @@
+-- payments.lua: a shard's reserved orders (dataflows/payments.py, docs/payments.md): record
+-- the batch's new ones, then say which are due to expire.
+--
+-- KEYS (one slot): 1 registry hash, 2 deadlines ZSET (order id scored by its deadline, epoch
+--       ms), 3 input stream.
+-- ARGV: the last input entry id this worker processed on the shard ("" for none), the most
+--       due orders to answer, n, then per new reserved order: order id, deadline ms, its
+--       channel and delivery mode (SEP-joined: the later versions of its record carry them);
+--       then m and m order ids paid in this batch: they leave the deadlines (a replay of
+--       the payment, which is accepted again, does not need its deadline).
+-- The horizon: every input entry older than it has been read. It is the time of the first
+--       entry after the given id when there is one (the shard is behind: event time), else
+--       the server's clock read now (an entry added later is stamped at it or after). An
+--       order is due when its deadline is before the horizon: a `paid` event stored before
+--       its deadline has then been read (and decided first, in its batch).
+-- Returns: per due order still reserved: order id, deadline ms, channel SEP mode. Orders no
+--       longer reserved (paid, expired, cancelled) leave the set; one a cancel is giving
+--       back stays, unanswered; ones whose record is not
+--       written yet stay (their batch is on its way).
+local n = tonumber(ARGV[3])
+local limit = tonumber(ARGV[2])
+local gone = n and tonumber(ARGV[4 + 3 * n])
+if not gone or not limit or #ARGV ~= 4 + 3 * n + gone then
+  return redis.error_reply('ERR payments.lua: bad arguments')
+end
+for i = 0, n - 1 do
+  local oid, deadline, how = ARGV[4 + 3 * i], tonumber(ARGV[5 + 3 * i]), ARGV[6 + 3 * i]
+  if not deadline then return redis.error_reply('ERR payments.lua: bad deadline') end
+  redis.call('ZADD', KEYS[2], deadline, oid)
+  redis.call('HSET', KEYS[1], REG_PENDING .. oid, how)
+end
+for i = 5 + 3 * n, 4 + 3 * n + gone do redis.call('ZREM', KEYS[2], ARGV[i]) end
+local horizon
+local after = ARGV[1]
+local next_entry = redis.call('XRANGE', KEYS[3], after == '' and '-' or '(' .. after, '+', 'COUNT', 1)
+if #next_entry > 0 then
+  horizon = tonumber(string.match(next_entry[1][1], '^(%d+)-'))
+else
+  local t = redis.call('TIME')
+  horizon = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. horizon, 'WITHSCORES', 'LIMIT', 0, limit)
+local out = {}
+for i = 1, #due, 2 do
+  local oid = due[i]
+  local value = redis.call('HGET', KEYS[1], oid)
+  local reserved = value and string.sub(value, 1, 1) == RESERVED
+  if reserved and redis.call('HEXISTS', KEYS[1], REG_CANCEL .. oid) == 0 then
+    if redis.call('HEXISTS', KEYS[1], REG_CANCELLING .. oid) == 0 then -- (else: a cancel's
+      out[#out + 1] = oid                                                -- replay ends it)
+      out[#out + 1] = due[i + 1]
+      out[#out + 1] = redis.call('HGET', KEYS[1], REG_PENDING .. oid) or ''
+    end
+  elseif value then
+    redis.call('ZREM', KEYS[2], oid)
+    redis.call('HDEL', KEYS[1], REG_PENDING .. oid)
+  end
+end
+return out
