@@ -190,9 +190,10 @@ def deliveries_cmd(
         ),
     ] = False,
 ) -> None:
-    """The change feed's webhook deliveries, per subscriber: URL, channels, the seq every
-    transition is delivered (or given up) up to, lag behind the feed, delivered, retrying now,
-    given up. Tuned by ONESTOCK_DELIVERY_* (README)."""
+    """The webhook deliveries, per subscriber: URL, channels, the seq every transition is
+    delivered (or given up) up to, lag behind the feed, delivered, retrying now, given up;
+    then the record subscribers (locations, lag of the oldest record not yet done). Tuned by
+    ONESTOCK_DELIVERY_* (README)."""
     from onestock.ops import deliveries
 
     store = ops.open_store(_settings(redis_url))
@@ -214,6 +215,12 @@ def deliveries_cmd(
         table.add_row(
             sub.id, sub.url, ", ".join(sub.channels), str(sub.progress), str(sub.lag),
             str(sub.delivered), str(sub.retrying), str(sub.given_up), sub.last_error or "",
+        )  # fmt: skip
+    for rsub in doc.record_subscribers:  # progress: shards done, lag: the oldest record's age
+        table.add_row(
+            rsub.id, rsub.url, "records: " + (", ".join(rsub.locations) or "all"),
+            f"{len(rsub.progress)} shards", f"{rsub.lag_ms} ms", str(rsub.delivered),
+            str(rsub.retrying), str(rsub.given_up), rsub.last_error or "",
         )  # fmt: skip
     Console().print(table)
 
@@ -309,11 +316,92 @@ def _uvicorn(host: str, port: int, workers: int, ops: tuple[str, int] | None) ->
 
 
 @app.command("fulfilments")
-def fulfilments(redis_url: RedisUrl = None, out: Out = None) -> None:
-    """Every final fulfilment record as JSON Lines, exactly one per order id."""
+def fulfilments(
+    redis_url: RedisUrl = None,
+    out: Out = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            help="Every record (every version) as JSON Lines as it is written, until Ctrl-C."
+        ),
+    ] = False,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="With --follow: read in this consumer group: each record acknowledged once "
+            "written, at least once across crashes (docs/downstream.md)."
+        ),
+    ] = None,
+    consumer: Annotated[
+        str | None,
+        typer.Option(help="This consumer's name in --group (default: hostname-pid)."),
+    ] = None,
+    location: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--location", help="With --follow: only records with a shipment here; repeatable."
+        ),
+    ] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="With --follow: start, now or after an entry id (default: now; a new "
+            "--group: start).",
+        ),
+    ] = None,
+    claim_idle: Annotated[
+        float,
+        typer.Option(
+            help="With --group: take over other consumers' records pending this long (s)."
+        ),
+    ] = 30.0,
+) -> None:
+    """Every final fulfilment record as JSON Lines, exactly one per order id (its latest
+    version). --follow: every record as it is written instead."""
+    if not follow:
+        if group or consumer or location or from_:
+            raise OnestockError("--group, --consumer, --location and --from go with --follow")
+        store = ops.open_store(_settings(redis_url))
+        with _output(out) as fh:
+            ops.write_records(store, _shards(store), fh)
+        return
+    if claim_idle < 0:
+        raise OnestockError("--claim-idle: want 0 or more seconds")
+    _follow_records(redis_url, out, group, consumer, location, from_, int(claim_idle * 1000))
+
+
+def _follow_records(
+    redis_url: str | None, out: Path | None, group: str | None, consumer: str | None,
+    locations: list[str] | None, start: str | None, claim_idle_ms: int,
+) -> None:  # fmt: skip
+    """``onestock fulfilments --follow``: records as JSON Lines until SIGTERM/Ctrl-C."""
+    from onestock.ops import downstream
+
+    opts = downstream.Follow(group, consumer, frozenset(locations or ()), start, claim_idle_ms)
     store = ops.open_store(_settings(redis_url))
-    with _output(out) as fh:
-        ops.write_records(store, _shards(store), fh)
+    _, cat = store.catalog()
+    for loc in sorted(opts.locations - {loc.id for loc in cat.locations} if cat else set()):
+        raise OnestockError(f"--location: unknown location {loc!r}")
+    stopped: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _f: stopped.append(signum))
+
+    def say(message: str) -> None:
+        print(f"onestock fulfilments: {message}", file=sys.stderr, flush=True)
+
+    try:  # (--out is appended to: what an earlier run of a group wrote there stays)
+        fh = out.open("ab") if out is not None else sys.stdout.buffer
+    except OSError as exc:
+        raise OnestockError(f"{out}: cannot write: {exc.strerror}") from None
+    try:
+        downstream.follow(store, fh, opts, lambda: bool(stopped), say)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # (piped into a reader that stopped reading)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        if out is not None:
+            fh.close()
 
 
 @app.command("deadletters")

@@ -1,5 +1,6 @@
-"""``onestock feed``: the availability change feed's publisher (and its webhook deliveries),
-in a process of its own so that a slow subscriber never slows the decisions. ``onestock run``
+"""``onestock feed``: the availability change feed's publisher, and the webhook deliveries
+(of the feed's transitions and of the fulfilment records, ``onestock/ops/deliver.py``), in a
+process of its own so that a slow subscriber never slows the decisions. ``onestock run``
 starts one beside its workers (``--no-feed``: not); any number may run, one publishes at a
 time (a lease)."""
 
@@ -21,7 +22,8 @@ from state.store import Store
 
 def serve(url: str, say: Callable[[str], None], stop: threading.Event) -> None:
     """Publish (a thread) and deliver (asyncio, here) until ``stop`` is set; then the
-    publisher's last round, and the deliveries of what it published (``drain_s`` at most)."""
+    publisher's last round, and the deliveries of what it published and of the records
+    written (``drain_s`` at most)."""
     publisher = Publisher(Store.connect(url), say)
     published = threading.Event()
 

@@ -37,9 +37,11 @@ class Feed:
         self.r = client
         self._publish = client.register_script(lua("feed_publish"))
         self._lease = client.register_script(lua("lease"))
-        # the webhook deliverer's commit (it runs it on its own asyncio client; registered
-        # here too, so the script is loaded and checked with every other)
+        # the webhook deliverer's commit (it runs it on its own asyncio client), and the
+        # output streams' consumer clean-up (state/outbox.py, made per reader): registered
+        # here too, so the scripts are loaded and checked with every other
         self.delivery_commit = client.register_script(lua("delivery_commit"))
+        self.outbox_forget = client.register_script(lua("outbox_forget"))
 
     # -- the deciders' side ----------------------------------------------------------------
 

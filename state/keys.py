@@ -273,3 +273,12 @@ def received(name: str, transfer: str) -> str:
 def lend_lock(sku: str) -> str:
     """Held while units move between the SKU's buckets (one mover at a time per SKU)."""
     return f"{sku_tag(sku)}:lendlock"
+
+
+# Webhook deliveries of the fulfilment records (onestock/ops/deliver.py, the catalog's
+# "record_subscribers"): in the feed's slot, so the one deliverer lease fences them too.
+RECORD_DELIVERED = f"{FEED_TAG}:rdelivered"  # HASH "<subscriber>\x1f<shard>" -> "<entry id>:<i>"
+RECORD_UNDELIVERED = f"{FEED_TAG}:rundelivered"  # STREAM of record deliveries given up (kept)
+RECORD_DELIVERY_COUNTS = f"{FEED_TAG}:rdcounts"  # HASH "<subscriber>:<outcome>" -> count
+RECORD_RETRYING = f"{FEED_TAG}:rdretrying"  # HASH subscriber id -> records being retried now
+RECORD_DELIVERY_ERROR = f"{FEED_TAG}:rderror"  # HASH subscriber id -> its last failed attempt

@@ -1,32 +1,38 @@
-"""Webhook deliveries of the availability change feed (``onestock feed``, beside the publisher).
+"""Webhook deliveries (``onestock feed``, beside the publisher), of two sources on one
+machinery (``onestock/ops/delivery_sources.py``): the availability change feed's transitions
+to the catalog's ``"subscribers"`` (docs/availability.md), the fulfilment records to its
+``"record_subscribers"`` (docs/downstream.md).
 
-Every subscriber of the catalog (``"subscribers"``) gets each transition of its channels
-POSTed to its URL, the body the contract's ``{"seq", "sku", "channel", "status", "available",
-"at"}``, signed per Standard Webhooks by the ``standardwebhooks`` package: ``webhook-id``
-``msg_<instance>_<seq>``, the same on every retry; ``webhook-timestamp`` and
-``webhook-signature`` made anew for each attempt.
+Each item is POSTed to its subscriber's URL, signed per Standard Webhooks by the
+``standardwebhooks`` package: ``webhook-id`` the item's own (``msg_<instance>_<seq>`` for a
+transition), the same on every retry; ``webhook-timestamp`` and ``webhook-signature`` made
+anew for each attempt.
 
-- Order and concurrency: a subscriber's transitions are spread over ``lanes`` by (SKU,
-  channel); a lane posts one at a time, in feed order, so one (SKU, channel)'s transitions
-  arrive in order and at most ``lanes`` requests per subscriber are in flight.
+- Order and concurrency: a subscriber's items are spread over ``lanes`` by their key ((SKU,
+  channel) for a transition, the order id for a record); a lane posts one at a time, in
+  stream order, so one key's items arrive in order and at most ``lanes`` requests per
+  subscriber are in flight.
 - Retries: anything but a 2xx (3xx, 4xx, 5xx, a timeout, a refused connection) is tried
   again after ``base_s``, 2 ``base_s``, 4 ``base_s`` ... (at most ``cap_s``; up to a fifth less at
   random, so lanes that failed together spread out; a longer ``Retry-After`` is honoured up
-  to ``cap_s``). After ``attempts`` tries the transition is given up: kept in
-  ``keys.FEED_UNDELIVERED`` (``onestock deliveries --undelivered``), and its lane moves on.
-- Progress: per subscriber, the seq up to which every transition is delivered or given up
-  (``keys.FEED_DELIVERED``), written every ``COMMIT_S`` in one script with the counts and
-  the given-up entries (so progress never passes a given-up transition that is not kept). A
-  restart reads the feed again from there: what was in flight is sent again (at least once;
-  a receiver dedupes by ``webhook-id``, or keeps the highest seq per (SKU, channel)).
-- Isolation: each subscriber has its own reader, lanes and connection pool, so one that is
+  to ``cap_s``). After ``attempts`` tries the item is given up: kept in its source's
+  undelivered stream (``onestock deliveries --undelivered``), and its lane moves on.
+- Progress: per subscriber and stream, the place up to which every item is delivered or
+  given up (``keys.FEED_DELIVERED``: a seq; ``keys.RECORD_DELIVERED``: an entry id and
+  index per shard), written every ``COMMIT_S`` in one script with the counts and the
+  given-up entries (so progress never passes a given-up item that is not kept). A restart
+  reads again from there: what was in flight is sent again (at least once; a receiver
+  dedupes by ``webhook-id``, or keeps the highest seq per (SKU, channel), the highest
+  version per order id).
+- Isolation: each subscriber has its own readers, lanes and connection pool, so one that is
   down or slow never holds up another; all of it runs in ``onestock feed``, never in the
   deciders.
 - One deliverer at a time holds ``keys.FEED_DELIVERY_LEASE`` (any number may run, as
-  publishers do); every write is fenced by it, so one that stalled past its lease never
-  writes behind the one that took over.
+  publishers do); every write of either source is fenced by it (their keys share its slot),
+  so one that stalled past its lease never writes behind the one that took over.
 - Trimming: the deliverer trims the feed up to the least subscriber progress, keeping at
-  least the last ``keep`` transitions (for ``onestock availability --follow --from``).
+  least the last ``keep`` transitions (for ``onestock availability --follow --from``); the
+  records' streams are never trimmed here.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -52,22 +58,20 @@ from redis.cluster import RedisCluster
 from standardwebhooks.webhooks import Webhook
 
 from onestock.domain.errors import OnestockError
-from onestock.domain.protocol import SEP
 from onestock.domain.records import iso_ms
-from onestock.domain.types import Subscriber, catalog_decoder
+from onestock.domain.types import catalog_decoder
 from onestock.ops.deliveries import OUTCOMES
-from onestock.ops.feed import transition_json
+from onestock.ops.delivery_sources import FeedSource, Item, RecordSource, Source
 from onestock.ops.services import instance_id
 from state import keys
 from state.conn import TRANSIENT, lua
-from state.feed import Transition, transition
 from state.store import Store
 
 LEASE_MS = 5000  # a deliverer that stops renewing loses its lease after this
 RENEW_S = 1.0  # the lease renewed this often
-COMMIT_S = 0.05  # progress, counts and given-up transitions written this often
-READ_COUNT = 500  # transitions read per round trip
-READ_BLOCK_MS = 1000  # a caught-up reader waits this long for the next transition
+COMMIT_S = 0.05  # progress, counts and given-up items written this often
+READ_COUNT = 500  # items read per round trip (about: entries are read, see Source.per_entry)
+READ_BLOCK_MS = 1000  # a caught-up reader waits this long for the next entry
 BODY_READ = 65536  # bytes of an answer read (the rest is not wanted)
 
 ENV = {
@@ -88,12 +92,12 @@ ZERO_OK = (ENV["keep"], ENV["drain_s"])  # the settings that may be 0
 class DeliverySettings:
     """How deliveries are tried (each field from its ``ENV`` variable)."""
 
-    attempts: int = 20  # tries per transition before it is given up (~1.8 h with the below)
+    attempts: int = 20  # tries per item before it is given up (~1.8 h with the below)
     base_s: float = 1.0  # the wait after the first failure; doubled after each next one
     cap_s: float = 600.0  # the longest wait between two tries
     timeout_s: float = 10.0  # a request without a whole answer by then has failed
     lanes: int = 8  # requests in flight per subscriber (one per lane)
-    window: int = 10_000  # transitions per subscriber read ahead and not yet done
+    window: int = 10_000  # items per subscriber read ahead and not yet done
     keep: int = 100_000  # transitions the feed keeps at least (replays)
     drain_s: float = 5.0  # on stop, how long to go on delivering what was published
     trim_s: float = 10.0  # the feed trimmed this often
@@ -136,58 +140,74 @@ class LeaseLost(Exception):
 
 
 class Window:
-    """The transitions of one subscriber read from the feed, and which of them are done."""
+    """The items of one stream of one subscriber read so far, and which of them are done
+    (places: whatever its source orders them by, ``before`` the place just before one)."""
 
-    def __init__(self, start: int) -> None:
-        self.read = start  # the last seq read from the feed
-        self._open: list[int] = []  # (heap) the seqs handed to a lane
-        self._done: set[int] = set()  # those of them delivered or given up
+    def __init__(self, start: Any, before: Callable[[Any], Any]) -> None:
+        self.read = start  # the place of the last item read from the stream
+        self._before = before
+        self._open: list[Any] = []  # (heap) the places handed to a lane
+        self._done: set[Any] = set()  # those of them delivered or given up
 
-    def open(self, seq: int) -> None:
-        heapq.heappush(self._open, seq)
+    def open(self, pos: Any) -> None:
+        heapq.heappush(self._open, pos)
 
-    def close(self, seq: int) -> None:
-        self._done.add(seq)
+    def close(self, pos: Any) -> None:
+        self._done.add(pos)
 
     def __len__(self) -> int:
         return len(self._open) - len(self._done)
 
-    def progress(self) -> int:
-        """The seq up to which every transition is done."""
+    def progress(self) -> Any:
+        """The place up to which every item is done."""
         while self._open and self._open[0] in self._done:
             self._done.discard(heapq.heappop(self._open))
-        return self._open[0] - 1 if self._open else self.read
+        return self._before(self._open[0]) if self._open else self.read
+
+
+@dataclass
+class Stream:
+    """One stream a subscription reads."""
+
+    index: int  # its place in the source's streams (a shard)
+    key: str
+    field: str  # its progress field
+    after: str  # the entry id read up to
+    window: Window
 
 
 @dataclass
 class Commit:
     """What one commit writes for a subscriber."""
 
-    progress: int
+    progress: tuple[tuple[str, str], ...]  # (progress field, place) per stream
     retrying: int
     counts: tuple[int, ...]  # by OUTCOMES, since the last commit
     error: str
-    given_up: list[bytes]  # the entries for keys.FEED_UNDELIVERED
+    given_up: list[bytes]  # the entries for the source's undelivered stream
 
     def args(self, token: str, sub: str) -> list[Any]:
-        n = len(self.given_up)
-        return [token, sub, self.progress, self.retrying, *self.counts, self.error, n,
+        return [token, sub, self.retrying, *self.counts, self.error, len(self.progress),
+                *(x for pair in self.progress for x in pair), len(self.given_up),
                 *self.given_up]  # fmt: skip
 
 
 class Subscription:
-    """One subscriber's deliveries: a reader filling the lanes, each lane posting in order."""
+    """One subscriber's deliveries: a reader per stream filling the lanes, each lane posting
+    in order."""
 
     def __init__(
-        self, sub: Subscriber, start: int, cfg: DeliverySettings, r: Any, prefix: str,
+        self, source: Source, sub: Any, streams: list[Stream], cfg: DeliverySettings, r: Any,
         say: Callable[[str], None] = print,
     ) -> None:  # fmt: skip
-        self.sub, self.cfg, self.r, self.prefix, self.say = sub, cfg, r, prefix, say
+        self.source, self.sub, self.cfg, self.r, self.say = source, sub, cfg, r, say
+        self.streams = streams
         self.hook = Webhook(sub.secret)
-        self.channels = set(sub.channels)
-        self.window = Window(start)
+        self.wanted = source.wanted(sub)
         self.room = asyncio.Event()  # set when a lane finishes one (the window has room)
-        self.lanes: list[asyncio.Queue[Transition]] = [asyncio.Queue() for _ in range(cfg.lanes)]
+        self.lanes: list[asyncio.Queue[tuple[Window, Item]]] = [
+            asyncio.Queue() for _ in range(cfg.lanes)
+        ]
         self.tasks: list[asyncio.Task[None]] = []
         self.http: aiohttp.ClientSession | None = None
         # what the next commit writes, and what the last one wrote
@@ -195,7 +215,11 @@ class Subscription:
         self.retrying = 0
         self.error = ""
         self.given_up: list[bytes] = []
-        self.last = Commit(start, -1, (), "", [])  # (-1: the first commit writes "retrying")
+        self.last = Commit(self._progress(), -1, (), "", [])  # (-1: the first writes "retrying")
+
+    @property
+    def keys(self) -> list[str]:
+        return [s.key for s in self.streams]
 
     def start(self) -> None:
         self.http = aiohttp.ClientSession(
@@ -203,7 +227,7 @@ class Subscription:
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
             headers={"user-agent": "onestock-webhooks", "content-type": "application/json"},
         )
-        self.tasks = [asyncio.create_task(self._read())]
+        self.tasks = [asyncio.create_task(self._read(s)) for s in self.streams]
         self.tasks += [asyncio.create_task(self._lane(q)) for q in self.lanes]
         for task in self.tasks:
             task.add_done_callback(self._ended)
@@ -223,15 +247,21 @@ class Subscription:
             await self.http.close()
         self.retrying = 0
 
-    def caught_up(self, seq: int) -> bool:
-        return self.window.progress() >= seq
+    def caught_up(self, lasts: dict[str, Any]) -> bool:
+        """Whether every item up to ``lasts`` (per stream key) is done."""
+        return all(
+            lasts.get(s.key) is None or s.window.progress() >= lasts[s.key] for s in self.streams
+        )
 
     # -- commits ---------------------------------------------------------------------------
+
+    def _progress(self) -> tuple[tuple[str, str], ...]:
+        return tuple((s.field, self.source.dump(s.window.progress())) for s in self.streams)
 
     def pending(self) -> Commit | None:
         """What changed since the last commit; None when nothing did."""
         c = Commit(
-            self.window.progress(), self.retrying, tuple(self.counts.values()), self.error,
+            self._progress(), self.retrying, tuple(self.counts.values()), self.error,
             list(self.given_up),
         )  # fmt: skip
         last = self.last
@@ -250,53 +280,52 @@ class Subscription:
 
     # -- delivering ------------------------------------------------------------------------
 
-    async def _read(self) -> None:
+    async def _read(self, s: Stream) -> None:
         while True:
-            room = self.cfg.window - len(self.window)
+            room = self.cfg.window - sum(len(x.window) for x in self.streams)
             if room <= 0:
                 self.room.clear()
                 await self.room.wait()
                 continue
+            count = max(1, min(room, READ_COUNT) // self.source.per_entry)
             try:
-                got = await self.r.xread(
-                    {keys.FEED: f"{self.window.read}-0"},
-                    count=min(room, READ_COUNT), block=READ_BLOCK_MS,
-                )  # fmt: skip
+                got = await self.r.xread({s.key: s.after}, count=count, block=READ_BLOCK_MS)
             except TRANSIENT:  # Redis away: the deliverer says so
                 await asyncio.sleep(0.5)
                 continue
             for eid, f in got[0][1] if got else []:
-                self._take(transition(eid, f))
+                self._take(s, eid, f)
 
-    def _take(self, t: Transition) -> None:
-        self.window.read = t.seq
-        if t.channel in self.channels:
-            self.window.open(t.seq)
-            lane = zlib.crc32(f"{t.sku}{SEP}{t.channel}".encode()) % len(self.lanes)
-            self.lanes[lane].put_nowait(t)
+    def _take(self, s: Stream, eid: bytes, f: Any) -> None:
+        last, items = self.source.items(self.wanted, s.index, eid, f)
+        s.after = eid.decode()
+        for item in items:
+            if item.pos > s.window.read:  # (an entry done in part is read again: the rest)
+                s.window.open(item.pos)
+                self.lanes[zlib.crc32(item.key) % len(self.lanes)].put_nowait((s.window, item))
+        s.window.read = max(s.window.read, last)
 
-    async def _lane(self, queue: asyncio.Queue[Transition]) -> None:
+    async def _lane(self, queue: asyncio.Queue[tuple[Window, Item]]) -> None:
         while True:
-            t = await queue.get()
-            await self._deliver(t)
-            self.window.close(t.seq)
+            window, item = await queue.get()
+            await self._deliver(item)
+            window.close(item.pos)
             self.room.set()
 
-    async def _deliver(self, t: Transition) -> None:
-        """Post ``t`` until a 2xx or the budget is spent (then keep it, given up)."""
-        data = transition_json(t)
-        msg_id = f"{self.prefix}{t.seq}"
+    async def _deliver(self, item: Item) -> None:
+        """Post ``item`` until a 2xx or the budget is spent (then keep it, given up)."""
         failures, retried = 0, False
         try:
             while True:
-                error, retry_after = await self._post(msg_id, data)
+                error, retry_after = await self._post(item.msg_id, item.body)
                 if error is None:
                     self.counts["delivered"] += 1
                     return
                 failures += 1
-                self.error = f"{iso_ms(int(time.time() * 1000))} seq {t.seq}: {error}"
+                where = " ".join(f"{k} {v}" for k, v in item.where.items())
+                self.error = f"{iso_ms(int(time.time() * 1000))} {where}: {error}"
                 if failures >= self.cfg.attempts:
-                    self._give_up(t, data, failures, error)
+                    self._give_up(item, failures, error)
                     return
                 if not retried:
                     self.retrying, retried = self.retrying + 1, True
@@ -327,18 +356,19 @@ class Subscription:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return f"{type(exc).__name__}: {exc}"[:500], 0.0
 
-    def _give_up(self, t: Transition, data: bytes, attempts: int, error: str) -> None:
+    def _give_up(self, item: Item, attempts: int, error: str) -> None:
         self.counts["given_up"] += 1
         entry = {
-            "subscriber": self.sub.id, "seq": t.seq, "transition": orjson.loads(data),
+            "subscriber": self.sub.id, **item.where, self.source.body_name: orjson.loads(item.body),
             "attempts": attempts, "error": error, "given_up_at": iso_ms(int(time.time() * 1000)),
         }  # fmt: skip
         self.given_up.append(orjson.dumps(entry))
 
 
 class Deliverer:
-    """Delivers the feed to every subscriber of the loaded catalog while it holds the lease
-    (re-reading the subscribers when the catalog's version moves); trims the feed."""
+    """Delivers each source to every subscriber of the loaded catalog while it holds the
+    lease (following the subscribers when the catalog's version moves, and the shards once
+    they are fixed); trims the feed."""
 
     def __init__(
         self, url: str, say: Callable[[str], None] = print, cfg: DeliverySettings | None = None
@@ -346,23 +376,24 @@ class Deliverer:
         self.say = say
         self.cfg = cfg or DeliverySettings.from_env()
         store = Store.connect(url)
-        # the instance (a Redis dataset's own id) keeps ids unique if the feed starts again
-        self.prefix = f"msg_{instance_id(store)[:12]}_"
+        # the instance (a Redis dataset's own id) keeps ids unique if the dataset starts again
+        prefix = f"msg_{instance_id(store)[:12]}_"
         cluster = isinstance(store.r, RedisCluster)
         store.r.close()
         self.r: Any = (aredis.RedisCluster if cluster else aredis.Redis).from_url(url)
         self._lease = self.r.register_script(lua("lease"))
         self._write = self.r.register_script(lua("delivery_commit"))
+        self.sources: list[Source] = [FeedSource(prefix), RecordSource(prefix)]
         self.token: str | None = None
-        self.runs: dict[str, Subscription] = {}
-        self.version = -1  # the catalog version the runs follow
+        self.runs: dict[tuple[str, str], Subscription] = {}  # (source name, subscriber id)
+        self.version: Any = None  # (catalog version, shards) the runs follow
         self.renewed = self.trimmed = float("-inf")
         self.away = False
 
     async def run(self, stop: threading.Event, published: threading.Event | None = None) -> None:
         """Deliver until ``stop`` is set; then, once ``published`` is (the publisher's last
-        round), go on until every subscriber has what was published or ``drain_s`` passed;
-        then give the lease back."""
+        round), go on until every subscriber has what was published (and every record
+        written) or ``drain_s`` passed; then give the lease back."""
         try:
             while not stop.is_set():
                 await self.tick()
@@ -410,69 +441,85 @@ class Deliverer:
             if self.token is not None:
                 raise LeaseLost
             self.say("deliveries: delivering (this process holds the lease)")
-            self.token, self.version = token, -1
+            self.token, self.version = token, None
 
     async def _sync(self) -> None:
-        """Follow the catalog's subscribers: a changed or removed one is stopped (its
-        progress kept), a new or changed one starts from its progress (none: the feed's
-        start)."""
-        version = int(await self.r.get(keys.CATALOG_VERSION) or 0)
+        """Follow the catalog's subscribers of each source (and the shards, once fixed)."""
+        version = (await self.r.get(keys.CATALOG_VERSION), await self.r.get(keys.SHARDS))
         if version == self.version:
             return
         raw = await self.r.get(keys.CATALOG)
-        subs = {s.id: s for s in (catalog_decoder.decode(raw).subscribers if raw else [])}
-        for sid, run in list(self.runs.items()):
-            if subs.get(sid) != run.sub:
+        cat = catalog_decoder.decode(raw) if raw else None
+        for source in self.sources:
+            await self._follow(source, source.subscribers(cat) if cat else [])
+        self.version = version
+
+    async def _follow(self, source: Source, subscribers: Sequence[Any]) -> None:
+        """A changed or removed subscriber is stopped (its progress kept), a new or changed
+        one starts from its progress (none: the start of each stream)."""
+        streams = await source.streams(self.r)
+        subs = {s.id: s for s in subscribers} if streams else {}
+        for (name, sid), run in list(self.runs.items()):
+            if name == source.name and (subs.get(sid) != run.sub or run.keys != streams):
                 await run.close()
                 await self._commit(run)
-                del self.runs[sid]
-        new = [s for sid, s in subs.items() if sid not in self.runs]
-        if new:
-            starts = await self.r.hmget(keys.FEED_DELIVERED, [s.id for s in new])
-            for sub, start in zip(new, starts, strict=True):
-                run = Subscription(sub, int(start or 0), self.cfg, self.r, self.prefix, self.say)
-                run.start()
-                self.runs[sub.id] = run
-                self.say(f"deliveries: {sub.id} -> {sub.url} from seq {int(start or 0)}")
-        self.version = version
+                del self.runs[(name, sid)]
+        for sid, sub in subs.items():
+            if (source.name, sid) in self.runs:
+                continue
+            names = [source.field(sid, i) for i in range(len(streams))]
+            stored = await self.r.hmget(source.ks.progress, names)
+            starts = [source.start(v) for v in stored]
+            parts = [
+                Stream(i, key, name, source.resume(at), Window(at, source.before))
+                for i, (key, name, at) in enumerate(zip(streams, names, starts, strict=True))
+            ]
+            run = Subscription(source, sub, parts, self.cfg, self.r, self.say)
+            run.start()
+            self.runs[(source.name, sid)] = run
+            where = f"seq {starts[0]}" if len(starts) == 1 else f"{len(starts)} streams"
+            self.say(f"deliveries: {sid} -> {sub.url}: {source.name} from {where}")
 
     async def _commit(self, run: Subscription) -> None:
         c = run.pending()
         if c is None or self.token is None:
             return
-        ks = [keys.FEED_DELIVERY_LEASE, keys.FEED_DELIVERED, keys.FEED_DELIVERY_COUNTS,
-              keys.FEED_RETRYING, keys.FEED_DELIVERY_ERROR, keys.FEED_UNDELIVERED]  # fmt: skip
-        if not await self._write(keys=ks, args=c.args(self.token, run.sub.id)):
+        if not await self._write(keys=list(run.source.ks), args=c.args(self.token, run.sub.id)):
             raise LeaseLost
         run.committed(c)
 
     async def _trim(self) -> None:
-        """Trim the feed up to the least progress, keeping the last ``keep`` transitions."""
-        cut = int(await self.r.get(keys.FEED_SEQ) or 0) - self.cfg.keep
-        if self.runs:
-            done = await self.r.hmget(keys.FEED_DELIVERED, list(self.runs))
-            cut = min(cut, *(int(v or 0) for v in done))
-        if cut > 0:
-            await self.r.xtrim(keys.FEED, minid=f"{cut + 1}-0", approximate=False)
+        for source in self.sources:
+            subs = [sid for name, sid in self.runs if name == source.name]
+            await source.trim(self.r, self.cfg.keep, subs)
+
+    async def _lasts(self) -> dict[str, Any]:
+        """The place of the last item of every stream followed."""
+        out: dict[str, Any] = {}
+        for run in self.runs.values():
+            for key in run.keys:
+                if key not in out:
+                    out[key] = await run.source.last(self.r, key)
+        return out
 
     async def _drain(self, published: threading.Event | None) -> None:
-        """Deliver what was published (the publisher's last round included), ``drain_s`` at
-        most; nothing when another deliverer holds the lease."""
+        """Deliver what was published (the publisher's last round included) and written,
+        ``drain_s`` at most; nothing when another deliverer holds the lease."""
         deadline = time.monotonic() + self.cfg.drain_s
         while published is not None and not published.is_set():
             if time.monotonic() >= deadline:
                 return
             await asyncio.sleep(COMMIT_S)
-        last: int | None = None
+        lasts: dict[str, Any] | None = None
         while time.monotonic() < deadline:
             await self.tick()
             if self.token is None:
                 return
             try:
-                last = int(await self.r.get(keys.FEED_SEQ) or 0) if last is None else last
+                lasts = await self._lasts() if lasts is None else lasts
             except TRANSIENT:
                 pass
-            if last is not None and all(run.caught_up(last) for run in self.runs.values()):
+            if lasts is not None and all(run.caught_up(lasts) for run in self.runs.values()):
                 return
             await asyncio.sleep(COMMIT_S)
 
@@ -489,7 +536,7 @@ class Deliverer:
             except (LeaseLost, *TRANSIENT):
                 pass  # the next deliverer starts from the last commit
         self.runs.clear()
-        self.token, self.version = None, -1
+        self.token, self.version = None, None
 
 
 def run(

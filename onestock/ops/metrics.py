@@ -82,6 +82,11 @@ class FeedFigures(msgspec.Struct):
     retrying: dict[str, int] = {}  # subscriber -> transitions being retried now
     lag: dict[str, int] = {}  # subscriber of the catalog -> transitions not done yet
     undelivered: int = 0  # deliveries given up, kept in keys.FEED_UNDELIVERED
+    # the fulfilment records' webhooks (the catalog's record_subscribers), likewise
+    record_deliveries: dict[str, int] = {}  # "<subscriber>:<outcome>" -> count
+    record_retrying: dict[str, int] = {}  # subscriber -> records being retried now
+    record_subscribers: list[str] = []  # the catalog's
+    record_undelivered: int = 0  # kept in keys.RECORD_UNDELIVERED
 
 
 class Figures(msgspec.Struct):
@@ -189,6 +194,9 @@ class Reader:
             pipe.hgetall(key)
         pipe.hgetall(keys.FEED_RETRYING)
         pipe.xlen(keys.FEED_UNDELIVERED)
+        pipe.hgetall(keys.RECORD_DELIVERY_COUNTS)
+        pipe.hgetall(keys.RECORD_RETRYING)
+        pipe.xlen(keys.RECORD_UNDELIVERED)
         return pipe.execute()
 
     def _backlog(self, lengths: list[int], marks: list[bytes | None]) -> list[int]:
@@ -276,7 +284,8 @@ def _ints(h: dict[bytes, bytes]) -> dict[str, int]:
 def _feed(got: list[Any], cat: Catalog | None) -> FeedFigures:
     """The feed's figures from ``_fetch``'s last answers. Transitions counted before the
     publisher counted them by status (none on a fresh install) show as status "unknown"."""
-    seq_b, counts, delivered_counts, progress, retrying, undelivered = got
+    seq_b, counts, delivered_counts, progress, retrying, undelivered, *records = got
+    r_counts, r_retrying, r_undelivered = records
     seq = int(seq_b or 0)
     transitions = _ints(counts)
     if seq > sum(transitions.values()):
@@ -286,7 +295,10 @@ def _feed(got: list[Any], cat: Catalog | None) -> FeedFigures:
     return FeedFigures(
         seq=seq, transitions=transitions, deliveries=_ints(delivered_counts),
         retrying=_ints(retrying), lag={s: max(0, seq - done.get(s, 0)) for s in subs},
-        undelivered=int(undelivered),
+        undelivered=int(undelivered), record_deliveries=_ints(r_counts),
+        record_retrying=_ints(r_retrying),
+        record_subscribers=[s.id for s in cat.record_subscribers] if cat else [],
+        record_undelivered=int(r_undelivered),
     )  # fmt: skip
 
 
@@ -480,6 +492,36 @@ def _feed_families(f: Figures) -> Iterator[Metric]:
     )
 
 
+def _record_delivery_families(feed: FeedFigures) -> Iterator[Metric]:
+    """The fulfilment records' webhook deliveries (docs/downstream.md), as the feed's: each
+    record subscriber of the catalog has every outcome from 0."""
+    subs = feed.record_subscribers
+    d = CounterMetricFamily(
+        "onestock_record_webhook_deliveries",
+        "Webhook deliveries of fulfilment records, by record subscriber and outcome "
+        "(delivered, retried: a try after a failed one, given_up: kept undelivered).",
+        labels=["subscriber", "outcome"],
+    )
+    counts = {f"{s}:{o}": 0 for s in subs for o in DELIVERY_OUTCOMES} | feed.record_deliveries
+    for label, n in sorted(counts.items()):
+        sub, _, outcome = label.rpartition(":")
+        d.add_metric([sub, outcome], n)
+    yield d
+    retrying = GaugeMetricFamily(
+        "onestock_record_webhook_retrying",
+        "Records being retried now, per record subscriber.",
+        labels=["subscriber"],
+    )
+    for sub, n in sorted((dict.fromkeys(subs, 0) | feed.record_retrying).items()):
+        retrying.add_metric([sub], n)
+    yield retrying
+    yield GaugeMetricFamily(
+        "onestock_record_webhook_undelivered",
+        "Record deliveries given up and kept (onestock deliveries --undelivered).",
+        feed.record_undelivered,
+    )
+
+
 def families(f: Figures) -> Iterator[Metric]:
     """The Prometheus metric families of one reading (docs/ops.md "Metrics" lists them)."""
     g = GaugeMetricFamily("onestock_redis_up", "1 when the last reading of Redis worked.")
@@ -491,6 +533,7 @@ def families(f: Figures) -> Iterator[Metric]:
     yield from _stock_families(f)
     yield from _movement_families(f)
     yield from _feed_families(f)
+    yield from _record_delivery_families(f.feed)
 
 
 class PipelineCollector(Collector):
