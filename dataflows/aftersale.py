@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from dataflows.gifts import Settler
 from onestock.domain import events
-from onestock.domain.protocol import SEP, Code, ProtocolError, code_of
+from onestock.domain.protocol import RS, SEP, Code, ProtocolError, code_of
 from onestock.domain.records import pack
 from state import keys
 from state.conn import Waiter, parse_id
@@ -76,8 +76,11 @@ class _Counted(NamedTuple):
 
 
 def _digest(r: events.Return) -> str:
-    """A return's identity: the same order, location and lines are the same return."""
+    """A return's identity: its ``return_id`` when it has one, else the same order, location
+    and lines are the same return."""
     key = SEP.join([r.order_id, r.location, *(f"{ln.sku}:{ln.qty}" for ln in r.lines)])
+    if r.return_id is not None:  # (RS: no line can hold it, so no return without one matches)
+        key = f"{key}{RS}{r.return_id}"
     return hashlib.sha1(key.encode()).hexdigest()[:24]
 
 

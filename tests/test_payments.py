@@ -242,3 +242,23 @@ def test_unpaid_orders_expire_exactly_once_through_kill_9(
     assert len(reasons) == 50 and all("after the payment deadline" in r for r in reasons)
     audit = ops.audit(store, SHARDS, {s["sku"]: s["stock"] for s in cat["skus"]})
     assert audit.oversold == 0 and audit.duplicates == 0
+
+
+def test_two_refunds_of_the_same_lines_are_two_returns_by_their_return_id(store: Store) -> None:
+    """Shopify sends one refunds/create per refund: two refunds of one unit each, to one
+    location, are two returns (their ids differ); a copy of either is still a copy."""
+    p = Pipe(store, setup(store, catalog()))
+    p.push(order("o1", ("SOCKS", 2), lat=31.2, lon=121.5, paid_at=iso_ms(now_ms())))
+    p.decide()
+    assert socks(store) == 98
+
+    def ret(rid: str) -> dict[str, Any]:
+        return {"type": "return", "order_id": "o1", "return_id": rid, "location": "wh-sh",
+                "lines": [{"sku": "SOCKS", "qty": 1}]}  # fmt: skip
+
+    p.push(ret("refund-1"), ret("refund-1"))
+    p.decide()
+    p.push(ret("refund-2"), ret("refund-1"))
+    p.decide()
+    assert socks(store) == 100
+    assert len(list(ops.returns(store, SHARDS))) == 2 and dead(store) == []

@@ -103,6 +103,9 @@ class Return(msgspec.Struct, gc=False):
     lines: Annotated[list[Line], Meta(min_length=1, max_length=1000)]
     location: NonEmpty
     type: Literal["return"] = "return"
+    # the marketplace's id of the refund or return, when it has one: two returns of the same
+    # lines to one location are then two returns, not a copy (``aftersale._digest``)
+    return_id: NonEmpty | None = None
 
 
 _return_decoder = msgspec.json.Decoder(Return)
@@ -340,6 +343,8 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
             return Dead(text_of(raw), f"not a return: {exc}")
         texts = [("location", ret.location)]
         texts += [(f"lines[{i}].sku", ln.sku) for i, ln in enumerate(ret.lines)]
+        if ret.return_id is not None:
+            texts.append(("return_id", ret.return_id))
         for path, value in texts:
             problem = text_problem(value)
             if problem is not None:
