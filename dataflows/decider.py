@@ -42,6 +42,8 @@ _FINAL = frozenset(c.value for c in (Code.ACCEPTED, Code.REJECTED, Code.BUCKET_S
 # the metric tags of after-sale records (onestock.domain.meter: no latency buckets)
 _CANCEL_TAG = f"{meter.NONE}{meter.NONE}{Code.CANCELLATION}"
 _RETURN_TAG = f"{meter.NONE}{meter.NONE}{Code.RETURN}"
+_PAID_TAG = f"{meter.NONE}{meter.NONE}{Code.PAID}"
+_EXPIRED_TAG = f"{meter.NONE}{meter.NONE}{Code.EXPIRED}"
 
 
 class Decided(msgspec.Struct):
@@ -236,7 +238,9 @@ class Decider:
         if after is None:
             after = self._after[shard] = self.wait.call(self.store.shards.watermark, shard) or ""
         decided = str(int(time.time() * 1000))
-        return Decided(shard, "0-0", self.payments.expire(shard, after, [], set(), decided), [])
+        expired = self.payments.expire(shard, after, [], set(), decided)
+        tags = [_EXPIRED_TAG] * (len(expired) // 3)
+        return Decided(shard, "0-0", expired, [], (0, 0, 0, 0, tags) if expired else None)
 
     def _process(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
         """The batch's phases, each named by what it hands on (every phase is one call per
@@ -285,7 +289,7 @@ class Decider:
                 shard, batch.paids, self.view.campaign_skus, decided, batch.dead
             )
             records += paid
-            tags += [""] * (len(paid) // 3)
+            tags += [_PAID_TAG] * (len(paid) // 3)
             self._seen[shard] = max(
                 self._seen.get(shard, -1), *(p.paid_ms for *_, p in batch.paids)
             )
@@ -294,7 +298,7 @@ class Decider:
         gone = [k[len(keys.REG_STATE) :] for k in paid[::3]]  # paid: out of the deadlines
         expired = self.payments.expire(shard, last_id, new, busy, decided, gone)
         records += expired
-        tags += [""] * (len(expired) // 3)
+        tags += [_EXPIRED_TAG] * (len(expired) // 3)
         self._after[shard] = last_id
         return Decided(shard, last_id, records, batch.dead, sums)
 

@@ -262,3 +262,18 @@ def test_two_refunds_of_the_same_lines_are_two_returns_by_their_return_id(store:
     p.decide()
     assert socks(store) == 100
     assert len(list(ops.returns(store, SHARDS))) == 2 and dead(store) == []
+
+
+def test_payments_and_expiries_are_counted_once_in_the_metrics(store: Store) -> None:
+    from onestock.ops.metrics import Reader
+
+    p = Pipe(store, setup(store, catalog()))
+    p.push(pending("paid", now_ms() + 3_600_000), pending("lapses", now_ms() + 200))
+    p.decide()
+    p.push(paid("paid"), paid("paid"))
+    time.sleep(0.3)
+    p.decide()
+    p.decide()
+    f = Reader(store).read()
+    assert (f.payments, f.expiries) == (1, 1)
+    assert f.decisions["reserved"] == 2

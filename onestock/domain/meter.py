@@ -20,6 +20,7 @@ NONE = "-"  # no observation (an order without a usable paid_at; not an order at
 FIELD = "m"  # a tag's field in the shard's counters hash: FIELD + tag
 ACCEPTED, REJECTED, CANCELLED = Code.ACCEPTED, Code.REJECTED, Code.CANCELLED  # (+ reason)
 CANCELLATION, RETURN = Code.CANCELLATION, Code.RETURN  # after-sale records
+PAID, EXPIRED = Code.PAID, Code.EXPIRED  # a reserved order's later versions
 
 
 def bucket(ms: int) -> str:

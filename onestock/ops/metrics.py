@@ -113,6 +113,8 @@ class Figures(msgspec.Struct):
     campaigns: list[CampaignFigures]
     oversold: int  # units below zero + gifts past first_n: must be 0
     movements: dict[str, int] = {}  # "<kind>:<applied|refused>" -> movement records
+    payments: int = 0  # reserved orders paid in time (accepted)
+    expiries: int = 0  # reserved orders expired unpaid (units given back)
     feed: FeedFigures = msgspec.field(default_factory=FeedFigures)
 
     @property
@@ -168,6 +170,7 @@ class Reader:
         return Figures(
             at=now, shards=k, decisions=tally.decisions,
             cancellations=after[meter.CANCELLATION], returns=after[meter.RETURN],
+            payments=after[meter.PAID], expiries=after[meter.EXPIRED],
             records=totals["records"], dead=totals["dead"], trimmed=totals["trimmed"],
             received=tally.received, paid=tally.paid,
             sum_received_ms=totals["sum_r"], sum_paid_ms=totals["sum_p"],
@@ -222,7 +225,9 @@ class _Tally:
         self.decisions: dict[str, int] = {}
         self.received, self.paid = [0] * NB, [0] * NB
         self.totals = {"records": 0, "dead": 0, "trimmed": 0, "sum_r": 0, "sum_p": 0}
-        self.after: dict[str, int] = {meter.CANCELLATION: 0, meter.RETURN: 0}
+        self.after: dict[str, int] = {
+            meter.CANCELLATION: 0, meter.RETURN: 0, meter.PAID: 0, meter.EXPIRED: 0
+        }  # fmt: skip
         self.movements: dict[str, int] = {}  # "<kind>:<applied|refused>" -> records
 
     def add(self, counts: dict[bytes, bytes]) -> None:
@@ -360,6 +365,12 @@ def _outcome_families(f: Figures) -> Iterator[Metric]:
         "onestock_cancellations", "Cancellations of orders accepted before.", f.cancellations
     )
     yield CounterMetricFamily("onestock_returns", "Returns accepted (units restocked).", f.returns)
+    yield CounterMetricFamily(
+        "onestock_payments", "Reserved orders paid by their deadline (now accepted).", f.payments
+    )
+    yield CounterMetricFamily(
+        "onestock_expiries", "Reserved orders expired unpaid (units given back).", f.expiries
+    )
     yield CounterMetricFamily("onestock_records", "Fulfilment records written.", f.records)
     yield CounterMetricFamily("onestock_dead_letters", "Events kept as dead letters.", f.dead)
     yield CounterMetricFamily(
