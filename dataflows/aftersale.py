@@ -241,7 +241,7 @@ class Aftersale:
             # releases no gift for the order (and puts back one it took)
             self.wait.call(self.store.shards.mark_cancelling, shard, [oid for oid, _ in undo])
         removed = self.undo(undo) if undo else {}
-        self._return_gifts([(oid, res) for oid, res in undo if removed.get(oid, 0) == 0])
+        self.return_gifts([(oid, res) for oid, res in undo if removed.get(oid, 0) == 0])
         return out
 
     def returns(
@@ -387,7 +387,7 @@ class Aftersale:
             removed[oid] = removed.get(oid, 0) + int(got[0])
         return removed
 
-    def _return_gifts(self, orders: list[tuple[str, str]]) -> None:
+    def return_gifts(self, orders: list[tuple[str, str]]) -> None:
         """Cancelled orders (id, accepted outcome) of a campaign SKU that were no longer
         candidates: a gift taken for them goes back (a gift not taken yet is given back by
         the settler when it meets the cancellation)."""

@@ -17,6 +17,7 @@ from dataflows import buckets
 from dataflows.aftersale import Aftersale
 from dataflows.buckets import BucketPlan
 from dataflows.cross_slot import Rules, StaleCatalog, decide_cross
+from dataflows.fulfilment import Fulfilments, Places
 from dataflows.gifts import Settler
 from dataflows.movements import Item as MovementItem
 from dataflows.movements import Movements
@@ -69,6 +70,7 @@ class _Batch(NamedTuple):
     seen: int  # the greatest paid_at (ms) of the batch's valid orders, -1 if none
     movements: list[MovementItem]  # (entry id, movement) in arrival order
     paids: list[tuple[str, bytes, events.Paid]]  # (entry id, raw, payment) in arrival order
+    fulfilments: list[tuple[str, bytes, events.Fulfilment]]  # likewise
 
 
 class _Prelude(NamedTuple):
@@ -146,6 +148,10 @@ class _View:
         self.campaign_skus = {c.sku for c in catalog.campaigns}
         self.buckets = BucketPlan(catalog, list(self.router.ids), self.floors)
         self.payment_deadline_ms = catalog.payment_deadline_s * 1000  # a pending order's default
+        coords = {loc.id: (loc.lat, loc.lon) if loc.lat is not None else None
+                  for loc in catalog.locations}  # fmt: skip
+        # what re-routing a rejected shipment needs (dataflows/fulfilment.py)
+        self.places = Places(self.router, coords, dict(self.floors), list(self.router.ids))  # type: ignore[arg-type]
 
 
 class Decider:
@@ -163,6 +169,7 @@ class Decider:
         self.aftersale = Aftersale(store, self.wait, self.settler)
         self.movements = Movements(store, self.wait)
         self.payments = Payments(store, self.wait, self.aftersale)
+        self.fulfilments = Fulfilments(store, self.wait, self.aftersale)
         self._pending: dict[str, int] = {}  # the batch's pending orders -> deadline ms
         self._after: dict[int, str] = {}  # per shard: the last entry id this process decided
         self._paid: dict[str, int] = {}  # paid_at ms of the batch's orders sent to Lua
@@ -295,6 +302,13 @@ class Decider:
             )
         busy = {*batch.firsts, *batch.cancels, *(r.order_id for *_, r in batch.returns)}
         busy.update(p.order_id for *_, p in batch.paids)
+        if batch.fulfilments:  # (none of their orders has another event here: segments)
+            shipped = self.fulfilments.apply(
+                shard, batch.fulfilments, self.view.places, decided, batch.dead
+            )
+            records += shipped
+            tags += [""] * (len(shipped) // 3)
+            busy.update(f.order_id for *_, f in batch.fulfilments)
         gone = [k[len(keys.REG_STATE) :] for k in paid[::3]]  # paid: out of the deadlines
         expired = self.payments.expire(shard, last_id, new, busy, decided, gone)
         records += expired
@@ -343,6 +357,7 @@ class Decider:
         returns: list[tuple[str, bytes, events.Return]] = []
         movements: list[MovementItem] = []
         paids: list[tuple[str, bytes, events.Paid]] = []
+        fulfilments: list[tuple[str, bytes, events.Fulfilment]] = []
         seen = -1
         decode, Dead, Valid, Cancel = events.decode, events.Dead, events.Valid, events.Cancel
         for eid, raw in entries:
@@ -364,9 +379,11 @@ class Decider:
                 movements.append((eid, d))  # type: ignore[arg-type]
             elif cls is events.Paid:
                 paids.append((eid, raw, d))  # type: ignore[arg-type]
+            elif cls is events.Fulfilment:
+                fulfilments.append((eid, raw, d))  # type: ignore[arg-type]
             elif d.order_id not in firsts:  # type: ignore[union-attr]
                 firsts[d.order_id] = (eid, d)  # type: ignore[union-attr]
-        return _Batch(firsts, cancels, returns, dead, seen, movements, paids)
+        return _Batch(firsts, cancels, returns, dead, seen, movements, paids, fulfilments)
 
     def _prelude(
         self,

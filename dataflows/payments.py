@@ -45,19 +45,20 @@ _ALREADY_PAID = ""
 
 
 def segments(entries: list[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
-    """The batch in parts such that an order with a ``paid`` event in a part has no other
-    event there (the payment then meets the order as earlier parts left it, whatever the
-    batching). Batches without a payment are one part (a byte test, no decoding)."""
-    if not any(b'"paid"' in raw for _, raw in entries):
+    """The batch in parts such that an order with a ``paid`` or a ``fulfilment`` event in a
+    part has no other event there (it then meets the order as earlier parts left it,
+    whatever the batching). Batches without either are one part (a byte test, no
+    decoding)."""
+    if not any(b'"paid"' in raw or b'"fulfilment"' in raw for _, raw in entries):
         yield entries
         return
     start = 0
     named: set[str] = set()  # the order ids of the part's events
-    paid: set[str] = set()  # those with a payment in the part
+    paid: set[str] = set()  # those with a payment or a fulfilment event in the part
     for i, (_, raw) in enumerate(entries):
         d = events.decode(raw)
         oid = _order_id(d)
-        is_paid = d.__class__ is events.Paid
+        is_paid = d.__class__ is events.Paid or d.__class__ is events.Fulfilment
         if oid is not None and ((is_paid and oid in named) or oid in paid):
             yield entries[start:i]
             start, named, paid = i, set(), set()

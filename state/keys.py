@@ -56,6 +56,15 @@ REG_MOVEMENT = "\x00M:"  # + movement id: its record is written (one per movemen
 # expiry): emit.lua writes it with the record, and the order's own field then holds its
 # current outcome (dataflows/payments.py)
 REG_STATE = "\x00s:"
+# + order id SEP location: what the location said of its shipment of the order ("shipped",
+# "picked_up", "rejected"; dataflows/fulfilment.py)
+REG_SHIPMENT = "\x00f:"
+# + order id SEP location: the record of the units a rejecting location wrote off (to the
+# movements stream, like a movement's record)
+REG_WRITE_OFF = "\x00W:"
+# + order id SEP version: a re-route's outcome in a slot (reroute.lua, in the decision hash
+# of the slot's first SKU)
+DEC_REROUTE = "\x00rr:"
 REG_PENDING = "\x00p:"  # + order id: a reserved order's channel SEP delivery mode (payments.lua)
 DEC_UNDONE = "\x00u:"  # + order id: a cancel gave the order's units of the SKU back
 DEC_RETURN = "\x00r:"  # + return digest: that return was applied to the SKU

@@ -28,6 +28,7 @@ from state.buckets import Buckets, split
 from state.campaigns import Campaigns
 from state.conn import Redis, connect, lua
 from state.feed import Feed
+from state.fulfilment import Shipments
 from state.movements import Movements
 from state.payments import Payments
 from state.shards import Shards
@@ -53,6 +54,7 @@ class Store:
         self.campaigns = Campaigns(client, self.touched)
         self.movements = Movements(client, self.touched)
         self.payments = Payments(client)
+        self.shipments = Shipments(client, self.touched)
         self.feed = Feed(client)
         self._camps: tuple[int, set[str]] | None = None  # (catalog version, campaign SKUs)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -123,6 +124,23 @@ class Paid(msgspec.Struct, gc=False):
 
 _paid_decoder = msgspec.json.Decoder(Paid)
 
+FULFILMENT_STATUSES = ("shipped", "picked_up", "rejected")
+
+
+class Fulfilment(msgspec.Struct, gc=False):
+    """``{"type": "fulfilment", "order_id", "location", "status", "reason"}``: the location
+    shipped (or handed over) its shipment of the order, or cannot serve it (``rejected``:
+    the order is re-routed, dataflows/fulfilment.py)."""
+
+    order_id: str
+    location: NonEmpty
+    status: Literal["shipped", "picked_up", "rejected"]
+    reason: NonEmpty | None = None
+    type: Literal["fulfilment"] = "fulfilment"
+
+
+_fulfilment_decoder = msgspec.json.Decoder(Fulfilment)
+
 MOVEMENT_KINDS = ("receipt", "sale", "adjustment", "transfer", "count")
 MAX_MOVED = 10**9  # the most units one line of a movement may move
 
@@ -159,7 +177,7 @@ class BadMovement(msgspec.Struct, gc=False):
 
 _movement_decoder = msgspec.json.Decoder(Movement)
 
-Decoded = Valid | Invalid | Dead | Cancel | Return | Paid | Movement | BadMovement
+Decoded = Valid | Invalid | Dead | Cancel | Return | Paid | Fulfilment | Movement | BadMovement
 
 
 def text_of(raw: bytes | str) -> str:
@@ -336,23 +354,9 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
     kind = obj.get("type")
     if kind == "cancel":
         return Cancel(oid)
-    if kind == "return":
-        try:
-            ret = _return_decoder.decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            return Dead(text_of(raw), f"not a return: {exc}")
-        texts = [("location", ret.location)]
-        texts += [(f"lines[{i}].sku", ln.sku) for i, ln in enumerate(ret.lines)]
-        if ret.return_id is not None:
-            texts.append(("return_id", ret.return_id))
-        for path, value in texts:
-            problem = text_problem(value)
-            if problem is not None:
-                return Dead(text_of(raw), f"not a return: {path}: {problem} - at `$.{path}`")
-        ret.lines = merge_lines(ret.lines)
-        return ret
-    if kind == "paid":
-        return _paid(raw)
+    typed = _TYPED.get(kind) if isinstance(kind, str) else None
+    if typed is not None:
+        return typed(raw)
     if kind not in (None, "order"):
         return Dead(text_of(raw), f"unsupported event type {kind!r}")
     channel = obj.get("channel")
@@ -363,6 +367,25 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
         _shown(paid_at) if isinstance(paid_at, str) else None,
         _shown(error),  # (msgspec's message may quote the bad value)
     )
+
+
+def _return(raw: bytes | str) -> Return | Dead:
+    """A return event checked whole; one that cannot be read is a dead letter naming the
+    field."""
+    try:
+        ret = _return_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return Dead(text_of(raw), f"not a return: {exc}")
+    texts = [("location", ret.location)]
+    texts += [(f"lines[{i}].sku", ln.sku) for i, ln in enumerate(ret.lines)]
+    if ret.return_id is not None:
+        texts.append(("return_id", ret.return_id))
+    for path, value in texts:
+        problem = text_problem(value)
+        if problem is not None:
+            return Dead(text_of(raw), f"not a return: {path}: {problem} - at `$.{path}`")
+    ret.lines = merge_lines(ret.lines)
+    return ret
 
 
 def _paid(raw: bytes | str) -> Paid | Dead:
@@ -381,6 +404,29 @@ def _paid(raw: bytes | str) -> Paid | Dead:
         )
     p.paid_ms = ms
     return p
+
+
+def _fulfilment(raw: bytes | str) -> Fulfilment | Dead:
+    """A fulfilment event checked whole; one that cannot be read is a dead letter naming
+    the field (it changes nothing)."""
+    try:
+        f = _fulfilment_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return Dead(text_of(raw), f"not a fulfilment: {exc}")
+    texts = [("location", f.location)] + ([("reason", f.reason)] if f.reason else [])
+    for path, value in texts:
+        problem = text_problem(value)
+        if problem is not None:
+            return Dead(text_of(raw), f"not a fulfilment: {path}: {problem} - at `$.{path}`")
+    return f
+
+
+# the events of a type other than an order or a cancel, read by type (each says what is wrong)
+_TYPED: dict[str, Callable[[bytes | str], Decoded]] = {
+    "return": _return,
+    "paid": _paid,
+    "fulfilment": _fulfilment,
+}
 
 
 def movement(raw: bytes | str, obj: dict[str, object]) -> Movement | BadMovement | Dead:

@@ -8,7 +8,9 @@ from onestock.domain.types import MovementRecord
 
 # movement.lua's ops: what a line does at its location
 IN, OUT, MOVE, COUNT = "in", "out", "move", "count"
-_OPS = {"receipt": IN, "sale": OUT, "transfer": MOVE, "count": COUNT}
+# (a write-off: the units a location that rejected its shipment was holding for the order,
+# recorded by the dataflow, never an input kind)
+_OPS = {"receipt": IN, "sale": OUT, "transfer": MOVE, "count": COUNT, "write_off": OUT}
 
 
 def op_of(kind: str, qty: int) -> tuple[str, int]:

@@ -69,7 +69,8 @@ local CHUNK = 4000
 local argv, call, unpack, byte, sub = ARGV, redis.call, unpack, string.byte, string.sub
 local HELD_BYTE, CAMPAIGN_REJECTED_BYTE = byte(HELD), byte(CAMPAIGN_REJECTED)
 local NO_BUCKET = byte('-') -- a metric tag's latency bucket when it has none
-local PREFIX = #REG_EARLY_CANCEL -- (as long as REG_CANCEL, REG_RETURN, REG_MOVEMENT, REG_STATE)
+local PREFIX = #REG_EARLY_CANCEL -- (as long as REG_CANCEL, REG_RETURN, REG_MOVEMENT, REG_STATE,
+--                                    REG_WRITE_OFF)
 local VERSIONED = '^(%d+)' .. SEP .. '(.+)$' -- a REG_STATE record's value: version SEP outcome
 
 local function id_lt(a, b)
@@ -192,7 +193,7 @@ local function sort_fresh(fresh, recs_in, tags_in)
         if prefix == REG_EARLY_CANCEL then no_early = false; call('HDEL', KEYS[K_REGISTRY], REG_NO_EARLY) end
       elseif prefix == REG_RETURN then
         w.returned[#w.returned + 1] = rec
-      elseif prefix == REG_MOVEMENT then
+      elseif prefix == REG_MOVEMENT or prefix == REG_WRITE_OFF then -- (a write-off: dataflows/fulfilment.py)
         w.moved[#w.moved + 1] = rec
       else
         if prefix == REG_CANCEL then call('HDEL', KEYS[K_HELD], sub(oid, PREFIX + 1)) end

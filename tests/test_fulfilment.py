@@ -1,0 +1,174 @@
+"""Fulfilment feedback: shipped, picked up, and a rejected shipment re-routed (or the order
+rejected), with the rejecting location's units written off (docs/fulfilment.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from onestock import burst
+from onestock.domain import sharding
+from onestock.ops import services as ops
+from state.store import Store
+from tests.helpers import order
+from tests.test_gifts import SHARDS, setup
+from tests.test_payments import Pipe, dead, versions
+
+LOADED = {"SOCKS": {"wh-sh": 10, "st-hz": 2, "wh-bj": 10}, "HAT": {"wh-sh": 1, "st-hz": 1}}
+
+
+def catalog() -> dict[str, Any]:
+    return {
+        "channels": [{"id": "tmall"}],
+        "locations": [
+            {"id": "wh-sh", "lat": 31.23, "lon": 121.47},
+            {"id": "st-hz", "kind": "store", "lat": 30.27, "lon": 120.15},
+            {"id": "wh-bj", "lat": 39.9, "lon": 116.4, "safety_stock": 1},
+        ],
+        "skus": [{"sku": s, "stock": dict(v)} for s, v in LOADED.items()],
+    }
+
+
+def buy(oid: str, *lines: tuple[str, int]) -> dict[str, Any]:
+    return order(oid, *lines, lat=31.2, lon=121.5)
+
+
+def said(oid: str, location: str, status: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "fulfilment", "order_id": oid, "location": location, "status": status,
+            **extra}  # fmt: skip
+
+
+def where(rec: Any) -> list[tuple[str, str, int]]:
+    return [(s.location, ln.sku, ln.qty) for s in rec.shipments for ln in s.lines]
+
+
+def levels(store: Store) -> dict[str, dict[str, int]]:
+    return store.skus.stock_levels(list(LOADED))
+
+
+def conserved(store: Store) -> None:
+    audit = ops.audit(store, SHARDS, LOADED)
+    assert audit.oversold == 0 and audit.duplicates == 0
+
+
+def test_a_shipped_shipment_stays_and_cannot_be_rejected_after(store: Store) -> None:
+    p = Pipe(store, setup(store, catalog()))
+    p.push(buy("o1", ("SOCKS", 2)))
+    p.decide()
+    p.push(said("o1", "wh-sh", "shipped"))
+    p.decide()
+    p.push(said("o1", "wh-sh", "shipped"), said("o1", "wh-sh", "rejected"))  # copy; too late
+    p.decide()
+    assert [(r.status, r.version) for r in versions(store)["o1"]] == [("accepted", 1)]
+    assert dead(store) == [
+        "fulfilment refused: its shipment at 'wh-sh' was shipped before - at `$.location`"
+    ]
+    assert levels(store)["SOCKS"] == {"wh-sh": 8, "st-hz": 2, "wh-bj": 10}
+    conserved(store)
+
+
+def test_a_rejected_shipment_goes_to_the_next_location_and_its_units_are_written_off(
+    store: Store,
+) -> None:
+    p = Pipe(store, setup(store, catalog()))
+    p.push(buy("o1", ("SOCKS", 2)))
+    p.decide()
+    p.push(said("o1", "wh-sh", "rejected", reason="shelf empty"))
+    p.decide()
+    recs = versions(store)["o1"]
+    assert [(r.status, r.version) for r in recs] == [("accepted", 1), ("accepted", 2)]
+    assert where(recs[1]) == [("st-hz", "SOCKS", 2)]  # nearest to wh-sh with the units
+    assert levels(store)["SOCKS"] == {"wh-sh": 8, "st-hz": 0, "wh-bj": 10}  # 2 written off
+    (off,) = list(ops.movements(store, SHARDS))
+    assert (off.kind, off.location, off.status) == ("write_off", "wh-sh", "applied")
+    assert [(ln.sku, ln.qty) for ln in off.lines] == [("SOCKS", 2)]
+    assert off.detail == "wh-sh rejected its shipment of o1: shelf empty"
+    conserved(store)
+    p.push(said("o1", "st-hz", "rejected"))  # never back to wh-sh, which rejected it
+    p.decide()
+    recs = versions(store)["o1"]
+    assert [(r.status, r.version) for r in recs][-1] == ("accepted", 3)
+    assert where(recs[-1]) == [("wh-bj", "SOCKS", 2)]
+    assert levels(store)["SOCKS"] == {"wh-sh": 8, "st-hz": 0, "wh-bj": 8}
+    conserved(store)
+    p.push({"type": "cancel", "order_id": "o1"})  # a cancel gives back the latest shipments
+    p.decide()
+    assert levels(store)["SOCKS"] == {"wh-sh": 8, "st-hz": 0, "wh-bj": 10}
+    assert [r.status for r in ops.records(store, SHARDS)] == ["cancelled"]
+    conserved(store)
+
+
+def test_only_the_rejected_location_moves_and_no_one_left_rejects_the_order(
+    store: Store,
+) -> None:
+    p = Pipe(store, setup(store, catalog()))
+    p.push(buy("o1", ("HAT", 2), ("SOCKS", 1)))  # no location has 2 HATs: split
+    p.decide()
+    first = versions(store)["o1"][0]
+    assert sorted(where(first)) == [("st-hz", "HAT", 1), ("wh-sh", "HAT", 1), ("wh-sh", "SOCKS", 1)]
+    p.push(said("o1", "st-hz", "rejected"))
+    p.decide()
+    second = versions(store)["o1"][1]
+    # st-hz's HAT goes nowhere else (wh-sh has none left): the order is rejected, wh-sh's
+    # units come back, st-hz's HAT is written off
+    assert (second.status, second.reason, second.version) == ("rejected", "sold_out", 2)
+    assert levels(store) == {
+        "SOCKS": {"wh-sh": 10, "st-hz": 2, "wh-bj": 10},
+        "HAT": {"wh-sh": 1, "st-hz": 0},
+    }
+    conserved(store)
+
+
+def test_refusals_and_copies(store: Store) -> None:
+    p = Pipe(store, setup(store, catalog()))
+    p.push(buy("o1", ("SOCKS", 1)), buy("o2", ("SOCKS", 1)))
+    p.decide()
+    p.push({"type": "cancel", "order_id": "o2"})
+    p.decide()
+    p.push(
+        said("o1", "wh-bj", "shipped"),
+        said("nobody", "wh-sh", "rejected"),
+        said("o2", "wh-sh", "rejected"),
+        {"type": "fulfilment", "order_id": "o1", "location": "wh-sh", "status": "lost"},
+    )
+    p.decide()
+    p.push(said("o1", "wh-sh", "rejected"), said("o1", "wh-sh", "rejected"))  # and a copy
+    p.decide()
+    assert [(r.status, r.version) for r in versions(store)["o1"]] == [
+        ("accepted", 1), ("accepted", 2)
+    ]  # fmt: skip
+    reasons = sorted(d.split(" - ")[0] for d in dead(store))
+    assert reasons[:3] == [
+        "fulfilment refused: no order of this id came before it",
+        "fulfilment refused: the order has no shipment at 'wh-bj'",
+        "fulfilment refused: the order was cancelled",
+    ]
+    assert reasons[3] == "not a fulfilment: Invalid enum value 'lost'"
+    assert any(d.endswith("at `$.status`") for d in dead(store))
+    conserved(store)
+
+
+def test_a_replayed_reroute_changes_nothing_twice(store: Store) -> None:
+    """The batch decided twice before its outcome is written (a crash in between): the
+    re-route's outcome is kept per order and version in each slot."""
+    d = setup(store, catalog())
+    p = Pipe(store, d)
+    p.push(buy("o1", ("SOCKS", 3)))
+    p.decide()
+    raw = orjson.dumps(said("o1", "wh-sh", "rejected"))
+    shard = sharding.shard_of(raw, SHARDS)
+    store.shards.push([(shard, raw)])
+    rows = store.shards.read(shard, p.read[shard], 10)
+    d.process(shard, rows)  # its outputs lost
+    d.emit(d.process(shard, rows))
+    recs = versions(store)["o1"]
+    assert where(recs[-1]) == [("st-hz", "SOCKS", 2), ("wh-bj", "SOCKS", 1)]
+    assert levels(store)["SOCKS"] == {"wh-sh": 7, "st-hz": 0, "wh-bj": 9}
+    assert len(list(ops.movements(store, SHARDS))) == 1
+    conserved(store)
+
+
+def test_the_demo_catalog_has_no_location_without_coordinates() -> None:
+    """Re-routing ranks by distance from the rejecting location (by priority without one)."""
+    assert all(loc.lat is not None for loc in burst.demo_catalog().locations)
