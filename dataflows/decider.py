@@ -148,10 +148,16 @@ class _View:
         self.campaign_skus = {c.sku for c in catalog.campaigns}
         self.buckets = BucketPlan(catalog, list(self.router.ids), self.floors)
         self.payment_deadline_ms = catalog.payment_deadline_s * 1000  # a pending order's default
-        coords = {loc.id: (loc.lat, loc.lon) if loc.lat is not None else None
-                  for loc in catalog.locations}  # fmt: skip
         # what re-routing a rejected shipment needs (dataflows/fulfilment.py)
-        self.places = Places(self.router, coords, dict(self.floors), list(self.router.ids))  # type: ignore[arg-type]
+        coords: dict[str, tuple[float, float] | None] = {
+            loc.id: (loc.lat, loc.lon) if loc.lat is not None and loc.lon is not None else None
+            for loc in catalog.locations
+        }
+        timeouts = {loc.id: loc.claim_timeout_s * 1000 for loc in catalog.locations
+                    if loc.claim_timeout_s is not None}  # fmt: skip
+        self.places = Places(
+            self.router, coords, dict(self.floors), list(self.router.ids), timeouts
+        )
 
 
 class Decider:
@@ -247,6 +253,10 @@ class Decider:
         decided = str(int(time.time() * 1000))
         expired = self.payments.expire(shard, after, [], set(), decided)
         tags = [_EXPIRED_TAG] * (len(expired) // 3)
+        if self.view.places.timeouts:  # shipments not claimed in time: re-routed
+            moved = self.fulfilments.claims(shard, after, expired, set(), self.view.places, decided)
+            expired += moved
+            tags += [""] * (len(moved) // 3)
         return Decided(shard, "0-0", expired, [], (0, 0, 0, 0, tags) if expired else None)
 
     def _process(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
@@ -309,6 +319,12 @@ class Decider:
             records += shipped
             tags += [""] * (len(shipped) // 3)
             busy.update(f.order_id for *_, f in batch.fulfilments)
+        if self.view.places.timeouts:  # shipments not claimed in time: re-routed
+            moved = self.fulfilments.claims(
+                shard, last_id, records, busy, self.view.places, decided
+            )
+            records += moved
+            tags += [""] * (len(moved) // 3)
         gone = [k[len(keys.REG_STATE) :] for k in paid[::3]]  # paid: out of the deadlines
         expired = self.payments.expire(shard, last_id, new, busy, decided, gone)
         records += expired

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from dataflows.aftersale import Aftersale
 from onestock.domain import events
-from onestock.domain.protocol import SEP, Code
+from onestock.domain.protocol import INTERNAL, SEP, Code
 from onestock.domain.records import iso_ms, pack, rejected
 from onestock.domain.routing import Router
 from onestock.domain.types import MovedLine, MovementRecord, json_encoder
@@ -39,6 +39,9 @@ _DUPLICATE = ""  # an event that changes nothing and has no outcome of its own (
 Alloc = tuple[str, str, int]  # (location, SKU or hot-SKU bucket, units)
 
 
+CLAIMS_LIMIT = 1000  # shipments past their claim timeout re-routed per batch or tick
+
+
 class Places(NamedTuple):
     """What re-routing needs of the catalog (the decider's view)."""
 
@@ -46,6 +49,12 @@ class Places(NamedTuple):
     coords: dict[str, tuple[float, float] | None]  # location -> its coordinates
     floors: dict[str, int]  # location -> safety stock (units a re-route may not take)
     locations: list[str]
+    timeouts: dict[str, int]  # location -> its claim timeout, ms (locations that have one)
+
+
+# what a location said of its shipment: its last word (shipped, picked_up, rejected) and
+# whether it claimed it
+Said = tuple[str | None, bool]
 
 
 def allocations(outcome: str) -> list[Alloc]:
@@ -53,8 +62,9 @@ def allocations(outcome: str) -> list[Alloc]:
     return [(f[i], f[i + 1], int(f[i + 2])) for i in range(1, len(f) - 2, 3)]
 
 
-def _refusal(st: OrderState, f: events.Fulfilment, said: dict[str, str | None]) -> str | None:
-    """Why the event changes nothing (a dead letter's reason; ``_DUPLICATE``: a copy)."""
+def _refusal(st: OrderState, f: events.Fulfilment, said: dict[str, Said]) -> str | None:
+    """Why the event changes nothing (a dead letter's reason; ``_DUPLICATE``: a copy). A
+    claimed shipment may still be shipped or rejected; a shipped or rejected one is done."""
     if st.value is None:
         return "no order of this id came before it"
     if st.cancelled:
@@ -66,11 +76,13 @@ def _refusal(st: OrderState, f: events.Fulfilment, said: dict[str, str | None]) 
         return "the order is not paid"
     if code not in (Code.ACCEPTED, Code.CANDIDATE):
         return "the order was not accepted" if code != Code.EXPIRED else "the order expired"
-    before = said.get(f.location)
+    before, claimed = said.get(f.location, (None, False))
     if before is not None:
-        if before == f.status or (before != "rejected" and f.status != "rejected"):
+        if before == f.status or (before != "rejected" and f.status in ("shipped", "picked_up")):
             return _DUPLICATE
         return f"its shipment at {f.location!r} was {before.replace('_', ' ')} before"
+    if f.status == "claimed" and claimed:
+        return _DUPLICATE
     outcome = st.value[1:] if code == Code.CANDIDATE else st.value
     if all(loc != f.location for loc, _, _ in allocations(outcome)):
         return f"the order has no shipment at {f.location!r}"
@@ -107,11 +119,64 @@ class Fulfilments:
                     reason = f"fulfilment refused: {why} - at `$.location`"
                     dead.append([eid, events.text_of(raw), reason])
                 continue
-            mark = f"{keys.REG_SHIPMENT}{f.order_id}{SEP}{f.location}"
-            out += [mark, f.status, ""]
-            if f.status == "rejected":
-                gone = {loc for loc, s in said.items() if s == "rejected"} | {f.location}
-                out += self._reroute(f, st, gone, places, eid.partition("-")[0], decided)
+            out += self._said(f, st, said, places, eid.partition("-")[0], decided)
+        return out
+
+    def _said(
+        self,
+        f: events.Fulfilment,
+        st: OrderState,
+        said: dict[str, Said],
+        places: Places,
+        received: str,
+        decided: str,
+    ) -> list[str]:
+        """The triples of what an event the order takes says: a claim or the location's
+        last word kept, and a rejection's re-route."""
+        where = f"{f.order_id}{SEP}{f.location}"
+        if f.status == "claimed":
+            return [keys.REG_CLAIM + where, f.status, ""]
+        out = [keys.REG_SHIPMENT + where, f.status, ""]
+        if f.status == "rejected":
+            gone = {loc for loc, (s, _) in said.items() if s == "rejected"} | {f.location}
+            out += self._reroute(f, st, gone, places, received, decided)
+        return out
+
+    def claims(
+        self,
+        shard: int,
+        after: str,
+        records: list[str],
+        busy: set[str],
+        places: Places,
+        decided: str,
+    ) -> list[str]:
+        """Shipments past their location's claim timeout, unclaimed, are rejected on the
+        location's behalf and re-routed (their units written off as for a rejection). The
+        batch's accepted versions (``records``: registry triples) start the clocks of their
+        shipments at such locations; the input stream's clock decides (payments.py)."""
+        new = _claims_of(records, places.timeouts)
+        due = self.wait.call(self.store.shipments.claims_due, shard, after, new, [], CLAIMS_LIMIT)
+        due = [d for d in due if d[0] not in busy]
+        if not due:
+            return []
+        states = self.wait.call(self.store.payments.states, shard, [oid for oid, _, _ in due])
+        pairs = [(oid, loc) for oid, _, _ in due for loc in places.locations]
+        got = self.wait.call(self.store.shipments.said, shard, pairs)
+        n = len(places.locations)
+        out: list[str] = []
+        settled: list[tuple[str, str]] = []
+        for i, ((oid, loc, deadline), st) in enumerate(zip(due, states, strict=True)):
+            said = dict(zip(places.locations, got[i * n : (i + 1) * n], strict=True))
+            secs = places.timeouts.get(loc, 0) // 1000
+            f = events.Fulfilment(oid, loc, "rejected", f"not claimed within {secs} s")
+            if said.get(loc, (None, False)) != (None, False) or _refusal(st, f, said) is not None:
+                settled.append((oid, loc))  # claimed, shipped, rejected, or the order moved on
+                continue
+            out += self._said(f, st, said, places, str(deadline), decided)
+        later = _claims_of(out, places.timeouts)  # the re-routed shipments' own clocks
+        if settled or later:
+            self.wait.call(self.store.shipments.claims_due, shard, after, later, settled, 0)
         return out
 
     def _reroute(
@@ -199,3 +264,27 @@ class Fulfilments:
             at=iso_ms(int(decided)), decided_at=iso_ms(int(decided)),
         )  # fmt: skip
         return json_encoder.encode(rec).decode()
+
+
+def _claims_of(records: list[str], timeouts: dict[str, int]) -> list[tuple[str, str, int]]:
+    """(order id, location, deadline ms) of the shipments the batch's accepted versions
+    route to locations with a claim timeout: from when the version's event came."""
+    if not timeouts:
+        return []
+    out: list[tuple[str, str, int]] = []
+    for i in range(0, len(records), 3):
+        key, value, rec = records[i : i + 3]
+        if key[:1] == INTERNAL:
+            if not key.startswith(keys.REG_STATE):
+                continue
+            oid, value = key[len(keys.REG_STATE) :], value.partition(SEP)[2]
+        else:
+            oid = key
+        if value[:1] == Code.HELD:
+            value = value[1:]
+        if value[:1] != Code.ACCEPTED:
+            continue
+        received = int(rec.split(SEP, 5)[4])
+        for loc in {loc for loc, _, _ in allocations(value)} & timeouts.keys():
+            out.append((oid, loc, received + timeouts[loc]))
+    return out

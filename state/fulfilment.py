@@ -30,14 +30,43 @@ class Shipments:
         self.r = client
         self.touched = touched  # (Store.touched: the availability feed's dirty SKUs)
         self._script = client.register_script(lua("reroute", "lib_stock"))
+        self._claims = client.register_script(lua("claims", "lib_clock"))
 
-    def said(self, shard: int, pairs: list[tuple[str, str]]) -> list[str | None]:
-        """Per (order id, location): what the location said of its shipment, if anything."""
+    def said(self, shard: int, pairs: list[tuple[str, str]]) -> list[tuple[str | None, bool]]:
+        """Per (order id, location): what the location said last of its shipment (shipped,
+        picked_up, rejected), if anything, and whether it claimed it."""
         if not pairs:
             return []
-        fields = [f"{keys.REG_SHIPMENT}{oid}{SEP}{loc}" for oid, loc in pairs]
+        fields: list[str] = []
+        for oid, loc in pairs:
+            fields += [f"{keys.REG_SHIPMENT}{oid}{SEP}{loc}", f"{keys.REG_CLAIM}{oid}{SEP}{loc}"]
         got = wire.reads(self.r, [("HMGET", keys.emitted(shard), *fields)])[0]
-        return [v.decode() if v is not None else None for v in got]
+        return [
+            (got[i].decode() if got[i] is not None else None, got[i + 1] is not None)
+            for i in range(0, len(got), 2)
+        ]
+
+    def claims_due(
+        self,
+        shard: int,
+        after: str,
+        new: list[tuple[str, str, int]],
+        gone: list[tuple[str, str]],
+        limit: int,
+    ) -> list[tuple[str, str, int]]:
+        """Record the new shipments to claim (order id, location, deadline ms), drop the
+        ``gone`` ones, then the due ones (``claims.lua``): (order id, location, deadline)."""
+        args: list[Any] = [after, limit, len(new)]
+        for oid, loc, deadline in new:
+            args += [f"{oid}{SEP}{loc}", deadline]
+        args += [len(gone), *(f"{oid}{SEP}{loc}" for oid, loc in gone)]
+        ks = [keys.claims(shard), keys.inbox(shard)]
+        got = wire.scripts(self.r, [(self._claims, ks, args)])[0]
+        out: list[tuple[str, str, int]] = []
+        for i in range(0, len(got), 2):
+            oid, _, loc = got[i].decode().partition(SEP)
+            out.append((oid, loc, int(float(got[i + 1]))))
+        return out
 
     def reroute(self, calls: list[Reroute], now_ms: int) -> list[str]:
         """The calls, each atomic in its slot, in one round trip; each one's outcome."""

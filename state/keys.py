@@ -59,6 +59,7 @@ REG_STATE = "\x00s:"
 # + order id SEP location: what the location said of its shipment of the order ("shipped",
 # "picked_up", "rejected"; dataflows/fulfilment.py)
 REG_SHIPMENT = "\x00f:"
+REG_CLAIM = "\x00C:"  # + order id SEP location: the location claimed its shipment (will serve it)
 # + order id SEP location: the record of the units a rejecting location wrote off (to the
 # movements stream, like a movement's record)
 REG_WRITE_OFF = "\x00W:"
@@ -220,6 +221,12 @@ def deadlines(shard: int) -> str:
     """ZSET of the shard's reserved orders: order id, scored by its payment deadline (epoch
     ms); an order leaves once it is paid, expired or cancelled (payments.lua)."""
     return f"{shard_tag(shard)}:deadlines"
+
+
+def claims(shard: int) -> str:
+    """ZSET of the shard's shipments waiting to be claimed at a location with a claim
+    timeout: "<order id> SEP <location>" scored by its deadline (epoch ms)."""
+    return f"{shard_tag(shard)}:claims"
 
 
 def decided(shard: int) -> str:

@@ -34,7 +34,7 @@ class OrderState(NamedTuple):
 class Payments:
     def __init__(self, client: Redis) -> None:
         self.r = client
-        self._script = client.register_script(lua("payments"))
+        self._script = client.register_script(lua("payments", "lib_clock"))
 
     def due(
         self,

@@ -10,6 +10,7 @@ import orjson
 from onestock import burst
 from onestock.domain import sharding
 from onestock.ops import services as ops
+from state import keys
 from state.store import Store
 from tests.helpers import order
 from tests.test_gifts import SHARDS, setup
@@ -47,8 +48,8 @@ def levels(store: Store) -> dict[str, dict[str, int]]:
     return store.skus.stock_levels(list(LOADED))
 
 
-def conserved(store: Store) -> None:
-    audit = ops.audit(store, SHARDS, LOADED)
+def conserved(store: Store, loaded: dict[str, dict[str, int]] = LOADED) -> None:
+    audit = ops.audit(store, SHARDS, loaded)
     assert audit.oversold == 0 and audit.duplicates == 0
 
 
@@ -172,3 +173,75 @@ def test_a_replayed_reroute_changes_nothing_twice(store: Store) -> None:
 def test_the_demo_catalog_has_no_location_without_coordinates() -> None:
     """Re-routing ranks by distance from the rejecting location (by priority without one)."""
     assert all(loc.lat is not None for loc in burst.demo_catalog().locations)
+
+
+TIMED = {"SOCKS": {"wh-sh": 10, "st-hz": 3, "wh-bj": 10}, "HAT": LOADED["HAT"]}
+
+
+def timed_catalog(timeout_s: int = 1) -> dict[str, Any]:
+    cat = catalog()
+    cat["locations"][1]["claim_timeout_s"] = timeout_s
+    cat["skus"] = [{"sku": s, "stock": dict(v)} for s, v in TIMED.items()]
+    return cat
+
+
+def near_hz(oid: str) -> dict[str, Any]:
+    return order(oid, ("SOCKS", 1), lat=30.3, lon=120.2)
+
+
+def test_a_shipment_not_claimed_in_time_is_rerouted(store: Store) -> None:
+    import time
+
+    p = Pipe(store, setup(store, timed_catalog()))
+    p.push(near_hz("late"), near_hz("claimed"), near_hz("read-late"))
+    p.decide()
+    assert [where(versions(store)[o][0]) for o in ("late", "claimed")] == [
+        [("st-hz", "SOCKS", 1)], [("st-hz", "SOCKS", 1)]
+    ]  # fmt: skip
+    p.push(said("claimed", "st-hz", "claimed"))
+    p.decide()
+    p.push(said("read-late", "st-hz", "claimed"))  # stored in time, read after the deadline
+    time.sleep(1.2)
+    p.decide()
+    p.decide()
+    recs = versions(store)
+    assert [(r.status, r.version) for r in recs["late"]] == [("accepted", 1), ("accepted", 2)]
+    assert where(recs["late"][1]) == [("wh-sh", "SOCKS", 1)]
+    assert len(recs["claimed"]) == 1 and len(recs["read-late"]) == 1
+    (off,) = list(ops.movements(store, SHARDS))
+    assert off.detail == "st-hz rejected its shipment of late: not claimed within 1 s"
+    assert levels(store)["SOCKS"] == {"wh-sh": 9, "st-hz": 0, "wh-bj": 10}
+    conserved(store, TIMED)
+    p.push(said("claimed", "st-hz", "rejected"))  # a claimed shipment may still be rejected
+    p.push(said("read-late", "st-hz", "shipped"))
+    p.decide()
+    recs = versions(store)
+    assert [r.version for r in recs["claimed"]] == [1, 2] and len(recs["read-late"]) == 1
+    assert where(recs["claimed"][1]) == [("wh-sh", "SOCKS", 1)]
+    assert store.r.zcard(keys.claims(sharding.shard_of_id("late", SHARDS))) == 0
+    conserved(store, TIMED)
+
+
+def test_a_shipment_rerouted_to_a_timed_location_gets_its_own_clock(store: Store) -> None:
+    import time
+
+    cat = timed_catalog()
+    cat["locations"][2]["claim_timeout_s"] = 1  # wh-bj too
+    cat["skus"][0]["stock"] = {"wh-sh": 0, "st-hz": 3, "wh-bj": 10}
+    loaded = {"SOCKS": cat["skus"][0]["stock"], "HAT": LOADED["HAT"]}
+    p = Pipe(store, setup(store, cat))
+    p.push(near_hz("o1"))
+    p.decide()
+    time.sleep(1.1)
+    p.decide()  # st-hz's clock ran out: to wh-bj, whose clock starts now
+    p.decide()
+    assert [where(r) for r in versions(store)["o1"]] == [
+        [("st-hz", "SOCKS", 1)], [("wh-bj", "SOCKS", 1)]
+    ]  # fmt: skip
+    time.sleep(1.1)
+    p.decide()
+    p.decide()  # wh-bj's ran out too: no one else has the units
+    last = versions(store)["o1"][-1]
+    assert (last.status, last.reason, last.version) == ("rejected", "sold_out", 3)
+    assert len(list(ops.movements(store, SHARDS))) == 2  # both written off
+    conserved(store, dict(loaded))

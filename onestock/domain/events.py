@@ -124,7 +124,7 @@ class Paid(msgspec.Struct, gc=False):
 
 _paid_decoder = msgspec.json.Decoder(Paid)
 
-FULFILMENT_STATUSES = ("shipped", "picked_up", "rejected")
+FULFILMENT_STATUSES = ("claimed", "shipped", "picked_up", "rejected")
 
 
 class Fulfilment(msgspec.Struct, gc=False):
@@ -134,7 +134,7 @@ class Fulfilment(msgspec.Struct, gc=False):
 
     order_id: str
     location: NonEmpty
-    status: Literal["shipped", "picked_up", "rejected"]
+    status: Literal["claimed", "shipped", "picked_up", "rejected"]
     reason: NonEmpty | None = None
     type: Literal["fulfilment"] = "fulfilment"
 

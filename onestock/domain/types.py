@@ -36,6 +36,9 @@ class Location(Struct, forbid_unknown_fields=True):
     priority: int = 0
     pickup: bool = False  # in-store pickup happens only where this is true
     safety_stock: Count = 0  # units of each SKU here that online channels cannot take
+    # a shipment routed here must be claimed (or shipped) within this many seconds, else it
+    # is re-routed as if rejected (docs/fulfilment.md); None: no limit
+    claim_timeout_s: Annotated[int, Meta(ge=1, le=30 * 86400)] | None = None
 
     @property
     def allows_pickup(self) -> bool:

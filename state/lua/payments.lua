@@ -8,11 +8,9 @@
 --       channel and delivery mode (SEP-joined: the later versions of its record carry them);
 --       then m and m order ids paid in this batch: they leave the deadlines (a replay of
 --       the payment, which is accepted again, does not need its deadline).
--- The horizon: every input entry older than it has been read. It is the time of the first
---       entry after the given id when there is one (the shard is behind: event time), else
---       the server's clock read now (an entry added later is stamped at it or after). An
---       order is due when its deadline is before the horizon: a `paid` event stored before
---       its deadline has then been read (and decided first, in its batch).
+-- An order is due when its deadline is before the input stream's horizon (lib_clock.lua): a
+--       `paid` event stored by its deadline has then been read (and decided first, in its
+--       batch). Prepended: lib_protocol.lua, lib_clock.lua.
 -- Returns: per due order still reserved: order id, deadline ms, channel SEP mode. Orders no
 --       longer reserved (paid, expired, cancelled) leave the set; one a cancel is giving
 --       back stays, unanswered; ones whose record is not
@@ -30,16 +28,7 @@ for i = 0, n - 1 do
   redis.call('HSET', KEYS[1], REG_PENDING .. oid, how)
 end
 for i = 5 + 3 * n, 4 + 3 * n + gone do redis.call('ZREM', KEYS[2], ARGV[i]) end
-local horizon
-local after = ARGV[1]
-local next_entry = redis.call('XRANGE', KEYS[3], after == '' and '-' or '(' .. after, '+', 'COUNT', 1)
-if #next_entry > 0 then
-  horizon = tonumber(string.match(next_entry[1][1], '^(%d+)-'))
-else
-  local t = redis.call('TIME')
-  horizon = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. horizon, 'WITHSCORES', 'LIMIT', 0, limit)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. horizon(KEYS[3], ARGV[1]), 'WITHSCORES', 'LIMIT', 0, limit)
 local out = {}
 for i = 1, #due, 2 do
   local oid = due[i]
