@@ -17,7 +17,7 @@ from dataflows import buckets
 from dataflows.aftersale import Aftersale
 from dataflows.buckets import BucketPlan
 from dataflows.cross_slot import Rules, StaleCatalog, decide_cross
-from dataflows.fulfilment import Fulfilments, Places
+from dataflows.fulfilment import DAY_MS, Fulfilments, Places, allocations
 from dataflows.gifts import Settler
 from dataflows.movements import Item as MovementItem
 from dataflows.movements import Movements
@@ -155,8 +155,10 @@ class _View:
         }
         timeouts = {loc.id: loc.claim_timeout_s * 1000 for loc in catalog.locations
                     if loc.claim_timeout_s is not None}  # fmt: skip
+        capacity = {loc.id: loc.daily_capacity for loc in catalog.locations
+                    if loc.daily_capacity is not None}  # fmt: skip
         self.places = Places(
-            self.router, coords, dict(self.floors), list(self.router.ids), timeouts
+            self.router, coords, dict(self.floors), list(self.router.ids), timeouts, capacity
         )
 
 
@@ -286,6 +288,8 @@ class Decider:
         self._decide(judged.todo, outcome, held_ids)
         if judged.bucketed:
             self._borrow(judged.bucketed, outcome, held_ids)
+        if self.view.places.capacity:  # locations whose day is full: their orders move on
+            self._capacity(batch.firsts, outcome, held_ids, decided)
         new = self._reserved(batch.firsts, outcome)  # pending orders: their units reserved
         # outcome: every order's; held_ids: first-N candidates (their records are held)
         records, tags = self._aftersale(shard, batch, outcome, held_ids, decided)
@@ -331,6 +335,41 @@ class Decider:
         tags += [_EXPIRED_TAG] * (len(expired) // 3)
         self._after[shard] = last_id
         return Decided(shard, last_id, records, batch.dead, sums)
+
+    def _capacity(
+        self,
+        firsts: dict[str, tuple[str, events.Decoded]],
+        outcome: dict[str, str],
+        held_ids: set[str],
+        decided: str,
+    ) -> None:
+        """Each accepted order counted against the daily capacity of the locations it was
+        routed to (the day of its arrival); the shipments of a full day move to the next
+        locations with room (``Fulfilments.honour``), or the order is rejected."""
+        places = self.view.places
+        asks: dict[int, dict[str, tuple[int, list[str]]]] = {}
+        for oid, res in outcome.items():
+            if res[:1] != Code.ACCEPTED:
+                continue
+            locs = {a[0] for a in allocations(res)} & places.capacity.keys()
+            day = int(firsts[oid][0].partition("-")[0]) // DAY_MS
+            for loc in locs:
+                asks.setdefault(day, {}).setdefault(loc, (places.capacity[loc], []))[1].append(oid)
+        for day, per_loc in asks.items():
+            full: dict[str, set[str]] = {}
+            for loc, oids in self.wait.call(self.store.shipments.count, day, per_loc).items():
+                for oid in oids:
+                    full.setdefault(oid, set()).add(loc)
+            for oid, locs in full.items():
+                o = firsts[oid][1].order  # type: ignore[union-attr]
+                ship = o.delivery.mode == "ship"
+                ranking = places.router.decode(self._rankings([o])[0]) if ship else []
+                res = self.fulfilments.honour(
+                    oid, outcome[oid], ranking, locs, places, day, decided
+                )
+                outcome[oid] = res
+                if res[:1] != Code.ACCEPTED:
+                    held_ids.discard(oid)
 
     def _reserved(
         self, firsts: dict[str, tuple[str, events.Decoded]], outcome: dict[str, str]

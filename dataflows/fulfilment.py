@@ -24,13 +24,13 @@ from typing import Any, NamedTuple
 
 from dataflows.aftersale import Aftersale
 from onestock.domain import events
-from onestock.domain.protocol import INTERNAL, SEP, Code
+from onestock.domain.protocol import INTERNAL, SEP, Code, ProtocolError
 from onestock.domain.records import iso_ms, pack, rejected
 from onestock.domain.routing import Router
 from onestock.domain.types import MovedLine, MovementRecord, json_encoder
 from state import keys
 from state.conn import Waiter
-from state.fulfilment import TAKE, UNDO, Reroute
+from state.fulfilment import GIVE, TAKE, UNDO, Reroute
 from state.keys import public, sku_slot
 from state.payments import OrderState
 from state.store import Store
@@ -40,6 +40,7 @@ Alloc = tuple[str, str, int]  # (location, SKU or hot-SKU bucket, units)
 
 
 CLAIMS_LIMIT = 1000  # shipments past their claim timeout re-routed per batch or tick
+DAY_MS = 86_400_000  # a daily capacity's day: UTC, by the routing event's time
 
 
 class Places(NamedTuple):
@@ -50,6 +51,7 @@ class Places(NamedTuple):
     floors: dict[str, int]  # location -> safety stock (units a re-route may not take)
     locations: list[str]
     timeouts: dict[str, int]  # location -> its claim timeout, ms (locations that have one)
+    capacity: dict[str, int]  # location -> orders it ships a day (locations that have one)
 
 
 # what a location said of its shipment: its last word (shipped, picked_up, rejected) and
@@ -60,6 +62,17 @@ Said = tuple[str | None, bool]
 def allocations(outcome: str) -> list[Alloc]:
     f = outcome.split(SEP)
     return [(f[i], f[i + 1], int(f[i + 2])) for i in range(1, len(f) - 2, 3)]
+
+
+def _accepted(allocs: list[Alloc]) -> str:
+    return Code.ACCEPTED + "".join(f"{SEP}{loc}{SEP}{sku}{SEP}{q}" for loc, sku, q in allocs)
+
+
+def _merged(lines: list[tuple[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for sku, q in lines:
+        out[sku] = out.get(sku, 0) + q
+    return out
 
 
 def _refusal(st: OrderState, f: events.Fulfilment, said: dict[str, Said]) -> str | None:
@@ -196,25 +209,17 @@ class Fulfilments:
         here = [(public(sku), q) for loc, sku, q in allocs if loc == f.location]
         rest = [a for a in allocs if a[0] != f.location]
         version = str(st.version + 1)
-        calls = self._calls(f, version, here, gone, places)
-        got = self.wait.call(self.store.shipments.reroute, calls, int(decided))
-        if all(r[:1] == Code.ACCEPTED for r in got):
-            taken = [a for r in got for a in allocations(r)]
-            value = Code.ACCEPTED + "".join(
-                f"{SEP}{loc}{SEP}{s}{SEP}{q}" for loc, s, q in rest + taken
-            )
-        else:  # all or none: what was taken goes back, and the order's other units too
-            undo = [
-                c._replace(mode=UNDO)
-                for c, r in zip(calls, got, strict=True)
-                if r[:1] == Code.ACCEPTED
-            ]
-            if undo:
-                self.wait.call(self.store.shipments.reroute, undo, int(decided))
+        router = places.router
+        ranking = router.decode(router.rank_batch([places.coords.get(f.location)])[0])
+        key = f"{keys.DEC_REROUTE}{f.order_id}{SEP}{version}"
+        day = int(received) // DAY_MS
+        taken = self._place(f.order_id, key, _merged(here), ranking, gone, places, day, decided)
+        if taken is not None:
+            value = _accepted(rest + taken)
+        else:  # the order's other units go back too (and a gift it won)
             if rest:
-                given = Code.ACCEPTED + "".join(f"{SEP}{loc}{SEP}{s}{SEP}{q}" for loc, s, q in rest)
-                self.aftersale.undo([(f.order_id, given)])
-            if st.value[:1] == Code.CANDIDATE:  # its first-N gift, if it got one, goes back
+                self.aftersale.undo([(f.order_id, _accepted(rest))])
+            if st.value[:1] == Code.CANDIDATE:
                 self.aftersale.return_gifts([(f.order_id, outcome)])
             value = rejected(
                 "sold_out",
@@ -227,30 +232,103 @@ class Fulfilments:
             keys.REG_STATE + f.order_id, f"{version}{SEP}{value}", rec,
         ]  # fmt: skip
 
-    @staticmethod
-    def _calls(
-        f: events.Fulfilment,
-        version: str,
-        lines: list[tuple[str, int]],
+    def _place(
+        self,
+        oid: str,
+        key: str,
+        lines: dict[str, int],
+        ranking: list[str],
         gone: set[str],
         places: Places,
-    ) -> list[Reroute]:
-        """One reroute.lua call per slot of the shipment's SKUs; candidates nearest to the
-        rejecting location first."""
-        ranked = places.router.decode(places.router.rank_batch([places.coords.get(f.location)])[0])
-        cands = [loc for loc in ranked if loc not in gone]
+        day: int,
+        decided: str,
+    ) -> list[Alloc] | None:
+        """``lines`` (SKU -> units) taken at the first locations of ``ranking`` not in
+        ``gone`` that have room on ``day`` (reroute.lua per slot, all or none; capacity.lua);
+        None when no such locations have the units. The same answer on a replay: each
+        attempt's outcome is kept under ``key``, and a full day stays full."""
+        gone = set(gone)
+        for attempt in range(len(places.locations)):
+            cands = [loc for loc in ranking if loc not in gone]
+            calls = self._calls(f"{key}{SEP}{attempt}", lines, cands, places)
+            got = self.wait.call(self.store.shipments.reroute, calls, int(decided))
+            # (CANCELLED + allocations: taken, then given back by an earlier run of this
+            # batch because a day was full; the days tell the same again)
+            ok = all(r[:1] in (Code.ACCEPTED, Code.CANCELLED) for r in got)
+            taken = [a for r in got for a in allocations(r)] if ok else []
+            full = self.full(oid, {loc for loc, _, _ in taken}, places, day) if ok else set()
+            if ok and not full:
+                if any(r[:1] == Code.CANCELLED for r in got):
+                    raise ProtocolError(f"a re-route of {oid!r} given back with room left")
+                return taken
+            undo = [
+                c._replace(mode=UNDO)
+                for c, r in zip(calls, got, strict=True)
+                if r[:1] == Code.ACCEPTED
+            ]
+            if undo:
+                self.wait.call(self.store.shipments.reroute, undo, int(decided))
+            if not ok:
+                return None
+            gone |= full
+        return None
+
+    def full(self, oid: str, locations: set[str], places: Places, day: int) -> set[str]:
+        """Count ``oid`` against the daily capacity of those of ``locations`` that have one;
+        the ones whose day has no room left for it."""
+        asks = {loc: (places.capacity[loc], [oid]) for loc in locations if loc in places.capacity}
+        if not asks:
+            return set()
+        refused = self.wait.call(self.store.shipments.count, day, asks)
+        return {loc for loc, ids in refused.items() if ids}
+
+    def honour(
+        self,
+        oid: str,
+        outcome: str,
+        ranking: list[str],
+        full: set[str],
+        places: Places,
+        day: int,
+        decided: str,
+    ) -> str:
+        """An accepted decision that routed ``oid`` to locations whose day is ``full``: the
+        lines there go back and are placed at the next locations with room (``ranking``; a
+        pickup order has none), or the order is rejected and all its units go back. Its
+        outcome (the same on a replay)."""
+        allocs = allocations(outcome)
+        moved = [a for a in allocs if a[0] in full]
+        rest = [a for a in allocs if a[0] not in full]
+        key = f"{keys.DEC_REROUTE}{oid}{SEP}1"
+        gives = []
+        for loc in sorted(full):
+            here = _merged([(sku, q) for at, sku, q in moved if at == loc])
+            for call in self._calls(f"{key}{SEP}give{SEP}{loc}", here, [loc], places):
+                gives.append(call._replace(mode=GIVE))
+        self.wait.call(self.store.shipments.reroute, gives, int(decided))
+        lines = _merged([(public(sku), q) for _, sku, q in moved])
+        taken = self._place(oid, key, lines, ranking, full, places, day, decided)
+        if taken is not None:
+            return _accepted(rest + taken)
+        if rest:
+            self.aftersale.undo([(oid, _accepted(rest))])
+        if not ranking:
+            return rejected("pickup_unavailable", "the store has no room for more orders today")
+        return rejected("sold_out", "no location with the units has room for more orders today")
+
+    @staticmethod
+    def _calls(key: str, lines: dict[str, int], cands: list[str], places: Places) -> list[Reroute]:
+        """One reroute.lua call per slot of the lines' SKUs, with these candidates."""
         floors = [places.floors.get(loc, 0) for loc in cands]
-        by_slot: dict[int, dict[str, int]] = {}
-        for sku, q in lines:
-            slot = by_slot.setdefault(sku_slot(sku), {})
-            slot[sku] = slot.get(sku, 0) + q
-        key = f"{keys.DEC_REROUTE}{f.order_id}{SEP}{version}"
-        calls = []
-        for skus in by_slot.values():
-            names = list(skus)
-            pairs = [(i + 1, skus[s]) for i, s in enumerate(names)]
-            calls.append(Reroute(TAKE, key, names, pairs, cands, floors))
-        return calls
+        by_slot: dict[int, list[str]] = {}
+        for sku in lines:
+            by_slot.setdefault(sku_slot(sku), []).append(sku)
+        return [
+            Reroute(
+                TAKE, key, names, [(i + 1, lines[s]) for i, s in enumerate(names)], cands, floors
+            )
+            for names in by_slot.values()
+        ]
 
     @staticmethod
     def _write_off(f: events.Fulfilment, lines: list[tuple[str, int]], decided: str) -> str:

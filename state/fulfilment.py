@@ -11,7 +11,8 @@ from state import keys, wire
 from state.conn import Redis, lua
 from state.skus import sku_keys
 
-TAKE, UNDO = "take", "undo"  # reroute.lua's modes
+TAKE, UNDO, GIVE = "take", "undo", "give"  # reroute.lua's modes
+CAPACITY_KEEP_S = 3 * 86400  # a location's day of counted orders is kept this long
 
 
 class Reroute(NamedTuple):
@@ -31,6 +32,7 @@ class Shipments:
         self.touched = touched  # (Store.touched: the availability feed's dirty SKUs)
         self._script = client.register_script(lua("reroute", "lib_stock"))
         self._claims = client.register_script(lua("claims", "lib_clock"))
+        self._capacity = client.register_script(lua("capacity"))
 
     def said(self, shard: int, pairs: list[tuple[str, str]]) -> list[tuple[str | None, bool]]:
         """Per (order id, location): what the location said last of its shipment (shipped,
@@ -70,6 +72,8 @@ class Shipments:
 
     def reroute(self, calls: list[Reroute], now_ms: int) -> list[str]:
         """The calls, each atomic in its slot, in one round trip; each one's outcome."""
+        if not calls:
+            return []
         jobs = []
         for c in calls:
             self.touched.update(c.skus)
@@ -79,3 +83,16 @@ class Shipments:
                 args += [s, q]
             jobs.append((self._script, sku_keys(c.skus, keys.decisions), args))
         return [v.decode() if isinstance(v, bytes) else str(v) for v in wire.scripts(self.r, jobs)]
+
+    def count(self, day: int, asks: dict[str, tuple[int, list[str]]]) -> dict[str, set[str]]:
+        """Count orders against locations' capacity on ``day``: per location (its capacity,
+        its order ids); answers per location the order ids it had no room for
+        (``capacity.lua``, once per order: a replay gets the same answer)."""
+        jobs = []
+        for loc, (cap, oids) in asks.items():
+            jobs.append((self._capacity, [keys.capacity(loc, day)], [cap, CAPACITY_KEEP_S, *oids]))
+        got = wire.scripts(self.r, jobs)
+        return {
+            loc: {oid for oid, ok in zip(oids, answer, strict=True) if not int(ok)}
+            for (loc, (_, oids)), answer in zip(asks.items(), got, strict=True)
+        }

@@ -286,6 +286,12 @@ def received(name: str, transfer: str) -> str:
     return f"{sku_tag(name)}:got:{transfer}"
 
 
+def capacity(location: str, day: int) -> str:
+    """HASH of the orders routed to ``location`` on ``day`` (days since 1970, UTC): order id
+    -> 1; its length is the day's count against the location's daily capacity."""
+    return f"{PREFIX}:{{c:{location}}}:cap:{day}"
+
+
 def lend_lock(sku: str) -> str:
     """Held while units move between the SKU's buckets (one mover at a time per SKU)."""
     return f"{sku_tag(sku)}:lendlock"

@@ -245,3 +245,48 @@ def test_a_shipment_rerouted_to_a_timed_location_gets_its_own_clock(store: Store
     assert (last.status, last.reason, last.version) == ("rejected", "sold_out", 3)
     assert len(list(ops.movements(store, SHARDS))) == 2  # both written off
     conserved(store, dict(loaded))
+
+
+def test_routing_honours_a_locations_daily_capacity(store: Store) -> None:
+    cat = catalog()
+    cat["locations"][0]["daily_capacity"] = 2  # wh-sh ships 2 orders a day
+    cat["locations"][1]["daily_capacity"] = 1  # st-hz 1
+    d = setup(store, cat)
+    p = Pipe(store, d)
+    p.push(*(buy(f"o{i}", ("SOCKS", 1)) for i in range(5)))
+    p.decide()
+    recs = {o: r[-1] for o, r in versions(store).items()}
+    assert all(r.status == "accepted" and r.version == 1 for r in recs.values())
+    by_loc = sorted(s.location for r in recs.values() for s in r.shipments)
+    assert by_loc == ["st-hz", "wh-bj", "wh-bj", "wh-sh", "wh-sh"]
+    assert levels(store)["SOCKS"] == {"wh-sh": 8, "st-hz": 1, "wh-bj": 8}
+    conserved(store)
+    # the same batch decided again (a crash before its outcome was written) moves nothing
+    raw = orjson.dumps(buy("again", ("SOCKS", 1)))
+    shard = sharding.shard_of(raw, SHARDS)
+    store.shards.push([(shard, raw)])
+    rows = store.shards.read(shard, p.read[shard], 10)
+    d.process(shard, rows)
+    d.emit(d.process(shard, rows))
+    (again,) = versions(store)["again"]
+    assert where(again) == [("wh-bj", "SOCKS", 1)]
+    assert levels(store)["SOCKS"] == {"wh-sh": 8, "st-hz": 1, "wh-bj": 7}
+    conserved(store)
+
+
+def test_a_full_pickup_store_and_a_reroute_past_a_full_location(store: Store) -> None:
+    cat = catalog()
+    cat["locations"][1].update(daily_capacity=0, pickup=True)
+    cat["locations"][2]["daily_capacity"] = 0
+    p = Pipe(store, setup(store, cat))
+    p.push(order("pick", ("SOCKS", 1), pickup="st-hz"), buy("o1", ("SOCKS", 2)))
+    p.decide()
+    recs = versions(store)
+    assert (recs["pick"][0].status, recs["pick"][0].reason) == ("rejected", "pickup_unavailable")
+    assert where(recs["o1"][0]) == [("wh-sh", "SOCKS", 2)]
+    p.push(said("o1", "wh-sh", "rejected"))  # st-hz and wh-bj have the units, not the room
+    p.decide()
+    last = versions(store)["o1"][-1]
+    assert (last.status, last.reason, last.version) == ("rejected", "sold_out", 2)
+    assert levels(store)["SOCKS"] == {"wh-sh": 8, "st-hz": 2, "wh-bj": 10}
+    conserved(store)

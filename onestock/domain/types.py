@@ -39,6 +39,8 @@ class Location(Struct, forbid_unknown_fields=True):
     # a shipment routed here must be claimed (or shipped) within this many seconds, else it
     # is re-routed as if rejected (docs/fulfilment.md); None: no limit
     claim_timeout_s: Annotated[int, Meta(ge=1, le=30 * 86400)] | None = None
+    # the most orders routed here per day (UTC, by the routing event's time); None: no limit
+    daily_capacity: Annotated[int, Meta(ge=0, le=10**9)] | None = None
 
     @property
     def allows_pickup(self) -> bool:

@@ -14,6 +14,8 @@
 --       Stores and returns ACCEPTED SEP (location SEP sku SEP qty)..., or REJECTED.
 -- undo: gives a stored ACCEPTED outcome's units back once (the stored outcome becomes
 --       CANCELLED + its allocations); returns the stored outcome as it was.
+-- give: gives the lines' units back at the first location once (an order moved off a
+--       location whose day is full); stores and returns CANCELLED.
 local mode, key, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local nskus = tonumber(ARGV[4])
 if not now or not nskus or #KEYS ~= SKU_KEYS * nskus then return redis.error_reply('ERR reroute.lua: bad header') end
@@ -61,6 +63,13 @@ if mode == 'undo' then
   redis.call('HSET', home, key, CANCELLED .. string.sub(stored, 2))
   for s = 1, nskus do settle(s, (read_stock(sku_key(s, K_STOCK)))) end
   return stored
+end
+if mode == 'give' then -- the lines' units back at the first location, once
+  if stored then return stored end
+  for _, ln in ipairs(lines) do redis.call('HINCRBY', sku_key(ln.s, K_STOCK), locs[1], ln.q) end
+  redis.call('HSET', home, key, CANCELLED)
+  for s = 1, nskus do settle(s, (read_stock(sku_key(s, K_STOCK)))) end
+  return CANCELLED
 end
 if mode ~= 'take' then return redis.error_reply('ERR reroute.lua: bad mode') end
 if stored then return stored end
