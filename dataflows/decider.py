@@ -15,19 +15,18 @@ import redis
 
 from dataflows import buckets
 from dataflows.aftersale import Aftersale
-from dataflows.buckets import BucketPlan
-from dataflows.cross_slot import Rules, StaleCatalog, decide_cross
-from dataflows.fulfilment import DAY_MS, Fulfilments, Places, allocations
+from dataflows.batch import Batch, decode, triples
+from dataflows.cross_slot import StaleCatalog, decide_cross
 from dataflows.gifts import Settler
-from dataflows.movements import Item as MovementItem
+from dataflows.lifecycle import Lifecycle
 from dataflows.movements import Movements
-from dataflows.payments import Payments, segments
+from dataflows.payments import segments
 from dataflows.refusals import NO_PICKUP, SOLD_OUT, Left, Refusals
+from dataflows.view import CatalogView
 from onestock.domain import events, meter
 from onestock.domain.protocol import Code, ProtocolError
-from onestock.domain.records import head, held, pack, rejected
-from onestock.domain.routing import Router
-from onestock.domain.types import Catalog, Order
+from onestock.domain.records import rejected
+from onestock.domain.types import Order
 from state import keys
 from state.conn import Waiter, parse_id
 from state.keys import sku_slot
@@ -43,8 +42,6 @@ _FINAL = frozenset(c.value for c in (Code.ACCEPTED, Code.REJECTED, Code.BUCKET_S
 # the metric tags of after-sale records (onestock.domain.meter: no latency buckets)
 _CANCEL_TAG = f"{meter.NONE}{meter.NONE}{Code.CANCELLATION}"
 _RETURN_TAG = f"{meter.NONE}{meter.NONE}{Code.RETURN}"
-_PAID_TAG = f"{meter.NONE}{meter.NONE}{Code.PAID}"
-_EXPIRED_TAG = f"{meter.NONE}{meter.NONE}{Code.EXPIRED}"
 
 
 class Decided(msgspec.Struct):
@@ -57,20 +54,6 @@ class Decided(msgspec.Struct):
     # latency sums and counts (received->decided ms, n, paid->decided ms, n), one metric tag
     # per record (onestock.domain.meter)
     meter: tuple[int, int, int, int, list[str]] | None = None
-
-
-class _Batch(NamedTuple):
-    """A batch decoded (``Decider._decode``)."""
-
-    # order id -> (entry id, its first event in the batch); the judge drops the replays
-    firsts: dict[str, tuple[str, events.Decoded]]
-    cancels: dict[str, str]  # order id -> entry id of the (first) cancel in the batch
-    returns: list[tuple[str, bytes, events.Return]]  # (entry id, raw event, return)
-    dead: list[list[Any]]  # [entry id, raw text, reason]; refused returns join them
-    seen: int  # the greatest paid_at (ms) of the batch's valid orders, -1 if none
-    movements: list[MovementItem]  # (entry id, movement) in arrival order
-    paids: list[tuple[str, bytes, events.Paid]]  # (entry id, raw, payment) in arrival order
-    fulfilments: list[tuple[str, bytes, events.Fulfilment]]  # likewise
 
 
 class _Prelude(NamedTuple):
@@ -108,60 +91,6 @@ def _by_slot(orders: list[Order]) -> tuple[dict[int, list[Order]], list[Order]]:
     return slot_orders, cross
 
 
-class _View:
-    """The catalog as the decider needs it, rebuilt when the catalog version changes."""
-
-    def __init__(self, catalog: Catalog | None, version: int = 0) -> None:
-        catalog = catalog or Catalog(channels=[], locations=[], skus=[])
-        self.version = version  # the catalog version, as the scripts check it
-        self.router = Router(catalog)
-        self.channels = {c.id for c in catalog.channels}
-        self.skus = {s.sku for s in catalog.skus}
-        # SKUs with rules judged before the stock (per-customer limit, VIP pre-sale, locks)
-        self.ruled = {
-            s.sku
-            for s in catalog.skus
-            if s.per_customer_limit is not None
-            or s.vip_presale_until is not None
-            or s.channel_locks
-        }
-        self.locations = set(self.router.ids)
-        by_id = {loc.id: loc for loc in catalog.locations}
-        # units online channels cannot take, per location in router order (store channels can)
-        self.safety = [by_id[loc].safety_stock for loc in self.router.ids]
-        self.floors = {loc: n for loc, n in zip(self.router.ids, self.safety, strict=True) if n}
-        self.store_channels = {c.id for c in catalog.channels if c.kind == "store"}
-        self.fewest = int(catalog.routing == "fewest_shipments")
-        limits = {s.sku: s.per_customer_limit for s in catalog.skus if s.per_customer_limit}
-        presale = {
-            s.sku: int(s.vip_presale_until.timestamp() * 1000)
-            for s in catalog.skus
-            if s.vip_presale_until is not None
-        }
-        bucketed = frozenset(s.sku for s in catalog.skus if s.buckets > 1)
-        self.rules = Rules(
-            self.ruled, limits, presale, self.floors, self.store_channels, bool(self.fewest),
-            bucketed, version,
-        )  # fmt: skip
-        self.loc_index = {loc: i + 1 for i, loc in enumerate(self.router.ids)}
-        # SKUs with a first-N gift campaign: their accepted orders' records wait for it
-        self.campaign_skus = {c.sku for c in catalog.campaigns}
-        self.buckets = BucketPlan(catalog, list(self.router.ids), self.floors)
-        self.payment_deadline_ms = catalog.payment_deadline_s * 1000  # a pending order's default
-        # what re-routing a rejected shipment needs (dataflows/fulfilment.py)
-        coords: dict[str, tuple[float, float] | None] = {
-            loc.id: (loc.lat, loc.lon) if loc.lat is not None and loc.lon is not None else None
-            for loc in catalog.locations
-        }
-        timeouts = {loc.id: loc.claim_timeout_s * 1000 for loc in catalog.locations
-                    if loc.claim_timeout_s is not None}  # fmt: skip
-        capacity = {loc.id: loc.daily_capacity for loc in catalog.locations
-                    if loc.daily_capacity is not None}  # fmt: skip
-        self.places = Places(
-            self.router, coords, dict(self.floors), list(self.router.ids), timeouts, capacity
-        )
-
-
 class Decider:
     def __init__(
         self,
@@ -172,12 +101,11 @@ class Decider:
         self.store = store
         self.wait = Waiter(say, stopping)
         self.version = -1
-        self.view = _View(None)
+        self.view = CatalogView(None)
         self.settler = Settler(store, say)
         self.aftersale = Aftersale(store, self.wait, self.settler)
         self.movements = Movements(store, self.wait)
-        self.payments = Payments(store, self.wait, self.aftersale)
-        self.fulfilments = Fulfilments(store, self.wait, self.aftersale)
+        self.lifecycle = Lifecycle(store, self.wait, self.aftersale)
         self._pending: dict[str, int] = {}  # the batch's pending orders -> deadline ms
         self._after: dict[int, str] = {}  # per shard: the last entry id this process decided
         self._paid: dict[str, int] = {}  # paid_at ms of the batch's orders sent to Lua
@@ -203,7 +131,7 @@ class Decider:
         version = self.wait.call(self.store.catalog_version)
         if version != self.version:
             self.version, catalog = self.wait.call(self.store.catalog)
-            self.view = _View(catalog, self.version)
+            self.view = CatalogView(catalog, self.version)
             self._dry.clear()
             if catalog is not None:
                 self.settler.load(catalog)
@@ -253,13 +181,9 @@ class Decider:
         if after is None:
             after = self._after[shard] = self.wait.call(self.store.shards.watermark, shard) or ""
         decided = str(int(time.time() * 1000))
-        expired = self.payments.expire(shard, after, [], set(), decided)
-        tags = [_EXPIRED_TAG] * (len(expired) // 3)
-        if self.view.places.timeouts:  # shipments not claimed in time: re-routed
-            moved = self.fulfilments.claims(shard, after, expired, set(), self.view.places, decided)
-            expired += moved
-            tags += [""] * (len(moved) // 3)
-        return Decided(shard, "0-0", expired, [], (0, 0, 0, 0, tags) if expired else None)
+        later = self.lifecycle.tick(shard, after, self.view.places, decided)
+        meter = (0, 0, 0, 0, later.tags) if later.records else None
+        return Decided(shard, "0-0", later.records, [], meter)
 
     def _process(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
         """The batch's phases, each named by what it hands on (every phase is one call per
@@ -274,8 +198,8 @@ class Decider:
         self._paid.clear()
         self._pending.clear()
         decided = str(int(time.time() * 1000))
-        batch = self._decode(entries, int(decided))
-        # _Batch(firsts {order id: (entry id, Decoded)}, cancels, returns, dead, seen)
+        batch = decode(entries, int(decided))
+        # Batch(firsts {order id: (entry id, Decoded)}, cancels, returns, dead, seen)
         pre = self._prelude(shard, batch.firsts, entries[0][0], last_id)
         # _Prelude(ids, registry values, step, SKUs short on the read, bought), catalog fresh
         judged = self._judge(shard, batch, pre)
@@ -288,9 +212,11 @@ class Decider:
         self._decide(judged.todo, outcome, held_ids)
         if judged.bucketed:
             self._borrow(judged.bucketed, outcome, held_ids)
-        if self.view.places.capacity:  # locations whose day is full: their orders move on
-            self._capacity(batch.firsts, outcome, held_ids, decided)
-        new = self._reserved(batch.firsts, outcome)  # pending orders: their units reserved
+        new = self.lifecycle.route(
+            batch.firsts, outcome, held_ids, self._pending, self.view.places, self._ranking,
+            decided,
+        )  # fmt: skip
+        # orders moved off locations whose day is full; pending ones reserved (the new ones)
         # outcome: every order's; held_ids: first-N candidates (their records are held)
         records, tags = self._aftersale(shard, batch, outcome, held_ids, decided)
         # registry triples and metric tags of the cancels and returns; outcome says which
@@ -302,89 +228,22 @@ class Decider:
             )  # fmt: skip
             records += moved  # registry triples of the movements' records
             tags += moved_tags
-        sums = self._records(batch.firsts, outcome, held_ids, decided, records, tags)
+        sums = triples(
+            batch.firsts, outcome, held_ids, decided, records, tags, self.view.campaign_skus
+        )
         # records, tags: with each order's registry triple and tag
-        paid: list[str] = []
-        if batch.paids:  # after the orders, cancels and returns (no order has both: segments)
-            paid = self.payments.paid(
-                shard, batch.paids, self.view.campaign_skus, decided, batch.dead
-            )
-            records += paid
-            tags += [_PAID_TAG] * (len(paid) // 3)
-            self._seen[shard] = max(
-                self._seen.get(shard, -1), *(p.paid_ms for *_, p in batch.paids)
-            )
         busy = {*batch.firsts, *batch.cancels, *(r.order_id for *_, r in batch.returns)}
-        busy.update(p.order_id for *_, p in batch.paids)
-        if batch.fulfilments:  # (none of their orders has another event here: segments)
-            shipped = self.fulfilments.apply(
-                shard, batch.fulfilments, self.view.places, decided, batch.dead
-            )
-            records += shipped
-            tags += [""] * (len(shipped) // 3)
-            busy.update(f.order_id for *_, f in batch.fulfilments)
-        if self.view.places.timeouts:  # shipments not claimed in time: re-routed
-            moved = self.fulfilments.claims(
-                shard, last_id, records, busy, self.view.places, decided
-            )
-            records += moved
-            tags += [""] * (len(moved) // 3)
-        gone = [k[len(keys.REG_STATE) :] for k in paid[::3]]  # paid: out of the deadlines
-        expired = self.payments.expire(shard, last_id, new, busy, decided, gone)
-        records += expired
-        tags += [_EXPIRED_TAG] * (len(expired) // 3)
+        later = self.lifecycle.after(
+            shard, batch.paids, batch.fulfilments, busy, records, new, self.view.places,
+            self.view.campaign_skus, last_id, decided, batch.dead,
+        )  # fmt: skip
+        # payments, fulfilment feedback, claim timeouts, expiries: later versions' triples
+        records += later.records
+        tags += later.tags
+        if later.paid_ms > self._seen.get(shard, -1):  # (first-N: payments rank by paid_at)
+            self._seen[shard] = later.paid_ms
         self._after[shard] = last_id
         return Decided(shard, last_id, records, batch.dead, sums)
-
-    def _capacity(
-        self,
-        firsts: dict[str, tuple[str, events.Decoded]],
-        outcome: dict[str, str],
-        held_ids: set[str],
-        decided: str,
-    ) -> None:
-        """Each accepted order counted against the daily capacity of the locations it was
-        routed to (the day of its arrival); the shipments of a full day move to the next
-        locations with room (``Fulfilments.honour``), or the order is rejected."""
-        places = self.view.places
-        asks: dict[int, dict[str, tuple[int, list[str]]]] = {}
-        for oid, res in outcome.items():
-            if res[:1] != Code.ACCEPTED:
-                continue
-            locs = {a[0] for a in allocations(res)} & places.capacity.keys()
-            day = int(firsts[oid][0].partition("-")[0]) // DAY_MS
-            for loc in locs:
-                asks.setdefault(day, {}).setdefault(loc, (places.capacity[loc], []))[1].append(oid)
-        for day, per_loc in asks.items():
-            full: dict[str, set[str]] = {}
-            for loc, oids in self.wait.call(self.store.shipments.count, day, per_loc).items():
-                for oid in oids:
-                    full.setdefault(oid, set()).add(loc)
-            for oid, locs in full.items():
-                o = firsts[oid][1].order  # type: ignore[union-attr]
-                ship = o.delivery.mode == "ship"
-                ranking = places.router.decode(self._rankings([o])[0]) if ship else []
-                res = self.fulfilments.honour(
-                    oid, outcome[oid], ranking, locs, places, day, decided
-                )
-                outcome[oid] = res
-                if res[:1] != Code.ACCEPTED:
-                    held_ids.discard(oid)
-
-    def _reserved(
-        self, firsts: dict[str, tuple[str, events.Decoded]], outcome: dict[str, str]
-    ) -> list[tuple[str, int, str, str]]:
-        """The pending orders accepted in this batch become reserved (``Code.RESERVED``):
-        (order id, deadline ms, channel, delivery mode) of each, for ``payments.lua``."""
-        new: list[tuple[str, int, str, str]] = []
-        for oid, deadline in self._pending.items():
-            res = outcome.get(oid, "")
-            if res[:1] != Code.ACCEPTED:
-                continue
-            outcome[oid] = Code.RESERVED + res[1:]
-            o = firsts[oid][1].order  # type: ignore[union-attr]
-            new.append((oid, deadline, o.channel, o.delivery.mode))
-        return new
 
     # -- the phases of a batch ---------------------------------------------------------------
 
@@ -401,44 +260,6 @@ class Decider:
         if parse_id(entries[0][0]) > wm:
             return entries
         return [e for e in entries if parse_id(e[0]) > wm]
-
-    @staticmethod
-    def _decode(entries: list[tuple[str, bytes]], now_ms: int) -> _Batch:
-        """Each entry classified: an order's first event in the batch (a later copy changes
-        nothing), cancels, returns, movements, dead letters."""
-        firsts: dict[str, tuple[str, events.Decoded]] = {}
-        dead: list[list[Any]] = []
-        cancels: dict[str, str] = {}
-        returns: list[tuple[str, bytes, events.Return]] = []
-        movements: list[MovementItem] = []
-        paids: list[tuple[str, bytes, events.Paid]] = []
-        fulfilments: list[tuple[str, bytes, events.Fulfilment]] = []
-        seen = -1
-        decode, Dead, Valid, Cancel = events.decode, events.Dead, events.Valid, events.Cancel
-        for eid, raw in entries:
-            d = decode(raw, now_ms)
-            cls = d.__class__
-            if cls is Valid:
-                oid = d.order.order_id  # type: ignore[union-attr]
-                if oid not in firsts:
-                    firsts[oid] = (eid, d)
-                    if d.paid_ms > seen:  # type: ignore[union-attr]
-                        seen = d.paid_ms  # type: ignore[union-attr]
-            elif cls is Dead:
-                dead.append([eid, d.raw, d.reason])  # type: ignore[union-attr]
-            elif cls is Cancel:
-                cancels.setdefault(d.order_id, eid)  # type: ignore[union-attr]
-            elif cls is events.Return:
-                returns.append((eid, raw, d))  # type: ignore[arg-type]
-            elif cls is events.Movement or cls is events.BadMovement:
-                movements.append((eid, d))  # type: ignore[arg-type]
-            elif cls is events.Paid:
-                paids.append((eid, raw, d))  # type: ignore[arg-type]
-            elif cls is events.Fulfilment:
-                fulfilments.append((eid, raw, d))  # type: ignore[arg-type]
-            elif d.order_id not in firsts:  # type: ignore[union-attr]
-                firsts[d.order_id] = (eid, d)  # type: ignore[union-attr]
-        return _Batch(firsts, cancels, returns, dead, seen, movements, paids, fulfilments)
 
     def _prelude(
         self,
@@ -479,7 +300,7 @@ class Decider:
         short = self.refusals.left(pre.skus, self.view.floors) if refusing else {}
         return _Prelude(ids, pre.registry, step, short, pre.bought)
 
-    def _judge(self, shard: int, batch: _Batch, pre: _Prelude) -> _Judged:
+    def _judge(self, shard: int, batch: Batch, pre: _Prelude) -> _Judged:
         """Every order judged before deciding: a replay of an order whose record exists is
         skipped (dropped from ``batch.firsts``); one a cancel came before is cancelled, never
         decided; an invalid one, or one the catalog (``_precheck``) or the read
@@ -577,7 +398,7 @@ class Decider:
     def _aftersale(
         self,
         shard: int,
-        batch: _Batch,
+        batch: Batch,
         outcome: dict[str, str],
         held_ids: set[str],
         decided: str,
@@ -599,62 +420,6 @@ class Decider:
             records += out
             tags += [_RETURN_TAG if k.startswith(keys.REG_RETURN) else "" for k in out[::3]]
         return records, tags
-
-    def _records(
-        self,
-        firsts: dict[str, tuple[str, events.Decoded]],
-        outcome: dict[str, str],
-        held_ids: set[str],
-        decided: str,
-        records: list[str],
-        tags: list[str],
-    ) -> tuple[int, int, int, int, list[str]]:
-        """Each order's registry triple (order id, registry value, packed record) onto
-        ``records`` and its metric tag onto ``tags``; returns ``Decided.meter``. A first-N
-        candidate's record is held until its gift is settled (``Code.HELD``); a rejected
-        order of a campaign SKU goes to the decisions stream too (``CAMPAIGN_REJECTED``)."""
-        gifts = self.view.campaign_skus
-        add, tag = records.extend, tags.append
-        now = int(decided)
-        tag_of = meter.Tagger(now)
-        sum_r = sum_p = n_p = 0
-        Valid = events.Valid
-        ACCEPTED, REJECTED, CANCELLED = Code.ACCEPTED, Code.REJECTED, Code.CANCELLED
-        CAMPAIGN_REJECTED, RESERVED = Code.CAMPAIGN_REJECTED, Code.RESERVED
-        for oid, (eid, d) in firsts.items():
-            res = outcome[oid]
-            kind = res[0]
-            received = eid.partition("-")[0]
-            received_ms = int(received)
-            sum_r += now - received_ms
-            if d.__class__ is Valid:
-                o = d.order  # type: ignore[union-attr]
-                channel, paid, mode = o.channel, o.paid_at, o.delivery.mode
-                paid_ms = d.paid_ms  # type: ignore[union-attr]
-                sum_p += now - paid_ms
-                n_p += 1
-                tag(tag_of(received_ms, paid_ms, res))
-                campaign = (
-                    bool(gifts) and kind == REJECTED and any(ln.sku in gifts for ln in o.lines)
-                )
-            else:
-                channel, paid, mode = d.channel or "", d.paid_at or "", "ship"  # type: ignore[union-attr]
-                tag(tag_of(received_ms, None, res))
-                campaign = False
-            if oid in held_ids:  # held until its gift is settled; decided at once
-                rec = held(head(oid, channel, paid, mode, received, decided), res)
-                add((oid, Code.HELD + res, rec))
-                continue
-            rec = pack(oid, channel, paid, mode, received, decided, res)
-            if kind == ACCEPTED or kind == RESERVED:
-                add((oid, res, rec))
-            elif kind == CANCELLED:  # cancelled in this batch (or before it came)
-                add((oid, CANCELLED, rec))
-            elif campaign:  # a rejected campaign order: its decision goes to the decisions stream
-                add((oid, CAMPAIGN_REJECTED, rec))
-            else:
-                add((oid, REJECTED, rec))
-        return sum_r, len(firsts), sum_p, n_p, tags
 
     # -- deciding --------------------------------------------------------------------------
 
@@ -796,6 +561,10 @@ class Decider:
             if store not in view.router.pickup:
                 return NO_PICKUP
         return None
+
+    def _ranking(self, o: Order) -> list[str]:
+        """The locations of an order, nearest first."""
+        return self.view.router.decode(self._rankings([o])[0])
 
     def _rankings(self, orders: list[Order]) -> list[bytes]:
         coords = [
