@@ -42,6 +42,11 @@ from state.store import Store
 EXPIRE_LIMIT = 1000  # due orders expired per batch or tick of a shard (the rest: the next)
 # a paid event that changes nothing and has no outcome of its own (the order was paid)
 _ALREADY_PAID = ""
+# why a payment of an order that is not reserved is refused, by the order's outcome code
+_NOT_RESERVED: dict[str, str] = {
+    Code.EXPIRED: "the order expired unpaid",
+    Code.CANCELLED: "the order was cancelled",
+}
 
 
 def segments(entries: list[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
@@ -54,18 +59,19 @@ def segments(entries: list[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes
         return
     start = 0
     named: set[str] = set()  # the order ids of the part's events
-    paid: set[str] = set()  # those with a payment or a fulfilment event in the part
+    later: set[str] = set()  # those with a payment or a fulfilment event in the part
     for i, (_, raw) in enumerate(entries):
         d = events.decode(raw)
         oid = _order_id(d)
-        is_paid = d.__class__ is events.Paid or d.__class__ is events.Fulfilment
-        if oid is not None and ((is_paid and oid in named) or oid in paid):
+        if oid is None:
+            continue
+        is_later = d.__class__ is events.Paid or d.__class__ is events.Fulfilment
+        if (is_later and oid in named) or oid in later:
             yield entries[start:i]
-            start, named, paid = i, set(), set()
-        if oid is not None:
-            named.add(oid)
-            if is_paid:
-                paid.add(oid)
+            start, named, later = i, set(), set()
+        named.add(oid)
+        if is_later:
+            later.add(oid)
     yield entries[start:]
 
 
@@ -88,10 +94,7 @@ def _refusal(st: OrderState, received_ms: int) -> str | None:
     if code == Code.ACCEPTED:
         return _ALREADY_PAID
     if code != Code.RESERVED:
-        return {
-            Code.EXPIRED: "the order expired unpaid",
-            Code.CANCELLED: "the order was cancelled",
-        }.get(code, "the order was rejected")  # type: ignore[call-overload]
+        return _NOT_RESERVED.get(code, "the order was rejected")
     if st.deadline_ms is not None and received_ms > st.deadline_ms:
         return f"it came after the payment deadline {iso_ms(st.deadline_ms)}"
     return None
