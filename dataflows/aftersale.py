@@ -38,6 +38,7 @@ APPLIED = 1  # applied now: the units are back
 CANCELLED_BEFORE = 2  # refused: a cancel gave the order's units of the SKU back
 MORE_THAN_SHIPPED = 3  # refused: the SKU would get back more than shipped
 REFUSED_WITH = 4  # refused: another line of the same return was
+_HELD = Code.HELD.encode()  # a registry value's first byte while its record is held
 _RESTOCK_CODES = {APPLIED_BEFORE, APPLIED, CANCELLED_BEFORE, MORE_THAN_SHIPPED, REFUSED_WITH}
 
 # (SKU, order id, return digest, location, qty, units of the SKU shipped): one line of a
@@ -215,6 +216,8 @@ class Aftersale:
         )
         undo: list[tuple[str, str]] = []  # (order id, its accepted outcome)
         out: list[str] = []
+        # earlier orders to cancel: (order id, outcome, received ms, their latest version)
+        later: list[tuple[str, str, str, int]] = []
         for oid in cancels:
             if oid in firsts:
                 res = outcome.get(oid, "")
@@ -234,12 +237,17 @@ class Aftersale:
                 continue  # rejected (or cancelled): there is nothing to give back
             undo.append((oid, text))
             received = cancels[oid].partition("-")[0]
-            after = str(int(version) + 1 if version is not None else 2)  # its record's version
-            rec = pack(oid, "", "", "ship", received, decided, Code.CANCELLED + text[1:], after)
-            out += [keys.REG_CANCEL + oid, Code.CANCELLED, rec]
+            later.append((oid, text, received, int(version) if version is not None else 1))
         if undo:  # before anything is given back: a settler that meets keys.REG_CANCELLING
             # releases no gift for the order (and puts back one it took)
-            self.wait.call(self.store.shards.mark_cancelling, shard, [oid for oid, _ in undo])
+            now = self.wait.call(self.store.shards.mark_cancelling, shard, [o for o, _ in undo])
+            held = {oid for (oid, _), v in zip(undo, now, strict=True) if v and v[:1] == _HELD}
+            for oid, text, received, version in later:
+                # a record still held (never written: the cancel drops it) is replaced by
+                # the cancellation, under its version; a written one is followed by it
+                after = str(version if oid in held else version + 1)
+                rec = pack(oid, "", "", "ship", received, decided, Code.CANCELLED + text[1:], after)
+                out += [keys.REG_CANCEL + oid, Code.CANCELLED, rec]
         removed = self.undo(undo) if undo else {}
         self.return_gifts([(oid, res) for oid, res in undo if removed.get(oid, 0) == 0])
         return out

@@ -28,7 +28,7 @@ Reserved = tuple[str, int, str, str]  # a new reserved order: id, deadline ms, c
 
 class Later(NamedTuple):
     """What the phases after a batch's records add: registry triples, their metric tags,
-    and the greatest paid_at (ms) of its payments (-1: none)."""
+    and the greatest paid_at (ms) of its accepted payments (-1: none)."""
 
     records: list[str]
     tags: list[str]
@@ -122,8 +122,9 @@ class Lifecycle:
         out: list[str] = []
         tags: list[str] = []
         paid: list[str] = []
+        latest = -1
         if paids:
-            paid = self.payments.paid(shard, paids, campaign_skus, decided, dead)
+            paid, latest = self.payments.paid(shard, paids, campaign_skus, decided, dead)
             out += paid
             tags += [PAID_TAG] * (len(paid) // 3)
             busy.update(p.order_id for *_, p in paids)
@@ -140,7 +141,7 @@ class Lifecycle:
         expired = self.payments.expire(shard, last_id, new, busy, decided, gone)
         out += expired
         tags += [EXPIRED_TAG] * (len(expired) // 3)
-        return Later(out, tags, max((p.paid_ms for *_, p in paids), default=-1))
+        return Later(out, tags, latest)
 
     def tick(self, shard: int, after: str, places: Places, decided: str) -> Later:
         """A caught-up shard: the reserved orders past their deadline, and the shipments

@@ -113,11 +113,14 @@ class Payments:
         campaign_skus: set[str],
         decided: str,
         dead: list[list[Any]],
-    ) -> list[str]:
+    ) -> tuple[list[str], int]:
         """Apply a segment's payments (none of their orders has another event in it):
-        registry triples of the accepted versions; refused ones become dead letters."""
+        registry triples of the accepted versions, and the greatest paid_at (ms) among them
+        (-1: none; a refused payment moves no first-N watermark); refused ones become dead
+        letters."""
         states = self.wait.call(self.store.payments.states, shard, [p.order_id for *_, p in paids])
         out: list[str] = []
+        latest = -1
         candidates: dict[str, list[tuple[str, int]]] = {}
         for (eid, raw, p), st in zip(paids, states, strict=True):
             received = eid.partition("-")[0]
@@ -129,6 +132,7 @@ class Payments:
                     )
                 continue
             assert st.value is not None
+            latest = max(latest, p.paid_ms)
             allocs = st.value[1:]  # SEP + (location, SKU, units) triples
             accepted = Code.ACCEPTED + allocs
             version = str(st.version + 1)
@@ -143,7 +147,7 @@ class Payments:
             out += [keys.REG_STATE + p.order_id, f"{version}{SEP}{value}", rec]
         for sku, items in candidates.items():
             self.wait.call(self.store.campaigns.add_candidates, sku, items)
-        return out
+        return out, latest
 
     def expire(
         self,

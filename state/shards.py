@@ -48,6 +48,7 @@ class Shards:
         self.r = client
         self._campaign_skus = campaign_skus  # the loaded catalog's campaign SKUs
         self._emit = client.register_script(lua("emit"))
+        self._cancelling = client.register_script(lua("cancelling"))
         # Reads of the input skip redis-py's per-entry dict building (a hot path).
         self._raw = client
         if isinstance(client, redis.Redis):
@@ -173,11 +174,11 @@ class Shards:
         """Write the shard's decide mark (``keys.decide_mark``); only the shard's owner does."""
         self.r.set(keys.decide_mark(shard), mark)
 
-    def mark_cancelling(self, shard: int, order_ids: list[str]) -> None:
-        """Say in the shard's registry that these orders are being cancelled."""
-        self.r.hset(
-            keys.emitted(shard), mapping={keys.REG_CANCELLING + oid: 1 for oid in order_ids}
-        )
+    def mark_cancelling(self, shard: int, order_ids: list[str]) -> list[bytes | None]:
+        """Say in the shard's registry that these orders are being cancelled; each one's
+        registry value at that moment (``cancelling.lua``, atomic with the marks)."""
+        got = wire.scripts(self.r, [(self._cancelling, [keys.emitted(shard)], order_ids)])[0]
+        return [v if v else None for v in got]
 
     def emit(
         self,

@@ -191,9 +191,9 @@ def decode(raw: bytes | str, now_ms: int | None = None) -> Decoded:
     try:
         order = order_decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        return _classify_bad(raw, str(exc))
+        return _classify_bad(raw, str(exc), now_ms)
     except msgspec.DecodeError as exc:  # (an unpaired surrogate: the stdlib may still read it)
-        return _classify_bad(raw, f"not JSON msgspec can read: {exc}")
+        return _classify_bad(raw, f"not JSON msgspec can read: {exc}", now_ms)
     oid = order.order_id
     if not oid.isprintable():
         return Dead(text_of(raw), f"order_id {text_problem(oid)}")
@@ -334,7 +334,7 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def _classify_bad(raw: bytes | str, error: str) -> Decoded:
+def _classify_bad(raw: bytes | str, error: str, now_ms: int | None) -> Decoded:
     try:
         obj = _loads_any(raw)
     except (ValueError, RecursionError) as exc:
@@ -356,7 +356,7 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
         return Cancel(oid)
     typed = _TYPED.get(kind) if isinstance(kind, str) else None
     if typed is not None:
-        return typed(raw)
+        return typed(raw, int(time.time() * 1000) if now_ms is None else now_ms)
     if kind not in (None, "order"):
         return Dead(text_of(raw), f"unsupported event type {kind!r}")
     channel = obj.get("channel")
@@ -369,7 +369,7 @@ def _classify_bad(raw: bytes | str, error: str) -> Decoded:
     )
 
 
-def _return(raw: bytes | str) -> Return | Dead:
+def _return(raw: bytes | str, _now_ms: int) -> Return | Dead:
     """A return event checked whole; one that cannot be read is a dead letter naming the
     field."""
     try:
@@ -388,8 +388,9 @@ def _return(raw: bytes | str) -> Return | Dead:
     return ret
 
 
-def _paid(raw: bytes | str) -> Paid | Dead:
-    """A payment event checked whole; one that cannot be read is a dead letter naming the
+def _paid(raw: bytes | str, now_ms: int) -> Paid | Dead:
+    """A payment event checked whole, decided at ``now_ms``; one that cannot be read, or
+    paid outside the window an order's paid_at must be in, is a dead letter naming the
     field (it changes nothing: the order's deadline still stands)."""
     try:
         p = _paid_decoder.decode(raw)
@@ -402,11 +403,13 @@ def _paid(raw: bytes | str) -> Paid | Dead:
             f"not a payment: paid_at: {_shown(p.paid_at)!r} is not an RFC 3339 time with an "
             "offset from 2000 on - at `$.paid_at`",
         )
+    if ms > now_ms + FUTURE_MS:
+        return Dead(text_of(raw), f"not a payment: {_window(p.paid_at)}")
     p.paid_ms = ms
     return p
 
 
-def _fulfilment(raw: bytes | str) -> Fulfilment | Dead:
+def _fulfilment(raw: bytes | str, _now_ms: int) -> Fulfilment | Dead:
     """A fulfilment event checked whole; one that cannot be read is a dead letter naming
     the field (it changes nothing)."""
     try:
@@ -422,7 +425,7 @@ def _fulfilment(raw: bytes | str) -> Fulfilment | Dead:
 
 
 # the events of a type other than an order or a cancel, read by type (each says what is wrong)
-_TYPED: dict[str, Callable[[bytes | str], Decoded]] = {
+_TYPED: dict[str, Callable[[bytes | str, int], Decoded]] = {
     "return": _return,
     "paid": _paid,
     "fulfilment": _fulfilment,
