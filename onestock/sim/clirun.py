@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from onestock.domain import sharding
 from onestock.sim import observe
 from onestock.sim.fast import anchor_of
 from onestock.sim.history import History, iso, render_catalog
@@ -102,6 +103,7 @@ def run_cli(h: History, tmp: Path) -> tuple[Observed, dict[str, int]]:
         # everything at once: a later push after an idle, drained run would make its
         # orders rightly "late" for the campaign (the burst was over), muddling the check
         cli.call("orders", "push", "-", stdin=b"\n".join(lines) + b"\n")
+        entry_ms = _entries(server.url, lines, k)  # (no run has read, or trimmed, any yet)
         window: tuple[int, int] | None = None
         for n in range(rng.randint(1, 3)):
             proc = cli.start_run(w)
@@ -124,9 +126,12 @@ def run_cli(h: History, tmp: Path) -> tuple[Observed, dict[str, int]]:
             if n == 0 and h.reload is not None:  # the reload, while no run goes on
                 window = _reload(h, anchor, server.url, tmp, cli, cats)
                 faults += 1
+        started_ms = int(time.time() * 1000)
         proc = cli.start_run(w)
+        drained: tuple[int, int] | None = None
         try:
             rc = proc.wait(timeout=DRAIN_TIMEOUT_S)
+            drained = started_ms, int(time.time() * 1000)  # (its last look came in between)
             if rc != 0:
                 cli.problems.append(("run.failed", f"last run exited {rc}: {cli.log()[-600:]}"))
         except subprocess.TimeoutExpired:
@@ -135,9 +140,29 @@ def run_cli(h: History, tmp: Path) -> tuple[Observed, dict[str, int]]:
             kill9(proc)
         ob = _read(cli, server.url, lines, k, cats, base, window)
         ob.first_crash_ms = first_kill
+        ob.entry_ms, ob.drained = entry_ms, drained
     finally:
         server.stop()
     return ob, {"events": len(lines), "faults": faults}
+
+
+def _entries(url: str, lines: list[bytes], k: int) -> list[int]:
+    """Per line pushed, the ms of its input entry id, read back from the streams."""
+    store = Store.connect(url)
+    out = [0] * len(lines)
+    try:
+        by_shard: list[list[int]] = [[] for _ in range(k)]
+        for n, raw in enumerate(lines):
+            if raw.strip():  # (`orders push` skips blank lines)
+                by_shard[sharding.shard_of(raw, k)].append(n)
+        for x, ns in enumerate(by_shard):
+            rows = store.shards.read(x, "0-0", len(ns)) if ns else []
+            if len(rows) == len(ns):
+                for n, (eid, _) in zip(ns, rows, strict=True):
+                    out[n] = int(eid.partition("-")[0])
+    finally:
+        store.r.close()
+    return out
 
 
 def _progress(url: str, k: int, more: int, proc: subprocess.Popen[bytes]) -> bool:
@@ -187,10 +212,11 @@ def _read(
     store = Store.connect(url)
     try:
         vers, ranks = observe.versions(store, k), observe.ranks(store, camp and camp["sku"])
+        rank_paid = observe.ranked_at(store, camp and camp["sku"])
         cli.problems += observe.audit(store, k, base)
     except Exception as exc:
         cli.problems.append(("read.exception", f"{type(exc).__name__}: {exc}"))
-        vers, ranks = [], []
+        vers, ranks, rank_paid = [], [], {}
     store.r.close()
     gifts = cli.call("gifts", camp["id"], "--json") if camp else b""
     # `stock --json --at T`: while every lock holds, and after them all (at ms as read back)
@@ -205,7 +231,7 @@ def _read(
         stock=next(iter(stocks.values())),
         gifts=orjson.loads(gifts) if gifts.strip() else None,
         alerts=observe.jsonl(cli.call("alerts")),
-        ranks=ranks, problems=cli.problems, skew_ms=2000,
+        ranks=ranks, rank_paid=rank_paid, problems=cli.problems, skew_ms=2000,
         movements=observe.jsonl(cli.call("movements")),
         availability={at: observe.from_stock(doc) for at, doc in stocks.items()},
     )  # fmt: skip

@@ -15,6 +15,7 @@ shards are drained and the gift settlement forced, as ``run --until-drained`` fi
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import tempfile
@@ -74,16 +75,47 @@ class Worker:
     """One dataflow process: its own (faulty) Redis client, Decider and source partitions,
     built by the real ``ShardSource.build_part`` (resume: a snapshot, or None)."""
 
-    def __init__(self, url: str, faults: Faults, k: int, resume: dict[int, str | None]) -> None:
+    def __init__(
+        self, url: str, faults: Faults, k: int, resume: dict[int, str | None], aim: str = ""
+    ) -> None:
         self.store = faulty_store(url, faults)
         moves = self.store.movements  # a crash now and then inside a movement's two steps
         moves.run = faults.aimed(moves.run)  # type: ignore[method-assign]
         self.decider = Decider(self.store, say=_quiet)
+        _aim_payments(self.decider, faults, aim)
         self.decider.settler.last = math.inf  # no wall-clock settling: settle() at seeded points
         self.source = ShardSource(lambda: self.store, k, say=_quiet)
         self.parts = {s: self.source.build_part("read", str(s), r) for s, r in resume.items()}
         for part in self.parts.values():
             part.ticked = math.inf  # no wall-clock ticks either: the driver ticks
+
+
+# the payment steps a history may aim a crash at (``_aim_payments``)
+PAYMENT_AIMS = ("reserve", "expiry", "expired", "paid")
+
+
+def _aim_payments(d: Decider, faults: Faults, aim: str) -> None:
+    """A crash aimed at one payment step (one per history: each crash costs a restart):
+    ``reserve``, the deadlines of new reserved orders recorded (``payments.lua``, before or
+    after it reached Redis); ``expiry``, an expiry's give-back (``undo_units.lua``);
+    ``expired``, right after that give-back, before the expired records are written;
+    ``paid``, right after a payment's acceptance (its first-N candidacy added), before its
+    record is written."""
+    pay, store = d.lifecycle.payments, d.store.payments
+    if aim == "reserve":
+        due = store.due
+        aimed_due = faults.aimed(due, 0.3, aim)
+
+        def record(shard: int, after: str, new: list[Any], limit: int, gone: Any = None) -> Any:
+            return (aimed_due if new else due)(shard, after, new, limit, gone)
+
+        store.due = record  # type: ignore[method-assign]
+    elif aim in ("expiry", "expired"):
+        pay.aftersale = copy.copy(pay.aftersale)  # (the expiry's own: a cancel's stays)
+        after = (lambda _: True) if aim == "expired" else None
+        pay.aftersale.undo = faults.aimed(pay.aftersale.undo, 0.5, aim, after)  # type: ignore[method-assign]
+    elif aim == "paid":
+        pay.paid = faults.aimed(pay.paid, 0.6, aim, after=bool)  # type: ignore[method-assign]
 
 
 class _Play:
@@ -109,14 +141,17 @@ class _Play:
         self.faults = Faults(rng, rng.choice([0, 1, 1, 2, 3]))
         self.style = rng.choice(["lockstep", "random", "favour"]) if h.features.skew else "lockstep"
         self.favour = rng.randrange(k)
+        self.aim = rng.choice(PAYMENT_AIMS) if h.features.payments else ""
         self.seen: list[list[str]] = [[] for _ in range(k)]  # snapshots a resume could start from
         self.procs: list[Worker] = []  # (one list, cleared and refilled by every restart)
         self.problems: list[tuple[str, str]] = []
         self.window: list[tuple[int, int]] = []
         self.before: set[str | None] = set()  # order ids in batches begun before the reload ended
         self.after: set[str | None] = set()  # ... and not before, in batches begun after it
-        self.order: dict[str, int] = {}  # entry id -> push index (ids of two shards do not compare)
+        self.order: dict[tuple[int, str], int] = {}  # (shard, entry id) -> push index
         self.tops = ["0-0"] * k
+        self.entry_ms = [0] * len(self.lines)  # per line: its entry id's ms (``push``)
+        self.drained: tuple[int, int] | None = None  # (``drain``)
 
     def start(self) -> None:
         """(Re)start every worker process: a crash takes the whole cluster down."""
@@ -131,7 +166,7 @@ class _Play:
                 resume[s] = None if r < 0.3 or not seen[s] else (
                     rng.choice(seen[s]) if r < 0.7 else seen[s][-1])  # fmt: skip
             try:
-                procs.append(Worker(self.url, self.faults, k, resume))
+                procs.append(Worker(self.url, self.faults, k, resume, self.aim))
             except Crash:
                 procs.clear()
         self.faults.arm()
@@ -145,7 +180,9 @@ class _Play:
             by_shard[sharding.shard_of(lines[n], k)].append(n)
         for x in range(k):
             rows = admin.shards.read(x, tops[x], len(by_shard[x])) if by_shard[x] else []
-            self.order.update(zip((eid for eid, _ in rows), by_shard[x], strict=True))
+            self.order.update(((x, eid), n) for (eid, _), n in zip(rows, by_shard[x], strict=True))
+            for (eid, _), n in zip(rows, by_shard[x], strict=True):
+                self.entry_ms[n] = int(eid.partition("-")[0])
             tops[x] = rows[-1][0] if rows else tops[x]
 
     def fire_reload(self) -> None:
@@ -160,7 +197,7 @@ class _Play:
         if not heads:
             return False
         if self.style == "lockstep":
-            s = min(heads, key=lambda x: self.order[heads[x]])
+            s = min(heads, key=lambda x: self.order[(x, heads[x])])
         else:
             favour = self.favour
             s = favour if self.style == "favour" and favour in heads else rng.choice(list(heads))
@@ -228,23 +265,26 @@ class _Play:
     def observed(self) -> tuple[Observed, dict[str, int]]:
         """What the run produced, read back as users read it."""
         admin, k, camp, problems = self.admin, self.k, self.camp, self.problems
+
         try:
             pub = observe.public(admin, k, camp["id"] if camp else None, self.cats[-1])
             vers = observe.versions(admin, k)
             ranks = observe.ranks(admin, camp["sku"] if camp else None)
+            rank_paid = observe.ranked_at(admin, camp["sku"] if camp else None)
             problems += observe.audit(admin, k, self.base)
         except Exception as exc:
             problems.append(("read.exception", _where(exc)))
             pub = {"fulfilments": [], "deadletters": [], "returns": [], "stock": {}, "gifts": None,
                    "alerts": [], "movements": [], "availability": {}}  # fmt: skip
-            vers, ranks = [], []
+            vers, ranks, rank_paid = [], [], {}
         for p in self.procs:
             p.store.r.close()
         window, faults = self.window, self.faults
         ob = Observed(lines=self.lines, shards=k, catalogs=self.cats, base=self.base,
                       reload_window=window[0] if window else None, versions=vers, ranks=ranks,
                       after_reload={a for a in self.after if a}, first_crash_ms=faults.first_ms,
-                      problems=problems, **pub)  # fmt: skip
+                      problems=problems, entry_ms=self.entry_ms, rank_paid=rank_paid,
+                      drained=self.drained, **pub)  # fmt: skip
         return ob, {"events": len(self.lines), "faults": faults.crashes + len(window)}
 
 
@@ -254,7 +294,7 @@ def run_fast(h: History, url: str) -> tuple[Observed, dict[str, int]]:
     play.start()
     try:
         play.play(chunks)
-        drain(play.procs, play.step, play.start, play.problems)
+        play.drained = drain(play.procs, play.step, play.start, play.problems)
     except Exception as exc:  # a product failure: a real worker would die here too
         play.problems.append(("run.exception", _where(exc)))
     return play.observed()
@@ -265,17 +305,19 @@ def drain(
     step: Callable[[], bool],
     start: Callable[[], None],
     problems: list[tuple[str, str]],
-) -> None:
+) -> tuple[int, int] | None:
     """Read everything, tick every shard and force the gift settlement until every source
     partition ends as ``run --until-drained`` ends it (``Store.drained``); a hang is a
-    violation."""
+    violation. Returns wall ms before the last pass and after it: every payment deadline
+    before the first had been applied (the pass found none due), none after the second."""
     deadline = time.monotonic() + DRAIN_S
     while True:
         try:
             if step():
                 continue
+            before = int(time.time() * 1000)
             if _drained(procs):
-                return
+                return before, int(time.time() * 1000)
         except Crash:
             start()
             continue
@@ -288,7 +330,7 @@ def drain(
             ]
             problems.append(("drain.hang", f"not drained after {DRAIN_S:.0f} s: (shard, "
                              f"watermark, read to, backlog) {stuck}"))  # fmt: skip
-            return
+            return None
         time.sleep(0.05)
 
 

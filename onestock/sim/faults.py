@@ -32,7 +32,7 @@ class Faults:
         self.hook: Callable[[], None] | None = None
         self.hook_after = False
         self.first_ms: int | None = None  # wall ms of the first crash
-        self.aims = 1  # crashes ``aimed`` may still arm
+        self.aims: dict[str, int] = {}  # per aim: crashes ``aimed`` may still arm (1 each)
         self.arm()
 
     def arm(self) -> None:
@@ -41,16 +41,29 @@ class Faults:
             self.crash_at = self.count + self.rng.randint(1, 200)
             self.after_send = self.rng.random() < 0.5
 
-    def aimed(self, fn: Callable[..., Any], p: float = 0.3) -> Callable[..., Any]:
-        """``fn`` that now and then (``p``, while ``aims`` last) arms a crash at the first
+    def aimed(
+        self,
+        fn: Callable[..., Any],
+        p: float = 0.3,
+        aim: str = "movement",
+        after: Callable[[Any], bool] | None = None,
+    ) -> Callable[..., Any]:
+        """``fn`` that now and then (``p``, once per ``aim``) arms a crash at the first
         Redis command it sends, before or after it reached Redis: a crash aimed at a rare,
-        short step (a movement's hold or commit) that random counts seldom hit."""
+        short step (a movement's hold or commit) that random counts seldom hit. With
+        ``after``: at the first command sent once ``fn`` returned what ``after`` accepts
+        (between a step and the next, e.g. an expiry's give-back and its records)."""
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            if self.aims > 0 and self.rng.random() < p:
-                self.aims -= 1
+            armed = self.aims.get(aim, 1) > 0 and self.rng.random() < p
+            if armed and after is None:
+                self.aims[aim] = 0
                 self.crash_at, self.after_send = self.count + 1, self.rng.random() < 0.5
-            return fn(*args, **kwargs)
+            got = fn(*args, **kwargs)
+            if armed and after is not None and after(got):
+                self.aims[aim] = 0
+                self.crash_at, self.after_send = self.count + 1, self.rng.random() < 0.5
+            return got
 
         return call
 

@@ -30,6 +30,10 @@ class Features:
     skew: bool = True  # fast mode: shards processed at very different paces
     movements: bool = True  # stock movements among the orders: every kind, copies, bad ones
     buckets: bool = True  # a SKU or two split into hot-SKU buckets (their movements too)
+    # pending orders (deadlines passed, near, far, the catalog's), paid events (in time, late,
+    # copies, before their order, for unknown ids), cancels and returns of them
+    payments: bool = True
+    future_paid: bool = True  # ... a payment paid_at decades ahead (2062), with bad_times
 
     @classmethod
     def names(cls) -> list[str]:

@@ -35,7 +35,7 @@ GARBAGE = [b"not json {", b"[1,2,3]", b"42", b'"just a string"', b'{"no_id": tru
 
 @dataclass
 class Event:
-    kind: str  # order | dup | cancel | return | garbage | closer | movement
+    kind: str  # order | dup | cancel | return | garbage | closer | movement | paid
     body: dict[str, Any] | None = None  # "paid_at": int = ms after the anchor
     raw: bytes | None = None  # fixed bytes (garbage)
     of: int = -1  # dup: index (in ``History.events``) of the event it copies
@@ -59,6 +59,14 @@ class History:
         return sum(k == "movement" or k == "dup" and kinds[e.of] == "movement"
                    for k, e in zip(kinds, self.events, strict=True))  # fmt: skip
 
+    def payments(self) -> int:
+        """How many of the events pushed are pending orders or payments (copies too)."""
+
+        def paying(e: Event) -> bool:
+            return e.kind == "paid" or "payment" in (e.body or {})
+
+        return sum(paying(self.events[e.of] if e.kind == "dup" else e) for e in self.events)
+
     def render_events(self, anchor_ms: int) -> list[bytes]:
         out: list[bytes] = []
         for e in self.events:
@@ -70,6 +78,9 @@ class History:
                 body = dict(e.body or {})
                 if isinstance(body.get("paid_at"), int):
                     body["paid_at"] = iso(anchor_ms + body["paid_at"])
+                pay = body.get("payment")
+                if pay is not None and isinstance(pay.get("deadline"), int):
+                    body["payment"] = {**pay, "deadline": iso(anchor_ms + pay["deadline"])}
                 out.append(orjson.dumps(body).replace(SUR.encode(), b"\\ud800"))
         return out
 
@@ -117,6 +128,10 @@ def generate(seed: int, features: Features) -> History:
             o for e in base if (o := (e.body or {})["order_id"]).startswith("o-") and SUR not in o
         ]
         events += movement_events(seed, cat, end, ids, f.internal_ids)
+    if f.payments:  # (a source of their own too: some orders made pending, in place)
+        from onestock.sim.pay import payment_events
+
+        events += payment_events(seed, cat, base, end, lateness, f)
     events.sort(key=lambda kv: kv[0])
     where = {id(e): j for j, (_, e) in enumerate(events)}
     h.events = [e for _, e in events]

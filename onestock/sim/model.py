@@ -7,8 +7,9 @@ below zero; (c) per-customer limits never exceeded, and a ``limit_exceeded`` nev
 a reason; (d) channel locks and VIP pre-sales honoured as far as the outputs show; (e)
 first-N ranks follow (paid_at, order_id); (f) no unit given back twice; (g) one record per
 stock movement, the status the model expects, figures consistent (``movecheck``); (h) every
-channel's availability equal to a plain model's (``availcheck``). Each violation is (class,
-detail).
+channel's availability equal to a plain model's (``availcheck``); (i) record versions 1..n
+per order, and every pending order and payment as the stream clock decides it
+(``paycheck``). Each violation is (class, detail).
 """
 
 from __future__ import annotations
@@ -53,13 +54,19 @@ class Observed:
     availability: dict[int, dict[str, dict[str, tuple[int, str | None]]]] = field(
         default_factory=dict
     )
+    # per event pushed: the ms of its input entry id, the stream's clock (0: not known)
+    entry_ms: list[int] = field(default_factory=list)
+    # wall ms: every payment deadline before the first had passed when the drain ended (its
+    # expiry due), none after the second had (None: not known, e.g. the drain hung)
+    drained: tuple[int, int] | None = None
+    rank_paid: dict[str, int] = field(default_factory=dict)  # order id -> paid_at it ranked by
 
 
 @dataclass
 class Ev:
     i: int
     raw: bytes
-    kind: str  # order | cancel | return | movement | dead
+    kind: str  # order | cancel | return | movement | paid | dead
     oid: str | None  # a movement's: its movement id
     obj: dict[str, Any] | None
     shard: int
@@ -75,7 +82,7 @@ def classify(lines: list[bytes], shards: int) -> list[Ev]:
     a JSON object; everything else is a dead letter."""
     out = []
     kinds = {None: "order", "order": "order", "cancel": "cancel", "return": "return",
-             "movement": "movement"}  # fmt: skip
+             "movement": "movement", "paid": "paid"}  # fmt: skip
     for i, raw in enumerate(lines):
         try:
             obj = json.loads(raw)
@@ -152,18 +159,27 @@ class Checker:
         self.return_raws = {
             e.raw.decode("utf-8", "replace") for e in self.evs if e.kind == "return"
         }
+        self.paid_raws = {e.raw.decode("utf-8", "replace") for e in self.evs if e.kind == "paid"}
         self.versions: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for rec in ob.versions:
             self.versions[rec["order_id"]].append(rec)
-        # the order's decision (the first record that is not a cancellation)
+        # the order's decision (its first record that is not a cancellation or an expiry; a
+        # reserved order's, not its payment's)
         self.decision: dict[str, dict[str, Any]] = {}
         for oid, recs in self.versions.items():
-            dec = [r for r in recs if r["status"] != "cancelled"]
+            dec = [r for r in recs if r["status"] in ("accepted", "rejected", "reserved")]
+            if [r["status"] for r in dec] == ["reserved", "accepted"]:
+                dec = dec[:1]
             if len(dec) > 1:
                 self.fail("outcome.two_decisions", f"{oid!r}: {[r['status'] for r in dec]}")
             if dec:
                 self.decision[oid] = dec[0]
         self.final = {r["order_id"]: r for r in ob.fulfilments}
+        from onestock.sim import paycheck
+
+        # pending orders (order id -> its deadline) and the payment that paid each one paid
+        self.pending = paycheck.pending(self)
+        self.paid_by = paycheck.paid_by(self)
         self.took = {oid: self._took(oid) for oid in self.versions}  # units first taken
         self.back = self._given_back()
         from onestock.sim.movecheck import Moves
@@ -184,6 +200,8 @@ class Checker:
             for r in recs:
                 if r["status"] == "cancelled":
                     back[oid] += cancelled_back(r["shipments"], returned[oid])
+                elif r["status"] == "expired":  # (a reserved order: nothing was returned)
+                    back[oid] += units(r["shipments"])
         return back
 
     def fail(self, cls: str, detail: str) -> None:
@@ -192,16 +210,20 @@ class Checker:
     def _took(self, oid: str) -> Counter[tuple[str, str]]:
         dec = self.decision.get(oid)
         if dec is not None:
-            return units(dec["shipments"]) if dec["status"] == "accepted" else Counter()
+            held = dec["status"] in ("accepted", "reserved")
+            return units(dec["shipments"]) if held else Counter()
         # decided and cancelled in one batch (or held, then cancelled): what it gave back
         return sum((units(r["shipments"]) for r in self.versions[oid]), Counter())
 
     def accepted(self, oid: str) -> bool:
+        """Whether the order was accepted at some point (a pending one: paid)."""
+        if oid in self.pending:
+            return oid in self.paid_by
         dec = self.decision.get(oid)
         return dec is not None and dec["status"] == "accepted" or bool(self.took.get(oid))
 
     def run(self) -> list[Violation]:
-        from onestock.sim import availcheck, movecheck, rules
+        from onestock.sim import availcheck, movecheck, paycheck, rules
 
         self.outcomes()
         self.aftersale()
@@ -209,6 +231,7 @@ class Checker:
         rules.check(self)
         movecheck.check(self)
         availcheck.check(self)
+        paycheck.check(self)
         return self.v
 
     # (a) one outcome per event -----------------------------------------------------------
@@ -230,7 +253,8 @@ class Checker:
             ):
                 self.fail("outcome.final", f"{oid!r}: printed record is not the latest")
         want = Counter(e.raw.decode("utf-8", "replace") for e in self.evs if e.kind == "dead")
-        got = Counter(d["raw"] for d in ob.deadletters if d["raw"] not in self.return_raws)
+        theirs = self.return_raws | self.paid_raws  # (judged with their orders)
+        got = Counter(d["raw"] for d in ob.deadletters if d["raw"] not in theirs)
         for raw in want - got:
             self.fail("dead.missing", f"no dead letter for {raw[:80]!r}")
         for raw in got - want:
@@ -241,7 +265,7 @@ class Checker:
         """An accepted order ships what it ordered; a rejected one ships nothing."""
         for oid, rec in self.final.items():
             dec = self.decision.get(oid)
-            if dec is not None and dec["status"] == "accepted":
+            if dec is not None and dec["status"] in ("accepted", "reserved"):
                 want_l = ordered((self.first[oid].obj or {}) if oid in self.first else {})
                 if per_sku(units(dec["shipments"])) != want_l:
                     self.fail("lines.mismatch", f"{oid!r} ordered {dict(want_l)}, shipped "
@@ -307,6 +331,11 @@ class Checker:
                 self.fail("return.refused", f"{oid!r}: {why!r}, but it was accepted")
             if "was cancelled" in why and oid not in self.cancels:
                 self.fail("return.refused", f"{oid!r}: {why!r}, but nothing cancelled it")
+            if "is not paid" in why and oid not in self.pending:
+                self.fail("return.refused", f"{oid!r}: {why!r}, but it needed no payment")
+            statuses = {r["status"] for r in self.versions.get(oid, [])}
+            if "expired unpaid" in why and "expired" not in statuses:
+                self.fail("return.refused", f"{oid!r}: {why!r}, but it never expired")
 
     # (b) conservation, (f) nothing given back twice ---------------------------------------
 

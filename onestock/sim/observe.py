@@ -45,6 +45,18 @@ def ranks(store: Store, campaign_sku: str | None) -> list[tuple[str, str, int, s
     return out
 
 
+def ranked_at(store: Store, campaign_sku: str | None) -> dict[str, int]:
+    """Order id -> the paid_at (epoch ms) its settled rank was given by."""
+    if campaign_sku is None:
+        return {}
+    out = {}
+    for fields in store.shards.merged([keys.ranks(campaign_sku)]):
+        for entry in fields[b"v"].decode().split(RS):
+            _, oid, _, _, _, paid = entry.split(SEP)
+            out[oid] = int(paid)
+    return out
+
+
 FAR_MS = 10**13  # a reading time after every lock's end (the year 2286)
 
 Availability = dict[int, dict[str, dict[str, tuple[int, str | None]]]]

@@ -214,9 +214,13 @@ def _rank_order(c: Checker, entries: list[Rank], sku: str, late_ms: int) -> None
     def paid(e: Ev) -> int:
         return ms((e.obj or {}).get("paid_at")) or 0
 
+    # the event that made each order a candidate: its order, or the payment that paid it
+    # (ranked by that payment's paid_at)
+    made = {oid: c.paid_by.get(oid) or e for oid, e in c.first.items()}
     buyers = [e for e in c.first.values() if sku in ordered(e.obj or {})]
+    buyers += [e for e in c.evs if e.kind == "paid"]  # (every payment's paid_at counts)
     for _, oid, rank, _, late in entries:
-        e = c.first.get(oid)
+        e = made.get(oid)
         if e is None or not late or hostile(e):
             continue
         if not any(o.shard == e.shard and o.i < e.i and not hostile(o)
@@ -225,9 +229,9 @@ def _rank_order(c: Checker, entries: list[Rank], sku: str, late_ms: int) -> None
                    f"its shard was paid more than {late_ms} ms after it")  # fmt: skip
     seq = sorted(
         (rank, oid) for _, oid, rank, _, late in entries
-        if not late and oid in c.first and not hostile(c.first[oid])
+        if not late and oid in made and not hostile(made[oid])
     )  # fmt: skip
-    keys = [(paid(c.first[oid]), oid.encode(), rank) for rank, oid in seq]
+    keys = [(paid(made[oid]), oid.encode(), rank) for rank, oid in seq]
     for a, b in zip(keys, keys[1:], strict=False):
         if a[:2] > b[:2]:
             c.fail("firstn.order", f"rank {a[2]} paid {a[0]} ({a[1]!r}) before rank {b[2]} "

@@ -45,6 +45,7 @@ class Report:
     histories: dict[str, int] = field(default_factory=lambda: {"fast": 0, "cli": 0})
     events: int = 0
     movements: int = 0  # of the events, stock movements (copies and bad ones too)
+    payments: int = 0  # of the events, pending orders and payments (copies too)
     faults: int = 0
     seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
@@ -62,7 +63,8 @@ class Report:
         n = sum(self.histories.values())
         out = [
             f"soak: {n} histories ({self.histories['fast']} fast, {self.histories['cli']} cli), "
-            f"{self.events} events ({self.movements} movements), {self.faults} faults in "
+            f"{self.events} events ({self.movements} movements, {self.payments} pending orders "
+            f"and payments), {self.faults} faults in "
             f"{self.seconds:.0f} s; "
             f"{len(self.failures)} failed"
         ]
@@ -74,8 +76,9 @@ class Report:
 
 def one(
     seed: int, mode: str, features: Features, url: str
-) -> tuple[list[Violation], int, int, int]:
-    """Run the history of ``seed`` in ``mode``: (violations, events, faults, movements)."""
+) -> tuple[list[Violation], int, int, tuple[int, int]]:
+    """Run the history of ``seed`` in ``mode``: (violations, events, faults, (movements,
+    pending orders and payments))."""
     h = generate(seed, features)
     if mode == "fast":
         from onestock.sim.fast import run_fast
@@ -91,7 +94,7 @@ def one(
     if fatal and len(fatal) < len(violations):
         more = len(violations) - len(fatal)
         violations = [*fatal, ("(cascade)", f"{more} further violations follow from it")]
-    return violations, stats["events"], stats["faults"], h.movements()
+    return violations, stats["events"], stats["faults"], (h.movements(), h.payments())
 
 
 def soak(
@@ -126,12 +129,15 @@ def soak(
                     modes = ["cli" if n % CLI_EVERY == CLI_EVERY - 1 else "fast"]
                 n += 1
                 for m in modes:
-                    violations, events, faults, moves = one(s, m, features, url or server.url)
+                    violations, events, faults, (moves, pays) = one(
+                        s, m, features, url or server.url
+                    )
                     violations = [v for v in violations if v[0] not in ignore]
                     report.histories[m] += 1
                     report.events += events
                     report.faults += faults
                     report.movements += moves
+                    report.payments += pays
                     if violations:
                         f = Failure(s, m, events, violations, features)
                         report.failures.append(f)
