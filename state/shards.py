@@ -93,7 +93,8 @@ class Shards:
     def drained(self, shard: int, last_read: str) -> bool:
         """True when every event pushed to the shard so far has its outcome written, and
         every first-N rank settled so far is acknowledged (in the ranks stream), and no
-        reserved order's payment deadline has passed unexpired (dataflows/payments.py)."""
+        reserved order's payment deadline, nor a shipment's claim timeout, has passed
+        unapplied (dataflows/lifecycle.py)."""
         pipe = self.r.pipeline(transaction=False)
         pipe.xrevrange(keys.inbox(shard), count=1)
         pipe.get(keys.watermark(shard))
@@ -104,8 +105,10 @@ class Shards:
         clock: Any = self.r.time()  # (a cluster client: per node; TIME has no key)
         sec, us = next(iter(clock.values())) if isinstance(clock, dict) else clock
         now_ms = sec * 1000 + us // 1000
-        if self.r.zrangebyscore(keys.deadlines(shard), "-inf", f"({now_ms}", start=0, num=1):
-            return False  # a deadline passed: the shard's next tick expires the order
+        for timers in (keys.deadlines(shard), keys.claims(shard)):
+            if self.r.zrangebyscore(timers, "-inf", f"({now_ms}", start=0, num=1):
+                return False  # a deadline passed: the shard's next tick expires the order
+                # (or re-routes the shipment not claimed in time)
         if any(self.r.llen(keys.settled(sku)) for sku in self._campaign_skus()):
             return False  # released records whose ranks are not acknowledged yet (a crash)
         if not newest:

@@ -290,3 +290,20 @@ def test_a_full_pickup_store_and_a_reroute_past_a_full_location(store: Store) ->
     assert (last.status, last.reason, last.version) == ("rejected", "sold_out", 2)
     assert levels(store)["SOCKS"] == {"wh-sh": 8, "st-hz": 2, "wh-bj": 10}
     conserved(store)
+
+
+def test_a_drain_waits_for_a_claim_timeout_that_passed(store: Store) -> None:
+    import time
+
+    d = setup(store, timed_catalog())
+    p = Pipe(store, d)
+    p.push(near_hz("o1"))
+    p.decide()
+    shard = sharding.shard_of_id("o1", SHARDS)
+    assert store.shards.drained(shard, p.read[shard])  # its clock still runs
+    time.sleep(1.1)
+    assert not store.shards.drained(shard, p.read[shard])  # past it: the next tick re-routes
+    d.emit(d.process(shard, []))
+    assert [r.version for r in versions(store)["o1"]] == [1, 2]
+    d.emit(d.process(shard, []))  # the claim, settled, leaves
+    assert store.shards.drained(shard, p.read[shard])
