@@ -183,7 +183,11 @@ class Fulfilments:
             said = dict(zip(places.locations, got[i * n : (i + 1) * n], strict=True))
             secs = places.timeouts.get(loc, 0) // 1000
             f = events.Fulfilment(oid, loc, "rejected", f"not claimed within {secs} s")
-            if said.get(loc, (None, False)) != (None, False) or _refusal(st, f, said) is not None:
+            if (
+                st.cancelling  # (a cancel is under way: a timer leaves the order alone)
+                or said.get(loc, (None, False)) != (None, False)
+                or _refusal(st, f, said) is not None
+            ):
                 settled.append((oid, loc))  # claimed, shipped, rejected, or the order moved on
                 continue
             out += self._said(f, st, said, places, str(deadline), decided)

@@ -25,10 +25,14 @@ class OrderState(NamedTuple):
 
     value: str | None  # the registry value: its current outcome (None: never came)
     version: int  # the version of its latest record
-    cancelled: bool  # a cancel gave its units back, or is doing so
+    cancelled: bool  # a cancel's record is written (the units are back)
     deadline_ms: int | None  # its payment deadline while it is in the deadlines set
     channel: str
     mode: str
+    # a cancel marked it and may be giving its units back (keys.REG_CANCELLING): a crash
+    # left it so, or its record is written. The events before that cancel, replayed, judge
+    # the order without it; the timers (expiries, claim timeouts) leave it alone.
+    cancelling: bool = False
 
 
 class Payments:
@@ -81,10 +85,11 @@ class Payments:
                 OrderState(
                     value.decode() if value is not None else None,
                     int(version) if version is not None else 1,
-                    x is not None or k is not None,
+                    x is not None,
                     int(float(scores[i])) if scores[i] is not None else None,
                     channel,
                     mode or "ship",
+                    k is not None or x is not None,
                 )
             )
         return out
