@@ -37,6 +37,12 @@ from state.store import Store
 
 _DUPLICATE = ""  # an event that changes nothing and has no outcome of its own (a copy)
 Alloc = tuple[str, str, int]  # (location, SKU or hot-SKU bucket, units)
+# why an event for an order that is not accepted is refused, by the order's outcome code
+# (a cancel that came before its order, or in its batch, leaves it CANCELLED)
+_NOT_ACCEPTED: dict[str, str] = {
+    Code.CANCELLED: "the order was cancelled",
+    Code.EXPIRED: "the order expired",
+}
 
 
 CLAIMS_LIMIT = 1000  # shipments past their claim timeout re-routed per batch or tick
@@ -88,7 +94,7 @@ def _refusal(st: OrderState, f: events.Fulfilment, said: dict[str, Said]) -> str
     if code == Code.RESERVED:
         return "the order is not paid"
     if code not in (Code.ACCEPTED, Code.CANDIDATE):
-        return "the order was not accepted" if code != Code.EXPIRED else "the order expired"
+        return _NOT_ACCEPTED.get(code, "the order was not accepted")
     before, claimed = said.get(f.location, (None, False))
     if before is not None:
         if before == f.status or (before != "rejected" and f.status in ("shipped", "picked_up")):

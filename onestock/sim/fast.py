@@ -83,6 +83,7 @@ class Worker:
         moves.run = faults.aimed(moves.run)  # type: ignore[method-assign]
         self.decider = Decider(self.store, say=_quiet)
         _aim_payments(self.decider, faults, aim)
+        _aim_reroute(self.decider, faults, aim)
         self.decider.settler.last = math.inf  # no wall-clock settling: settle() at seeded points
         self.source = ShardSource(lambda: self.store, k, say=_quiet)
         self.parts = {s: self.source.build_part("read", str(s), r) for s, r in resume.items()}
@@ -92,6 +93,8 @@ class Worker:
 
 # the payment steps a history may aim a crash at (``_aim_payments``)
 PAYMENT_AIMS = ("reserve", "expiry", "expired", "paid")
+# ... and the re-route steps (``_aim_reroute``)
+SHIP_AIMS = ("reroute_take", "reroute")
 
 
 def _aim_payments(d: Decider, faults: Faults, aim: str) -> None:
@@ -118,6 +121,17 @@ def _aim_payments(d: Decider, faults: Faults, aim: str) -> None:
         pay.paid = faults.aimed(pay.paid, 0.6, aim, after=bool)  # type: ignore[method-assign]
 
 
+def _aim_reroute(d: Decider, faults: Faults, aim: str) -> None:
+    """A crash aimed at a re-route: ``reroute_take``, at its take (``reroute.lua``, before
+    or after it reached Redis); ``reroute``, right after the take, before the give-backs
+    and the write-off and the new version are written."""
+    ship = d.lifecycle.fulfilments
+    if aim == "reroute_take":
+        ship._place = faults.aimed(ship._place, 0.9, aim)  # type: ignore[method-assign]
+    elif aim == "reroute":
+        ship._place = faults.aimed(ship._place, 0.9, aim, after=lambda _: True)  # type: ignore[method-assign]
+
+
 class _Play:
     """One history played: the admin client (the "other processes": pushes, the reload), the
     worker processes and what the checker is given. Every random choice comes from one
@@ -141,7 +155,10 @@ class _Play:
         self.faults = Faults(rng, rng.choice([0, 1, 1, 2, 3]))
         self.style = rng.choice(["lockstep", "random", "favour"]) if h.features.skew else "lockstep"
         self.favour = rng.randrange(k)
-        self.aim = rng.choice(PAYMENT_AIMS) if h.features.payments else ""
+        aims = (PAYMENT_AIMS if h.features.payments else ()) + (
+            SHIP_AIMS if h.features.fulfilment else ()
+        )
+        self.aim = rng.choice(aims) if aims else ""
         self.seen: list[list[str]] = [[] for _ in range(k)]  # snapshots a resume could start from
         self.procs: list[Worker] = []  # (one list, cleared and refilled by every restart)
         self.problems: list[tuple[str, str]] = []
@@ -272,11 +289,12 @@ class _Play:
             ranks = observe.ranks(admin, camp["sku"] if camp else None)
             rank_paid = observe.ranked_at(admin, camp["sku"] if camp else None)
             problems += observe.audit(admin, k, self.base)
+            cap = observe.capacity(admin, self.cats[-1])
         except Exception as exc:
             problems.append(("read.exception", _where(exc)))
             pub = {"fulfilments": [], "deadletters": [], "returns": [], "stock": {}, "gifts": None,
                    "alerts": [], "movements": [], "availability": {}}  # fmt: skip
-            vers, ranks, rank_paid = [], [], {}
+            vers, ranks, rank_paid, cap = [], [], {}, {}
         for p in self.procs:
             p.store.r.close()
         window, faults = self.window, self.faults
@@ -284,7 +302,7 @@ class _Play:
                       reload_window=window[0] if window else None, versions=vers, ranks=ranks,
                       after_reload={a for a in self.after if a}, first_crash_ms=faults.first_ms,
                       problems=problems, entry_ms=self.entry_ms, rank_paid=rank_paid,
-                      drained=self.drained, **pub)  # fmt: skip
+                      drained=self.drained, capacity=cap, **pub)  # fmt: skip
         return ob, {"events": len(self.lines), "faults": faults.crashes + len(window)}
 
 

@@ -35,7 +35,7 @@ GARBAGE = [b"not json {", b"[1,2,3]", b"42", b'"just a string"', b'{"no_id": tru
 
 @dataclass
 class Event:
-    kind: str  # order | dup | cancel | return | garbage | closer | movement | paid
+    kind: str  # order | dup | cancel | return | garbage | closer | movement | paid | fulfilment
     body: dict[str, Any] | None = None  # "paid_at": int = ms after the anchor
     raw: bytes | None = None  # fixed bytes (garbage)
     of: int = -1  # dup: index (in ``History.events``) of the event it copies
@@ -132,6 +132,11 @@ def generate(seed: int, features: Features) -> History:
         from onestock.sim.pay import payment_events
 
         events += payment_events(seed, cat, base, end, lateness, f)
+    if f.fulfilment:  # (a source of their own too; after the payments: pending ones known)
+        from onestock.sim.ship import fulfilment_events
+
+        returned = {(e.body or {}).get("order_id") for _, e in events if e.kind == "return"}
+        events += fulfilment_events(seed, cat, base, end, f, returned)
     events.sort(key=lambda kv: kv[0])
     where = {id(e): j for j, (_, e) in enumerate(events)}
     h.events = [e for _, e in events]
@@ -144,6 +149,10 @@ def generate(seed: int, features: Features) -> History:
             h.events.append(Event("closer", _order(rng, cat, skus, oid, t + 1)))
     if f.reload:
         h.reload = _reload(rng, cat, f)
+        if not f.capacity_rules and any("daily_capacity" in x for x in cat["locations"]):
+            from onestock.sim.ship import no_rules
+
+            no_rules(h.reload)  # (a catalog with a daily capacity: none added by the reload)
         h.reload_at = rng.randint(len(h.events) // 6, len(h.events) // 2)
     return h
 

@@ -9,7 +9,8 @@ first-N ranks follow (paid_at, order_id); (f) no unit given back twice; (g) one 
 stock movement, the status the model expects, figures consistent (``movecheck``); (h) every
 channel's availability equal to a plain model's (``availcheck``); (i) record versions 1..n
 per order, and every pending order and payment as the stream clock decides it
-(``paycheck``). Each violation is (class, detail).
+(``paycheck``); (j) every fulfilment event, re-route, write-off and daily capacity as
+docs/fulfilment.md says (``shipcheck``). Each violation is (class, detail).
 """
 
 from __future__ import annotations
@@ -60,13 +61,15 @@ class Observed:
     # expiry due), none after the second had (None: not known, e.g. the drain hung)
     drained: tuple[int, int] | None = None
     rank_paid: dict[str, int] = field(default_factory=dict)  # order id -> paid_at it ranked by
+    # (location, day) -> the orders counted against its daily capacity (empty: not read)
+    capacity: dict[tuple[str, int], set[str]] = field(default_factory=dict)
 
 
 @dataclass
 class Ev:
     i: int
     raw: bytes
-    kind: str  # order | cancel | return | movement | paid | dead
+    kind: str  # order | cancel | return | movement | paid | fulfilment | dead
     oid: str | None  # a movement's: its movement id
     obj: dict[str, Any] | None
     shard: int
@@ -82,7 +85,7 @@ def classify(lines: list[bytes], shards: int) -> list[Ev]:
     a JSON object; everything else is a dead letter."""
     out = []
     kinds = {None: "order", "order": "order", "cancel": "cancel", "return": "return",
-             "movement": "movement", "paid": "paid"}  # fmt: skip
+             "movement": "movement", "paid": "paid", "fulfilment": "fulfilment"}  # fmt: skip
     for i, raw in enumerate(lines):
         try:
             obj = json.loads(raw)
@@ -160,6 +163,15 @@ class Checker:
             e.raw.decode("utf-8", "replace") for e in self.evs if e.kind == "return"
         }
         self.paid_raws = {e.raw.decode("utf-8", "replace") for e in self.evs if e.kind == "paid"}
+        self.ship_raws = {
+            e.raw.decode("utf-8", "replace") for e in self.evs if e.kind == "fulfilment"
+        }
+        # order id -> the locations whose shipment of it was written off (re-routed away)
+        self.written_off: dict[str, list[str]] = defaultdict(list)
+        for m in ob.movements:
+            if m.get("kind") == "write_off":
+                oid, _, loc = str(m["movement_id"]).rpartition("@")
+                self.written_off[oid].append(loc)
         self.versions: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for rec in ob.versions:
             self.versions[rec["order_id"]].append(rec)
@@ -168,9 +180,9 @@ class Checker:
         self.decision: dict[str, dict[str, Any]] = {}
         for oid, recs in self.versions.items():
             dec = [r for r in recs if r["status"] in ("accepted", "rejected", "reserved")]
-            if [r["status"] for r in dec] == ["reserved", "accepted"]:
-                dec = dec[:1]
-            if len(dec) > 1:
+            if [r["status"] for r in dec[:2]] == ["reserved", "accepted"]:
+                dec = dec[:1] + dec[2:]
+            if len(dec) > 1 + len(self.written_off.get(oid, [])):  # (re-routes: shipcheck)
                 self.fail("outcome.two_decisions", f"{oid!r}: {[r['status'] for r in dec]}")
             if dec:
                 self.decision[oid] = dec[0]
@@ -207,6 +219,27 @@ class Checker:
     def fail(self, cls: str, detail: str) -> None:
         self.v.append((cls, detail))
 
+    def held(self, oid: str) -> Counter[tuple[str, str]]:
+        """What the order's units count in the conservation law: what it first took, or, if
+        re-routed, what its latest version ships (or shipped, if cancelled)."""
+        if oid not in self.written_off:
+            return self.took[oid]
+        recs = self.versions[oid]
+        if recs[-1]["status"] != "rejected":
+            return units(recs[-1]["shipments"])
+        # rejected: the last accepted version's other shipments went back, less what returns
+        # brought back before (the rejecting location's units are the write-off's)
+        last = next((r for r in reversed(recs) if r["status"] == "accepted"), None)
+        if last is None:
+            return Counter()
+        gone = self.written_off[oid]
+        rest = [s for s in last["shipments"] if s["location"] not in gone]
+        returned: Counter[str] = Counter()
+        for ret in self.ob.returns:
+            if ret["order_id"] == oid:
+                returned.update({ln["sku"]: ln["qty"] for ln in ret["lines"]})
+        return units(rest) - cancelled_back(rest, returned)
+
     def _took(self, oid: str) -> Counter[tuple[str, str]]:
         dec = self.decision.get(oid)
         if dec is not None:
@@ -214,6 +247,13 @@ class Checker:
             return units(dec["shipments"]) if held else Counter()
         # decided and cancelled in one batch (or held, then cancelled): what it gave back
         return sum((units(r["shipments"]) for r in self.versions[oid]), Counter())
+
+    def sold_out(self, oid: str) -> tuple[str, ...]:
+        """("rejected",) if a re-route rejected the order (sold_out; a cancel or a return
+        after it is refused), else ()."""
+        recs = self.versions.get(oid)
+        last = recs[-1]["status"] if recs else None
+        return ("rejected",) if oid in self.written_off and last == "rejected" else ()
 
     def accepted(self, oid: str) -> bool:
         """Whether the order was accepted at some point (a pending one: paid)."""
@@ -223,7 +263,7 @@ class Checker:
         return dec is not None and dec["status"] == "accepted" or bool(self.took.get(oid))
 
     def run(self) -> list[Violation]:
-        from onestock.sim import availcheck, movecheck, paycheck, rules
+        from onestock.sim import availcheck, movecheck, paycheck, rules, shipcheck
 
         self.outcomes()
         self.aftersale()
@@ -232,6 +272,7 @@ class Checker:
         movecheck.check(self)
         availcheck.check(self)
         paycheck.check(self)
+        shipcheck.check(self)
         return self.v
 
     # (a) one outcome per event -----------------------------------------------------------
@@ -253,7 +294,7 @@ class Checker:
             ):
                 self.fail("outcome.final", f"{oid!r}: printed record is not the latest")
         want = Counter(e.raw.decode("utf-8", "replace") for e in self.evs if e.kind == "dead")
-        theirs = self.return_raws | self.paid_raws  # (judged with their orders)
+        theirs = self.return_raws | self.paid_raws | self.ship_raws  # (judged with their orders)
         got = Counter(d["raw"] for d in ob.deadletters if d["raw"] not in theirs)
         for raw in want - got:
             self.fail("dead.missing", f"no dead letter for {raw[:80]!r}")
@@ -289,7 +330,7 @@ class Checker:
                 continue
             if c.i < self.first[oid].i and (rec["status"] != "cancelled" or rec["shipments"]):
                 self.fail("cancel.early", f"{oid!r} cancelled before it came, yet {rec['status']}")
-            elif self.accepted(oid) and rec["status"] != "cancelled":
+            elif self.accepted(oid) and rec["status"] not in ("cancelled", *self.sold_out(oid)):
                 self.fail("cancel.lost", f"{oid!r} was accepted and cancelled, yet {rec['status']}")
 
     def _returns_applied(self) -> None:
@@ -327,7 +368,7 @@ class Checker:
             oid, o, why = ret.oid, self.first.get(ret.oid), letter["reason"]
             if "no such order" in why and o is not None and o.i < ret.i:
                 self.fail("return.refused", f"{oid!r}: {why!r}, but the order came first")
-            if "was rejected" in why and self.accepted(oid):
+            if "was rejected" in why and self.accepted(oid) and not self.sold_out(oid):
                 self.fail("return.refused", f"{oid!r}: {why!r}, but it was accepted")
             if "was cancelled" in why and oid not in self.cancels:
                 self.fail("return.refused", f"{oid!r}: {why!r}, but nothing cancelled it")
@@ -362,12 +403,13 @@ class Checker:
             for loc, q in locs.items():
                 expect[(sku, loc)] += q
         expect.update(self.moves.moved)
-        for oid, took in self.took.items():
-            expect.subtract(took)
+        for oid in self.took:
+            expect.subtract(self.held(oid))
             expect.update(self.back.get(oid, Counter()))
             rec = self.final.get(oid)
-            if rec and rec["status"] == "accepted" and rec.get("gift"):
-                expect[(rec["gift"]["sku"], rec["gift"]["location"])] -= 1
+            gift = next((r["gift"] for r in self.versions.get(oid, []) if r.get("gift")), None)
+            if rec and rec["status"] == "accepted" and gift:  # (a re-route's: gift null)
+                expect[(gift["sku"], gift["location"])] -= 1
         for oid, back in self.back.items():
             if oid not in self.took:  # returns of an order with no record
                 expect.update(back)

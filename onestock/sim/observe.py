@@ -7,6 +7,7 @@ settled ranks (a cancelled winner's rank stays used but is no longer printed).
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 import msgspec
@@ -118,3 +119,17 @@ def public(store: Store, shards: int, campaign: str | None, cat: dict[str, Any])
         "movements": lines(ops.write_movements, store, shards),
         "availability": available_at(store, reading_times(cat)),
     }
+
+
+def capacity(store: Store, cat: dict[str, Any]) -> dict[tuple[str, int], set[str]]:
+    """(location, day) -> the orders counted against the daily capacity of each location
+    of ``cat`` that has one, on the days around now (UTC days since 1970)."""
+    today = int(time.time() // 86_400)
+    out: dict[tuple[str, int], set[str]] = {}
+    for loc in cat["locations"]:
+        if "daily_capacity" not in loc:
+            continue
+        for day in (today - 1, today, today + 1):
+            got = store.r.hkeys(keys.capacity(loc["id"], day))
+            out[(loc["id"], day)] = {k.decode() if isinstance(k, bytes) else str(k) for k in got}
+    return out

@@ -1,0 +1,147 @@
+"""The randomized check's fulfilment feedback (``onestock/sim/ship.py``,
+``onestock/sim/shipcheck.py``): the checker fails on doctored re-routes, and the product
+faults the check found, each as a minimal reproduction marked ``xfail(strict=True)`` until its
+fix lands (then the mark goes, and the soak's switch with it).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from onestock.sim.fast import run_fast
+from onestock.sim.features import Features
+from onestock.sim.history import generate
+from onestock.sim.model import Observed, check
+from state.store import Store
+from tests.helpers import order
+from tests.test_fulfilment import buy, catalog, conserved, levels, said
+from tests.test_gifts import setup
+from tests.test_payments import Pipe, dead, versions
+
+# re-routes without the rest (quicker); the first seeds of it with a write-off
+SHIP = "none,+fulfilment,+dups,+cancels"
+
+
+def _rerouted(url: str) -> Observed:
+    """The outputs of the first ``SHIP`` history that re-routed an order to another location."""
+    for seed in range(1, 60):
+        ob, _ = run_fast(generate(seed, Features.parse(SHIP)), url)
+        offs = {m["movement_id"] for m in ob.movements if m.get("kind") == "write_off"}
+        again = [r for r in ob.versions if r["version"] > 1 and r["status"] == "accepted"]
+        if offs and again:
+            assert check(ob) == [], seed
+            return ob
+    raise AssertionError("no history re-routed an order")
+
+
+def _doctor(ob: Observed, how: str) -> Observed:
+    bad = copy.deepcopy(ob)
+    offs = [m for m in bad.movements if m.get("kind") == "write_off"]
+    if how == "writeoff_twice":
+        bad.movements.append(dict(offs[0]))
+    elif how == "writeoff_lost":
+        bad.movements.remove(offs[0])
+    elif how == "writeoff_lines":
+        offs[0]["lines"] = [{**ln, "qty": ln["qty"] + 1} for ln in offs[0]["lines"]]
+    elif how == "reroute_back":
+        rec = next(r for r in bad.versions if r["version"] > 1 and r["status"] == "accepted")
+        oid = rec["order_id"]
+        gone = next(m for m in offs if m["movement_id"].startswith(oid + "@"))["location"]
+        rec["shipments"][0]["location"] = gone
+    elif how == "letter_lost":
+        bad.deadletters = [d for d in bad.deadletters if "fulfilment refused" not in d["reason"]]
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("how", "cls"),
+    [
+        ("writeoff_twice", "ship.writeoff_count"),
+        ("writeoff_lost", "ship.writeoff_count"),
+        ("writeoff_lines", "ship.writeoff"),
+        ("reroute_back", "ship.reroute_shape"),  # (the rejecting location ships again)
+        ("letter_lost", "ship.letters"),
+    ],
+)
+def test_the_checker_reports_doctored_reroutes(url: str, how: str, cls: str) -> None:
+    got = {c for c, _ in check(_doctor(_rerouted(url), how))}
+    assert cls in got, got
+
+
+def test_a_clean_soak_of_fulfilment_histories(url: str) -> None:
+    """A few histories with every input class but the known faults'."""
+    f = Features.parse("all,-capacity_rules,-reject_returned")
+    for seed in (92, 94, 101):
+        ob, _ = run_fast(generate(seed, f), url)
+        assert check(ob) == [], seed
+
+
+# --- faults the check found (not fixed yet) ------------------------------------------------
+
+
+LIMIT = ("a daily-capacity rejection still counts against the customer's per-customer limit "
+         "(python3 dev.py soak --seed 74 --mode fast)")  # fmt: skip
+RANK = ("a campaign order rejected for daily capacity keeps its first-N rank and its gift unit "
+        "(python3 dev.py soak --seed 36 --mode fast)")  # fmt: skip
+
+
+@pytest.mark.xfail(strict=True, reason=LIMIT)
+def test_an_order_rejected_for_capacity_counts_against_no_limit(store: Store) -> None:
+    cat = catalog()
+    cat["locations"][1].update(daily_capacity=0, pickup=True)  # st-hz: no room today
+    cat["skus"][0]["per_customer_limit"] = 1
+    p = Pipe(store, setup(store, cat))
+    same: dict[str, Any] = {"id": "c-same"}
+    p.push({**order("pick", ("SOCKS", 1), pickup="st-hz"), "customer": same})
+    p.decide()
+    p.push({**buy("o1", ("SOCKS", 1)), "customer": same})
+    p.decide()
+    recs = versions(store)
+    assert (recs["pick"][0].status, recs["pick"][0].reason) == ("rejected", "pickup_unavailable")
+    assert recs["o1"][-1].status == "accepted", recs["o1"][-1].reason  # limit_exceeded today
+
+
+@pytest.mark.xfail(strict=True, reason=RANK)
+def test_a_campaign_order_rejected_for_capacity_holds_no_rank(url: str) -> None:
+    f = Features.parse("none,+campaign,+fulfilment,+capacity,+capacity_rules")
+    ob, _ = run_fast(generate(18, f), url)
+    got = {c for c, _ in check(ob)}
+    assert not got & {"firstn.rank_to_rejected", "audit.oversold", "stock.conservation"}, got
+
+
+def test_a_fulfilment_of_an_order_cancelled_first_says_cancelled(store: Store) -> None:
+    p = Pipe(store, setup(store, catalog()))
+    p.push({"type": "cancel", "order_id": "o1"})
+    p.decide()
+    p.push(buy("o1", ("SOCKS", 1)))
+    p.decide()
+    p.push(said("o1", "wh-sh", "shipped"))
+    p.decide()
+    assert versions(store)["o1"][-1].status == "cancelled"
+    (why,) = [r for r in dead(store) if r.startswith("fulfilment refused")]
+    assert "the order was cancelled" in why, why
+
+
+RETURNED = ("ops.audit counts units off after a sold_out re-route of an order with a return "
+            "(the stock is right): python3 dev.py soak --seed 196 --mode fast --features "
+            "all,-capacity_rules")  # fmt: skip
+
+
+@pytest.mark.xfail(strict=True, reason=RETURNED)
+def test_the_audit_of_a_sold_out_reroute_of_a_returned_order(store: Store) -> None:
+    p = Pipe(store, setup(store, catalog()))
+    p.push(buy("o1", ("SOCKS", 1), ("HAT", 2)))  # wh-sh: SOCKS 1, HAT 1; st-hz: HAT 1
+    p.decide()
+    p.push({"type": "return", "order_id": "o1", "lines": [{"sku": "SOCKS", "qty": 1}],
+            "location": "wh-sh"})  # fmt: skip
+    p.decide()
+    p.push(said("o1", "st-hz", "rejected"))  # no other location has a HAT
+    p.decide()
+    last = versions(store)["o1"][-1]
+    assert (last.status, last.reason) == ("rejected", "sold_out")
+    got = levels(store)
+    assert (got["SOCKS"]["wh-sh"], got["HAT"]["wh-sh"]) == (10, 1), got
+    conserved(store)
