@@ -7,6 +7,7 @@ call ``Decider.process`` so the ceiling they are compared against does the same 
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,6 +18,7 @@ from dataflows import buckets
 from dataflows.aftersale import Aftersale
 from dataflows.batch import Batch, decode, triples
 from dataflows.cross_slot import StaleCatalog, decide_cross
+from dataflows.fulfilment import DAY_MS
 from dataflows.gifts import Settler
 from dataflows.lifecycle import Lifecycle
 from dataflows.movements import Movements
@@ -106,6 +108,8 @@ class Decider:
         self.aftersale = Aftersale(store, self.wait, self.settler)
         self.movements = Movements(store, self.wait)
         self.lifecycle = Lifecycle(store, self.wait, self.aftersale)
+        # per order id: the location indices its ranking leaves out (their day is full)
+        self._skip: dict[str, frozenset[int]] = {}
         self._pending: dict[str, int] = {}  # the batch's pending orders -> deadline ms
         self._after: dict[int, str] = {}  # per shard: the last entry id this process decided
         self._paid: dict[str, int] = {}  # paid_at ms of the batch's orders sent to Lua
@@ -209,6 +213,9 @@ class Decider:
             self._seen[shard] = batch.seen
         outcome = judged.outcome
         held_ids: set[str] = set()
+        self._skip.clear()
+        if self.view.places.capacity and judged.todo:
+            self._room(batch.firsts, judged)  # locations whose day is full: left out
         self._decide(judged.todo, outcome, held_ids)
         if judged.bucketed:
             self._borrow(judged.bucketed, outcome, held_ids)
@@ -570,7 +577,43 @@ class Decider:
         coords = [
             (o.customer.lat, o.customer.lon) if o.customer.lat is not None else None for o in orders
         ]
-        return self.view.router.rank_batch(coords)  # type: ignore[arg-type]
+        out = self.view.router.rank_batch(coords)  # type: ignore[arg-type]
+        if self._skip:  # (locations whose day is full)
+            for i, o in enumerate(orders):
+                drop = self._skip.get(o.order_id)
+                if drop:
+                    kept = [x for x in array("H", out[i]) if x not in drop]
+                    out[i] = array("H", kept).tobytes()
+        return out
+
+    def _room(self, firsts: dict[str, tuple[str, events.Decoded]], judged: _Judged) -> None:
+        """Routing honours the daily capacities: the locations whose day (the order's
+        arrival's) is full are left out of the orders' rankings, so decide.lua never routes
+        there; a pickup at a full store is rejected before deciding. (An order that a
+        concurrent worker's orders crowd out after this read is moved or rejected by
+        ``Lifecycle.route``.)"""
+        places, index = self.view.places, self.view.router.index
+        by_day: dict[int, list[Order]] = {}
+        for o in judged.todo:
+            by_day.setdefault(int(firsts[o.order_id][0].partition("-")[0]) // DAY_MS, []).append(o)
+        turned: set[str] = set()
+        for day, orders in by_day.items():
+            loads = self.wait.call(self.store.shipments.loads, day, list(places.capacity))
+            full = {loc for loc, n in loads.items() if n >= places.capacity[loc]}
+            if not full:
+                continue
+            drop = frozenset(index[loc] for loc in full)
+            for o in orders:
+                if o.delivery.mode == "pickup" and o.delivery.store in full:
+                    judged.outcome[o.order_id] = rejected(
+                        "pickup_unavailable", "the store has no room for more orders today"
+                    )
+                    turned.add(o.order_id)
+                else:
+                    self._skip[o.order_id] = drop
+        if turned:
+            judged.todo[:] = [o for o in judged.todo if o.order_id not in turned]
+            judged.bucketed[:] = [o for o in judged.bucketed if o.order_id not in turned]
 
     def _decide_args(self, ranked: dict[str, bytes]) -> DecideArgs:
         """What the batch's decide.lua calls take besides their orders (``state.skus`` packs

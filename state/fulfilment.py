@@ -84,6 +84,11 @@ class Shipments:
             jobs.append((self._script, sku_keys(c.skus, keys.decisions), args))
         return [v.decode() if isinstance(v, bytes) else str(v) for v in wire.scripts(self.r, jobs)]
 
+    def loads(self, day: int, locations: list[str]) -> dict[str, int]:
+        """The orders counted so far on ``day`` per location (one round trip)."""
+        got = wire.reads(self.r, [("HLEN", keys.capacity(loc, day)) for loc in locations])
+        return {loc: int(n) for loc, n in zip(locations, got, strict=True)}
+
     def count(self, day: int, asks: dict[str, tuple[int, list[str]]]) -> dict[str, set[str]]:
         """Count orders against locations' capacity on ``day``: per location (its capacity,
         its order ids); answers per location the order ids it had no room for
