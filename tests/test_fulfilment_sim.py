@@ -127,7 +127,6 @@ RETURNED = ("ops.audit counts units off after a sold_out re-route of an order wi
             "all,-capacity_rules")  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason=RETURNED)
 def test_the_audit_of_a_sold_out_reroute_of_a_returned_order(store: Store) -> None:
     p = Pipe(store, setup(store, catalog()))
     p.push(buy("o1", ("SOCKS", 1), ("HAT", 2)))  # wh-sh: SOCKS 1, HAT 1; st-hz: HAT 1

@@ -313,13 +313,18 @@ def _add_final(
     back: Counter[tuple[str, str]],
     shipped: Counter[tuple[str, str]],
     rejected: Counter[str],
+    was: dict[str, FulfilmentRecord],
 ) -> tuple[int, int]:
     """Each order's final record into ``shipped`` (units per SKU and location) and
-    ``rejected`` (by reason); (accepted orders, gifts given)."""
+    ``rejected`` (by reason); (accepted orders, gifts given). ``was``: per order its last
+    accepted version before a later one (a re-route that ended rejected gave back only
+    what its returns had not)."""
     accepted = gifts = 0
     for rec in final:
         if rec.status == "cancelled":  # its cancel gave back only what was not returned:
             _returned_stays_shipped(rec, back, shipped)  # the returned units count as shipped
+        elif rec.status == "rejected" and rec.order_id in was:  # likewise, a re-route's end
+            _returned_stays_shipped(was[rec.order_id], back, shipped)
         if rec.status == "reserved":  # its units are held for it: out of stock
             for ship in rec.shipments:
                 for ln in ship.lines:
@@ -361,10 +366,13 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
     lat: list[int] = []
     first, last = 2**63, 0
     final: dict[str, FulfilmentRecord] = {}
+    was: dict[str, FulfilmentRecord] = {}  # an order's last accepted version before its latest
     for packed in (p for f in store.shards.entries(keys.outbox, shards) for p in packed_records(f)):
         oid, _, _, _, received_s, decided_s, _ = packed.split(SEP, 6)  # (the rest: gift, ...)
         rec = record_from_packed(packed)
         if oid in seen and rec.version > final[oid].version:
+            if final[oid].status == "accepted":
+                was[oid] = final[oid]
             final[oid] = rec  # a later version (paid, expired, cancelled) replaces it
             continue
         n += 1
@@ -382,7 +390,7 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
     for mv in movements(store, shards):  # applied movements: as if loaded with the stock
         for sku, loc, units in moved_units(mv):
             shipped[(sku, loc)] -= units
-    accepted, gifts = _add_final(final.values(), back, shipped, rejected)
+    accepted, gifts = _add_final(final.values(), back, shipped, rejected, was)
     _, cat = store.catalog()  # a SKU split into buckets is counted over all of them
     now = store.skus.stock_levels(loaded, {s.sku: s.buckets for s in cat.skus} if cat else None)
     oversold = _oversold(loaded, shipped, now)
