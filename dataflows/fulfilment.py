@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from dataflows.aftersale import Aftersale
+from dataflows.payments import fresh
 from onestock.domain import events
 from onestock.domain.protocol import INTERNAL, SEP, Code, ProtocolError
 from onestock.domain.records import iso_ms, pack, rejected
@@ -124,6 +125,7 @@ class Fulfilments:
     ) -> list[str]:
         """Apply a segment's fulfilment events (none of their orders has another event in
         it): registry triples; refused ones become dead letters."""
+        items = fresh(self.store, self.wait, shard, items)
         oids = [f.order_id for *_, f in items]
         states = self.wait.call(self.store.payments.states, shard, oids)
         pairs = [(oid, loc) for oid in oids for loc in places.locations]
@@ -133,6 +135,8 @@ class Fulfilments:
         for i, ((eid, raw, f), st) in enumerate(zip(items, states, strict=True)):
             said = dict(zip(places.locations, got[i * n : (i + 1) * n], strict=True))
             why = _refusal(st, f, said)
+            if why is None or why == _DUPLICATE:  # (a replay of this entry: skipped)
+                out += [keys.REG_EVENT + eid, "1", ""]
             if why is not None:
                 if why != _DUPLICATE:
                     reason = f"fulfilment refused: {why} - at `$.location`"

@@ -126,7 +126,7 @@ class Lifecycle:
         if paids:
             paid, latest = self.payments.paid(shard, paids, campaign_skus, decided, dead)
             out += paid
-            tags += [PAID_TAG] * (len(paid) // 3)
+            tags += [PAID_TAG if k.startswith(keys.REG_STATE) else "" for k in paid[::3]]
             busy.update(p.order_id for *_, p in paids)
         if fulfilments:
             shipped = self.fulfilments.apply(shard, fulfilments, places, decided, dead)
@@ -137,7 +137,9 @@ class Lifecycle:
             moved = self.fulfilments.claims(shard, last_id, records + out, busy, places, decided)
             out += moved
             tags += [""] * (len(moved) // 3)
-        gone = [k[len(keys.REG_STATE) :] for k in paid[::3]]  # paid: out of the deadlines
+        gone = [  # paid: out of the deadlines
+            k[len(keys.REG_STATE) :] for k in paid[::3] if k.startswith(keys.REG_STATE)
+        ]
         expired = self.payments.expire(shard, last_id, new, busy, decided, gone)
         out += expired
         tags += [EXPIRED_TAG] * (len(expired) // 3)

@@ -100,6 +100,14 @@ def _refusal(st: OrderState, received_ms: int) -> str | None:
     return None
 
 
+def fresh(store: Store, wait: Waiter, shard: int, items: list[Any]) -> list[Any]:
+    """The payment or fulfilment events (entry id first) not applied before: a replay of
+    one after a crash is skipped, whatever later events of its order did since
+    (keys.REG_EVENT, written with the event's outcome)."""
+    got = wait.call(store.shards.registry, shard, [keys.REG_EVENT + i[0] for i in items])
+    return [i for i, done in zip(items, got, strict=True) if done is None]
+
+
 class Payments:
     def __init__(self, store: Store, wait: Waiter, aftersale: Aftersale) -> None:
         self.store = store
@@ -118,6 +126,7 @@ class Payments:
         registry triples of the accepted versions, and the greatest paid_at (ms) among them
         (-1: none; a refused payment moves no first-N watermark); refused ones become dead
         letters."""
+        paids = fresh(self.store, self.wait, shard, paids)
         states = self.wait.call(self.store.payments.states, shard, [p.order_id for *_, p in paids])
         out: list[str] = []
         latest = -1
@@ -125,6 +134,8 @@ class Payments:
         for (eid, raw, p), st in zip(paids, states, strict=True):
             received = eid.partition("-")[0]
             why = _refusal(st, int(received))
+            if why is None or why == _ALREADY_PAID:  # (a replay of this entry: skipped)
+                out += [keys.REG_EVENT + eid, "1", ""]
             if why is not None:
                 if why != _ALREADY_PAID:
                     dead.append(

@@ -66,6 +66,9 @@ REG_WRITE_OFF = "\x00W:"
 # + order id SEP version: a re-route's outcome in a slot (reroute.lua, in the decision hash
 # of the slot's first SKU)
 DEC_REROUTE = "\x00rr:"
+# + input entry id: that payment or fulfilment event was applied (or changed nothing): a
+# replay of the entry is skipped, never judged again against what later events did
+REG_EVENT = "\x00e:"
 REG_PENDING = "\x00p:"  # + order id: a reserved order's channel SEP delivery mode (payments.lua)
 DEC_UNDONE = "\x00u:"  # + order id: a cancel gave the order's units of the SKU back
 DEC_RETURN = "\x00r:"  # + return digest: that return was applied to the SKU
