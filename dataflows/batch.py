@@ -10,6 +10,7 @@ from dataflows.movements import Item as MovementItem
 from onestock.domain import events, meter
 from onestock.domain.protocol import Code
 from onestock.domain.records import head, held, pack
+from state import gens
 
 
 class Batch(NamedTuple):
@@ -28,7 +29,11 @@ class Batch(NamedTuple):
 
 def decode(entries: list[tuple[str, bytes]], now_ms: int) -> Batch:
     """Each entry classified: an order's first event in the batch (a later copy changes
-    nothing), cancels, returns, movements, payments, fulfilment events, dead letters."""
+    nothing), cancels, returns, movements, payments, fulfilment events, dead letters.
+
+    A paid_at is judged against the moment its entry came (its id's time: the same on every
+    replay, and what the idempotency window's dead letters rely on, docs/memory.md), or
+    ``now_ms`` for an entry id before events.EARLIEST_MS (only hand-made test streams)."""
     firsts: dict[str, tuple[str, events.Decoded]] = {}
     dead: list[list[Any]] = []
     cancels: dict[str, str] = {}
@@ -38,10 +43,17 @@ def decode(entries: list[tuple[str, bytes]], now_ms: int) -> Batch:
     fulfilments: list[tuple[str, bytes, events.Fulfilment]] = []
     seen = -1
     classify, Dead, Valid, Cancel = events.decode, events.Dead, events.Valid, events.Cancel
+    # an order paid before this came longer ago than the window allows (only then is its
+    # own entry's time looked at): a dead letter, never decided (events.STALE_MS)
+    stale = int(entries[-1][0].partition("-")[0]) - events.STALE_MS if entries else 0
     for eid, raw in entries:
-        d = classify(raw, now_ms)
+        came = int(eid[: eid.index("-")])
+        d = classify(raw, came if came >= events.EARLIEST_MS else now_ms)
         cls = d.__class__
         if cls is Valid:
+            if d.paid_ms < stale and _stale(eid, d):  # type: ignore[union-attr,arg-type]
+                dead.append([eid, events.text_of(raw), _stale(eid, d)])  # type: ignore[arg-type]
+                continue
             oid = d.order.order_id  # type: ignore[union-attr]
             if oid not in firsts:
                 firsts[oid] = (eid, d)
@@ -62,6 +74,35 @@ def decode(entries: list[tuple[str, bytes]], now_ms: int) -> Batch:
         elif d.order_id not in firsts:  # type: ignore[union-attr]
             firsts[d.order_id] = (eid, d)  # type: ignore[union-attr]
     return Batch(firsts, cancels, returns, dead, seen, movements, paids, fulfilments)
+
+
+def by_generation(entries: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
+    """The entries (in id order) split where their generation changes (state/gens.py): each
+    part's scripts read and write one generation's idempotency state and the one before."""
+    first = gens.of_id(entries[0][0])
+    if gens.of_id(entries[-1][0]) == first:
+        return [entries]
+    parts: list[list[tuple[str, bytes]]] = [[]]
+    for e in entries:
+        g = gens.of_id(e[0])
+        if g != first:
+            first = g
+            parts.append([])
+        parts[-1].append(e)
+    return parts
+
+
+def _stale(eid: str, d: events.Valid) -> str:
+    """Why an order paid too long before its entry came is a dead letter ("": it is not)."""
+    came = int(eid.partition("-")[0])
+    if d.paid_ms >= came - events.STALE_MS:
+        return ""
+    return (
+        f"paid_at: {d.order.paid_at!r} is more than {events.STALE_MS / 86_400_000:g} days "
+        f"before the order came ({events.iso(came)}): past the idempotency window "
+        "(ONESTOCK_IDEMPOTENCY_DAYS), a copy of an order decided then is not decided again "
+        "- at `$.paid_at`"
+    )
 
 
 def triples(

@@ -16,7 +16,7 @@ import redis
 
 from dataflows import buckets
 from dataflows.aftersale import Aftersale
-from dataflows.batch import Batch, decode, triples
+from dataflows.batch import Batch, by_generation, decode, triples
 from dataflows.cross_slot import StaleCatalog, decide_cross
 from dataflows.fulfilment import DAY_MS
 from dataflows.gifts import Settler
@@ -29,7 +29,7 @@ from onestock.domain import events, meter
 from onestock.domain.protocol import Code, ProtocolError
 from onestock.domain.records import rejected
 from onestock.domain.types import Order
-from state import keys
+from state import gens, keys
 from state.conn import Waiter, parse_id
 from state.keys import sku_slot
 from state.skus import DecideArgs
@@ -38,6 +38,8 @@ from state.store import Store
 # At most this many orders per decide.lua call (a batch's calls still share one round trip):
 # each call stays a few ms at most, however large the batch.
 CALL_ORDERS = 250
+# how often a dataflow process looks for generations to delete (state/gens.py)
+SWEEP_S = min(10.0, events.WINDOW_MS / 4000)
 # decide.lua's answers that are the order's outcome as they stand (besides CANDIDATE + an
 # accepted outcome, and STALE)
 _FINAL = frozenset(c.value for c in (Code.ACCEPTED, Code.REJECTED, Code.BUCKET_SHORT))
@@ -56,6 +58,7 @@ class Decided(msgspec.Struct):
     # latency sums and counts (received->decided ms, n, paid->decided ms, n), one metric tag
     # per record (onestock.domain.meter)
     meter: tuple[int, int, int, int, list[str]] | None = None
+    gen: int = -1  # the generation its registry writes go to (state/gens.py; -1: as it is)
 
 
 class _Prelude(NamedTuple):
@@ -99,8 +102,11 @@ class Decider:
         store: Store,
         say: Callable[[str], None] = print,
         stopping: Callable[[], bool] = lambda: False,
+        sweeping: bool = False,
     ) -> None:
         self.store = store
+        # this process deletes past generations (``_sweep``; the dataflow's deciders do)
+        self.sweeping = sweeping
         self.wait = Waiter(say, stopping)
         self.version = -1
         self.view = CatalogView(None)
@@ -130,6 +136,7 @@ class Decider:
         self._seen: dict[int, int] = {}
         # per shard: its watermark (keys.watermark) as this process last read or moved it
         self._wm: dict[int, tuple[int, int]] = {}
+        self._swept = -SWEEP_S  # when this process last looked for generations to delete
 
     def refresh(self) -> None:
         version = self.wait.call(self.store.catalog_version)
@@ -171,10 +178,14 @@ class Decider:
     def _segmented(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
         """The batch's parts (``payments.segments``) in order: each but the last written
         at once (emit.lua without moving the watermark: the last part moves it)."""
-        parts = list(segments(entries)) if entries else [entries]
+        if not entries:
+            return self._process(shard, entries)
+        parts = [p for same in by_generation(entries) for p in segments(same)]
         for part in parts[:-1]:
+            self.store.gen.now = gens.of_id(part[0][0])
             d = self._process(shard, part)
-            self.emit(Decided(d.shard, "-", d.records, d.dead, d.meter))
+            self.emit(Decided(d.shard, "-", d.records, d.dead, d.meter, d.gen))
+        self.store.gen.now = gens.of_id(parts[-1][0][0])
         return self._process(shard, parts[-1])
 
     def _tick(self, shard: int) -> Decided:
@@ -185,9 +196,12 @@ class Decider:
         if after is None:
             after = self._after[shard] = self.wait.call(self.store.shards.watermark, shard) or ""
         decided = str(int(time.time() * 1000))
+        # the shard's timers read the generation of its last event (a reserved order or a
+        # shipment waiting there came at most a window before it: state/gens.py)
+        self.store.gen.now = gens.of_id(after) if after else gens.of_ms(int(decided))
         later = self.lifecycle.tick(shard, after, self.view.places, decided)
         meter = (0, 0, 0, 0, later.tags) if later.records else None
-        return Decided(shard, "0-0", later.records, [], meter)
+        return Decided(shard, "0-0", later.records, [], meter, self.store.gen.now)
 
     def _process(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
         """The batch's phases, each named by what it hands on (every phase is one call per
@@ -250,7 +264,7 @@ class Decider:
         if later.paid_ms > self._seen.get(shard, -1):  # (first-N: payments rank by paid_at)
             self._seen[shard] = later.paid_ms
         self._after[shard] = last_id
-        return Decided(shard, last_id, records, batch.dead, sums)
+        return Decided(shard, last_id, records, batch.dead, sums, self.store.gen.now)
 
     # -- the phases of a batch ---------------------------------------------------------------
 
@@ -515,6 +529,8 @@ class Decider:
         # a duplicate cancel): its entries have their outcomes, so the watermark moves past
         # them and a drain ends.
         idle = d.last_id == "0-0"  # a tick: the shard has nothing left to read
+        if d.gen >= 0:
+            self.store.gen.now = d.gen
         self._changed()
         if d.records or d.dead or not idle:
             if self.wait.call(
@@ -532,6 +548,8 @@ class Decider:
         if self.settler.due():
             self.wait.call(self.settler.run)
             self._changed()
+        if self.sweeping:
+            self._sweep()
 
     def _changed(self) -> None:
         """Tell the availability feed which SKUs this process's scripts changed since it
@@ -545,11 +563,26 @@ class Decider:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _sweep(self) -> None:
+        """Delete the generations of idempotency state no shard can reach any more
+        (state/gens.py), at most every SWEEP_S (each process looks: cheap while nothing is
+        due, and deleting twice changes nothing)."""
+        now = time.monotonic()
+        if now - self._swept < SWEEP_S:
+            return
+        self._swept = now
+        shards = self.wait.call(self.store.shards.shard_count)
+        n = self.wait.call(self.store.sweeper.sweep, shards)
+        if n:
+            self.wait.say(f"idempotency state: {n} keys of generations past the window deleted")
+
     def _deadline(self, eid: str, deadline_ms: int) -> int:
-        """A pending order's deadline: its own, or the catalog's default after it came."""
+        """A pending order's deadline: its own, or the catalog's default after it came; at
+        most events.STALE_MS after it came (its state lives a window: docs/memory.md)."""
+        came = int(eid.partition("-")[0])
         if deadline_ms == events.DEFAULT_DEADLINE:
-            return int(eid.partition("-")[0]) + self.view.payment_deadline_ms
-        return deadline_ms
+            deadline_ms = came + self.view.payment_deadline_ms
+        return min(deadline_ms, came + events.STALE_MS)
 
     def _precheck(self, o: Order) -> str | None:
         """Rejections that need only the catalog (the Lua script re-checks SKUs atomically)."""

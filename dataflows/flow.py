@@ -61,7 +61,7 @@ def build_flow(url: str, settings: Settings, *, until_drained: bool = False) -> 
 
     @functools.cache
     def decider() -> Decider:
-        return Decider(Store.connect(url), _say, STOP.is_set)
+        return Decider(Store.connect(url), _say, STOP.is_set, sweeping=True)
 
     source = ShardSource(
         lambda: decider().store,

@@ -75,7 +75,7 @@ class Movements:
             firsts.setdefault(m.movement_id, (eid, m))
         ids = list(firsts)
         got = self.wait.call(
-            self.store.r.hmget, keys.emitted(shard), [keys.REG_MOVEMENT + i for i in ids]
+            self.store.shards.registry, shard, [keys.REG_MOVEMENT + i for i in ids]
         )
         records: dict[str, MovementRecord] = {}
         plans: list[_Plan] = []

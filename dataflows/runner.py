@@ -27,10 +27,15 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from dataflows.flow import build_flow
 from dataflows.source import STARTED, STOP
+from onestock.domain import events
 from onestock.domain.errors import OnestockError
 from onestock.domain.settings import Settings
 from state import keys
 from state.server import free_port
+
+# Senders retry a failed webhook for up to 3 days (Stripe's): a shorter idempotency window is
+# said at the start
+RETRIES_MS = 3 * 86_400_000
 
 RECOVERY_PARTITIONS = 4
 STOP_GRACE_S = 15.0  # a worker still running this long after SIGTERM is killed
@@ -148,6 +153,10 @@ def run(
     a Bytewax cluster whose other processes are started elsewhere (other machines, or other
     invocations), all with the same list."""
     mine, addresses = _processes(settings, process_id, cluster)
+    if events.WINDOW_MS < RETRIES_MS:
+        print(f"onestock: the idempotency window (ONESTOCK_IDEMPOTENCY_DAYS) is shorter than "
+              f"{RETRIES_MS // 86_400_000} days, how long some senders retry a webhook: "
+              "a copy of an order that comes after it is a dead letter", flush=True)  # fmt: skip
     if settings.metrics_port:
         _check_ports(settings.metrics_port + mine[0], len(mine))
     rdir = recovery_dir(settings.home, instance)

@@ -29,6 +29,7 @@ from standardwebhooks.webhooks import Webhook
 
 from intake import access, mapping, signing
 from intake.committer import TRANSIENT, Committer, Unavailable, connect
+from onestock.domain import events
 from onestock.domain.sharding import shard_of, shard_of_id
 from onestock.ops.availability_http import Availability
 from onestock.ops.dashboard import Dashboard
@@ -94,7 +95,8 @@ class IntakeSettings:
             vip_tag=os.environ.get("ONESTOCK_VIP_TAG") or "VIP",
             max_body=_env_int("ONESTOCK_INTAKE_MAX_BODY", 1 << 20),
             max_backlog=_env_int("ONESTOCK_INTAKE_MAX_BACKLOG", 2_000_000),
-            dedup_ttl_s=_env_int("ONESTOCK_DEDUP_TTL_S", 72 * 3600),
+            # delivery ids are remembered for the idempotency window (docs/memory.md)
+            dedup_ttl_s=_env_int("ONESTOCK_DEDUP_TTL_S", events.WINDOW_MS // 1000),
             shards=shards,
             ops_port=_env_int("ONESTOCK_INTAKE_OPS_PORT", 0) or None,
             tokens=_tokens(),

@@ -16,7 +16,10 @@ import orjson
 
 from onestock.domain.types import Campaign, Catalog, ChannelLock, catalog_decoder
 
-T0 = datetime(2026, 11, 11, tzinfo=UTC)
+# The burst's midnight: the start of the hour before this process began (paid_at times a
+# fixed date would turn stale, dead letters, once it is more than the idempotency window ago:
+# docs/memory.md); offsets from it, and so rankings and rules, are the same every run.
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
 CITIES = [  # (lat, lon) of buyers' home cities
     (31.23, 121.47), (39.90, 116.40), (23.13, 113.26), (30.27, 120.15), (22.54, 114.06),
     (30.57, 104.07), (30.59, 114.31), (32.06, 118.80), (34.34, 108.94), (29.56, 106.55),

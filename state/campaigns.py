@@ -6,13 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from state import keys
+from state import gens, keys
 from state.conn import Redis, lua
+from state.gens import Gen
+from state.skus import sku_keys
 
 
 class Campaigns:
-    def __init__(self, client: Redis, touched: set[str] | None = None) -> None:
+    def __init__(
+        self, client: Redis, touched: set[str] | None = None, gen: Gen | None = None
+    ) -> None:
         self._r = client
+        self.gen = gen or Gen()  # the generation this process writes in now
         self.touched: set[str] = touched if touched is not None else set()  # (Store.touched)
         self._settle = client.register_script(lua("settle", "lib_stock"))
         self._settled_ack = client.register_script(lua("settled_ack"))
@@ -27,8 +32,7 @@ class Campaigns:
         args: list[Any] = [len(orders)]
         for oid, paid in orders:
             args += [oid, paid]
-        ks = [keys.stock(sku), keys.decisions(sku), keys.bought(sku), keys.alerts(sku),
-              keys.candidates(sku), keys.campaigns(sku), keys.candidacies(sku)]  # fmt: skip
+        ks = [*sku_keys([sku], keys.decisions, self.gen), keys.candidacies(sku)]
         self._candidates(keys=ks, args=args)
 
     def report(self, shard: int, paid_ms: int | None, idle: bool, wall_ms: int) -> None:
@@ -83,7 +87,12 @@ class Campaigns:
         args: list[Any] = [len(items)]
         for item in items:
             args += item
-        ks = [keys.emitted(shard), keys.outbox(shard), keys.held(shard), keys.counters(shard)]
+        # the generation of the shard's last written entry (this process may not read the
+        # shard; a held order was written at or before it) and the one before it
+        wm: Any = self._r.get(keys.watermark(shard))
+        now = gens.of_id(wm.decode()) if wm else self.gen.now
+        ks = [keys.emitted(shard, now), keys.outbox(shard), keys.held(shard),
+              keys.counters(shard), keys.emitted(shard, now - 1)]  # fmt: skip
         return [int(x) for x in self._release_held(keys=ks, args=args)]
 
     def settled_ack(self, sku: str, entries: list[tuple[str, str]], head: bool) -> int:

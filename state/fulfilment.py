@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from onestock.domain.protocol import SEP
 from state import keys, wire
 from state.conn import Redis, lua
+from state.gens import Gen, newer_first
 from state.skus import sku_keys
 
 TAKE, UNDO, GIVE = "take", "undo", "give"  # reroute.lua's modes
@@ -27,8 +28,9 @@ class Reroute(NamedTuple):
 
 
 class Shipments:
-    def __init__(self, client: Redis, touched: set[str]) -> None:
+    def __init__(self, client: Redis, touched: set[str], gen: Gen | None = None) -> None:
         self.r = client
+        self.gen = gen or Gen()  # the generation this process writes in now
         self.touched = touched  # (Store.touched: the availability feed's dirty SKUs)
         self._script = client.register_script(lua("reroute", "lib_stock"))
         self._claims = client.register_script(lua("claims", "lib_clock"))
@@ -42,7 +44,8 @@ class Shipments:
         fields: list[str] = []
         for oid, loc in pairs:
             fields += [f"{keys.REG_SHIPMENT}{oid}{SEP}{loc}", f"{keys.REG_CLAIM}{oid}{SEP}{loc}"]
-        got = wire.reads(self.r, [("HMGET", keys.emitted(shard), *fields)])[0]
+        reads = [("HMGET", keys.emitted(shard, g), *fields) for g in self.gen.pair()]
+        got = newer_first(*wire.reads(self.r, reads))
         return [
             (got[i].decode() if got[i] is not None else None, got[i + 1] is not None)
             for i in range(0, len(got), 2)
@@ -81,7 +84,7 @@ class Shipments:
             args += [*c.locations, *c.floors, len(c.lines)]
             for s, q in c.lines:
                 args += [s, q]
-            jobs.append((self._script, sku_keys(c.skus, keys.decisions), args))
+            jobs.append((self._script, sku_keys(c.skus, keys.decisions, self.gen), args))
         return [v.decode() if isinstance(v, bytes) else str(v) for v in wire.scripts(self.r, jobs)]
 
     def loads(self, day: int, locations: list[str]) -> dict[str, int]:

@@ -112,8 +112,15 @@ def deadbox(shard: int) -> str:
     return f"{shard_tag(shard)}:dl"
 
 
-def emitted(shard: int) -> str:
-    return f"{shard_tag(shard)}:done"
+# Idempotency state lives in generations (state/gens.py): a generation is one window of the
+# stream clock (events.WINDOW_MS) and its keys end ":<generation number>". A script reads an
+# order's state in the generation of its batch and the one before, and writes in its batch's;
+# a generation is deleted once every shard has read past the next one.
+
+
+def emitted(shard: int, gen: int) -> str:
+    """The shard's registry (order id -> outcome, and the NUL-prefixed marks) of ``gen``."""
+    return f"{shard_tag(shard)}:done:{gen}"
 
 
 def decide_mark(shard: int) -> str:
@@ -144,13 +151,20 @@ def stock(sku: str) -> str:
     return f"{sku_tag(sku)}:stock"
 
 
-def decisions(sku: str) -> str:
-    return f"{sku_tag(sku)}:dec"
+def decisions(sku: str, gen: int) -> str:
+    """The SKU's decision hash (order id -> outcome, and NUL-prefixed marks) of ``gen``."""
+    return f"{sku_tag(sku)}:dec:{gen}"
 
 
-def bought(sku: str) -> str:
-    """Units of this SKU each customer was sold (per-customer limits)."""
-    return f"{sku_tag(sku)}:bought"
+def bought(sku: str, gen: int) -> str:
+    """Units of this SKU each customer was sold in ``gen`` (per-customer limits count the
+    units of the generation and the one before)."""
+    return f"{sku_tag(sku)}:bought:{gen}"
+
+
+# The generation families (state/gens.py sweeps them): the suffix after a key's hash tag.
+GEN_FAMILIES = (":done:", ":dec:", ":bought:", ":parts:")
+GEN_SWEPT = f"{PREFIX}:gen:swept"  # the newest generation deleted (state/gens.py)
 
 
 def alerts(sku: str) -> str:
@@ -158,8 +172,9 @@ def alerts(sku: str) -> str:
     return f"{sku_tag(sku)}:alerts"
 
 
-def parts(sku: str) -> str:
-    return f"{sku_tag(sku)}:parts"
+def parts(sku: str, gen: int) -> str:
+    """What this slot reserved for orders across slots (order id -> parts) in ``gen``."""
+    return f"{sku_tag(sku)}:parts:{gen}"
 
 
 # First-N gift campaigns live in their campaign SKU's slot (the definition beside its stock:

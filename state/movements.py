@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 from state import keys, wire
 from state.conn import Redis, lua
+from state.gens import Gen
 from state.skus import sku_keys
 
 # movement.lua's modes
@@ -42,8 +43,11 @@ class Answer(NamedTuple):
 class Movements:
     """The movement script (a part of ``state.store.Store``)."""
 
-    def __init__(self, client: Redis, touched: set[str] | None = None) -> None:
+    def __init__(
+        self, client: Redis, touched: set[str] | None = None, gen: Gen | None = None
+    ) -> None:
         self.r = client
+        self.gen = gen or Gen()  # the generation this process writes in now
         self.touched: set[str] = touched if touched is not None else set()  # (Store.touched)
         self._script = client.register_script(lua("movement", "lib_stock"))
 
@@ -61,7 +65,7 @@ class Movements:
             args: list[Any] = [c.mode, c.movement_id, c.reason, len(names), *names, len(c.lines)]
             for ln in c.lines:
                 args += [names[ln.sku], ln.op, ln.location, ln.qty, ln.to]
-            jobs.append((self._script, sku_keys(list(names), keys.decisions), args))
+            jobs.append((self._script, sku_keys(list(names), keys.decisions, self.gen), args))
         return [Answer(_text(s), _text(p)) for s, p in wire.scripts(self.r, jobs)]
 
 

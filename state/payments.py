@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from onestock.domain.protocol import SEP
 from state import keys, wire
 from state.conn import Redis, lua
+from state.gens import Gen, newer_first
 
 
 class Due(NamedTuple):
@@ -36,8 +37,9 @@ class OrderState(NamedTuple):
 
 
 class Payments:
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, gen: Gen | None = None) -> None:
         self.r = client
+        self.gen = gen or Gen()  # the generation this process writes registries in now
         self._script = client.register_script(lua("payments", "lib_clock"))
 
     def due(
@@ -56,7 +58,8 @@ class Payments:
         for oid, deadline, channel, mode in new:
             args += [oid, deadline, f"{channel}{SEP}{mode}"]
         args += [len(gone or ()), *(gone or ())]
-        ks = [keys.emitted(shard), keys.deadlines(shard), keys.inbox(shard)]
+        now, before = (keys.emitted(shard, g) for g in self.gen.pair())
+        ks = [now, keys.deadlines(shard), keys.inbox(shard), before]
         got = wire.scripts(self.r, [(self._script, ks, args)])[0]
         out: list[Due] = []
         for i in range(0, len(got), 3):
@@ -73,10 +76,12 @@ class Payments:
         for oid in order_ids:
             fields += [oid, keys.REG_STATE + oid, keys.REG_CANCEL + oid]
             fields += [keys.REG_CANCELLING + oid, keys.REG_PENDING + oid]
-        commands: list[tuple[Any, ...]] = [("HMGET", keys.emitted(shard), *fields)]
+        commands: list[tuple[Any, ...]] = [
+            ("HMGET", keys.emitted(shard, g), *fields) for g in self.gen.pair()
+        ]
         commands += [("ZSCORE", keys.deadlines(shard), oid) for oid in order_ids]
         got = wire.reads(self.r, commands)
-        values, scores = got[0], got[1:]
+        values, scores = newer_first(got[0], got[1]), got[2:]
         out: list[OrderState] = []
         for i in range(len(order_ids)):
             value, version, x, k, how = values[5 * i : 5 * i + 5]

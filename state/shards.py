@@ -22,6 +22,7 @@ from onestock.domain.errors import OnestockError
 from onestock.domain.protocol import RS, SEP, Code
 from state import keys, wire
 from state.conn import Redis, lua, parse_id
+from state.gens import Gen, newer_first
 from state.stock import Alone, bought_counts, bought_reads, read_alone
 
 EMIT_RECORDS = 250  # records per emit.lua call (a batch of more goes in several calls)
@@ -44,8 +45,11 @@ class Prelude(NamedTuple):
 
 
 class Shards:
-    def __init__(self, client: Redis, campaign_skus: Callable[[], set[str]]) -> None:
+    def __init__(
+        self, client: Redis, campaign_skus: Callable[[], set[str]], gen: Gen | None = None
+    ) -> None:
         self.r = client
+        self.gen = gen or Gen()  # the generation this process writes registries in now
         self._campaign_skus = campaign_skus  # the loaded catalog's campaign SKUs
         self._emit = client.register_script(lua("emit"))
         self._cancelling = client.register_script(lua("cancelling"))
@@ -134,7 +138,16 @@ class Shards:
         """Registry values of the shard for these fields (order ids, ``keys.REG_*`` ones)."""
         if not order_ids:
             return []
-        return wire.reads(self.r, [("HMGET", keys.emitted(shard), *order_ids)])[0]  # type: ignore[no-any-return]
+        return newer_first(*wire.reads(self.r, self.registry_reads(shard, order_ids)))
+
+    def registry_reads(self, shard: int, fields: list[str]) -> list[tuple[str, ...]]:
+        """The two HMGETs of ``fields`` in the shard's registry: this generation's and the
+        one before's (``gens.newer_first`` merges their replies)."""
+        return [("HMGET", keys.emitted(shard, g), *fields) for g in self.gen.pair()]
+
+    def registry_keys(self, shard: int) -> list[str]:
+        """The shard's registry of this generation and of the one before (scripts' KEYS)."""
+        return [keys.emitted(shard, g) for g in self.gen.pair()]
 
     def prelude(
         self,
@@ -151,19 +164,20 @@ class Shards:
         (``Prelude.mark``; see ``set_mark``)."""
         commands: list[tuple[str, ...]] = [("GET", keys.CATALOG_VERSION)]
         if fields:
-            commands.append(("HMGET", keys.emitted(shard), *fields))
+            commands += self.registry_reads(shard, fields)
         commands += [("HGETALL", keys.stock(sku)) for sku in skus]
-        reads, groups = bought_reads(pairs)
+        reads, groups = bought_reads(pairs, self.gen)
         commands += reads
         if mark is None:
-            commands += [("GET", keys.decide_mark(shard)), ("EXISTS", keys.emitted(shard)),
+            written = ("EXISTS", *self.registry_keys(shard))
+            commands += [("GET", keys.decide_mark(shard)), written,
                          ("XREVRANGE", keys.inbox(shard), "+", "-", "COUNT", "1")]  # fmt: skip
         else:
             commands.append(("SET", keys.decide_mark(shard), mark))
         replies = wire.reads(self.r, commands)
         version = int(replies[0] or 0)
-        registry = replies[1] if fields else []
-        at = 2 if fields else 1
+        registry = newer_first(replies[1], replies[2]) if fields else []
+        at = 3 if fields else 1
         read = {sku: read_alone(got) for sku, got in zip(skus, replies[at:], strict=False)}
         at += len(skus)
         counts = bought_counts(groups, replies[at : at + len(groups)], len(pairs))
@@ -180,7 +194,8 @@ class Shards:
     def mark_cancelling(self, shard: int, order_ids: list[str]) -> list[bytes | None]:
         """Say in the shard's registry that these orders are being cancelled; each one's
         registry value at that moment (``cancelling.lua``, atomic with the marks)."""
-        got = wire.scripts(self.r, [(self._cancelling, [keys.emitted(shard)], order_ids)])[0]
+        ks = self.registry_keys(shard)
+        got = wire.scripts(self.r, [(self._cancelling, ks, order_ids)])[0]
         return [v if v else None for v in got]
 
     def emit(
@@ -199,9 +214,10 @@ class Shards:
         counts (received->decided ms, n, paid->decided ms, n) and one metric tag per record
         (``emit.lua`` counts the tags of the records it writes now).
         """
-        ks = [keys.emitted(shard), keys.outbox(shard), keys.deadbox(shard), keys.inbox(shard),
+        now, before = self.registry_keys(shard)
+        ks = [now, keys.outbox(shard), keys.deadbox(shard), keys.inbox(shard),
               keys.watermark(shard), keys.counters(shard), keys.held(shard),
-              keys.decided(shard), keys.returns(shard), keys.movements(shard)]  # fmt: skip
+              keys.decided(shard), keys.returns(shard), keys.movements(shard), before]  # fmt: skip
         calls = [(self._emit, ks, args) for args in _emit_args(last_id, records, dead, meter)]
         return bool(wire.scripts(self.r, calls)[-1][2])
 

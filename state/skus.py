@@ -23,6 +23,7 @@ from onestock.domain.types import Campaign, Order, Sku
 from state import keys, wire
 from state.buckets import Buckets
 from state.conn import Redis, lua
+from state.gens import Gen, newer_first
 from state.stock import Lock, bought_counts, bought_reads, fields, stock_of
 
 Stock = dict[str, tuple[dict[str, int], list[Lock]]]  # per SKU: units per location, locks
@@ -76,7 +77,14 @@ _SAFETY, _SHORT, _PENDING = 2, 4, 8
 
 
 class Skus:
-    def __init__(self, client: Redis, buckets: Buckets, touched: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        buckets: Buckets,
+        touched: set[str] | None = None,
+        gen: Gen | None = None,
+    ) -> None:
+        self.gen = gen or Gen()  # the generation this process writes decisions in now
         # the catalog SKUs whose stock a script of this process may have changed, for the
         # availability feed (``Store.touched``)
         self.touched: set[str] = touched if touched is not None else set()
@@ -118,7 +126,7 @@ class Skus:
     def plan_state(self, skus: list[str], pairs: list[tuple[str, str]]) -> tuple[Stock, list[int]]:
         """What planning an order needs, in one round trip: ``stock_state`` of the SKUs and
         ``bought`` of the (SKU, customer) pairs."""
-        reads, groups = bought_reads(pairs)
+        reads, groups = bought_reads(pairs, self.gen)
         replies = wire.reads(self.r, [("HGETALL", keys.stock(sku)) for sku in skus] + reads)
         state: Stock = {}
         for sku, got in zip(skus, replies, strict=False):
@@ -132,15 +140,15 @@ class Skus:
         by_home: dict[str, list[int]] = {}
         for i, (_, home) in enumerate(wanted):
             by_home.setdefault(home, []).append(i)
-        replies = wire.reads(
-            self.r,
-            [
-                ("HMGET", keys.parts(home), *(wanted[i][0] for i in idx))
-                for home, idx in by_home.items()
-            ],
-        )
+        reads = [
+            ("HMGET", keys.parts(home, g), *(wanted[i][0] for i in idx))
+            for home, idx in by_home.items()
+            for g in self.gen.pair()
+        ]
+        replies = wire.reads(self.r, reads)
         out: list[bytes | None] = [None] * len(wanted)
-        for idx, got in zip(by_home.values(), replies, strict=True):
+        for k, idx in enumerate(by_home.values()):
+            got = newer_first(replies[2 * k], replies[2 * k + 1])
             for i, value in zip(idx, got, strict=True):
                 out[i] = value
         return out
@@ -150,9 +158,17 @@ class Skus:
         for the order so far (``keys.DEC_RETURNED``) and whether that return was applied to
         the SKU (``keys.DEC_RETURN``), as stored in the SKU's decision hash (None: not set)."""
         pipe = self.r.pipeline(transaction=False)
+        now, before = self.gen.pair()
         for sku, oid, digest in wanted:
-            pipe.hmget(keys.decisions(sku), [keys.DEC_RETURNED + oid, keys.DEC_RETURN + digest])
-        return pipe.execute()  # type: ignore[no-any-return]
+            for g in (now, before):
+                fields = [keys.DEC_RETURNED + oid, keys.DEC_RETURN + digest]
+                pipe.hmget(keys.decisions(sku, g), fields)
+        got = pipe.execute()
+        out: list[list[bytes | None]] = []
+        for (n, d), (n_old, d_old) in zip(got[::2], got[1::2], strict=True):
+            units = int(n or 0) + int(n_old or 0)  # (counted in both generations)
+            out.append([str(units).encode() if n or n_old else None, d or d_old])
+        return out
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -170,12 +186,12 @@ class Skus:
         if not slots:
             return []
         calls = [_parts_args(parts, (floors, version)) for parts in slots]
-        return self._per_slot(self._reserve_parts, keys.parts, calls)
+        return self._per_slot(self._reserve_parts, _parts_key, calls)
 
     def release_parts(self, slots: list[list[Part]]) -> list[int]:
         """Undo each slot's parts of orders (idempotent; release_parts.lua)."""
         calls = [_parts_args(parts, None) for parts in slots]
-        return self._per_slot(self._release_parts, keys.parts, calls)
+        return self._per_slot(self._release_parts, _parts_key, calls)
 
     # -- cancellations and returns ---------------------------------------------------------
 
@@ -225,24 +241,35 @@ class Skus:
     # -- helpers ---------------------------------------------------------------------------
 
     def _per_slot(
-        self, script: Script, second: Callable[[str], str], calls: list[tuple[list[str], list[Any]]]
+        self,
+        script: Script,
+        second: Callable[[str, int], str],
+        calls: list[tuple[list[str], list[Any]]],
     ) -> list[Any]:
         """Independent one-slot script calls (SKUs, ARGV), pipelined on a single server (each
         stays atomic; a Redis Cluster client runs them one by one, each routed to its slot's
         node)."""
         self.touched.update(keys.public(sku) for s, _ in calls for sku in s)
-        return wire.scripts(self.r, [(script, sku_keys(s, second), a) for s, a in calls])
+        return wire.scripts(self.r, [(script, sku_keys(s, second, self.gen), a) for s, a in calls])
 
 
-def sku_keys(skus: list[str], second: Callable[[str], str]) -> list[str]:
-    """KEYS of decide.lua's layout: per SKU, in order: its stock hash, ``second`` (decisions
-    or parts), its counters of units sold per customer, its alerts stream, its campaigns'
-    candidates and progress."""
+def sku_keys(skus: list[str], second: Callable[[str, int], str], gen: Gen) -> list[str]:
+    """KEYS of decide.lua's layout (lib_stock.lua): per SKU, in order: ``second`` (its
+    decisions, or parts) and its units sold per customer of the generation before ``gen``'s,
+    its stock hash, ``second`` and units sold per customer of ``gen``'s, its alerts stream,
+    its campaigns' candidates and progress."""
+    now, before = gen.pair()
     ks: list[str] = []
     for sku in skus:
-        ks += [keys.stock(sku), second(sku), keys.bought(sku), keys.alerts(sku),
-               keys.candidates(sku), keys.campaigns(sku)]  # fmt: skip
+        ks += [second(sku, before), keys.bought(sku, before), keys.stock(sku), second(sku, now),
+               keys.bought(sku, now), keys.alerts(sku), keys.candidates(sku),
+               keys.campaigns(sku)]  # fmt: skip
     return ks
+
+
+def _parts_key(sku: str, gen: int) -> str:
+    """A SKU's parts hash in sku_keys' ``second`` place."""
+    return keys.parts(sku, gen)
 
 
 def _decide_args(orders: list[Order], args: DecideArgs) -> tuple[list[str], list[Any]]:

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from onestock.domain.protocol import INTERNAL
 from state import keys
+from state.gens import Gen
 
 
 class Lock(NamedTuple):
@@ -87,22 +88,29 @@ def read_alone(got: Any) -> Alone | None:
     )  # fmt: skip
 
 
-def bought_reads(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, ...]], list[list[int]]]:
-    """One HMGET per SKU of the units sold to the customers of these (SKU, customer) pairs,
-    and the pairs' indices each one answers (see ``bought_counts``)."""
+def bought_reads(
+    pairs: list[tuple[str, str]], gen: Gen
+) -> tuple[list[tuple[str, ...]], list[list[int]]]:
+    """Per SKU, one HMGET per generation (``gen``'s and the one before: a limit counts both)
+    of the units sold to the customers of these (SKU, customer) pairs, and the pairs'
+    indices each one answers (see ``bought_counts``)."""
     by_sku: dict[str, list[int]] = {}
     for i, (sku, _) in enumerate(pairs):
         by_sku.setdefault(sku, []).append(i)
-    commands = [
-        ("HMGET", keys.bought(sku), *(pairs[i][1] for i in idx)) for sku, idx in by_sku.items()
-    ]
-    return commands, list(by_sku.values())
+    commands: list[tuple[str, ...]] = []
+    groups: list[list[int]] = []
+    for sku, idx in by_sku.items():
+        for g in gen.pair():
+            commands.append(("HMGET", keys.bought(sku, g), *(pairs[i][1] for i in idx)))
+            groups.append(idx)
+    return commands, groups
 
 
 def bought_counts(groups: list[list[int]], replies: list[Any], n: int) -> list[int]:
-    """The units sold per pair, from the HMGET replies of ``bought_reads``."""
+    """The units sold per pair, from the HMGET replies of ``bought_reads`` (summed)."""
     counts = [0] * n
     for idx, got in zip(groups, replies, strict=True):
         for i, value in zip(idx, got, strict=True):
-            counts[i] = int(value or 0)
+            if value:
+                counts[i] += int(value)
     return counts

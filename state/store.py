@@ -29,6 +29,7 @@ from state.campaigns import Campaigns
 from state.conn import Redis, connect, lua
 from state.feed import Feed
 from state.fulfilment import Shipments
+from state.gens import Gen, Sweeper
 from state.movements import Movements
 from state.payments import Payments
 from state.shards import Shards
@@ -49,12 +50,16 @@ class Store:
         # The catalog SKUs whose stock this process's scripts may have changed since the
         # availability feed was last told (``Decider.emit`` hands them to ``feed.mark``)
         self.touched: set[str] = set()
-        self.shards = Shards(client, self.campaign_skus)
-        self.skus = Skus(client, self.buckets, self.touched)
-        self.campaigns = Campaigns(client, self.touched)
-        self.movements = Movements(client, self.touched)
-        self.payments = Payments(client)
-        self.shipments = Shipments(client, self.touched)
+        # The generation of the idempotency state this process writes in (state/gens.py):
+        # the decider sets it for each part of a batch; every part of the store shares it.
+        self.gen = gen = Gen()
+        self.sweeper = Sweeper(client)
+        self.shards = Shards(client, self.campaign_skus, gen)
+        self.skus = Skus(client, self.buckets, self.touched, gen)
+        self.campaigns = Campaigns(client, self.touched, gen)
+        self.movements = Movements(client, self.touched, gen)
+        self.payments = Payments(client, gen)
+        self.shipments = Shipments(client, self.touched, gen)
         self.feed = Feed(client)
         self._camps: tuple[int, set[str]] | None = None  # (catalog version, campaign SKUs)
 

@@ -23,7 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from onestock.domain import catalog as catalogs
+# The test data's paid_at times are fixed (2026-11-11...): a ten-year idempotency window keeps
+# them from turning stale (dead letters) as the calendar moves on, and every dataflow of the
+# run in one generation. tests/test_memory.py runs its dataflows with windows of seconds.
+os.environ.setdefault("ONESTOCK_IDEMPOTENCY_DAYS", "3650")
+
+from onestock.domain import catalog as catalogs  # noqa: E402
 from onestock.domain.types import Catalog
 from state.server import RedisServer, redis_server_binary
 from state.store import Store

@@ -113,7 +113,7 @@ def test_an_order_across_masters_is_all_or_nothing(cstore: Store) -> None:
     recs, _ = decide(cstore, [order("big", (a, 1), (b, 5))])
     assert (recs[0].status, recs[0].reason) == ("rejected", "sold_out")
     assert stock(cstore, a) == {"wh-1": 5} and stock(cstore, b) == {"wh-1": 2}
-    assert cstore.r.hlen(keys.parts(a)) == 0 and cstore.r.hlen(keys.parts(b)) == 0
+    assert cstore.r.hlen(keys.parts(a, 0)) == 0 and cstore.r.hlen(keys.parts(b, 0)) == 0
     recs, _ = decide(cstore, [order("fits", (a, 1), (b, 2)), order("late", (a, 1), (b, 1))])
     assert [r.status for r in recs] == ["accepted", "rejected"]
     assert stock(cstore, a) == {"wh-1": 4} and stock(cstore, b) == {"wh-1": 0}
@@ -150,7 +150,7 @@ def test_a_reservation_on_one_master_is_undone_when_the_other_fails(cstore: Stor
     cstore.skus.plan_state = fresh  # type: ignore[method-assign]
     assert len(reads) >= 2 and (recs[0].status, recs[0].reason) == ("rejected", "sold_out")
     assert stock(cstore, a) == {"wh-1": 5}  # reserved on its master, then given back
-    assert cstore.r.hlen(keys.parts(a)) == 0
+    assert cstore.r.hlen(keys.parts(a, 0)) == 0
 
 
 @pytest.mark.slow

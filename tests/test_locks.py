@@ -120,7 +120,7 @@ def test_a_cross_slot_order_that_a_lock_rejects_leaves_nothing_behind(store: Sto
     load(store, catalog("TEE", units=4, lock=4))
     recs, _ = decide(store, [buy("x1", ("TEE", 1), ("SNEAKER", 1), paid=BEFORE)])
     assert reasons(recs) == ["sold_out"]
-    assert stock(store, "TEE") == {"wh-a": 50} and store.r.hlen(keys.parts("TEE")) == 0
+    assert stock(store, "TEE") == {"wh-a": 50} and store.r.hlen(keys.parts("TEE", 0)) == 0
 
 
 def test_cross_slot_orders_judge_the_locks_on_the_units_the_batch_left(
@@ -166,7 +166,7 @@ def test_a_released_cross_slot_part_gives_its_lock_units_back(store: Store) -> N
     store.skus.plan_state = fresh_read  # type: ignore[method-assign]
     assert len(reads) >= 2 and reasons(recs) == ["sold_out"]
     assert used(store) == 0 and stock(store, "SNEAKER") == {"wh-a": 10}
-    assert store.r.hlen(keys.parts("SNEAKER")) == 0
+    assert store.r.hlen(keys.parts("SNEAKER", 0)) == 0
 
 
 def test_a_reload_keeps_what_the_channel_drew_from_its_lock(store: Store, tee: str) -> None:

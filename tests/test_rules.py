@@ -80,7 +80,7 @@ def test_limit_counts_every_order_and_channel_of_a_customer(store: Store, tee: s
     recs, _ = decide(store, [buy("l5", ("SNEAKER", 1), channel="douyin")])  # a later batch
     assert reasons(recs) == ["limit_exceeded"]
     assert stock(store, "SNEAKER") == {"wh-a": 46}
-    assert store.r.hgetall(keys.bought("SNEAKER")) == {b"c1": b"3", b"c2": b"1"}
+    assert store.r.hgetall(keys.bought("SNEAKER", 0)) == {b"c1": b"3", b"c2": b"1"}
 
 
 def test_a_replay_never_counts_twice(store: Store, tee: str) -> None:
@@ -90,7 +90,7 @@ def test_a_replay_never_counts_twice(store: Store, tee: str) -> None:
     first = d.process(0, [("1-0", o)])
     again = d.process(0, [("1-0", o)])  # a crash before emit: the same entry once more
     assert first.records[2].split("\x1f")[-4:] == again.records[2].split("\x1f")[-4:]
-    assert store.r.hget(keys.bought("SNEAKER"), "c1") == b"2"
+    assert store.r.hget(keys.bought("SNEAKER", 0), "c1") == b"2"
     assert stock(store, "SNEAKER") == {"wh-a": 48}
 
 
@@ -111,7 +111,7 @@ def test_a_cross_slot_order_that_breaks_a_rule_leaves_nothing_reserved(store: St
     recs, _ = decide(store, [buy("x1", ("SNEAKER", 2), ("TEE", 1))])
     assert reasons(recs) == ["limit_exceeded"]
     assert stock(store, "TEE") == {"wh-a": 50} and stock(store, "SNEAKER") == {"wh-a": 50}
-    assert store.r.hlen(keys.parts("TEE")) == 0 and store.r.hlen(keys.bought("SNEAKER")) == 0
+    assert store.r.hlen(keys.parts("TEE", 0)) == 0 and store.r.hlen(keys.bought("SNEAKER", 0)) == 0
 
 
 def _one_customer(url: str, shard: int, start: mp.Event) -> None:  # type: ignore[valid-type]
@@ -130,7 +130,7 @@ def test_one_customers_orders_on_many_workers_at_once_respect_the_limit(
     load(store, catalog("TEE", limit=7, presale=None))
     at_once(_one_customer, [(url, s) for s in range(6)])
     assert stock(store, "SNEAKER") == {"wh-a": 43}
-    assert store.r.hget(keys.bought("SNEAKER"), "whale") == b"7"
+    assert store.r.hget(keys.bought("SNEAKER", 0), "whale") == b"7"  # (ids of 1970: generation 0)
 
 
 SAFE = {
@@ -303,7 +303,7 @@ def test_a_read_the_script_contradicts_is_judged_again(store: Store) -> None:
     """The read says the customer bought nothing; the script knows 2 (of 2): the reservation
     is refused, released, and the order decided again on a fresh read."""
     load(store, catalog("TEE", limit=2, presale=None))
-    store.r.hset(keys.bought("SNEAKER"), "c1", 2)
+    store.r.hset(keys.bought("SNEAKER", 0), "c1", 2)
     real, reads = store.skus.plan_state, []
 
     def stale_once(skus, pairs):  # type: ignore[no-untyped-def]
@@ -315,4 +315,4 @@ def test_a_read_the_script_contradicts_is_judged_again(store: Store) -> None:
     recs, _ = decide(store, [buy("s1", ("SNEAKER", 1), ("TEE", 1))])
     store.skus.plan_state = real  # type: ignore[method-assign]
     assert len(reads) == 2 and reasons(recs) == ["limit_exceeded"]
-    assert stock(store, "TEE") == {"wh-a": 50} and store.r.hlen(keys.parts("TEE")) == 0
+    assert stock(store, "TEE") == {"wh-a": 50} and store.r.hlen(keys.parts("TEE", 0)) == 0

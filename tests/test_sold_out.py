@@ -37,7 +37,7 @@ def outcome(rec) -> str:  # type: ignore[no-untyped-def]
 
 def stored(store: Store, oid: str, sku: str = "HOT") -> bool:
     """Whether decide.lua decided the order (it stores every outcome it gives)."""
-    return bool(store.r.hexists(keys.decisions(sku), oid))
+    return bool(store.r.hexists(keys.decisions(sku, 0), oid))
 
 
 def test_once_decide_lua_says_sold_out_the_next_batch_refuses_on_the_read(store: Store) -> None:
@@ -132,6 +132,7 @@ def test_parts_a_crash_left_reserved_go_back_before_the_batchs_later_orders(
     part = Part(events.decode(raw(a1)).order, ["HOT"], 0, False, [("wh-a", "HOT", 1)])  # type: ignore[union-attr]
     view = crashed.view
     # the HOT part is reserved, then kill -9 before the ZZZ part
+    store.gen.now = 0  # the generation of the batch below (its entry ids: 1970)
     assert store.skus.reserve_parts([[part]], view.floors, view.version) == [[1]]
     store.shards.set_mark(0, "100-0")  # the crashed run's batch ended at a1
     restarted = Decider(store, say=lambda _m: None)
@@ -189,7 +190,7 @@ def test_the_decide_mark_of_a_shard(store: Store) -> None:
     assert store.shards.prelude(0, [], [], [], None).mark == "0-0"  # nothing ever written
     for oid in ("a1", "a2"):
         store.r.xadd(keys.inbox(0), {"e": raw(order(oid, ("HOT", 1)))}, id=f"{oid[1]}00-0")
-    store.r.hset(keys.emitted(0), "older", "R")
+    store.r.hset(keys.emitted(0, store.gen.now), "older", "R")
     # written by a version without the mark: every entry in the stream may be decided
     assert store.shards.prelude(0, [], [], [], None).mark == "200-0"
     store.shards.prelude(0, [], [], [], "300-0")

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from onestock import harness
+from onestock import burst, harness
 from onestock.domain.types import catalog_decoder
 from onestock.ops import services
 from state.store import Store
@@ -83,13 +83,16 @@ def catalog(skus: int, seconds: float, rate: float, url: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+PAID_AT = burst.T0.isoformat().replace("+00:00", "Z")  # (recent: inside the window)
+
+
 def orders(n: int, skus: int, seed: int = 7) -> list[bytes]:
     rng = random.Random(seed)
     return [
         orjson.dumps({
             "order_id": f"b-{i}", "channel": CHANNEL, "customer": {"id": f"c-{i}"},
             "lines": [{"sku": f"P-{rng.randrange(skus):04d}", "qty": 1}],
-            "paid_at": "2026-11-11T00:00:00Z",
+            "paid_at": PAID_AT,
         })
         for i in range(n)
     ]  # fmt: skip

@@ -68,6 +68,33 @@ EARLIEST_MS = _env_time_ms("ONESTOCK_EARLIEST_PAID_AT", "2000-01-01T00:00:00Z")
 FUTURE_MS = int(os.environ.get("ONESTOCK_MAX_FUTURE_S") or 86400) * 1000
 
 
+def _window_ms() -> int:
+    """The idempotency window: how long, by the stream clock, every order, cancel, return,
+    payment and movement stays remembered after it came (ONESTOCK_IDEMPOTENCY_DAYS, default
+    7: longer than the senders' retries, Shopify's 4 hours, Stripe's 3 days)."""
+    raw = os.environ.get("ONESTOCK_IDEMPOTENCY_DAYS") or "7"
+    try:
+        days = float(raw)
+    except ValueError:
+        days = -1.0
+    ms = round(days * 86_400_000)
+    if ms < 2 * FUTURE_MS or ms < 2000:
+        from onestock.domain.errors import OnestockError
+
+        raise OnestockError(
+            f"ONESTOCK_IDEMPOTENCY_DAYS={raw!r}: the window must be a number of days, at least "
+            f"twice ONESTOCK_MAX_FUTURE_S ({FUTURE_MS // 1000} s) and two seconds"
+        )
+    return ms
+
+
+WINDOW_MS = _window_ms()
+# An order paid longer than this before it came is a dead letter, never decided: a copy of
+# an order decided more than WINDOW_MS ago (whose idempotency state is gone) cannot be sold
+# twice, since its paid_at is at most FUTURE_MS after the moment its first copy came.
+STALE_MS = WINDOW_MS - FUTURE_MS
+
+
 class Valid(msgspec.Struct, gc=False):
     order: Order
     paid_ms: int = 0  # paid_at in epoch milliseconds (parsed once, here)

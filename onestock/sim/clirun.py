@@ -24,7 +24,7 @@ import orjson
 
 from onestock.domain import sharding
 from onestock.sim import observe
-from onestock.sim.fast import anchor_of
+from onestock.sim.fast import anchor_of, boundary_offset
 from onestock.sim.history import History, iso, render_catalog
 from onestock.sim.model import Observed, ms
 from state.server import RedisServer
@@ -90,6 +90,8 @@ def run_cli(h: History, tmp: Path) -> tuple[Observed, dict[str, int]]:
     env = {"ONESTOCK_REDIS_URL": server.url, "ONESTOCK_HOME": str(tmp / "home"),
            "ONESTOCK_SHARDS": str(k), "ONESTOCK_BATCH_SIZE": str(rng.choice([1, 2, 5, 20])),
            "ONESTOCK_SNAPSHOT_MS": str(rng.choice([200, 500, 1000]))}  # fmt: skip
+    if h.features.generations:  # a generation ends a few seconds in (every run alike)
+        env["ONESTOCK_GENERATION_OFFSET_MS"] = str(boundary_offset(h, (1000, 6000)))
     cli = Cli(env, tmp)
     faults = 0
     first_kill: int | None = None

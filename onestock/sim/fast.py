@@ -30,12 +30,13 @@ import orjson
 from dataflows.decider import Decided, Decider
 from dataflows.source import ShardSource
 from onestock.domain import sharding
+from onestock.domain.events import WINDOW_MS
 from onestock.ops import services as ops
 from onestock.sim import observe
 from onestock.sim.faults import Crash, Faults, faulty_store
 from onestock.sim.history import History, render_catalog
 from onestock.sim.model import Observed
-from state import keys
+from state import gens, keys
 from state.store import Store
 
 DRAIN_S = 15.0  # the settle lease of a crashed worker lasts 3 s; the rest is slack
@@ -307,15 +308,28 @@ class _Play:
 
 
 def run_fast(h: History, url: str) -> tuple[Observed, dict[str, int]]:
-    play = _Play(h, url)
-    chunks = play.chunks()
-    play.start()
+    saved = gens.OFFSET_MS
     try:
-        play.play(chunks)
-        play.drained = drain(play.procs, play.step, play.start, play.problems)
-    except Exception as exc:  # a product failure: a real worker would die here too
-        play.problems.append(("run.exception", _where(exc)))
-    return play.observed()
+        play = _Play(h, url)
+        chunks = play.chunks()
+        play.start()
+        if h.features.generations:  # (every Decider of the history is in this process)
+            gens.OFFSET_MS = boundary_offset(h)
+        try:
+            play.play(chunks)
+            play.drained = drain(play.procs, play.step, play.start, play.problems)
+        except Exception as exc:  # a product failure: a real worker would die here too
+            play.problems.append(("run.exception", _where(exc)))
+        return play.observed()
+    finally:
+        gens.OFFSET_MS = saved
+
+
+def boundary_offset(h: History, within_ms: tuple[int, int] = (5, 250)) -> int:
+    """A ``gens.OFFSET_MS`` that ends a generation a seeded while from now (the history plays
+    across it: its scripts move from one generation's keys to the next's)."""
+    at = int(time.time() * 1000) + random.Random(h.seed * 7919 + 11).randint(*within_ms)
+    return (-at) % WINDOW_MS
 
 
 def drain(

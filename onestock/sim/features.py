@@ -47,6 +47,9 @@ class Features:
     # ... rejections of orders with returns: fails today (ops.audit counts the units a
     # return brought back before a sold_out re-route as off; test_fulfilment_sim.py)
     reject_returned: bool = True
+    # the end of a generation of the idempotency state (state/gens.py) falls inside the
+    # history: every event after it must still find what the events before it left
+    generations: bool = True
 
     @classmethod
     def names(cls) -> list[str]:

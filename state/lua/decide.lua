@@ -4,7 +4,7 @@
 -- KEYS: for SKU i of this call (1-based), the lib_stock.lua layout: sku_key(i, K_STOCK) = its
 --       stock hash (location -> units, plus NUL-prefixed fields: the marker, its rules, its
 --       alert flag), K_RECORDS its decision hash (order id -> stored outcome), K_BOUGHT units
---       sold per customer, K_ALERTS its low-stock alerts stream, K_CANDIDATES / K_PROGRESS its
+--       sold per customer (each also of the generation before: read, not written), K_ALERTS its low-stock alerts stream, K_CANDIDATES / K_PROGRESS its
 --       gift campaigns' candidates and progress (see lib_stock.lua). All in one slot.
 -- ARGV: nskus, nlocs, nchans, fewest (1: split an order over as few locations as possible,
 --       else nearest first), sku names (nskus), location ids (nlocs), safety stock per
@@ -59,7 +59,7 @@ local skus, locs, chans, safety, NONE = {}, {}, {}, {}, {}
 -- scanning locations.
 local stock, exists, dirty, total, limit, vip_until, locks = {}, {}, {}, {}, {}, {}, {}
 local ruled = {} -- a SKU with rules: a limit, a VIP pre-sale or channel locks
-local sold, sold_dirty = {}, {}
+local sold, sold_dirty, sold_old = {}, {}, {} -- (sold_old: the generation before's share)
 local camps, progress, adds, now = {}, {}, {}, nil -- first-N gift campaigns of the SKUs
 local any_low = false -- does any SKU of this call have a low-stock threshold
 
@@ -110,7 +110,7 @@ local function read_stored(by_home)
   local stored = {}
   for h, ids in pairs(by_home) do
     for i = 1, #ids, CHUNK do
-      local got = call('HMGET', sku_key(h, K_RECORDS), unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+      local got = hmget_gens(h, K_RECORDS, K_RECORDS_OLD, { unpack(ids, i, math.min(i + CHUNK - 1, #ids)) })
       for j = 1, #got do
         if got[j] then stored[ids[i + j - 1]] = got[j] end
       end
@@ -126,12 +126,7 @@ local function read_sold(s)
     local c = ARGV[a]
     if c ~= '' and not seen[c] then seen[c] = true; custs[#custs + 1] = c end
   end
-  local counts = {}
-  for i = 1, #custs, CHUNK do
-    local got = call('HMGET', sku_key(s, K_BOUGHT), unpack(custs, i, math.min(i + CHUNK - 1, #custs)))
-    for j = 1, #got do counts[custs[i + j - 1]] = tonumber(got[j] or '0') end
-  end
-  return counts
+  return read_bought(s, custs)
 end
 
 local function read_skus()
@@ -145,7 +140,7 @@ local function read_skus()
     any_low = any_low or t[RULE_LOW] ~= nil
     limit[s], vip_until[s] = t[RULE_LIMIT], t[RULE_VIP_UNTIL]
     ruled[s] = limit[s] ~= nil or vip_until[s] ~= nil or lk ~= nil
-    if limit[s] then sold[s], sold_dirty[s] = read_sold(s), {} end
+    if limit[s] then sold[s], sold_old[s] = read_sold(s); sold_dirty[s] = {} end
   end
 end
 
@@ -350,7 +345,7 @@ local function write_back(records)
     for i = 1, #rec, CHUNK do
       call('HSET', sku_key(s, K_RECORDS), unpack(rec, i, math.min(i + CHUNK - 1, #rec)))
     end
-    if sold_dirty[s] then write_changed(sku_key(s, K_BOUGHT), sold_dirty[s], sold[s]) end
+    if sold_dirty[s] then write_bought(s, sold_dirty[s], sold[s], sold_old[s]) end
     if adds[s] then write_progress(s, progress[s], adds[s]) end
   end
 end

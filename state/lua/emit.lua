@@ -13,6 +13,8 @@ local K_HELD = 7 -- held records (order id -> record waiting for its gift settle
 local K_DECISIONS = 8 -- decisions stream
 local K_RETURNS = 9 -- returns stream (records of keys "\0R:<return digest>" go there)
 local K_MOVEMENTS = 10 -- movements stream (records of keys "\0M:<movement id>" go there)
+local K_REGISTRY_OLD = 11 -- the registry hash of the generation before K_REGISTRY's (read:
+--                           an order's fields are looked up in both; state/gens.py)
 -- ARGV: last input entry id of the batch ("-": a part of a batch whose last part moves the
 --       watermark), nrecords, then per record: order_id, registry
 --       value; then the packed records joined by \30 (one per record, in that order; ""
@@ -100,6 +102,8 @@ end
 -- look up "\0c:<order id>" for the orders of its next batch. Set by the first write to an empty
 -- registry (one written before this flag existed never gets it), dropped for good by the
 -- first cancel that comes before its order.
+-- (Per generation: the flag of a registry says no such cancel was stored in it; the decider
+-- skips the lookups while both generations have it.)
 local no_early = call('HLEN', KEYS[K_REGISTRY]) == 0
 local written, dead, wr, wp = 0, 0, 0, 0
 local tags = {} -- metric tag -> new records carrying it
@@ -113,6 +117,8 @@ local function read_fresh()
     local ids = {}
     for k = i, last_k do ids[k - i + 1] = argv[1 + 2 * k] end
     local got = call('HMGET', KEYS[K_REGISTRY], unpack(ids))
+    local old = call('HMGET', KEYS[K_REGISTRY_OLD], unpack(ids))
+    for j = 1, #ids do if not got[j] then got[j] = old[j] end end
     for k = i, last_k do
       local oid = ids[k - i + 1]
       local was = got[k - i + 1]
@@ -235,7 +241,8 @@ end
 local function write_dead()
   for i = 1, ndl do
     local q = p + 3 * (i - 1) + 1
-    if call('HSETNX', KEYS[K_REGISTRY], REG_DEAD .. argv[q], DEAD) == 1 then
+    if call('HEXISTS', KEYS[K_REGISTRY_OLD], REG_DEAD .. argv[q]) == 0
+       and call('HSETNX', KEYS[K_REGISTRY], REG_DEAD .. argv[q], DEAD) == 1 then
       call('XADD', KEYS[K_DEAD_LETTERS], '*', 'id', argv[q], 'raw', argv[q + 1], 'reason', argv[q + 2])
       dead = dead + 1
     end
@@ -280,4 +287,6 @@ write_dead()
 count()
 advance_watermark()
 if no_early then call('HSET', KEYS[K_REGISTRY], REG_NO_EARLY, 1) end
-return { written, dead, call('HEXISTS', KEYS[K_REGISTRY], REG_NO_EARLY) }
+local none_waits = call('HEXISTS', KEYS[K_REGISTRY], REG_NO_EARLY) == 1
+  and (call('EXISTS', KEYS[K_REGISTRY_OLD]) == 0 or call('HEXISTS', KEYS[K_REGISTRY_OLD], REG_NO_EARLY) == 1)
+return { written, dead, none_waits and 1 or 0 }

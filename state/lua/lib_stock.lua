@@ -5,15 +5,74 @@
 --
 -- KEYS, per SKU i of a call (1-based), as those scripts lay them out: KEYS[SKU_KEYS * i - K]
 -- for K one of the K_* below (sku_key(i, K) reads it). All of one SKU share a slot.
-local SKU_KEYS = 6 -- keys per SKU
+local SKU_KEYS = 8 -- keys per SKU
+-- Decisions and units sold per customer live in generations (state/gens.py): a script writes
+-- in its batch's generation and reads that one and the one before (read only).
+local K_RECORDS_OLD = 7 -- the decision hash of the generation before
+local K_BOUGHT_OLD = 6 -- units sold per customer in the generation before
 local K_STOCK = 5 -- its stock hash (location -> units, plus NUL-prefixed rules and flags)
 local K_RECORDS = 4 -- its decision hash (decide.lua) or parts hash (reserve_parts.lua)
-local K_BOUGHT = 3 -- units sold per customer
+local K_BOUGHT = 3 -- units sold per customer (in this generation)
 local K_ALERTS = 2 -- its low-stock alerts stream
 local K_CANDIDATES = 1 -- its first-N campaigns' candidates ZSET
 local K_PROGRESS = 0 -- its first-N campaigns' progress hash
 
 local function sku_key(i, k) return KEYS[SKU_KEYS * i - k] end
+
+-- HMGET of `fields` (a list) in SKU i's hash k_new, then what it lacks in k_old (the hash of
+-- the generation before): one reply per field, the newer value where both have one.
+local function hmget_gens(i, k_new, k_old, fields)
+  local got = redis.call('HMGET', sku_key(i, k_new), unpack(fields))
+  local missing = false
+  for j = 1, #fields do if not got[j] then missing = true; break end end
+  if missing then
+    local old = redis.call('HMGET', sku_key(i, k_old), unpack(fields))
+    for j = 1, #fields do if not got[j] then got[j] = old[j] end end
+  end
+  return got
+end
+
+-- One field of SKU i's decision state, in its generation or the one before (nil: neither).
+local function hget_gens(i, field)
+  return redis.call('HGET', sku_key(i, K_RECORDS), field)
+      or redis.call('HGET', sku_key(i, K_RECORDS_OLD), field)
+end
+
+-- Units of SKU i returned for an order so far ('\0rq:<order id>', counted in both
+-- generations: return_units.lua adds to this generation's).
+local function returned_units(i, oid)
+  local field = DEC_RETURNED .. oid
+  return tonumber(redis.call('HGET', sku_key(i, K_RECORDS), field) or '0')
+      + tonumber(redis.call('HGET', sku_key(i, K_RECORDS_OLD), field) or '0')
+end
+
+-- Units sold to each customer of `custs` (a list) of SKU i over both generations, and those
+-- of the generation before alone (write_bought keeps this generation's share).
+local function read_bought(i, custs)
+  local counts, olds = {}, {}
+  for a = 1, #custs, 4000 do
+    local b = math.min(a + 3999, #custs)
+    local now = redis.call('HMGET', sku_key(i, K_BOUGHT), unpack(custs, a, b))
+    local old = redis.call('HMGET', sku_key(i, K_BOUGHT_OLD), unpack(custs, a, b))
+    for j = a, b do
+      local o = tonumber(old[j - a + 1] or '0')
+      olds[custs[j]] = o
+      counts[custs[j]] = tonumber(now[j - a + 1] or '0') + o
+    end
+  end
+  return counts, olds
+end
+
+-- Units sold per customer written back: this generation holds the total less what the one
+-- before holds (`changed`: customer -> true; `totals`, `olds`: as read_bought gave them).
+local function write_bought(i, changed, totals, olds)
+  local args = {}
+  for c in pairs(changed) do
+    args[#args + 1] = c
+    args[#args + 1] = totals[c] - (olds[c] or 0)
+  end
+  if #args > 0 then redis.call('HSET', sku_key(i, K_BOUGHT), unpack(args)) end
+end
 
 -- Which internal field of a stock hash read_stock is reading: its second byte ('\0Lq:', '\0Lu:',
 -- '\0Lc:' are a channel lock's; '\0G:' and '\0Gl:' a campaign's, '\0Gl:' with this third byte).

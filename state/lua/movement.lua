@@ -135,7 +135,7 @@ local function abort(taken)
   return refuse(why)
 end
 
-local stored = redis.call('HGET', state_key, field)
+local stored = hget_gens(1, field) -- (this generation's or the one before's)
 if stored then
   local code, rest = string.sub(stored, 1, 1), string.sub(stored, 3)
   if code ~= MOVE_HELD then return { code, rest } end

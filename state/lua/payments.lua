@@ -1,8 +1,9 @@
 -- payments.lua: a shard's reserved orders (dataflows/payments.py, docs/payments.md): record
 -- the batch's new ones, then say which are due to expire.
 --
--- KEYS (one slot): 1 registry hash, 2 deadlines ZSET (order id scored by its deadline, epoch
---       ms), 3 input stream.
+-- KEYS (one slot): 1 registry hash (this generation's: written), 2 deadlines ZSET (order id
+--       scored by its deadline, epoch ms), 3 input stream, 4 the registry hash of the
+--       generation before (read: state/gens.py).
 -- ARGV: the last input entry id this worker processed on the shard ("" for none), the most
 --       due orders to answer, n, then per new reserved order: order id, deadline ms, its
 --       channel and delivery mode (SEP-joined: the later versions of its record carry them);
@@ -15,6 +16,10 @@
 --       longer reserved (paid, expired, cancelled) leave the set; one a cancel is giving
 --       back stays, unanswered; ones whose record is not
 --       written yet stay (their batch is on its way).
+-- a registry field in this generation or the one before (nil: neither)
+local function reg(field)
+  return redis.call('HGET', KEYS[1], field) or redis.call('HGET', KEYS[4], field) or nil
+end
 local n = tonumber(ARGV[3])
 local limit = tonumber(ARGV[2])
 local gone = n and tonumber(ARGV[4 + 3 * n])
@@ -32,17 +37,18 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. horizon(KEYS[3],
 local out = {}
 for i = 1, #due, 2 do
   local oid = due[i]
-  local value = redis.call('HGET', KEYS[1], oid)
+  local value = reg(oid)
   local reserved = value and string.sub(value, 1, 1) == RESERVED
-  if reserved and redis.call('HEXISTS', KEYS[1], REG_CANCEL .. oid) == 0 then
-    if redis.call('HEXISTS', KEYS[1], REG_CANCELLING .. oid) == 0 then -- (else: a cancel's
-      out[#out + 1] = oid                                                -- replay ends it)
+  if reserved and not reg(REG_CANCEL .. oid) then
+    if not reg(REG_CANCELLING .. oid) then -- (else: a cancel's replay ends it)
+      out[#out + 1] = oid
       out[#out + 1] = due[i + 1]
-      out[#out + 1] = redis.call('HGET', KEYS[1], REG_PENDING .. oid) or ''
+      out[#out + 1] = reg(REG_PENDING .. oid) or ''
     end
   elseif value then
     redis.call('ZREM', KEYS[2], oid)
     redis.call('HDEL', KEYS[1], REG_PENDING .. oid)
+    redis.call('HDEL', KEYS[4], REG_PENDING .. oid)
   end
 end
 return out

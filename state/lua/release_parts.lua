@@ -19,7 +19,7 @@ local parsed = {}
 for o = 1, norders do
   local oid, home = ARGV[p + 2 * o - 1], tonumber(ARGV[p + 2 * o])
   if not home or home < 1 or home > nskus then return redis.error_reply('ERR release_parts.lua: bad home') end
-  local stored = redis.call('HGET', sku_key(home, K_RECORDS), oid)
+  local stored = hget_gens(home, oid)
   if stored then
     local f = {}
     for field in string.gmatch(stored, '[^' .. SEP .. ']+') do f[#f + 1] = field end
@@ -43,6 +43,7 @@ for _, x in ipairs(parsed) do
     end
   end
   redis.call('HDEL', sku_key(x[2], K_RECORDS), x[1])
+  redis.call('HDEL', sku_key(x[2], K_RECORDS_OLD), x[1])
 end
 if #parsed > 0 then -- units came back: an alert flag may clear; candidacies end
   for name, s in pairs(index) do

@@ -41,7 +41,7 @@ for j = 1, nlines do
 end
 
 local home = sku_key(1, K_RECORDS)
-local stored = redis.call('HGET', home, key)
+local stored = hget_gens(1, key) -- (this generation's or the one before's)
 
 local function settle(s, stock)
   local units = 0

@@ -101,6 +101,7 @@ end
 -- Batch the Redis work: one HMGET per parts hash, one HGETALL per SKU, decisions on Lua
 -- tables, then one HSET per stock hash, per parts hash and per counters hash.
 local stock, dirty, limit, vip_until, sold, sold_dirty, total = {}, {}, {}, {}, {}, {}, {}
+local sold_old = {} -- units sold per customer in the generation before (lib_stock.lua read_bought)
 local locks = {}
 
 -- The orders reserved by an earlier call (order id -> true).
@@ -112,7 +113,7 @@ local function read_done()
     ids[#ids + 1] = od.oid
   end
   for h, ids in pairs(by_home) do
-    local got = call('HMGET', sku_key(h, K_RECORDS), unpack(ids))
+    local got = hmget_gens(h, K_RECORDS, K_RECORDS_OLD, ids)
     for k = 1, #ids do
       if got[k] then done[ids[k]] = true end
     end
@@ -126,10 +127,7 @@ local function read_sold(s)
   for _, od in ipairs(orders) do
     if not seen[od.customer] then seen[od.customer] = true; custs[#custs + 1] = od.customer end
   end
-  local got = call('HMGET', sku_key(s, K_BOUGHT), unpack(custs))
-  local counts = {}
-  for k = 1, #custs do counts[custs[k]] = tonumber(got[k] or '0') end
-  return counts
+  return read_bought(s, custs)
 end
 
 local function read_skus()
@@ -137,7 +135,7 @@ local function read_skus()
     local t, sum, lk = read_stock(sku_key(s, K_STOCK))
     total[s], locks[s] = sum, lk
     stock[s], dirty[s], limit[s], vip_until[s] = t, {}, t[RULE_LIMIT], t[RULE_VIP_UNTIL]
-    if limit[s] then sold[s], sold_dirty[s] = read_sold(s), {} end
+    if limit[s] then sold[s], sold_old[s] = read_sold(s); sold_dirty[s] = {} end
   end
 end
 
@@ -236,7 +234,7 @@ local function write_back(parts)
     settle_alert(s, names[s], total[s], stock[s])
     write_changed(sku_key(s, K_STOCK), dirty[s], stock[s])
     if #parts[s] > 0 then call('HSET', sku_key(s, K_RECORDS), unpack(parts[s])) end
-    if sold_dirty[s] then write_changed(sku_key(s, K_BOUGHT), sold_dirty[s], sold[s]) end
+    if sold_dirty[s] then write_bought(s, sold_dirty[s], sold[s], sold_old[s]) end
   end
 end
 

@@ -3,7 +3,8 @@
 -- KEYS: per SKU i, the decide.lua layout (lib_stock.lua sku_key): K_STOCK stock hash,
 --       K_RECORDS decision hash (it keeps "\0r:<digest>" per applied return and
 --       "\0rq:<order id>" = units of the SKU returned for the order so far; a cancel's
---       "\0u:<order id>", see undo_units.lua), K_ALERTS alerts stream (the others unused here).
+--       "\0u:<order id>", see undo_units.lua; read in both generations, written in this one),
+--       K_ALERTS alerts stream (the others unused here).
 -- ARGV: nskus, sku names (nskus), n, then per line: sku index, order id, return digest,
 --       location, qty, shipped (units of the SKU the order shipped, over all its shipments;
 --       a hot SKU's buckets count as the SKU, whose own keys take its returns).
@@ -47,19 +48,18 @@ for _, digest in ipairs(digests) do
   local g = groups[digest]
   local oid = lines[g[1]].oid
   local code, bad = APPLIED, nil
-  if redis.call('HEXISTS', sku_key(lines[g[1]].s, K_RECORDS), DEC_RETURN .. digest) == 1 then
+  if hget_gens(lines[g[1]].s, DEC_RETURN .. digest) then
     code = APPLIED_BEFORE -- a return's lines in one slot are applied together: one marker tells
   else
     local want = {}
     for _, i in ipairs(g) do
       local l = lines[i]
       want[l.s] = (want[l.s] or 0) + l.q
-      local dec = sku_key(l.s, K_RECORDS)
-      if redis.call('HEXISTS', dec, DEC_UNDONE .. oid) == 1 then
+      if hget_gens(l.s, DEC_UNDONE .. oid) then
         code, bad = CANCELLED_ORDER, i
         break
       end
-      if tonumber(redis.call('HGET', dec, DEC_RETURNED .. oid) or '0') + want[l.s] > l.shipped then
+      if returned_units(l.s, oid) + want[l.s] > l.shipped then
         code, bad = MORE_THAN_SHIPPED, i
         break
       end

@@ -59,9 +59,10 @@ for o, od in ipairs(orders) do
   local res = { 0 }
   for _, s in ipairs(skus) do
     local allocs, returned = by_sku[s][1], by_sku[s][2]
-    returned = returned + tonumber(redis.call('HGET', sku_key(s, K_RECORDS), DEC_RETURNED .. oid) or '0')
+    returned = returned + returned_units(s, oid)
     res[#res + 1] = returned
-    if redis.call('HSETNX', sku_key(s, K_RECORDS), DEC_UNDONE .. oid, 1) == 1 then
+    if not hget_gens(s, DEC_UNDONE .. oid) then
+      redis.call('HSET', sku_key(s, K_RECORDS), DEC_UNDONE .. oid, 1)
       local _, _, _, camps = read_stock(sku_key(s, K_STOCK))
       for id in pairs(camps or {}) do
         res[1] = res[1] + redis.call('ZREM', sku_key(s, K_CANDIDATES), candidate_members(id, oid))
