@@ -69,6 +69,9 @@ class _Prelude(NamedTuple):
     step: int  # values per order in ``registry``: 1, or 2 with the early-cancel lookups
     short: dict[str, Left]  # SKUs read that can refuse an order on the read
     bought: dict[tuple[str, str], int]  # units sold so far per (SKU, customer) read
+    # the shard's decide mark before this batch: an order at or before it may have been
+    # decided by a run that died before its record was written (decide.lua holds its units)
+    mark: tuple[int, int]
 
 
 class _Judged(NamedTuple):
@@ -229,7 +232,7 @@ class Decider:
         held_ids: set[str] = set()
         self._skip.clear()
         if self.view.places.capacity and judged.todo:
-            self._room(batch.firsts, judged)  # locations whose day is full: left out
+            self._room(batch.firsts, judged, pre.mark)  # full days: left out (new orders)
         self._decide(judged.todo, outcome, held_ids)
         if judged.bucketed:
             self._borrow(judged.bucketed, outcome, held_ids)
@@ -319,7 +322,7 @@ class Decider:
         if pre.version != self.version:
             self.refresh()
         short = self.refusals.left(pre.skus, self.view.floors) if refusing else {}
-        return _Prelude(ids, pre.registry, step, short, pre.bought)
+        return _Prelude(ids, pre.registry, step, short, pre.bought, mark)
 
     def _judge(self, shard: int, batch: Batch, pre: _Prelude) -> _Judged:
         """Every order judged before deciding: a replay of an order whose record exists is
@@ -619,15 +622,25 @@ class Decider:
                     out[i] = array("H", kept).tobytes()
         return out
 
-    def _room(self, firsts: dict[str, tuple[str, events.Decoded]], judged: _Judged) -> None:
+    def _room(
+        self,
+        firsts: dict[str, tuple[str, events.Decoded]],
+        judged: _Judged,
+        mark: tuple[int, int],
+    ) -> None:
         """Routing honours the daily capacities: the locations whose day (the order's
         arrival's) is full are left out of the orders' rankings, so decide.lua never routes
         there; a pickup at a full store is rejected before deciding. (An order that a
         concurrent worker's orders crowd out after this read is moved or rejected by
-        ``Lifecycle.route``.)"""
+        ``Lifecycle.route``; so is an order at or before the shard's decide ``mark``, which a
+        run that died before writing its record may have decided: decide.lua answers its
+        replay with the stored outcome, its units still taken, and capacity.lua counts it
+        once, so rejecting it here would lose those units.)"""
         places, index = self.view.places, self.view.router.index
         by_day: dict[int, list[Order]] = {}
         for o in judged.todo:
+            if parse_id(firsts[o.order_id][0]) <= mark:  # maybe decided: Lifecycle.route
+                continue
             by_day.setdefault(int(firsts[o.order_id][0].partition("-")[0]) // DAY_MS, []).append(o)
         turned: set[str] = set()
         for day, orders in by_day.items():

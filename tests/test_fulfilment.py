@@ -12,6 +12,7 @@ from onestock.domain import sharding
 from onestock.ops import services as ops
 from state import keys
 from state.store import Store
+from tests.conftest import load
 from tests.helpers import order
 from tests.test_gifts import SHARDS, setup
 from tests.test_payments import Pipe, dead, versions
@@ -335,3 +336,31 @@ def test_a_replayed_event_is_not_judged_again_by_what_came_after_it(store: Store
     assert dead(store) == []
     assert [r.status for r in versions(store)["o2"]] == ["reserved", "accepted", "cancelled"]
     conserved(store)
+
+
+def test_a_pickup_decided_by_a_run_that_died_fills_its_store_and_stays_accepted(
+    store: Store,
+) -> None:
+    """A run decides a pickup order that fills its store's day (units taken, the day
+    counted) and dies before its record is written; the replay must not find the store
+    "full" and reject the order: decide.lua answers it with the stored outcome (seed 999282
+    of the randomized check lost the 3 units that way)."""
+    from dataflows.decider import Decider
+
+    cat = {
+        "channels": [{"id": "jd", "kind": "online"}],
+        "locations": [{"id": "st-d", "kind": "store", "lat": 22.54, "lon": 114.06,
+                       "pickup": True, "daily_capacity": 1}],
+        "skus": [{"sku": "SKU-3", "stock": {"st-d": 4}}],
+    }  # fmt: skip
+    load(store, cat)
+    ops.fix_shards(store, 1)
+    ops.push(store, [orjson.dumps(order("o-7", ("SKU-3", 3), channel="jd", pickup="st-d"))], 1)
+    rows = store.shards.read(0, "0-0", 10)
+    Decider(Store(store.r), say=lambda _m: None).process(0, rows)  # ... and the process dies
+    again = Decider(Store(store.r), say=lambda _m: None)
+    again.emit(again.process(0, rows))
+    [rec] = list(ops.records(store, 1))
+    assert (rec.status, rec.reason) == ("accepted", None)
+    assert store.skus.stock_levels(["SKU-3"]) == {"SKU-3": {"st-d": 1}}
+    assert ops.audit(store, 1, {"SKU-3": {"st-d": 4}}).oversold == 0
