@@ -229,16 +229,31 @@ class Checker:
             return units(recs[-1]["shipments"])
         # rejected: the last accepted version's other shipments went back, less what returns
         # brought back before (the rejecting location's units are the write-off's)
+        rest, returned = self._rest(oid)
+        return units(rest) - cancelled_back(rest, returned)
+
+    def rerouted_back(self, oid: str) -> Counter[tuple[str, str]]:
+        """What a sold_out re-route gave back: the last accepted version's shipments at the
+        locations that did not reject it, less what returns brought back before (none if the
+        order was not rejected by a re-route)."""
+        if not self.sold_out(oid):
+            return Counter()
+        return cancelled_back(*self._rest(oid))
+
+    def _rest(self, oid: str) -> tuple[list[dict[str, Any]], Counter[str]]:
+        """A re-routed order's last accepted shipments at locations that did not reject it,
+        and per SKU what returns brought back of it."""
+        recs = self.versions[oid]
         last = next((r for r in reversed(recs) if r["status"] == "accepted"), None)
         if last is None:
-            return Counter()
+            return [], Counter()
         gone = self.written_off[oid]
         rest = [s for s in last["shipments"] if s["location"] not in gone]
         returned: Counter[str] = Counter()
         for ret in self.ob.returns:
             if ret["order_id"] == oid:
                 returned.update({ln["sku"]: ln["qty"] for ln in ret["lines"]})
-        return units(rest) - cancelled_back(rest, returned)
+        return rest, returned
 
     def _took(self, oid: str) -> Counter[tuple[str, str]]:
         dec = self.decision.get(oid)

@@ -136,6 +136,8 @@ def _locks(c: Checker) -> None:
     given: Counter[str] = Counter()
     for back in c.back.values():
         given += per_sku(back)
+    for oid in c.written_off:  # (a sold_out re-route gave the order's other units back)
+        given += per_sku(c.rerouted_back(oid))
     for sku in c.ob.catalogs[0]["skus"]:
         for lock in sku.get("channel_locks", []):
             until, name = ms(lock["until"]), sku["sku"]
