@@ -607,6 +607,7 @@ app.command("bench-scale")(cli_perf.bench_scale)
 app.command("bench-intake")(cli_perf.bench_intake)
 app.command("bench-availability")(cli_perf.bench_availability)
 app.command("bench-feed")(cli_perf.bench_feed)
+app.command("bench-memory")(cli_perf.bench_memory)
 
 
 @redis_app.command("url")

@@ -202,3 +202,26 @@ def bench_feed(
     )
     if out is not None:
         out.write_bytes(orjson.dumps(f._asdict(), option=orjson.OPT_INDENT_2))
+
+
+def bench_memory(
+    days: Annotated[int, typer.Option(help="Days, one after another.")] = 3,
+    orders: Annotated[int, typer.Option("--orders", help="Orders a day.")] = 200_000,
+    day_s: Annotated[
+        int,
+        typer.Option(help="A day, and the idempotency window, in seconds of real time."),
+    ] = 60,
+    workers: Annotated[int, typer.Option(help="Dataflow worker processes.")] = DEFAULT_WORKERS,
+    out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+) -> None:
+    """Redis memory per day over several days compressed in real time (one Redis; a day
+    and the idempotency window are --day-s seconds; each day's orders are pushed at its
+    start and drained): used memory, the biggest key families and the days of idempotency
+    state held per day, and max / min over days 2..D."""
+    from onestock.bench.memory import run_memory
+
+    if not 1 <= days <= 30 or not 100 <= orders <= 50_000_000:
+        raise OnestockError("--days is 1..30 and --orders 100..50,000,000")
+    if not 10 <= day_s <= 3600 or not 1 <= workers <= 16:
+        raise OnestockError("--day-s is 10..3600 and --workers 1..16")
+    run_memory(days, orders, day_s, workers, out)

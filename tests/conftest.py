@@ -88,6 +88,8 @@ MARKS = {
         "test_availability.py::test_redis_away_is_503_and_a_restarted_redis_is_read_again",
         "test_availability.py::test_the_benchmark_measures_and_checks_what_it_was_served",
         "test_bench.py::test_bench_alternates_bare_loop_and_dataflow_and_reports_their_medians",
+        "test_bench_memory.py::test_two_days_give_one_row_a_day_every_order_decided_and_the_families",
+        "test_memory.py::test_state_past_the_window_is_deleted_and_a_late_copy_is_a_dead_letter",
         "test_cli.py::test_embedded_redis_starts_once_with_aof_and_keeps_data",
         "test_cli.py::test_fulfilments_out_writes_a_file",
         "test_deliver.py::test_run_until_drained_delivers_every_transition_to_a_receiver",
