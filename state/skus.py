@@ -254,14 +254,16 @@ class Skus:
 
 
 def sku_keys(skus: list[str], second: Callable[[str, int], str], gen: Gen) -> list[str]:
-    """KEYS of decide.lua's layout (lib_stock.lua): per SKU, in order: ``second`` (its
-    decisions, or parts) and its units sold per customer of the generation before ``gen``'s,
-    its stock hash, ``second`` and units sold per customer of ``gen``'s, its alerts stream,
-    its campaigns' candidates and progress."""
+    """KEYS of decide.lua's layout (lib_stock.lua): per SKU, in order: its units sold per
+    customer of the generation after ``gen``'s, ``second`` (its decisions, or parts) and its
+    units sold per customer of the generation before, its stock hash, ``second`` and units
+    sold per customer of ``gen``'s, its alerts stream, its campaigns' candidates and
+    progress."""
     now, before = gen.pair()
     ks: list[str] = []
     for sku in skus:
-        ks += [second(sku, before), keys.bought(sku, before), keys.stock(sku), second(sku, now),
+        ks += [keys.bought(sku, now + 1), second(sku, before), keys.bought(sku, before),
+               keys.stock(sku), second(sku, now),
                keys.bought(sku, now), keys.alerts(sku), keys.candidates(sku),
                keys.campaigns(sku)]  # fmt: skip
     return ks

@@ -91,16 +91,17 @@ def read_alone(got: Any) -> Alone | None:
 def bought_reads(
     pairs: list[tuple[str, str]], gen: Gen
 ) -> tuple[list[tuple[str, ...]], list[list[int]]]:
-    """Per SKU, one HMGET per generation (``gen``'s and the one before: a limit counts both)
-    of the units sold to the customers of these (SKU, customer) pairs, and the pairs'
-    indices each one answers (see ``bought_counts``)."""
+    """Per SKU, one HMGET per generation (``gen``'s, the one before and the one after: the
+    shards write in their own, and one may be a generation ahead; lib_stock.lua) of the
+    units sold to the customers of these (SKU, customer) pairs, and the pairs' indices each
+    one answers (see ``bought_counts``)."""
     by_sku: dict[str, list[int]] = {}
     for i, (sku, _) in enumerate(pairs):
         by_sku.setdefault(sku, []).append(i)
     commands: list[tuple[str, ...]] = []
     groups: list[list[int]] = []
     for sku, idx in by_sku.items():
-        for g in gen.pair():
+        for g in (gen.now + 1, *gen.pair()):
             commands.append(("HMGET", keys.bought(sku, g), *(pairs[i][1] for i in idx)))
             groups.append(idx)
     return commands, groups

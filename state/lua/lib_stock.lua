@@ -5,9 +5,13 @@
 --
 -- KEYS, per SKU i of a call (1-based), as those scripts lay them out: KEYS[SKU_KEYS * i - K]
 -- for K one of the K_* below (sku_key(i, K) reads it). All of one SKU share a slot.
-local SKU_KEYS = 8 -- keys per SKU
+local SKU_KEYS = 9 -- keys per SKU
 -- Decisions and units sold per customer live in generations (state/gens.py): a script writes
--- in its batch's generation and reads that one and the one before (read only).
+-- in its batch's generation and reads that one and the one before (read only). An order's
+-- state is only ever written by its own shard, whose generations only move on; units per
+-- customer are written by every shard, and a shard behind another may still write in the
+-- generation before that one's: so they are read in the generation after too.
+local K_BOUGHT_NEXT = 8 -- units sold per customer in the generation after (read only)
 local K_RECORDS_OLD = 7 -- the decision hash of the generation before
 local K_BOUGHT_OLD = 6 -- units sold per customer in the generation before
 local K_STOCK = 5 -- its stock hash (location -> units, plus NUL-prefixed rules and flags)
@@ -46,25 +50,26 @@ local function returned_units(i, oid)
       + tonumber(redis.call('HGET', sku_key(i, K_RECORDS_OLD), field) or '0')
 end
 
--- Units sold to each customer of `custs` (a list) of SKU i over both generations, and those
--- of the generation before alone (write_bought keeps this generation's share).
+-- Units sold to each customer of `custs` (a list) of SKU i over the three generations, and
+-- those of the other two alone (write_bought keeps this generation's share).
 local function read_bought(i, custs)
-  local counts, olds = {}, {}
+  local counts, others = {}, {}
   for a = 1, #custs, 4000 do
     local b = math.min(a + 3999, #custs)
     local now = redis.call('HMGET', sku_key(i, K_BOUGHT), unpack(custs, a, b))
     local old = redis.call('HMGET', sku_key(i, K_BOUGHT_OLD), unpack(custs, a, b))
+    local nxt = redis.call('HMGET', sku_key(i, K_BOUGHT_NEXT), unpack(custs, a, b))
     for j = a, b do
-      local o = tonumber(old[j - a + 1] or '0')
-      olds[custs[j]] = o
+      local o = tonumber(old[j - a + 1] or '0') + tonumber(nxt[j - a + 1] or '0')
+      others[custs[j]] = o
       counts[custs[j]] = tonumber(now[j - a + 1] or '0') + o
     end
   end
-  return counts, olds
+  return counts, others
 end
 
--- Units sold per customer written back: this generation holds the total less what the one
--- before holds (`changed`: customer -> true; `totals`, `olds`: as read_bought gave them).
+-- Units sold per customer written back: this generation holds the total less what the other
+-- two hold (`changed`: customer -> true; `totals`, `olds`: as read_bought gave them).
 local function write_bought(i, changed, totals, olds)
   local args = {}
   for c in pairs(changed) do
