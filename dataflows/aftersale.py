@@ -266,11 +266,13 @@ class Aftersale:
         for accepted orders, never more per SKU than shipped, each return once. Refused
         returns become dead letters with the reason; accepted ones, return records. A copy of
         a return whose record was written changes nothing and has no outcome of its own
-        (whatever happened to the order since: that record is its outcome)."""
-        written = self.wait.call(
-            self.store.shards.registry, shard, [keys.REG_RETURN + _digest(r) for _, _, r in returns]
-        )
-        returns = [ret for ret, rec in zip(returns, written, strict=True) if rec is None]
+        (whatever happened to the order since: that record is its outcome). A replay of a
+        return whose dead letter was written (a part of a batch written before a crash in a
+        later part) is skipped too: judged again it could find an order that came after it,
+        its record written in the meantime (the refusal is its outcome)."""
+        marks = [(keys.REG_RETURN + _digest(r), keys.REG_DEAD + eid) for eid, _, r in returns]
+        got = self.wait.call(self.store.shards.registry, shard, [f for m in marks for f in m])
+        returns = [ret for i, ret in enumerate(returns) if got[2 * i : 2 * i + 2] == [None, None]]
         states = self._order_states(shard, returns, firsts, outcome, self._applied(returns))
         # per return: its order's outcome as the return finds it, or UNKNOWN_ORDER
         todo = _checked(returns, states, dead, locations)

@@ -101,11 +101,13 @@ def _refusal(st: OrderState, received_ms: int) -> str | None:
 
 
 def fresh(store: Store, wait: Waiter, shard: int, items: list[Any]) -> list[Any]:
-    """The payment or fulfilment events (entry id first) not applied before: a replay of
+    """The payment or fulfilment events (entry id first) not judged before: a replay of
     one after a crash is skipped, whatever later events of its order did since
-    (keys.REG_EVENT, written with the event's outcome)."""
-    got = wait.call(store.shards.registry, shard, [keys.REG_EVENT + i[0] for i in items])
-    return [i for i, done in zip(items, got, strict=True) if done is None]
+    (keys.REG_EVENT, written with the event's outcome; keys.REG_DEAD, with its dead letter:
+    one refused because no order came before it must not find the order on a replay)."""
+    fields = [f for i in items for f in (keys.REG_EVENT + i[0], keys.REG_DEAD + i[0])]
+    got = wait.call(store.shards.registry, shard, fields)
+    return [i for n, i in enumerate(items) if got[2 * n : 2 * n + 2] == [None, None]]
 
 
 class Payments:

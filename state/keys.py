@@ -50,7 +50,9 @@ REG_CANCEL = "\x00x:"  # + order id: the record that cancels an accepted order
 REG_CANCELLING = "\x00k:"  # + order id: a cancel is giving the order's units back
 REG_RETURN = "\x00R:"  # + return digest: an accepted return's record
 REG_NO_EARLY = "\x00nc"  # flag: no cancel of the shard waits for its order (emit.lua)
-REG_DEAD = "\x00#"  # + input entry id: that entry's dead letter is written
+# + input entry id: that entry's dead letter is written (emit.lua): a replay of the entry
+# is skipped, never judged again (dataflows.aftersale returns, dataflows.payments.fresh)
+REG_DEAD = "\x00#"
 REG_MOVEMENT = "\x00M:"  # + movement id: its record is written (one per movement id)
 # + order id: the version of the order's latest record when it is past 1 (a payment, an
 # expiry): emit.lua writes it with the record, and the order's own field then holds its
