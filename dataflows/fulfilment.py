@@ -233,8 +233,9 @@ class Fulfilments:
         else:  # the order's other units go back too (and a gift it won)
             if rest:
                 self.aftersale.undo([(f.order_id, _accepted(rest))])
-            if st.value[:1] == Code.CANDIDATE:
-                self.aftersale.return_gifts([(f.order_id, outcome)])
+            # (a gift it won: also once a re-route's version dropped the candidate code;
+            # return_gifts keeps to campaign SKUs and puts back only a unit taken)
+            self.aftersale.return_gifts([(f.order_id, outcome)])
             value = rejected(
                 "sold_out",
                 f"{f.location} rejected its shipment and no other location can serve it",

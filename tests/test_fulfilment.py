@@ -396,3 +396,33 @@ def test_an_event_refused_in_a_written_part_is_not_judged_again(store: Store) ->
     assert list(ops.returns(store, 1)) == []
     assert [r.status for r in versions(store)["o3"]] == ["reserved"]
     assert levels(store)["SOCKS"]["wh-sh"] == 7  # o1, o2 and the reserved o3: none back
+
+
+def test_a_rerouted_gift_winner_keeps_its_gift_until_the_order_is_rejected(
+    store: Store,
+) -> None:
+    loaded = {"SNEAKER": {"wh-sh": 5, "wh-bj": 5}, "TOTE": {"wh-sh": 10}}
+    cat = {
+        "channels": [{"id": "tmall"}],
+        "locations": catalog()["locations"][::2],  # wh-sh, wh-bj
+        "skus": [{"sku": s, "stock": dict(v)} for s, v in loaded.items()],
+        "campaigns": [{"id": "D11", "sku": "SNEAKER", "gift_sku": "TOTE", "first_n": 3,
+                       "lateness_ms": 0}],
+    }  # fmt: skip
+    d = setup(store, cat)
+    p = Pipe(store, d)
+    p.push(buy("o1", ("SNEAKER", 1)))
+    p.decide()
+    d.settler.run(force=True)
+    p.push(said("o1", "wh-sh", "rejected"))
+    p.decide()
+    recs = versions(store)["o1"]
+    assert [(r.version, r.gift is not None) for r in recs] == [(1, True), (2, False)]
+    assert store.skus.stock_levels(["TOTE"])["TOTE"] == {"wh-sh": 9}  # the gift stands
+    audit = ops.audit(store, SHARDS, loaded)
+    assert (audit.oversold, audit.gifts) == (0, 1)
+    p.push(said("o1", "wh-bj", "rejected"))  # nowhere left: sold_out, the gift goes back
+    p.decide()
+    assert versions(store)["o1"][-1].reason == "sold_out"
+    assert store.skus.stock_levels(["TOTE"])["TOTE"] == {"wh-sh": 10}
+    conserved(store, loaded)

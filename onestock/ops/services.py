@@ -29,6 +29,7 @@ from onestock.domain.sharding import shard_of
 from onestock.domain.types import (
     Catalog,
     FulfilmentRecord,
+    Gift,
     MovementRecord,
     ShipLine,
     json_encoder,
@@ -314,11 +315,13 @@ def _add_final(
     shipped: Counter[tuple[str, str]],
     rejected: Counter[str],
     was: dict[str, FulfilmentRecord],
+    gifted: dict[str, Gift],
 ) -> tuple[int, int]:
     """Each order's final record into ``shipped`` (units per SKU and location) and
     ``rejected`` (by reason); (accepted orders, gifts given). ``was``: per order its last
     accepted version before a later one (a re-route that ended rejected gave back only
-    what its returns had not)."""
+    what its returns had not); ``gifted``: per order the gift an earlier version carried
+    (a re-routed order's later versions carry none, its gift stands)."""
     accepted = gifts = 0
     for rec in final:
         if rec.status == "cancelled":  # its cancel gave back only what was not returned:
@@ -334,8 +337,9 @@ def _add_final(
             for ship in rec.shipments:
                 for ln in ship.lines:
                     shipped[(ln.sku, ship.location)] += ln.qty
-            if rec.gift is not None:
-                shipped[(rec.gift.sku, rec.gift.location)] += 1
+            gift = rec.gift or gifted.get(rec.order_id)
+            if gift is not None:
+                shipped[(gift.sku, gift.location)] += 1
                 gifts += 1
         else:
             rejected[rec.reason or rec.status] += 1
@@ -367,9 +371,12 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
     first, last = 2**63, 0
     final: dict[str, FulfilmentRecord] = {}
     was: dict[str, FulfilmentRecord] = {}  # an order's last accepted version before its latest
+    gifted: dict[str, Gift] = {}  # an order's gift, whichever version carried it
     for packed in (p for f in store.shards.entries(keys.outbox, shards) for p in packed_records(f)):
         oid, _, _, _, received_s, decided_s, _ = packed.split(SEP, 6)  # (the rest: gift, ...)
         rec = record_from_packed(packed)
+        if rec.gift is not None:
+            gifted[oid] = rec.gift
         if oid in seen and rec.version > final[oid].version:
             if final[oid].status == "accepted":
                 was[oid] = final[oid]
@@ -390,7 +397,7 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
     for mv in movements(store, shards):  # applied movements: as if loaded with the stock
         for sku, loc, units in moved_units(mv):
             shipped[(sku, loc)] -= units
-    accepted, gifts = _add_final(final.values(), back, shipped, rejected, was)
+    accepted, gifts = _add_final(final.values(), back, shipped, rejected, was, gifted)
     _, cat = store.catalog()  # a SKU split into buckets is counted over all of them
     now = store.skus.stock_levels(loaded, {s.sku: s.buckets for s in cat.skus} if cat else None)
     oversold = _oversold(loaded, shipped, now)

@@ -194,7 +194,11 @@ def _gifts(
     n, sku = camp["first_n"], camp["sku"]
     full = ended is not None or sum(1 for r in rank_of.values() if r <= n) >= n
     for oid, rec in c.final.items():
-        g = rec.get("gift")
+        g = rec.get("gift") or (  # (a re-route's later versions: gift null, it stands)
+            next((r["gift"] for r in c.versions.get(oid, []) if r.get("gift")), None)
+            if rec["status"] == "accepted"
+            else None
+        )
         holds = rec["status"] == "accepted" and sku in per_sku(units(rec["shipments"]))
         if unacked > 0 and oid not in rank_of:
             continue  # (reported above)
