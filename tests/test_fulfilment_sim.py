@@ -73,7 +73,7 @@ def test_the_checker_reports_doctored_reroutes(url: str, how: str, cls: str) -> 
 
 def test_a_clean_soak_of_fulfilment_histories(url: str) -> None:
     """A few histories with every input class but the known faults'."""
-    f = Features.parse("all,-capacity_rules,-reject_returned")
+    f = Features.parse("all,-capacity_rules")
     for seed in (92, 94, 101):
         ob, _ = run_fast(generate(seed, f), url)
         assert check(ob) == [], seed
@@ -140,4 +140,22 @@ def test_the_audit_of_a_sold_out_reroute_of_a_returned_order(store: Store) -> No
     assert (last.status, last.reason) == ("rejected", "sold_out")
     got = levels(store)
     assert (got["SOCKS"]["wh-sh"], got["HAT"]["wh-sh"]) == (10, 1), got
+    conserved(store)
+
+
+def test_the_audit_of_a_sold_out_reroute_of_a_returned_shipment(store: Store) -> None:
+    """The rejecting location's own shipment had a return (seed 825217): its units are the
+    write-off's; only the other shipments' give-back is net of the returns."""
+    p = Pipe(store, setup(store, catalog()))
+    p.push(buy("o1", ("SOCKS", 1), ("HAT", 2)))  # wh-sh: SOCKS 1, HAT 1; st-hz: HAT 1
+    p.decide()
+    p.push({"type": "return", "order_id": "o1", "lines": [{"sku": "SOCKS", "qty": 1}],
+            "location": "wh-sh"})  # fmt: skip
+    p.decide()
+    p.push(said("o1", "wh-sh", "rejected"))  # no other location has a HAT
+    p.decide()
+    last = versions(store)["o1"][-1]
+    assert (last.status, last.reason) == ("rejected", "sold_out")
+    got = levels(store)
+    assert (got["SOCKS"]["wh-sh"], got["HAT"]["wh-sh"], got["HAT"]["st-hz"]) == (10, 0, 1), got
     conserved(store)

@@ -394,9 +394,16 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
         for ln in ret.lines:
             shipped[(ln.sku, ret.location)] -= ln.qty
             back[(ret.order_id, ln.sku)] += ln.qty
+    offs: set[str] = set()  # the write-offs' ids: "<order id>@<location>" for a re-route's
     for mv in movements(store, shards):  # applied movements: as if loaded with the stock
         for sku, loc, units in moved_units(mv):
             shipped[(sku, loc)] -= units
+        if mv.kind == "write_off" and mv.status == "applied":
+            offs.add(mv.movement_id)
+    for oid, rec in was.items():  # a re-route's end gave back only the other shipments (the
+        kept = [s for s in rec.shipments if f"{oid}@{s.location}" not in offs]  # write-off
+        if len(kept) != len(rec.shipments):  # counts the rejecting one's, returns and all)
+            was[oid] = msgspec.structs.replace(rec, shipments=kept)
     accepted, gifts = _add_final(final.values(), back, shipped, rejected, was, gifted)
     _, cat = store.catalog()  # a SKU split into buckets is counted over all of them
     now = store.skus.stock_levels(loaded, {s.sku: s.buckets for s in cat.skus} if cat else None)

@@ -44,8 +44,8 @@ class Features:
     # rejection keeps its first-N candidacy, its count against the customer's limit and its
     # channel lock's draw; test_fulfilment_sim.py)
     capacity_rules: bool = True
-    # ... rejections of orders with returns: fails today (ops.audit counts the units a
-    # return brought back before a sold_out re-route as off; test_fulfilment_sim.py)
+    # ... rejections of orders with returns (ops.audit counted a returned unit of the
+    # rejecting shipment twice; fixed, test_fulfilment_sim.py)
     reject_returned: bool = True
     # the end of a generation of the idempotency state (state/gens.py) falls inside the
     # history: every event after it must still find what the events before it left
