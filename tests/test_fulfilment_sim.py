@@ -127,35 +127,31 @@ RETURNED = ("ops.audit counts units off after a sold_out re-route of an order wi
             "all,-capacity_rules")  # fmt: skip
 
 
-def test_the_audit_of_a_sold_out_reroute_of_a_returned_order(store: Store) -> None:
+def _returned_then_rejected(store: Store, rejecter: str) -> dict[str, dict[str, int]]:
+    """o1 ships SOCKS 1 and HAT 1 from wh-sh and HAT 1 from st-hz; a SOCKS comes back at
+    wh-sh; then ``rejecter`` rejects its shipment and no other location has a HAT (the
+    re-route ends sold_out). The stock levels after, the audit checked."""
     p = Pipe(store, setup(store, catalog()))
-    p.push(buy("o1", ("SOCKS", 1), ("HAT", 2)))  # wh-sh: SOCKS 1, HAT 1; st-hz: HAT 1
+    p.push(buy("o1", ("SOCKS", 1), ("HAT", 2)))
     p.decide()
     p.push({"type": "return", "order_id": "o1", "lines": [{"sku": "SOCKS", "qty": 1}],
             "location": "wh-sh"})  # fmt: skip
     p.decide()
-    p.push(said("o1", "st-hz", "rejected"))  # no other location has a HAT
+    p.push(said("o1", rejecter, "rejected"))
     p.decide()
     last = versions(store)["o1"][-1]
     assert (last.status, last.reason) == ("rejected", "sold_out")
-    got = levels(store)
-    assert (got["SOCKS"]["wh-sh"], got["HAT"]["wh-sh"]) == (10, 1), got
     conserved(store)
+    return levels(store)
+
+
+def test_the_audit_of_a_sold_out_reroute_of_a_returned_order(store: Store) -> None:
+    got = _returned_then_rejected(store, "st-hz")
+    assert (got["SOCKS"]["wh-sh"], got["HAT"]["wh-sh"]) == (10, 1), got
 
 
 def test_the_audit_of_a_sold_out_reroute_of_a_returned_shipment(store: Store) -> None:
     """The rejecting location's own shipment had a return (seed 825217): its units are the
     write-off's; only the other shipments' give-back is net of the returns."""
-    p = Pipe(store, setup(store, catalog()))
-    p.push(buy("o1", ("SOCKS", 1), ("HAT", 2)))  # wh-sh: SOCKS 1, HAT 1; st-hz: HAT 1
-    p.decide()
-    p.push({"type": "return", "order_id": "o1", "lines": [{"sku": "SOCKS", "qty": 1}],
-            "location": "wh-sh"})  # fmt: skip
-    p.decide()
-    p.push(said("o1", "wh-sh", "rejected"))  # no other location has a HAT
-    p.decide()
-    last = versions(store)["o1"][-1]
-    assert (last.status, last.reason) == ("rejected", "sold_out")
-    got = levels(store)
+    got = _returned_then_rejected(store, "wh-sh")
     assert (got["SOCKS"]["wh-sh"], got["HAT"]["wh-sh"], got["HAT"]["st-hz"]) == (10, 0, 1), got
-    conserved(store)
