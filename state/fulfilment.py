@@ -44,7 +44,7 @@ class Shipments:
         fields: list[str] = []
         for oid, loc in pairs:
             fields += [f"{keys.REG_SHIPMENT}{oid}{SEP}{loc}", f"{keys.REG_CLAIM}{oid}{SEP}{loc}"]
-        reads = [("HMGET", keys.emitted(shard, g), *fields) for g in self.gen.pair()]
+        reads = [("HMGET", keys.emitted(shard, g), *fields) for g in self.gen.read()]
         got = newer_first(*wire.reads(self.r, reads))
         return [
             (got[i].decode() if got[i] is not None else None, got[i + 1] is not None)

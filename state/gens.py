@@ -1,10 +1,11 @@
 """Generations of the idempotency state (docs/memory.md): the shards' registries, the SKUs'
 decision hashes and the units sold per customer live in keys of one generation each, a
 window of the stream clock (``events.WINDOW_MS``) long; ``Gen`` says which one this process
-writes in now. A script reads an order's state in its batch's generation and the one before,
-so an event finds every event of the shard and of every SKU that came at most a window
-before it; ``sweep`` deletes a whole generation (UNLINK: one key, no per-order work) once
-no shard can act before the start of the generation two after it.
+writes in now. A script reads an order's state in its batch's generation, the one before
+and the one after, so an event finds every event of the shard and of every SKU that came at
+most a window before it (and what a step it replays, or a shard ahead, wrote a generation
+up); ``sweep`` deletes a whole generation (UNLINK: one key, no per-order work) once no shard
+can act before the start of the generation two after it.
 """
 
 from __future__ import annotations
@@ -43,13 +44,19 @@ class Gen:
         self.now = of_ms(int(time.time() * 1000))
 
     def pair(self) -> tuple[int, int]:
-        """(the generation written in, the one before: read too)."""
+        """(the generation written in, the one before)."""
         return self.now, self.now - 1
 
+    def read(self) -> tuple[int, int, int]:
+        """The generations read, newest first: the one after (a shard ahead, or the crashed
+        attempt of a step this one replays a generation lower, may have written there),
+        the one written in, the one before."""
+        return self.now + 1, self.now, self.now - 1
 
-def newer_first(now: list[Any], before: list[Any]) -> list[Any]:
-    """HMGET replies of two generations merged: the newer one's value where it has one."""
-    return [a if a is not None else b for a, b in zip(now, before, strict=True)]
+
+def newer_first(*replies: list[Any]) -> list[Any]:
+    """HMGET replies of generations, newest first, merged: per field the newest value."""
+    return [next((v for v in vs if v is not None), None) for vs in zip(*replies, strict=True)]
 
 
 class Sweeper:

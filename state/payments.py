@@ -59,7 +59,8 @@ class Payments:
             args += [oid, deadline, f"{channel}{SEP}{mode}"]
         args += [len(gone or ()), *(gone or ())]
         now, before = (keys.emitted(shard, g) for g in self.gen.pair())
-        ks = [now, keys.deadlines(shard), keys.inbox(shard), before]
+        after = keys.emitted(shard, self.gen.now + 1)
+        ks = [now, keys.deadlines(shard), keys.inbox(shard), before, after]
         got = wire.scripts(self.r, [(self._script, ks, args)])[0]
         out: list[Due] = []
         for i in range(0, len(got), 3):
@@ -77,11 +78,11 @@ class Payments:
             fields += [oid, keys.REG_STATE + oid, keys.REG_CANCEL + oid]
             fields += [keys.REG_CANCELLING + oid, keys.REG_PENDING + oid]
         commands: list[tuple[Any, ...]] = [
-            ("HMGET", keys.emitted(shard, g), *fields) for g in self.gen.pair()
+            ("HMGET", keys.emitted(shard, g), *fields) for g in self.gen.read()
         ]
         commands += [("ZSCORE", keys.deadlines(shard), oid) for oid in order_ids]
         got = wire.reads(self.r, commands)
-        values, scores = newer_first(got[0], got[1]), got[2:]
+        values, scores = newer_first(*got[:3]), got[3:]
         out: list[OrderState] = []
         for i in range(len(order_ids)):
             value, version, x, k, how = values[5 * i : 5 * i + 5]

@@ -141,13 +141,14 @@ class Shards:
         return newer_first(*wire.reads(self.r, self.registry_reads(shard, order_ids)))
 
     def registry_reads(self, shard: int, fields: list[str]) -> list[tuple[str, ...]]:
-        """The two HMGETs of ``fields`` in the shard's registry: this generation's and the
-        one before's (``gens.newer_first`` merges their replies)."""
-        return [("HMGET", keys.emitted(shard, g), *fields) for g in self.gen.pair()]
+        """The three HMGETs of ``fields`` in the shard's registry, newest generation first
+        (``Gen.read``; ``gens.newer_first`` merges their replies)."""
+        return [("HMGET", keys.emitted(shard, g), *fields) for g in self.gen.read()]
 
     def registry_keys(self, shard: int) -> list[str]:
-        """The shard's registry of this generation and of the one before (scripts' KEYS)."""
-        return [keys.emitted(shard, g) for g in self.gen.pair()]
+        """The shard's registry of this generation, of the one before and of the one after
+        (scripts' KEYS)."""
+        return [keys.emitted(shard, g) for g in (self.gen.now, self.gen.now - 1, self.gen.now + 1)]
 
     def prelude(
         self,
@@ -176,8 +177,8 @@ class Shards:
             commands.append(("SET", keys.decide_mark(shard), mark))
         replies = wire.reads(self.r, commands)
         version = int(replies[0] or 0)
-        registry = newer_first(replies[1], replies[2]) if fields else []
-        at = 3 if fields else 1
+        registry = newer_first(*replies[1:4]) if fields else []
+        at = 4 if fields else 1
         read = {sku: read_alone(got) for sku, got in zip(skus, replies[at:], strict=False)}
         at += len(skus)
         counts = bought_counts(groups, replies[at : at + len(groups)], len(pairs))
@@ -214,10 +215,11 @@ class Shards:
         counts (received->decided ms, n, paid->decided ms, n) and one metric tag per record
         (``emit.lua`` counts the tags of the records it writes now).
         """
-        now, before = self.registry_keys(shard)
+        now, before, after = self.registry_keys(shard)
         ks = [now, keys.outbox(shard), keys.deadbox(shard), keys.inbox(shard),
               keys.watermark(shard), keys.counters(shard), keys.held(shard),
-              keys.decided(shard), keys.returns(shard), keys.movements(shard), before]  # fmt: skip
+              keys.decided(shard), keys.returns(shard), keys.movements(shard), before,
+              after]  # fmt: skip
         calls = [(self._emit, ks, args) for args in _emit_args(last_id, records, dead, meter)]
         return bool(wire.scripts(self.r, calls)[-1][2])
 

@@ -143,12 +143,12 @@ class Skus:
         reads = [
             ("HMGET", keys.parts(home, g), *(wanted[i][0] for i in idx))
             for home, idx in by_home.items()
-            for g in self.gen.pair()
+            for g in self.gen.read()
         ]
         replies = wire.reads(self.r, reads)
         out: list[bytes | None] = [None] * len(wanted)
         for k, idx in enumerate(by_home.values()):
-            got = newer_first(replies[2 * k], replies[2 * k + 1])
+            got = newer_first(*replies[3 * k : 3 * k + 3])
             for i, value in zip(idx, got, strict=True):
                 out[i] = value
         return out
@@ -158,16 +158,17 @@ class Skus:
         for the order so far (``keys.DEC_RETURNED``) and whether that return was applied to
         the SKU (``keys.DEC_RETURN``), as stored in the SKU's decision hash (None: not set)."""
         pipe = self.r.pipeline(transaction=False)
-        now, before = self.gen.pair()
         for sku, oid, digest in wanted:
-            for g in (now, before):
+            for g in self.gen.read():
                 fields = [keys.DEC_RETURNED + oid, keys.DEC_RETURN + digest]
                 pipe.hmget(keys.decisions(sku, g), fields)
         got = pipe.execute()
         out: list[list[bytes | None]] = []
-        for (n, d), (n_old, d_old) in zip(got[::2], got[1::2], strict=True):
-            units = int(n or 0) + int(n_old or 0)  # (counted in both generations)
-            out.append([str(units).encode() if n or n_old else None, d or d_old])
+        for k in range(len(wanted)):
+            trio = got[3 * k : 3 * k + 3]  # (counted in the three generations)
+            units = [n for n, _ in trio if n is not None]
+            applied = next((d for _, d in trio if d is not None), None)
+            out.append([str(sum(int(n) for n in units)).encode() if units else None, applied])
         return out
 
     # -- decisions -------------------------------------------------------------------------
@@ -254,15 +255,15 @@ class Skus:
 
 
 def sku_keys(skus: list[str], second: Callable[[str, int], str], gen: Gen) -> list[str]:
-    """KEYS of decide.lua's layout (lib_stock.lua): per SKU, in order: its units sold per
-    customer of the generation after ``gen``'s, ``second`` (its decisions, or parts) and its
-    units sold per customer of the generation before, its stock hash, ``second`` and units
-    sold per customer of ``gen``'s, its alerts stream, its campaigns' candidates and
-    progress."""
+    """KEYS of decide.lua's layout (lib_stock.lua): per SKU, in order: ``second`` (its
+    decisions, or parts) and its units sold per customer of the generation after ``gen``'s,
+    the same of the generation before, its stock hash, ``second`` and units sold per
+    customer of ``gen``'s, its alerts stream, its campaigns' candidates and progress."""
     now, before = gen.pair()
     ks: list[str] = []
     for sku in skus:
-        ks += [keys.bought(sku, now + 1), second(sku, before), keys.bought(sku, before),
+        ks += [second(sku, now + 1), keys.bought(sku, now + 1), second(sku, before),
+               keys.bought(sku, before),
                keys.stock(sku), second(sku, now),
                keys.bought(sku, now), keys.alerts(sku), keys.candidates(sku),
                keys.campaigns(sku)]  # fmt: skip

@@ -101,7 +101,7 @@ def bought_reads(
     commands: list[tuple[str, ...]] = []
     groups: list[list[int]] = []
     for sku, idx in by_sku.items():
-        for g in (gen.now + 1, *gen.pair()):
+        for g in gen.read():
             commands.append(("HMGET", keys.bought(sku, g), *(pairs[i][1] for i in idx)))
             groups.append(idx)
     return commands, groups

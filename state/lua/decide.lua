@@ -110,7 +110,7 @@ local function read_stored(by_home)
   local stored = {}
   for h, ids in pairs(by_home) do
     for i = 1, #ids, CHUNK do
-      local got = hmget_gens(h, K_RECORDS, K_RECORDS_OLD, { unpack(ids, i, math.min(i + CHUNK - 1, #ids)) })
+      local got = hmget_gens(h, { unpack(ids, i, math.min(i + CHUNK - 1, #ids)) })
       for j = 1, #got do
         if got[j] then stored[ids[i + j - 1]] = got[j] end
       end

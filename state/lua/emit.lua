@@ -13,8 +13,9 @@ local K_HELD = 7 -- held records (order id -> record waiting for its gift settle
 local K_DECISIONS = 8 -- decisions stream
 local K_RETURNS = 9 -- returns stream (records of keys "\0R:<return digest>" go there)
 local K_MOVEMENTS = 10 -- movements stream (records of keys "\0M:<movement id>" go there)
-local K_REGISTRY_OLD = 11 -- the registry hash of the generation before K_REGISTRY's (read:
---                           an order's fields are looked up in both; state/gens.py)
+local K_REGISTRY_OLD = 11 -- the registry hashes of the generations before and after
+local K_REGISTRY_NEXT = 12 -- K_REGISTRY's (read: an order's fields are looked up in the
+--                            three, the newest first; state/gens.py)
 -- ARGV: last input entry id of the batch ("-": a part of a batch whose last part moves the
 --       watermark), nrecords, then per record: order_id, registry
 --       value; then the packed records joined by \30 (one per record, in that order; ""
@@ -116,9 +117,11 @@ local function read_fresh()
     local last_k = math.min(i + CHUNK - 1, nrec)
     local ids = {}
     for k = i, last_k do ids[k - i + 1] = argv[1 + 2 * k] end
-    local got = call('HMGET', KEYS[K_REGISTRY], unpack(ids))
-    local old = call('HMGET', KEYS[K_REGISTRY_OLD], unpack(ids))
-    for j = 1, #ids do if not got[j] then got[j] = old[j] end end
+    local got = call('HMGET', KEYS[K_REGISTRY_NEXT], unpack(ids))
+    for _, k in ipairs({ K_REGISTRY, K_REGISTRY_OLD }) do
+      local more = call('HMGET', KEYS[k], unpack(ids))
+      for j = 1, #ids do if not got[j] then got[j] = more[j] end end
+    end
     for k = i, last_k do
       local oid = ids[k - i + 1]
       local was = got[k - i + 1]
@@ -242,6 +245,7 @@ local function write_dead()
   for i = 1, ndl do
     local q = p + 3 * (i - 1) + 1
     if call('HEXISTS', KEYS[K_REGISTRY_OLD], REG_DEAD .. argv[q]) == 0
+       and call('HEXISTS', KEYS[K_REGISTRY_NEXT], REG_DEAD .. argv[q]) == 0
        and call('HSETNX', KEYS[K_REGISTRY], REG_DEAD .. argv[q], DEAD) == 1 then
       call('XADD', KEYS[K_DEAD_LETTERS], '*', 'id', argv[q], 'raw', argv[q + 1], 'reason', argv[q + 2])
       dead = dead + 1
@@ -287,6 +291,9 @@ write_dead()
 count()
 advance_watermark()
 if no_early then call('HSET', KEYS[K_REGISTRY], REG_NO_EARLY, 1) end
+local function flagged(k) -- no early cancel waits in generation k (or it has nothing)
+  return call('EXISTS', KEYS[k]) == 0 or call('HEXISTS', KEYS[k], REG_NO_EARLY) == 1
+end
 local none_waits = call('HEXISTS', KEYS[K_REGISTRY], REG_NO_EARLY) == 1
-  and (call('EXISTS', KEYS[K_REGISTRY_OLD]) == 0 or call('HEXISTS', KEYS[K_REGISTRY_OLD], REG_NO_EARLY) == 1)
+  and flagged(K_REGISTRY_OLD) and flagged(K_REGISTRY_NEXT)
 return { written, dead, none_waits and 1 or 0 }

@@ -5,13 +5,14 @@
 --
 -- KEYS, per SKU i of a call (1-based), as those scripts lay them out: KEYS[SKU_KEYS * i - K]
 -- for K one of the K_* below (sku_key(i, K) reads it). All of one SKU share a slot.
-local SKU_KEYS = 9 -- keys per SKU
+local SKU_KEYS = 10 -- keys per SKU
 -- Decisions and units sold per customer live in generations (state/gens.py): a script writes
--- in its batch's generation and reads that one and the one before (read only). An order's
--- state is only ever written by its own shard, whose generations only move on; units per
--- customer are written by every shard, and a shard behind another may still write in the
--- generation before that one's: so they are read in the generation after too.
-local K_BOUGHT_NEXT = 8 -- units sold per customer in the generation after (read only)
+-- in its caller's generation and reads that one, the one before and the one after (read
+-- only): a shard behind another writes units per customer a generation before that one's,
+-- and a timer or replay after a restart may run a generation before the one a crashed
+-- attempt of the same step wrote its marks in.
+local K_RECORDS_NEXT = 9 -- the decision hash of the generation after
+local K_BOUGHT_NEXT = 8 -- units sold per customer in the generation after
 local K_RECORDS_OLD = 7 -- the decision hash of the generation before
 local K_BOUGHT_OLD = 6 -- units sold per customer in the generation before
 local K_STOCK = 5 -- its stock hash (location -> units, plus NUL-prefixed rules and flags)
@@ -23,31 +24,36 @@ local K_PROGRESS = 0 -- its first-N campaigns' progress hash
 
 local function sku_key(i, k) return KEYS[SKU_KEYS * i - k] end
 
--- HMGET of `fields` (a list) in SKU i's hash k_new, then what it lacks in k_old (the hash of
--- the generation before): one reply per field, the newer value where both have one.
-local function hmget_gens(i, k_new, k_old, fields)
-  local got = redis.call('HMGET', sku_key(i, k_new), unpack(fields))
-  local missing = false
-  for j = 1, #fields do if not got[j] then missing = true; break end end
-  if missing then
-    local old = redis.call('HMGET', sku_key(i, k_old), unpack(fields))
-    for j = 1, #fields do if not got[j] then got[j] = old[j] end end
+-- HMGET of `fields` (a list) in SKU i's decision (or parts) hash of the generation after,
+-- this one and the one before: one reply per field, the newest generation's value.
+local function hmget_gens(i, fields)
+  local got = redis.call('HMGET', sku_key(i, K_RECORDS_NEXT), unpack(fields))
+  for _, k in ipairs({ K_RECORDS, K_RECORDS_OLD }) do
+    local missing = false
+    for j = 1, #fields do if not got[j] then missing = true; break end end
+    if not missing then break end
+    local more = redis.call('HMGET', sku_key(i, k), unpack(fields))
+    for j = 1, #fields do if not got[j] then got[j] = more[j] end end
   end
   return got
 end
 
--- One field of SKU i's decision state, in its generation or the one before (nil: neither).
+-- One field of SKU i's decision state, in the newest of the three generations that has it
+-- (nil: none).
 local function hget_gens(i, field)
-  return redis.call('HGET', sku_key(i, K_RECORDS), field)
+  return redis.call('HGET', sku_key(i, K_RECORDS_NEXT), field)
+      or redis.call('HGET', sku_key(i, K_RECORDS), field)
       or redis.call('HGET', sku_key(i, K_RECORDS_OLD), field)
 end
 
--- Units of SKU i returned for an order so far ('\0rq:<order id>', counted in both
--- generations: return_units.lua adds to this generation's).
+-- Units of SKU i returned for an order so far ('\0rq:<order id>', counted in the three
+-- generations: return_units.lua adds to its caller's).
 local function returned_units(i, oid)
-  local field = DEC_RETURNED .. oid
-  return tonumber(redis.call('HGET', sku_key(i, K_RECORDS), field) or '0')
-      + tonumber(redis.call('HGET', sku_key(i, K_RECORDS_OLD), field) or '0')
+  local field, n = DEC_RETURNED .. oid, 0
+  for _, k in ipairs({ K_RECORDS_NEXT, K_RECORDS, K_RECORDS_OLD }) do
+    n = n + tonumber(redis.call('HGET', sku_key(i, k), field) or '0')
+  end
+  return n
 end
 
 -- Units sold to each customer of `custs` (a list) of SKU i over the three generations, and

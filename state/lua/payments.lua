@@ -2,8 +2,8 @@
 -- the batch's new ones, then say which are due to expire.
 --
 -- KEYS (one slot): 1 registry hash (this generation's: written), 2 deadlines ZSET (order id
---       scored by its deadline, epoch ms), 3 input stream, 4 the registry hash of the
---       generation before (read: state/gens.py).
+--       scored by its deadline, epoch ms), 3 input stream, 4 and 5 the registry hashes of
+--       the generations before and after (read: state/gens.py).
 -- ARGV: the last input entry id this worker processed on the shard ("" for none), the most
 --       due orders to answer, n, then per new reserved order: order id, deadline ms, its
 --       channel and delivery mode (SEP-joined: the later versions of its record carry them);
@@ -18,7 +18,8 @@
 --       written yet stay (their batch is on its way).
 -- a registry field in this generation or the one before (nil: neither)
 local function reg(field)
-  return redis.call('HGET', KEYS[1], field) or redis.call('HGET', KEYS[4], field) or nil
+  return redis.call('HGET', KEYS[5], field) or redis.call('HGET', KEYS[1], field)
+      or redis.call('HGET', KEYS[4], field) or nil
 end
 local n = tonumber(ARGV[3])
 local limit = tonumber(ARGV[2])
@@ -49,6 +50,7 @@ for i = 1, #due, 2 do
     redis.call('ZREM', KEYS[2], oid)
     redis.call('HDEL', KEYS[1], REG_PENDING .. oid)
     redis.call('HDEL', KEYS[4], REG_PENDING .. oid)
+    redis.call('HDEL', KEYS[5], REG_PENDING .. oid)
   end
 end
 return out

@@ -44,6 +44,7 @@ for _, x in ipairs(parsed) do
   end
   redis.call('HDEL', sku_key(x[2], K_RECORDS), x[1])
   redis.call('HDEL', sku_key(x[2], K_RECORDS_OLD), x[1])
+  redis.call('HDEL', sku_key(x[2], K_RECORDS_NEXT), x[1])
 end
 if #parsed > 0 then -- units came back: an alert flag may clear; candidacies end
   for name, s in pairs(index) do

@@ -113,7 +113,7 @@ local function read_done()
     ids[#ids + 1] = od.oid
   end
   for h, ids in pairs(by_home) do
-    local got = hmget_gens(h, K_RECORDS, K_RECORDS_OLD, ids)
+    local got = hmget_gens(h, ids)
     for k = 1, #ids do
       if got[k] then done[ids[k]] = true end
     end
