@@ -9,7 +9,7 @@ local SKU_KEYS = 10 -- keys per SKU
 -- Decisions and units sold per customer live in generations (state/gens.py): a script writes
 -- in its caller's generation and reads that one, the one before and the one after (read
 -- only): a shard behind another writes units per customer a generation before that one's,
--- and a timer or replay after a restart may run a generation before the one a crashed
+-- and a replay after a crash may run a step in a generation before the one its crashed
 -- attempt of the same step wrote its marks in.
 local K_RECORDS_NEXT = 9 -- the decision hash of the generation after
 local K_BOUGHT_NEXT = 8 -- units sold per customer in the generation after
