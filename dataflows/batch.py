@@ -51,8 +51,9 @@ def decode(entries: list[tuple[str, bytes]], now_ms: int) -> Batch:
         d = classify(raw, came if came >= events.EARLIEST_MS else now_ms)
         cls = d.__class__
         if cls is Valid:
-            if d.paid_ms < stale and _stale(eid, d):  # type: ignore[union-attr,arg-type]
-                dead.append([eid, events.text_of(raw), _stale(eid, d)])  # type: ignore[arg-type]
+            why = _stale(eid, d) if d.paid_ms < stale else ""  # type: ignore[union-attr,arg-type]
+            if why:
+                dead.append([eid, events.text_of(raw), why])
                 continue
             oid = d.order.order_id  # type: ignore[union-attr]
             if oid not in firsts:
@@ -78,7 +79,7 @@ def decode(entries: list[tuple[str, bytes]], now_ms: int) -> Batch:
 
 def by_generation(entries: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
     """The entries (in id order) split where their generation changes (state/gens.py): each
-    part's scripts read and write one generation's idempotency state and the one before."""
+    part's scripts write in one generation's idempotency state (and read the ones beside it)."""
     first = gens.of_id(entries[0][0])
     if gens.of_id(entries[-1][0]) == first:
         return [entries]

@@ -54,6 +54,16 @@ class Gen:
         return self.now + 1, self.now, self.now - 1
 
 
+def registries(shard: int, gen: Gen) -> tuple[str, str, str]:
+    """The shard's registry of ``gen``'s generation (written), of the one before and of the
+    one after (read): scripts' KEYS in that order."""
+    return (
+        keys.emitted(shard, gen.now),
+        keys.emitted(shard, gen.now - 1),
+        keys.emitted(shard, gen.now + 1),
+    )
+
+
 def newer_first(*replies: list[Any]) -> list[Any]:
     """HMGET replies of generations, newest first, merged: per field the newest value."""
     return [next((v for v in vs if v is not None), None) for vs in zip(*replies, strict=True)]

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from onestock.domain.protocol import SEP
 from state import keys, wire
 from state.conn import Redis, lua
-from state.gens import Gen, newer_first
+from state.gens import Gen, newer_first, registries
 
 
 class Due(NamedTuple):
@@ -58,8 +58,7 @@ class Payments:
         for oid, deadline, channel, mode in new:
             args += [oid, deadline, f"{channel}{SEP}{mode}"]
         args += [len(gone or ()), *(gone or ())]
-        now, before = (keys.emitted(shard, g) for g in self.gen.pair())
-        after = keys.emitted(shard, self.gen.now + 1)
+        now, before, after = registries(shard, self.gen)
         ks = [now, keys.deadlines(shard), keys.inbox(shard), before, after]
         got = wire.scripts(self.r, [(self._script, ks, args)])[0]
         out: list[Due] = []

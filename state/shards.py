@@ -22,7 +22,7 @@ from onestock.domain.errors import OnestockError
 from onestock.domain.protocol import RS, SEP, Code
 from state import keys, wire
 from state.conn import Redis, lua, parse_id
-from state.gens import Gen, newer_first
+from state.gens import Gen, newer_first, registries
 from state.stock import Alone, bought_counts, bought_reads, read_alone
 
 EMIT_RECORDS = 250  # records per emit.lua call (a batch of more goes in several calls)
@@ -148,7 +148,7 @@ class Shards:
     def registry_keys(self, shard: int) -> list[str]:
         """The shard's registry of this generation, of the one before and of the one after
         (scripts' KEYS)."""
-        return [keys.emitted(shard, g) for g in (self.gen.now, self.gen.now - 1, self.gen.now + 1)]
+        return list(registries(shard, self.gen))
 
     def prelude(
         self,

@@ -104,7 +104,7 @@ end
 -- registry (one written before this flag existed never gets it), dropped for good by the
 -- first cancel that comes before its order.
 -- (Per generation: the flag of a registry says no such cancel was stored in it; the decider
--- skips the lookups while both generations have it.)
+-- skips the lookups while the three generations read have it, or are empty.)
 local no_early = call('HLEN', KEYS[K_REGISTRY]) == 0
 local written, dead, wr, wp = 0, 0, 0, 0
 local tags = {} -- metric tag -> new records carrying it
