@@ -26,10 +26,10 @@ from onestock.domain.records import (
 )
 from onestock.domain.settings import DEFAULT_SHARDS, Settings
 from onestock.domain.sharding import shard_of
+from onestock.domain.tally import Tally, Totals, settle
 from onestock.domain.types import (
     Catalog,
     FulfilmentRecord,
-    Gift,
     MovementRecord,
     ShipLine,
     json_encoder,
@@ -293,59 +293,6 @@ class Audit(msgspec.Struct):
     gifts: int = 0
 
 
-def _returned_stays_shipped(
-    rec: FulfilmentRecord, back: Counter[tuple[str, str]], shipped: Counter[tuple[str, str]]
-) -> None:
-    """A cancelled order's units that had come back by a return before its cancel: shipped
-    from its allocations, last allocation first (as undo_units.lua takes them off)."""
-    left = {
-        sku: back[(rec.order_id, sku)] for sku in {ln.sku for s in rec.shipments for ln in s.lines}
-    }
-    for ship in reversed(rec.shipments):
-        for ln in reversed(ship.lines):
-            take = min(left.get(ln.sku, 0), ln.qty)
-            if take:
-                shipped[(ln.sku, ship.location)] += take
-                left[ln.sku] -= take
-
-
-def _add_final(
-    final: Iterable[FulfilmentRecord],
-    back: Counter[tuple[str, str]],
-    shipped: Counter[tuple[str, str]],
-    rejected: Counter[str],
-    was: dict[str, FulfilmentRecord],
-    gifted: dict[str, Gift],
-) -> tuple[int, int]:
-    """Each order's final record into ``shipped`` (units per SKU and location) and
-    ``rejected`` (by reason); (accepted orders, gifts given). ``was``: per order its last
-    accepted version before a later one (a re-route that ended rejected gave back only
-    what its returns had not); ``gifted``: per order the gift an earlier version carried
-    (a re-routed order's later versions carry none, its gift stands)."""
-    accepted = gifts = 0
-    for rec in final:
-        if rec.status == "cancelled":  # its cancel gave back only what was not returned:
-            _returned_stays_shipped(rec, back, shipped)  # the returned units count as shipped
-        elif rec.status == "rejected" and rec.order_id in was:  # likewise, a re-route's end
-            _returned_stays_shipped(was[rec.order_id], back, shipped)
-        if rec.status == "reserved":  # its units are held for it: out of stock
-            for ship in rec.shipments:
-                for ln in ship.lines:
-                    shipped[(ln.sku, ship.location)] += ln.qty
-        elif rec.status == "accepted":
-            accepted += 1
-            for ship in rec.shipments:
-                for ln in ship.lines:
-                    shipped[(ln.sku, ship.location)] += ln.qty
-            gift = rec.gift or gifted.get(rec.order_id)
-            if gift is not None:
-                shipped[(gift.sku, gift.location)] += 1
-                gifts += 1
-        else:
-            rejected[rec.reason or rec.status] += 1
-    return accepted, gifts
-
-
 def _oversold(
     loaded: dict[str, dict[str, int]],
     shipped: Counter[tuple[str, str]],
@@ -362,51 +309,30 @@ def _oversold(
 
 
 def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit:
-    """Re-add every record against the loaded stock: conservation and one record per order."""
-    shipped: Counter[tuple[str, str]] = Counter()
-    rejected: Counter[str] = Counter()
-    seen: set[str] = set()
-    dup = n = 0
-    lat: list[int] = []
-    first, last = 2**63, 0
-    final: dict[str, FulfilmentRecord] = {}
-    was: dict[str, FulfilmentRecord] = {}  # an order's last accepted version before its latest
-    gifted: dict[str, Gift] = {}  # an order's gift, whichever version carried it
-    for packed in (p for f in store.shards.entries(keys.outbox, shards) for p in packed_records(f)):
-        oid, _, _, _, received_s, decided_s, _ = packed.split(SEP, 6)  # (the rest: gift, ...)
-        rec = record_from_packed(packed)
-        if rec.gift is not None:
-            gifted[oid] = rec.gift
-        if oid in seen and rec.version > final[oid].version:
-            if final[oid].status == "accepted":
-                was[oid] = final[oid]
-            final[oid] = rec  # a later version (paid, expired, cancelled) replaces it
-            continue
-        n += 1
-        dup += oid in seen
-        seen.add(oid)
-        final[oid] = rec
-        decided, received = int(decided_s), int(received_s)
-        lat.append(decided - received)
-        first, last = min(first, decided), max(last, decided)
+    """Re-add every record against the loaded stock: conservation and one record per order
+    (onestock/domain/tally.py folds the versions)."""
+    tally = Tally()
+    for fields in store.shards.entries(keys.outbox, shards):
+        for packed in packed_records(fields):
+            tally.add(packed)
+    totals = Totals()
     back: Counter[tuple[str, str]] = Counter()  # units returned per (order, SKU)
     for ret in returns(store, shards):  # returned units are back in stock, where returned
         for ln in ret.lines:
-            shipped[(ln.sku, ret.location)] -= ln.qty
+            totals.shipped[(ln.sku, ret.location)] -= ln.qty
             back[(ret.order_id, ln.sku)] += ln.qty
     offs: set[str] = set()  # the write-offs' ids: "<order id>@<location>" for a re-route's
     for mv in movements(store, shards):  # applied movements: as if loaded with the stock
         for sku, loc, units in moved_units(mv):
-            shipped[(sku, loc)] -= units
+            totals.shipped[(sku, loc)] -= units
         if mv.kind == "write_off" and mv.status == "applied":
             offs.add(mv.movement_id)
-    for oid, rec in was.items():  # a re-route's end gave back only the other shipments (the
-        kept = [s for s in rec.shipments if f"{oid}@{s.location}" not in offs]  # write-off
-        if len(kept) != len(rec.shipments):  # counts the rejecting one's, returns and all)
-            was[oid] = msgspec.structs.replace(rec, shipments=kept)
-    accepted, gifts = _add_final(final.values(), back, shipped, rejected, was, gifted)
+    settle(tally.orders.values(), back, offs, totals)
     _, cat = store.catalog()  # a SKU split into buckets is counted over all of them
     now = store.skus.stock_levels(loaded, {s.sku: s.buckets for s in cat.skus} if cat else None)
-    oversold = _oversold(loaded, shipped, now)
+    oversold = _oversold(loaded, totals.shipped, now)
     dead = store.shards.outcome_counts(shards)[1]
-    return Audit(n, accepted, rejected, dead, dup, oversold, lat, first, last, gifts)
+    return Audit(
+        tally.n, totals.accepted, totals.rejected, dead, tally.dup, oversold, tally.lat,
+        tally.first, tally.last, totals.gifts,
+    )  # fmt: skip
