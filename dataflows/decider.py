@@ -20,6 +20,7 @@ from dataflows.batch import Batch, by_generation, decode, triples
 from dataflows.cross_slot import StaleCatalog, decide_cross
 from dataflows.fulfilment import DAY_MS
 from dataflows.gifts import Settler
+from dataflows.housekeeping import Housekeeper
 from dataflows.lifecycle import Lifecycle
 from dataflows.movements import Movements
 from dataflows.payments import segments
@@ -39,7 +40,6 @@ from state.store import Store
 # each call stays a few ms at most, however large the batch.
 CALL_ORDERS = 250
 # how often a dataflow process looks for generations to delete (state/gens.py)
-SWEEP_S = min(10.0, events.WINDOW_MS / 4000)
 # decide.lua's answers that are the order's outcome as they stand (besides CANDIDATE + an
 # accepted outcome, and STALE)
 _FINAL = frozenset(c.value for c in (Code.ACCEPTED, Code.REJECTED, Code.BUCKET_SHORT))
@@ -108,9 +108,10 @@ class Decider:
         sweeping: bool = False,
     ) -> None:
         self.store = store
-        # this process deletes past generations (``_sweep``; the dataflow's deciders do)
-        self.sweeping = sweeping
         self.wait = Waiter(say, stopping)
+        # this process keeps the state bounded (the dataflow's deciders do): deletes past
+        # generations, trims the records every reader is past (dataflows/housekeeping.py)
+        self.housekeeper = Housekeeper(store, self.wait) if sweeping else None
         self.version = -1
         self.view = CatalogView(None)
         self.settler = Settler(store, say)
@@ -139,7 +140,6 @@ class Decider:
         self._seen: dict[int, int] = {}
         # per shard: its watermark (keys.watermark) as this process last read or moved it
         self._wm: dict[int, tuple[int, int]] = {}
-        self._swept = -SWEEP_S  # when this process last looked for generations to delete
 
     def refresh(self) -> None:
         version = self.wait.call(self.store.catalog_version)
@@ -551,8 +551,8 @@ class Decider:
         if self.settler.due():
             self.wait.call(self.settler.run)
             self._changed()
-        if self.sweeping:
-            self._sweep()
+        if self.housekeeper is not None:
+            self.housekeeper.look()
 
     def _changed(self) -> None:
         """Tell the availability feed which SKUs this process's scripts changed since it
@@ -565,19 +565,6 @@ class Decider:
             self.wait.call(self.store.feed.mark, names)
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _sweep(self) -> None:
-        """Delete the generations of idempotency state no shard can reach any more
-        (state/gens.py), at most every SWEEP_S (each process looks: cheap while nothing is
-        due, and deleting twice changes nothing)."""
-        now = time.monotonic()
-        if now - self._swept < SWEEP_S:
-            return
-        self._swept = now
-        shards = self.wait.call(self.store.shards.shard_count)
-        n = self.wait.call(self.store.sweeper.sweep, shards)
-        if n:
-            self.wait.say(f"idempotency state: {n} keys of generations past the window deleted")
 
     def _deadline(self, eid: str, deadline_ms: int) -> int:
         """A pending order's deadline: its own, or the catalog's default after it came; at

@@ -103,7 +103,9 @@ class Sweeper:
             if len(batch) == _SWEEP_SCAN:
                 n += self._unlink(batch)
         n += self._unlink(batch)
-        self.r.set(keys.GEN_SWEPT, upto)
+        sec, usec = self.r.time()  # (the clock of the output entries' ids; the time first:
+        self.r.set(keys.GEN_SWEPT_AT, int(sec) * 1000 + int(usec) // 1000 + 1000)  # a
+        self.r.set(keys.GEN_SWEPT, upto)  # reader of both is late, never early; +1 s spare)
         return n
 
     def _unlink(self, batch: list[bytes]) -> int:

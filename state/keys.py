@@ -167,6 +167,32 @@ def bought(sku: str, gen: int) -> str:
 # The generation families (state/gens.py sweeps them): the suffix after a key's hash tag.
 GEN_FAMILIES = (":done:", ":dec:", ":bought:", ":parts:")
 GEN_SWEPT = f"{PREFIX}:gen:swept"  # the newest generation deleted (state/gens.py)
+GEN_SWEPT_AT = f"{PREFIX}:gen:swept-at"  # the server's clock (ms) when it was deleted
+
+
+# Trimming the output streams (state/ledger.py): the audit's fold of a shard's records.
+
+
+LEDGER_LEASE = f"{PREFIX}:ledger:lease"  # the process that folds and trims (holder, PX)
+
+
+def tally(shard: int) -> str:
+    """HASH of the shard's fold: ``mark`` (the last output entry folded), records and
+    duplicates counted, first and last decision ms, ``lo``/``hi`` (the oldest and newest
+    generation of kept orders) and ``settled`` (the newest one settled into
+    ``settled_totals``)."""
+    return f"{shard_tag(shard)}:tally"
+
+
+def settled_totals(shard: int) -> str:
+    """HASH of the shard's settled orders' totals (onestock/domain/tally.py ``Totals``)."""
+    return f"{shard_tag(shard)}:settled"
+
+
+def kept(shard: int, gen: int) -> str:
+    """HASH order id -> its folded versions (``OrderFold``) of the orders whose first
+    folded record was written in ``gen``; settled, then deleted, once no version can come."""
+    return f"{shard_tag(shard)}:kept:{gen}"
 
 
 def alerts(sku: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import redis
 
+from onestock.domain.protocol import SEP
 from state import keys
 from state.conn import Redis, lua, parse_id
 
@@ -156,6 +157,22 @@ class Outbox:
                 states.append(GroupState(name, g["consumers"], p["pending"], first, last))
             out.append(states)
         return out
+
+
+def trim_points(client: Redis, k: int, subscribers: list[str]) -> list[str | None]:
+    """Per shard, the entry id below which every consumer group has acknowledged every
+    entry and each of the record ``subscribers`` (their ids in the catalog) is done: what
+    may be trimmed once folded (state/ledger.py; None: nothing reads the stream)."""
+    progress: list[list[str]] = [[] for _ in range(k)]
+    if subscribers:
+        pipe = client.pipeline(transaction=False)
+        for shard in range(k):
+            pipe.hmget(keys.RECORD_DELIVERED, [f"{sid}{SEP}{shard}" for sid in subscribers])
+        for shard, row in enumerate(pipe.execute()):
+            # done with the entries before its progress's (that one maybe in part; none: "0-0")
+            progress[shard] = [(v or b"0-0:").decode().rpartition(":")[0] for v in row]
+    groups = Outbox(client, k).groups()
+    return [trim_point(g, p) for g, p in zip(groups, progress, strict=True)]
 
 
 def trim_point(groups: list[GroupState], progress: Iterable[str]) -> str | None:

@@ -8,7 +8,8 @@ touch one kind of key (``keys.py`` names them all):
 - ``store.campaigns`` (``state.campaigns``): first-N gift campaigns;
 - ``store.buckets`` (``state.buckets``): hot-SKU buckets and the moves between them;
 - ``store.movements`` (``state.movements``): stock movements (receipts, sales, counts...);
-- ``store.feed`` (``state.feed``): the availability change feed.
+- ``store.feed`` (``state.feed``): the availability change feed;
+- ``store.ledger`` (``state.ledger``): folding and trimming the output streams.
 
 The Store itself holds the catalog (``keys.CATALOG``, ``keys.CATALOG_VERSION``): loading one
 writes the stock and rules of the SKUs it names through ``skus``.
@@ -30,6 +31,7 @@ from state.conn import Redis, connect, lua
 from state.feed import Feed
 from state.fulfilment import Shipments
 from state.gens import Gen, Sweeper
+from state.ledger import Ledger
 from state.movements import Movements
 from state.payments import Payments
 from state.shards import Shards
@@ -61,6 +63,7 @@ class Store:
         self.payments = Payments(client, gen)
         self.shipments = Shipments(client, self.touched, gen)
         self.feed = Feed(client)
+        self.ledger = Ledger(client, self.shards)
         self._camps: tuple[int, set[str]] | None = None  # (catalog version, campaign SKUs)
 
     @classmethod

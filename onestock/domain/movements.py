@@ -4,6 +4,8 @@ adds these up)."""
 
 from __future__ import annotations
 
+import msgspec
+
 from onestock.domain.types import MovementRecord
 
 # movement.lua's ops: what a line does at its location
@@ -35,3 +37,6 @@ def moved_units(rec: MovementRecord) -> list[tuple[str, str, int]]:
             op, units = op_of(rec.kind, ln.qty)
             out.append((ln.sku, rec.location, units if op == IN else -units))
     return out
+
+
+movement_from_packed = msgspec.json.Decoder(MovementRecord).decode  # a movements stream record

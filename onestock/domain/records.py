@@ -15,6 +15,7 @@ from onestock.domain.types import (
     DeadLetter,
     FulfilmentRecord,
     Gift,
+    ReturnRecord,
     ShipLine,
     Shipment,
     json_encoder,
@@ -140,6 +141,14 @@ def record_from_packed(packed: str) -> FulfilmentRecord:
         late=True if late else None,
         version=int(version or 1),
     )
+
+
+def return_from_packed(packed: str) -> ReturnRecord:
+    """One returns stream record -> an accepted return (where the units went back)."""
+    oid, _, _, _, received, decided, _, _, _, outcome = packed.split(SEP, 9)
+    f = outcome.split(SEP)
+    lines = [ShipLine(sku=f[i + 1], qty=int(f[i + 2])) for i in range(1, len(f) - 2, 3)]
+    return ReturnRecord(oid, f[1], lines, iso_ms(int(received)), iso_ms(int(decided)))
 
 
 def packed_records(fields: dict[bytes, bytes]) -> list[str]:

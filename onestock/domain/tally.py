@@ -16,9 +16,10 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
+from onestock.domain.movements import moved_units
 from onestock.domain.protocol import GS, RS, SEP, Code, code_of
 from onestock.domain.records import record_from_packed
-from onestock.domain.types import FulfilmentRecord, Gift
+from onestock.domain.types import FulfilmentRecord, Gift, MovementRecord, ReturnRecord
 
 # A settled total's field in a shard's tally (state/ledger.py): units out of stock per SKU and
 # location, accepted orders, gifts given, rejections per reason.
@@ -116,6 +117,12 @@ class Totals(msgspec.Struct):
             out[GIFTS] = self.gifts
         return out
 
+    def add(self, other: Totals) -> None:
+        self.shipped.update(other.shipped)
+        self.rejected.update(other.rejected)
+        self.accepted += other.accepted
+        self.gifts += other.gifts
+
     def add_fields(self, fields: Mapping[str, int]) -> None:
         """Add a shard's settled tally fields (the inverse of ``fields``)."""
         for name, n in fields.items():
@@ -145,6 +152,26 @@ def _returned_stays_shipped(
             if take:
                 shipped[(ln.sku, ship.location)] += take
                 left[ln.sku] -= take
+
+
+def aftersale(
+    returned: Iterable[ReturnRecord], moved: Iterable[MovementRecord], into: Totals
+) -> tuple[Counter[tuple[str, str]], set[str]]:
+    """Returns and applied movements into ``into`` (returned units are back in stock where
+    returned; a movement counts as if loaded with the stock); (units returned per (order id,
+    SKU), the applied write-offs' ids) for ``settle``."""
+    back: Counter[tuple[str, str]] = Counter()
+    for ret in returned:
+        for ln in ret.lines:
+            into.shipped[(ln.sku, ret.location)] -= ln.qty
+            back[(ret.order_id, ln.sku)] += ln.qty
+    offs: set[str] = set()  # "<order id>@<location>" for a re-route's rejecting shipment
+    for mv in moved:
+        for sku, loc, units in moved_units(mv):
+            into.shipped[(sku, loc)] -= units
+        if mv.kind == "write_off" and mv.status == "applied":
+            offs.add(mv.movement_id)
+    return back, offs
 
 
 def _gift(field: str) -> Gift | None:

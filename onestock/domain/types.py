@@ -238,3 +238,13 @@ REJECT_REASONS = (
 catalog_decoder = msgspec.json.Decoder(Catalog)
 order_decoder = msgspec.json.Decoder(Order)
 json_encoder = msgspec.json.Encoder()
+
+
+class ReturnRecord(msgspec.Struct):
+    """An accepted return, as ``onestock returns`` prints it."""
+
+    order_id: str
+    location: str  # where the units went back
+    lines: list[ShipLine]
+    received_at: str
+    decided_at: str

@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from typing import IO
 
 from onestock.domain.errors import OnestockError
-from onestock.domain.protocol import SEP
 from onestock.domain.records import encode_record, packed_records, record_from_packed
 from onestock.domain.types import FulfilmentRecord
-from onestock.ops.deliveries import RECORDS
-from state.outbox import START, Entry, Outbox, trim_point
+from state.outbox import START, Entry, Outbox
+from state.outbox import trim_points as outbox_trim_points
 from state.store import Store
 
 ENTRY_ID = re.compile(r"\d+(-\d+)?")
@@ -185,22 +184,11 @@ def _grouped(
 
 def trim_points(store: Store) -> list[str | None]:
     """Per shard, the entry id below which every consumer group has acknowledged every
-    entry and every record subscriber of the catalog is done: what could be trimmed (None:
-    nothing reads the stream). Nothing trims it yet: ``onestock fulfilments`` (one line per
-    order id), the audit and the randomized check read the whole stream."""
+    entry and every record subscriber of the catalog is done (None: nothing reads the
+    stream): ``state.outbox.trim_points``; the dataflow trims there (state/ledger.py)."""
     try:
         k = store.shards.shard_count()
     except OnestockError:
         return []
     _, cat = store.catalog()
-    subs = [s.id for s in cat.record_subscribers] if cat else []
-    progress: list[list[str]] = [[] for _ in range(k)]
-    if subs:
-        pipe = store.r.pipeline(transaction=False)
-        for shard in range(k):
-            pipe.hmget(RECORDS.progress, [f"{sid}{SEP}{shard}" for sid in subs])
-        for shard, row in enumerate(pipe.execute()):
-            # done with the entries before its progress's (that one maybe in part; none: "0-0")
-            progress[shard] = [(v or b"0-0:").decode().rpartition(":")[0] for v in row]
-    groups = Outbox(store.r, k).groups()
-    return [trim_point(g, p) for g, p in zip(groups, progress, strict=True)]
+    return outbox_trim_points(store.r, k, [s.id for s in cat.record_subscribers] if cat else [])

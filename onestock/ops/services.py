@@ -13,7 +13,7 @@ import msgspec
 
 from onestock.domain import catalog as catalogs
 from onestock.domain.errors import OnestockError
-from onestock.domain.movements import moved_units
+from onestock.domain.movements import movement_from_packed
 from onestock.domain.protocol import INTERNAL
 from onestock.domain.records import (
     RS,
@@ -23,15 +23,16 @@ from onestock.domain.records import (
     iso_ms,
     packed_records,
     record_from_packed,
+    return_from_packed,
 )
 from onestock.domain.settings import DEFAULT_SHARDS, Settings
 from onestock.domain.sharding import shard_of
-from onestock.domain.tally import Tally, Totals, settle
+from onestock.domain.tally import Tally, Totals, aftersale, settle
 from onestock.domain.types import (
     Catalog,
     FulfilmentRecord,
     MovementRecord,
-    ShipLine,
+    ReturnRecord,
     json_encoder,
 )
 from onestock.ops import availability
@@ -118,22 +119,11 @@ def write_deadletters(store: Store, shards: int, out: IO[bytes]) -> int:
     return n
 
 
-class ReturnRecord(msgspec.Struct):
-    order_id: str
-    location: str  # where the units went back
-    lines: list[ShipLine]
-    received_at: str
-    decided_at: str
-
-
 def returns(store: Store, shards: int) -> Iterator[ReturnRecord]:
     """Every accepted return, once each, in decision order."""
     for fields in store.shards.entries(keys.returns, shards):
         for packed in packed_records(fields):
-            oid, _, _, _, received, decided, _, _, _, outcome = packed.split(SEP, 9)
-            f = outcome.split(SEP)
-            lines = [ShipLine(sku=f[i + 1], qty=int(f[i + 2])) for i in range(1, len(f) - 2, 3)]
-            yield ReturnRecord(oid, f[1], lines, iso_ms(int(received)), iso_ms(int(decided)))
+            yield return_from_packed(packed)
 
 
 def write_jsonl(records: Iterable[msgspec.Struct], out: IO[bytes]) -> int:
@@ -149,14 +139,11 @@ def write_returns(store: Store, shards: int, out: IO[bytes]) -> int:
     return write_jsonl(returns(store, shards), out)
 
 
-_movement_decoder = msgspec.json.Decoder(MovementRecord)
-
-
 def movements(store: Store, shards: int) -> Iterator[MovementRecord]:
     """Every movement record, one per movement id, in decision order."""
     for fields in store.shards.entries(keys.movements, shards):
         for packed in packed_records(fields):
-            yield _movement_decoder.decode(packed)
+            yield movement_from_packed(packed)
 
 
 def write_movements(store: Store, shards: int, out: IO[bytes]) -> int:
@@ -310,29 +297,26 @@ def _oversold(
 
 def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit:
     """Re-add every record against the loaded stock: conservation and one record per order
-    (onestock/domain/tally.py folds the versions)."""
-    tally = Tally()
-    for fields in store.shards.entries(keys.outbox, shards):
-        for packed in packed_records(fields):
-            tally.add(packed)
+    (onestock/domain/tally.py folds the versions; of a trimmed stream, state/ledger.py
+    keeps the fold: latencies are those of the records still in the streams)."""
     totals = Totals()
-    back: Counter[tuple[str, str]] = Counter()  # units returned per (order, SKU)
-    for ret in returns(store, shards):  # returned units are back in stock, where returned
-        for ln in ret.lines:
-            totals.shipped[(ln.sku, ret.location)] -= ln.qty
-            back[(ret.order_id, ln.sku)] += ln.qty
-    offs: set[str] = set()  # the write-offs' ids: "<order id>@<location>" for a re-route's
-    for mv in movements(store, shards):  # applied movements: as if loaded with the stock
-        for sku, loc, units in moved_units(mv):
-            totals.shipped[(sku, loc)] -= units
-        if mv.kind == "write_off" and mv.status == "applied":
-            offs.add(mv.movement_id)
-    settle(tally.orders.values(), back, offs, totals)
+    back, offs = aftersale(returns(store, shards), movements(store, shards), totals)
+    n = dup = 0
+    first, last = 2**63, 0
+    lat: list[int] = []
+    for shard in range(shards):
+        snap = store.ledger.snapshot(shard)
+        tally = Tally(snap.orders)
+        for packed in snap.rest:
+            tally.add(packed)
+        settle(tally.orders.values(), back, offs, totals)
+        totals.add(snap.totals)
+        n, dup, lat = n + snap.n + tally.n, dup + snap.dup + tally.dup, lat + tally.lat
+        first, last = min(first, snap.first, tally.first), max(last, snap.last, tally.last)
     _, cat = store.catalog()  # a SKU split into buckets is counted over all of them
     now = store.skus.stock_levels(loaded, {s.sku: s.buckets for s in cat.skus} if cat else None)
     oversold = _oversold(loaded, totals.shipped, now)
     dead = store.shards.outcome_counts(shards)[1]
     return Audit(
-        tally.n, totals.accepted, totals.rejected, dead, tally.dup, oversold, tally.lat,
-        tally.first, tally.last, totals.gifts,
-    )  # fmt: skip
+        n, totals.accepted, totals.rejected, dead, dup, oversold, lat, first, last, totals.gifts
+    )

@@ -170,6 +170,9 @@ class _Play:
         self.tops = ["0-0"] * k
         self.entry_ms = [0] * len(self.lines)  # per line: its entry id's ms (``push``)
         self.drained: tuple[int, int] | None = None  # (``drain``)
+        # another process folds the records now and then (state/ledger.py; its own draws, so
+        # the histories' other draws and crash points stay as they were)
+        self.fold_rng = random.Random(h.seed * 31 + 5)
 
     def start(self) -> None:
         """(Re)start every worker process: a crash takes the whole cluster down."""
@@ -228,6 +231,8 @@ class _Play:
             p.decider.emit(item)
         if rng.random() < 0.15:
             settle(p.decider)
+        if self.fold_rng.random() < 0.2:
+            self.admin.ledger.fold(self.fold_rng.randrange(k), self.fold_rng.randint(1, 3))
         return True
 
     def _decide(self, p: Worker, s: int, heads: dict[int, str]) -> list[Decided]:
