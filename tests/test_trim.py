@@ -1,0 +1,92 @@
+"""Trimming the output streams (state/ledger.py, docs/memory.md): records every reader is
+past go, the audit still adds up, and orders no version can come for any more are settled
+into totals, so the records' memory stops growing."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from onestock.domain.protocol import SEP
+from onestock.domain.records import iso_ms
+from onestock.ops import services as ops
+from state import keys
+from state.outbox import Outbox
+from state.store import Store
+from tests.conftest import load, onestock
+from tests.helpers import order, stock
+from tests.test_memory import WINDOW_S, catalog
+
+LOADED = {"TEE": {"wh-sh": 100}}
+
+
+def _acknowledge_all(box: Outbox, group: str) -> int:
+    """A downstream consumer that has handled every record so far."""
+    n = 0
+    while got := box.read_group(group, "wms-1", dict.fromkeys(range(box.k), ">"), 100):
+        box.ack(group, ((e.shard, e.id) for e in got))
+        n += len(got)
+    return n
+
+
+def _kept(store: Store) -> list[bytes]:
+    return list(store.r.scan_iter(match=f"{keys.PREFIX}:*:kept:*"))
+
+
+def test_acknowledged_records_are_trimmed_and_settled_and_the_audit_adds_up(
+    cli_env: dict[str, str], url: str
+) -> None:
+    """A dataflow with a window of seconds and a consumer group: what the group acknowledged
+    is trimmed (a later cancel of a trimmed order still counts right), and three windows on
+    the old orders are settled into totals; the audit's figures stay those of every record."""
+    env = {**cli_env, "ONESTOCK_IDEMPOTENCY_DAYS": str(WINDOW_S / 86400),
+           "ONESTOCK_MAX_FUTURE_S": "1"}  # fmt: skip
+    store = Store.connect(url)
+    load(store, catalog())
+
+    def push_and_drain(*evs: dict[str, Any]) -> None:
+        lines = b"\n".join(orjson.dumps(e) for e in evs)
+        onestock("orders", "push", "-", input=lines, env=env)
+        onestock("run", "--until-drained", "--workers", "1", env=env, timeout=120)
+
+    def now() -> str:
+        return iso_ms(int(time.time() * 1000))
+
+    push_and_drain(order("a", ("TEE", 2), paid_at=now()), order("b", ("TEE", 3), paid_at=now()))
+    k = store.shards.shard_count()
+    box = Outbox(store.r, k)
+    box.create_group("wms", ["0-0"] * k)
+    assert _acknowledge_all(box, "wms") >= 1
+    push_and_drain({"type": "cancel", "order_id": "b"}, order("c", ("TEE", 1), paid_at=now()))
+    assert sorted(r.order_id for r in ops.records(store, k)) == ["b", "c"], "a's entry trimmed"
+    assert _kept(store), "the trimmed orders are kept, folded"
+    audit = ops.audit(store, k, LOADED)
+    assert (audit.records, audit.accepted, audit.rejected["cancelled"]) == (3, 2, 1), audit
+    assert audit.oversold == 0 and audit.duplicates == 0
+    assert stock(store, "TEE") == {"wh-sh": 97}
+
+    g = int(time.time() * 1000) // (WINDOW_S * 1000)  # the dataflow's generation now
+    while time.time() * 1000 < (g + 3) * WINDOW_S * 1000 + 300:  # the sweep deletes g + 1
+        time.sleep(0.2)
+    _acknowledge_all(box, "wms")
+    push_and_drain(order("d", ("TEE", 1), paid_at=now()))
+    time.sleep(1.1)  # (an entry written within a second of a sweep holds its shard's settling
+    onestock("run", "--until-drained", "--workers", "1", env=env, timeout=120)  # one look)
+    assert int(store.r.get(keys.GEN_SWEPT) or -1) >= g + 1
+    assert not _kept(store) or all(int(k_.rpartition(b":")[2]) > g for k_ in _kept(store)), (
+        "three windows on, the old orders are settled"
+    )
+    assert [r.order_id for r in ops.records(store, k)] == ["d"]
+    audit = ops.audit(store, k, LOADED)
+    assert (audit.records, audit.accepted, audit.rejected["cancelled"]) == (4, 3, 1), audit
+    assert audit.oversold == 0 and audit.duplicates == 0
+    assert stock(store, "TEE") == {"wh-sh": 96}
+    settled: Counter[str] = Counter()
+    for s in range(k):
+        settled.update(
+            {f.decode(): int(v) for f, v in store.r.hgetall(keys.settled_totals(s)).items()}
+        )
+    assert (settled["a"], settled[f"u{SEP}TEE{SEP}wh-sh"]) == (2, 3), "a, b, c settled"
