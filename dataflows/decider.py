@@ -554,6 +554,12 @@ class Decider:
         if self.housekeeper is not None:
             self.housekeeper.look()
 
+    def close(self) -> None:
+        """The dataflow completes: keep the state tidy once more (a drained run's records
+        are trimmed where their readers are past them)."""
+        if self.housekeeper is not None:
+            self.housekeeper.look(force=True)
+
     def _changed(self) -> None:
         """Tell the availability feed which SKUs this process's scripts changed since it
         last did (``Store.touched``). Before the batch's records are written: a crash

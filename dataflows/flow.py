@@ -47,6 +47,10 @@ class _EmitPartition(StatelessSinkPartition[Decided]):
         for item in items:
             d.emit(item)
 
+    def close(self) -> None:
+        """The dataflow completes (``--until-drained``): one last housekeeping look."""
+        self.decider().close()
+
 
 class EmitSink(DynamicSink[Decided]):
     def __init__(self, decider: Callable[[], Decider]) -> None:

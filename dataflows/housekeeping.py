@@ -19,6 +19,7 @@ SWEEP_S = min(10.0, events.WINDOW_MS / 4000)
 # records folded per shard and look: at a peak the fold falls behind and catches up after
 # (a batch is not held up by more than one chunk's folding)
 FOLD_PER_LOOK = 20_000
+LEASE_MS = 60_000
 
 
 class Housekeeper:
@@ -28,9 +29,9 @@ class Housekeeper:
         self.holder = f"{os.getpid()}-{id(self)}"
         self._looked = -SWEEP_S  # when this process last looked
 
-    def look(self) -> None:
+    def look(self, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._looked < SWEEP_S:
+        if now - self._looked < SWEEP_S and not force:
             return
         self._looked = now
         shards = self.wait.call(self.store.shards.shard_count)
@@ -40,18 +41,21 @@ class Housekeeper:
         self.wait.call(self._records, shards)
 
     def _records(self, shards: int) -> None:
-        """Fold, trim, settle, where anything reads the records and this process holds the
-        lease (for twice the look's interval: a process that dies hands it on)."""
+        """Fold, trim, settle, where anything reads the records, under the lease (no other
+        process is doing it now; one killed while holding it holds up the others a minute)."""
         store = self.store
         _, cat = store.catalog()
         subs = [s.id for s in cat.record_subscribers] if cat else []
         points = outbox.trim_points(store.r, shards, subs)
         if all(p is None for p in points):
             return  # nothing reads them: the streams are the records' only copy
-        if not store.ledger.lease(self.holder, int(2 * SWEEP_S * 1000) + 1000):
+        if not store.ledger.lease(self.holder, LEASE_MS):
             return
-        for shard, point in enumerate(points):
-            store.ledger.fold_all(shard, FOLD_PER_LOOK)
-            if point is not None:
-                store.ledger.trim(shard, point)
-        store.ledger.settle(shards)
+        try:
+            for shard, point in enumerate(points):
+                store.ledger.fold_all(shard, FOLD_PER_LOOK)
+                if point is not None:
+                    store.ledger.trim(shard, point)
+            store.ledger.settle(shards)
+        finally:
+            store.ledger.release(self.holder)

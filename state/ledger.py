@@ -58,13 +58,14 @@ class Ledger:
         self._settle = client.register_script(lua("ledger_settle"))
 
     def lease(self, holder: str, ms: int) -> bool:
-        """Take or keep the lease of the process that folds, trims and settles."""
-        if self.r.set(keys.LEDGER_LEASE, holder, nx=True, px=ms):
-            return True
+        """Take the lease of the process that folds, trims and settles now (held at most
+        ``ms``: a process killed holding it holds up the others no longer)."""
+        return bool(self.r.set(keys.LEDGER_LEASE, holder, nx=True, px=ms))
+
+    def release(self, holder: str) -> None:
+        """Give the lease back (if still ours: it only saves work twice, never guards it)."""
         if self.r.get(keys.LEDGER_LEASE) == holder.encode():
-            self.r.pexpire(keys.LEDGER_LEASE, ms)
-            return True
-        return False
+            self.r.delete(keys.LEDGER_LEASE)
 
     # -- folding ---------------------------------------------------------------------------
 
@@ -131,7 +132,7 @@ class Ledger:
         for g, row in zip(live, pipe.execute(), strict=True):
             for oid, raw in zip(names, row, strict=True):
                 if raw is not None:
-                    found[oid] = (g, OrderFold.load(raw.decode()))
+                    found[oid] = (g, OrderFold.load(oid, raw.decode()))
         return found
 
     def _pending(self, shard: int, upto: str) -> bool:
@@ -151,14 +152,17 @@ class Ledger:
             return 0
         ms, seq = parse_id(mark)
         upto = min(parse_id(point), (ms, seq + 1))
-        return int(self.r.xtrim(keys.outbox(shard), minid=f"{upto[0]}-{upto[1]}"))
+        minid = f"{upto[0]}-{upto[1]}"
+        return int(self.r.xtrim(keys.outbox(shard), minid=minid, approximate=False))
 
     # -- settling --------------------------------------------------------------------------
 
     def settle(self, shards: int) -> int:
-        """Settle every kept generation no version can reach any more (older than the
-        one before the newest swept, and every entry written before that sweep folded);
-        the orders settled."""
+        """Settle every kept generation no version can reach any more: up to the newest
+        swept one, once every entry written before that sweep is folded; the orders settled.
+        (An order's versions are kept in the generation of its latest output entry; the
+        state that version wrote is in the generation of its input entry, on the same
+        server's clock and no later: once that is swept no event finds the order.)"""
         swept, at = self.r.get(keys.GEN_SWEPT), self.r.get(keys.GEN_SWEPT_AT)  # (this order:
         if swept is None or at is None:  # the time is written first)
             return 0
@@ -167,7 +171,7 @@ class Ledger:
         for shard in range(shards):
             if self._pending(shard, str(int(at))):
                 continue  # an entry written before the sweep is not folded yet
-            for g in self._live(self._tally(shard), int(swept) - 1):
+            for g in self._live(self._tally(shard), int(swept)):
                 if effects is None:  # returns and write-offs, read once per call
                     effects = self._aftersale(shards)
                 n += self._settle_gen(shard, g, *effects)
@@ -187,7 +191,7 @@ class Ledger:
         batch: list[Any] = []
         for oid, raw in self._scan(key):
             totals = Totals()
-            settle([OrderFold.load(raw)], back, offs, totals)
+            settle([OrderFold.load(oid, raw)], back, offs, totals)
             fields = totals.fields()
             batch += [oid, len(fields)]
             for name, incr in fields.items():
@@ -214,7 +218,7 @@ class Ledger:
             orders: dict[str, OrderFold] = {}
             for g in self._live(st, int(st.get("hi", -1))):
                 for oid, value in self._scan(keys.kept(shard, g)):
-                    orders[oid] = OrderFold.load(value)
+                    orders[oid] = OrderFold.load(oid, value)
             mark = st.get("mark", "")
             rest = [p for _, f in self._after(shard, mark) for p in packed_records(f)]
             if self._tally(shard) == st:

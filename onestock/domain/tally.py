@@ -41,12 +41,14 @@ class OrderFold(msgspec.Struct):
     gift: str = ""
 
     def dump(self) -> str:
-        return f"{self.final}{RS}{self.was}{RS}{self.gift}"
+        """Stored under the order id: the versions without it."""
+        was = self.was.partition(SEP)[2]
+        return f"{self.final.partition(SEP)[2]}{RS}{was}{RS}{self.gift}"
 
     @classmethod
-    def load(cls, raw: str) -> OrderFold:
+    def load(cls, oid: str, raw: str) -> OrderFold:
         final, was, gift = raw.split(RS)
-        return cls(final, was, gift)
+        return cls(f"{oid}{SEP}{final}", f"{oid}{SEP}{was}" if was else "", gift)
 
 
 def slim(packed: str) -> tuple[str, str, int, int, int, str]:
