@@ -97,17 +97,18 @@ class Ledger:
         ks = [keys.tally(shard)] + [keys.kept(shard, g) for g in written]
         return len(chunk) if self._fold(keys=ks, args=args) else 0
 
-    def fold_all(self, shard: int, limit: int = 10**9) -> int:
-        """Fold the shard's entries up to its end (at most ``limit`` records)."""
-        n = done = 0
-        while done < limit:
-            got = self.fold(shard)
-            if not got and self._pending(shard, "+"):
-                continue  # another folder moved the mark: read from the new one
-            if not got:
-                return n
-            n += got
-            done += got
+    def fold_chunk(self, shard: int) -> bool:
+        """Fold the shard's next entries; False when none was waiting."""
+        while not self.fold(shard):  # (0: none, or another folder moved the mark first)
+            if not self._pending(shard, "+"):
+                return False
+        return True
+
+    def fold_all(self, shard: int) -> int:
+        """Fold the shard's entries up to its end; the records folded."""
+        n = 0
+        while self._pending(shard, "+"):
+            n += self.fold(shard)
         return n
 
     def _tally(self, shard: int) -> dict[str, str]:

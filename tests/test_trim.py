@@ -17,7 +17,7 @@ from state import keys
 from state.outbox import Outbox
 from state.store import Store
 from tests.conftest import load, onestock
-from tests.helpers import order, stock
+from tests.helpers import decide, order, stock
 from tests.test_memory import WINDOW_S, catalog
 
 LOADED = {"TEE": {"wh-sh": 100}}
@@ -90,3 +90,34 @@ def test_acknowledged_records_are_trimmed_and_settled_and_the_audit_adds_up(
             {f.decode(): int(v) for f, v in store.r.hgetall(keys.settled_totals(s)).items()}
         )
     assert (settled["a"], settled[f"u{SEP}TEE{SEP}wh-sh"]) == (2, 3), "a, b, c settled"
+
+
+def test_folding_is_exact_when_two_processes_race_and_settling_counts_each_order_once(
+    store: Store,
+) -> None:
+    """A fold that read a mark another process moved writes nothing; a settle run twice
+    (two processes) adds each order once; the audit of the folded, trimmed stream is the
+    audit of the whole one."""
+    load(store, catalog())
+    ops.fix_shards(store, 1)
+    decide(store, [order("a", ("TEE", 2)), order("b", ("TEE", 3))])
+    decide(store, [{"type": "cancel", "order_id": "b"}, order("c", ("TEE", 1))])
+    whole = ops.audit(store, 1, LOADED)
+    ledger = store.ledger
+    assert ledger.fold(0, entries=1) == 2  # the first batch
+    mark = store.r.hget(keys.tally(0), "mark")
+    assert ledger.fold(0, entries=1) == 2  # the second
+    now = store.r.hgetall(keys.tally(0))
+    # a process that read the first mark folds the second batch again: its compare fails
+    assert ledger._fold(keys=[keys.tally(0)], args=[mark, "9-9", 2, 0, 1, 1, 0, 0]) == 0
+    assert store.r.hgetall(keys.tally(0)) == now
+    assert ledger.trim(0, f"{2**63}-0") == 2
+    assert ops.audit(store, 1, LOADED).oversold == 0
+    hi = int(store.r.hget(keys.tally(0), "hi"))
+    store.r.set(keys.GEN_SWEPT_AT, int(time.time() * 1000) + 60_000)
+    store.r.set(keys.GEN_SWEPT, hi)
+    assert ledger.settle(1) == 3 and ledger.settle(1) == 0
+    after = ops.audit(store, 1, LOADED)
+    for f in ("records", "accepted", "rejected", "duplicates", "oversold", "gifts"):
+        assert getattr(after, f) == getattr(whole, f), f
+    assert not _kept(store)

@@ -211,8 +211,16 @@ def _read(
     window: tuple[int, int] | None,
 ) -> Observed:
     camp = (cats[-1].get("campaigns") or [None])[0]
+    gifts = cli.call("gifts", camp["id"], "--json") if camp else b""
+    # `stock --json --at T`: while every lock holds, and after them all (at ms as read back)
+    stocks = {ms(t := iso(at)) or 0: orjson.loads(cli.call("stock", "--json", "--at", t) or b"{}")
+              for at in observe.reading_times(cats[-1], few=True)}  # fmt: skip
+    printed = {
+        what: observe.jsonl(cli.call(what))
+        for what in ("fulfilments", "deadletters", "returns", "alerts", "movements")
+    }
     store = Store.connect(url)
-    try:
+    try:  # (last: the audit check ends by trimming the records)
         vers, ranks = observe.versions(store, k), observe.ranks(store, camp and camp["sku"])
         rank_paid = observe.ranked_at(store, camp and camp["sku"])
         cli.problems += observe.audit(store, k, base)
@@ -220,20 +228,16 @@ def _read(
         cli.problems.append(("read.exception", f"{type(exc).__name__}: {exc}"))
         vers, ranks, rank_paid = [], [], {}
     store.r.close()
-    gifts = cli.call("gifts", camp["id"], "--json") if camp else b""
-    # `stock --json --at T`: while every lock holds, and after them all (at ms as read back)
-    stocks = {ms(t := iso(at)) or 0: orjson.loads(cli.call("stock", "--json", "--at", t) or b"{}")
-              for at in observe.reading_times(cats[-1], few=True)}  # fmt: skip
     return Observed(
         lines=lines, shards=k, catalogs=cats, base=base, reload_window=window,
-        fulfilments=observe.jsonl(cli.call("fulfilments")),
+        fulfilments=printed["fulfilments"],
         versions=vers,
-        deadletters=observe.jsonl(cli.call("deadletters")),
-        returns=observe.jsonl(cli.call("returns")),
+        deadletters=printed["deadletters"],
+        returns=printed["returns"],
         stock=next(iter(stocks.values())),
         gifts=orjson.loads(gifts) if gifts.strip() else None,
-        alerts=observe.jsonl(cli.call("alerts")),
+        alerts=printed["alerts"],
         ranks=ranks, rank_paid=rank_paid, problems=cli.problems, skew_ms=2000,
-        movements=observe.jsonl(cli.call("movements")),
+        movements=printed["movements"],
         availability={at: observe.from_stock(doc) for at, doc in stocks.items()},
     )  # fmt: skip
