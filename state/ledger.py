@@ -26,7 +26,7 @@ from onestock.domain.movements import movement_from_packed
 from onestock.domain.protocol import SEP
 from onestock.domain.records import packed_records, return_from_packed
 from onestock.domain.tally import OrderFold, Tally, Totals, aftersale, settle
-from state import gens, keys
+from state import gens, keys, wire
 from state.conn import Redis, lua, parse_id
 from state.shards import Shards
 
@@ -95,7 +95,8 @@ class Ledger:
         for oid, g in home.items():
             args += [index[g], index[was[oid]] if oid in was else 0, oid, tally.orders[oid].dump()]
         ks = [keys.tally(shard)] + [keys.kept(shard, g) for g in written]
-        return len(chunk) if self._fold(keys=ks, args=args) else 0
+        [done] = wire.scripts(self.r, [(self._fold, ks, args)])
+        return len(chunk) if done else 0
 
     def fold_chunk(self, shard: int) -> bool:
         """Fold the shard's next entries; False when none was waiting."""
@@ -198,9 +199,13 @@ class Ledger:
             for name, incr in fields.items():
                 batch += [name, incr]
             if len(batch) >= SETTLE_CHUNK:
-                n += int(self._settle(keys=ks, args=[gen, "0", *batch]))
+                n += self._settle_call(ks, [gen, "0", *batch])
                 batch = []
-        return n + int(self._settle(keys=ks, args=[gen, "1", *batch]))
+        return n + self._settle_call(ks, [gen, "1", *batch])
+
+    def _settle_call(self, ks: list[str], args: list[Any]) -> int:
+        [n] = wire.scripts(self.r, [(self._settle, ks, args)])
+        return int(n)
 
     def _scan(self, key: str) -> Iterator[tuple[str, str]]:
         for oid, raw in self.r.hscan_iter(key, count=_SCAN):

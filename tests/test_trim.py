@@ -86,9 +86,8 @@ def test_acknowledged_records_are_trimmed_and_settled_and_the_audit_adds_up(
     assert stock(store, "TEE") == {"wh-sh": 96}
     settled: Counter[str] = Counter()
     for s in range(k):
-        settled.update(
-            {f.decode(): int(v) for f, v in store.r.hgetall(keys.settled_totals(s)).items()}
-        )
+        raw: Any = store.r.hgetall(keys.settled_totals(s))
+        settled.update({f.decode(): int(v) for f, v in raw.items()})
     assert (settled["a"], settled[f"u{SEP}TEE{SEP}wh-sh"]) == (2, 3), "a, b, c settled"
 
 
@@ -105,7 +104,7 @@ def test_folding_is_exact_when_two_processes_race_and_settling_counts_each_order
     whole = ops.audit(store, 1, LOADED)
     ledger = store.ledger
     assert ledger.fold(0, entries=1) == 2  # the first batch
-    mark = store.r.hget(keys.tally(0), "mark")
+    mark: Any = store.r.hget(keys.tally(0), "mark")
     assert ledger.fold(0, entries=1) == 2  # the second
     now = store.r.hgetall(keys.tally(0))
     # a process that read the first mark folds the second batch again: its compare fails
@@ -113,7 +112,7 @@ def test_folding_is_exact_when_two_processes_race_and_settling_counts_each_order
     assert store.r.hgetall(keys.tally(0)) == now
     assert ledger.trim(0, f"{2**63}-0") == 2
     assert ops.audit(store, 1, LOADED).oversold == 0
-    hi = int(store.r.hget(keys.tally(0), "hi"))
+    hi = int(store.r.hget(keys.tally(0), "hi") or -1)
     store.r.set(keys.GEN_SWEPT_AT, int(time.time() * 1000) + 60_000)
     store.r.set(keys.GEN_SWEPT, hi)
     assert ledger.settle(1) == 3 and ledger.settle(1) == 0

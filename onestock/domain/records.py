@@ -9,6 +9,7 @@ This keeps a 20-million-order day small.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from onestock.domain.protocol import BUCKET, GS, RS, SEP, Code, ProtocolError, code_of
 from onestock.domain.types import (
@@ -103,6 +104,28 @@ def shipments(outcome: str, mode: str) -> list[Shipment]:
             ship = by_loc[loc] = Shipment(location=loc, mode=mode, lines=[])
         ship.lines.append(ShipLine(sku=sku, qty=qty))
     return list(by_loc.values())
+
+
+class Outcome(NamedTuple):
+    """What the audit reads of a packed record (``record_from_packed`` without the times)."""
+
+    order_id: str
+    status: str
+    reason: str | None
+    shipments: list[Shipment]
+    gift: str  # the gift field ("" or campaign GS sku GS rank GS location)
+
+
+def outcome_of(packed: str) -> Outcome:
+    """The order id, status, reason, shipments and gift field of a packed record."""
+    oid, _, _, mode, _, _, _, gift, _, outcome = packed.split(SEP, 9)
+    code = code_of(outcome)
+    status = _STATUS.get(code)
+    if status is None:
+        raise ProtocolError(f"a fulfilment record of outcome {outcome[:40]!r}")
+    if code is Code.REJECTED:
+        return Outcome(oid, status, outcome.split(SEP, 2)[1], [], gift)
+    return Outcome(oid, status, None, shipments(outcome, mode), gift)
 
 
 def record_from_packed(packed: str) -> FulfilmentRecord:

@@ -18,8 +18,8 @@ import msgspec
 
 from onestock.domain.movements import moved_units
 from onestock.domain.protocol import GS, RS, SEP, Code, code_of
-from onestock.domain.records import record_from_packed
-from onestock.domain.types import FulfilmentRecord, Gift, MovementRecord, ReturnRecord
+from onestock.domain.records import outcome_of
+from onestock.domain.types import Gift, MovementRecord, ReturnRecord, Shipment
 
 # A settled total's field in a shard's tally (state/ledger.py): units out of stock per SKU and
 # location, accepted orders, gifts given, rejections per reason.
@@ -141,14 +141,15 @@ class Totals(msgspec.Struct):
 
 
 def _returned_stays_shipped(
-    rec: FulfilmentRecord, back: Counter[tuple[str, str]], shipped: Counter[tuple[str, str]]
+    oid: str,
+    ships: list[Shipment],
+    back: Counter[tuple[str, str]],
+    shipped: Counter[tuple[str, str]],
 ) -> None:
     """A cancelled order's units that had come back by a return before its cancel: shipped
     from its allocations, last allocation first (as undo_units.lua takes them off)."""
-    left = {
-        sku: back[(rec.order_id, sku)] for sku in {ln.sku for s in rec.shipments for ln in s.lines}
-    }
-    for ship in reversed(rec.shipments):
+    left = {sku: back[(oid, sku)] for sku in {ln.sku for s in ships for ln in s.lines}}
+    for ship in reversed(ships):
         for ln in reversed(ship.lines):
             take = min(left.get(ln.sku, 0), ln.qty)
             if take:
@@ -195,21 +196,20 @@ def settle(
     write-offs' ids ("<order id>@<location>": a re-route's rejecting shipment, written off)."""
     shipped, rejected = into.shipped, into.rejected
     for fold in orders:
-        rec = record_from_packed(fold.final)
+        rec = outcome_of(fold.final)
         if rec.status == "cancelled":  # its cancel gave back only what was not returned:
-            _returned_stays_shipped(rec, back, shipped)  # the returned units count as shipped
+            _returned_stays_shipped(rec.order_id, rec.shipments, back, shipped)  # (shipped)
         elif rec.status == "rejected" and fold.was:  # likewise, a re-route's end gave back
-            was = record_from_packed(fold.was)  # only the other shipments (the write-off
-            kept = [s for s in was.shipments if f"{rec.order_id}@{s.location}" not in offs]
-            was = msgspec.structs.replace(was, shipments=kept)  # counts the rejecting one's)
-            _returned_stays_shipped(was, back, shipped)
+            was = outcome_of(fold.was).shipments  # only the other shipments (the write-off
+            kept = [s for s in was if f"{rec.order_id}@{s.location}" not in offs]  # counts
+            _returned_stays_shipped(rec.order_id, kept, back, shipped)  # the rejecting one's)
         if rec.status in ("reserved", "accepted"):  # reserved: its units are held for it
             for ship in rec.shipments:
                 for ln in ship.lines:
                     shipped[(ln.sku, ship.location)] += ln.qty
         if rec.status == "accepted":
             into.accepted += 1
-            gift = rec.gift or _gift(fold.gift)
+            gift = _gift(rec.gift or fold.gift)
             if gift is not None:
                 shipped[(gift.sku, gift.location)] += 1
                 into.gifts += 1
