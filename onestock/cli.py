@@ -356,16 +356,34 @@ def fulfilments(
             help="With --group: take over other consumers' records pending this long (s)."
         ),
     ] = 30.0,
+    mark_exported: Annotated[
+        bool,
+        typer.Option(
+            help="With --out: once the file is written, the records in it may be trimmed "
+            "where no consumer group or record subscriber reads them (docs/memory.md)."
+        ),
+    ] = False,
 ) -> None:
     """Every final fulfilment record as JSON Lines, exactly one per order id (its latest
     version). --follow: every record as it is written instead."""
     if not follow:
         if group or consumer or location or from_:
             raise OnestockError("--group, --consumer, --location and --from go with --follow")
+        if mark_exported and out is None:
+            raise OnestockError("--mark-exported goes with --out")
         store = ops.open_store(_settings(redis_url))
+        k = _shards(store)
+        last = ops.last_record_ids(store, k)  # (what comes meanwhile is written, not marked)
         with _output(out) as fh:
-            ops.write_records(store, _shards(store), fh)
+            ops.write_records(store, k, fh)
+            if mark_exported:  # (on disk before the records may go)
+                fh.flush()
+                os.fsync(fh.fileno())
+        if mark_exported:
+            ops.mark_exported(store, last)
         return
+    if mark_exported:
+        raise OnestockError("--mark-exported goes with --out, not --follow")
     if claim_idle < 0:
         raise OnestockError("--claim-idle: want 0 or more seconds")
     _follow_records(redis_url, out, group, consumer, location, from_, int(claim_idle * 1000))

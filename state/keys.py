@@ -173,6 +173,10 @@ GEN_SWEPT_AT = f"{PREFIX}:gen:swept-at"  # the server's clock (ms) when it was d
 # Trimming the output streams (state/ledger.py): the audit's fold of a shard's records.
 
 
+# HASH shard -> the newest output entry id written to a file by `onestock fulfilments --out
+# PATH --mark-exported`: where no consumer group or record subscriber reads the records, those
+# up to it may be trimmed (state/outbox.py)
+RECORDS_EXPORTED = f"{PREFIX}:records:exported"
 LEDGER_LEASE = f"{PREFIX}:ledger:lease"  # the process that folds and trims (holder, PX)
 
 

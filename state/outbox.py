@@ -162,7 +162,9 @@ class Outbox:
 def trim_points(client: Redis, k: int, subscribers: list[str]) -> list[str | None]:
     """Per shard, the entry id below which every consumer group has acknowledged every
     entry and each of the record ``subscribers`` (their ids in the catalog) is done: what
-    may be trimmed once folded (state/ledger.py; None: nothing reads the stream)."""
+    may be trimmed once folded (state/ledger.py; None: nothing reads the stream). Where
+    no group or subscriber reads any stream, the records exported to a file
+    (``mark_exported``) may go."""
     progress: list[list[str]] = [[] for _ in range(k)]
     if subscribers:
         pipe = client.pipeline(transaction=False)
@@ -172,7 +174,21 @@ def trim_points(client: Redis, k: int, subscribers: list[str]) -> list[str | Non
             # done with the entries before its progress's (that one maybe in part; none: "0-0")
             progress[shard] = [(v or b"0-0:").decode().rpartition(":")[0] for v in row]
     groups = Outbox(client, k).groups()
-    return [trim_point(g, p) for g, p in zip(groups, progress, strict=True)]
+    points = [trim_point(g, p) for g, p in zip(groups, progress, strict=True)]
+    if any(p is not None for p in points):
+        return points
+    # no reader configured: what was exported to a file (`fulfilments --mark-exported`)
+    raw: Any = client.hmget(keys.RECORDS_EXPORTED, [str(s) for s in range(k)])
+    return [_next(v.decode()) if v else None for v in raw]
+
+
+def mark_exported(client: Redis, last: list[str]) -> None:
+    """Record that each shard's records up to ``last[shard]`` are exported (kept the
+    greater of this and what was marked before: export_mark.lua)."""
+    script = client.register_script(lua("export_mark"))
+    for shard, eid in enumerate(last):
+        if eid != START:
+            script(keys=[keys.RECORDS_EXPORTED], args=[str(shard), eid])
 
 
 def trim_point(groups: list[GroupState], progress: Iterable[str]) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -120,3 +121,25 @@ def test_folding_is_exact_when_two_processes_race_and_settling_counts_each_order
     for f in ("records", "accepted", "rejected", "duplicates", "oversold", "gifts"):
         assert getattr(after, f) == getattr(whole, f), f
     assert not _kept(store)
+
+
+def test_records_exported_to_a_file_are_trimmed_where_no_reader_is_configured(
+    cli_env: dict[str, str], url: str, tmp_path: Path
+) -> None:
+    """No consumer group, no subscriber: a plain export trims nothing; one with
+    --mark-exported lets the next run trim what the file holds (and only that)."""
+    store = Store.connect(url)
+    load(store, catalog())
+    onestock("orders", "push", "-", input=orjson.dumps(order("a", ("TEE", 2))), env=cli_env)
+    onestock("run", "--until-drained", "--workers", "1", env=cli_env, timeout=120)
+    onestock("fulfilments", "--out", str(tmp_path / "plain.jsonl"), env=cli_env)
+    bad = onestock("fulfilments", "--mark-exported", env=cli_env, check=False)
+    assert bad.returncode != 0 and b"--mark-exported goes with --out" in bad.stderr
+    onestock("fulfilments", "--out", str(tmp_path / "day1.jsonl"), "--mark-exported", env=cli_env)
+    assert [orjson.loads(x)["order_id"] for x in (tmp_path / "day1.jsonl").read_bytes().split()]
+    onestock("orders", "push", "-", input=orjson.dumps(order("b", ("TEE", 1))), env=cli_env)
+    onestock("run", "--until-drained", "--workers", "1", env=cli_env, timeout=120)
+    k = store.shards.shard_count()
+    assert [r.order_id for r in ops.records(store, k)] == ["b"], "a, exported, is trimmed"
+    audit = ops.audit(store, k, LOADED)
+    assert (audit.records, audit.accepted, audit.oversold) == (2, 2, 0), audit

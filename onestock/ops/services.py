@@ -36,7 +36,8 @@ from onestock.domain.types import (
     json_encoder,
 )
 from onestock.ops import availability
-from state import keys
+from state import keys, outbox
+from state.outbox import Outbox
 from state.server import embedded_url
 from state.store import Store
 
@@ -109,6 +110,17 @@ def write_records(store: Store, shards: int, out: IO[bytes]) -> int:
         out.write(encode_record(rec) + b"\n")
         n += 1
     return n
+
+
+def last_record_ids(store: Store, shards: int) -> list[str]:
+    """Each output stream's newest entry id ("0-0" for an empty one)."""
+    return Outbox(store.r, shards).last_ids()
+
+
+def mark_exported(store: Store, last: list[str]) -> None:
+    """The records up to ``last[shard]`` are in a file: where no consumer group or record
+    subscriber reads them, the dataflow may trim them (docs/memory.md)."""
+    outbox.mark_exported(store.r, last)
 
 
 def write_deadletters(store: Store, shards: int, out: IO[bytes]) -> int:
