@@ -67,6 +67,15 @@ def bucket_catalog(buckets: int = 4, stock_scale: float = 1.0) -> Catalog:
     return cat
 
 
+def accepted_catalog(stock_scale: int = 1000) -> Catalog:
+    """The demo catalog with ``stock_scale`` x its stock: every order of a burst accepted
+    (what an accepted order costs, where the demo burst is mostly sold out)."""
+    cat = demo_catalog()
+    for sku in cat.skus:
+        sku.stock = {loc: q * stock_scale for loc, q in sku.stock.items()}
+    return cat
+
+
 def campaign_catalog(first_n: int = 1000, lateness_ms: int = 2000) -> Catalog:
     """The demo catalog with a first-N campaign: a TOTE-BAG for the first buyers of the hot
     SKU, ranked by paid_at."""

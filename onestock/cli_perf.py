@@ -76,6 +76,10 @@ def bench(
     gifts: Annotated[
         bool, typer.Option(help="Also drain them with a first-N gift campaign on the hot SKU.")
     ] = True,
+    accepted: Annotated[
+        bool,
+        typer.Option(help="Also drain them with 1000 x the stock: every order accepted."),
+    ] = True,
     repeat: Annotated[
         int,
         typer.Option(
@@ -84,13 +88,14 @@ def bench(
     ] = 1,
 ) -> None:
     """Drain N pre-pushed orders through a bare loop, the dataflow, the dataflow with every
-    rule on and with a gift campaign; print the rates, ratios and fulfilment latencies."""
+    rule on, with every order accepted and with a gift campaign; print the rates, ratios,
+    fulfilment latencies and Redis's and the dataflow's time per order."""
     from onestock.bench import run_bench
 
     _check_orders(orders)
     if not 1 <= repeat <= 20:
         raise OnestockError(f"--repeat must be 1..20, not {repeat}")
-    run_bench(orders, workers, out, rules, gifts, repeat)
+    run_bench(orders, workers, out, rules, gifts, repeat, accepted)
 
 
 def bench_scale(

@@ -10,6 +10,15 @@ Both contenders run in the same invocation, on the same orders, against the same
 - **dataflow with rules** (unless ``--no-rules``): the same dataflow on the same orders with
   every allocation rule on every SKU (``burst.rules_catalog``): channel locks, per-customer
   limits, a VIP pre-sale, low-stock alerts, beside the demo's safety stock.
+- **dataflow with every order accepted** (unless ``--no-accepted``): 1000 x the stock
+  (``burst.accepted_catalog``), where the demo burst is mostly refused once its hot SKU
+  sells out: what an accepted order costs.
+- **what an order costs**: for the last core run and the all-accepted run, Redis's own CPU
+  (``INFO cpu``) and time in commands (``INFO commandstats``, the largest commands shown)
+  and the dataflow's processes' CPU (``getrusage`` of the finished children: ``onestock
+  run``, its workers, the feed), each per order, less what a drain of the first 2,000
+  orders cost (the processes' start and other fixed costs): figures that hold on a shared,
+  noisy machine where rates do not.
 - **dataflow with a first-N campaign** (unless ``--no-gifts``): a gift for the first 10,000
   buyers of the hot SKU (``burst.campaign_catalog``, lateness 2 s): what settlement costs in
   drain rate and in fulfilment latency (record written - event received).
@@ -53,6 +62,7 @@ def run_bench(
     rules: bool = True,
     gifts: bool = True,
     repeat: int = 1,
+    accepted: bool = True,
 ) -> Figures:
     """``repeat`` alternations of the bare loop and the dataflow (their medians are the
     figures: on a shared machine a single pair can land in a slow minute), then the rules and
@@ -60,7 +70,7 @@ def run_bench(
     console = Console()
     console.print(f"generating {n:,} orders ...")
     lines = burst_lines(n)
-    figs = summarise(measure_bench(lines, workers, rules, gifts, repeat, console))
+    figs = summarise(measure_bench(lines, workers, rules, gifts, repeat, console, accepted))
     console.print(render.bench_table(figs))
     if out is not None:
         render.write_json(out, figs)

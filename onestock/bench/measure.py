@@ -6,11 +6,12 @@ kept raw here (seconds, script counters) and turned into figures by ``summary``.
 from __future__ import annotations
 
 import multiprocessing as mp
+import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from redis.cluster import RedisCluster
@@ -25,6 +26,27 @@ from state import keys
 from state.store import Store
 
 SLOW_US = 5000  # script calls slower than this are counted (target: well under 10 ms)
+SMALL = 2000  # orders of the small drain whose costs are subtracted (the fixed start costs)
+TOP = 5  # commands shown by their time per order
+
+
+class Cost(msgspec.Struct):
+    """Where a drain's time went, per order, less what a drain of ``SMALL`` orders of the
+    same burst cost (the processes' start, catalog reads: fixed costs): Redis's own
+    accounting and the dataflow's processes' CPU time."""
+
+    redis_cpu_us: float  # INFO cpu: the server's used_cpu_sys + used_cpu_user
+    redis_commands_us: float  # INFO commandstats: every command's usec, summed
+    python_us: float  # the dataflow's processes (onestock run, its workers, the feed): CPU
+    commands: list[tuple[str, float]]  # the TOP commands, usec per order, the largest first
+
+
+class _Use(NamedTuple):
+    """What one drain used: Redis CPU s, command usec by command, the processes' CPU s."""
+
+    redis_cpu_s: float
+    commands: dict[str, float]
+    python_s: float
 
 
 class Run(msgspec.Struct):
@@ -56,6 +78,9 @@ class Measured:
     core_latency: tuple[int, int] = (0, 0)  # the last core run's (the rules run replaces it)
     gifts_drain_s: float | None = None  # the campaign run, unless --no-gifts
     gifts_latency: tuple[int, int] | None = None
+    core_cost: Cost | None = None  # the last core run's, less a small drain's
+    accepted_drain_s: float | None = None  # every order accepted (``burst.accepted_catalog``)
+    accepted_cost: Cost | None = None
 
     def add_scripts(self, stats: tuple[int, float, int, float]) -> None:
         """One core run's script counters (``script_stats``)."""
@@ -152,6 +177,39 @@ def _entries_with_ids(store: Store) -> list[tuple[str, dict[bytes, bytes]]]:
     return out
 
 
+def _redis_cpu_s(store: Store) -> float:
+    cpu = store.r.info("cpu")
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's finished children (and theirs, as they waited)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def used(store: Store, url: str, home: Path, workers: int) -> tuple[_Use, tuple[float, float]]:
+    """Drain the pushed burst (Redis's counters reset just before): what it used, and
+    ``drain``'s seconds."""
+    store.r.config_resetstat()
+    redis0, py0 = _redis_cpu_s(store), _children_cpu_s()
+    seconds = drain(store, url, home, workers)
+    stats = store.r.info("commandstats")
+    commands = {k.removeprefix("cmdstat_").upper(): float(v["usec"]) for k, v in stats.items()}
+    return _Use(_redis_cpu_s(store) - redis0, commands, _children_cpu_s() - py0), seconds
+
+
+def cost(big: _Use, small: _Use, n: int) -> Cost:
+    """Per order of the ``n - SMALL`` orders the big drain had more."""
+    more = max(1, n - SMALL)
+    per = {c: (us - small.commands.get(c, 0.0)) / more for c, us in big.commands.items()}
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:TOP]
+    return Cost(
+        (big.redis_cpu_s - small.redis_cpu_s) * 1e6 / more, sum(per.values()),
+        (big.python_s - small.python_s) * 1e6 / more, [(c, round(us, 2)) for c, us in top],
+    )  # fmt: skip
+
+
 def drain(store: Store, url: str, home: Path, workers: int) -> tuple[float, float]:
     """Run the dataflow until drained (a flushed Redis is a new instance: no recovery state
     of an earlier run applies): (seconds start to exit, seconds first to last decision)."""
@@ -181,14 +239,15 @@ class _Bench:
         self.store = Store.connect(url)
         self.url, self.home, self.lines, self.m, self.say = url, home, lines, m, say
 
-    def prepare(self, catalog: Catalog | None = None) -> int:
-        """A fresh database with the burst pushed; the memory used before the push."""
+    def prepare(self, catalog: Catalog | None = None, lines: list[bytes] | None = None) -> int:
+        """A fresh database with the burst (or ``lines``) pushed; the memory used before the
+        push."""
         store = self.store
         harness.reset(store, catalog=catalog)
         store.r.config_set("slowlog-log-slower-than", SLOW_US)
         store.r.slowlog_reset()
         before = store.memory_used()
-        harness.push(store, self.lines)
+        harness.push(store, self.lines if lines is None else lines)
         store.r.config_resetstat()
         return before
 
@@ -208,19 +267,38 @@ class _Bench:
         check_outcomes(store, n, "bare loop")
         self.say.print(f"dataflow{label} ...")
         before = self.prepare()
-        flow_s, drain_s = drain(store, self.url, self.home, m.workers)
+        use, (flow_s, drain_s) = used(store, self.url, self.home, m.workers)
         check_outcomes(store, n, "dataflow")
         m.add_scripts(script_stats(store))
         m.memory_growth_mb = max(m.memory_growth_mb, (store.memory_used() - before) / 2**20)
         run = Run(n / bare_s, n / flow_s, per_s(n, drain_s), bare_s / flow_s)
-        if last:  # (the rules run below replaces these records)
+        if last:  # (the runs below replace these records)
             m.core_latency = fulfilment_latency(store)
+            m.core_cost = cost(use, self.small(None), n)
         if rules:  # beside each core run: the ratio of neighbours in time
             self.say.print(f"dataflow with every rule on{label} ...")
             _, rules_drain_s = self.drained("dataflow with every rule on", burst.rules_catalog())
             run.rules_drain_orders_per_s = per_s(n, rules_drain_s)
             run.rules_ratio = run.rules_drain_orders_per_s / run.dataflow_drain_orders_per_s
         return run
+
+    def small(self, catalog: Catalog | None) -> _Use:
+        """What a drain of the burst's first ``SMALL`` orders uses (with ``catalog``)."""
+        self.prepare(catalog, self.lines[:SMALL])
+        use, _ = used(self.store, self.url, self.home, self.m.workers)
+        check_outcomes(self.store, min(SMALL, self.m.orders), "small drain")
+        return use
+
+    def accepted(self) -> None:
+        """The dataflow with every order accepted (1000 x the stock), once: its drain rate
+        and costs."""
+        self.say.print("dataflow, every order accepted ...")
+        catalog = burst.accepted_catalog()
+        small = self.small(catalog)
+        self.prepare(catalog)
+        use, (_, self.m.accepted_drain_s) = used(self.store, self.url, self.home, self.m.workers)
+        check_outcomes(self.store, self.m.orders, "dataflow, every order accepted")
+        self.m.accepted_cost = cost(use, small, self.m.orders)
 
     def campaign(self) -> None:
         """The dataflow with a first-10,000 gift campaign on the hot SKU, once."""
@@ -231,8 +309,9 @@ class _Bench:
 
 
 def measure_bench(
-    lines: list[bytes], workers: int, rules: bool, gifts: bool, repeat: int, say: Console
-) -> Measured:
+    lines: list[bytes], workers: int, rules: bool, gifts: bool, repeat: int, say: Console,
+    accepted: bool = True,
+) -> Measured:  # fmt: skip
     """``repeat`` alternations of the bare loop and the dataflow (on a shared machine a single
     pair can land in a slow minute), then the campaign once."""
     m = Measured(len(lines), workers)
@@ -241,6 +320,8 @@ def measure_bench(
         for i in range(repeat):
             label = f" (run {i + 1} of {repeat})" if repeat > 1 else ""
             m.runs.append(bench.alternation(label, rules, last=i == repeat - 1))
+        if accepted:
+            bench.accepted()
         if gifts:
             bench.campaign()
     return m

@@ -67,6 +67,30 @@ def _gifts_rows(table: Table, figs: Figures) -> None:
     )
 
 
+def _cost_rows(table: Table, figs: Figures) -> None:
+    """Redis's and the dataflow's time per order (less a small drain's): the core burst and,
+    unless --no-accepted, a burst with every order accepted."""
+    if figs.accepted_drain_orders_per_s is not None:
+        table.add_row(
+            "dataflow, every order accepted, orders/s (first to last decision)",
+            f"{figs.accepted_drain_orders_per_s:,.0f}",
+        )
+    runs = [(name, c) for name, c in (("core", figs.core_cost), ("all accepted",
+            figs.accepted_cost)) if c is not None]  # fmt: skip
+    if not runs:
+        return
+    names = " / ".join(name for name, _ in runs)
+    table.add_row(f"Redis CPU per order, us: {names}",
+                  " / ".join(f"{c.redis_cpu_us:.1f}" for _, c in runs))  # fmt: skip
+    table.add_row(f"Redis time in commands per order, us: {names}",
+                  " / ".join(f"{c.redis_commands_us:.1f}" for _, c in runs))  # fmt: skip
+    for name, c in runs:
+        table.add_row(f"  {name}: the largest, us per order",
+                      ", ".join(f"{cmd} {us:.1f}" for cmd, us in c.commands))  # fmt: skip
+    table.add_row(f"dataflow processes' CPU per order, us: {names}",
+                  " / ".join(f"{c.python_us:.1f}" for _, c in runs))  # fmt: skip
+
+
 def bench_table(figs: Figures) -> Table:
     """The table of ``onestock bench``: each run (of several), then the figures, medians
     marked as such."""
@@ -79,6 +103,7 @@ def bench_table(figs: Figures) -> Table:
         _run_rows(table, figs.runs)
     _core_rows(table, figs, median)
     _gifts_rows(table, figs)
+    _cost_rows(table, figs)
     table.add_row("Redis memory growth, MB", f"{figs.memory_growth_mb:,.1f}")
     table.add_row("Lua calls, mean us", f"{figs.script_calls:,} x {figs.script_avg_us:,.0f}")
     table.add_row(

@@ -9,7 +9,7 @@ import statistics
 
 import msgspec
 
-from onestock.bench.measure import Measured, Run, per_s
+from onestock.bench.measure import Cost, Measured, Run, per_s
 
 
 class Figures(msgspec.Struct):
@@ -34,6 +34,10 @@ class Figures(msgspec.Struct):
     script_calls_over_5ms: int
     script_slowest_ms: float
     runs: list[Run] = []
+    # per order, less a small drain's (measure.Cost): the last core run, every order accepted
+    core_cost: Cost | None = None
+    accepted_drain_orders_per_s: float | None = None
+    accepted_cost: Cost | None = None
 
 
 def _median(values: list[float]) -> float | None:
@@ -62,4 +66,7 @@ def summarise(m: Measured) -> Figures:
         memory_growth_mb=m.memory_growth_mb, script_calls=m.script_calls,
         script_avg_us=m.script_usec / m.script_calls if m.script_calls else 0.0,
         script_calls_over_5ms=m.script_slow, script_slowest_ms=m.script_slowest_ms, runs=runs,
+        core_cost=m.core_cost, accepted_cost=m.accepted_cost,
+        accepted_drain_orders_per_s=(
+            per_s(m.orders, m.accepted_drain_s) if m.accepted_drain_s is not None else None),
     )  # fmt: skip
