@@ -13,19 +13,20 @@ import os
 import time
 
 from onestock.domain import events
+from onestock.domain.errors import OnestockError
 from state import outbox
 from state.conn import Waiter
+from state.ledger import LEASE_MS
 from state.store import Store
 
 SWEEP_S = min(10.0, events.WINDOW_MS / 4000)
 # ONESTOCK_TRIM_RECORDS=0: keep every record in the streams even where readers are past them
 TRIM = os.environ.get("ONESTOCK_TRIM_RECORDS", "1").strip() != "0"
-# Folding takes at most FOLD_BUDGET_S of a look (a batch waits no longer behind it); while
-# the fold is behind, the next look comes after BEHIND_S: at a peak it falls behind and
-# catches up after, the streams holding the difference meanwhile.
+# Folding and settling take at most FOLD_BUDGET_S of a look (a batch waits no longer behind
+# them); while either is behind, the next look comes after BEHIND_S: at a peak the fold falls
+# behind and catches up after, the streams holding the difference meanwhile.
 FOLD_BUDGET_S = 0.2
 BEHIND_S = 1.0
-LEASE_MS = 60_000
 
 
 class Housekeeper:
@@ -35,6 +36,7 @@ class Housekeeper:
         self.holder = f"{os.getpid()}-{id(self)}"
         self._next = 0.0  # when this process looks next (time.monotonic())
         self._shard = 0  # the shard the next fold starts at (round robin)
+        self._refused = ""  # why folding was refused, as last said
         self._subs: tuple[int, list[str]] = (-1, [])  # (catalog version, record subscribers)
 
     def look(self, force: bool = False) -> None:
@@ -45,7 +47,13 @@ class Housekeeper:
         n = self.wait.call(self.store.sweeper.sweep, shards)
         if n:
             self.wait.say(f"idempotency state: {n} keys of generations past the window deleted")
-        behind = self.wait.call(self._records, shards, math.inf if force else FOLD_BUDGET_S)
+        try:
+            behind = self.wait.call(self._records, shards, math.inf if force else FOLD_BUDGET_S)
+        except OnestockError as exc:  # (another window: said once, nothing folded)
+            if str(exc) != self._refused:
+                self.wait.say(f"records: {exc}")
+                self._refused = str(exc)
+            behind = False
         self._next = time.monotonic() + (BEHIND_S if behind else SWEEP_S)
 
     def _subscribers(self) -> list[str]:
@@ -69,12 +77,12 @@ class Housekeeper:
         if not store.ledger.lease(self.holder, LEASE_MS):
             return False
         try:
-            behind = self._fold(shards, time.monotonic() + budget_s)
+            until = time.monotonic() + budget_s
+            behind = self._fold(shards, until)
             for shard, point in enumerate(points):
                 if point is not None:
                     store.ledger.trim(shard, point)
-            store.ledger.settle(shards)
-            return behind
+            return store.ledger.settle(shards, until) or behind
         finally:
             store.ledger.release(self.holder)
 

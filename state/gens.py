@@ -75,6 +75,7 @@ class Sweeper:
     def __init__(self, client: Redis) -> None:
         self.r = client
         self._horizon = client.register_script(lua("horizon", "lib_clock"))
+        self._mark_script = client.register_script(lua("sweep_mark"))
 
     def horizon(self, shards: int) -> int:
         """The least stream time (ms) any shard may still act at (horizon.lua, per shard)."""
@@ -103,10 +104,19 @@ class Sweeper:
             if len(batch) == _SWEEP_SCAN:
                 n += self._unlink(batch)
         n += self._unlink(batch)
-        sec, usec = self.r.time()  # (the clock of the output entries' ids; the time first:
-        self.r.set(keys.GEN_SWEPT_AT, int(sec) * 1000 + int(usec) // 1000 + 1000)  # a
-        self.r.set(keys.GEN_SWEPT, upto)  # reader of both is late, never early; +1 s spare)
+        self.mark(upto, shards)
+        self.r.set(keys.GEN_SWEPT, upto)
         return n
+
+    def mark(self, upto: int, shards: int) -> None:
+        """Say that generations up to ``upto`` are swept, with each shard's newest output
+        entry id read now (sweep_mark.lua): every version of an order of those generations
+        was written at or before it (no event finds the order any more)."""
+        pipe = self.r.pipeline(transaction=False)
+        for s in range(shards):
+            pipe.xrevrange(keys.outbox(s), "+", "-", count=1)
+        ids = [rows[0][0].decode() if rows else "0-0" for rows in pipe.execute()]
+        self._mark_script(keys=[keys.GEN_SWEPT_OUTBOX], args=[upto, *ids])
 
     def _unlink(self, batch: list[bytes]) -> int:
         """UNLINK the keys (one per call: they live in many slots)."""

@@ -167,7 +167,9 @@ def bought(sku: str, gen: int) -> str:
 # The generation families (state/gens.py sweeps them): the suffix after a key's hash tag.
 GEN_FAMILIES = (":done:", ":dec:", ":bought:", ":parts:")
 GEN_SWEPT = f"{PREFIX}:gen:swept"  # the newest generation deleted (state/gens.py)
-GEN_SWEPT_AT = f"{PREFIX}:gen:swept-at"  # the server's clock (ms) when it was deleted
+# HASH: 'gen' the newest generation swept, and per shard its newest output entry id read
+# after that sweep (sweep_mark.lua): what a shard's fold must reach before settling
+GEN_SWEPT_OUTBOX = f"{PREFIX}:gen:swept-outbox"
 
 
 # Trimming the output streams (state/ledger.py): the audit's fold of a shard's records.
@@ -178,6 +180,7 @@ GEN_SWEPT_AT = f"{PREFIX}:gen:swept-at"  # the server's clock (ms) when it was d
 # up to it may be trimmed (state/outbox.py)
 RECORDS_EXPORTED = f"{PREFIX}:records:exported"
 LEDGER_LEASE = f"{PREFIX}:ledger:lease"  # the process that folds and trims (holder, PX)
+LEDGER_WINDOW = f"{PREFIX}:ledger:window"  # the window (ms) kept generations are numbered by
 
 
 def tally(shard: int) -> str:
@@ -194,8 +197,8 @@ def settled_totals(shard: int) -> str:
 
 
 def kept(shard: int, gen: int) -> str:
-    """HASH order id -> its folded versions (``OrderFold``) of the orders whose first
-    folded record was written in ``gen``; settled, then deleted, once no version can come."""
+    """HASH order id -> its folded versions (``OrderFold``) of the orders whose latest
+    record was written in ``gen``; settled, then deleted, once no version can come."""
     return f"{shard_tag(shard)}:kept:{gen}"
 
 

@@ -3,14 +3,14 @@
 A record every reader is past (``outbox.trim_points``: every consumer group acknowledged it,
 every record subscriber delivered it) may go, but ``ops.audit`` re-adds every record
 version against the stock. So before a shard's entries are trimmed they are folded
-(``fold``, ledger_fold.lua): each order's versions into a kept-orders hash of one generation (the
-generation of the entry that first named the order; onestock/domain/tally.py
+(``fold``, ledger_fold.lua): each order's versions into a kept-orders hash of one
+generation (that of the order's latest output entry; onestock/domain/tally.py
 ``OrderFold``), the counts into the shard's tally, behind a mark. Once no version of an
-order can come any more (its idempotency state deleted, state/gens.py, and every entry
-written before that folded) its kept versions are settled (``settle``, ledger_settle.lua) into
-the shard's totals: units per SKU and location, outcomes. The audit then reads totals +
-kept orders + the entries after the mark (``snapshot``): the same sums as the whole
-stream, in memory that stops growing.
+order can come any more (its idempotency state deleted, state/gens.py, and the fold past
+the newest entry the sweep read after deleting) its kept versions are settled (``settle``,
+ledger_settle.lua) into the shard's totals: units per SKU and location, outcomes. The
+audit then reads totals + kept orders + the entries after the mark (``snapshot``, under
+the lease): the same sums as the whole stream, in memory that stops growing.
 
 Folding and settling change state only behind a compare (the mark; one HDEL per order),
 so several processes may run them at once and a process killed half way leaves nothing
@@ -19,9 +19,14 @@ counted twice.
 
 from __future__ import annotations
 
+import math
+import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+from onestock.domain.errors import OnestockError
 from onestock.domain.movements import movement_from_packed
 from onestock.domain.protocol import SEP
 from onestock.domain.records import packed_records, return_from_packed
@@ -33,6 +38,8 @@ from state.shards import Shards
 FOLD_ENTRIES = 200  # output entries (decided batches) read per fold call
 SETTLE_CHUNK = 2000  # kept orders settled per script call
 _SCAN = 2000
+LEASE_MS = 60_000  # the lease of the folding process (``lease``), at most
+SNAPSHOT_TRIES = 20
 
 
 class Snapshot(NamedTuple):
@@ -56,22 +63,56 @@ class Ledger:
         self.shards = shards
         self._fold = client.register_script(lua("ledger_fold"))
         self._settle = client.register_script(lua("ledger_settle"))
+        self._window = 0  # the window checked against the first folder's (``_check_window``)
+        # the returns and movements streams as far as this process read them (``_aftersale``)
+        self._read_to: dict[tuple[str, int], str] = {}
+        self._back: Counter[tuple[str, str]] = Counter()
+        self._offs: set[str] = set()
 
     def lease(self, holder: str, ms: int) -> bool:
         """Take the lease of the process that folds, trims and settles now (held at most
         ``ms``: a process killed holding it holds up the others no longer)."""
         return bool(self.r.set(keys.LEDGER_LEASE, holder, nx=True, px=ms))
 
+    @contextmanager
+    def holding(self, holder: str, wait_s: float = 30.0) -> Iterator[None]:
+        """Hold the lease (waiting for it up to ``wait_s``) while reading: no process folds
+        or settles meanwhile (an audit of a live system would otherwise read again and
+        again)."""
+        deadline = time.monotonic() + wait_s
+        while not self.lease(holder, LEASE_MS) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            self.release(holder)
+
     def release(self, holder: str) -> None:
         """Give the lease back (if still ours: it only saves work twice, never guards it)."""
         if self.r.get(keys.LEDGER_LEASE) == holder.encode():
             self.r.delete(keys.LEDGER_LEASE)
+
+    def _check_window(self) -> None:
+        """The kept generations are numbered by the window (``events.WINDOW_MS``) the first
+        fold used; a process with another window must not fold or settle (it would read
+        and write other generations)."""
+        if self._window == gens.WINDOW_MS:
+            return
+        self.r.set(keys.LEDGER_WINDOW, gens.WINDOW_MS, nx=True)
+        first = int(self.r.get(keys.LEDGER_WINDOW) or gens.WINDOW_MS)
+        if first != gens.WINDOW_MS:
+            raise OnestockError(
+                f"the records were folded with an idempotency window of {first} ms, this "
+                f"process has {gens.WINDOW_MS} ms (ONESTOCK_IDEMPOTENCY_DAYS): not folding"
+            )
+        self._window = gens.WINDOW_MS
 
     # -- folding ---------------------------------------------------------------------------
 
     def fold(self, shard: int, entries: int = FOLD_ENTRIES) -> int:
         """Fold the next ``entries`` output entries of the shard after its mark; the
         records folded (0: none waiting, or another process folded them first)."""
+        self._check_window()
         st = self._tally(shard)
         mark = st.get("mark", "")
         rows: Any = self.r.xrange(keys.outbox(shard), min=f"({mark}" if mark else "-",
@@ -159,49 +200,69 @@ class Ledger:
 
     # -- settling --------------------------------------------------------------------------
 
-    def settle(self, shards: int) -> int:
+    def settle(self, shards: int, until: float = math.inf) -> bool:
         """Settle every kept generation no version can reach any more: up to the newest
-        swept one, once every entry written before that sweep is folded; the orders settled.
-        (An order's versions are kept in the generation of its latest output entry; the
-        state that version wrote is in the generation of its input entry, on the same
-        server's clock and no later: once that is swept no event finds the order.)"""
-        swept, at = self.r.get(keys.GEN_SWEPT), self.r.get(keys.GEN_SWEPT_AT)  # (this order:
-        if swept is None or at is None:  # the time is written first)
-            return 0
-        n = 0
-        effects: tuple[Any, set[str]] | None = None
+        swept one, once the shard's fold has reached the entry that sweep read last
+        (``Sweeper.mark``), until ``time.monotonic()`` passes ``until``; whether any is
+        left. (An order's versions are kept in the generation of its latest output entry;
+        the state that version wrote is in the generation of its input entry, no later:
+        once that is swept no event finds the order.)"""
+        raw: Any = self.r.hgetall(keys.GEN_SWEPT_OUTBOX)
+        if b"gen" not in raw:
+            return False
+        self._check_window()
+        swept = int(raw[b"gen"])
         for shard in range(shards):
-            if self._pending(shard, str(int(at))):
+            upto = raw.get(str(shard).encode(), b"+").decode()
+            if upto != "0-0" and self._pending(shard, upto):
                 continue  # an entry written before the sweep is not folded yet
-            for g in self._live(self._tally(shard), int(swept)):
-                if effects is None:  # returns and write-offs, read once per call
-                    effects = self._aftersale(shards)
-                n += self._settle_gen(shard, g, *effects)
-        return n
+            for g in self._live(self._tally(shard), swept):
+                if not self._settle_gen(shard, g, self._aftersale(shards), until):
+                    return True
+        return False
 
-    def _aftersale(self, shards: int) -> tuple[Any, set[str]]:
-        returned = (return_from_packed(p) for f in self.shards.entries(keys.returns, shards)
-                    for p in packed_records(f))  # fmt: skip
-        moved = (movement_from_packed(p) for f in self.shards.entries(keys.movements, shards)
-                 for p in packed_records(f))  # fmt: skip
-        return aftersale(returned, moved, Totals())
+    def _aftersale(self, shards: int) -> tuple[Counter[tuple[str, str]], set[str]]:
+        """Units returned per (order, SKU) and the applied write-offs' ids, read on from
+        where this process last read the returns and movements streams (never trimmed)."""
+        for name, stream_of, decode in (
+            ("returns", keys.returns, return_from_packed),
+            ("movements", keys.movements, movement_from_packed),
+        ):
+            for s in range(shards):
+                got: list[Any] = []
+                after = self._read_to.get((name, s), "")
+                for eid, f in self._entries(stream_of(s), after):
+                    got += [decode(p) for p in packed_records(f)]
+                    after = eid.decode()
+                self._read_to[(name, s)] = after
+                returned, moved = (got, []) if name == "returns" else ([], got)
+                back, offs = aftersale(returned, moved, Totals())
+                self._back.update(back)
+                self._offs |= offs
+        return self._back, self._offs
 
-    def _settle_gen(self, shard: int, gen: int, back: Any, offs: set[str]) -> int:
+    def _settle_gen(
+        self, shard: int, gen: int, effects: tuple[Counter[tuple[str, str]], set[str]],
+        until: float,
+    ) -> bool:  # fmt: skip
+        """Settle the generation's kept orders of the shard; False if the time ran out."""
         key = keys.kept(shard, gen)
         ks = [keys.tally(shard), keys.settled_totals(shard), key]
-        n = 0
         batch: list[Any] = []
         for oid, raw in self._scan(key):
             totals = Totals()
-            settle([OrderFold.load(oid, raw)], back, offs, totals)
+            settle([OrderFold.load(oid, raw)], *effects, totals)
             fields = totals.fields()
             batch += [oid, len(fields)]
             for name, incr in fields.items():
                 batch += [name, incr]
             if len(batch) >= SETTLE_CHUNK:
-                n += self._settle_call(ks, [gen, "0", *batch])
+                self._settle_call(ks, [gen, "0", *batch])
                 batch = []
-        return n + self._settle_call(ks, [gen, "1", *batch])
+                if time.monotonic() >= until:
+                    return False
+        self._settle_call(ks, [gen, "1", *batch])
+        return True
 
     def _settle_call(self, ks: list[str], args: list[Any]) -> int:
         [n] = wire.scripts(self.r, [(self._settle, ks, args)])
@@ -215,8 +276,9 @@ class Ledger:
 
     def snapshot(self, shard: int) -> Snapshot:
         """The shard's folded counts, totals and kept orders, and the records after the
-        mark, read so that a fold meanwhile is not counted twice (read again)."""
-        while True:
+        mark, read so that a fold or settle meanwhile is not counted twice or missed (read
+        again; the caller holds the lease, ``holding``, where others may be folding)."""
+        for _ in range(SNAPSHOT_TRIES):
             st = self._tally(shard)
             raw: Any = self.r.hgetall(keys.settled_totals(shard))
             totals = Totals()
@@ -226,16 +288,19 @@ class Ledger:
                 for oid, value in self._scan(keys.kept(shard, g)):
                     orders[oid] = OrderFold.load(oid, value)
             mark = st.get("mark", "")
-            rest = [p for _, f in self._after(shard, mark) for p in packed_records(f)]
+            rest = [p for _, f in self._entries(keys.outbox(shard), mark)
+                    for p in packed_records(f)]  # fmt: skip
             if self._tally(shard) == st:
                 return Snapshot(int(st.get("n", 0)), int(st.get("dup", 0)),
                                 int(st.get("first", 2**63)), int(st.get("last", 0)),
                                 totals, orders, rest)  # fmt: skip
+        raise OnestockError(f"shard {shard}'s records kept being folded while read: try again")
 
-    def _after(self, shard: int, mark: str) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
+    def _entries(self, stream: str, mark: str) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
+        """The stream's entries after ``mark`` ("": all)."""
         after = f"({mark}" if mark else "-"
         while True:
-            rows: Any = self.r.xrange(keys.outbox(shard), min=after, max="+", count=5000)
+            rows: Any = self.r.xrange(stream, min=after, max="+", count=5000)
             yield from rows
             if len(rows) < 5000:
                 return

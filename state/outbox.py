@@ -138,6 +138,9 @@ class Outbox:
     def groups(self) -> list[list[GroupState]]:
         """Per shard, its stream's consumer groups (none for a stream that does not exist)."""
         infos = self._each(lambda p, _s, key: p.xinfo_groups(key))
+        for info in infos:  # (a missing stream has none; any other error is not "none")
+            if isinstance(info, Exception) and "no such key" not in str(info).lower():
+                raise info
         names = [
             [g["name"].decode() for g in info] if not isinstance(info, Exception) else []
             for info in infos

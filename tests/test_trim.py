@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+import state.ledger
+from onestock.domain.errors import OnestockError
 from onestock.domain.protocol import SEP
 from onestock.domain.records import iso_ms
 from onestock.ops import services as ops
@@ -114,9 +117,11 @@ def test_folding_is_exact_when_two_processes_race_and_settling_counts_each_order
     assert ledger.trim(0, f"{2**63}-0") == 2
     assert ops.audit(store, 1, LOADED).oversold == 0
     hi = int(store.r.hget(keys.tally(0), "hi") or -1)
-    store.r.set(keys.GEN_SWEPT_AT, int(time.time() * 1000) + 60_000)
-    store.r.set(keys.GEN_SWEPT, hi)
-    assert ledger.settle(1) == 3 and ledger.settle(1) == 0
+    store.sweeper.mark(hi, 1)  # (as if the generation were swept)
+    assert ledger.settle(1) is False and ledger.settle(1) is False  # all settled, once
+    raw: Any = store.r.hgetall(keys.settled_totals(0))
+    assert {f.decode(): int(v) for f, v in raw.items()} == {
+        "a": 2, f"u{SEP}TEE{SEP}wh-sh": 3, f"r{SEP}cancelled": 1}  # fmt: skip
     after = ops.audit(store, 1, LOADED)
     for f in ("records", "accepted", "rejected", "duplicates", "oversold", "gifts"):
         assert getattr(after, f) == getattr(whole, f), f
@@ -143,3 +148,51 @@ def test_records_exported_to_a_file_are_trimmed_where_no_reader_is_configured(
     assert [r.order_id for r in ops.records(store, k)] == ["b"], "a, exported, is trimmed"
     audit = ops.audit(store, k, LOADED)
     assert (audit.records, audit.accepted, audit.oversold) == (2, 2, 0), audit
+
+
+def test_a_process_with_another_window_does_not_fold(store: Store) -> None:
+    """The kept generations are numbered by the first folder's window: another window
+    (a changed ONESTOCK_IDEMPOTENCY_DAYS) is refused in one line, nothing written."""
+    load(store, catalog())
+    ops.fix_shards(store, 1)
+    decide(store, [order("a", ("TEE", 2))])
+    store.r.set(keys.LEDGER_WINDOW, 86_400_000)  # a one-day window folded first
+    with pytest.raises(OnestockError, match="idempotency window of 86400000 ms"):
+        store.ledger.fold(0)
+    assert not _kept(store) and not store.r.exists(keys.tally(0))
+
+
+def test_an_audit_read_while_a_settle_is_half_way_counts_each_order_once(
+    store: Store, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process settles part of a generation between the audit's read of the totals
+    and its read of the kept orders: the settle moves the tally on, the audit reads again."""
+    load(store, catalog())
+    ops.fix_shards(store, 1)
+    decide(store, [order("a", ("TEE", 2)), order("b", ("TEE", 3))])
+    ledger = store.ledger
+    ledger.fold_all(0)
+    ledger.trim(0, f"{2**63}-0")
+    store.sweeper.mark(int(store.r.hget(keys.tally(0), "hi") or -1), 1)
+    whole = ops.audit(store, 1, LOADED)
+    monkeypatch.setattr(state.ledger, "SETTLE_CHUNK", 1)  # one order per settle call
+    other = Store.connect(url).ledger
+    first = other._settle_call
+
+    def half_way(ks: list[str], args: list[Any]) -> int:
+        if args[1] == "1":  # (the generation's last call: not made yet)
+            raise KeyboardInterrupt
+        return first(ks, args)
+
+    monkeypatch.setattr(other, "_settle_call", half_way)
+    scan = ledger._scan
+
+    def racing(key: str) -> Any:
+        monkeypatch.setattr(ledger, "_scan", scan)
+        with pytest.raises(KeyboardInterrupt):
+            other.settle(1)
+        return scan(key)
+
+    monkeypatch.setattr(ledger, "_scan", racing)
+    got = ops.audit(store, 1, LOADED)
+    assert (got.records, got.accepted, got.oversold) == (whole.records, whole.accepted, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections import Counter
@@ -316,8 +317,9 @@ def audit(store: Store, shards: int, loaded: dict[str, dict[str, int]]) -> Audit
     n = dup = 0
     first, last = 2**63, 0
     lat: list[int] = []
-    for shard in range(shards):
-        snap = store.ledger.snapshot(shard)
+    with store.ledger.holding(f"audit-{os.getpid()}-{uuid.uuid4().hex[:8]}"):
+        snaps = [store.ledger.snapshot(shard) for shard in range(shards)]
+    for snap in snaps:
         tally = Tally(snap.orders)
         for packed in snap.rest:
             tally.add(packed)

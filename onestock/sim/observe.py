@@ -103,8 +103,7 @@ def audit(store: Store, shards: int, base: dict[str, dict[str, int]]) -> list[tu
         store.ledger.fold_all(s)
         store.ledger.trim(s, f"{2**63}-0")
         hi = max(hi, int(store.r.hget(keys.tally(s), "hi") or -1))
-    store.r.set(keys.GEN_SWEPT_AT, int(time.time() * 1000) + 60_000)
-    store.r.set(keys.GEN_SWEPT, hi + 1)
+    store.sweeper.mark(hi + 1, shards)  # (as if every generation were swept)
     store.ledger.settle(shards)
     after = ops.audit(store, shards, base)
     same = [f for f in ("records", "accepted", "rejected", "dead", "duplicates", "oversold",

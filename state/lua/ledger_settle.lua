@@ -5,7 +5,9 @@
 --       kept-orders HASH.
 -- ARGV: 1 the generation, 2 "1" when these are its last orders, then per order: its id,
 --       the number m of totals it adds to, m pairs (totals field, increment).
--- Returns: the orders settled by this call (one another caller settled is skipped).
+-- Returns: the orders settled by this call (one another caller settled is skipped). Each
+-- call that settles any moves the tally's 'sv' on, so a reader of the totals and the kept
+-- orders (ledger.py snapshot) sees that they moved between its reads.
 local n = 0
 local i = 3
 while i <= #ARGV do
@@ -17,6 +19,9 @@ while i <= #ARGV do
     end
   end
   i = i + 2 + 2 * m
+end
+if n > 0 then
+  redis.call('HINCRBY', KEYS[1], 'sv', 1)
 end
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[3]) == 0 then
   local old = tonumber(redis.call('HGET', KEYS[1], 'settled'))
