@@ -113,6 +113,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     )
     flow = build_flow(a.url, settings, until_drained=a.until_drained)
     addresses = a.addresses.split(";") if a.addresses else None
+    if addresses:
+        _await_lower(addresses, a.process_id)
     cli_main(
         flow,
         workers_per_process=1,
@@ -122,6 +124,41 @@ def worker_main(argv: list[str] | None = None) -> int:
         recovery_config=RecoveryConfig(str(a.recovery)),
     )
     return 0
+
+
+def _await_lower(addresses: list[str], mine: int, wait_s: float = 30.0) -> None:
+    """Wait until every lower-numbered process of the cluster on this machine listens.
+    Timely connects each process to the lower-numbered ones, and one that is refused
+    (the other still importing) prints "error connecting to worker ...; retrying" and
+    sleeps a whole second: waiting here, a few ms at a time, makes a quiet start and saves
+    those seconds. Only for loopback addresses and where ``/proc/net/tcp`` says what
+    listens (Linux); elsewhere Timely's own retries. A probe connection is no option: Timely
+    takes any connection for a worker's and reads its handshake."""
+    ports = set()
+    for address in addresses[:mine]:
+        host, _, port = address.rpartition(":")
+        if host in ("127.0.0.1", "localhost"):
+            ports.add(int(port))
+    if not ports or not Path("/proc/net/tcp").exists():
+        return
+    deadline = time.monotonic() + wait_s
+    while not ports <= _listening() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _listening() -> set[int]:
+    """The TCP ports something on this machine listens on (``/proc/net/tcp``, ``tcp6``)."""
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
 
 
 def _check_ports(base: int, n: int) -> None:
@@ -179,8 +216,6 @@ def run(
                 break
             cmd = _worker_command(url, rdir, i, addresses, settings, until_drained)
             procs.append(subprocess.Popen(cmd, env=_worker_env(settings, i)))
-            if i == 0 and len(mine) > 1:
-                time.sleep(0.3)  # let process 0 listen first: fewer "connection refused" retries
         return _wait(procs, stop_at, lambda: forward(signal.SIGTERM, None))
     finally:
         for s, h in old.items():
