@@ -44,6 +44,12 @@ def test_bench_alternates_bare_loop_and_dataflow_and_reports_their_medians(
     text = proc.stdout.decode()
     assert "run 3: bare / dataflow drained" in text and "(median)" in text
     assert "run 3: every rule on, drained" in text
+    # what an order costs: Redis's and the dataflow's own accounting, less a small drain's
+    assert figs.accepted_drain_orders_per_s is not None and figs.accepted_drain_orders_per_s > 0
+    for cost in (figs.core_cost, figs.accepted_cost):
+        assert cost is not None and cost.redis_cpu_us > 0 and cost.scripts_us > 0
+        assert cost.python_us > 0 and cost.commands and cost.commands[0][0].isupper()
+    assert "Redis CPU per" in text  # (the label wraps in a narrow table)
 
 
 def test_the_figures_are_the_medians_of_the_runs_and_the_table_marks_them() -> None:

@@ -14,7 +14,8 @@ Both contenders run in the same invocation, on the same orders, against the same
   (``burst.accepted_catalog``), where the demo burst is mostly refused once its hot SKU
   sells out: what an accepted order costs.
 - **what an order costs**: for the last core run and the all-accepted run, Redis's own CPU
-  (``INFO cpu``) and time in commands (``INFO commandstats``, the largest commands shown)
+  (``INFO cpu``) and time in Lua scripts (``INFO commandstats``; the largest other commands
+  shown, which in Redis 6.2 include those the scripts call)
   and the dataflow's processes' CPU (``getrusage`` of the finished children: ``onestock
   run``, its workers, the feed), each per order, less what a drain of the first 2,000
   orders cost (the processes' start and other fixed costs): figures that hold on a shared,

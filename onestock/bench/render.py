@@ -82,10 +82,10 @@ def _cost_rows(table: Table, figs: Figures) -> None:
     names = " / ".join(name for name, _ in runs)
     table.add_row(f"Redis CPU per order, us: {names}",
                   " / ".join(f"{c.redis_cpu_us:.1f}" for _, c in runs))  # fmt: skip
-    table.add_row(f"Redis time in commands per order, us: {names}",
-                  " / ".join(f"{c.redis_commands_us:.1f}" for _, c in runs))  # fmt: skip
+    table.add_row(f"Redis time in Lua scripts per order, us: {names}",
+                  " / ".join(f"{c.scripts_us:.1f}" for _, c in runs))  # fmt: skip
     for name, c in runs:
-        table.add_row(f"  {name}: the largest, us per order",
+        table.add_row(f"  {name}: other commands (also inside scripts), us per order",
                       ", ".join(f"{cmd} {us:.1f}" for cmd, us in c.commands))  # fmt: skip
     table.add_row(f"dataflow processes' CPU per order, us: {names}",
                   " / ".join(f"{c.python_us:.1f}" for _, c in runs))  # fmt: skip
