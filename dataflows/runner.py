@@ -142,7 +142,7 @@ def _await_lower(addresses: list[str], mine: int, wait_s: float = 30.0) -> None:
     if not ports or not Path("/proc/net/tcp").exists():
         return
     deadline = time.monotonic() + wait_s
-    while not ports <= _listening() and time.monotonic() < deadline:
+    while not ports <= _listening() and time.monotonic() < deadline and not STOP.is_set():
         time.sleep(0.005)
 
 

@@ -324,16 +324,20 @@ def test_a_catalog_reload_takes_effect_under_a_running_dataflow(
     assert levels == {"HOT": {"wh-a": 3}, "COLD": {"wh-a": 9}}  # COLD, not named, kept
 
 
-def test_sigterm_ends_a_worker_still_waiting_for_its_peer(url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("me", [0, 1])
+def test_sigterm_ends_a_worker_still_waiting_for_its_peer(
+    url: str, tmp_path: Path, me: int
+) -> None:
     """Bytewax runs no Python while it connects to its peers: a worker whose peer is gone
-    must still end on SIGTERM (it was left running for ever once, holding up a shutdown)."""
+    must still end on SIGTERM (it was left running for ever once, holding up a shutdown);
+    worker 1 waits for worker 0 to listen before it connects (runner._await_lower)."""
     from tests.helpers import free_ports
 
     base = free_ports(2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dataflows.runner", "--url", url, "--recovery",
-         str(tmp_path / "rec"), "--process-id", "0", "--shards", "16",
-         "--addresses", f"127.0.0.1:{base};127.0.0.1:{base + 1}"],  # worker 1 never comes
+         str(tmp_path / "rec"), "--process-id", str(me), "--shards", "16",
+         "--addresses", f"127.0.0.1:{base};127.0.0.1:{base + 1}"],  # the other never comes
         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, cwd=ROOT,
     )  # fmt: skip
     try:
