@@ -63,6 +63,7 @@ class Ledger:
         self.shards = shards
         self._fold = client.register_script(lua("ledger_fold"))
         self._settle = client.register_script(lua("ledger_settle"))
+        self._export_mark = client.register_script(lua("export_mark"))
         self._window = 0  # the window checked against the first folder's (``_check_window``)
         # the returns and movements streams as far as this process read them (``_aftersale``)
         self._read_to: dict[tuple[str, int], str] = {}
@@ -186,6 +187,15 @@ class Ledger:
         return bool(rows)
 
     # -- trimming --------------------------------------------------------------------------
+
+    def mark_exported(self, last: list[str]) -> None:
+        """Each shard's records up to ``last[shard]`` are in a file (`onestock fulfilments
+        --mark-exported`): where no consumer group or record subscriber reads the records,
+        the trim may go up to there (``outbox.trim_points``); the greater of this and what
+        was marked before is kept (export_mark.lua)."""
+        for shard, eid in enumerate(last):
+            if eid != "0-0":
+                self._export_mark(keys=[keys.RECORDS_EXPORTED], args=[str(shard), eid])
 
     def trim(self, shard: int, point: str) -> int:
         """Trim the shard's output stream below ``point`` (every reader is past it) and

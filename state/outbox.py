@@ -167,7 +167,7 @@ def trim_points(client: Redis, k: int, subscribers: list[str]) -> list[str | Non
     entry and each of the record ``subscribers`` (their ids in the catalog) is done: what
     may be trimmed once folded (state/ledger.py; None: nothing reads the stream). Where
     no group or subscriber reads any stream, the records exported to a file
-    (``mark_exported``) may go."""
+    (``Ledger.mark_exported``) may go."""
     progress: list[list[str]] = [[] for _ in range(k)]
     if subscribers:
         pipe = client.pipeline(transaction=False)
@@ -183,15 +183,6 @@ def trim_points(client: Redis, k: int, subscribers: list[str]) -> list[str | Non
     # no reader configured: what was exported to a file (`fulfilments --mark-exported`)
     raw: Any = client.hmget(keys.RECORDS_EXPORTED, [str(s) for s in range(k)])
     return [_next(v.decode()) if v else None for v in raw]
-
-
-def mark_exported(client: Redis, last: list[str]) -> None:
-    """Record that each shard's records up to ``last[shard]`` are exported (kept the
-    greater of this and what was marked before: export_mark.lua)."""
-    script = client.register_script(lua("export_mark"))
-    for shard, eid in enumerate(last):
-        if eid != START:
-            script(keys=[keys.RECORDS_EXPORTED], args=[str(shard), eid])
 
 
 def trim_point(groups: list[GroupState], progress: Iterable[str]) -> str | None:

@@ -37,7 +37,7 @@ from onestock.domain.types import (
     json_encoder,
 )
 from onestock.ops import availability
-from state import keys, outbox
+from state import keys
 from state.outbox import Outbox
 from state.server import embedded_url
 from state.store import Store
@@ -121,7 +121,7 @@ def last_record_ids(store: Store, shards: int) -> list[str]:
 def mark_exported(store: Store, last: list[str]) -> None:
     """The records up to ``last[shard]`` are in a file: where no consumer group or record
     subscriber reads them, the dataflow may trim them (docs/memory.md)."""
-    outbox.mark_exported(store.r, last)
+    store.ledger.mark_exported(last)
 
 
 def write_deadletters(store: Store, shards: int, out: IO[bytes]) -> int:
