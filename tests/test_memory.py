@@ -87,15 +87,12 @@ def test_state_past_the_window_is_deleted_and_a_late_copy_is_a_dead_letter(
     """A dataflow with a window of seconds: a copy within it changes nothing; once every
     shard has read two windows on, the old generation's keys are gone, and a copy that
     comes then (its paid_at older than the window allows) is a dead letter, never sold."""
-    env = {**cli_env, "ONESTOCK_IDEMPOTENCY_DAYS": str(WINDOW_S / 86400),
-           "ONESTOCK_MAX_FUTURE_S": "1"}  # fmt: skip
+    env = window_env(cli_env)
     store = Store.connect(url)
     load(store, catalog())
 
     def push_and_drain(*evs: dict[str, Any]) -> None:
-        lines = b"\n".join(orjson.dumps(e) for e in evs)
-        onestock("orders", "push", "-", input=lines, env=env)
-        onestock("run", "--until-drained", "--workers", "1", env=env, timeout=120)
+        pushed_and_drained(env, *evs)
 
     a = order("a", ("TEE", 2), paid_at=iso_ms(int(time.time() * 1000)))
     push_and_drain(a)
@@ -117,6 +114,19 @@ def test_state_past_the_window_is_deleted_and_a_late_copy_is_a_dead_letter(
     assert sorted(recs) == ["a", "b", "c"]
     dead = [orjson.loads(line)["reason"] for line in _dead(store)]
     assert len(dead) == 1 and "idempotency window" in dead[0], dead
+
+
+def window_env(cli_env: dict[str, str]) -> dict[str, str]:
+    """The environment of a dataflow with a window of ``WINDOW_S`` seconds."""
+    return {**cli_env, "ONESTOCK_IDEMPOTENCY_DAYS": str(WINDOW_S / 86400),
+            "ONESTOCK_MAX_FUTURE_S": "1"}  # fmt: skip
+
+
+def pushed_and_drained(env: dict[str, str], *evs: dict[str, Any]) -> None:
+    """Push the events and run a one-worker dataflow until drained."""
+    lines = b"\n".join(orjson.dumps(e) for e in evs)
+    onestock("orders", "push", "-", input=lines, env=env)
+    onestock("run", "--until-drained", "--workers", "1", env=env, timeout=120)
 
 
 def _gen_keys(store: Store, g: int | None) -> list[bytes]:

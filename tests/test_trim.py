@@ -22,7 +22,7 @@ from state.outbox import Outbox
 from state.store import Store
 from tests.conftest import load, onestock
 from tests.helpers import decide, order, stock
-from tests.test_memory import WINDOW_S, catalog
+from tests.test_memory import WINDOW_S, catalog, pushed_and_drained, window_env
 
 LOADED = {"TEE": {"wh-sh": 100}}
 
@@ -46,15 +46,12 @@ def test_acknowledged_records_are_trimmed_and_settled_and_the_audit_adds_up(
     """A dataflow with a window of seconds and a consumer group: what the group acknowledged
     is trimmed (a later cancel of a trimmed order still counts right), and three windows on
     the old orders are settled into totals; the audit's figures stay those of every record."""
-    env = {**cli_env, "ONESTOCK_IDEMPOTENCY_DAYS": str(WINDOW_S / 86400),
-           "ONESTOCK_MAX_FUTURE_S": "1"}  # fmt: skip
+    env = window_env(cli_env)
     store = Store.connect(url)
     load(store, catalog())
 
     def push_and_drain(*evs: dict[str, Any]) -> None:
-        lines = b"\n".join(orjson.dumps(e) for e in evs)
-        onestock("orders", "push", "-", input=lines, env=env)
-        onestock("run", "--until-drained", "--workers", "1", env=env, timeout=120)
+        pushed_and_drained(env, *evs)
 
     def now() -> str:
         return iso_ms(int(time.time() * 1000))

@@ -116,13 +116,19 @@ class Outcome(NamedTuple):
     gift: str  # the gift field ("" or campaign GS sku GS rank GS location)
 
 
-def outcome_of(packed: str) -> Outcome:
-    """The order id, status, reason, shipments and gift field of a packed record."""
-    oid, _, _, mode, _, _, _, gift, _, outcome = packed.split(SEP, 9)
+def _status(outcome: str) -> tuple[Code, str]:
+    """The code a record's outcome starts with, and the record's status."""
     code = code_of(outcome)
     status = _STATUS.get(code)
     if status is None:
         raise ProtocolError(f"a fulfilment record of outcome {outcome[:40]!r}")
+    return code, status
+
+
+def outcome_of(packed: str) -> Outcome:
+    """The order id, status, reason, shipments and gift field of a packed record."""
+    oid, _, _, mode, _, _, _, gift, _, outcome = packed.split(SEP, 9)
+    code, status = _status(outcome)
     if code is Code.REJECTED:
         return Outcome(oid, status, outcome.split(SEP, 2)[1], [], gift)
     return Outcome(oid, status, None, shipments(outcome, mode), gift)
@@ -131,10 +137,7 @@ def outcome_of(packed: str) -> Outcome:
 def record_from_packed(packed: str) -> FulfilmentRecord:
     """One output stream entry -> the contract's fulfilment record."""
     oid, channel, paid, mode, received, decided, version, gift, late, outcome = packed.split(SEP, 9)
-    code = code_of(outcome)
-    status = _STATUS.get(code)
-    if status is None:
-        raise ProtocolError(f"a fulfilment record of outcome {outcome[:40]!r}")
+    code, status = _status(outcome)
     if code is not Code.ACCEPTED and code is not Code.REJECTED:
         # cancelled, expired: the shipments listed are what was given back; reserved: what
         # is held for the order
