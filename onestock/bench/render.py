@@ -67,6 +67,9 @@ def _gifts_rows(table: Table, figs: Figures) -> None:
     )
 
 
+NOISY_BELOW = 20_000  # orders: the per-order costs below are start-up noise in a small run
+
+
 def _cost_rows(table: Table, figs: Figures) -> None:
     """Redis's and the dataflow's time per order (less a small drain's): the core burst and,
     unless --no-accepted, a burst with every order accepted."""
@@ -80,6 +83,8 @@ def _cost_rows(table: Table, figs: Figures) -> None:
     if not runs:
         return
     names = " / ".join(name for name, _ in runs)
+    if figs.orders < NOISY_BELOW:
+        table.add_row(f"(per-order costs: noise below {NOISY_BELOW:,} orders)", "")
     table.add_row(f"Redis CPU per order, us: {names}",
                   " / ".join(f"{c.redis_cpu_us:.1f}" for _, c in runs))  # fmt: skip
     table.add_row(f"Redis time in Lua scripts per order, us: {names}",
