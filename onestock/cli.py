@@ -154,6 +154,9 @@ def run(
         raise OnestockError(
             f"--workers {settings.workers} exceeds the {settings.shards} input shards"
         )
+    uneven = uneven_shares(settings.shards, settings.workers)
+    if uneven:
+        print(f"onestock: {uneven}", file=sys.stderr, flush=True)
     child = feed_run.start(url) if feed else None
     try:
         rc = run_flow(
@@ -164,6 +167,20 @@ def run(
         if child is not None:
             feed_run.finish(child)
     raise typer.Exit(rc if rc >= 0 else 1)
+
+
+def uneven_shares(shards: int, workers: int) -> str:
+    """A notice when the shards cannot be shared evenly by the workers ("" when they can):
+    Bytewax gives each shard to the worker with the fewest so far, so some read one more."""
+    more = shards % workers
+    if not more:
+        return ""
+    least = shards // workers
+    return (
+        f"{shards} input shards over {workers} workers: {more} read {least + 1} shards, "
+        f"{workers - more} read {least} (an uneven share of the work); a shard count that "
+        "is a multiple of the workers shares evenly (ONESTOCK_SHARDS, before the first push)"
+    )
 
 
 @app.command("feed")

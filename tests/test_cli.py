@@ -203,3 +203,19 @@ def test_redis_server_class_uses_a_loopback_port_when_the_socket_path_is_too_lon
         assert Store.connect(server.url).r.ping()
     finally:
         server.stop()
+
+
+def test_run_says_when_the_workers_cannot_share_the_shards_evenly(
+    cli_env: dict[str, str],
+) -> None:
+    """Bytewax gives each shard to the worker with the fewest so far: 16 shards over 3
+    workers leave one with a sixth more work; `onestock run` says so (and not for 2)."""
+    from onestock.cli import uneven_shares
+
+    assert uneven_shares(16, 2) == "" and uneven_shares(16, 16) == ""
+    assert uneven_shares(16, 12).startswith("16 input shards over 12 workers: 4 read 2 shards")
+    onestock("catalog", "load", str(ROOT / "onestock/demo/catalog.json"), env=cli_env)
+    three = onestock("run", "--until-drained", "--workers", "3", env=cli_env, timeout=120)
+    assert b"16 input shards over 3 workers: 1 read 6 shards, 2 read 5" in three.stderr
+    two = onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
+    assert b"input shards over" not in two.stderr
