@@ -18,6 +18,7 @@ from typing import Any
 from onestock.domain.events import WINDOW_MS
 from state import keys, wire
 from state.conn import Redis, lua
+from state.outbox import Outbox
 
 _SWEEP_SCAN = 1000  # keys per SCAN step
 # Where generations start: at multiples of the window after the epoch, moved by this (ms).
@@ -112,10 +113,7 @@ class Sweeper:
         """Say that generations up to ``upto`` are swept, with each shard's newest output
         entry id read now (sweep_mark.lua): every version of an order of those generations
         was written at or before it (no event finds the order any more)."""
-        pipe = self.r.pipeline(transaction=False)
-        for s in range(shards):
-            pipe.xrevrange(keys.outbox(s), "+", "-", count=1)
-        ids = [rows[0][0].decode() if rows else "0-0" for rows in pipe.execute()]
+        ids = Outbox(self.r, shards).last_ids()
         self._mark_script(keys=[keys.GEN_SWEPT_OUTBOX], args=[upto, *ids])
 
     def _unlink(self, batch: list[bytes]) -> int:

@@ -66,7 +66,7 @@ class Ledger:
         self._export_mark = client.register_script(lua("export_mark"))
         self._window = 0  # the window checked against the first folder's (``_check_window``)
         # the returns and movements streams as far as this process read them (``_aftersale``)
-        self._read_to: dict[tuple[str, int], str] = {}
+        self._read_to: dict[str, str] = {}
         self._back: Counter[tuple[str, str]] = Counter()
         self._offs: set[str] = set()
 
@@ -234,22 +234,25 @@ class Ledger:
     def _aftersale(self, shards: int) -> tuple[Counter[tuple[str, str]], set[str]]:
         """Units returned per (order, SKU) and the applied write-offs' ids, read on from
         where this process last read the returns and movements streams (never trimmed)."""
-        for name, stream_of, decode in (
-            ("returns", keys.returns, return_from_packed),
-            ("movements", keys.movements, movement_from_packed),
-        ):
-            for s in range(shards):
-                got: list[Any] = []
-                after = self._read_to.get((name, s), "")
-                for eid, f in self._entries(stream_of(s), after):
-                    got += [decode(p) for p in packed_records(f)]
-                    after = eid.decode()
-                self._read_to[(name, s)] = after
-                returned, moved = (got, []) if name == "returns" else ([], got)
-                back, offs = aftersale(returned, moved, Totals())
-                self._back.update(back)
-                self._offs |= offs
+        returned: list[Any] = []
+        moved: list[Any] = []
+        for s in range(shards):
+            returned += self._read_on(keys.returns(s), return_from_packed)
+            moved += self._read_on(keys.movements(s), movement_from_packed)
+        back, offs = aftersale(returned, moved, Totals())
+        self._back.update(back)
+        self._offs |= offs
         return self._back, self._offs
+
+    def _read_on(self, stream: str, decode: Any) -> list[Any]:
+        """The stream's records after where this process last read it, decoded."""
+        after = self._read_to.get(stream, "")
+        got: list[Any] = []
+        for eid, f in self._entries(stream, after):
+            got += [decode(p) for p in packed_records(f)]
+            after = eid.decode()
+        self._read_to[stream] = after
+        return got
 
     def _settle_gen(
         self, shard: int, gen: int, effects: tuple[Counter[tuple[str, str]], set[str]],
