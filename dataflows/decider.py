@@ -304,7 +304,8 @@ class Decider:
         fields = ids if step == 1 else [f for oid in ids for f in (oid, ec + oid)]
         mark = self._mark.get(shard)
         ahead = mark is not None and parse_id(last_id) > mark
-        skus, pairs = self.refusals.to_read(firsts, self.view.rules.limits)
+        rules = self.view.rules
+        skus, pairs, whole = self.refusals.to_read(firsts, rules.limits, rules.bucketed)
         pre = self.wait.call(
             self.store.shards.prelude, shard, fields, skus, pairs, last_id if ahead else None
         )
@@ -322,6 +323,13 @@ class Decider:
         if pre.version != self.version:
             self.refresh()
         short = self.refusals.left(pre.skus, self.view.floors) if refusing else {}
+        if refusing and whole:  # hot SKUs split into buckets: every bucket read at one moment
+            counts = self.view.buckets.count
+            read = self.wait.call(
+                self.store.buckets.snapshot, {s: counts[s] for s in whole if s in counts},
+                self.version,
+            )  # fmt: skip
+            short.update(self.refusals.pooled(read, self.view.floors))
         return _Prelude(ids, pre.registry, step, short, pre.bought, mark)
 
     def _judge(self, shard: int, batch: Batch, pre: _Prelude) -> _Judged:
@@ -334,7 +342,7 @@ class Decider:
         view = self.view
         short, bought = pre.short, pre.bought
         judge, precheck, paid = self.refusals.judge, self._precheck, self._paid
-        channels, bucketed_skus = view.store_channels, view.rules.bucketed
+        channels = view.store_channels
         Valid, cancelled = events.Valid, Code.CANCELLED
         outcome: dict[str, str] = {}
         todo: list[Order] = []
@@ -360,7 +368,7 @@ class Decider:
             reason = precheck(o)
             if reason is None and short:
                 paid_ms = d.paid_ms  # type: ignore[union-attr]
-                reason = judge(o, paid_ms, short, bought, channels, bucketed_skus)
+                reason = judge(o, paid_ms, short, bought, channels)
             if reason is not None:
                 outcome[oid] = reason
                 continue
@@ -482,6 +490,8 @@ class Decider:
                 if code in final:
                     if text == SOLD_OUT:
                         sold_out(o)
+                    elif text == NO_PICKUP:
+                        self.refusals.no_pickup(o)
                 elif code == candidate:  # accepted and a first-N candidate: record held
                     held_ids.add(o.order_id)
                     text = text[1:]
@@ -524,6 +534,8 @@ class Decider:
                     candidates.setdefault(sku, []).append((o.order_id, self._paid[o.order_id]))
             elif res == SOLD_OUT:  # (the next read keeps only SKUs without the units)
                 self.refusals.sold_out(o)
+            elif res == NO_PICKUP:
+                self.refusals.no_pickup(o)
         for sku, items in candidates.items():
             self.wait.call(self.store.campaigns.add_candidates, sku, items)
 

@@ -5,6 +5,11 @@ stock of the SKUs ``decide.lua`` last answered sold_out for (the suspects) in th
 first round trip and refuses here, without a Lua call, the orders the scripts would refuse
 (a refusal writes nothing, so the read is the decision). ``Decider.process`` decides when a
 batch may be refused so (wholly after the shard's decide mark, under an unchanged catalog).
+
+A hot SKU split into buckets is read whole (``state.buckets.Buckets.snapshot``: every
+bucket at one moment, no transfer in flight) and judged by what its buckets hold together:
+what an order could get once its bucket borrowed everything the others may lend is at most
+that, so an order it cannot cover is one the scripts would refuse after borrowing.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ VIP_ONLY, LIMIT = rejected("vip_only"), rejected("limit_exceeded")
 
 class Left(NamedTuple):
     """A SKU read for refusals: its units for a store channel's order, for an online
-    channel's (the safety stock left out), and what its stock hash says."""
+    channel's (the safety stock left out), and what its stock hash says (``read.levels``:
+    units per location, what a store channel's pickup there may take); ``online_at``: per
+    location what an online channel's pickup there may take."""
 
     units: int
     online: int
     read: Alone
+    online_at: dict[str, int]
 
 
 def locked_out(locks: list[Lock], channel: str, paid_ms: int, qty: int, units: int) -> bool:
@@ -44,23 +52,37 @@ class Refusals:
     def __init__(self) -> None:
         # SKUs decide.lua last answered sold_out for: the next batch reads their stock first
         self.suspects: set[str] = set()
+        # (SKU, store) of pickups the scripts last answered pickup_unavailable: a batch with
+        # a pickup of that SKU there reads the SKU first
+        self.stores: set[tuple[str, str]] = set()
 
     def sold_out(self, o: Order) -> None:
-        """The scripts answered sold_out for the order: its SKUs become suspects (not a
-        hot-SKU bucket's internal name: buckets borrow before refusing)."""
-        self.suspects.update(ln.sku for ln in o.lines if BUCKET not in ln.sku)
+        """The scripts answered sold_out for the order: its SKUs become suspects (a hot-SKU
+        bucket's internal name stands for its SKU: the order borrowed before it was
+        refused)."""
+        self.suspects.update(ln.sku.partition(BUCKET)[0] for ln in o.lines)
+
+    def no_pickup(self, o: Order) -> None:
+        """The scripts answered pickup_unavailable for the order: its SKUs at its store
+        become suspects (``stores``)."""
+        store = o.delivery.store or ""
+        self.stores.update((ln.sku.partition(BUCKET)[0], store) for ln in o.lines)
 
     def to_read(
-        self, firsts: dict[str, tuple[str, events.Decoded]], limits: dict[str, int]
-    ) -> tuple[list[str], list[tuple[str, str]]]:
+        self,
+        firsts: dict[str, tuple[str, events.Decoded]],
+        limits: dict[str, int],
+        bucketed: frozenset[str] = frozenset(),
+    ) -> tuple[list[str], list[tuple[str, str]], list[str]]:
         """What the batch reads first: the suspects' stock and that of the other SKUs of the
         batch's orders with a suspect line (every SKU of an order refused on the read is
-        read); and the (SKU, customer) pairs of those SKUs with a per-customer limit
+        read); the (SKU, customer) pairs of those SKUs with a per-customer limit
         (``limits``) whose customer has one order of that SKU in the batch (with two, the
-        first may count before the second is judged: decide.lua judges those)."""
-        suspects = self.suspects
-        if not suspects:
-            return [], []
+        first may count before the second is judged: decide.lua judges those); and apart,
+        those SKUs split into buckets (``bucketed``: read whole, ``pooled``)."""
+        suspects, stores = self.suspects, self.stores
+        if not suspects and not stores:
+            return [], [], []
         wanted = set(suspects)
         orders: dict[tuple[str, str], int] = {}
         Valid = events.Valid
@@ -68,6 +90,13 @@ class Refusals:
             if d.__class__ is Valid:
                 o = d.order  # type: ignore[union-attr]
                 lines = o.lines
+                if stores and o.delivery.mode == "pickup":
+                    at = o.delivery.store
+                    picked = [ln.sku for ln in lines if (ln.sku, at) in stores]
+                    if picked and len(lines) == 1:
+                        wanted.add(picked[0])
+                    elif picked:
+                        wanted.update(ln.sku for ln in lines)
                 if len(lines) > 1 and any(ln.sku in suspects for ln in lines):
                     wanted.update(ln.sku for ln in lines)
                 if limits:
@@ -76,7 +105,8 @@ class Refusals:
                             pair = (ln.sku, o.customer.id)
                             orders[pair] = orders.get(pair, 0) + 1
         pairs = [pair for pair, n in orders.items() if n == 1 and pair[0] in wanted]
-        return list(wanted), pairs
+        split = wanted & bucketed if bucketed else set()
+        return list(wanted - split), pairs, list(split)
 
     def left(self, read: dict[str, Alone | None], floors: dict[str, int]) -> dict[str, Left]:
         """The SKUs read whose stock can refuse an order (``state.store.read_alone``), with
@@ -89,11 +119,46 @@ class Refusals:
                 continue
             levels = got.levels
             units = sum(u for u in levels.values() if u > 0)
-            online = sum(u - floors.get(loc, 0) for loc, u in levels.items()
-                         if u > floors.get(loc, 0))  # fmt: skip
-            short[sku] = Left(units, online, got)
-            if online and not got.locks:  # (a no-op for the other SKUs read)
-                self.suspects.discard(sku)
+            at = {loc: u - floors.get(loc, 0) for loc, u in levels.items()
+                  if u > floors.get(loc, 0)}  # fmt: skip
+            short[sku] = self._cleared(sku, Left(units, sum(at.values()), got, at))
+        return short
+
+    def _cleared(self, sku: str, left: Left) -> Left:
+        """A SKU an order can still take a unit of (and no lock) stops being a suspect, and
+        so at a store where a pickup can: decide.lua tells again."""
+        if left.online and not left.read.locks:  # (a no-op for the other SKUs read)
+            self.suspects.discard(sku)
+        if self.stores:
+            for store in [s for k, s in self.stores if k == sku and left.online_at.get(s)]:
+                self.stores.discard((sku, store))
+        return left
+
+    def pooled(self, read: dict[str, list[Alone]], floors: dict[str, int]) -> dict[str, Left]:
+        """The hot SKUs read whole (per SKU its buckets, bucket 0 first: ``snapshot``) as
+        ``left`` gives a SKU: units for a store channel's order (all of them), for an online
+        one's (bucket 0 keeps the safety stock ``floors`` when it lends; the other buckets'
+        units are anyone's), and bucket 0's rules (a bucketed SKU has no limit or lock: the
+        catalog refuses them) with the units per location summed. A SKU an order can still
+        take a unit of stops being a suspect."""
+        short: dict[str, Left] = {}
+        for sku, parts in read.items():
+            levels: dict[str, int] = {}
+            at: dict[str, int] = {}
+            units = 0
+            for b, part in enumerate(parts):
+                for loc, u in part.levels.items():
+                    levels[loc] = levels.get(loc, 0) + u
+                    if u > 0:
+                        units += u
+                        free = u if b else u - floors.get(loc, 0)
+                        if free > 0:
+                            at[loc] = at.get(loc, 0) + free
+            first = parts[0]
+            if first.limit is not None or any(p.locks for p in parts):
+                continue  # (never loaded so: the scripts judge)
+            read_ = Alone(levels, first.vip_until, None, [])
+            short[sku] = self._cleared(sku, Left(units, sum(at.values()), read_, at))
         return short
 
     @staticmethod
@@ -103,7 +168,6 @@ class Refusals:
         short: dict[str, Left],
         bought: dict[tuple[str, str], int],
         store_channels: set[str],
-        bucketed: frozenset[str],
     ) -> str | None:
         """The refusal decide.lua (or the cross-slot path) would give the order, or None: the
         order goes to the scripts. ``short``: the SKUs read (``left``; every SKU of the
@@ -116,19 +180,20 @@ class Refusals:
         channel's units outside the other channels' locks only fall), except a customer's
         count (hence one order per customer) and a pickup's reason (a lock's sold_out, or
         pickup_unavailable once the units fall below the line: decided by the script).
-        Hot-SKU buckets (``bucketed``) borrow before refusing: never here."""
+        A hot SKU split into buckets is in ``short`` only as read whole (``pooled``)."""
         lines = o.lines
         online = o.channel not in store_channels
-        pickup = o.delivery.mode == "pickup"
+        store = o.delivery.store if o.delivery.mode == "pickup" else None
+        pickup = store is not None
         if len(lines) == 1:  # (the usual order, without the loops)
             left = short.get(lines[0].sku)
-            if left is None or (bucketed and lines[0].sku in bucketed):
+            if left is None:
                 return None
-            lacking = (left.online if online else left.units) < lines[0].qty
+            lacking = _has(left, online, store) < lines[0].qty
             if not lacking and (pickup or not left.read.locks):
                 return None
         else:
-            basket = _lacking(lines, short, online, pickup, bucketed)
+            basket = _lacking(lines, short, online, store)
             if basket is None:
                 return None
             lacking = basket
@@ -149,25 +214,27 @@ class Refusals:
         return _by_stock(o, paid_ms, short, pickup)
 
 
+def _has(left: Left, online: bool, store: str | None) -> int:
+    """What an order can take of a SKU read (``left``): an online channel's cannot take the
+    safety stock; a pickup only what its store holds (lib_route.lua ``holds_all``)."""
+    if store is None:
+        return left.online if online else left.units
+    return left.online_at.get(store, 0) if online else max(0, left.read.levels.get(store, 0))
+
+
 def _lacking(
     lines: list[Line],
     short: dict[str, Left],
     online: bool,
-    pickup: bool,
-    bucketed: frozenset[str],
+    store: str | None,
 ) -> bool | None:
     """For an order of several lines: whether a line has more units than its SKU has left
-    for the order (an online channel's order cannot take the safety stock); None when
-    the scripts tell (a SKU not read or bucketed, or no line lacking and no lock to
-    judge)."""
+    for the order (``_has``); None when the scripts tell (a SKU not read, or no line
+    lacking and no lock to judge)."""
     if not all(ln.sku in short for ln in lines):
         return None
-    if bucketed and any(ln.sku in bucketed for ln in lines):
-        return None
-    lacking = any(
-        (short[ln.sku].online if online else short[ln.sku].units) < ln.qty for ln in lines
-    )
-    if not lacking and (pickup or not any(short[ln.sku].read.locks for ln in lines)):
+    lacking = any(_has(short[ln.sku], online, store) < ln.qty for ln in lines)
+    if not lacking and (store is not None or not any(short[ln.sku].read.locks for ln in lines)):
         return None
     return lacking
 

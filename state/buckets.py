@@ -18,16 +18,25 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
 from onestock.domain.protocol import SEP
 from onestock.domain.types import Sku
-from state import keys
+from state import keys, wire
+from state.stock import Alone, fields, read_alone
 
 LEASE_S = 5.0  # a crashed mover's lease ends after this; a move takes a few round trips
 WAIT_S = 30.0  # one wait for the lease (the caller waits again while it is held)
+_UP, _VERSION = keys.STOCK_UP.encode(), keys.RULES_VERSION.encode()
+
+
+class Whole(NamedTuple):
+    """``Buckets.read_whole``: per SKU its buckets' names, and the first round's replies."""
+
+    names: list[tuple[str, list[str]]]
+    got: list[Any]
 
 
 def split(sku: Sku, floors: dict[str, int]) -> list[dict[str, int]]:
@@ -132,6 +141,57 @@ class Buckets:
             for loc, qty in part.items():
                 levels[loc] = levels.get(loc, 0) + qty
         return levels
+
+    def snapshot(self, counts: dict[str, int], version: int) -> dict[str, list[Alone]]:
+        """Per bucketed SKU (``counts``: its bucket count), each bucket's stock hash as
+        ``read_alone`` reads it, bucket 0 first, holding at least the units every bucket
+        held at one moment, with none in flight then; a SKU left out cannot be told so (a
+        transfer in flight, units that came in during the read, a bucket missing, its rules
+        written by a catalog newer than ``version``).
+
+        Two round trips (``read_whole``, then ``confirm``): every bucket's stock hash and
+        its transfers in flight, then, once all of those are answered, every bucket's count
+        again (``keys.STOCK_UP``: moved by every script that gives a bucket units or lends
+        its units; lib_stock.lua ``add_units``). Between its two reads a bucket whose count
+        did not move could only lose units (sales), so at the moment between the rounds it
+        held at most what was read; and no transfer was in flight then (a lend moves the
+        lender's count, one lent before the first read still shows in flight unless it was
+        received, which moves the recipient's count). No lease, no script: a sold-out hot
+        SKU's orders are refused on this read like any other SKU's (dataflows/refusals.py),
+        while the other buckets keep selling."""
+        return self.confirm(self.read_whole(counts), version)
+
+    def read_whole(self, counts: dict[str, int]) -> Whole:
+        """``snapshot``'s first round trip."""
+        names = [(sku, [keys.bucket(sku, b) for b in range(n)]) for sku, n in counts.items()]
+        first: list[tuple[Any, ...]] = []
+        for _, buckets in names:
+            first += [("HGETALL", keys.stock(b)) for b in buckets]
+            first += [("HLEN", keys.lent(b)) for b in buckets]
+        return Whole(names, wire.reads(self.r, first))
+
+    def confirm(self, whole: Whole, version: int) -> dict[str, list[Alone]]:
+        """``snapshot``'s second round trip (after ``read_whole`` answered) and its answer."""
+        names, got = whole
+        up = [("HGET", keys.stock(b), keys.STOCK_UP) for _, buckets in names for b in buckets]
+        again = iter(wire.reads(self.r, up))
+        out: dict[str, list[Alone]] = {}
+        at = 0
+        for sku, buckets in names:
+            n = len(buckets)
+            hashes, lent = got[at : at + n], got[at + n : at + 2 * n]
+            at += 2 * n
+            after = [next(again) for _ in buckets]
+            if any(lent) or not all(hashes):
+                continue
+            flat = [fields(h) for h in hashes]
+            if any(f.get(_UP) != a or int(f.get(_VERSION, 0)) > version
+                   for f, a in zip(flat, after, strict=True)):  # fmt: skip
+                continue
+            parts = [read_alone(f) for f in flat]
+            if all(parts):
+                out[sku] = parts  # type: ignore[assignment]
+        return out
 
     def clear_in_flight(self, sku: str, count: int) -> None:
         """Forget transfers in flight (a catalog load replaces the stock they came from)."""

@@ -35,6 +35,9 @@ RULE_LOW = "\x00low"  # low_stock_threshold, units
 # catalog is older answers "stale" and changes nothing (an order is judged by one catalog).
 RULES_VERSION = "\x00v"
 ALERTED = "\x00alerted"  # flag: the low-stock alert fired (cleared when a restock lifts it)
+# How many times the stock hash's units changed: only grows (lib_stock.lua add_units); a
+# reader of a hot SKU's buckets compares it before and after (state/buckets.py snapshot)
+STOCK_UP = "\x00up"
 # A channel lock of the SKU: its units, its end (epoch ms), and the units its channel drew
 # from it so far (kept across catalog reloads while the SKU keeps a lock for that channel).
 LOCK_QTY, LOCK_UNTIL, LOCK_USED = "\x00Lq:", "\x00Lu:", "\x00Lc:"

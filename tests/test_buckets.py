@@ -166,6 +166,74 @@ def test_a_cancel_and_a_return_of_a_bucketed_order_give_units_back(store: Store)
     assert ops.stock_view(store, "HOT")["HOT"].total == 8  # 8 - 2 - 1, + 2 back, + 1 back
 
 
+def _evalsha(store: Store) -> int:
+    return int(store.r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_sold_out_bucketed_sku_is_refused_on_a_read_like_any_other(store: Store) -> None:
+    load(store, catalog({"wh-a": 4}))  # one unit in each bucket
+    store.r.hset(keys.stock("SIDE"), "wh-a", 0)
+    store.r.hset(keys.stock("SIDE"), "wh-b", 0)
+    d = Decider(store, say=lambda _m: None)
+    first = [order(f"a{i}", ("HOT", 1)) for i in range(6)] + [order("s0", ("SIDE", 1))]
+    recs, _ = decide(store, first, shard=1, decider=d)
+    assert [r.status for r in recs[:4]] == ["accepted"] * 4
+    assert {r.reason for r in recs[4:]} == {"sold_out"}
+    # the next batches: the hot SKU's orders, in every bucket, are refused on the read with
+    # no script but the batch's emit, no lease and no borrowing, as the plain SKU's are
+    for shard in (2, 3, 0):
+        calls = {}
+        for n, sku in enumerate(("SIDE", "HOT", "HOT")):
+            before = _evalsha(store)
+            batch = [order(f"{sku}{shard}-{n}-{i}", (sku, 1)) for i in range(9)]
+            recs, _ = decide(store, batch, shard, decider=d)
+            assert {r.reason for r in recs} == {"sold_out"} and len(recs) == 9
+            calls[n] = _evalsha(store) - before
+        assert calls[1] == calls[0] == calls[2], calls  # (emit.lua and the shard's tick)
+    # a store channel's order, a pickup and a basket too
+    before = _evalsha(store)
+    recs, _ = decide(store, [order("st", ("HOT", 1), channel="pos"),
+                             order("pk", ("HOT", 1), pickup="st-c"),
+                             order("bk", ("HOT", 1), ("SIDE", 1))], 2, decider=d)  # fmt: skip
+    assert [r.reason for r in recs] == ["sold_out", "pickup_unavailable", "sold_out"]
+    assert _evalsha(store) - before == calls[0]
+    # a unit back (a cancel into bucket 2): the read sees it, the order gets it
+    decide(store, [{"type": "cancel", "order_id": "a1"}], shard=1, decider=d)
+    recs, _ = decide(store, [order("back", ("HOT", 1))], shard=3, decider=d)
+    assert recs[0].status == "accepted"
+
+
+def _sold_out_hot(store: Store) -> int:
+    """HOT loaded with a unit in buckets 0 and 2, the rest sold; the catalog version."""
+    cat = load(store, catalog({"wh-a": 4}))
+    for b in (1, 3):
+        store.r.hset(keys.stock(keys.bucket("HOT", b)), "wh-a", 0)
+    return int(store.r.get(keys.CATALOG_VERSION))  # type: ignore[arg-type]
+
+
+def test_a_read_of_the_buckets_is_one_moment_or_none(store: Store) -> None:
+    version = _sold_out_hot(store)
+    hot = {"HOT": 4}
+    got = store.buckets.snapshot(hot, version)
+    assert [p.levels for p in got["HOT"]] == [{"wh-a": 1}, {"wh-a": 0}, {"wh-a": 1}, {"wh-a": 0}]
+    assert store.buckets.snapshot(hot, version - 1) == {}  # rules of a newer catalog
+    # units that move between the two rounds: the read cannot tell the moment, leaves it out
+    into = keys.bucket("HOT", 1)
+    whole = store.buckets.read_whole(hot)
+    store.buckets.borrow([("HOT", 4, 1, ["wh-a"])], True, {})  # buckets 0 and 2 lend to 1
+    assert store.buckets.confirm(whole, version) == {}
+    assert [p.levels["wh-a"] for p in store.buckets.snapshot(hot, version)["HOT"]] == [0, 2, 0, 0]
+    # a transfer in flight before the read (the lender gave, the recipient has not received)
+    store.buckets._lend(keys=[keys.stock(into), keys.lent(into)], args=["t9", 3, "all", "wh-a", 0])
+    assert store.buckets.snapshot(hot, version) == {}
+    store.buckets.reconcile("HOT", 4)
+    assert [p.levels["wh-a"] for p in store.buckets.snapshot(hot, version)["HOT"]] == [0, 0, 0, 2]
+    # a unit that comes in during the read (here by a reload of one bucket)
+    whole = store.buckets.read_whole(hot)
+    store.skus.set_stock(keys.bucket("HOT", 2), {"wh-a": 1}, [])
+    assert store.buckets.confirm(whole, version) == {}
+
+
 PROCS, ORDERS_EACH, STOCK = 8, 200, {"wh-a": 61, "wh-b": 17, "st-c": 9}
 
 
@@ -228,3 +296,23 @@ def test_kill_9_mid_burst_with_buckets_then_resume(cli_env: dict[str, str], url:
     assert all(not store.r.hlen(keys.lent(keys.bucket(hot, b))) for b in range(4))
     # nothing left an online channel could sell (bucket 0 keeps the safety stock)
     assert ops.stock_view(store, hot)[hot].available["tmall"] == 0
+
+
+def test_a_pickup_at_a_store_the_buckets_lack_is_refused_without_borrowing(store: Store) -> None:
+    load(store, catalog({"wh-a": 40, "st-c": 4}))  # st-c: all in bucket 0, 2 of safety stock
+    d = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order("p1", ("HOT", 2), pickup="st-c")], shard=1, decider=d)
+    assert recs[0].status == "accepted"  # bucket 1 borrowed the 2 above the floor
+    recs, _ = decide(store, [order("p2", ("HOT", 1), pickup="st-c")], shard=2, decider=d)
+    assert recs[0].reason == "pickup_unavailable"  # (after borrowing: only the floor is left)
+    before = _evalsha(store)
+    decide(store, [order("u", ("NOPE", 1))], shard=3, decider=d)  # no script: the reference
+    plain = _evalsha(store) - before
+    for shard in (1, 2, 3, 0):  # every bucket: refused on the read, no lease, no borrowing
+        before = _evalsha(store)
+        recs, _ = decide(store, [order(f"q{shard}", ("HOT", 1), pickup="st-c")], shard, d)
+        assert recs[0].reason == "pickup_unavailable"
+        assert _evalsha(store) - before == plain
+    # a store channel may take the safety stock: the read lets its pickup through
+    recs, _ = decide(store, [order("s", ("HOT", 2), channel="pos", pickup="st-c")], 1, d)
+    assert recs[0].status == "accepted"

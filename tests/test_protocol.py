@@ -225,3 +225,26 @@ def test_every_name_a_script_uses_is_defined(store: Store) -> None:
         assert not undeclared(text), f"{name}: undeclared {sorted(undeclared(text))}"
     # (and the check sees a library left out)
     assert {"route", "read_spec"} <= undeclared(lua("decide", "lib_stock"))
+
+
+# A unit given to a stock hash is counted ('\0up', keys.STOCK_UP): a reader of a hot SKU's
+# buckets compares the counts around its read (state/buckets.py snapshot). A script with
+# lib_stock.lua changes units through add_units; the four without it count beside the call.
+STOCK_HINCRBY = re.compile(r"'HINCRBY', (?:sku_key\([^()]*K_STOCK\)|key|stock_key),")
+SELF_COUNTING = {"lend.lua", "receive.lua", "gift.lua", "gift_return.lua"}
+
+
+def test_every_change_of_units_in_a_script_is_counted() -> None:
+    for path in sorted(LUA.glob("*.lua")):
+        text = path.read_text()
+        code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+        if path.name == "lib_stock.lua":
+            continue
+        if path.name in SELF_COUNTING:
+            calls = re.findall(r"redis\.call\('HINCRBY', KEYS\[1\], [^\n]*", code)
+            counted = [c for c in calls if "STOCK_UP" in c]
+            assert calls and len(counted) == len(calls) - len(counted), path.name
+        else:
+            assert not STOCK_HINCRBY.search(code), f"{path.name}: HINCRBY on a stock hash"
+    set_stock = (LUA / "set_stock.lua").read_text()
+    assert "STOCK_UP, up" in set_stock  # a reload counts, and carries the count over its DEL

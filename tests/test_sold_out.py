@@ -299,3 +299,26 @@ def test_a_sku_split_into_buckets_since_borrows_before_refusing(store: Store) ->
     assert int(store.r.hget(keys.stock("HOT"), "wh-a")) < 3  # type: ignore[arg-type]
     recs, _ = decide(store, [order("b1", ("HOT", 3))], decider=d)
     assert outcome(recs[0]) == "accepted"  # its bucket borrowed from the other one
+
+
+def test_a_pickup_at_a_store_without_the_units_is_refused_on_the_read(store: Store) -> None:
+    load(store, catalog(stock={"wh-a": 9, "st-b": 1}))
+    d = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order("p1", ("HOT", 2), pickup="st-b")], decider=d)
+    assert outcome(recs[0]) == "pickup_unavailable" and stored(store, "p1")
+    # the SKU is far from sold out, but its store is: a pickup there is refused on the read,
+    # one it can serve and the shipments still go to decide.lua
+    batch = [order("p2", ("HOT", 2), pickup="st-b"), order("p3", ("HOT", 1), pickup="st-b"),
+             order("s1", ("HOT", 1))]  # fmt: skip
+    recs, _ = decide(store, batch, decider=d)
+    assert [outcome(r) for r in recs] == ["pickup_unavailable", "accepted", "accepted"]
+    assert not stored(store, "p2") and stored(store, "p3") and stored(store, "s1")
+    # (that read saw the store's last unit: the next pickup there goes to decide.lua, which
+    # says again that the store lacks the units)
+    for oid, asked in (("p4", True), ("p5", False)):
+        recs, _ = decide(store, [order(oid, ("HOT", 1), pickup="st-b")], decider=d)
+        assert outcome(recs[0]) == "pickup_unavailable" and stored(store, oid) == asked
+    # units back at the store: the read lets the pickups through again
+    store.r.hset(keys.stock("HOT"), "st-b", 3)
+    recs, _ = decide(store, [order("p6", ("HOT", 2), pickup="st-b")], decider=d)
+    assert outcome(recs[0]) == "accepted"

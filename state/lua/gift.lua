@@ -20,6 +20,7 @@ for i = 1, n do
       local loc = ARGV[p + 1 + j]
       if tonumber(redis.call('HGET', KEYS[1], loc) or '0') >= 1 then
         redis.call('HINCRBY', KEYS[1], loc, -1)
+        redis.call('HINCRBY', KEYS[1], STOCK_UP, 1) -- (lib_stock.lua add_units)
         got = loc
         break
       end

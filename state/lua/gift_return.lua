@@ -10,6 +10,7 @@ for i, key in ipairs(ARGV) do
   local loc = redis.call('HGET', KEYS[2], key)
   if loc and string.byte(loc, 1) ~= 0 then
     redis.call('HINCRBY', KEYS[1], loc, 1)
+    redis.call('HINCRBY', KEYS[1], STOCK_UP, 1) -- (lib_stock.lua add_units)
     redis.call('HSET', KEYS[2], key, GIFT_BACK .. loc)
     out[i] = 1
   else

@@ -21,6 +21,7 @@ for i = 4, #ARGV, 2 do
   if have > 0 then
     local give = all and have or math.ceil(have / 2)
     redis.call('HINCRBY', KEYS[1], loc, -give)
+    redis.call('HINCRBY', KEYS[1], STOCK_UP, 1) -- (lib_stock.lua add_units)
     out[#out + 1] = loc
     out[#out + 1] = give
   end

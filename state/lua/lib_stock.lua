@@ -209,7 +209,23 @@ local function lock_take(locks, ch, paid, q, units)
   return math.min(q, own)
 end
 
--- One HSET of the fields marked in `changed`, their values taken from `values`.
+-- A change of a stock hash's units that may raise what an order can take (units back, in,
+-- moved, a reload), and a lend (units in flight), counts in its field '\0up' (STOCK_UP),
+-- which only grows (set_stock.lua carries it over): a reader of several hashes on different
+-- slots (a hot SKU's buckets, state/buckets.py `snapshot`) that finds each one's count the
+-- same after its read as before knows no unit came in meanwhile, so what it read is at
+-- least what there was at one moment. Scripts change units through add_units (a decrease
+-- counts too: harmless); decide.lua and reserve_parts.lua only take units (and draw locks,
+-- which a bucketed SKU has none of) through write_changed, which does not count, so a
+-- burst's sales never spoil a read. Those without this library (lend, receive, gift,
+-- gift_return) count themselves.
+local function add_units(key, field, n)
+  redis.call('HINCRBY', key, field, n)
+  redis.call('HINCRBY', key, STOCK_UP, 1)
+end
+
+-- One HSET of the fields marked in `changed`, their values taken from `values` (units
+-- taken, locks drawn: see add_units).
 local function write_changed(key, changed, values)
   local args = {}
   for field in pairs(changed) do

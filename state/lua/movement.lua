@@ -99,7 +99,7 @@ local function hold()
   local taken, reason = takes()
   if not taken then return nil, refuse(reason) end
   for i, l in ipairs(lines) do
-    if taken[i] > 0 then redis.call('HINCRBY', sku_key(l.s, K_STOCK), l.loc, -taken[i]) end
+    if taken[i] > 0 then add_units(sku_key(l.s, K_STOCK), l.loc, -taken[i]) end
   end
   redis.call('HSET', state_key, field, MOVE_HELD .. SEP .. table.concat(taken, SEP))
   return taken
@@ -109,9 +109,9 @@ local function commit(taken)
   for _, l in ipairs(lines) do
     local key = sku_key(l.s, K_STOCK)
     if l.op == 'in' or l.op == 'count' then
-      redis.call('HINCRBY', key, l.loc, l.q)
+      add_units(key, l.loc, l.q)
     elseif l.op == 'move' then
-      redis.call('HINCRBY', key, l.to, l.q)
+      add_units(key, l.to, l.q)
     end
   end
   local out = {}
@@ -129,7 +129,7 @@ end
 
 local function abort(taken)
   for i, l in ipairs(lines) do
-    if taken[i] > 0 then redis.call('HINCRBY', sku_key(l.s, K_STOCK), l.loc, taken[i]) end
+    if taken[i] > 0 then add_units(sku_key(l.s, K_STOCK), l.loc, taken[i]) end
   end
   settle_alerts()
   return refuse(why)

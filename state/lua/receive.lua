@@ -27,6 +27,7 @@ for i = 1, n do
     applied = applied + 1
     for j = p + 1, p + 2 * pairs_, 2 do
       redis.call('HINCRBY', KEYS[1], ARGV[j], tonumber(ARGV[j + 1]))
+      redis.call('HINCRBY', KEYS[1], STOCK_UP, 1) -- (lib_stock.lua add_units)
     end
   end
   p = p + 1 + 2 * pairs_

@@ -36,10 +36,10 @@ for _, x in ipairs(parsed) do
   local customer, channel = f[1], f[2]
   for i = 3, #f, 5 do
     local s, q, own = index[f[i + 1]], tonumber(f[i + 2]), tonumber(f[i + 4])
-    redis.call('HINCRBY', sku_key(s, K_STOCK), f[i], q)
+    add_units(sku_key(s, K_STOCK), f[i], q)
     if f[i + 3] == '1' then redis.call('HINCRBY', sku_key(s, K_BOUGHT), customer, -q) end
     if own > 0 and redis.call('HEXISTS', sku_key(s, K_STOCK), LOCK_QTY .. channel) == 1 then
-      redis.call('HINCRBY', sku_key(s, K_STOCK), LOCK_USED .. channel, -own)
+      add_units(sku_key(s, K_STOCK), LOCK_USED .. channel, -own)
     end
   end
   redis.call('HDEL', sku_key(x[2], K_RECORDS), x[1])

@@ -57,7 +57,7 @@ if mode == 'undo' then
   for part in string.gmatch(stored, '[^' .. SEP .. ']+') do f[i] = part; i = i + 1 end
   for j = 2, #f - 2, 3 do
     for s = 1, nskus do
-      if names[s] == f[j + 1] then redis.call('HINCRBY', sku_key(s, K_STOCK), f[j], tonumber(f[j + 2])) end
+      if names[s] == f[j + 1] then add_units(sku_key(s, K_STOCK), f[j], tonumber(f[j + 2])) end
     end
   end
   redis.call('HSET', home, key, CANCELLED .. string.sub(stored, 2))
@@ -66,7 +66,7 @@ if mode == 'undo' then
 end
 if mode == 'give' then -- the lines' units back at the first location, once
   if stored then return stored end
-  for _, ln in ipairs(lines) do redis.call('HINCRBY', sku_key(ln.s, K_STOCK), locs[1], ln.q) end
+  for _, ln in ipairs(lines) do add_units(sku_key(ln.s, K_STOCK), locs[1], ln.q) end
   redis.call('HSET', home, key, CANCELLED)
   for s = 1, nskus do settle(s, (read_stock(sku_key(s, K_STOCK)))) end
   return CANCELLED
@@ -110,7 +110,7 @@ for _, ln in ipairs(lines) do
 end
 local out = { ACCEPTED }
 for _, a in ipairs(allocs) do
-  redis.call('HINCRBY', sku_key(a.s, K_STOCK), a.loc, -a.q)
+  add_units(sku_key(a.s, K_STOCK), a.loc, -a.q)
   stock[a.s][a.loc] = stock[a.s][a.loc] - a.q
   out[#out + 1] = a.loc .. SEP .. names[a.s] .. SEP .. a.q
 end

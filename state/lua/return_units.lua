@@ -74,7 +74,7 @@ for _, digest in ipairs(digests) do
         counted[l.s] = true
         redis.call('HSET', dec, DEC_RETURN .. digest, 1)
       end
-      redis.call('HINCRBY', sku_key(l.s, K_STOCK), l.loc, l.q)
+      add_units(sku_key(l.s, K_STOCK), l.loc, l.q)
       redis.call('HINCRBY', dec, DEC_RETURNED .. l.oid, l.q)
       touched[l.s] = true
     end

@@ -11,7 +11,8 @@
 -- changes the level raises its one alert (back_in_stock above the threshold, low_stock,
 -- sold_out), one that keeps it raises none; a SKU loaded without a threshold has no level.
 -- Also kept: what each channel already drew from its lock ('\0Lc:<channel>') while the SKU
--- keeps a lock for that channel. Everything else is replaced.
+-- keeps a lock for that channel, and its count of changes ('\0up', one more). Everything
+-- else is replaced.
 if #ARGV % 2 ~= 0 then return redis.error_reply('ERR set_stock.lua: odd arguments') end
 for i = 2, #ARGV, 2 do
   local q = tonumber(ARGV[i])
@@ -42,8 +43,9 @@ if low and was > 0 then -- kept, then settled like after any other change of the
   extra[#extra + 1] = ALERTED
   extra[#extra + 1] = was
 end
+local up = tonumber(redis.call('HGET', KEYS[1], STOCK_UP) or '0') + 1 -- (only grows: lib_stock)
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], STOCK_MARKER, '1', unpack(ARGV))
+redis.call('HSET', KEYS[1], STOCK_MARKER, '1', STOCK_UP, up, unpack(ARGV))
 if #extra > 0 then redis.call('HSET', KEYS[1], unpack(extra)) end
 local level = low and alert_level(units, low)
 if level and level ~= was then

@@ -72,7 +72,7 @@ for o, od in ipairs(orders) do
         local cut = math.min(returned, q)
         returned = returned - cut
         if q > cut then
-          redis.call('HINCRBY', sku_key(s, K_STOCK), loc, q - cut)
+          add_units(sku_key(s, K_STOCK), loc, q - cut)
           touched[s] = true
         end
       end
