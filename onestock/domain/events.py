@@ -281,6 +281,14 @@ def _pending(order: Order, paid_ms: int) -> Valid | Invalid:
 
 def _bad_text(order: Order) -> str | None:
     """The first text field of a decoded order that may not reach Redis, as a detail."""
+    store = order.delivery.store
+    if (
+        order.channel.isprintable()
+        and order.customer.id.isprintable()
+        and all(ln.sku.isprintable() for ln in order.lines)
+        and (store is None or store.isprintable())
+    ):
+        return None  # (the usual order: no detail to build)
     checks = [("channel", order.channel), ("customer.id", order.customer.id)]
     checks += [(f"lines[{i}].sku", ln.sku) for i, ln in enumerate(order.lines)]
     if order.delivery.store is not None:
