@@ -8,21 +8,30 @@ of a store-kind channel (which may take safety stock, kept in bucket 0), is deci
 bucket 0.
 
 A bucket that cannot serve an order does not say sold_out at once (``decide.lua`` answers
-``Code.BUCKET_SHORT`` and changes nothing). Under the SKU's mover lease the decider then:
+``Code.BUCKET_SHORT`` and changes nothing). The decider then (``borrow_and_decide``):
 
 1. borrows half of what every other bucket may lend, and decides the short orders again;
-2. for the orders still short, borrows *everything* the other buckets may lend, and decides
-   them for good.
+2. for the orders still short: refuses those a read of every bucket at one moment shows the
+   SKU cannot cover (``Buckets.snapshot``, as a batch's read refuses a sold-out SKU's orders:
+   dataflows/refusals.py); borrows *everything* the other buckets may lend for the rest, one
+   bucket at a time, and decides them again; so for a few rounds;
+3. decides what is still short for good, borrowing everything under the SKU's lease held
+   until the decision (the first rounds' answers were never final: "short" again).
 
-So an order is sold_out only when its bucket held every lendable unit of the SKU (moves take
-turns under the lease; the other buckets can only have sold units meanwhile): sell-out is
-exact, and nothing is oversold, since each bucket's units are taken atomically by its script.
+Moves (lend, receive) take turns under the SKU's mover lease, held for the move alone, so
+the workers never wait for each other's decisions; a decision round may find its borrowed
+units lent on to another bucket meanwhile, and then asks again. An order is refused only
+when the read shows the whole SKU short for it (an exact moment), or when its bucket held
+every lendable unit of the SKU (the last round: nothing moves while the lease is held; the
+other buckets can only have sold units meanwhile): sell-out is exact, and nothing is
+oversold, since each bucket's units are taken atomically by its script.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -79,6 +88,9 @@ def short(outcome: str) -> bool:
     return outcome == Code.BUCKET_SHORT
 
 
+ROUNDS = 3  # decision rounds with the lease held for the moves alone, before the last one
+
+
 def borrow_and_decide(
     store: Store,
     call: Callable[..., Any],
@@ -86,45 +98,82 @@ def borrow_and_decide(
     orders: list[Order],
     outcome: dict[str, str],
     decide: Decide,
+    refuse: Callable[[list[Order]], None],
 ) -> dict[tuple[str, str], int]:
     """Settle assigned orders whose bucket was short (see the module's docstring); ``decide``
-    writes into ``outcome``. Every order leaves with a final outcome. Returns the units moved
-    per (SKU, pickup store or "" for shipments); 0: no other bucket had a unit to lend."""
+    writes into ``outcome``; ``refuse`` writes the refusals a read of the SKUs' buckets
+    gives (orders it cannot judge stay short). Every order leaves with a final outcome.
+    Returns the units moved per (SKU, pickup store or "" for shipments); 0: no other bucket
+    had a unit to lend."""
     of = {o.order_id: plan.targets(o) for o in orders}  # (the same for every round)
-    skus = sorted({t[0] for ts in of.values() for t in ts})
-    leases = [store.buckets.lease(sku) for sku in skus]  # one order of taking: no deadlock
-    for lease in leases:
-        while not call(lease.acquire):  # blocks until the holder is done, or its lease ends
-            pass
     moved: dict[tuple[str, str], int] = defaultdict(int)
-    try:
-        # First half of what the other buckets may lend, for every short bucket at once, and
-        # one decision round; then, for the orders still short, everything, one bucket at a
-        # time (a second "everything" into another bucket of the SKU would take it back).
-        # Half of nothing is nothing: an order none of whose SKUs could borrow a unit (and
-        # moves take turns) is decided for good in the first round.
-        targets = sorted({t for ts in of.values() for t in ts})
-        got = dict(zip(targets, _borrow(store, call, plan, targets, False), strict=True))
-        for (sku, _, where), n in got.items():
+
+    def borrow(targets: list[Target], everything: bool) -> None:
+        with _leased(store, call, targets):
+            got = _borrow(store, call, plan, targets, everything)
+        for (sku, _, where), n in zip(targets, got, strict=True):
             moved[(sku, where)] += n
-        retry = {oid for oid, ts in of.items() if any(got[t] for t in ts)}
-        decide(orders, retry)
-        by_targets: dict[tuple[Target, ...], list[Order]] = defaultdict(list)
-        for o in orders:
-            if short(outcome[o.order_id]):
-                by_targets[tuple(of[o.order_id])].append(o)
-        for group_targets, group in by_targets.items():
-            gathered = _borrow(store, call, plan, list(group_targets), True)
-            for (sku, _, where), n in zip(group_targets, gathered, strict=True):
+
+    def still(group: list[Order]) -> list[Order]:
+        return [o for o in group if short(outcome[o.order_id])]
+
+    # Half of what the other buckets may lend, for every short bucket at once, then for the
+    # orders still short everything, one bucket at a time (a second "everything" into
+    # another bucket of the SKU would take it back). Every decision outside the lease may
+    # say "short" again, never sold_out: the read refuses.
+    borrow(sorted({t for ts in of.values() for t in ts}), False)
+    pending = orders
+    for round_ in range(ROUNDS):
+        if round_:
+            for targets, group in _by_targets(pending, of).items():
+                borrow(list(targets), True)
+                decide(group, {o.order_id for o in group})
+        else:  # (those that borrowed nothing are as short as they were)
+            got = [o for o in pending if any(moved[t[0], t[2]] for t in of[o.order_id])]
+            if got:
+                decide(got, {o.order_id for o in got})
+        pending = still(pending)
+        if pending:
+            refuse(pending)
+            pending = still(pending)
+        if not pending:
+            return moved
+    for targets, group in _by_targets(pending, of).items():  # the last round, under the lease
+        with _leased(store, call, list(targets)):
+            gathered = _borrow(store, call, plan, list(targets), True)
+            for (sku, _, where), n in zip(targets, gathered, strict=True):
                 moved[(sku, where)] += n
             decide(group, set())
-    finally:
+    return moved
+
+
+def _by_targets(
+    orders: list[Order], of: dict[str, list[Target]]
+) -> dict[tuple[Target, ...], list[Order]]:
+    """The orders grouped by the buckets they borrow into."""
+    groups: dict[tuple[Target, ...], list[Order]] = defaultdict(list)
+    for o in orders:
+        groups[tuple(of[o.order_id])].append(o)
+    return groups
+
+
+@contextmanager
+def _leased(store: Store, call: Callable[..., Any], targets: list[Target]) -> Iterator[None]:
+    """The mover leases of the targets' SKUs, taken in one order (no deadlock)."""
+    leases = [store.buckets.lease(sku) for sku in sorted({t[0] for t in targets})]
+    taken = []
+    try:
         for lease in leases:
+            while not call(lease.acquire):  # blocks until the holder is done, or its lease ends
+                pass
+            taken.append(lease)
+        yield
+    finally:
+        for lease in taken:
             try:
                 call(lease.release)  # (waits out a Redis outage like every call here)
             except redis.exceptions.LockError:  # the lease ran out (a long stall): harmless
                 pass
-    return moved
 
 
 def _borrow(

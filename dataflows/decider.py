@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 import redis
+from msgspec.structs import replace
 
 from dataflows import buckets
 from dataflows.aftersale import Aftersale
@@ -366,7 +367,7 @@ class Decider:
                 continue
             o = d.order  # type: ignore[union-attr]
             reason = precheck(o)
-            if reason is None and short:
+            if reason is None and short and (len(o.lines) > 1 or o.lines[0].sku in short):
                 paid_ms = d.paid_ms  # type: ignore[union-attr]
                 reason = judge(o, paid_ms, short, bought, channels)
             if reason is not None:
@@ -418,14 +419,44 @@ class Decider:
             self._retry = retry
             self._decide(orders, outcome, held_ids)
 
+        def refuse(orders: list[Order]) -> None:
+            self._refuse_whole(orders, outcome)
+
         moved = buckets.borrow_and_decide(
-            self.store, self.wait.call, self.view.buckets, again, outcome, decide
+            self.store, self.wait.call, self.view.buckets, again, outcome, decide, refuse
         )
         for where, units in moved.items():  # none of the SKU's buckets could lend
             if units:
                 self._dry.discard(where)
             else:
                 self._dry.add(where)
+
+    def _refuse_whole(self, orders: list[Order], outcome: dict[str, str]) -> None:
+        """Hot-SKU orders of one line still short after borrowing: those a read of their
+        SKU's buckets at one moment shows it cannot cover are refused, as on a batch's read
+        (``Refusals.pooled``); the others stay short."""
+        plan, refusals = self.view.buckets, self.refusals
+        single = {o.order_id: o.lines[0].sku.partition(keys.BUCKET)[0]
+                  for o in orders if len(o.lines) == 1}  # fmt: skip
+        counts = {sku: plan.count[sku] for sku in set(single.values()) if sku in plan.count}
+        if not counts:
+            return
+        read = self.wait.call(self.store.buckets.snapshot, counts, self.version)
+        short = refusals.pooled(read, self.view.floors) if read else {}
+        for o in orders:
+            sku = single.get(o.order_id)
+            if sku not in short:
+                continue
+            plain = replace(o, lines=[replace(o.lines[0], sku=sku)])
+            reason = refusals.judge(plain, self._paid[o.order_id], short, {},
+                                    self.view.store_channels)  # fmt: skip
+            if reason == SOLD_OUT:
+                refusals.sold_out(o)
+            elif reason == NO_PICKUP:
+                refusals.no_pickup(o)
+            else:
+                continue  # (a rule would have answered before "short")
+            outcome[o.order_id] = reason
 
     def _aftersale(
         self,

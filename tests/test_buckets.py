@@ -205,7 +205,7 @@ def test_a_sold_out_bucketed_sku_is_refused_on_a_read_like_any_other(store: Stor
 
 def _sold_out_hot(store: Store) -> int:
     """HOT loaded with a unit in buckets 0 and 2, the rest sold; the catalog version."""
-    cat = load(store, catalog({"wh-a": 4}))
+    load(store, catalog({"wh-a": 4}))
     for b in (1, 3):
         store.r.hset(keys.stock(keys.bucket("HOT", b)), "wh-a", 0)
     return int(store.r.get(keys.CATALOG_VERSION))  # type: ignore[arg-type]
@@ -316,3 +316,33 @@ def test_a_pickup_at_a_store_the_buckets_lack_is_refused_without_borrowing(store
     # a store channel may take the safety stock: the read lets its pickup through
     recs, _ = decide(store, [order("s", ("HOT", 2), channel="pos", pickup="st-c")], 1, d)
     assert recs[0].status == "accepted"
+
+
+def test_no_decision_waits_on_the_mover_lease_unless_the_read_cannot_tell(store: Store) -> None:
+    load(store, catalog({"wh-a": 8}))  # 2 units in each bucket
+    d = Decider(store, say=lambda _m: None)
+    held: list[bool] = []
+    decide_calls = d._decide
+
+    def watched(orders, outcome, held_ids):  # type: ignore[no-untyped-def]
+        held.append(bool(store.r.exists(keys.lend_lock("HOT"))))
+        decide_calls(orders, outcome, held_ids)
+
+    d._decide = watched  # type: ignore[method-assign]
+    batch = [order(f"o{i}", ("HOT", 1)) for i in range(5)] + [order("big", ("HOT", 4))]
+    recs, _ = decide(store, batch, shard=1, decider=d)  # all in bucket 1
+    # 2 from bucket 1, 3 borrowed (half of the others' 1+1+1, rounded up), then 3 left in
+    # the other buckets: the read refuses the order of 4 (no last round under the lease)
+    assert [r.status for r in recs] == ["accepted"] * 5 + ["rejected"]
+    assert recs[5].reason == "sold_out"
+    assert held == [False, False]  # the batch's decision, the one after borrowing
+    # a transfer in flight (a crashed mover) keeps the read from telling: the last round
+    # decides under the lease, exactly as before
+    lender = keys.bucket("HOT", 2)
+    store.buckets._lend(
+        keys=[keys.stock(lender), keys.lent(lender)], args=["t1", 3, "all", "wh-a", 0]
+    )
+    held.clear()
+    recs, _ = decide(store, [order("huge", ("HOT", 9))], shard=1, decider=d)
+    assert recs[0].reason == "sold_out" and held[-1] and not any(held[:-1])
+    assert ops.stock_view(store, "HOT")["HOT"].total == 3  # (one of them in flight)
