@@ -37,6 +37,7 @@ from typing import Any
 import redis
 from msgspec.structs import replace
 
+from dataflows.cross_slot import StaleCatalog
 from onestock.domain.protocol import Code
 from onestock.domain.types import Catalog, Order
 from state import keys
@@ -49,7 +50,10 @@ Target = tuple[str, int, str]  # (SKU, the bucket that borrows, the pickup store
 class BucketPlan:
     """The catalog's bucketed SKUs, as the decider needs them."""
 
-    def __init__(self, catalog: Catalog, locations: list[str], floors: dict[str, int]) -> None:
+    def __init__(
+        self, catalog: Catalog, locations: list[str], floors: dict[str, int], version: int = 0
+    ) -> None:
+        self.version = version  # the catalog's: a lender loaded by a newer one lends nothing
         self.count = {s.sku: s.buckets for s in catalog.skus if s.buckets > 1}
         self.store_channels = {c.id for c in catalog.channels if c.kind == "store"}
         self.locations = locations  # every location, in the router's order
@@ -109,7 +113,7 @@ def borrow_and_decide(
     moved: dict[tuple[str, str], int] = defaultdict(int)
 
     def borrow(targets: list[Target], everything: bool) -> None:
-        with _leased(store, call, targets):
+        with _leased(store, call, plan, targets):
             got = _borrow(store, call, plan, targets, everything)
         for (sku, _, where), n in zip(targets, got, strict=True):
             moved[(sku, where)] += n
@@ -128,10 +132,10 @@ def borrow_and_decide(
             for targets, group in _by_targets(pending, of).items():
                 borrow(list(targets), True)
                 decide(group, {o.order_id for o in group})
-        else:  # (those that borrowed nothing are as short as they were)
-            got = [o for o in pending if any(moved[t[0], t[2]] for t in of[o.order_id])]
-            if got:
-                decide(got, {o.order_id for o in got})
+        else:  # every order, also one that borrowed nothing: the scripts answer a replay
+            # with its stored outcome (an order sent here as dry, ``Decider._dry``, was not
+            # asked yet), and only an order they found short may be refused on the read
+            decide(pending, set(of))
         pending = still(pending)
         if pending:
             refuse(pending)
@@ -139,7 +143,7 @@ def borrow_and_decide(
         if not pending:
             return moved
     for targets, group in _by_targets(pending, of).items():  # the last round, under the lease
-        with _leased(store, call, list(targets)):
+        with _leased(store, call, plan, list(targets)):
             gathered = _borrow(store, call, plan, list(targets), True)
             for (sku, _, where), n in zip(targets, gathered, strict=True):
                 moved[(sku, where)] += n
@@ -158,15 +162,22 @@ def _by_targets(
 
 
 @contextmanager
-def _leased(store: Store, call: Callable[..., Any], targets: list[Target]) -> Iterator[None]:
-    """The mover leases of the targets' SKUs, taken in one order (no deadlock)."""
-    leases = [store.buckets.lease(sku) for sku in sorted({t[0] for t in targets})]
+def _leased(
+    store: Store, call: Callable[..., Any], plan: BucketPlan, targets: list[Target]
+) -> Iterator[None]:
+    """The mover leases of the targets' SKUs, taken in one order (no deadlock); then the
+    transfers a mover left in flight (a crash, a connection lost in a move: no live mover
+    holds one while the lease is taken) are finished before anything moves."""
+    skus = sorted({t[0] for t in targets})
+    leases = [store.buckets.lease(sku) for sku in skus]
     taken = []
     try:
         for lease in leases:
             while not call(lease.acquire):  # blocks until the holder is done, or its lease ends
                 pass
             taken.append(lease)
+        for sku in skus:
+            call(store.buckets.reconcile, sku, plan.count[sku])
         yield
     finally:
         for lease in taken:
@@ -181,7 +192,10 @@ def _borrow(
 ) -> list[int]:
     """Units moved into each target's bucket: at its pickup store, or at every location."""
     where = [(sku, plan.count[sku], b, [at] if at else plan.locations) for sku, b, at in targets]
-    return call(store.buckets.borrow, where, all_, plan.floors)  # type: ignore[no-any-return]
+    got = call(store.buckets.borrow, where, all_, plan.floors, plan.version)
+    if got is None:  # a reload changed the SKU's buckets since this plan: decide again
+        raise StaleCatalog
+    return got  # type: ignore[no-any-return]
 
 
 def reconcile(store: Store, call: Callable[..., Any], plan: BucketPlan) -> None:

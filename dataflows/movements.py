@@ -27,6 +27,7 @@ from typing import NamedTuple
 import redis
 
 from dataflows.buckets import BucketPlan
+from dataflows.cross_slot import StaleCatalog
 from onestock.domain import events, meter
 from onestock.domain.events import MOVEMENT_KINDS
 from onestock.domain.movements import op_of
@@ -145,7 +146,11 @@ class Movements:
         for sku in hot:
             self.wait.call(self.store.buckets.reconcile, sku, plan.count[sku])
         targets = [(sku, plan.count[sku], 0, sorted(where[sku])) for sku in hot]
-        self.wait.call(self.store.buckets.borrow, targets, True, plan.floors)
+        if (
+            self.wait.call(self.store.buckets.borrow, targets, True, plan.floors, plan.version)
+            is None
+        ):
+            raise StaleCatalog  # (a reload changed the buckets: the batch is decided again)
 
 
 def _unknown(m: events.Movement, skus: set[str], locations: set[str]) -> tuple[str, str] | None:

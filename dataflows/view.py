@@ -49,7 +49,7 @@ class CatalogView:
         self.loc_index = {loc: i + 1 for i, loc in enumerate(self.router.ids)}
         # SKUs with a first-N gift campaign: their accepted orders' records wait for it
         self.campaign_skus = {c.sku for c in catalog.campaigns}
-        self.buckets = BucketPlan(catalog, list(self.router.ids), self.floors)
+        self.buckets = BucketPlan(catalog, list(self.router.ids), self.floors, version)
         self.payment_deadline_ms = catalog.payment_deadline_s * 1000  # a pending order's default
         # what re-routing a rejected shipment needs (dataflows/fulfilment.py)
         coords: dict[str, tuple[float, float] | None] = {

@@ -72,12 +72,15 @@ class Buckets:
         targets: list[tuple[str, int, int, list[str]]],
         everything: bool,
         floors: dict[str, int],
-    ) -> list[int]:
+        version: int,
+    ) -> list[int] | None:
         """For each (SKU, its bucket count, bucket ``into``, locations): move units of the SKU
         from its other buckets into bucket ``into``: half of what each may lend at each of the
         locations, or (``everything``) all of it; bucket 0 keeps the safety stock
-        (``floors``). Call it holding the SKUs' leases. Returns the units moved per target.
-        All lenders are asked in one round trip (on one server)."""
+        (``floors``). Call it holding the SKUs' leases. Returns the units moved per target;
+        None when a lender's rules come from a catalog newer than ``version`` (the plan of
+        buckets is stale: it lent nothing). All lenders are asked in one round trip (on one
+        server)."""
         base = uuid.uuid4().hex
         mode = "all" if everything else "half"
         calls = []
@@ -86,19 +89,27 @@ class Buckets:
                 if b == into:
                     continue
                 name = keys.bucket(sku, b)
-                args: list[Any] = [f"{base}.{t}.{b}", into, mode]
+                args: list[Any] = [f"{base}.{t}.{b}", into, mode, version]
                 for loc in locations:
                     args += [loc, floors.get(loc, 0) if b == 0 else 0]
                 calls.append((t, name, [keys.stock(name), keys.lent(name)], args))
         got = self._run(self._lend, [(ks, a) for _, _, ks, a in calls])
         moved: dict[int, list[tuple[str, str, list[Any]]]] = defaultdict(list)
+        stale = False
         for (t, name, _, a), reply in zip(calls, got, strict=True):
-            if reply:
+            if isinstance(reply, bytes):  # (STALE)
+                stale = True
+            elif reply:
                 moved[t].append((name, a[0], reply))
+        done = []
         for t, lent in moved.items():
             sku, _, into, _ = targets[t]
-            self._finish(keys.bucket(sku, into), [(tid, _pairs(flat)) for _, tid, flat in lent])
-        self._forget([(name, tid) for lent in moved.values() for name, tid, _ in lent])
+            recipient = keys.bucket(sku, into)
+            self._finish(recipient, [(tid, _pairs(flat)) for _, tid, flat in lent])
+            done += [(name, tid) for name, tid, _ in lent]
+        self._forget(done)
+        if stale:
+            return None
         return [
             sum(int(q) for _, _, flat in moved.get(t, []) for q in flat[1::2])
             for t in range(len(targets))
@@ -221,6 +232,8 @@ class Buckets:
         return int(self._receive(keys=ks, args=args))
 
     def _forget(self, items: list[tuple[str, str]]) -> None:
+        """The lenders forget these received transfers (lender, transfer id); the marks of
+        them stay (receive.lua): a late finisher of the same transfer finds them."""
         if items:
             pipe = self.r.pipeline(transaction=False)
             for name, tid in items:

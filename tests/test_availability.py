@@ -120,7 +120,8 @@ def test_a_bucketed_sku_counts_every_bucket_and_units_in_flight(store: Store) ->
     assert [figures(availability.read(store), c)["HOT"][0] for c in ONLINE] == [10, 10, 12]
     lender = keys.bucket("HOT", 2)  # a transfer cut in half by a crash: lent, not received
     got = store.buckets._lend(
-        keys=[keys.stock(lender), keys.lent(lender)], args=["t1.2", 0, "all", "wh-a", 0]
+        keys=[keys.stock(lender), keys.lent(lender)],
+        args=["t1.2", 0, "all", int(store.r.get(keys.CATALOG_VERSION)), "wh-a", 0],  # type: ignore[arg-type]
     )
     assert got == [b"wh-a", 3]
     assert figures(availability.read(store), "tmall")["HOT"] == (10, "in_stock")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+from typing import Any
 
 import orjson
 import pytest
+import redis
 from redis.crc import key_slot
 
 from dataflows.decider import Decider
@@ -128,9 +130,9 @@ def test_pickup_and_store_channels_meet_the_safety_stock_in_bucket_0(store: Stor
 
 def test_a_transfer_cut_in_half_by_a_crash_is_counted_and_finished(store: Store) -> None:
     load(store, catalog({"wh-a": 8}))
-    lender = keys.bucket("HOT", 2)
+    lender, v = keys.bucket("HOT", 2), int(store.r.get(keys.CATALOG_VERSION))  # type: ignore[arg-type]
     got = store.buckets._lend(
-        keys=[keys.stock(lender), keys.lent(lender)], args=["t1.2", 0, "all", "wh-a", 0]
+        keys=[keys.stock(lender), keys.lent(lender)], args=["t1.2", 0, "all", v, "wh-a", 0]
     )
     assert got == [b"wh-a", 2]
     # the crash: the lender gave 2 units, bucket 0 never received them; the view still
@@ -220,11 +222,12 @@ def test_a_read_of_the_buckets_is_one_moment_or_none(store: Store) -> None:
     # units that move between the two rounds: the read cannot tell the moment, leaves it out
     into = keys.bucket("HOT", 1)
     whole = store.buckets.read_whole(hot)
-    store.buckets.borrow([("HOT", 4, 1, ["wh-a"])], True, {})  # buckets 0 and 2 lend to 1
+    store.buckets.borrow([("HOT", 4, 1, ["wh-a"])], True, {}, version)  # 0 and 2 lend to 1
     assert store.buckets.confirm(whole, version) == {}
     assert [p.levels["wh-a"] for p in store.buckets.snapshot(hot, version)["HOT"]] == [0, 2, 0, 0]
     # a transfer in flight before the read (the lender gave, the recipient has not received)
-    store.buckets._lend(keys=[keys.stock(into), keys.lent(into)], args=["t9", 3, "all", "wh-a", 0])
+    args = ["t9", 3, "all", version, "wh-a", 0]
+    store.buckets._lend(keys=[keys.stock(into), keys.lent(into)], args=args)
     assert store.buckets.snapshot(hot, version) == {}
     store.buckets.reconcile("HOT", 4)
     assert [p.levels["wh-a"] for p in store.buckets.snapshot(hot, version)["HOT"]] == [0, 0, 0, 2]
@@ -336,13 +339,78 @@ def test_no_decision_waits_on_the_mover_lease_unless_the_read_cannot_tell(store:
     assert [r.status for r in recs] == ["accepted"] * 5 + ["rejected"]
     assert recs[5].reason == "sold_out"
     assert held == [False, False]  # the batch's decision, the one after borrowing
-    # a transfer in flight (a crashed mover) keeps the read from telling: the last round
+    # where the read cannot tell (units kept moving, say: here it never can), the last round
     # decides under the lease, exactly as before
-    lender = keys.bucket("HOT", 2)
-    store.buckets._lend(
-        keys=[keys.stock(lender), keys.lent(lender)], args=["t1", 3, "all", "wh-a", 0]
-    )
+    store.buckets.snapshot = lambda *_a: {}  # type: ignore[method-assign]
     held.clear()
     recs, _ = decide(store, [order("huge", ("HOT", 9))], shard=1, decider=d)
     assert recs[0].reason == "sold_out" and held[-1] and not any(held[:-1])
-    assert ops.stock_view(store, "HOT")["HOT"].total == 3  # (one of them in flight)
+    assert ops.stock_view(store, "HOT")["HOT"].total == 3
+
+
+def test_a_replayed_order_of_a_dry_sku_gets_its_stored_acceptance(store: Store) -> None:
+    load(store, catalog({"wh-a": 4}))  # one unit per bucket
+    for b in (0, 2, 3):  # the rest sold: only bucket 1 holds a unit
+        store.r.hset(keys.stock(keys.bucket("HOT", b)), "wh-a", 0)
+    entries = [("100-0", raw(order("A", ("HOT", 1))))]
+    Decider(store, say=lambda _m: None).process(1, entries)  # A takes it; kill -9: no emit
+    d = Decider(store, say=lambda _m: None)  # the restarted worker
+    recs, _ = decide(store, [order("B", ("HOT", 1))], shard=5, decider=d)  # bucket 1 too
+    assert recs[0].reason == "sold_out"  # (the worker now knows the SKU as dry)
+    out = d.process(1, entries)  # the crashed batch again: straight to borrowing, and then
+    d.emit(out)  # to the scripts, which answer A's replay with its stored acceptance
+    assert out.records[1][:1] == "A"
+    assert ops.audit(store, 8, {"HOT": {"wh-a": 1}}).oversold == 0  # (3 set to 0 above)
+
+
+def test_a_reload_between_borrowing_rounds_lends_nothing_from_the_new_stock(store: Store) -> None:
+    load(store, catalog({"wh-a": 8}))  # 2 units in each of 4 buckets
+    d = Decider(store, say=lambda _m: None)
+    decide(store, [order("warm", ("SIDE", 1))], shard=1, decider=d)  # d on this catalog
+    real = store.skus.decide
+    loaded: list[bool] = []
+
+    def decided(*a: Any) -> Any:  # a reload to one bucket lands after the batch's decision
+        got = real(*a)
+        if not loaded:
+            loaded.append(True)
+            load(store, catalog({"wh-a": 8}, buckets=1))
+        return got
+
+    store.skus.decide = decided  # type: ignore[method-assign,assignment]
+    recs, _ = decide(store, [order("big", ("HOT", 3))], shard=1, decider=d)  # bucket 1: 2
+    # the worker's plan of four buckets is stale: lend.lua refuses, the batch is decided
+    # again under the new catalog (one hash), and no unit left the SKU
+    assert recs[0].status == "accepted"
+    assert not store.r.exists(keys.stock(keys.bucket("HOT", 1)))
+    assert ops.stock_view(store, "HOT")["HOT"].total == 5
+
+
+def test_a_move_cut_by_a_lost_connection_is_finished_by_the_next_move(store: Store) -> None:
+    load(store, catalog({"wh-a": 4}))  # one unit per bucket
+    d = Decider(store, say=lambda _m: None)
+    decide(store, [order("warm", ("SIDE", 1))], shard=1, decider=d)
+    finish, forget, cut = store.buckets._finish, store.buckets._forget, []
+
+    def lost(real: Any) -> Any:
+        def call(*a: Any) -> Any:
+            if real.__name__ not in cut and a[0]:  # (once each)
+                cut.append(real.__name__)
+                raise redis.ConnectionError("connection lost")  # (Waiter retries the move)
+            return real(*a)
+
+        return call
+
+    store.buckets._finish = lost(finish)  # type: ignore[method-assign]
+    recs, _ = decide(store, [order("o1", ("HOT", 2))], shard=1, decider=d)
+    assert cut == ["_finish"] and recs[0].status == "accepted"  # (the retried move found
+    # the transfer the first try left in flight, and finished it first)
+    store.buckets._forget = lost(forget)  # type: ignore[method-assign]
+    recs, _ = decide(store, [order("o2", ("HOT", 2))], shard=2, decider=d)
+    assert cut == ["_finish", "_forget"] and recs[0].status == "accepted"
+    # the received transfer the lost forget left behind is forgotten by the next move, not
+    # received again (its mark stays)
+    recs, _ = decide(store, [order("o3", ("HOT", 1))], shard=3, decider=d)
+    assert recs[0].reason == "sold_out"
+    assert ops.stock_view(store, "HOT")["HOT"].total == 0
+    assert all(not store.r.hlen(keys.lent(keys.bucket("HOT", b))) for b in range(4))

@@ -3,18 +3,23 @@
 --
 -- KEYS: KEYS[1] = the lending bucket's stock hash, KEYS[2] = its hash of units in flight.
 -- ARGV: transfer id, recipient bucket number, mode ("all": every unit it may lend; "half":
---       half of them at each location, rounded up), then pairs (location, units it keeps
---       there: the safety stock for bucket 0, which alone holds it, else 0).
+--       half of them at each location, rounded up), the catalog version the caller's plan
+--       of buckets comes from, then pairs (location, units it keeps there: the safety stock
+--       for bucket 0, which alone holds it, else 0).
 -- Returns: flat {location, units, ...} taken out of this bucket, in the order given; the same
 --       list is kept under the transfer id in KEYS[2] until the recipient has it, so a crash
---       between the two halves loses nothing (Store.reconcile_lent finishes the transfer).
+--       between the two halves loses nothing (Buckets.reconcile finishes the transfer).
+--       STALE, lending nothing, when the bucket's rules come from a newer catalog than the
+--       caller's: a reload may have changed the SKU's buckets (the recipient may be gone).
 -- Alerts: none. A bucket's units are not the SKU's, so no bucket may judge an alert level;
 -- the catalog refuses a low_stock_threshold on a bucketed SKU, no bucket hash has a level,
 -- and settle_alert (lib_stock.lua) raises nothing for it: a bucketed SKU has no alerts.
-if #ARGV < 3 or #ARGV % 2 ~= 1 then return redis.error_reply('ERR lend.lua: bad arguments') end
+local version = tonumber(ARGV[4])
+if not version or #ARGV % 2 ~= 0 then return redis.error_reply('ERR lend.lua: bad arguments') end
+if tonumber(redis.call('HGET', KEYS[1], RULES_VERSION) or '0') > version then return STALE end
 local all = ARGV[3] == 'all'
 local out = {}
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local loc, keep = ARGV[i], tonumber(ARGV[i + 1])
   if not keep then return redis.error_reply('ERR lend.lua: bad floor for ' .. loc) end
   local have = tonumber(redis.call('HGET', KEYS[1], loc) or '0') - keep

@@ -2,7 +2,9 @@
 -- transfer once.
 --
 -- KEYS: KEYS[1] = the receiving bucket's stock hash, KEYS[1 + i] = the mark of transfer i
---       (in this slot; it expires after a day, long after the lender forgot the transfer).
+--       (in this slot; kept 30 days: a transfer a lender still holds is finished by the next
+--       move of the SKU or the next worker start, long before its mark goes, and a mover
+--       whose lease ran out mid-move finds the mark of the one that finished it).
 -- ARGV: n, then per transfer: npairs, then (location, units) pairs.
 -- Returns: how many of the n transfers were applied now (the others had been before).
 -- Alerts: none. A bucket's units are not the SKU's, so no bucket may judge an alert level;
@@ -23,7 +25,7 @@ local applied = 0
 p = 2
 for i = 1, n do
   local pairs_ = tonumber(ARGV[p])
-  if redis.call('SET', KEYS[1 + i], 1, 'NX', 'EX', 86400) then
+  if redis.call('SET', KEYS[1 + i], 1, 'NX', 'EX', 2592000) then
     applied = applied + 1
     for j = p + 1, p + 2 * pairs_, 2 do
       redis.call('HINCRBY', KEYS[1], ARGV[j], tonumber(ARGV[j + 1]))
