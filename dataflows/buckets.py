@@ -200,6 +200,9 @@ def _borrow(
 
 def reconcile(store: Store, call: Callable[..., Any], plan: BucketPlan) -> None:
     """Finish transfers a crash left in flight (run when a worker starts or the catalog
-    changes)."""
-    for sku, n in plan.count.items():
-        call(store.buckets.reconcile, sku, n)
+    changes), under each SKU's lease like a move (``_leased``): a catalog load, which drops
+    the transfers in flight with the stock they came from, takes it too, so a transfer read
+    before a load is never received into the stock after it."""
+    for sku in plan.count:
+        with _leased(store, call, plan, [(sku, 0, "")]):
+            pass

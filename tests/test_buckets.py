@@ -414,3 +414,18 @@ def test_a_move_cut_by_a_lost_connection_is_finished_by_the_next_move(store: Sto
     assert recs[0].reason == "sold_out"
     assert ops.stock_view(store, "HOT")["HOT"].total == 0
     assert all(not store.r.hlen(keys.lent(keys.bucket("HOT", b))) for b in range(4))
+
+
+def test_a_worker_finishes_stray_transfers_under_the_lease_a_load_takes(store: Store) -> None:
+    import threading
+
+    load(store, catalog({"wh-a": 8}))
+    lease = store.buckets.lease("HOT")
+    assert lease.acquire()  # a catalog load (or a move) holds it
+    started = threading.Thread(target=Decider(store, say=lambda _m: None).refresh)
+    started.start()
+    started.join(0.5)
+    assert started.is_alive()  # the starting worker's reconcile waits for the lease
+    lease.release()
+    started.join(10)
+    assert not started.is_alive()
