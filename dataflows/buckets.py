@@ -93,6 +93,7 @@ def short(outcome: str) -> bool:
 
 
 ROUNDS = 3  # decision rounds with the lease held for the moves alone, before the last one
+LAST_TRIES = 3  # the last round's tries, lease held, before a decision that refuses at once
 
 
 def borrow_and_decide(
@@ -112,11 +113,14 @@ def borrow_and_decide(
     of = {o.order_id: plan.targets(o) for o in orders}  # (the same for every round)
     moved: dict[tuple[str, str], int] = defaultdict(int)
 
-    def borrow(targets: list[Target], everything: bool) -> None:
-        with _leased(store, call, plan, targets):
-            got = _borrow(store, call, plan, targets, everything)
+    def move(targets: list[Target], everything: bool) -> None:  # (the leases held)
+        got = _borrow(store, call, plan, targets, everything)
         for (sku, _, where), n in zip(targets, got, strict=True):
             moved[(sku, where)] += n
+
+    def borrow(targets: list[Target], everything: bool) -> None:
+        with _leased(store, call, targets):
+            move(targets, everything)
 
     def still(group: list[Order]) -> list[Order]:
         return [o for o in group if short(outcome[o.order_id])]
@@ -142,12 +146,25 @@ def borrow_and_decide(
             pending = still(pending)
         if not pending:
             return moved
-    for targets, group in _by_targets(pending, of).items():  # the last round, under the lease
-        with _leased(store, call, plan, list(targets)):
-            gathered = _borrow(store, call, plan, list(targets), True)
-            for (sku, _, where), n in zip(targets, gathered, strict=True):
-                moved[(sku, where)] += n
-            decide(group, set())
+    # The last round, the lease held from the move to the decision: no unit moves between
+    # the buckets meanwhile, but one may come back into another bucket (a cancel, a return,
+    # a restock), so a refusal is still the read's, tried again after moving what came; only
+    # after LAST_TRIES does the decision refuse at once, as its bucket holds every unit the
+    # others could lend (up to what came back meanwhile).
+    for targets, group in _by_targets(pending, of).items():
+        with _leased(store, call, list(targets)):
+            for _ in range(LAST_TRIES):
+                move(list(targets), True)
+                decide(group, {o.order_id for o in group})
+                group = still(group)
+                if group:
+                    refuse(group)
+                    group = still(group)
+                if not group:
+                    break
+            else:
+                move(list(targets), True)
+                decide(group, set())
     return moved
 
 
@@ -162,22 +179,16 @@ def _by_targets(
 
 
 @contextmanager
-def _leased(
-    store: Store, call: Callable[..., Any], plan: BucketPlan, targets: list[Target]
-) -> Iterator[None]:
-    """The mover leases of the targets' SKUs, taken in one order (no deadlock); then the
-    transfers a mover left in flight (a crash, a connection lost in a move: no live mover
-    holds one while the lease is taken) are finished before anything moves."""
-    skus = sorted({t[0] for t in targets})
-    leases = [store.buckets.lease(sku) for sku in skus]
+def _leased(store: Store, call: Callable[..., Any], targets: list[Target]) -> Iterator[None]:
+    """The mover leases of the targets' SKUs, taken in one order (no deadlock). (Each move
+    first finishes the transfers a mover left in flight: ``Buckets.borrow``.)"""
+    leases = [store.buckets.lease(sku) for sku in sorted({t[0] for t in targets})]
     taken = []
     try:
         for lease in leases:
             while not call(lease.acquire):  # blocks until the holder is done, or its lease ends
                 pass
             taken.append(lease)
-        for sku in skus:
-            call(store.buckets.reconcile, sku, plan.count[sku])
         yield
     finally:
         for lease in taken:
@@ -200,9 +211,9 @@ def _borrow(
 
 def reconcile(store: Store, call: Callable[..., Any], plan: BucketPlan) -> None:
     """Finish transfers a crash left in flight (run when a worker starts or the catalog
-    changes), under each SKU's lease like a move (``_leased``): a catalog load, which drops
+    changes), under each SKU's lease like a move: a catalog load, which drops
     the transfers in flight with the stock they came from, takes it too, so a transfer read
     before a load is never received into the stock after it."""
-    for sku in plan.count:
-        with _leased(store, call, plan, [(sku, 0, "")]):
-            pass
+    for sku, n in plan.count.items():
+        with _leased(store, call, [(sku, 0, "")]):
+            call(store.buckets.reconcile, sku, n)

@@ -143,8 +143,6 @@ class Movements:
                 for ln in ls:
                     if ln.sku in where:
                         where[ln.sku].update(x for x in (ln.location, ln.to) if x)
-        for sku in hot:
-            self.wait.call(self.store.buckets.reconcile, sku, plan.count[sku])
         targets = [(sku, plan.count[sku], 0, sorted(where[sku])) for sku in hot]
         if (
             self.wait.call(self.store.buckets.borrow, targets, True, plan.floors, plan.version)

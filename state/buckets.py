@@ -80,7 +80,11 @@ class Buckets:
         (``floors``). Call it holding the SKUs' leases. Returns the units moved per target;
         None when a lender's rules come from a catalog newer than ``version`` (the plan of
         buckets is stale: it lent nothing). All lenders are asked in one round trip (on one
-        server)."""
+        server). First the transfers of the targets' SKUs a mover left in flight are
+        finished (a crash, or a try of this very move cut by a lost connection and retried
+        by the caller: no live mover holds one while the lease is held)."""
+        for sku, count in {t[0]: t[1] for t in targets}.items():
+            self.reconcile(sku, count)
         base = uuid.uuid4().hex
         mode = "all" if everything else "half"
         calls = []

@@ -10,6 +10,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from dataflows import buckets
 from dataflows.decider import Decider
 from onestock import burst
 from onestock.domain.errors import CatalogError
@@ -19,6 +20,7 @@ from state.store import Store
 from tests.conftest import load, make_catalog
 from tests.helpers import at_once, decide, order, raw
 from tests.test_flow import burst_lines, check_exactly_once, kill_9_twice_then_drain
+from tests.test_movements import movement
 
 LOCATIONS = [
     {"id": "wh-a", "lat": 31.2, "lon": 121.5},
@@ -344,7 +346,9 @@ def test_no_decision_waits_on_the_mover_lease_unless_the_read_cannot_tell(store:
     store.buckets.snapshot = lambda *_a: {}  # type: ignore[method-assign]
     held.clear()
     recs, _ = decide(store, [order("huge", ("HOT", 9))], shard=1, decider=d)
-    assert recs[0].reason == "sold_out" and held[-1] and not any(held[:-1])
+    assert recs[0].reason == "sold_out"
+    first = held.index(True)  # the tries of the last round, then its refusal at once
+    assert not any(held[:first]) and held[first:] == [True] * (buckets.LAST_TRIES + 1)
     assert ops.stock_view(store, "HOT")["HOT"].total == 3
 
 
@@ -429,3 +433,226 @@ def test_a_worker_finishes_stray_transfers_under_the_lease_a_load_takes(store: S
     lease.release()
     started.join(10)
     assert not started.is_alive()
+
+
+def _everything_into(store: Store, d: Decider, b: int, real_borrow: Any) -> None:
+    """Another worker's move (under the SKU's lease, as a move is): everything into bucket b."""
+    plan = d.view.buckets
+    with store.buckets.lease("HOT"):
+        real_borrow([("HOT", 4, b, plan.locations)], True, plan.floors, plan.version)
+
+
+def _cut_finish_once(store: Store, armed: list[bool]) -> None:
+    """The connection is lost between a move's lends and its receive, once, when armed."""
+    finish = store.buckets._finish
+
+    def cut(*a: Any) -> Any:
+        if armed and armed[0]:
+            armed[0] = False
+            raise redis.ConnectionError("connection lost")  # (Waiter retries the borrow)
+        return finish(*a)
+
+    store.buckets._finish = cut  # type: ignore[method-assign,assignment]
+
+
+def test_a_last_round_move_cut_by_a_lost_connection_is_finished_before_deciding(
+    store: Store,
+) -> None:
+    load(store, catalog({"wh-a": 8}))  # 2 units per bucket
+    d = Decider(store, say=lambda _m: None)
+    decide(store, [order("warm", ("SIDE", 1))], shard=1, decider=d)
+    real_borrow, real_decide = store.buckets.borrow, store.skus.decide
+    borrows: list[int] = []
+    armed: list[bool] = []
+
+    def borrow(*a: Any) -> Any:
+        borrows.append(1)
+        if len(borrows) == 4:  # the last round's move (half, round 1, round 2, last)
+            armed.append(True)
+        return real_borrow(*a)
+
+    def decided(*a: Any) -> Any:
+        # rounds decided without the lease: another worker (whose orders land in bucket 2)
+        # borrows everything first, so "o" stays short until the last round
+        if not store.r.exists(keys.lend_lock("HOT")):
+            _everything_into(store, d, 2, real_borrow)
+        return real_decide(*a)
+
+    store.buckets.borrow = borrow  # type: ignore[method-assign,assignment]
+    store.skus.decide = decided  # type: ignore[method-assign,assignment]
+    _cut_finish_once(store, armed)
+    recs, _ = decide(store, [order("o", ("HOT", 3))], shard=1, decider=d)  # bucket 1
+    total = ops.stock_view(store, "HOT")["HOT"].total
+    in_flight = store.buckets.in_flight("HOT", 4)
+    # all 8 units of the SKU exist (lent by bucket 2, not yet received by bucket 1) and
+    # nothing sold them: the order of 3 must not be refused
+    got = (recs[0].status, recs[0].reason, total, in_flight)
+    assert got == ("accepted", None, 5, {}), got
+
+
+def test_a_movements_gathering_cut_by_a_lost_connection_is_finished_first(store: Store) -> None:
+    load(store, catalog({"wh-a": 40}))  # 10 at wh-a in each bucket
+    armed = [True]
+    _cut_finish_once(store, armed)  # the gather's receive is cut once
+    d = Decider(store, say=lambda _m: None)
+    decide(store, [movement("c1", "count", "wh-a", ("HOT", 12))], shard=1, decider=d)
+    assert not armed[0]  # (the cut happened)
+    # the count says wh-a holds 12 units; the next move of the SKU finishes the transfer
+    store.buckets.reconcile("HOT", 4)
+    at_a = sum(levels(store, "HOT", b).get("wh-a", 0) for b in range(4))
+    assert at_a == 12, f"a count to 12 left {at_a} units at wh-a"
+
+
+def test_the_last_round_refuses_only_on_a_read_while_units_come_back(
+    store: Store, url: str
+) -> None:
+    load(store, catalog({"wh-a": 8}))  # 2 units per bucket
+    other = Store.connect(url)  # the other workers (their own clients, no lease)
+    d2 = Decider(other, say=lambda _m: None)
+    recs, _ = decide(other, [order("x", ("HOT", 2))], shard=2, decider=d2)  # bucket 2
+    assert recs[0].status == "accepted"  # the SKU now has 6 units
+    d = Decider(store, say=lambda _m: None)
+    decide(store, [order("warm", ("SIDE", 1))], shard=1, decider=d)
+    real_decide = store.skus.decide
+    done: list[int] = []
+
+    def decided(*a: Any) -> Any:
+        if not store.r.exists(keys.lend_lock("HOT")):  # another worker borrows it all first
+            _everything_into(other, d, 3, other.buckets.borrow)
+        elif not done:  # the last round, lease held, between its move and its decision:
+            done.append(1)  # x is cancelled (2 units back into bucket 2), and y, an order
+            # of another shard deciding in bucket 1, takes 2 units there
+            decide(other, [{"type": "cancel", "order_id": "x"}], shard=2, decider=d2)
+            r, _ = decide(other, [order("y", ("HOT", 2))], shard=5, decider=d2)
+            assert r[0].status == "accepted"
+        return real_decide(*a)
+
+    store.skus.decide = decided  # type: ignore[method-assign,assignment]
+    recs, _ = decide(store, [order("o", ("HOT", 6))], shard=1, decider=d)  # bucket 1
+    # the SKU held 6 units before the cancel, 8 after it, 6 after y: never fewer than 6
+    left = ops.stock_view(store, "HOT")["HOT"].total
+    assert done and (recs[0].status, recs[0].reason, left) == ("accepted", None, 0)
+
+
+RACE_STOCK = {"wh-a": 41, "wh-b": 23, "st-c": 11}
+
+
+def _racer2(url: str, shard: int, n: int, start: mp.Event) -> None:  # type: ignore[valid-type]
+    store = Store.connect(url)
+    d = Decider(store, say=lambda _m: None)
+    events: list[Any] = []
+    for i in range(n):
+        lines = [("HOT", 1 + i % 3)] + ([("SIDE", 1)] if i % 9 == 0 else [])
+        channel = "pos" if i % 7 == 0 else "tmall"
+        pickup = "st-c" if i % 5 == 0 else None
+        events.append(order(f"r{shard}-{i}", *lines, lat=30 + i % 9, lon=115 + i % 5,
+                            channel=channel, pickup=pickup))  # fmt: skip
+        if i % 4 == 3:  # a cancel of an earlier order of this shard
+            events.append({"type": "cancel", "order_id": f"r{shard}-{i - 3}"})
+    start.wait()  # type: ignore[attr-defined]
+    for b in range(0, len(events), 15):
+        chunk = events[b : b + 15]
+        d.emit(d.process(shard, [(f"{b + j + 1}-0", raw(e)) for j, e in enumerate(chunk)]))
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_racing_workers_with_cancels_pickups_and_baskets_in_every_bucket(
+    store: Store, url: str, round_: int
+) -> None:
+    load(store, catalog(RACE_STOCK))
+    shards = list(range(8))
+    at_once(_racer2, [(url, s, 120) for s in shards], timeout=240)
+    audit = ops.audit(store, 16, {"HOT": RACE_STOCK, "SIDE": {"wh-a": 50, "wh-b": 50}})
+    assert audit.duplicates == 0 and audit.oversold == 0, audit
+    for b in range(4):
+        assert all(q >= 0 for q in levels(store, "HOT", b).values())
+    assert store.buckets.in_flight("HOT", 4) == {}
+    # alone now: store-channel one-unit orders take every unit left, and only then refuse
+    d = Decider(store, say=lambda _m: None)
+    left = ops.stock_view(store, "HOT")["HOT"].total
+    for i in range(left + 1):
+        recs, _ = decide(store, [order(f"sweep{i}", ("HOT", 1), channel="pos")], 9, d)
+        assert (recs[0].status == "accepted") == (i < left), (i, left, recs[0].reason)
+    assert ops.stock_view(store, "HOT")["HOT"].total == 0
+
+
+def _reloader(url: str, start: mp.Event) -> None:  # type: ignore[valid-type]
+    import time
+
+    store = Store.connect(url)
+    start.wait()  # type: ignore[attr-defined]
+    for k in range(6):
+        time.sleep(0.05)
+        load(store, catalog({"wh-a": 30 + k, "wh-b": 9, "st-c": 5}, buckets=(4, 2, 4, 3, 4, 4)[k]))
+
+
+def _race_role(url: str, role: int, start: mp.Event) -> None:  # type: ignore[valid-type]
+    if role < 0:
+        _reloader(url, start)
+    else:
+        _racer2(url, role, 200, start)
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_racing_workers_and_reloads_that_change_the_buckets(
+    store: Store, url: str, round_: int
+) -> None:
+    load(store, catalog({"wh-a": 30, "wh-b": 9, "st-c": 5}))
+    at_once(_race_role, [(url, r) for r in [-1, *range(8)]], timeout=300)
+    audit = ops.audit(store, 16, {"HOT": {}, "SIDE": {}})
+    assert audit.duplicates == 0, audit
+    for b in range(4):
+        assert all(q >= 0 for q in levels(store, "HOT", b).values())
+    assert store.buckets.in_flight("HOT", 4) == {}
+    d = Decider(store, say=lambda _m: None)
+    left = ops.stock_view(store, "HOT")["HOT"].total
+    for i in range(left + 1):
+        recs, _ = decide(store, [order(f"sweep{i}", ("HOT", 1), channel="pos")], 9, d)
+        assert (recs[0].status == "accepted") == (i < left), (i, left, recs[0].reason)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known fault, older than the lease-free borrowing: a re-route of a bucketed "
+    "order's shipment (dataflows/fulfilment.py) sees bucket 0 only",
+)
+def test_a_rejected_shipment_of_a_bucketed_order_is_rerouted_from_every_bucket(
+    store: Store,
+) -> None:
+    load(store, catalog({"wh-a": 4, "wh-b": 40}))  # per bucket: wh-a 1, wh-b 10
+    d = Decider(store, say=lambda _m: None)
+    recs, _ = decide(store, [order("o", ("HOT", 1), lat=31.2, lon=121.5)], shard=1, decider=d)
+    assert recs[0].status == "accepted"  # bucket 1, from wh-a
+    recs, _ = decide(store, [order("b0", ("HOT", 10), lat=39.9, lon=116.4)], shard=0, decider=d)
+    assert recs[0].status == "accepted"  # bucket 0's wh-b sold
+    said = {"type": "fulfilment", "order_id": "o", "location": "wh-a", "status": "rejected"}
+    recs, _ = decide(store, [said], shard=1, decider=d)
+    left = ops.stock_view(store, "HOT")["HOT"].total
+    # wh-b still holds 30 units of HOT (buckets 1-3): the shipment can go there
+    assert (recs[-1].status, recs[-1].reason, left) == ("accepted", None, 29 + 3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known fault, older than the lease-free borrowing: units that come back into "
+    "another bucket between a movement's gathering and its count survive the count",
+)
+def test_a_count_of_a_bucketed_sku_counts_units_back_during_it(store: Store, url: str) -> None:
+    load(store, catalog({"wh-a": 40}))  # 10 at wh-a per bucket
+    other = Store.connect(url)
+    d2 = Decider(other, say=lambda _m: None)
+    recs, _ = decide(other, [order("x", ("HOT", 2))], shard=2, decider=d2)  # bucket 2
+    assert recs[0].status == "accepted"
+    real_run = store.movements.run
+    done: list[int] = []
+
+    def run(*a: Any) -> Any:  # after the gather, before the count's hold: x is cancelled
+        if not done:
+            done.append(1)
+            decide(other, [{"type": "cancel", "order_id": "x"}], shard=2, decider=d2)
+        return real_run(*a)
+
+    store.movements.run = run  # type: ignore[method-assign,assignment]
+    decide(store, [movement("c1", "count", "wh-a", ("HOT", 12))], shard=1)
+    at_a = sum(levels(store, "HOT", b).get("wh-a", 0) for b in range(4))
+    assert done and at_a == 12, f"a count to 12 left {at_a} units at wh-a"
