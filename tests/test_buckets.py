@@ -262,8 +262,13 @@ def _racer(url: str, shard: int, start: mp.Event) -> None:  # type: ignore[valid
         )
     events += [order(f"p{shard}-one-{i}", ("HOT", 1), channel="pos") for i in range(20)]
     start.wait()  # type: ignore[attr-defined]
-    for b in range(0, len(events), 20):
-        chunk = events[b : b + 20]
+    _in_batches(d, shard, events, 20)
+
+
+def _in_batches(d: Decider, shard: int, events: list[Any], size: int) -> None:
+    """The events decided and emitted as one worker's batches of ``size`` on ``shard``."""
+    for b in range(0, len(events), size):
+        chunk = events[b : b + size]
         d.emit(d.process(shard, [(f"{b + j + 1}-0", raw(e)) for j, e in enumerate(chunk)]))
 
 
@@ -550,9 +555,7 @@ def _racer2(url: str, shard: int, n: int, start: mp.Event) -> None:  # type: ign
         if i % 4 == 3:  # a cancel of an earlier order of this shard
             events.append({"type": "cancel", "order_id": f"r{shard}-{i - 3}"})
     start.wait()  # type: ignore[attr-defined]
-    for b in range(0, len(events), 15):
-        chunk = events[b : b + 15]
-        d.emit(d.process(shard, [(f"{b + j + 1}-0", raw(e)) for j, e in enumerate(chunk)]))
+    _in_batches(d, shard, events, 15)
 
 
 @pytest.mark.parametrize("round_", range(2))
@@ -567,12 +570,7 @@ def test_racing_workers_with_cancels_pickups_and_baskets_in_every_bucket(
     for b in range(4):
         assert all(q >= 0 for q in levels(store, "HOT", b).values())
     assert store.buckets.in_flight("HOT", 4) == {}
-    # alone now: store-channel one-unit orders take every unit left, and only then refuse
-    d = Decider(store, say=lambda _m: None)
-    left = ops.stock_view(store, "HOT")["HOT"].total
-    for i in range(left + 1):
-        recs, _ = decide(store, [order(f"sweep{i}", ("HOT", 1), channel="pos")], 9, d)
-        assert (recs[0].status == "accepted") == (i < left), (i, left, recs[0].reason)
+    _sold_exactly_what_is_left(store)
     assert ops.stock_view(store, "HOT")["HOT"].total == 0
 
 
@@ -604,11 +602,7 @@ def test_racing_workers_and_reloads_that_change_the_buckets(
     for b in range(4):
         assert all(q >= 0 for q in levels(store, "HOT", b).values())
     assert store.buckets.in_flight("HOT", 4) == {}
-    d = Decider(store, say=lambda _m: None)
-    left = ops.stock_view(store, "HOT")["HOT"].total
-    for i in range(left + 1):
-        recs, _ = decide(store, [order(f"sweep{i}", ("HOT", 1), channel="pos")], 9, d)
-        assert (recs[0].status == "accepted") == (i < left), (i, left, recs[0].reason)
+    _sold_exactly_what_is_left(store)
 
 
 @pytest.mark.xfail(
@@ -656,3 +650,12 @@ def test_a_count_of_a_bucketed_sku_counts_units_back_during_it(store: Store, url
     decide(store, [movement("c1", "count", "wh-a", ("HOT", 12))], shard=1)
     at_a = sum(levels(store, "HOT", b).get("wh-a", 0) for b in range(4))
     assert done and at_a == 12, f"a count to 12 left {at_a} units at wh-a"
+
+
+def _sold_exactly_what_is_left(store: Store) -> None:
+    """Alone now: store-channel one-unit orders take every unit left, and only then refuse."""
+    d = Decider(store, say=lambda _m: None)
+    left = ops.stock_view(store, "HOT")["HOT"].total
+    for i in range(left + 1):
+        recs, _ = decide(store, [order(f"sweep{i}", ("HOT", 1), channel="pos")], 9, d)
+        assert (recs[0].status == "accepted") == (i < left), (i, left, recs[0].reason)
