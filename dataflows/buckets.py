@@ -198,6 +198,25 @@ def _leased(store: Store, call: Callable[..., Any], targets: list[Target]) -> It
                 pass
 
 
+@contextmanager
+def gathered(
+    store: Store, call: Callable[..., Any], plan: BucketPlan, skus: list[str], at: list[str]
+) -> Iterator[bool]:
+    """The bucketed ones of ``skus`` gathered into bucket 0 at the locations ``at``
+    (everything the other buckets may lend there), their leases held until the block ends,
+    so what decides there in bucket 0 (a re-route: dataflows/fulfilment.py) sees every unit
+    of the SKU there. Yields whether any of ``skus`` is bucketed (nothing is done if not)."""
+    hot = sorted(s for s in set(skus) if s in plan.count)
+    if not hot:
+        yield False
+        return
+    with _leased(store, call, [(sku, 0, "") for sku in hot]):
+        where = [(sku, plan.count[sku], 0, at) for sku in hot]
+        if call(store.buckets.borrow, where, True, plan.floors, plan.version) is None:
+            raise StaleCatalog  # (a reload changed the buckets: the batch is decided again)
+        yield True
+
+
 def _borrow(
     store: Store, call: Callable[..., Any], plan: BucketPlan, targets: list[Target], all_: bool
 ) -> list[int]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from dataflows.aftersale import Aftersale
+from dataflows.buckets import BucketPlan, gathered
 from dataflows.payments import fresh
 from onestock.domain import events
 from onestock.domain.protocol import INTERNAL, SEP, Code, ProtocolError
@@ -59,6 +60,7 @@ class Places(NamedTuple):
     locations: list[str]
     timeouts: dict[str, int]  # location -> its claim timeout, ms (locations that have one)
     capacity: dict[str, int]  # location -> orders it ships a day (locations that have one)
+    buckets: BucketPlan | None = None  # the hot SKUs split into buckets (a re-route gathers)
 
 
 # what a location said of its shipment: its last word (shipped, picked_up, rejected) and
@@ -227,7 +229,7 @@ class Fulfilments:
         ranking = router.decode(router.rank_batch([places.coords.get(f.location)])[0])
         key = f"{keys.DEC_REROUTE}{f.order_id}{SEP}{version}"
         day = int(received) // DAY_MS
-        taken = self._place(f.order_id, key, _merged(here), ranking, gone, places, day, decided)
+        taken = self._placed(f.order_id, key, _merged(here), ranking, gone, places, day, decided)
         if taken is not None:
             value = _accepted(rest + taken)
         else:  # the order's other units go back too (and a gift it won)
@@ -246,6 +248,29 @@ class Fulfilments:
             self._write_off(f, here, decided),
             keys.REG_STATE + f.order_id, f"{version}{SEP}{value}", rec,
         ]  # fmt: skip
+
+    def _placed(
+        self,
+        oid: str,
+        key: str,
+        lines: dict[str, int],
+        ranking: list[str],
+        gone: set[str],
+        places: Places,
+        day: int,
+        decided: str,
+    ) -> list[Alloc] | None:
+        """``_place``; where it finds no place and a SKU of ``lines`` is split into buckets
+        (re-routes take from bucket 0, the SKU's own keys), again once every bucket's units
+        at the candidates are gathered there (under the SKUs' leases; ``gathered``),
+        under a key of its own (a replay gives the same two answers)."""
+        taken = self._place(oid, key, lines, ranking, gone, places, day, decided)
+        plan = places.buckets
+        if taken is not None or plan is None or not any(s in plan.count for s in lines):
+            return taken
+        at = [loc for loc in ranking if loc not in gone]
+        with gathered(self.store, self.wait.call, plan, list(lines), at):
+            return self._place(oid, f"{key}{SEP}all", lines, ranking, gone, places, day, decided)
 
     def _place(
         self,
@@ -322,7 +347,7 @@ class Fulfilments:
                 gives.append(call._replace(mode=GIVE))
         self.wait.call(self.store.shipments.reroute, gives, int(decided))
         lines = _merged([(public(sku), q) for _, sku, q in moved])
-        taken = self._place(oid, key, lines, ranking, full, places, day, decided)
+        taken = self._placed(oid, key, lines, ranking, full, places, day, decided)
         if taken is not None:
             return _accepted(rest + taken)
         if rest:

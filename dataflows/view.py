@@ -61,5 +61,6 @@ class CatalogView:
         capacity = {loc.id: loc.daily_capacity for loc in catalog.locations
                     if loc.daily_capacity is not None}  # fmt: skip
         self.places = Places(
-            self.router, coords, dict(self.floors), list(self.router.ids), timeouts, capacity
-        )
+            self.router, coords, dict(self.floors), list(self.router.ids), timeouts, capacity,
+            self.buckets,
+        )  # fmt: skip

@@ -605,11 +605,6 @@ def test_racing_workers_and_reloads_that_change_the_buckets(
     _sold_exactly_what_is_left(store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known fault, older than the lease-free borrowing: a re-route of a bucketed "
-    "order's shipment (dataflows/fulfilment.py) sees bucket 0 only",
-)
 def test_a_rejected_shipment_of_a_bucketed_order_is_rerouted_from_every_bucket(
     store: Store,
 ) -> None:
