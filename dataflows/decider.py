@@ -13,7 +13,6 @@ from typing import Any, NamedTuple
 
 import msgspec
 import redis
-from msgspec.structs import replace
 
 from dataflows import buckets
 from dataflows.aftersale import Aftersale
@@ -433,30 +432,15 @@ class Decider:
 
     def _refuse_whole(self, orders: list[Order], outcome: dict[str, str]) -> None:
         """Hot-SKU orders of one line still short after borrowing: those a read of their
-        SKU's buckets at one moment shows it cannot cover are refused, as on a batch's read
-        (``Refusals.pooled``); the others stay short."""
-        plan, refusals = self.view.buckets, self.refusals
-        single = {o.order_id: o.lines[0].sku.partition(keys.BUCKET)[0]
-                  for o in orders if len(o.lines) == 1}  # fmt: skip
-        counts = {sku: plan.count[sku] for sku in set(single.values()) if sku in plan.count}
-        if not counts:
-            return
-        read = self.wait.call(self.store.buckets.snapshot, counts, self.version)
-        short = refusals.pooled(read, self.view.floors) if read else {}
-        for o in orders:
-            sku = single.get(o.order_id)
-            if sku not in short:
-                continue
-            plain = replace(o, lines=[replace(o.lines[0], sku=sku)])
-            reason = refusals.judge(plain, self._paid[o.order_id], short, {},
-                                    self.view.store_channels)  # fmt: skip
-            if reason == SOLD_OUT:
-                refusals.sold_out(o)
-            elif reason == NO_PICKUP:
-                refusals.no_pickup(o)
-            else:
-                continue  # (a rule would have answered before "short")
-            outcome[o.order_id] = reason
+        SKU's buckets at one moment shows it cannot cover are refused (``Refusals.whole``);
+        the others stay short."""
+        plan = self.view.buckets
+        skus = {o.lines[0].sku.partition(keys.BUCKET)[0] for o in orders if len(o.lines) == 1}
+        counts = {sku: plan.count[sku] for sku in skus if sku in plan.count}
+        if counts:
+            read = self.wait.call(self.store.buckets.snapshot, counts, self.version)
+            outcome.update(self.refusals.whole(orders, read, self.view.floors, self._paid,
+                                               self.view.store_channels))  # fmt: skip
 
     def _aftersale(
         self,

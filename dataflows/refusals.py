@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from msgspec.structs import replace
+
 from onestock.domain import events
 from onestock.domain.records import rejected
 from onestock.domain.types import Line, Order
@@ -160,6 +162,35 @@ class Refusals:
             read_ = Alone(levels, first.vip_until, None, [])
             short[sku] = self._cleared(sku, Left(units, sum(at.values()), read_, at))
         return short
+
+    def whole(
+        self,
+        orders: list[Order],
+        read: dict[str, list[Alone]],
+        floors: dict[str, int],
+        paid: dict[str, int],
+        store_channels: set[str],
+    ) -> dict[str, str]:
+        """Refusals of hot-SKU orders of one line (renamed to their bucket) that the
+        scripts found short after borrowing, judged on a read of their SKU's buckets at one
+        moment (``read``: ``Buckets.snapshot``), as ``pooled`` and ``judge`` judge a
+        batch's orders; ``paid``: paid_at ms per order id. Their SKUs become suspects."""
+        short = self.pooled(read, floors) if read else {}
+        out: dict[str, str] = {}
+        for o in orders:
+            sku = o.lines[0].sku.partition(BUCKET)[0]
+            if len(o.lines) != 1 or sku not in short:
+                continue
+            plain = replace(o, lines=[replace(o.lines[0], sku=sku)])
+            reason = self.judge(plain, paid[o.order_id], short, {}, store_channels)
+            if reason == SOLD_OUT:
+                self.sold_out(o)
+            elif reason == NO_PICKUP:
+                self.no_pickup(o)
+            else:
+                continue  # (a rule would have answered before "short")
+            out[o.order_id] = reason
+        return out
 
     @staticmethod
     def judge(
