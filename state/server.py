@@ -224,22 +224,43 @@ class LocalCluster:
     def __init__(
         self, home: Path, masters: int = 3, *, binary: str | None = None, persistent: bool = False
     ) -> None:
-        home = Path(home).absolute()
+        self._home, self._masters = Path(home).absolute(), masters
+        self._binary, self._persistent = binary, persistent
+        self._pick()
+
+    def _pick(self) -> None:
+        """The nodes, on ports (and bus ports) free now."""
         extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                  "--cluster-node-timeout", "2000"]  # fmt: skip
         self.nodes = [
             RedisServer(
-                home / f"node{i}",
-                persistent=persistent,
-                binary=binary,
+                self._home / f"node{i}",
+                persistent=self._persistent,
+                binary=self._binary,
                 port=_cluster_port(),
                 extra=extra,
             )  # fmt: skip
-            for i in range(masters)
+            for i in range(self._masters)
         ]
         self.url = self.nodes[0].url
 
-    def start(self, timeout: float = 30.0) -> LocalCluster:
+    def start(self, timeout: float = 30.0, tries: int = 3) -> LocalCluster:
+        """Start and form the cluster; a try that fails (a port, or its bus port, taken by
+        another process between the pick and the start: the bus ports lie in the ephemeral
+        range) stops what it started and tries again on new ports."""
+        for attempt in range(tries):
+            try:
+                return self._form(timeout)
+            except (OnestockError, redis.RedisError, OSError):
+                self.stop()
+                if attempt == tries - 1:
+                    raise
+                for node in self.nodes:
+                    shutil.rmtree(node.home, ignore_errors=True)
+                self._pick()
+        raise AssertionError("unreachable")
+
+    def _form(self, timeout: float) -> LocalCluster:
         for node in self.nodes:
             node.start()
         clients = [redis.Redis.from_url(n.url, socket_timeout=5) for n in self.nodes]

@@ -234,3 +234,19 @@ def test_a_hot_skus_buckets_spread_over_masters_and_sell_out_exactly(cstore: Sto
     assert accepted == 60
     assert ops.stock_view(cstore, "HOT")["HOT"].total == 0
     assert all(q == 0 for n in names for q in stock(cstore, n).values())
+
+
+def test_a_cluster_whose_bus_port_was_taken_starts_on_other_ports(tmp_path: Path) -> None:
+    import socket
+
+    cluster = LocalCluster(tmp_path / "c")
+    taken = cluster.nodes[1].port + 10000  # another process took a bus port since the pick
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", taken))
+        s.listen()
+        cluster.start()
+    try:
+        assert all(n.port + 10000 != taken for n in cluster.nodes)
+        assert RedisCluster.from_url(cluster.url).ping()
+    finally:
+        cluster.stop()
