@@ -229,7 +229,7 @@ class Fulfilments:
         ranking = router.decode(router.rank_batch([places.coords.get(f.location)])[0])
         key = f"{keys.DEC_REROUTE}{f.order_id}{SEP}{version}"
         day = int(received) // DAY_MS
-        taken = self._placed(f.order_id, key, _merged(here), ranking, gone, places, day, decided)
+        taken = self._place(f.order_id, key, _merged(here), ranking, gone, places, day, decided)
         if taken is not None:
             value = _accepted(rest + taken)
         else:  # the order's other units go back too (and a gift it won)
@@ -249,29 +249,6 @@ class Fulfilments:
             keys.REG_STATE + f.order_id, f"{version}{SEP}{value}", rec,
         ]  # fmt: skip
 
-    def _placed(
-        self,
-        oid: str,
-        key: str,
-        lines: dict[str, int],
-        ranking: list[str],
-        gone: set[str],
-        places: Places,
-        day: int,
-        decided: str,
-    ) -> list[Alloc] | None:
-        """``_place``; where it finds no place and a SKU of ``lines`` is split into buckets
-        (re-routes take from bucket 0, the SKU's own keys), again once every bucket's units
-        at the candidates are gathered there (under the SKUs' leases; ``gathered``),
-        under a key of its own (a replay gives the same two answers)."""
-        taken = self._place(oid, key, lines, ranking, gone, places, day, decided)
-        plan = places.buckets
-        if taken is not None or plan is None or not any(s in plan.count for s in lines):
-            return taken
-        at = [loc for loc in ranking if loc not in gone]
-        with gathered(self.store, self.wait.call, plan, list(lines), at):
-            return self._place(oid, f"{key}{SEP}all", lines, ranking, gone, places, day, decided)
-
     def _place(
         self,
         oid: str,
@@ -282,12 +259,16 @@ class Fulfilments:
         places: Places,
         day: int,
         decided: str,
+        gather: bool = True,
     ) -> list[Alloc] | None:
         """``lines`` (SKU -> units) taken at the first locations of ``ranking`` not in
         ``gone`` that have room on ``day`` (reroute.lua per slot, all or none; capacity.lua);
         None when no such locations have the units. The same answer on a replay: each
-        attempt's outcome is kept under ``key``, and a full day stays full."""
-        gone = set(gone)
+        attempt's outcome is kept under ``key``, and a full day stays full. Re-routes take
+        from bucket 0 of a hot SKU split into buckets (its own keys): where no place is
+        found (``gather``), again once every bucket's units at the candidates are gathered
+        there (under the SKUs' leases; ``gathered``), under a key of its own."""
+        before, gone = gone, set(gone)
         for attempt in range(len(places.locations)):
             cands = [loc for loc in ranking if loc not in gone]
             calls = self._calls(f"{key}{SEP}{attempt}", lines, cands, places)
@@ -309,9 +290,15 @@ class Fulfilments:
             if undo:
                 self.wait.call(self.store.shipments.reroute, undo, int(decided))
             if not ok:
-                return None
+                break
             gone |= full
-        return None
+        plan = places.buckets
+        if not gather or plan is None or not any(s in plan.count for s in lines):
+            return None
+        at = [loc for loc in ranking if loc not in before]
+        with gathered(self.store, self.wait.call, plan, list(lines), at):
+            again = f"{key}{SEP}all"
+            return self._place(oid, again, lines, ranking, before, places, day, decided, False)
 
     def full(self, oid: str, locations: set[str], places: Places, day: int) -> set[str]:
         """Count ``oid`` against the daily capacity of those of ``locations`` that have one;
@@ -347,7 +334,7 @@ class Fulfilments:
                 gives.append(call._replace(mode=GIVE))
         self.wait.call(self.store.shipments.reroute, gives, int(decided))
         lines = _merged([(public(sku), q) for _, sku, q in moved])
-        taken = self._placed(oid, key, lines, ranking, full, places, day, decided)
+        taken = self._place(oid, key, lines, ranking, full, places, day, decided)
         if taken is not None:
             return _accepted(rest + taken)
         if rest:
