@@ -15,16 +15,17 @@ A bucket that cannot serve an order does not say sold_out at once (``decide.lua`
    SKU cannot cover (``Buckets.snapshot``, as a batch's read refuses a sold-out SKU's orders:
    dataflows/refusals.py); borrows *everything* the other buckets may lend for the rest, one
    bucket at a time, and decides them again; so for a few rounds;
-3. decides what is still short for good, borrowing everything under the SKU's lease held
-   until the decision (the first rounds' answers were never final: "short" again).
+3. for what is still short, a last round with the SKU's lease held from the move to the
+   decision (no unit moves between buckets meanwhile), still refusing on the read, tried
+   again after moving what came back (a cancel, a return); only then a decision that
+   refuses at once.
 
 Moves (lend, receive) take turns under the SKU's mover lease, held for the move alone, so
 the workers never wait for each other's decisions; a decision round may find its borrowed
-units lent on to another bucket meanwhile, and then asks again. An order is refused only
-when the read shows the whole SKU short for it (an exact moment), or when its bucket held
-every lendable unit of the SKU (the last round: nothing moves while the lease is held; the
-other buckets can only have sold units meanwhile): sell-out is exact, and nothing is
-oversold, since each bucket's units are taken atomically by its script.
+units lent on to another bucket meanwhile, and then asks again. An order is refused when
+the read shows the whole SKU short for it (an exact moment), or, after the last round's
+tries, when its bucket holds every unit the others could lend: sell-out is exact, and
+nothing is oversold, since each bucket's units are taken atomically by its script.
 """
 
 from __future__ import annotations
@@ -201,20 +202,16 @@ def _leased(store: Store, call: Callable[..., Any], targets: list[Target]) -> It
 @contextmanager
 def gathered(
     store: Store, call: Callable[..., Any], plan: BucketPlan, skus: list[str], at: list[str]
-) -> Iterator[bool]:
+) -> Iterator[None]:
     """The bucketed ones of ``skus`` gathered into bucket 0 at the locations ``at``
     (everything the other buckets may lend there), their leases held until the block ends,
     so what decides there in bucket 0 (a re-route: dataflows/fulfilment.py) sees every unit
-    of the SKU there. Yields whether any of ``skus`` is bucketed (nothing is done if not)."""
+    of the SKU there."""
     hot = sorted(s for s in set(skus) if s in plan.count)
-    if not hot:
-        yield False
-        return
     with _leased(store, call, [(sku, 0, "") for sku in hot]):
-        where = [(sku, plan.count[sku], 0, at) for sku in hot]
-        if call(store.buckets.borrow, where, True, plan.floors, plan.version) is None:
-            raise StaleCatalog  # (a reload changed the buckets: the batch is decided again)
-        yield True
+        if hot:
+            _moved(store, call, plan, [(sku, plan.count[sku], 0, at) for sku in hot], True)
+        yield
 
 
 def _borrow(
@@ -222,8 +219,20 @@ def _borrow(
 ) -> list[int]:
     """Units moved into each target's bucket: at its pickup store, or at every location."""
     where = [(sku, plan.count[sku], b, [at] if at else plan.locations) for sku, b, at in targets]
+    return _moved(store, call, plan, where, all_)
+
+
+def _moved(
+    store: Store,
+    call: Callable[..., Any],
+    plan: BucketPlan,
+    where: list[tuple[str, int, int, list[str]]],
+    all_: bool,
+) -> list[int]:
+    """``Buckets.borrow`` of ``where``; a plan older than the buckets' catalog (a reload
+    changed them since) raises StaleCatalog: the batch is decided again."""
     got = call(store.buckets.borrow, where, all_, plan.floors, plan.version)
-    if got is None:  # a reload changed the SKU's buckets since this plan: decide again
+    if got is None:
         raise StaleCatalog
     return got  # type: ignore[no-any-return]
 
