@@ -410,6 +410,10 @@ def _quiet(_msg: str) -> None:
 
 
 def _where(exc: BaseException) -> str:
+    """The exception, where it was raised and the project's innermost frame on the way
+    (a library's frame alone, e.g. redis-py's connection.py, does not say which call)."""
     frames = traceback.extract_tb(exc.__traceback__)
-    at = f" at {frames[-1].filename.rsplit('/', 2)[-1]}:{frames[-1].lineno}" if frames else ""
+    ours = [f for f in frames if "site-packages" not in f.filename]
+    places = [f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in [*ours[-1:], *frames[-1:]]]
+    at = "".join(f" at {x}" for x in dict.fromkeys(places))
     return f"{type(exc).__name__}: {exc}"[:300] + at
