@@ -363,11 +363,14 @@ class Aftersale:
             sent.append(_Sent(eid, raw, r, digest, refs))
         return _Counted(sent, apply, copies)
 
-    def undo(self, orders: list[tuple[str, str]]) -> dict[str, int]:
+    def undo(
+        self, orders: list[tuple[str, str]], void: frozenset[str] = frozenset()
+    ) -> dict[str, int]:
         """Give the units of accepted outcomes back (undo_units.lua per slot), per SKU only
         what is still out: the allocations minus the units returned before (keys.DEC_RETURNED <order
-        id>'), taken off the last allocations first. Returns per order the first-N
-        candidacies removed.
+        id>'), taken off the last allocations first; for the orders in ``void`` (rejected
+        after their decision) what the decision took of the rules too. Returns per order the
+        first-N candidacies removed.
 
         A hot-SKU bucket b > 0 keeps its allocations in its own slot, while the SKU's returns
         land in its own keys (bucket 0, with keys.DEC_RETURNED): a first phase marks the order
@@ -384,7 +387,7 @@ class Aftersale:
             if hot:
                 marks.append((oid, [(sku, "", 0, 0) for sku in sorted(hot)]))
         back: dict[tuple[str, str], int] = {}  # (order id, SKU) -> units returned before
-        for oid, skus, got in self.wait.call(self.store.skus.undo_units, marks):
+        for oid, skus, got in self.wait.call(self.store.skus.undo_units, marks, void):
             for sku, n in zip(skus, got[1:], strict=True):
                 back[(oid, sku)] = int(n)
         quads = [
@@ -393,7 +396,7 @@ class Aftersale:
             for oid, part in allocs
         ]  # fmt: skip
         removed: dict[str, int] = {}
-        for oid, _, got in self.wait.call(self.store.skus.undo_units, quads):
+        for oid, _, got in self.wait.call(self.store.skus.undo_units, quads, void):
             removed[oid] = removed.get(oid, 0) + int(got[0])
         return removed
 

@@ -337,8 +337,13 @@ class Fulfilments:
         taken = self._place(oid, key, lines, ranking, full, places, day, decided)
         if taken is not None:
             return _accepted(rest + taken)
-        if rest:
-            self.aftersale.undo([(oid, _accepted(rest))])
+        # Rejected: the decision is void (the order never happened). The units still out go
+        # back (those moved off came back above: their SKUs only marked), with all the decision
+        # took of the rules: counts against the customer's limits, channel lock draws (kept by
+        # decide.lua, or in a cross-slot order's parts), the first-N candidacy.
+        kept = rest + [(loc, sku, 0) for loc, sku, _ in moved]
+        self.aftersale.undo([(oid, _accepted(kept))], void=frozenset([oid]))
+        self.wait.call(self.store.skus.unrule_parts, oid, {public(sku) for _, sku, _ in allocs})
         if not ranking:
             return rejected("pickup_unavailable", "the store has no room for more orders today")
         return rejected("sold_out", "no location with the units has room for more orders today")

@@ -78,6 +78,11 @@ REG_PENDING = "\x00p:"  # + order id: a reserved order's channel SEP delivery mo
 DEC_UNDONE = "\x00u:"  # + order id: a cancel gave the order's units of the SKU back
 DEC_RETURN = "\x00r:"  # + return digest: that return was applied to the SKU
 DEC_RETURNED = "\x00rq:"  # + order id: units of the SKU returned for the order so far
+# + order id: what an accepted order's decision took of the SKU's rules (decide.lua):
+# "<customer> SEP <channel> SEP <units counted against the customer's limit> SEP <units drawn
+# from the channel's own lock>", kept where either is above 0, so a rejection after the
+# decision (a location's day full: dataflows/fulfilment.py) gives them back (undo_units.lua)
+DEC_RULED = "\x00d:"
 # + movement id: the movement's state in this slot (protocol.MOVE_*; kept in the decision
 # hash of the first SKU of the slot's movement.lua call)
 DEC_MOVEMENT = "\x00m:"

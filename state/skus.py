@@ -192,14 +192,32 @@ class Skus:
     def release_parts(self, slots: list[list[Part]]) -> list[int]:
         """Undo each slot's parts of orders (idempotent; release_parts.lua)."""
         calls = [_parts_args(parts, None) for parts in slots]
+        for _, args in calls:
+            args.append("all")
         return self._per_slot(self._release_parts, _parts_key, calls)
+
+    def unrule_parts(self, oid: str, skus: set[str]) -> None:
+        """An order of ``skus`` reserved whole across slots, rejected after its decision: what
+        its parts took of the rules (counts against the customer's limits, channel lock
+        draws) goes back, and its candidacy; its units go back through ``undo_units``
+        (release_parts.lua 'rules'; idempotent). Nothing for an order of one slot."""
+        slots: dict[int, list[str]] = {}
+        for sku in sorted(skus):
+            slots.setdefault(keys.sku_slot(sku), []).append(sku)
+        if len(slots) < 2:
+            return
+        calls = [(names, [len(names), *names, 1, oid, 1, "rules"]) for names in slots.values()]
+        self._per_slot(self._release_parts, _parts_key, calls)
 
     # -- cancellations and returns ---------------------------------------------------------
 
-    def undo_units(self, orders: list[Undo]) -> list[tuple[str, list[str], list[Any]]]:
+    def undo_units(
+        self, orders: list[Undo], void: frozenset[str] = frozenset()
+    ) -> list[tuple[str, list[str], list[Any]]]:
         """Give cancelled orders' units back: undo_units.lua, one call per slot, all in one
-        round trip. Per order and slot: (order id, its SKUs there in order of first
-        appearance, the script's answer)."""
+        round trip; the orders in ``void`` were rejected after their decision: what it took
+        of the rules goes back too. Per order and slot: (order id, its SKUs there in order of
+        first appearance, the script's answer)."""
         by_slot: dict[int, list[Undo]] = {}
         for oid, part in orders:
             per_slot: dict[int, list[tuple[str, str, int, int]]] = {}
@@ -209,7 +227,7 @@ class Skus:
                 by_slot.setdefault(slot, []).append((oid, quads))
         if not by_slot:
             return []
-        calls = [_undo_args(batch) for batch in by_slot.values()]
+        calls = [_undo_args(batch, void) for batch in by_slot.values()]
         got = self._per_slot(self._undo_units, keys.decisions, calls)
         out = []
         for batch, res in zip(by_slot.values(), got, strict=True):
@@ -351,7 +369,7 @@ def _parts_args(
     return list(names), args
 
 
-def _undo_args(batch: list[Undo]) -> tuple[list[str], list[Any]]:
+def _undo_args(batch: list[Undo], void: frozenset[str]) -> tuple[list[str], list[Any]]:
     """(SKUs, ARGV) of one slot's undo_units.lua call (the layout: its header)."""
     names: dict[str, int] = {}
     for _, quads in batch:
@@ -359,7 +377,7 @@ def _undo_args(batch: list[Undo]) -> tuple[list[str], list[Any]]:
             names.setdefault(sku, len(names) + 1)
     args: list[Any] = [len(names), *names, len(batch)]
     for oid, quads in batch:
-        args += [oid, len(quads)]
+        args += [oid, int(oid in void), len(quads)]
         for sku, loc, qty, returned in quads:
             args += [names[sku], loc, qty, returned]
     return list(names), args

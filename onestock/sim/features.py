@@ -40,9 +40,9 @@ class Features:
     # ... a daily capacity on one location now and then (its catalog then has no campaign,
     # per-customer limit or channel lock, reload included, unless capacity_rules)
     capacity: bool = True
-    # ... capacity alongside the campaign, limits and locks: fails today (a capacity
-    # rejection keeps its first-N candidacy, its count against the customer's limit and its
-    # channel lock's draw; test_fulfilment_sim.py)
+    # ... capacity alongside the campaign, limits and locks (a capacity rejection kept its
+    # first-N candidacy, its count against the customer's limit and its channel lock's draw;
+    # fixed, test_fulfilment_sim.py)
     capacity_rules: bool = True
     # ... rejections of orders with returns (ops.audit counted a returned unit of the
     # rejecting shipment twice; fixed, test_fulfilment_sim.py)

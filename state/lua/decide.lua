@@ -270,14 +270,38 @@ local function becomes_candidate(oid, blob, lines)
   return candidate
 end
 
+-- The decision hashes' new fields: per SKU index, (field, value) pairs (decide_all).
+local records = {}
+
+-- An accepted order's effects on the rules of its SKUs, kept per SKU in the SKU's decision
+-- hash under DEC_RULED .. oid (keys.py): the customer, the channel, the units counted against
+-- the customer's limit and those drawn from the channel's own lock, where either is above
+-- 0 (a rejection after the decision gives them back: undo_units.lua).
+local function keep_ruled(oid, lines, customer, ch, draws)
+  local counted = {}
+  for i = 1, #lines, 2 do
+    local s = lines[i]
+    if limit[s] then counted[s] = (counted[s] or 0) + lines[i + 1] end
+  end
+  for s = 1, nskus do
+    local c, d = counted[s] or 0, draws[s] or 0
+    if c > 0 or d > 0 then
+      local rec = records[s]
+      rec[#rec + 1] = DEC_RULED .. oid
+      rec[#rec + 1] = concat({ customer, ch, c, d }, SEP)
+    end
+  end
+end
+
 -- What follows from an accepted outcome `res` of an order of channel `ch`: the customer's
--- counts and the lock's draws (`draws` nil: no rules), the candidacy (then CANDIDATE .. res;
--- not while its payment is `pending`: a payment makes it a candidate, dataflows/payments.py),
--- the alerts.
+-- counts and the lock's draws (`draws` nil: no rules; kept: keep_ruled), the candidacy (then
+-- CANDIDATE .. res; not while its payment is `pending`: a payment makes it a candidate,
+-- dataflows/payments.py), the alerts.
 local function accepted(oid, blob, lines, customer, ch, draws, res, pending)
   if draws then
     count_sold(lines, customer)
     draw_locks(ch, draws)
+    keep_ruled(oid, lines, customer, ch, draws)
   end
   if now and not pending and becomes_candidate(oid, blob, lines) then res = CANDIDATE .. res end
   if any_low then
@@ -309,10 +333,10 @@ local function decide_one(oid, blob, customer)
   return res
 end
 
--- Pass 2: decide in order, on the Lua tables. Returns the outcomes and, per SKU index, the
--- (order id, outcome) pairs its decision hash stores.
+-- Pass 2: decide in order, on the Lua tables. Returns the outcomes; `records` gets, per SKU
+-- index, the (order id, outcome) pairs its decision hash stores (and keep_ruled's).
 local function decide_all(stored)
-  local records, out = {}, {}
+  local out = {}
   for s = 1, nskus do records[s] = {} end
   for o = 1, norders do
     local a = first + ORDER_ARGS * (o - 1)
@@ -333,7 +357,7 @@ local function decide_all(stored)
       end
     end
   end
-  return out, records
+  return out
 end
 
 -- Write back what changed.
@@ -358,6 +382,6 @@ if failed then return failed end
 local stored = read_stored(by_home)
 read_skus()
 if rules_newer(stock, nskus, version) then return stale_outcomes(stored) end
-local out, records = decide_all(stored)
+local out = decide_all(stored)
 write_back(records)
 return out

@@ -64,6 +64,7 @@ local DEC_REROUTE = '\0rr:'
 local DEC_UNDONE = '\0u:'
 local DEC_RETURN = '\0r:'
 local DEC_RETURNED = '\0rq:'
+local DEC_RULED = '\0d:'
 local DEC_MOVEMENT = '\0m:'
 
 -- a winner's gift instead of a location (keys.py)
