@@ -83,6 +83,7 @@ class Moves:
         self.skus = {s["sku"] for s in cat["skus"]}
         self.bound = self._bound(evs, ob)
         self.moved = self._moved()
+        self.put = self._moved(write_offs=False)
 
     def _bound(self, evs: list[Ev], ob: Observed) -> Counter[str]:
         """Per SKU, more units than it ever has: loaded, plus every unit any valid movement
@@ -110,8 +111,9 @@ class Moves:
             return "refused", "below_zero"
         return None
 
-    def _moved(self) -> Counter[tuple[str, str]]:
-        """(SKU, location) -> units the applied movements added (negative: took)."""
+    def _moved(self, write_offs: bool = True) -> Counter[tuple[str, str]]:
+        """(SKU, location) -> units the applied movements added (negative: took); with the
+        re-routes' write-offs (``write_offs``) counted out as sales."""
         moved: Counter[tuple[str, str]] = Counter()
         for mid, e in self.first.items():
             recs, obj = self.records.get(mid), e.obj or {}
@@ -128,7 +130,7 @@ class Moves:
                     moved[(sku, obj["to"])] += q
                 else:
                     moved[(sku, loc)] += -q if kind == "sale" else q
-        for recs in self.records.values():  # re-routes' write-offs: counted out as sales
+        for recs in self.records.values() if write_offs else ():  # (counted out as sales)
             for rec in recs[:1]:
                 if rec.get("kind") == "write_off" and rec["status"] == "applied":
                     for ln in rec["lines"]:
@@ -136,8 +138,11 @@ class Moves:
         return moved
 
     def added(self, sku: str) -> int:
-        """Units of ``sku`` the applied movements put anywhere (a lenient bound's part)."""
-        return sum(q for (s, _), q in self.moved.items() if s == sku and q > 0)
+        """Units of ``sku`` the applied movements put anywhere (a lenient bound's part). Not
+        less a re-route's write-off: the units it writes off are the order's, which counts
+        them as taken already (a write-off at a location that received them would hide the
+        receipt)."""
+        return sum(q for (s, _), q in self.put.items() if s == sku and q > 0)
 
 
 def check(c: Checker) -> None:

@@ -43,6 +43,12 @@ def _decided_ms(c: Checker, oid: str) -> int | None:
     return ms(dec["decided_at"]) if dec else None
 
 
+def _received_ms(c: Checker, oid: str) -> int:
+    """When the order was first received (its decision's record says; 0: unknown)."""
+    dec = c.decision.get(oid)
+    return (ms(dec.get("received_at")) or 0) if dec else 0
+
+
 def limits(c: Checker) -> None:
     lim = _rule(c, "per_customer_limit")
     bought, after = _bought(c)
@@ -77,20 +83,26 @@ def _bought(c: Checker) -> tuple[Counter[tuple[str, str]], Counter[tuple[str, st
 
 def _limit_rejections(c: Checker, lim: list[dict[str, Any]]) -> None:
     """A limit_exceeded needs units the customer bought before it (decided no later than it,
-    give or take the clock skew between concurrent workers), whichever catalog judged it."""
+    give or take the clock skew between concurrent workers), whichever catalog judged it. A
+    decision written after the first crash may be the replay of one made before it, as early
+    as its order was received (a cross-slot order counts at its reservation)."""
     times = {oid: _decided_ms(c, oid) for oid in c.took}
+    crash, skew = c.ob.first_crash_ms, c.ob.skew_ms
     for oid, dec in c.decision.items():
         if dec["status"] != "rejected" or dec["reason"] != "limit_exceeded":
             continue
         obj = _obj(c, oid)
         cust, at = obj.get("customer", {}).get("id"), ms(dec["decided_at"])
-        crash = c.ob.first_crash_ms
-        anytime = at is None or (crash is not None and at >= crash - c.ob.skew_ms)
+        anytime = at is None or (crash is not None and at >= crash - skew)
         have: Counter[str] = Counter()
         for other, took in c.took.items():
             t = times[other]
+            replayed = crash is not None and t is not None and t >= crash - skew
             if _obj(c, other).get("customer", {}).get("id") == cust and (
-                anytime or t is None or t <= at + c.ob.skew_ms  # type: ignore[operator]
+                anytime
+                or t is None
+                or t <= at + skew  # type: ignore[operator]
+                or (replayed and _received_ms(c, other) <= at + skew)  # type: ignore[operator]
             ):
                 have += per_sku(took)
         reasons = [
