@@ -144,6 +144,13 @@ def test_an_order_crowded_out_of_its_day_by_its_batch_takes_back_its_rules(
     for sku, _ in lines:
         assert _bought(store, sku, f"c-{first}") == 1
         assert _bought(store, sku, f"c-{second}") == 0, sku
+    # a replay of the rejection's give-backs (a crash after them) gives nothing twice
+    store.skus.undo_units(
+        [(second, [(sku, "wh-sh", 0, 0) for sku, _ in lines])], frozenset([second])
+    )
+    store.skus.unrule_parts(second, {sku for sku, _ in lines})
+    for sku, _ in lines:
+        assert _bought(store, sku, f"c-{second}") == 0, sku
     stock = store.r.hgetall(keys.stock("SOCKS"))
     assert int(stock[(keys.LOCK_USED + "tmall").encode()]) == 1
     assert store.skus.stock_levels(["SOCKS"])["SOCKS"]["wh-sh"] == 4
