@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dataflows.lifecycle import Lifecycle
 from onestock.domain import sharding
 from onestock.sim.fast import run_fast
 from onestock.sim.features import Features
@@ -18,6 +19,7 @@ from onestock.sim.history import generate
 from onestock.sim.model import Observed, check
 from state import keys
 from state.store import Store
+from tests import test_gifts as gifts
 from tests.helpers import order
 from tests.test_fulfilment import buy, catalog, conserved, levels, said
 from tests.test_gifts import SHARDS, setup
@@ -155,6 +157,74 @@ def test_an_order_crowded_out_of_its_day_by_its_batch_takes_back_its_rules(
     assert int(stock[(keys.LOCK_USED + "tmall").encode()]) == 1
     assert store.skus.stock_levels(["SOCKS"])["SOCKS"]["wh-sh"] == 4
     conserved(store, {s["sku"]: s["stock"] for s in cat["skus"]})
+
+
+def test_a_campaign_order_crowded_out_is_never_ranked_by_a_settler_meanwhile(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker's settler runs between the decision and the days' count (an order read
+    elsewhere put the watermark past the batch's paid_at + lateness: its orders come late).
+    The order the full day rejects was never a candidate, so never ranked and given a gift:
+    while a location has a daily capacity, candidacy waits for the days (found by a review:
+    a candidacy taken at the decision was ranked, its gift taken, and the rejection's give-back
+    found nothing to end)."""
+    cat = gifts.catalog(first_n=3)
+    cat["locations"][0]["daily_capacity"] = 1
+    cat["skus"][2]["stock"] = {"wh-bj": 100}  # (z counts against wh-bj's day, not wh-sh's)
+    d = gifts.setup(store, cat)
+    p = Pipe(store, d)
+    first, second = _one_batch(2)
+    p.push(gifts.buy("z", gifts.LATE + 10_000, ("SOCKS", 1)))  # read first, elsewhere
+    p.decide()
+    real = Lifecycle._capacity
+
+    def racing(self: Lifecycle, *a: Any, **k: Any) -> None:
+        d.settler.run()  # (as another worker's settler, between the decision and the count)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(Lifecycle, "_capacity", racing)
+    p.push(gifts.buy(first, 1000), gifts.buy(second, 2000))
+    p.decide()
+    monkeypatch.setattr(Lifecycle, "_capacity", real)
+    for _ in range(3):
+        d.settler.run(force=True)
+        p.decide()
+    recs = versions(store)
+    assert recs[first][-1].status == "accepted", recs[first][-1]
+    assert recs[second][-1].status == "rejected", recs[second][-1]
+    assert recs[first][-1].gift is not None  # the kept one was ranked and got its gift
+    totes = sum(store.skus.stock_levels(["TOTE"])["TOTE"].values())
+    assert totes == 99, f"{totes} TOTE left: the rejected {second} took one"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known fault (capacity_rules, out of CI's soak): an order of the batch judged on "
+    "what a later-voided decision took",
+)
+def test_a_void_order_leaves_no_limit_exceeded_on_its_batch_mate(store: Store) -> None:
+    """b1 (customer c, 2 SOCKS, limit 2) is decided first and counts 2; b2 (customer c,
+    1 SOCKS) of the same batch is then rejected limit_exceeded on that count. a0 and a1 fill
+    wh-sh's day first, b1 has no other place for 2 units: it is rejected, void, and its count
+    goes back; b2 stays refused on a count that never happened (with b1 void it fits the
+    limit, and st-hz, 1 unit and room, would take it). Found by a review of the void."""
+    cat = catalog()
+    cat["locations"][0]["daily_capacity"] = 2  # wh-sh: room for 2 orders today
+    cat["skus"] = [{"sku": "SOCKS", "stock": {"wh-sh": 5, "st-hz": 1}, "per_customer_limit": 2}]
+    p = Pipe(store, setup(store, cat))
+    a0, a1, b1, b2 = _one_batch(4)
+    c: dict[str, Any] = {"id": "c-same"}
+    p.push(
+        buy(a0, ("SOCKS", 1)),
+        buy(a1, ("SOCKS", 1)),
+        {**buy(b1, ("SOCKS", 2)), "customer": c},
+        {**buy(b2, ("SOCKS", 1)), "customer": c},
+    )
+    p.decide()
+    recs = {o: (r[-1].status, r[-1].reason) for o, r in versions(store).items()}
+    assert recs[b1] == ("rejected", "sold_out")
+    assert _bought(store, "SOCKS", "c-same") == 0  # b1's count went back ...
+    assert recs[b2][1] != "limit_exceeded", recs[b2]  # ... but b2 was refused on it
 
 
 def test_a_campaign_order_rejected_for_capacity_holds_no_rank(url: str) -> None:

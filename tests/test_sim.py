@@ -26,7 +26,9 @@ from state import movements as state_movements
 # Input classes generated: all of them (each class the check found is fixed). A class that
 # breaks again and cannot be fixed at once can be left out here, e.g. "all,-skew"
 # (python3 dev.py soak --features all shows what fails).
-CI_FEATURES = os.environ.get("ONESTOCK_SIM_FEATURES", "all")
+# (capacity_rules: a known fault left, README "Limits": an order of a batch judged on what a
+# decision of the same batch took that a full day then made void)
+CI_FEATURES = os.environ.get("ONESTOCK_SIM_FEATURES", "all,-capacity_rules")
 # Violation classes known and not fixed yet that no input switch avoids ("a,b"): not counted
 # until their fix lands. None today.
 KNOWN = frozenset(filter(None, os.environ.get("ONESTOCK_SIM_KNOWN", "").split(",")))
