@@ -126,9 +126,6 @@ class Decider:
         # Hot-SKU buckets: orders that say "short" instead of sold_out in this round, and
         # orders decided in a bucket other than 0 (it holds no safety stock)
         self._retry: set[str] = set()
-        # the batch's orders of a campaign SKU while a location has a daily capacity: first-N
-        # candidates only once the days kept them (``_candidates``)
-        self._defer: dict[str, Order] = {}
         self._spread: set[str] = set()
         # (bucketed SKU, pickup store or "" for shipments) whose other buckets had nothing to
         # lend at the last borrowing: such orders skip the first round and go straight to
@@ -234,15 +231,8 @@ class Decider:
         outcome = judged.outcome
         held_ids: set[str] = set()
         self._skip.clear()
-        self._defer.clear()
         if self.view.places.capacity and judged.todo:
             self._room(batch.firsts, judged, pre.mark)  # full days: left out (new orders)
-            gifts = self.view.campaign_skus
-            self._defer = {
-                o.order_id: o
-                for o in (*judged.todo, *judged.bucketed)
-                if gifts and any(ln.sku in gifts for ln in o.lines)
-            }
         self._decide(judged.todo, outcome, held_ids)
         if judged.bucketed:
             self._borrow(judged.bucketed, outcome, held_ids)
@@ -250,8 +240,6 @@ class Decider:
             batch.firsts, outcome, held_ids, self._pending, self.view.places, self._ranking,
             decided,
         )  # fmt: skip
-        if self._defer:
-            self._candidates(list(self._defer.values()), outcome, held_ids)
         # orders moved off locations whose day is full; pending ones reserved (the new ones)
         # outcome: every order's; held_ids: first-N candidates (their records are held)
         records, tags = self._aftersale(shard, batch, outcome, held_ids, decided)
@@ -540,39 +528,29 @@ class Decider:
     ) -> None:
         """The orders spanning slots (``cross_slot.decide_cross``); an order reserved whole
         with a campaign SKU becomes a first-N candidate of it (only then: every part is
-        reserved; ``_candidates``)."""
+        reserved)."""
+        gifts = self.view.campaign_skus
         router = self.view.router
         rankings = [router.decode(ranked[o.order_id]) for o in cross]
         decide_cross(
             self.store, self.wait.call, cross, rankings, outcome, self.view.rules, self._retry,
             paid=self._paid,
         )  # fmt: skip
+        candidates: dict[str, list[tuple[str, int]]] = {}
         for o in cross:
             res = outcome[o.order_id]
-            if res == SOLD_OUT:  # (the next read keeps only SKUs without the units)
-                self.refusals.sold_out(o)
-            elif res == NO_PICKUP:
-                self.refusals.no_pickup(o)
-        self._candidates([o for o in cross if o.order_id not in self._defer], outcome, held_ids)
-
-    def _candidates(self, orders: list[Order], outcome: dict[str, str], held_ids: set[str]) -> None:
-        """The accepted ones of ``orders`` with a campaign SKU become first-N candidates of it
-        (their records held): the cross-slot orders (reserved whole only now), and the batch's
-        orders while a location has a daily capacity (``_defer``: only once the days kept
-        them, ``Lifecycle.route``; a candidacy taken at the decision could be ranked, and get
-        its gift, from another worker's settler before a full day rejects the order). Not an
-        order whose payment is pending: its payment makes it one."""
-        gifts = self.view.campaign_skus
-        candidates: dict[str, list[tuple[str, int]]] = {}
-        for o in orders:
             if (
-                outcome.get(o.order_id, "")[:1] == Code.ACCEPTED
-                and o.order_id not in self._pending
+                res[0] == Code.ACCEPTED
+                and o.order_id not in self._pending  # (a payment makes it a candidate)
                 and any(ln.sku in gifts for ln in o.lines)
             ):
                 held_ids.add(o.order_id)
                 for sku in {ln.sku for ln in o.lines if ln.sku in gifts}:
                     candidates.setdefault(sku, []).append((o.order_id, self._paid[o.order_id]))
+            elif res == SOLD_OUT:  # (the next read keeps only SKUs without the units)
+                self.refusals.sold_out(o)
+            elif res == NO_PICKUP:
+                self.refusals.no_pickup(o)
         for sku, items in candidates.items():
             self.wait.call(self.store.campaigns.add_candidates, sku, items)
 
@@ -710,6 +688,5 @@ class Decider:
         view = self.view
         return DecideArgs(
             view.router.ids, view.loc_index, view.safety, view.fewest, view.store_channels,
-            view.version, ranked, self._paid, self._spread, self._retry,
-            self._pending.keys() | self._defer.keys(),  # (no candidacy taken by decide.lua)
+            view.version, ranked, self._paid, self._spread, self._retry, self._pending.keys(),
         )  # fmt: skip
