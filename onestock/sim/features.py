@@ -42,8 +42,8 @@ class Features:
     capacity: bool = True
     # ... capacity alongside the campaign, limits and locks (a capacity rejection kept its
     # first-N candidacy, its count against the customer's limit and its channel lock's draw:
-    # fixed; left: an order of the batch judged on what the rejected one's decision took,
-    # test_fulfilment_sim.py, xfail)
+    # fixed; left: an order of the batch judged on what the rejected one's decision took, a
+    # late order ranked before the day's count; test_fulfilment_sim.py, xfail)
     capacity_rules: bool = True
     # ... rejections of orders with returns (ops.audit counted a returned unit of the
     # rejecting shipment twice; fixed, test_fulfilment_sim.py)
