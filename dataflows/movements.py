@@ -16,7 +16,14 @@ by ``movement.lua``, one call per hash slot:
 
 A hot SKU split into buckets (docs/buckets.md) takes its movements in bucket 0, after the
 units of the movement's locations are gathered there from its other buckets, under the
-SKU's mover lease: a movement sees every unit the SKU has there.
+SKU's mover lease: a movement sees every unit the SKU has there. Units may still come back
+into another bucket meanwhile (a cancel, a return: they take no lease), which only matters
+to a count (it sets what a location holds): its hold in bucket 0 carries a guard, the other
+buckets' change counts (``keys.STOCK_UP``) read after the gathering found them empty there,
+and it commits only once a read after the hold finds the same counts; else it holds again
+(``rehold``) after another gathering. So at its hold no other bucket held a unit there: the
+count takes effect at its hold, whatever came back before it counted, whatever after it
+kept. A replay compares with the guard kept with the hold, not with a new one.
 """
 
 from __future__ import annotations
@@ -37,11 +44,12 @@ from onestock.domain.types import MovedLine, MovementRecord, json_encoder
 from state import keys
 from state.conn import Waiter
 from state.keys import sku_slot
-from state.movements import ABORT, APPLY, COMMIT, HOLD, Answer, Call, MoveLine
+from state.movements import ABORT, APPLY, COMMIT, HOLD, REHOLD, Answer, Call, MoveLine
 from state.store import Store
 
 Item = tuple[str, events.Movement | events.BadMovement]  # (input entry id, the movement)
 _STATES = {MOVE_APPLIED, MOVE_HELD, MOVE_REFUSED}
+_TRIES = 100  # gatherings for one count of a hot SKU before the batch fails (and is replayed)
 
 
 class _Plan(NamedTuple):
@@ -121,8 +129,13 @@ class Movements:
         try:
             if hot:
                 self._gather(plans, plan, hot)
-            first = self.wait.call(self.store.movements.run, _first_round(plans))
-            answers, second = _second_round(plans, first)
+            counted = _counted(plans, set(hot))
+            guards = self._guards(plans, plan, hot, counted) if counted else {}
+            first = self.wait.call(self.store.movements.run, _first_round(plans, guards))
+            answers = _per_slot(plans, first)
+            if counted:
+                self._hold_still(plans, plan, hot, counted, answers)
+            second = _second_round(plans, answers)
             got = self.wait.call(self.store.movements.run, [c for _, c in second])
             for ((i, slot), _), answer in zip(second, got, strict=True):
                 answers[i][slot] = answer
@@ -150,6 +163,54 @@ class Movements:
         ):
             raise StaleCatalog  # (a reload changed the buckets: the batch is decided again)
 
+    def _guards(
+        self, plans: list[_Plan], plan: BucketPlan, hot: list[str], counted: dict[int, set[str]]
+    ) -> dict[int, str]:
+        """Per movement counting a hot SKU (index in ``plans``), its guard: the change counts
+        of the other buckets of the hot SKUs it counts, read once they hold no unit at the
+        counted locations and none is in flight (gathered again until so)."""
+        where: dict[str, set[str]] = {}
+        for i, skus in counted.items():
+            for ls in plans[i].slots.values():
+                for ln in ls:
+                    if ln.op == "count" and ln.sku in skus:
+                        where.setdefault(ln.sku, set()).add(ln.location)
+        for _ in range(_TRIES):
+            ups = self.wait.call(self.store.buckets.gathered, plan.count, where)
+            if ups is not None:
+                return {i: _guard(skus, ups) for i, skus in counted.items()}
+            self._gather(plans, plan, hot)
+        raise RuntimeError(f"units of {sorted(where)} kept coming back during a count")
+
+    def _hold_still(
+        self,
+        plans: list[_Plan],
+        plan: BucketPlan,
+        hot: list[str],
+        counted: dict[int, set[str]],
+        answers: list[dict[int, Answer]],
+    ) -> None:
+        """Hold the counts again until the guards they hold with are what the other buckets
+        still show (``answers`` updated in place; the module's docstring)."""
+        for _ in range(_TRIES):
+            ups = self.wait.call(self.store.buckets.change_counts, plan.count, sorted(
+                {sku for skus in counted.values() for sku in skus}))  # fmt: skip
+            moved = [
+                i for i, skus in counted.items()
+                if all(a.state == MOVE_HELD for a in answers[i].values())
+                and any(a.payload != _guard(skus, ups) for a in answers[i].values())
+            ]  # fmt: skip
+            if not moved:
+                return
+            self._gather(plans, plan, hot)
+            guards = self._guards(plans, plan, hot, {i: counted[i] for i in moved})
+            calls = [(i, slot, Call(REHOLD, plans[i].movement.movement_id, ls, guards[i]))
+                     for i in moved for slot, ls in plans[i].slots.items()]  # fmt: skip
+            got = self.wait.call(self.store.movements.run, [c for *_, c in calls])
+            for (i, slot, _), answer in zip(calls, got, strict=True):
+                answers[i][slot] = answer
+        raise RuntimeError("units kept coming back into a hot SKU's buckets during a count")
+
 
 def _unknown(m: events.Movement, skus: set[str], locations: set[str]) -> tuple[str, str] | None:
     """(reason, detail) when the movement names a SKU or location the catalog lacks."""
@@ -174,27 +235,48 @@ def _plan(m: events.Movement) -> _Plan:
     return _Plan(m, slots, where)
 
 
-def _first_round(plans: list[_Plan]) -> list[Call]:
-    """Per movement: one ``apply`` (one slot) or a ``hold`` per slot."""
+def _counted(plans: list[_Plan], hot: set[str]) -> dict[int, set[str]]:
+    """Per movement that counts a hot SKU (index in ``plans``): the hot SKUs it counts."""
+    out: dict[int, set[str]] = {}
+    for i, p in enumerate(plans):
+        skus = {ln.sku for ls in p.slots.values() for ln in ls if ln.op == "count"} & hot
+        if skus:
+            out[i] = skus
+    return out
+
+
+def _guard(skus: set[str], ups: dict[str, list[str]]) -> str:
+    """A count's guard: the change counts of the other buckets of the hot SKUs it counts, in
+    the order of their names (a bucket count changed by a reload changes it too)."""
+    return "|".join(",".join(ups[sku]) for sku in sorted(skus))
+
+
+def _first_round(plans: list[_Plan], guards: dict[int, str]) -> list[Call]:
+    """Per movement: one ``apply`` (one slot) or a ``hold`` per slot; a ``hold`` with its
+    guard for a count of a hot SKU (committed only once its guard still holds)."""
     calls = []
-    for p in plans:
-        mode = APPLY if len(p.slots) == 1 else HOLD
-        calls += [Call(mode, p.movement.movement_id, ls) for ls in p.slots.values()]
+    for i, p in enumerate(plans):
+        guard = guards.get(i)
+        mode = APPLY if len(p.slots) == 1 and guard is None else HOLD
+        calls += [Call(mode, p.movement.movement_id, ls, guard or "") for ls in p.slots.values()]
     return calls
 
 
-def _second_round(
-    plans: list[_Plan], first: Iterable[Answer]
-) -> tuple[list[dict[int, Answer]], list[tuple[tuple[int, int], Call]]]:
-    """The first round's answers per movement and slot, and the second round: ``commit`` in
-    the slots of a movement held everywhere, ``abort`` in those that held when another
-    refused (with that refusal's reason); with (movement index, slot) of each call."""
+def _per_slot(plans: list[_Plan], first: Iterable[Answer]) -> list[dict[int, Answer]]:
+    """The first round's answers per movement and slot."""
     it = iter(first)
-    answers: list[dict[int, Answer]] = []
+    return [{slot: next(it) for slot in p.slots} for p in plans]
+
+
+def _second_round(
+    plans: list[_Plan], answers: list[dict[int, Answer]]
+) -> list[tuple[tuple[int, int], Call]]:
+    """The second round: ``commit`` in the slots of a movement held everywhere, ``abort`` in
+    those that held when another refused (with that refusal's reason); with (movement index,
+    slot) of each call."""
     second: list[tuple[tuple[int, int], Call]] = []
     for i, p in enumerate(plans):
-        by_slot = {slot: next(it) for slot in p.slots}
-        answers.append(by_slot)
+        by_slot = answers[i]
         refused = next((a for a in by_slot.values() if a.state == MOVE_REFUSED), None)
         mid = p.movement.movement_id
         states = {a.state for a in by_slot.values()}
@@ -207,7 +289,7 @@ def _second_round(
                 second.append(((i, slot), Call(COMMIT, mid, p.slots[slot])))
             else:
                 second.append(((i, slot), Call(ABORT, mid, p.slots[slot], refused.payload)))
-    return answers, second
+    return second
 
 
 def _record(p: _Plan, by_slot: dict[int, Answer], decided: str) -> MovementRecord:

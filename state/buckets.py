@@ -208,6 +208,37 @@ class Buckets:
                 out[sku] = parts  # type: ignore[assignment]
         return out
 
+    def gathered(
+        self, counts: dict[str, int], where: dict[str, set[str]]
+    ) -> dict[str, list[str]] | None:
+        """Per SKU of ``where`` (``counts``: its bucket count), the change counts
+        (``keys.STOCK_UP``) of its buckets b > 0, read in one round trip; None unless none of
+        them holds a unit at the SKU's locations in ``where`` and no bucket has units in
+        flight (a count's guard, dataflows/movements.py: gather again first)."""
+        commands: list[tuple[Any, ...]] = []
+        for sku, locations in where.items():
+            names = [keys.bucket(sku, b) for b in range(counts[sku])]
+            commands += [("HMGET", keys.stock(b), keys.STOCK_UP, *sorted(locations))
+                         for b in names[1:]]  # fmt: skip
+            commands += [("HLEN", keys.lent(b)) for b in names]
+        got = iter(wire.reads(self.r, commands))
+        out: dict[str, list[str]] = {}
+        for sku in where:
+            n = counts[sku]
+            reads = [next(got) for _ in range(n - 1)]
+            lent = [next(got) for _ in range(n)]
+            if any(lent) or any(int(u or 0) for r in reads for u in r[1:]):
+                return None
+            out[sku] = [_up(r[0]) for r in reads]
+        return out
+
+    def change_counts(self, counts: dict[str, int], skus: list[str]) -> dict[str, list[str]]:
+        """Per SKU, the change counts (``keys.STOCK_UP``) of its buckets b > 0."""
+        commands = [("HGET", keys.stock(keys.bucket(sku, b)), keys.STOCK_UP)
+                    for sku in skus for b in range(1, counts[sku])]  # fmt: skip
+        got = iter(wire.reads(self.r, commands))
+        return {sku: [_up(next(got)) for _ in range(1, counts[sku])] for sku in skus}
+
     def clear_in_flight(self, sku: str, count: int) -> None:
         """Forget transfers in flight (a catalog load replaces the stock they came from)."""
         self.r.delete(*(keys.lent(keys.bucket(sku, b)) for b in range(count)))
@@ -261,3 +292,10 @@ def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
         return v.decode() if isinstance(v, bytes) else str(v)
 
     return [(text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
+
+
+def _up(value: bytes | str | None) -> str:
+    """A change count as read ("" for a bucket without a stock hash)."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value

@@ -11,7 +11,7 @@ from state.gens import Gen
 from state.skus import sku_keys
 
 # movement.lua's modes
-APPLY, HOLD, COMMIT, ABORT = "apply", "hold", "commit", "abort"
+APPLY, HOLD, COMMIT, ABORT, REHOLD = "apply", "hold", "commit", "abort", "rehold"
 
 
 class MoveLine(NamedTuple):
@@ -30,7 +30,9 @@ class Call(NamedTuple):
     mode: str
     movement_id: str
     lines: list[MoveLine]
-    reason: str = ""  # why an abort refuses the movement
+    # why an abort refuses the movement; a hold's (rehold's) guard, answered by every hold
+    # after it (dataflows/movements.py: a hot SKU's count)
+    reason: str = ""
 
 
 class Answer(NamedTuple):

@@ -20,7 +20,7 @@ from state.store import Store
 from tests.conftest import load, make_catalog
 from tests.helpers import at_once, decide, order, raw
 from tests.test_flow import burst_lines, check_exactly_once, kill_9_twice_then_drain
-from tests.test_movements import movement
+from tests.test_movements import moved, movement
 
 LOCATIONS = [
     {"id": "wh-a", "lat": 31.2, "lon": 121.5},
@@ -621,17 +621,28 @@ def test_a_rejected_shipment_of_a_bucketed_order_is_rerouted_from_every_bucket(
     assert (recs[-1].status, recs[-1].reason, left) == ("accepted", None, 29 + 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known fault, older than the lease-free borrowing: units that come back into "
-    "another bucket between a movement's gathering and its count survive the count",
-)
-def test_a_count_of_a_bucketed_sku_counts_units_back_during_it(store: Store, url: str) -> None:
-    load(store, catalog({"wh-a": 40}))  # 10 at wh-a per bucket
+def _bought_in_bucket_2(store: Store, url: str) -> tuple[Store, Decider]:
+    """HOT with 10 at wh-a per bucket; order x took 2 of them from bucket 2 (shard 2)."""
+    load(store, catalog({"wh-a": 40}))
     other = Store.connect(url)
     d2 = Decider(other, say=lambda _m: None)
-    recs, _ = decide(other, [order("x", ("HOT", 2))], shard=2, decider=d2)  # bucket 2
+    recs, _ = decide(other, [order("x", ("HOT", 2))], shard=2, decider=d2)
     assert recs[0].status == "accepted"
+    return other, d2
+
+
+def _at_a(store: Store) -> int:
+    return sum(levels(store, "HOT", b).get("wh-a", 0) for b in range(4))
+
+
+@pytest.mark.parametrize("lines", [[("HOT", 12)], [("HOT", 12), ("SIDE", 7)]], ids=["one", "two"])
+def test_a_count_of_a_bucketed_sku_counts_units_back_during_it(
+    store: Store, url: str, lines: list[tuple[str, int]]
+) -> None:
+    """x's 2 units come back into bucket 2 after the gathering, before the count's hold (a
+    cancel takes no lease): the count holds again, so it counts them (one slot, and a count
+    across slots)."""
+    other, d2 = _bought_in_bucket_2(store, url)
     real_run = store.movements.run
     done: list[int] = []
 
@@ -642,9 +653,35 @@ def test_a_count_of_a_bucketed_sku_counts_units_back_during_it(store: Store, url
         return real_run(*a)
 
     store.movements.run = run  # type: ignore[method-assign,assignment]
-    decide(store, [movement("c1", "count", "wh-a", ("HOT", 12))], shard=1)
-    at_a = sum(levels(store, "HOT", b).get("wh-a", 0) for b in range(4))
-    assert done and at_a == 12, f"a count to 12 left {at_a} units at wh-a"
+    decide(store, [movement("c1", "count", "wh-a", *lines)], shard=0)
+    assert done and _at_a(store) == 12, f"a count to 12 left {_at_a(store)} units at wh-a"
+    assert moved(store)["c1"].lines[0].discrepancy == 12 - 40  # (x's 2 were back: counted)
+
+
+def test_a_replayed_count_of_a_bucketed_sku_holds_by_its_first_guard(
+    store: Store, url: str
+) -> None:
+    """Killed after the count's hold, before its commit; x's units come back into bucket 2;
+    the replay's gathering moves them into bucket 0 after the hold: a guard read anew would
+    let them survive the count, the one kept with the hold says they came before it."""
+    other, d2 = _bought_in_bucket_2(store, url)
+    real_run = store.movements.run
+
+    def killed(calls: Any) -> Any:
+        got = real_run(calls)
+        if any(c.mode == "hold" for c in calls):
+            raise SystemExit("kill -9 after the hold")
+        return got
+
+    store.movements.run = killed  # type: ignore[method-assign,assignment]
+    with pytest.raises(SystemExit):
+        decide(store, [movement("c1", "count", "wh-a", ("HOT", 12))], shard=0)
+    store.movements.run = real_run  # type: ignore[method-assign]
+    decide(other, [{"type": "cancel", "order_id": "x"}], shard=2, decider=d2)
+    assert _at_a(store) == 2  # (the held units are out; x's are back in bucket 2)
+    decide(store, [movement("c1", "count", "wh-a", ("HOT", 12))], shard=0)
+    assert moved(store)["c1"].status == "applied"
+    assert _at_a(store) == 12, f"a count to 12 left {_at_a(store)} units at wh-a"
 
 
 def _sold_exactly_what_is_left(store: Store) -> None:

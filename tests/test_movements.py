@@ -19,7 +19,7 @@ from onestock.domain.types import MovementRecord
 from onestock.ops import services as ops
 from state import keys
 from state.keys import sku_slot
-from state.movements import ABORT, APPLY, COMMIT, HOLD, Call, MoveLine
+from state.movements import ABORT, APPLY, COMMIT, HOLD, REHOLD, Answer, Call, MoveLine
 from state.store import Store
 from tests.conftest import ROOT, load, onestock
 from tests.helpers import decide, order, stock
@@ -142,6 +142,32 @@ def test_an_abort_gives_back_what_the_hold_took_once(store: Store) -> None:
     assert first == run([Call(ABORT, "m", [line], why), Call(HOLD, "m", [line])])[:1]
     assert first[0].state == MOVE_REFUSED and first[0].payload == why
     assert stock(store, "A") == {"wh-a": 10}
+
+
+def test_a_rehold_takes_again_at_its_moment_and_keeps_the_new_guard(store: Store) -> None:
+    """A hold keeps its guard (every hold after it answers it); a rehold gives back what the
+    hold took and takes again now, with a new guard; refused when the lines no longer fit;
+    after a commit, a rehold answers the applied state."""
+    load(store, catalog(A={"wh-a": 10}))
+    run = store.movements.run
+    count, out = MoveLine("A", "count", "wh-a", 3, ""), MoveLine("A", "out", "wh-a", 2, "")
+    assert run([Call(HOLD, "m", [out, count], "7,9")]) == [Answer(MOVE_HELD, "7,9")]
+    assert run([Call(HOLD, "m", [out, count], "other")]) == [Answer(MOVE_HELD, "7,9")]
+    assert stock(store, "A") == {"wh-a": 0}  # the sale took 2, the count the other 8
+    store.skus.set_stock("A", {"wh-a": 5}, [])  # 5 came in after the hold: they stay
+    assert run([Call(REHOLD, "m", [out, count], "8,9")]) == [Answer(MOVE_HELD, "8,9")]
+    assert stock(store, "A") == {"wh-a": 0}  # given back 10, taken all 15 now
+    assert run([Call(HOLD, "m", [out, count])]) == [Answer(MOVE_HELD, "8,9")]
+    done = run([Call(COMMIT, "m", [out, count])])
+    assert done[0].state == MOVE_APPLIED and stock(store, "A") == {"wh-a": 3}
+    assert run([Call(REHOLD, "m", [out, count], "9,9")]) == done
+    # a rehold that no longer fits (the SKU gone from this Redis): refused
+    sale = MoveLine("A", "out", "wh-a", 3, "")
+    assert run([Call(HOLD, "s", [sale], "1")])[0].state == MOVE_HELD
+    store.r.delete(keys.stock("A"))
+    got = run([Call(REHOLD, "s", [sale], "2")])[0]
+    assert got.state == MOVE_REFUSED and got.payload.startswith("unknown_sku")
+    assert run([Call(HOLD, "s", [sale], "3")]) == [got]
 
 
 # -- through the decider ----------------------------------------------------------------------

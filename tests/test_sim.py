@@ -165,16 +165,15 @@ def test_the_checker_reports_a_movement_half_applied(
     others abort, and its record says refused."""
     real = flow_movements._second_round
 
-    def half(plans: Any, first: Any) -> Any:
-        answers, calls = real(plans, first)
+    def half(plans: Any, answers: Any) -> Any:
         seen: set[int] = set()
         out = []
-        for (i, slot), c in calls:
+        for (i, slot), c in real(plans, answers):
             if c.mode == state_movements.COMMIT and i in seen:
                 c = c._replace(mode=state_movements.ABORT, reason="below_zero\x1fby hand")
             seen.add(i)
             out.append(((i, slot), c))
-        return answers, out
+        return out
 
     monkeypatch.setattr(flow_movements, "_second_round", half)
     ob, _ = run_fast(generate(_receipt_seed(2), MOVES), url)

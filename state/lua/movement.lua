@@ -6,8 +6,9 @@
 --       movement's state in this slot is the field DEC_MOVEMENT .. id of the FIRST SKU's
 --       decision hash: MOVE_HELD (+ the units taken per line), MOVE_APPLIED (+ per line: on
 --       hand at its location, on hand at `to`, discrepancy), MOVE_REFUSED (+ the reason).
--- ARGV: mode, movement id, reason (abort only), nskus, SKU names (nskus), nlines, then per
---       line: SKU index, op, location, qty, to ('' unless op is 'move').
+-- ARGV: mode, movement id, reason (abort) or guard (hold, rehold: kept with the hold and
+--       answered by every hold after it, '' none), nskus, SKU names (nskus), nlines, then
+--       per line: SKU index, op, location, qty, to ('' unless op is 'move').
 -- ops: 'in' adds qty at location (a receipt, a positive adjustment); 'out' takes qty
 --      (a sale, a negative adjustment: qty is the units taken); 'move' takes qty at location
 --      and adds it at `to` (a transfer); 'count' sets location to qty (a count).
@@ -20,9 +21,12 @@
 --            MOVE_APPLIED with the figures of the record.
 --   'abort'  after a hold: put back what it took; MOVE_REFUSED with the reason given.
 --   'apply'  hold and commit in one call (a movement whose lines all lie in this slot).
+--   'rehold' after a hold: put back what it took and hold again at this moment, with the
+--            guard given (a hot SKU's count whose other buckets changed since its guard:
+--            dataflows/movements.py); refused (MOVE_REFUSED) if the lines no longer fit.
 -- A replay answers from the stored state (a hold after a hold: held; anything after an
 -- applied or refused state: that state): every step is idempotent.
--- Returns {state, payload}: {MOVE_HELD, ''}, {MOVE_APPLIED, fields joined by SEP} or
+-- Returns {state, payload}: {MOVE_HELD, guard}, {MOVE_APPLIED, fields joined by SEP} or
 -- {MOVE_REFUSED, reason .. SEP .. detail}. A count's units are taken at the hold and set at the commit, so
 -- between the two the location holds only what came back meanwhile: the count takes effect
 -- at its place in the SKU's sequence of changes (its hold), and what came after it stays.
@@ -95,13 +99,15 @@ local function refuse(reason)
   return { MOVE_REFUSED, reason }
 end
 
+-- (the held state: MOVE_HELD, the units taken per line, and after RS the guard if any)
 local function hold()
   local taken, reason = takes()
   if not taken then return nil, refuse(reason) end
   for i, l in ipairs(lines) do
     if taken[i] > 0 then add_units(sku_key(l.s, K_STOCK), l.loc, -taken[i]) end
   end
-  redis.call('HSET', state_key, field, MOVE_HELD .. SEP .. table.concat(taken, SEP))
+  local guard = why ~= '' and (RS .. why) or ''
+  redis.call('HSET', state_key, field, MOVE_HELD .. SEP .. table.concat(taken, SEP) .. guard)
   return taken
 end
 
@@ -127,10 +133,14 @@ local function commit(taken)
   return { MOVE_APPLIED, fields }
 end
 
-local function abort(taken)
+local function give_back(taken)
   for i, l in ipairs(lines) do
     if taken[i] > 0 then add_units(sku_key(l.s, K_STOCK), l.loc, taken[i]) end
   end
+end
+
+local function abort(taken)
+  give_back(taken)
   settle_alerts()
   return refuse(why)
 end
@@ -139,15 +149,25 @@ local stored = hget_gens(1, field) -- (this generation's or the one before's)
 if stored then
   local code, rest = string.sub(stored, 1, 1), string.sub(stored, 3)
   if code ~= MOVE_HELD then return { code, rest } end
-  local taken = numbers(rest)
-  if mode == 'hold' then return { MOVE_HELD, '' } end
+  local cut = string.find(rest, RS, 1, true)
+  local taken = numbers(cut and string.sub(rest, 1, cut - 1) or rest)
+  if mode == 'hold' then return { MOVE_HELD, cut and string.sub(rest, cut + 1) or '' } end
   if mode == 'abort' then return abort(taken) end
+  if mode == 'rehold' then
+    give_back(taken)
+    local again, refused = hold()
+    if not again then
+      settle_alerts()
+      return refused
+    end
+    return { MOVE_HELD, why }
+  end
   return commit(taken) -- 'commit', or an 'apply' replayed after a crash
 end
-if mode == 'commit' or mode == 'abort' then
+if mode ~= 'hold' and mode ~= 'apply' then
   return redis.error_reply('ERR movement.lua: ' .. mode .. ' of a movement not held here')
 end
 local taken, refused = hold()
 if not taken then return refused end
-if mode == 'hold' then return { MOVE_HELD, '' } end
+if mode == 'hold' then return { MOVE_HELD, why } end
 return commit(taken)
