@@ -12,7 +12,9 @@ by ``movement.lua``, one call per hash slot:
   the slots that held (their units go back). Every step is idempotent and remembered in the
   slot, so a crash between them replays to the same end. Between the two steps the units a
   movement takes are out of stock and the units it adds not yet in: nothing is ever sold
-  that the movement takes, so all-or-nothing never oversells.
+  that the movement takes, so all-or-nothing never oversells. The batch's movements are
+  applied in parts cut after each such one (``_parts``): its commit comes before any later
+  movement of the batch is applied, as if each came in a batch of its own.
 
 A hot SKU split into buckets (docs/buckets.md) takes its movements in bucket 0, after the
 units of the movement's locations are gathered there from its other buckets, under the
@@ -28,6 +30,8 @@ kept. A replay compares with the guard kept with the hold, not with a new one.
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -49,7 +53,8 @@ from state.store import Store
 
 Item = tuple[str, events.Movement | events.BadMovement]  # (input entry id, the movement)
 _STATES = {MOVE_APPLIED, MOVE_HELD, MOVE_REFUSED}
-_TRIES = 100  # gatherings for one count of a hot SKU before the batch fails (and is replayed)
+_TRIES = 100  # tries of a count's guard at once; then a pause between tries (said once)
+_PAUSE_S = 0.01
 
 
 class _Plan(NamedTuple):
@@ -119,7 +124,8 @@ class Movements:
         records: dict[str, MovementRecord],
         decided: str,
     ) -> None:
-        """Both rounds of movement.lua calls, under the leases of the hot SKUs they touch."""
+        """The batch's parts (``_parts``), each in both rounds of movement.lua calls, under
+        the leases of the hot SKUs they touch."""
         named = {ln.sku for p in plans for ls in p.slots.values() for ln in ls}
         hot = sorted(named & set(plan.count))
         leases = [self.store.buckets.lease(sku) for sku in hot]  # one order of taking
@@ -129,16 +135,9 @@ class Movements:
         try:
             if hot:
                 self._gather(plans, plan, hot)
-            counted = _counted(plans, set(hot))
-            guards = self._guards(plans, plan, hot, counted) if counted else {}
-            first = self.wait.call(self.store.movements.run, _first_round(plans, guards))
-            answers = _per_slot(plans, first)
-            if counted:
-                self._hold_still(plans, plan, hot, counted, answers)
-            second = _second_round(plans, answers)
-            got = self.wait.call(self.store.movements.run, [c for _, c in second])
-            for ((i, slot), _), answer in zip(second, got, strict=True):
-                answers[i][slot] = answer
+            answers: list[dict[int, Answer]] = []
+            for part in _parts(plans, set(hot)):
+                answers += self._rounds(part, plan, hot)
         finally:
             for lease in leases:
                 try:
@@ -147,6 +146,23 @@ class Movements:
                     pass
         for p, by_slot in zip(plans, answers, strict=True):
             records[p.movement.movement_id] = _record(p, by_slot, decided)
+
+    def _rounds(
+        self, plans: list[_Plan], plan: BucketPlan, hot: list[str]
+    ) -> list[dict[int, Answer]]:
+        """Both rounds of movement.lua calls for a part of the batch (``_parts``): per
+        movement and slot its last answer."""
+        counted = _counted(plans, set(hot))
+        guards = self._guards(plans, plan, hot, counted) if counted else {}
+        first = self.wait.call(self.store.movements.run, _first_round(plans, guards))
+        answers = _per_slot(plans, first)
+        if counted:
+            self._hold_still(plans, plan, hot, counted, answers)
+        second = _second_round(plans, answers)
+        got = self.wait.call(self.store.movements.run, [c for _, c in second])
+        for ((i, slot), _), answer in zip(second, got, strict=True):
+            answers[i][slot] = answer
+        return answers
 
     def _gather(self, plans: list[_Plan], plan: BucketPlan, hot: list[str]) -> None:
         """Every unit of the hot SKUs at the movements' locations into their bucket 0."""
@@ -175,12 +191,13 @@ class Movements:
                 for ln in ls:
                     if ln.op == "count" and ln.sku in skus:
                         where.setdefault(ln.sku, set()).add(ln.location)
-        for _ in range(_TRIES):
+        for tries in itertools.count(1):
             ups = self.wait.call(self.store.buckets.gathered, plan.count, where)
             if ups is not None:
                 return {i: _guard(skus, ups) for i, skus in counted.items()}
+            self._patience(tries, where)
             self._gather(plans, plan, hot)
-        raise RuntimeError(f"units of {sorted(where)} kept coming back during a count")
+        raise AssertionError("unreachable")
 
     def _hold_still(
         self,
@@ -192,7 +209,7 @@ class Movements:
     ) -> None:
         """Hold the counts again until the guards they hold with are what the other buckets
         still show (``answers`` updated in place; the module's docstring)."""
-        for _ in range(_TRIES):
+        for tries in itertools.count(1):
             ups = self.wait.call(self.store.buckets.change_counts, plan.count, sorted(
                 {sku for skus in counted.values() for sku in skus}))  # fmt: skip
             moved = [
@@ -202,6 +219,7 @@ class Movements:
             ]  # fmt: skip
             if not moved:
                 return
+            self._patience(tries, {sku for i in moved for sku in counted[i]})
             self._gather(plans, plan, hot)
             guards = self._guards(plans, plan, hot, {i: counted[i] for i in moved})
             calls = [(i, slot, Call(REHOLD, plans[i].movement.movement_id, ls, guards[i]))
@@ -209,7 +227,20 @@ class Movements:
             got = self.wait.call(self.store.movements.run, [c for *_, c in calls])
             for (i, slot, _), answer in zip(calls, got, strict=True):
                 answers[i][slot] = answer
-        raise RuntimeError("units kept coming back into a hot SKU's buckets during a count")
+        raise AssertionError("unreachable")
+
+    def _patience(self, tries: int, skus: Iterable[str]) -> None:
+        """Between two tries of a count's guard: at once at first; after ``_TRIES`` (units
+        come back into the SKU's other buckets all the time) said once, then a pause each
+        time. Never gives up: the count waits (a stop ends the wait, the batch is replayed)."""
+        if tries < _TRIES:
+            return
+        if tries == _TRIES:
+            self.wait.say(f"a count of {sorted(skus)} waits: units keep coming back into "
+                          "their other buckets")  # fmt: skip
+        if self.wait.stopping():
+            raise redis.TimeoutError("stopping while a count waits for its buckets")
+        time.sleep(_PAUSE_S)
 
 
 def _unknown(m: events.Movement, skus: set[str], locations: set[str]) -> tuple[str, str] | None:
@@ -233,6 +264,19 @@ def _plan(m: events.Movement) -> _Plan:
         where.append((slot, len(lines)))
         lines.append(MoveLine(ln.sku, op, m.location, units, m.to or ""))
     return _Plan(m, slots, where)
+
+
+def _parts(plans: list[_Plan], hot: set[str]) -> list[list[_Plan]]:
+    """The batch's movements cut after each one that holds between its rounds (lines across
+    slots, a count of a hot SKU): it is committed before a later movement of the batch is
+    applied (else a later count's hold found its units held, a later sale found none, and a
+    rehold took a later receipt's)."""
+    out: list[list[_Plan]] = [[]]
+    for p in plans:
+        out[-1].append(p)
+        if len(p.slots) > 1 or _counted([p], hot):
+            out.append([])
+    return [part for part in out if part]
 
 
 def _counted(plans: list[_Plan], hot: set[str]) -> dict[int, set[str]]:

@@ -131,6 +131,18 @@ def test_every_step_is_idempotent_and_a_crash_between_hold_and_commit_replays(
     assert done[1].payload.split("\x1f") == ["3", "", "-7"]  # counted 3, expected 10
 
 
+def test_a_movement_after_a_count_across_slots_meets_the_count_done(store: Store) -> None:
+    """A movement across slots holds, then commits: a later movement of its batch comes
+    after the commit (two counts added up, a sale of a counted SKU was refused)."""
+    a, b = two_slot_skus()
+    load(store, catalog(**{a: {"wh-a": 40}, b: {"wh-a": 40}}))
+    decide(store, [movement("c1", "count", "wh-a", (a, 12), (b, 7)),
+                   movement("c2", "count", "wh-a", (a, 20), (b, 9)),
+                   movement("s1", "sale", "wh-a", (b, 3))])  # fmt: skip
+    assert {r.status for r in moved(store).values()} == {"applied"}
+    assert stock(store, a) == {"wh-a": 20} and stock(store, b) == {"wh-a": 6}
+
+
 def test_an_abort_gives_back_what_the_hold_took_once(store: Store) -> None:
     load(store, catalog(A={"wh-a": 10}))
     line = MoveLine("A", "out", "wh-a", 4, "")
