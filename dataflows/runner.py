@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import fcntl
+import gc
 import os
 import signal
 import socket
@@ -38,8 +39,24 @@ from state.server import free_port
 RETRIES_MS = 3 * 86_400_000
 
 RECOVERY_PARTITIONS = 4
+
+# A worker allocates many short-lived objects per order; CPython's cycle collector passes
+# over the young ones every 700 net allocations by default, about 2 us of the decider's
+# ~22 us per accepted order (gc.callbacks around 100,000 orders). At a worker's start what
+# is alive (modules, the flow) is frozen out of every pass and the young passes come every
+# 20,000: cyclic garbage is still collected, in fewer passes.
+GC_YOUNG = 20_000
+
 STOP_GRACE_S = 15.0  # a worker still running this long after SIGTERM is killed
 INSTANCE_KEY = keys.INSTANCE
+
+
+def calm_gc() -> None:
+    """The cycle collector set for a decider process (``GC_YOUNG``)."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG, older, oldest)
 
 
 def recovery_dir(home: Path, instance: str) -> Path:
@@ -112,6 +129,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         shards=a.shards, batch_size=a.batch_size, poll_ms=a.poll_ms, snapshot_ms=a.snapshot_ms
     )
     flow = build_flow(a.url, settings, until_drained=a.until_drained)
+    calm_gc()
     addresses = a.addresses.split(";") if a.addresses else None
     if addresses:
         _await_lower(addresses, a.process_id)

@@ -67,7 +67,13 @@ def registries(shard: int, gen: Gen) -> tuple[str, str, str]:
 
 def newer_first(*replies: list[Any]) -> list[Any]:
     """HMGET replies of generations, newest first, merged: per field the newest value."""
-    return [next((v for v in vs if v is not None), None) for vs in zip(*replies, strict=True)]
+    n = len(replies[0])
+    if any(len(r) != n for r in replies):
+        raise ValueError("newer_first: replies of different lengths")
+    held = [r for r in replies if r.count(None) != n]
+    if len(held) < 2:  # (the usual: one generation holds the batch's fields, or none)
+        return list(held[0]) if held else [None] * n
+    return [next((v for v in vs if v is not None), None) for vs in zip(*held, strict=True)]
 
 
 class Sweeper:

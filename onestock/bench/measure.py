@@ -100,9 +100,11 @@ def burst_lines(n: int) -> list[bytes]:
 
 def _bare_worker(url: str, mine: list[int], batch: int) -> None:
     from dataflows.decider import Decider
+    from dataflows.runner import calm_gc
 
     store = Store.connect(url)
     d = Decider(store, say=lambda _m: None)
+    calm_gc()  # (as a dataflow worker)
     last = {s: "0-0" for s in mine}
     while True:
         got = 0
