@@ -76,6 +76,12 @@ def accepted_catalog(stock_scale: int = 1000) -> Catalog:
     return cat
 
 
+def refused_catalog() -> Catalog:
+    """The demo catalog with no stock anywhere: every valid order of a burst refused
+    (``sold_out``; the pickups ``pickup_unavailable``): what a refused order costs."""
+    return accepted_catalog(0)
+
+
 def campaign_catalog(first_n: int = 1000, lateness_ms: int = 2000) -> Catalog:
     """The demo catalog with a first-N campaign: a TOTE-BAG for the first buyers of the hot
     SKU, ranked by paid_at."""

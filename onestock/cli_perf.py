@@ -78,7 +78,10 @@ def bench(
     ] = True,
     accepted: Annotated[
         bool,
-        typer.Option(help="Also drain them with 1000 x the stock: every order accepted."),
+        typer.Option(
+            help="Also drain them with 1000 x the stock (every order accepted) and with no "
+            "stock (every order refused): what each costs."
+        ),
     ] = True,
     repeat: Annotated[
         int,
@@ -88,7 +91,7 @@ def bench(
     ] = 1,
 ) -> None:
     """Drain N pre-pushed orders through a bare loop, the dataflow, the dataflow with every
-    rule on, with every order accepted and with a gift campaign; print the rates, ratios,
+    rule on, with every order accepted, refused and with a gift campaign; print the rates, ratios,
     fulfilment latencies and Redis's and the dataflow's time per order."""
     from onestock.bench import run_bench
 

@@ -12,8 +12,9 @@ Both contenders run in the same invocation, on the same orders, against the same
   limits, a VIP pre-sale, low-stock alerts, beside the demo's safety stock.
 - **dataflow with every order accepted** (unless ``--no-accepted``): 1000 x the stock
   (``burst.accepted_catalog``), where the demo burst is mostly refused once its hot SKU
-  sells out: what an accepted order costs.
-- **what an order costs**: for the last core run and the all-accepted run, Redis's own CPU
+  sells out: what an accepted order costs; and with **every order refused** (no stock,
+  ``burst.refused_catalog``): what a refused order costs, most of it refused on a read.
+- **what an order costs**: for the last core run and those two runs, Redis's own CPU
   (``INFO cpu``) and time in Lua scripts (``INFO commandstats``; the largest other commands
   shown, which in Redis 6.2 include those the scripts call)
   and the dataflow's processes' CPU (``getrusage`` of the finished children: ``onestock

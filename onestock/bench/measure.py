@@ -83,6 +83,7 @@ class Measured:
     core_cost: Cost | None = None  # the last core run's, less a small drain's
     accepted_drain_s: float | None = None  # every order accepted (``burst.accepted_catalog``)
     accepted_cost: Cost | None = None
+    refused_cost: Cost | None = None  # every order refused (``burst.refused_catalog``)
 
     def add_scripts(self, stats: tuple[int, float, int, float]) -> None:
         """One core run's script counters (``script_stats``)."""
@@ -305,6 +306,16 @@ class _Bench:
         check_outcomes(self.store, self.m.orders, "dataflow, every order accepted")
         self.m.accepted_cost = cost(use, small, self.m.orders)
 
+    def refused(self) -> None:
+        """The dataflow with no stock (every order refused), once: its costs."""
+        self.say.print("dataflow, every order refused ...")
+        catalog = burst.refused_catalog()
+        small = self.small(catalog)
+        self.prepare(catalog)
+        use, _ = used(self.store, self.url, self.home, self.m.workers)
+        check_outcomes(self.store, self.m.orders, "dataflow, every order refused")
+        self.m.refused_cost = cost(use, small, self.m.orders)
+
     def campaign(self) -> None:
         """The dataflow with a first-10,000 gift campaign on the hot SKU, once."""
         self.say.print("dataflow with a first-10,000 gift campaign ...")
@@ -327,6 +338,7 @@ def measure_bench(
             m.runs.append(bench.alternation(label, rules, last=i == repeat - 1))
         if accepted:
             bench.accepted()
+            bench.refused()
         if gifts:
             bench.campaign()
     return m

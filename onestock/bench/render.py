@@ -72,14 +72,15 @@ NOISY_BELOW = 20_000  # orders: the per-order costs below are start-up noise in 
 
 def _cost_rows(table: Table, figs: Figures) -> None:
     """Redis's and the dataflow's time per order (less a small drain's): the core burst and,
-    unless --no-accepted, a burst with every order accepted."""
+    unless --no-accepted, a burst with every order accepted and one with every order
+    refused."""
     if figs.accepted_drain_orders_per_s is not None:
         table.add_row(
             "dataflow, every order accepted, orders/s (first to last decision)",
             f"{figs.accepted_drain_orders_per_s:,.0f}",
         )
     runs = [(name, c) for name, c in (("core", figs.core_cost), ("all accepted",
-            figs.accepted_cost)) if c is not None]  # fmt: skip
+            figs.accepted_cost), ("all refused", figs.refused_cost)) if c is not None]  # fmt: skip
     if not runs:
         return
     names = " / ".join(name for name, _ in runs)

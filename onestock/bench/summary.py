@@ -38,6 +38,7 @@ class Figures(msgspec.Struct):
     core_cost: Cost | None = None
     accepted_drain_orders_per_s: float | None = None
     accepted_cost: Cost | None = None
+    refused_cost: Cost | None = None
 
 
 def _median(values: list[float]) -> float | None:
@@ -66,7 +67,7 @@ def summarise(m: Measured) -> Figures:
         memory_growth_mb=m.memory_growth_mb, script_calls=m.script_calls,
         script_avg_us=m.script_usec / m.script_calls if m.script_calls else 0.0,
         script_calls_over_5ms=m.script_slow, script_slowest_ms=m.script_slowest_ms, runs=runs,
-        core_cost=m.core_cost, accepted_cost=m.accepted_cost,
+        core_cost=m.core_cost, accepted_cost=m.accepted_cost, refused_cost=m.refused_cost,
         accepted_drain_orders_per_s=(
             per_s(m.orders, m.accepted_drain_s) if m.accepted_drain_s is not None else None),
     )  # fmt: skip
