@@ -81,6 +81,8 @@ class Moves:
         cat = ob.catalogs[-1]
         self.locations = {loc["id"] for loc in cat["locations"]}
         self.skus = {s["sku"] for s in cat["skus"]}
+        # hot-SKU buckets: a count holds, then commits (units back meanwhile stay on top)
+        self.split = {s["sku"] for c in ob.catalogs for s in c["skus"] if s.get("buckets", 1) > 1}
         self.bound = self._bound(evs, ob)
         self.moved = self._moved()
         self.put = self._moved(write_offs=False)
@@ -192,7 +194,8 @@ def _figures(c: Checker, obj: dict[str, Any], rec: dict[str, Any]) -> None:
     for ln in rec["lines"]:
         on, to_on, q = ln.get("on_hand"), ln.get("to_on_hand"), ln["qty"]
         least = q if kind in ("receipt", "count") or (kind == "adjustment" and q > 0) else 0
-        exact = kind == "count" and len(rec["lines"]) == 1  # (one slot: set, nothing between)
+        # one line of a plain SKU: one slot, set at once, nothing between
+        exact = kind == "count" and len(rec["lines"]) == 1 and ln["sku"] not in c.moves.split
         if (
             on is None
             or on < least
