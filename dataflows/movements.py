@@ -133,11 +133,15 @@ class Movements:
             while not self.wait.call(lease.acquire):
                 pass
         try:
-            if hot:
-                self._gather(plans, plan, hot)
             answers: list[dict[int, Answer]] = []
             for part in _parts(plans, set(hot)):
-                answers += self._rounds(part, plan, hot)
+                # each part sees every unit of its hot SKUs at its locations, also the
+                # units that came back into another bucket while an earlier part ran
+                touched = sorted({ln.sku for p in part for ls in p.slots.values() for ln in ls}
+                                 & set(hot))  # fmt: skip
+                if touched:
+                    self._gather(part, plan, touched)
+                answers += self._rounds(part, plan, touched)
         finally:
             for lease in leases:
                 try:

@@ -759,3 +759,25 @@ def test_a_count_waits_while_units_keep_coming_back_and_says_so(store: Store) ->
            decider=Decider(store, say=said.append))  # fmt: skip
     assert calls[0] == 121 and _at(store, "HOT") == 12
     assert len([m for m in said if "waits" in m]) == 1, said
+
+
+def test_a_later_part_of_the_batch_gathers_what_came_back_meanwhile(store: Store, url: str) -> None:
+    """A count to 2, then x's 2 units come back into bucket 2 (after the count: they stay),
+    then a sale of 4 at the location: the sale's part gathers again and finds the 4."""
+    other, d2 = _bought_in_bucket_2(store, url)
+    real_run = store.movements.run
+    done: list[int] = []
+
+    def run(calls: Any) -> Any:
+        got = real_run(calls)
+        if not done and any(c.mode == "commit" for c in calls):
+            done.append(1)
+            decide(other, [{"type": "cancel", "order_id": "x"}], shard=2, decider=d2)
+        return got
+
+    store.movements.run = run  # type: ignore[method-assign,assignment]
+    decide(store, [movement("c1", "count", "wh-a", ("HOT", 2)),
+                   movement("s1", "sale", "wh-a", ("HOT", 4))])  # fmt: skip
+    recs = moved(store)
+    assert done and recs["s1"].status == "applied", recs["s1"]
+    assert _at(store, "HOT") == 0
