@@ -42,35 +42,38 @@ local STALE_RULES = 6
 local call, unpack, tonumber = redis.call, unpack, tonumber
 local function bad(msg) return redis.error_reply('ERR reserve_parts.lua: ' .. msg) end
 
--- The call (read_call): its SKUs' names, safety stock, catalog version and orders, each
--- {oid, home, customer, channel, vip, paid, store_channel, allocs = {{sku index, location,
--- qty}, ...}}.
-local nskus, version
-local names, safety, orders = {}, {}, {}
+-- The call (read_call): its SKUs' names, safety stock, catalog version and orders. The
+-- orders live in arrays indexed by order number (no table per order: this script runs for
+-- every part of every basket): id, home, customer, channel, vip, paid, store channel, and
+-- their allocations' range in the allocation arrays (a_sku, a_loc, a_qty).
+local nskus, version, norders
+local names, safety = {}, {}
+local o_id, o_home, o_cust, o_chan, o_vip, o_paid, o_store, o_first, o_n = {}, {}, {}, {}, {}, {}, {}, {}, {}
+local a_sku, a_loc, a_qty = {}, {}, {}
 
--- The order whose arguments start at p (its number o): the order, and where the next starts;
--- else nil and the error.
+-- The order whose arguments start at p (its number o) into the arrays: where the next
+-- starts; else nil and the error.
 local function read_order(p, o)
-  local od = {
-    oid = ARGV[p + O_ID], home = tonumber(ARGV[p + O_HOME]), customer = ARGV[p + O_CUSTOMER],
-    channel = ARGV[p + O_CHANNEL], vip = ARGV[p + O_VIP] == '1', paid = tonumber(ARGV[p + O_PAID]),
-    store_channel = ARGV[p + O_STORE_CHANNEL] == '1', allocs = {},
-  }
-  local n = tonumber(ARGV[p + O_NALLOCS])
-  if not od.oid or not od.home or not od.customer or not od.channel or not od.paid or not n
-     or od.home < 1 or od.home > nskus or n < 1 then
+  local home, paid, n = tonumber(ARGV[p + O_HOME]), tonumber(ARGV[p + O_PAID]), tonumber(ARGV[p + O_NALLOCS])
+  local oid, customer, channel = ARGV[p + O_ID], ARGV[p + O_CUSTOMER], ARGV[p + O_CHANNEL]
+  if not oid or not home or not customer or not channel or not paid or not n
+     or home < 1 or home > nskus or n < 1 then
     return nil, bad('malformed order #' .. o)
   end
+  o_id[o], o_home[o], o_cust[o], o_chan[o], o_paid[o] = oid, home, customer, channel, paid
+  o_vip[o], o_store[o] = ARGV[p + O_VIP] == '1', ARGV[p + O_STORE_CHANNEL] == '1'
+  local k = #a_sku
+  o_first[o], o_n[o] = k + 1, n
   p = p + ORDER_HEAD
   for i = 1, n do
     local s, loc, q = tonumber(ARGV[p]), ARGV[p + 1], tonumber(ARGV[p + 2])
     if not s or s < 1 or s > nskus or not loc or not q or q < 1 then
       return nil, bad('malformed allocation ' .. i .. ' of order #' .. o)
     end
-    od.allocs[i] = { s, loc, q }
+    a_sku[k + i], a_loc[k + i], a_qty[k + i] = s, loc, q
     p = p + ALLOC_ARGS
   end
-  return od, p
+  return p
 end
 
 local function read_call()
@@ -87,12 +90,12 @@ local function read_call()
   end
   version = tonumber(ARGV[p]); p = p + 1
   if not version then return bad('bad catalog version') end
-  local norders = tonumber(ARGV[p]); p = p + 1
+  norders = tonumber(ARGV[p]); p = p + 1
   if not norders then return bad('bad order count') end
   for o = 1, norders do
-    local od, next_p = read_order(p, o)
-    if not od then return next_p end
-    orders[o], p = od, next_p
+    local next_p, err = read_order(p, o)
+    if not next_p then return err end
+    p = next_p
   end
   if p - 1 ~= #ARGV then return bad('trailing arguments') end
   return nil
@@ -107,10 +110,10 @@ local locks = {}
 -- The orders reserved by an earlier call (order id -> true).
 local function read_done()
   local done, by_home = {}, {}
-  for _, od in ipairs(orders) do
-    local ids = by_home[od.home]
-    if not ids then ids = {}; by_home[od.home] = ids end
-    ids[#ids + 1] = od.oid
+  for o = 1, norders do
+    local ids = by_home[o_home[o]]
+    if not ids then ids = {}; by_home[o_home[o]] = ids end
+    ids[#ids + 1] = o_id[o]
   end
   for h, ids in pairs(by_home) do
     local got = hmget_gens(h, ids)
@@ -124,8 +127,9 @@ end
 -- units already sold to each customer of this call, of SKU s
 local function read_sold(s)
   local custs, seen = {}, {}
-  for _, od in ipairs(orders) do
-    if not seen[od.customer] then seen[od.customer] = true; custs[#custs + 1] = od.customer end
+  for o = 1, norders do
+    local c = o_cust[o]
+    if not seen[c] then seen[c] = true; custs[#custs + 1] = c end
   end
   return read_bought(s, custs)
 end
@@ -139,17 +143,37 @@ local function read_skus()
   end
 end
 
+-- An order of one allocation (a basket's part in a slot usually is): check() without its
+-- tables. RESERVED and the units drawn from the channel's own lock, or the refusal.
+local function check_one(o, k)
+  local s, q = a_sku[k], a_qty[k]
+  if vip_until[s] and not o_vip[o] and o_paid[o] < vip_until[s] then return NOT_VIP end
+  local customer = o_cust[o]
+  if limit[s] and (customer == '' or (sold[s][customer] or 0) + q > limit[s]) then
+    return OVER_LIMIT
+  end
+  local own = 0
+  if locks[s] then
+    own = lock_take(locks[s], o_chan[o], o_paid[o], q, total[s])
+    if not own then return LOCKED_OUT end
+  end
+  local loc = a_loc[k]
+  local floor = o_store[o] and 0 or (safety[loc] or 0)
+  if (stock[s][loc] or 0) - floor < q then return SHORT_OF_STOCK end
+  return RESERVED, own
+end
 
 -- RESERVED (reservable), SHORT_OF_STOCK, NOT_VIP, OVER_LIMIT or LOCKED_OUT as above;
 -- `draws` gets, per locked SKU, the units that would come out of the channel's own lock.
-local function check(od, draws)
+local function check(o, draws)
   local need, per_sku = {}, {}
-  for _, a in ipairs(od.allocs) do
-    local s = a[1]
-    if vip_until[s] and not od.vip and od.paid < vip_until[s] then return NOT_VIP end
-    per_sku[s] = (per_sku[s] or 0) + a[3]
+  local first, last = o_first[o], o_first[o] + o_n[o] - 1
+  for k = first, last do
+    local s = a_sku[k]
+    if vip_until[s] and not o_vip[o] and o_paid[o] < vip_until[s] then return NOT_VIP end
+    per_sku[s] = (per_sku[s] or 0) + a_qty[k]
   end
-  local customer = od.customer
+  local customer = o_cust[o]
   for s, q in pairs(per_sku) do
     if limit[s] and (customer == '' or (sold[s][customer] or 0) + q > limit[s]) then
       return OVER_LIMIT
@@ -157,48 +181,52 @@ local function check(od, draws)
   end
   for s, q in pairs(per_sku) do
     if locks[s] then
-      local own = lock_take(locks[s], od.channel, od.paid, q, total[s])
+      local own = lock_take(locks[s], o_chan[o], o_paid[o], q, total[s])
       if not own then return LOCKED_OUT end
       draws[s] = own
     end
   end
-  for _, a in ipairs(od.allocs) do
-    local k = a[1] .. SEP .. a[2]
-    need[k] = (need[k] or 0) + a[3]
-    local floor = od.store_channel and 0 or (safety[a[2]] or 0)
-    if (stock[a[1]][a[2]] or 0) - floor < need[k] then return SHORT_OF_STOCK end
+  for k = first, last do
+    local s, loc = a_sku[k], a_loc[k]
+    local key = s .. SEP .. loc
+    need[key] = (need[key] or 0) + a_qty[k]
+    local floor = o_store[o] and 0 or (safety[loc] or 0)
+    if (stock[s][loc] or 0) - floor < need[key] then return SHORT_OF_STOCK end
   end
   return RESERVED
 end
 
--- Take the checked order's units; its stored part (see the header).
-local function reserve(od, draws)
-  local customer, channel = od.customer, od.channel
+-- Take allocation k of an order of `customer` and `channel` with `own` units of it from the
+-- channel's lock: its stored quintuple (location, sku, qty, counted, locked).
+local function take(k, customer, channel, own)
+  local s, loc, q = a_sku[k], a_loc[k], a_qty[k]
+  stock[s][loc] = stock[s][loc] - q
+  total[s] = total[s] - q
+  dirty[s][loc] = true
+  local counted = 0
+  if limit[s] then
+    sold[s][customer] = (sold[s][customer] or 0) + q
+    sold_dirty[s][customer] = true
+    counted = 1
+  end
+  if own > 0 then
+    local l, field = locks[s][channel], LOCK_USED .. channel
+    l.c = l.c + own
+    stock[s][field] = l.c
+    dirty[s][field] = true
+  end
+  return loc .. SEP .. names[s] .. SEP .. q .. SEP .. counted .. SEP .. own
+end
+
+-- Take the checked order's units; its stored part (see the header). `draws`: per SKU the
+-- units from the channel's own lock (they go on the SKU's first allocation).
+local function reserve(o, draws)
+  local customer, channel = o_cust[o], o_chan[o]
   local stored = { customer, channel }
-  for _, a in ipairs(od.allocs) do
-    local s, loc, q = a[1], a[2], a[3]
-    stock[s][loc] = stock[s][loc] - q
-    total[s] = total[s] - q
-    dirty[s][loc] = true
-    local counted = 0
-    if limit[s] then
-      sold[s][customer] = (sold[s][customer] or 0) + q
-      sold_dirty[s][customer] = true
-      counted = 1
-    end
-    stored[#stored + 1] = loc
-    stored[#stored + 1] = names[s]
-    stored[#stored + 1] = q
-    stored[#stored + 1] = counted
-    local own = draws[s] or 0 -- the lock's units go on the SKU's first allocation
-    stored[#stored + 1] = own
-    if own > 0 then
-      local l, field = locks[s][channel], LOCK_USED .. channel
-      l.c = l.c + own
-      stock[s][field] = l.c
-      dirty[s][field] = true
-      draws[s] = 0
-    end
+  for k = o_first[o], o_first[o] + o_n[o] - 1 do
+    local s = a_sku[k]
+    stored[#stored + 1] = take(k, customer, channel, draws[s] or 0)
+    draws[s] = 0
   end
   return table.concat(stored, SEP)
 end
@@ -207,19 +235,29 @@ end
 local function reserve_all(done)
   local out, parts = {}, {}
   for s = 1, nskus do parts[s] = {} end
-  for o, od in ipairs(orders) do
-    if done[od.oid] then
+  for o = 1, norders do
+    local oid = o_id[o]
+    if done[oid] then
       out[o] = RESERVED_BEFORE
     else
-      local draws = {}
-      local status = check(od, draws)
+      local k, status, own, rec = o_first[o], nil, nil, nil
+      if o_n[o] == 1 then
+        status, own = check_one(o, k)
+        if status == RESERVED then
+          rec = o_cust[o] .. SEP .. o_chan[o] .. SEP .. take(k, o_cust[o], o_chan[o], own)
+        end
+      else
+        local draws = {}
+        status = check(o, draws)
+        if status == RESERVED then rec = reserve(o, draws) end
+      end
       if status == RESERVED then
-        local rec = parts[od.home]
-        rec[#rec + 1] = od.oid
-        rec[#rec + 1] = reserve(od, draws)
-        done[od.oid] = true
-        for _, a in ipairs(od.allocs) do
-          local s = a[1]
+        local home = parts[o_home[o]]
+        home[#home + 1] = oid
+        home[#home + 1] = rec
+        done[oid] = true
+        for j = k, k + o_n[o] - 1 do
+          local s = a_sku[j]
           settle_alert(s, names[s], total[s], stock[s])
         end
       end
@@ -244,7 +282,7 @@ local done = read_done()
 read_skus()
 if rules_newer(stock, nskus, version) then
   local out = {}
-  for o = 1, #orders do out[o] = STALE_RULES end
+  for o = 1, norders do out[o] = STALE_RULES end
   return out
 end
 local out, parts = reserve_all(done)
