@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 
@@ -55,6 +55,13 @@ Item = tuple[str, events.Movement | events.BadMovement]  # (input entry id, the 
 _STATES = {MOVE_APPLIED, MOVE_HELD, MOVE_REFUSED}
 _TRIES = 100  # tries of a count's guard at once; then a pause between tries (said once)
 _PAUSE_S = 0.01
+_RENEW_S = 1.0  # how often the batch's mover leases are renewed while its movements run
+
+
+class LeaseLost(StaleCatalog):
+    """A hot SKU's mover lease ran out while the batch's movements ran (a stall longer than
+    the lease): the batch is decided again, under the lease anew (every step is idempotent;
+    a count's hold keeps its guard)."""
 
 
 class _Plan(NamedTuple):
@@ -71,6 +78,8 @@ class Movements:
     def __init__(self, store: Store, wait: Waiter) -> None:
         self.store = store
         self.wait = wait
+        self._leases: list[Any] = []  # the mover leases of the batch's hot SKUs, held
+        self._renewed = 0.0  # when they were last taken or renewed (time.monotonic)
 
     def apply(
         self,
@@ -132,9 +141,11 @@ class Movements:
         for lease in leases:
             while not self.wait.call(lease.acquire):
                 pass
+        self._leases, self._renewed = leases, time.monotonic()
         try:
             answers: list[dict[int, Answer]] = []
             for part in _parts(plans, set(hot)):
+                self._renew()
                 # each part sees every unit of its hot SKUs at its locations, also the
                 # units that came back into another bucket while an earlier part ran
                 touched = sorted({ln.sku for p in part for ls in p.slots.values() for ln in ls}
@@ -143,6 +154,7 @@ class Movements:
                     self._gather(part, plan, touched)
                 answers += self._rounds(part, plan, touched)
         finally:
+            self._leases = []
             for lease in leases:
                 try:
                     self.wait.call(lease.release)
@@ -233,10 +245,24 @@ class Movements:
                 answers[i][slot] = answer
         raise AssertionError("unreachable")
 
+    def _renew(self) -> None:
+        """Keep the batch's mover leases while its movements run long (a count that waits,
+        many parts): renewed at most once per ``_RENEW_S``; one that ran out anyway (a stall
+        longer than the lease, and another mover may have held it since) raises LeaseLost."""
+        if not self._leases or time.monotonic() - self._renewed < _RENEW_S:
+            return
+        for lease in self._leases:
+            try:
+                self.wait.call(lease.reacquire)
+            except redis.exceptions.LockNotOwnedError:
+                raise LeaseLost from None
+        self._renewed = time.monotonic()
+
     def _patience(self, tries: int, skus: Iterable[str]) -> None:
         """Between two tries of a count's guard: at once at first; after ``_TRIES`` (units
         come back into the SKU's other buckets all the time) said once, then a pause each
         time. Never gives up: the count waits (a stop ends the wait, the batch is replayed)."""
+        self._renew()
         if tries < _TRIES:
             return
         if tries == _TRIES:

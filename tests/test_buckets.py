@@ -781,3 +781,66 @@ def test_a_later_part_of_the_batch_gathers_what_came_back_meanwhile(store: Store
     recs = moved(store)
     assert done and recs["s1"].status == "applied", recs["s1"]
     assert _at(store, "HOT") == 0
+
+
+def test_a_count_that_waits_keeps_the_movers_lease(
+    store: Store, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count waits past the lease's time (units keep coming back); another worker's sale at
+    the location meanwhile waits for the lease, then sells from the counted units (the lease
+    ran out under the count, and the sale met the held location: found by a review)."""
+    import threading
+    import time
+
+    from dataflows import movements as flow_movements
+    from state import buckets as state_buckets
+
+    monkeypatch.setattr(state_buckets, "LEASE_S", 1.0)
+    monkeypatch.setattr(flow_movements, "_RENEW_S", 0.2)
+    load(store, catalog({"wh-a": 40, "wh-b": 40}))
+    real = store.buckets.change_counts
+    t0 = time.monotonic()
+    other = Store.connect(url)
+    sale = threading.Thread(target=lambda: decide(
+        other, [movement("s1", "sale", "wh-a", ("HOT", 4))], shard=1,
+        decider=Decider(other, say=lambda _m: None)))  # fmt: skip
+
+    def noisy(*a: Any) -> Any:  # units back into bucket 2 before each check, for 2.5 s
+        if time.monotonic() - t0 > 1.5 and not sale.is_alive() and sale.ident is None:
+            sale.start()
+        if time.monotonic() - t0 < 2.5:
+            store.r.hincrby(keys.stock(keys.bucket("HOT", 2)), keys.STOCK_UP, 1)
+        return real(*a)
+
+    store.buckets.change_counts = noisy  # type: ignore[method-assign,assignment]
+    decide(store, [movement("c1", "count", "wh-a", ("HOT", 12))])
+    sale.join(30)
+    recs = {r.movement_id: r for r in ops.movements(store, 2)}
+    assert recs["s1"].status == "applied", recs["s1"]
+    assert _at(store, "HOT") == 8
+
+
+def test_a_lease_lost_under_a_count_decides_the_batch_again(store: Store) -> None:
+    """The lease runs out under a count (a stall): the batch is decided again under a new
+    lease; the count's hold and guard stand, it is applied and recorded once."""
+    load(store, catalog({"wh-a": 40}))
+    real = store.buckets.change_counts
+    calls = [0]
+
+    def stall(*a: Any) -> Any:  # the first check after the hold: the lease is gone
+        calls[0] += 1
+        if calls[0] == 1:
+            store.r.delete(keys.lend_lock("HOT"))
+            store.r.hincrby(keys.stock(keys.bucket("HOT", 2)), keys.STOCK_UP, 1)
+        return real(*a)
+
+    store.buckets.change_counts = stall  # type: ignore[method-assign,assignment]
+    from dataflows import movements as flow_movements
+
+    flow_movements._RENEW_S, renew = 0.0, flow_movements._RENEW_S
+    try:
+        decide(store, [movement("c1", "count", "wh-a", ("HOT", 12))])
+    finally:
+        flow_movements._RENEW_S = renew
+    assert calls[0] >= 2 and _at(store, "HOT") == 12
+    assert moved(store)["c1"].discrepancy == 12 - 40
