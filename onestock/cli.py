@@ -643,6 +643,7 @@ app.command("bench-intake")(cli_perf.bench_intake)
 app.command("bench-availability")(cli_perf.bench_availability)
 app.command("bench-feed")(cli_perf.bench_feed)
 app.command("bench-memory")(cli_perf.bench_memory)
+app.command("bench-scripts")(cli_perf.bench_scripts)
 
 
 @redis_app.command("url")

@@ -1,5 +1,6 @@
 """The measuring commands of ``onestock``: ``loadtest``, ``bench``, ``bench-scale``,
-``bench-intake`` and ``bench-availability`` (registered on the main app by ``onestock.cli``).
+``bench-intake``, ``bench-availability``, ``bench-feed``, ``bench-memory`` and
+``bench-scripts`` (registered on the main app by ``onestock.cli``).
 Each imports its engine only when it runs, so the everyday commands start without Locust, wrk
 or the benchmarks."""
 
@@ -233,3 +234,28 @@ def bench_memory(
     if not 10 <= day_s <= 3600 or not 1 <= workers <= 16:
         raise OnestockError("--day-s is 10..3600 and --workers 1..16")
     run_memory(days, orders, day_s, workers, out)
+
+
+def bench_scripts(
+    baseline: Annotated[
+        str,
+        typer.Option(
+            help="The Lua to compare with: a git revision of this checkout or a "
+            "directory of .lua files (another checkout's state/lua)."
+        ),
+    ] = "HEAD",
+    orders: Annotated[int, typer.Option(help="Demo orders drained to capture the calls.")] = 50_000,
+    rounds: Annotated[int, typer.Option(help="Replays of every call, fresh ids each.")] = 3,
+) -> None:
+    """decide.lua, reserve_parts.lua and emit.lua of this checkout against a baseline's, call
+    for call: the calls of an in-process drain (every order accepted) replayed on two fresh
+    Redis servers in lockstep; Redis's time per item on each, their ratio, the calls
+    answered differently, and a control row (the baseline against itself)."""
+    from onestock.bench.scripts import run_bench_scripts
+
+    _check_orders(orders)
+    if not 1 <= rounds <= 20:
+        raise OnestockError(f"--rounds must be 1..20, not {rounds}")
+    rows = run_bench_scripts(baseline, orders, rounds)
+    if any(r.differing for r in rows if r.script.endswith("(control)")):
+        raise OnestockError("the control answered differently: the replay is not repeatable")

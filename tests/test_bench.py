@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 import msgspec
+import orjson
 import pytest
 
 from onestock.bench import Figures, check_outcomes
@@ -103,3 +104,40 @@ def test_a_run_whose_outcomes_do_not_match_its_events_is_refused(store: Store) -
         check_outcomes(store, 11, "dataflow")  # one lost
     with pytest.raises(RuntimeError, match=r"for 9 events$"):
         check_outcomes(store, 9, "dataflow")  # one doubled
+
+
+def test_bench_scripts_finds_each_call_s_items_where_the_state_layer_puts_them() -> None:
+    """The positions of the order ids (decide.lua, reserve_parts.lua) and record keys
+    (emit.lua) in ARGV as state/ packs them: the replay makes exactly those new."""
+    from onestock.bench.scripts import items_of
+    from onestock.domain.types import order_decoder
+    from state import shards, skus
+    from tests.helpers import order
+
+    orders = [
+        order_decoder.decode(orjson.dumps(order(f"o{i}", ("A", 1), ("B", 2)))) for i in range(3)
+    ]
+    ids = [o.order_id for o in orders]
+    args = skus.DecideArgs(["wh", "st"], {"wh": 1, "st": 2}, [0, 3], 0, {"pos"}, 7,
+                           dict.fromkeys(ids, b"\x01\x00"), dict.fromkeys(ids, 1),
+                           set(), set())  # fmt: skip
+    _, argv = skus._decide_args(orders, args)
+    assert [argv[p] for p in items_of("decide.lua", argv)] == ids
+    parts = [skus.Part(o, ["A"], 1, False, [("wh", "A", 1), ("st", "A", 2)]) for o in orders]
+    _, argv = skus._parts_args(parts, ({"st": 3}, 7))
+    assert [argv[p] for p in items_of("reserve_parts.lua", argv)] == ids
+    records = [f for oid in ids for f in (oid, "A", f"rec-{oid}")]
+    (argv,) = shards._emit_args("5-0", records, [["6-0", "raw", "why"]], None)
+    assert [argv[p] for p in items_of("emit.lua", argv)] == ids
+
+
+def test_bench_scripts_against_this_checkout_answers_alike() -> None:
+    """The whole bench, small, the baseline being this checkout's own Lua: every call answered
+    alike on both servers (and by the control)."""
+    from onestock.bench.scripts import run_bench_scripts
+
+    lua_dir = Path(__file__).resolve().parents[1] / "state" / "lua"
+    rows = run_bench_scripts(str(lua_dir), 2000, 1)
+    assert {r.script for r in rows} >= {"decide.lua", "reserve_parts.lua", "emit.lua"}
+    assert all(r.items > 0 and r.differing == 0 for r in rows), rows
+    assert all(r.baseline_us > 0 and r.current_us > 0 for r in rows), rows
