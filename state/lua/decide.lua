@@ -313,7 +313,29 @@ local function accepted(oid, blob, lines, customer, ch, draws, res, pending)
   return res
 end
 
+-- The usual order, shipped, of one line of a SKU without rules, in a call with no campaign
+-- and no low-stock threshold, that a single location can take: its ACCEPTED outcome, taken,
+-- as decide_one would decide it (without its tables); else nil: decide_one decides it.
+local function decide_plain(blob)
+  local p1, p2, n1, n2, _, _, f = byte(blob, SPEC_PICKUP, SPEC_FLAGS)
+  if n1 ~= 1 or n2 ~= 0 or p1 ~= 0 or p2 ~= 0 then return nil end
+  local s1, s2, q1, q2, q3, q4 = byte(blob, SPEC_HEAD + 1, SPEC_HEAD + LINE_BYTES)
+  local s = s1 + 256 * s2
+  if not exists[s] or ruled[s] then return nil end
+  local q = q1 + 256 * (q2 + 256 * (q3 + 256 * q4))
+  if total[s] < q then return nil end
+  local floors = f % (2 * FLAG_SAFETY) >= FLAG_SAFETY and NONE or safety
+  local loc = nearest_holding(blob, locs, stock[s], floors, q)
+  if not loc then return nil end
+  take(s, loc, q)
+  return ACCEPTED .. SEP .. loc .. SEP .. skus[s] .. SEP .. q
+end
+
 local function decide_one(oid, blob, customer)
+  if not (now or any_low) then
+    local res = decide_plain(blob)
+    if res then return res end
+  end
   local lines, has_rules, pickup, c, vip, all_stock, short, pending = read_spec(blob, exists, ruled)
   if not lines then return UNKNOWN end
   local draws, ch = nil, chans[c]
