@@ -106,15 +106,21 @@ def _bare_worker(url: str, mine: list[int], batch: int) -> None:
     store = Store.connect(url)
     d = Decider(store, say=lambda _m: None)
     calm_gc()  # (as a dataflow worker)
-    last = {s: "0-0" for s in mine}
+    bare_drain(store, d, mine, batch)
+
+
+def bare_drain(store: Store, decider: Any, shards: list[int], batch: int) -> None:
+    """The bare loop: each of ``shards`` read a batch at a time, decided and written by
+    ``decider`` (a ``Decider``), in turn, until none has more."""
+    last = dict.fromkeys(shards, "0-0")
     while True:
         got = 0
-        for s in mine:
+        for s in shards:
             rows = store.shards.read(s, last[s], batch)
             if rows:
                 last[s] = rows[-1][0]
                 got += len(rows)
-                d.emit(d.process(s, rows))
+                decider.emit(decider.process(s, rows))
         if not got:
             return
 

@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onestock import burst, harness
+from onestock.bench.measure import bare_drain
 from onestock.domain.settings import DEFAULT_SHARDS
 from state import wire
 from state.conn import lua
@@ -127,17 +128,7 @@ def capture(orders: int) -> dict[str, list[Call]]:
         decider = Decider(store, say=lambda _m: None)
         wire.scripts = recording  # type: ignore[assignment]
         try:
-            last = dict.fromkeys(range(DEFAULT_SHARDS), "0-0")
-            while True:
-                got = 0
-                for s in last:
-                    rows = store.shards.read(s, last[s], 1000)
-                    if rows:
-                        last[s] = rows[-1][0]
-                        got += len(rows)
-                        decider.emit(decider.process(s, rows))
-                if not got:
-                    break
+            bare_drain(store, decider, list(range(DEFAULT_SHARDS)), 1000)
         finally:
             wire.scripts = real  # type: ignore[assignment]
     return captured
