@@ -30,8 +30,9 @@ nothing is oversold, since each bucket's units are taken atomically by its scrip
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -94,6 +95,7 @@ def short(outcome: str) -> bool:
 
 
 ROUNDS = 3  # decision rounds with the lease held for the moves alone, before the last one
+RENEW_S = 1.0  # how often held mover leases are renewed while their holder runs long
 LAST_TRIES = 3  # the last round's tries, lease held, before a decision that refuses at once
 
 
@@ -179,24 +181,64 @@ def _by_targets(
     return groups
 
 
-@contextmanager
-def _leased(store: Store, call: Callable[..., Any], targets: list[Target]) -> Iterator[None]:
-    """The mover leases of the targets' SKUs, taken in one order (no deadlock). (Each move
-    first finishes the transfers a mover left in flight: ``Buckets.borrow``.)"""
-    leases = [store.buckets.lease(sku) for sku in sorted({t[0] for t in targets})]
-    taken = []
-    try:
-        for lease in leases:
-            while not call(lease.acquire):  # blocks until the holder is done, or its lease ends
-                pass
-            taken.append(lease)
-        yield
-    finally:
+class LeaseLost(StaleCatalog):
+    """A hot SKU's mover lease ran out while it was held (a stall longer than the lease;
+    another mover may have held it since): the batch is decided again, under the lease anew
+    (every step is idempotent; a count's hold keeps its guard, dataflows/movements.py)."""
+
+
+class Leases:
+    """The mover leases of some hot SKUs, held for a ``with`` block: taken in one order (no
+    deadlock), each waited for until its holder is done or its lease ends; released at the
+    end (one that ran out meanwhile: harmless). (Each move first finishes the transfers a
+    mover left in flight: ``Buckets.borrow``.)"""
+
+    def __init__(self, store: Store, call: Callable[..., Any], skus: Iterable[str]) -> None:
+        self.call = call
+        self._leases = [store.buckets.lease(sku) for sku in sorted(set(skus))]
+        self._taken: list[Any] = []
+        self._renewed = 0.0
+
+    def __enter__(self) -> Leases:
+        try:
+            for lease in self._leases:
+                while not self.call(lease.acquire):
+                    pass
+                self._taken.append(lease)
+        except BaseException:
+            self._release()
+            raise
+        self._renewed = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()
+
+    def renew(self) -> None:
+        """Keep the leases while a holder runs long (a count that waits, a batch of many
+        movements): renewed at most once per ``RENEW_S``; one that ran out anyway raises
+        LeaseLost."""
+        if time.monotonic() - self._renewed < RENEW_S:
+            return
+        for lease in self._taken:
+            try:
+                self.call(lease.reacquire)
+            except redis.exceptions.LockNotOwnedError:
+                raise LeaseLost from None
+        self._renewed = time.monotonic()
+
+    def _release(self) -> None:
+        taken, self._taken = self._taken, []
         for lease in taken:
             try:
-                call(lease.release)  # (waits out a Redis outage like every call here)
+                self.call(lease.release)  # (waits out a Redis outage like every call here)
             except redis.exceptions.LockError:  # the lease ran out (a long stall): harmless
                 pass
+
+
+def _leased(store: Store, call: Callable[..., Any], targets: list[Target]) -> Leases:
+    """The mover leases of the targets' SKUs (``Leases``)."""
+    return Leases(store, call, (t[0] for t in targets))
 
 
 @contextmanager

@@ -33,11 +33,11 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import redis
 
-from dataflows.buckets import BucketPlan
+from dataflows.buckets import BucketPlan, Leases
 from dataflows.cross_slot import StaleCatalog
 from onestock.domain import events, meter
 from onestock.domain.events import MOVEMENT_KINDS
@@ -55,13 +55,6 @@ Item = tuple[str, events.Movement | events.BadMovement]  # (input entry id, the 
 _STATES = {MOVE_APPLIED, MOVE_HELD, MOVE_REFUSED}
 _TRIES = 100  # tries of a count's guard at once; then a pause between tries (said once)
 _PAUSE_S = 0.01
-_RENEW_S = 1.0  # how often the batch's mover leases are renewed while its movements run
-
-
-class LeaseLost(StaleCatalog):
-    """A hot SKU's mover lease ran out while the batch's movements ran (a stall longer than
-    the lease): the batch is decided again, under the lease anew (every step is idempotent;
-    a count's hold keeps its guard)."""
 
 
 class _Plan(NamedTuple):
@@ -78,8 +71,7 @@ class Movements:
     def __init__(self, store: Store, wait: Waiter) -> None:
         self.store = store
         self.wait = wait
-        self._leases: list[Any] = []  # the mover leases of the batch's hot SKUs, held
-        self._renewed = 0.0  # when they were last taken or renewed (time.monotonic)
+        self._leases: Leases | None = None  # the mover leases of the batch's hot SKUs, held
 
     def apply(
         self,
@@ -137,15 +129,10 @@ class Movements:
         the leases of the hot SKUs they touch."""
         named = {ln.sku for p in plans for ls in p.slots.values() for ln in ls}
         hot = sorted(named & set(plan.count))
-        leases = [self.store.buckets.lease(sku) for sku in hot]  # one order of taking
-        for lease in leases:
-            while not self.wait.call(lease.acquire):
-                pass
-        self._leases, self._renewed = leases, time.monotonic()
-        try:
+        with Leases(self.store, self.wait.call, hot) as self._leases:
             answers: list[dict[int, Answer]] = []
             for part in _parts(plans, set(hot)):
-                self._renew()
+                self._leases.renew()  # (the batch may run long: many parts, a count waits)
                 # each part sees every unit of its hot SKUs at its locations, also the
                 # units that came back into another bucket while an earlier part ran
                 touched = sorted({ln.sku for p in part for ls in p.slots.values() for ln in ls}
@@ -153,13 +140,7 @@ class Movements:
                 if touched:
                     self._gather(part, plan, touched)
                 answers += self._rounds(part, plan, touched)
-        finally:
-            self._leases = []
-            for lease in leases:
-                try:
-                    self.wait.call(lease.release)
-                except redis.exceptions.LockError:  # the lease ran out (a long stall)
-                    pass
+        self._leases = None
         for p, by_slot in zip(plans, answers, strict=True):
             records[p.movement.movement_id] = _record(p, by_slot, decided)
 
@@ -245,24 +226,12 @@ class Movements:
                 answers[i][slot] = answer
         raise AssertionError("unreachable")
 
-    def _renew(self) -> None:
-        """Keep the batch's mover leases while its movements run long (a count that waits,
-        many parts): renewed at most once per ``_RENEW_S``; one that ran out anyway (a stall
-        longer than the lease, and another mover may have held it since) raises LeaseLost."""
-        if not self._leases or time.monotonic() - self._renewed < _RENEW_S:
-            return
-        for lease in self._leases:
-            try:
-                self.wait.call(lease.reacquire)
-            except redis.exceptions.LockNotOwnedError:
-                raise LeaseLost from None
-        self._renewed = time.monotonic()
-
     def _patience(self, tries: int, skus: Iterable[str]) -> None:
         """Between two tries of a count's guard: at once at first; after ``_TRIES`` (units
         come back into the SKU's other buckets all the time) said once, then a pause each
         time. Never gives up: the count waits (a stop ends the wait, the batch is replayed)."""
-        self._renew()
+        if self._leases is not None:
+            self._leases.renew()
         if tries < _TRIES:
             return
         if tries == _TRIES:

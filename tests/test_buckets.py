@@ -792,11 +792,10 @@ def test_a_count_that_waits_keeps_the_movers_lease(
     import threading
     import time
 
-    from dataflows import movements as flow_movements
     from state import buckets as state_buckets
 
     monkeypatch.setattr(state_buckets, "LEASE_S", 1.0)
-    monkeypatch.setattr(flow_movements, "_RENEW_S", 0.2)
+    monkeypatch.setattr(buckets, "RENEW_S", 0.2)
     load(store, catalog({"wh-a": 40, "wh-b": 40}))
     real = store.buckets.change_counts
     t0 = time.monotonic()
@@ -820,10 +819,20 @@ def test_a_count_that_waits_keeps_the_movers_lease(
     assert _at(store, "HOT") == 8
 
 
-def test_a_lease_lost_under_a_count_decides_the_batch_again(store: Store) -> None:
+def test_a_lease_lost_under_a_count_decides_the_batch_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The lease runs out under a count (a stall): the batch is decided again under a new
     lease; the count's hold and guard stand, it is applied and recorded once."""
     load(store, catalog({"wh-a": 40}))
+    taken: list[int] = []
+    enter = buckets.Leases.__enter__
+
+    def counted(self: buckets.Leases) -> buckets.Leases:
+        taken.append(1)
+        return enter(self)
+
+    monkeypatch.setattr(buckets.Leases, "__enter__", counted)
     real = store.buckets.change_counts
     calls = [0]
 
@@ -835,12 +844,14 @@ def test_a_lease_lost_under_a_count_decides_the_batch_again(store: Store) -> Non
         return real(*a)
 
     store.buckets.change_counts = stall  # type: ignore[method-assign,assignment]
-    from dataflows import movements as flow_movements
-
-    flow_movements._RENEW_S, renew = 0.0, flow_movements._RENEW_S
+    buckets.RENEW_S, renew = 0.0, buckets.RENEW_S
+    d = Decider(store, say=lambda _m: None)
+    d.refresh()  # (a new worker reconciles its buckets under their leases first)
+    taken.clear()
     try:
-        decide(store, [movement("c1", "count", "wh-a", ("HOT", 12))])
+        decide(store, [movement("c1", "count", "wh-a", ("HOT", 12))], decider=d)
     finally:
-        flow_movements._RENEW_S = renew
+        buckets.RENEW_S = renew
+    assert len(taken) == 2, "the batch was not decided again under a new lease"
     assert calls[0] >= 2 and _at(store, "HOT") == 12
     assert moved(store)["c1"].discrepancy == 12 - 40
