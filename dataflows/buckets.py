@@ -155,8 +155,9 @@ def borrow_and_decide(
     # after LAST_TRIES does the decision refuse at once, as its bucket holds every unit the
     # others could lend (up to what came back meanwhile).
     for targets, group in _by_targets(pending, of).items():
-        with _leased(store, call, list(targets)):
+        with _leased(store, call, list(targets)) as leases:
             for _ in range(LAST_TRIES):
+                leases.renew()  # (held from the move to the decision: not lost between)
                 move(list(targets), True)
                 decide(group, {o.order_id for o in group})
                 group = still(group)
@@ -166,6 +167,7 @@ def borrow_and_decide(
                 if not group:
                     break
             else:
+                leases.renew()
                 move(list(targets), True)
                 decide(group, set())
     return moved

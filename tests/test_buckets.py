@@ -855,3 +855,24 @@ def test_a_lease_lost_under_a_count_decides_the_batch_again(
     assert len(taken) == 2, "the batch was not decided again under a new lease"
     assert calls[0] >= 2 and _at(store, "HOT") == 12
     assert moved(store)["c1"].discrepancy == 12 - 40
+
+
+def test_leases_are_renewed_while_held_and_a_lost_one_says_so(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leases: taken in one order, renewed (their time to live back to the full lease) once
+    RENEW_S passed, released at the end; one gone meanwhile raises LeaseLost."""
+    from state import buckets as state_buckets
+
+    monkeypatch.setattr(state_buckets, "LEASE_S", 2.0)
+    monkeypatch.setattr(buckets, "RENEW_S", 0.0)
+    names = [keys.lend_lock(s) for s in ("A", "B")]
+    with buckets.Leases(store, lambda fn, *a: fn(*a), ["B", "A"]) as leases:
+        assert all(store.r.pttl(k) > 0 for k in names)
+        store.r.pexpire(names[0], 300)
+        leases.renew()
+        assert store.r.pttl(names[0]) > 1500  # back to the lease's full time
+        store.r.delete(names[1])
+        with pytest.raises(buckets.LeaseLost):
+            leases.renew()
+    assert not any(store.r.exists(k) for k in names)
