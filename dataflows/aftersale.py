@@ -17,7 +17,7 @@ from onestock.domain.protocol import RS, SEP, Code, ProtocolError, code_of
 from onestock.domain.records import pack
 from state import keys
 from state.conn import Waiter, parse_id
-from state.keys import public, sku_slot
+from state.keys import public
 from state.store import Store
 
 # The state a return finds its order in when no order of that id came before it: not a
@@ -357,8 +357,9 @@ class Aftersale:
             refs = []
             for j, sku, qty in lines:
                 so_far[(r.order_id, sku)] += qty
-                part = apply.setdefault(sku_slot(sku), [])
-                refs.append((sku_slot(sku), len(part), j))
+                slot = self.store.slot(sku)
+                part = apply.setdefault(slot, [])
+                refs.append((slot, len(part), j))
                 part.append((sku, r.order_id, digest, r.location, qty, shipped[sku]))
             sent.append(_Sent(eid, raw, r, digest, refs))
         return _Counted(sent, apply, copies)

@@ -82,14 +82,16 @@ class _Judged(NamedTuple):
     bucketed: list[Order]  # orders of hot SKUs, renamed to their bucket (may borrow)
 
 
-def _by_slot(orders: list[Order]) -> tuple[dict[int, list[Order]], list[Order]]:
-    """The orders of one slot, per slot in arrival order; and the orders spanning slots."""
+def _by_slot(orders: list[Order], one: bool) -> tuple[dict[int, list[Order]], list[Order]]:
+    """The orders per slot of their first line, in arrival order; and the orders spanning
+    slots. ``one``: the dataset's layout lets a call span slots (``Store.layout``): no order
+    spans, a basket is decided with its first line's slot (the calls' SKUs stay few)."""
     slot_orders: dict[int, list[Order]] = {}
     cross: list[Order] = []
     for o in orders:
         lines = o.lines
         slot = sku_slot(lines[0].sku)
-        if len(lines) == 1 or all(sku_slot(ln.sku) == slot for ln in lines):
+        if one or len(lines) == 1 or all(sku_slot(ln.sku) == slot for ln in lines):
             group = slot_orders.get(slot)
             if group is None:
                 group = slot_orders[slot] = []
@@ -113,6 +115,7 @@ class Decider:
         # generations, trims the records every reader is past (dataflows/housekeeping.py)
         self.housekeeper = Housekeeper(store, self.wait) if sweeping else None
         self.version = -1
+        self.one = False  # the dataset's layout decides a basket in one call (Store.layout)
         self.view = CatalogView(None)
         self.settler = Settler(store, say)
         self.aftersale = Aftersale(store, self.wait, self.settler)
@@ -142,6 +145,7 @@ class Decider:
         self._wm: dict[int, tuple[int, int]] = {}
 
     def refresh(self) -> None:
+        self.one = self.wait.call(self.store.layout) == keys.LAYOUT_ONE
         version = self.wait.call(self.store.catalog_version)
         if version != self.version:
             self.version, catalog = self.wait.call(self.store.catalog)
@@ -473,7 +477,7 @@ class Decider:
     def _decide(self, orders: list[Order], outcome: dict[str, str], held_ids: set[str]) -> None:
         """Decide valid orders into ``outcome``: one decide.lua call per slot, the orders
         spanning slots slot by slot; first-N candidates go into ``held_ids``."""
-        slot_orders, cross = _by_slot(orders)
+        slot_orders, cross = _by_slot(orders, self.one)
         # every order's ranking in one go (numpy's cost is per call, not per customer)
         ranked = dict(zip((o.order_id for o in orders), self._rankings(orders), strict=True))
         if slot_orders:

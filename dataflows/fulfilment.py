@@ -33,7 +33,7 @@ from onestock.domain.types import MovedLine, MovementRecord, json_encoder
 from state import keys
 from state.conn import Waiter
 from state.fulfilment import GIVE, TAKE, UNDO, Reroute
-from state.keys import public, sku_slot
+from state.keys import public
 from state.payments import OrderState
 from state.store import Store
 
@@ -348,13 +348,15 @@ class Fulfilments:
             return rejected("pickup_unavailable", "the store has no room for more orders today")
         return rejected("sold_out", "no location with the units has room for more orders today")
 
-    @staticmethod
-    def _calls(key: str, lines: dict[str, int], cands: list[str], places: Places) -> list[Reroute]:
-        """One reroute.lua call per slot of the lines' SKUs, with these candidates."""
+    def _calls(
+        self, key: str, lines: dict[str, int], cands: list[str], places: Places
+    ) -> list[Reroute]:
+        """One reroute.lua call per group of the lines' SKUs (``Store.slot``), with these
+        candidates."""
         floors = [places.floors.get(loc, 0) for loc in cands]
         by_slot: dict[int, list[str]] = {}
         for sku in lines:
-            by_slot.setdefault(sku_slot(sku), []).append(sku)
+            by_slot.setdefault(self.store.slot(sku), []).append(sku)
         return [
             Reroute(
                 TAKE, key, names, [(i + 1, lines[s]) for i, s in enumerate(names)], cands, floors

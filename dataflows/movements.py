@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import redis
@@ -47,7 +47,6 @@ from onestock.domain.records import iso_ms
 from onestock.domain.types import MovedLine, MovementRecord, json_encoder
 from state import keys
 from state.conn import Waiter
-from state.keys import sku_slot
 from state.movements import ABORT, APPLY, COMMIT, HOLD, REHOLD, Answer, Call, MoveLine
 from state.store import Store
 
@@ -105,7 +104,7 @@ class Movements:
             if why is not None:
                 records[mid] = _refused(mid, m.kind, m.location, why[0], why[1], decided, m)
                 continue
-            plans.append(_plan(m))
+            plans.append(_plan(m, self.store.slot))
         if plans:
             self._run(plans, plan, records, decided)
         out: list[str] = []
@@ -253,12 +252,13 @@ def _unknown(m: events.Movement, skus: set[str], locations: set[str]) -> tuple[s
     return None
 
 
-def _plan(m: events.Movement) -> _Plan:
+def _plan(m: events.Movement, slot_of: Callable[[str], int]) -> _Plan:
+    """The movement's lines per group of script calls (``Store.slot``)."""
     slots: dict[int, list[MoveLine]] = {}
     where = []
     for ln in m.lines:
         op, units = op_of(m.kind, ln.qty)
-        slot = sku_slot(ln.sku)
+        slot = slot_of(ln.sku)
         lines = slots.setdefault(slot, [])
         where.append((slot, len(lines)))
         lines.append(MoveLine(ln.sku, op, m.location, units, m.to or ""))

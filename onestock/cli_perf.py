@@ -246,6 +246,13 @@ def bench_scripts(
     ] = "HEAD",
     orders: Annotated[int, typer.Option(help="Demo orders drained to capture the calls.")] = 50_000,
     rounds: Annotated[int, typer.Option(help="Replays of every call, fresh ids each.")] = 3,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="The drain's dataset layout: 'one' (a basket in one decide.lua call) or "
+            "'slots' (baskets slot by slot: reserve_parts.lua's calls)."
+        ),
+    ] = "one",
 ) -> None:
     """decide.lua, reserve_parts.lua and emit.lua of this checkout against a baseline's, call
     for call: the calls of an in-process drain (every order accepted) replayed on two fresh
@@ -256,6 +263,8 @@ def bench_scripts(
     _check_orders(orders)
     if not 1 <= rounds <= 20:
         raise OnestockError(f"--rounds must be 1..20, not {rounds}")
-    rows = run_bench_scripts(baseline, orders, rounds)
+    if layout not in ("one", "slots"):
+        raise OnestockError(f"--layout must be 'one' or 'slots', not {layout!r}")
+    rows = run_bench_scripts(baseline, orders, rounds, layout)
     if any(r.differing for r in rows if r.script.endswith("(control)")):
         raise OnestockError("the control answered differently: the replay is not repeatable")

@@ -17,6 +17,7 @@ from onestock import burst
 from onestock.domain import sharding
 from onestock.domain.settings import DEFAULT_SHARDS
 from onestock.domain.types import Catalog
+from state import keys
 from state.server import RedisServer
 from state.store import Store
 
@@ -35,10 +36,16 @@ def scratch_redis(prefix: str) -> Iterator[tuple[RedisServer, Path]]:
 
 
 def reset(
-    store: Store, shards: int = DEFAULT_SHARDS, catalog: Catalog | None = None
+    store: Store,
+    shards: int = DEFAULT_SHARDS,
+    catalog: Catalog | None = None,
+    layout: str | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Empty the database and load a catalog (default: the demo's); returns the loaded stock."""
+    """Empty the database and load a catalog (default: the demo's); returns the loaded stock.
+    ``layout``: the dataset's (keys.LAYOUT; None: a fresh dataset's default)."""
     store.r.flushall()
+    if layout is not None:
+        store.r.set(keys.LAYOUT, layout)
     cat = catalog or burst.demo_catalog()
     store.load_catalog(cat, [s.sku for s in cat.skus])
     store.shards.shard_count(shards)

@@ -20,6 +20,13 @@ SHARDS = f"{PREFIX}:shards"  # K, fixed once the first event is pushed
 # "e:<source>" events stored; each process adds what it counted every second.
 INTAKE_COUNTS = f"{PREFIX}:intake:counts"
 INTAKE_REQUESTS, INTAKE_EVENTS = "r", "e"  # the kinds of its fields: "<kind>:<...>"
+# How the dataset's deciding spans SKUs, fixed by its first process (``Store.layout``):
+# LAYOUT_ONE, a single server deciding any order in one script call; LAYOUT_SLOTS, a basket
+# whose SKUs hash to different slots reserved slot by slot (a Redis Cluster's, and the layout
+# of a single-server dataset from before this key; a replay must never cross layouts: a
+# decision's state lives where its layout keeps it)
+LAYOUT = f"{PREFIX}:layout"
+LAYOUT_ONE, LAYOUT_SLOTS = "one", "slots"
 INSTANCE = f"{PREFIX}:instance"  # the dataset's random id, fixed by its first run (recovery)
 # `onestock loadtest`'s own bookkeeping (loadtest/checks.py): the order ids the intake
 # acknowledged (SET), and the acknowledged events that can only be dead letters (count).
@@ -315,11 +322,17 @@ _slots: dict[str, int] = {}
 
 
 def sku_slot(sku: str) -> int:
-    """The cluster hash slot of a SKU's keys (cached: it is asked for every order line)."""
+    """The cluster hash slot of a SKU's keys (cached: it is asked for every order line).
+    What a script call may span is the dataset's layout's: ``Store.slot``."""
     slot = _slots.get(sku)
     if slot is None:
         slot = _slots[sku] = key_slot(stock(sku).encode())
     return slot
+
+
+def one_slot(_sku: str) -> int:
+    """``Store.slot`` in the one-server layout: any SKUs share a script call."""
+    return 0
 
 
 # Hot-SKU buckets: bucket 0 of a SKU is the SKU's own keys; bucket b > 0 is the "SKU" named

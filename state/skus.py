@@ -83,7 +83,9 @@ class Skus:
         buckets: Buckets,
         touched: set[str] | None = None,
         gen: Gen | None = None,
+        slot: Callable[[str], int] = keys.sku_slot,
     ) -> None:
+        self.slot = slot  # the group of script calls a SKU belongs to (``Store.slot``)
         self.gen = gen or Gen()  # the generation this process writes decisions in now
         # the catalog SKUs whose stock a script of this process may have changed, for the
         # availability feed (``Store.touched``)
@@ -203,7 +205,7 @@ class Skus:
         (release_parts.lua 'rules'; idempotent). Nothing for an order of one slot."""
         slots: dict[int, list[str]] = {}
         for sku in sorted(skus):
-            slots.setdefault(keys.sku_slot(sku), []).append(sku)
+            slots.setdefault(self.slot(sku), []).append(sku)
         if len(slots) < 2:
             return
         calls = [(names, [len(names), *names, 1, oid, 1, "rules"]) for names in slots.values()]
@@ -222,7 +224,7 @@ class Skus:
         for oid, part in orders:
             per_slot: dict[int, list[tuple[str, str, int, int]]] = {}
             for q in part:
-                per_slot.setdefault(keys.sku_slot(q[0]), []).append(q)
+                per_slot.setdefault(self.slot(q[0]), []).append(q)
             for slot, quads in per_slot.items():
                 by_slot.setdefault(slot, []).append((oid, quads))
         if not by_slot:

@@ -15,14 +15,20 @@ The Store itself holds the catalog (``keys.CATALOG``, ``keys.CATALOG_VERSION``):
 writes the stock and rules of the SKUs it names through ``skus``.
 
 Every multi-key operation is one Lua script over keys of one hash slot (see ``keys.py``), so
-the same code runs against a single server and a Redis Cluster.
+the same code runs against a single server and a Redis Cluster. What one script call may span
+is the dataset's layout (``Store.layout``): on a single server any SKUs (a basket is decided in
+one call), on a Cluster one slot's (a basket across slots is reserved slot by slot).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from redis.cluster import RedisCluster
+
+from onestock.domain.errors import OnestockError
 from onestock.domain.types import Catalog, Sku, catalog_decoder, json_encoder
 from state import keys
 from state.buckets import Buckets, split
@@ -40,12 +46,20 @@ from state.stock import Alone, Lock
 
 __all__ = ["Alone", "Lock", "Store"]  # (Alone and Lock: for dataflows/refusals.py)
 
+# The layout a fresh single-server dataset takes (keys.LAYOUT_ONE unless this says "slots":
+# the tests and the randomized check run the slot-by-slot path on one server with it)
+LAYOUT_ENV = "ONESTOCK_LAYOUT"
+
 
 class Store:
     """Domain operations on one Redis (or Redis Cluster)."""
 
     def __init__(self, client: Redis) -> None:
         self.r = client
+        self._layout: str | None = None
+        # The group of script calls a SKU belongs to (``layout``): SKUs of one group may
+        # share a call. Resolved on first use.
+        self.slot: Callable[[str], int] = self._first_slot
         self.buckets = Buckets(
             client, client.register_script(lua("lend")), client.register_script(lua("receive"))
         )
@@ -57,7 +71,7 @@ class Store:
         self.gen = gen = Gen()
         self.sweeper = Sweeper(client)
         self.shards = Shards(client, self.campaign_skus, gen)
-        self.skus = Skus(client, self.buckets, self.touched, gen)
+        self.skus = Skus(client, self.buckets, self.touched, gen, lambda sku: self.slot(sku))
         self.campaigns = Campaigns(client, self.touched, gen)
         self.movements = Movements(client, self.touched, gen)
         self.payments = Payments(client, gen)
@@ -69,6 +83,39 @@ class Store:
     @classmethod
     def connect(cls, url: str) -> Store:
         return cls(connect(url))
+
+    def layout(self) -> str:
+        """The dataset's layout (``keys.LAYOUT``), fixed by the first process that asks: a
+        Cluster's is LAYOUT_SLOTS; a fresh single-server dataset's LAYOUT_ONE (or what
+        ONESTOCK_LAYOUT says); one with a catalog but no layout key predates the key: it
+        was decided slot by slot, and stays so (its parts and decisions live there)."""
+        if self._layout is None:
+            self._layout = self._resolve()
+            self.slot = keys.sku_slot if self._layout == keys.LAYOUT_SLOTS else keys.one_slot
+        return self._layout
+
+    def _resolve(self) -> str:
+        if isinstance(self.r, RedisCluster):
+            return keys.LAYOUT_SLOTS
+        got = self.r.get(keys.LAYOUT)
+        if got is None:
+            want = os.environ.get(LAYOUT_ENV) or keys.LAYOUT_ONE
+            if want not in (keys.LAYOUT_ONE, keys.LAYOUT_SLOTS):
+                raise OnestockError(f"{LAYOUT_ENV}={want!r}: expected 'one' or 'slots'")
+            if self.r.exists(keys.CATALOG_VERSION):
+                want = keys.LAYOUT_SLOTS
+            self.r.set(keys.LAYOUT, want, nx=True)
+            got = self.r.get(keys.LAYOUT)
+        layout = got.decode() if isinstance(got, bytes) else str(got)
+        if layout not in (keys.LAYOUT_ONE, keys.LAYOUT_SLOTS):
+            raise OnestockError(
+                f"Redis key {keys.LAYOUT} holds {layout!r}: expected 'one' or 'slots'"
+            )
+        return layout
+
+    def _first_slot(self, sku: str) -> int:
+        self.layout()
+        return self.slot(sku)
 
     def memory_used(self) -> int:
         return int(self.r.info("memory")["used_memory"])
@@ -92,6 +139,7 @@ class Store:
 
     def load_catalog(self, catalog: Catalog, replace_stock: Iterable[str]) -> None:
         """Store the (already validated and merged) catalog; replace stock of the named SKUs."""
+        self.layout()  # (fixed before the first catalog: a dataset with one has a layout)
         by_sku = {s.sku: s for s in catalog.skus}
         camps = campaign_fields(catalog.campaigns)  # the definitions beside the SKU's stock
         named = set(replace_stock)

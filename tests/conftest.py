@@ -30,6 +30,7 @@ os.environ.setdefault("ONESTOCK_IDEMPOTENCY_DAYS", "3650")
 
 from onestock.domain import catalog as catalogs  # noqa: E402
 from onestock.domain.types import Catalog
+from state import keys
 from state.server import RedisServer, redis_server_binary
 from state.store import Store
 
@@ -154,9 +155,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
-def url(redis_server: RedisServer) -> str:
-    """A clean database on the session server."""
-    Store.connect(redis_server.url).r.flushall()
+def url(redis_server: RedisServer, request: pytest.FixtureRequest) -> str:
+    """A clean database on the session server, in the layout the test's ``layout`` mark
+    names (keys.LAYOUT; unmarked: the product's default for a fresh dataset)."""
+    r = Store.connect(redis_server.url).r
+    r.flushall()
+    mark = request.node.get_closest_marker("layout")
+    if mark is not None:
+        r.set(keys.LAYOUT, mark.args[0])
     return redis_server.url
 
 

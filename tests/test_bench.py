@@ -137,7 +137,7 @@ def test_bench_scripts_against_this_checkout_answers_alike() -> None:
     from onestock.bench.scripts import run_bench_scripts
 
     lua_dir = Path(__file__).resolve().parents[1] / "state" / "lua"
-    rows = run_bench_scripts(str(lua_dir), 2000, 1)
+    rows = run_bench_scripts(str(lua_dir), 2000, 1, "slots")
     assert {r.script for r in rows} >= {"decide.lua", "reserve_parts.lua", "emit.lua"}
     assert all(r.items > 0 and r.differing == 0 for r in rows), rows
     assert all(r.baseline_us > 0 and r.current_us > 0 for r in rows), rows

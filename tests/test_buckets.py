@@ -635,7 +635,14 @@ def _at_a(store: Store) -> int:
     return sum(levels(store, "HOT", b).get("wh-a", 0) for b in range(4))
 
 
-@pytest.mark.parametrize("lines", [[("HOT", 12)], [("HOT", 12), ("SIDE", 7)]], ids=["one", "two"])
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param([("HOT", 12)], id="one"),
+        pytest.param([("HOT", 12), ("SIDE", 7)], marks=pytest.mark.layout("slots"), id="two"),
+        pytest.param([("HOT", 12), ("SIDE", 7)], id="two-one-call"),  # the one-server layout
+    ],
+)
 def test_a_count_of_a_bucketed_sku_counts_units_back_during_it(
     store: Store, url: str, lines: list[tuple[str, int]]
 ) -> None:

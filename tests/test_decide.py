@@ -41,7 +41,14 @@ BEIJING = (39.91, 116.41)
 
 
 # TEE-11093 shares SNEAKER's hash slot (one Lua call); TEE does not (slot-by-slot path).
-@pytest.fixture(params=["TEE", "TEE-11093"], ids=["cross-slot", "same-slot"])
+# "basket": the same SKUs as cross-slot, in the one-server layout (keys.LAYOUT): one call.
+@pytest.fixture(
+    params=[
+        pytest.param("TEE", marks=pytest.mark.layout("slots"), id="cross-slot"),
+        pytest.param("TEE", id="basket"),
+        pytest.param("TEE-11093", id="same-slot"),
+    ]
+)
 def tee(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -188,6 +195,7 @@ def test_two_lines_of_one_sku_reserve_as_one(loaded: Store, tee: str) -> None:
     assert shipped(recs[0]) == [("wh-beijing", "ship", tee, 3)]
 
 
+@pytest.mark.layout("slots")
 def test_cross_slot_order_is_compensated_when_a_later_slot_fails(loaded: Store, tee: str) -> None:
     """Plan on a stale read (as if another worker took TEE in between), then reserve."""
     if tee != "TEE":
@@ -214,6 +222,7 @@ def test_cross_slot_order_is_compensated_when_a_later_slot_fails(loaded: Store, 
     assert loaded.r.hlen(keys.parts("SNEAKER", 0)) == 0
 
 
+@pytest.mark.layout("slots")
 def test_half_reserved_cross_slot_order_from_a_crash_is_undone_then_redone(
     loaded: Store, tee: str
 ) -> None:

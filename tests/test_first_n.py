@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import orjson
+import pytest
 
 from dataflows.decider import Decider
 from onestock.domain import events, sharding
@@ -82,6 +83,7 @@ def test_a_stale_idle_report_does_not_settle_everything(store: Store) -> None:
 
 # 5: a crash between a cross-slot part's reservation and its release left a rejected order
 # holding a rank
+@pytest.mark.layout("slots")
 def test_a_part_reserved_by_a_crashed_attempt_never_takes_a_rank(store: Store) -> None:
     cat = catalog(first_n=1)
     cat["skus"].append({"sku": "ZZZ", "stock": {}})
@@ -108,6 +110,7 @@ def test_a_part_reserved_by_a_crashed_attempt_never_takes_a_rank(store: Store) -
     assert winners(store) == [b1] and recs[b1].gift is not None
 
 
+@pytest.mark.layout("slots")
 def test_a_replayed_cross_slot_order_takes_one_rank(store: Store) -> None:
     cat = catalog(first_n=3)
     cat["skus"].append({"sku": "ZZZ", "stock": {"wh-sh": 5}})

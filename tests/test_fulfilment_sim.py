@@ -119,7 +119,14 @@ def _bought(store: Store, sku: str, customer: str) -> int:
     return sum(int(store.r.hget(k, customer) or 0) for k in store.r.keys(prefix + ":*"))
 
 
-@pytest.mark.parametrize("basket", [False, True], ids=["one_slot", "cross_slot"])
+@pytest.mark.parametrize(
+    "basket",
+    [
+        pytest.param(False, id="one_slot"),
+        pytest.param(True, marks=pytest.mark.layout("slots"), id="cross_slot"),
+        pytest.param(True, id="basket_one_call"),  # the one-server layout
+    ],
+)
 def test_an_order_crowded_out_of_its_day_by_its_batch_takes_back_its_rules(
     store: Store, basket: bool
 ) -> None:

@@ -35,7 +35,14 @@ def catalog(tee: str, units: int = 10, lock: int = 4, until: str = UNTIL) -> dic
 
 
 # TEE-11093 shares SNEAKER's hash slot (decide.lua); TEE does not (reserve_parts.lua).
-@pytest.fixture(params=["TEE", "TEE-11093"], ids=["cross-slot", "same-slot"])
+# "basket": the same SKUs as cross-slot, in the one-server layout (keys.LAYOUT): one call.
+@pytest.fixture(
+    params=[
+        pytest.param("TEE", marks=pytest.mark.layout("slots"), id="cross-slot"),
+        pytest.param("TEE", id="basket"),
+        pytest.param("TEE-11093", id="same-slot"),
+    ]
+)
 def tee(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -116,6 +123,7 @@ def test_a_replay_never_draws_from_the_lock_twice(store: Store, tee: str) -> Non
     assert used(store) == 3 and stock(store, "SNEAKER") == {"wh-a": 7}
 
 
+@pytest.mark.layout("slots")
 def test_a_cross_slot_order_that_a_lock_rejects_leaves_nothing_behind(store: Store) -> None:
     load(store, catalog("TEE", units=4, lock=4))
     recs, _ = decide(store, [buy("x1", ("TEE", 1), ("SNEAKER", 1), paid=BEFORE)])
@@ -123,6 +131,7 @@ def test_a_cross_slot_order_that_a_lock_rejects_leaves_nothing_behind(store: Sto
     assert stock(store, "TEE") == {"wh-a": 50} and store.r.hlen(keys.parts("TEE", 0)) == 0
 
 
+@pytest.mark.layout("slots")
 def test_cross_slot_orders_judge_the_locks_on_the_units_the_batch_left(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -147,6 +156,7 @@ def test_cross_slot_orders_judge_the_locks_on_the_units_the_batch_left(
     assert stock(store, "SNEAKER") == {"wh-a": 5} and stock(store, "TEE") == {"wh-a": 49}
 
 
+@pytest.mark.layout("slots")
 def test_a_released_cross_slot_part_gives_its_lock_units_back(store: Store) -> None:
     """douyin's order is planned on a stale read that still shows TEE: its SNEAKER part is
     reserved (2 units drawn from the lock), its TEE part fails, the SNEAKER part is released."""
@@ -195,7 +205,15 @@ def _channel_buyer(url: str, shard: int, channel: str, tee: str, start: Any) -> 
         d.emit(d.process(shard, [(f"{i + 1}-0", raw(o))]))
 
 
-@pytest.mark.parametrize("tee", ["", "TEE", "TEE-11093"], ids=["one-sku", "cross-slot", "same"])
+@pytest.mark.parametrize(
+    "tee",
+    [
+        pytest.param("", id="one-sku"),
+        pytest.param("TEE", marks=pytest.mark.layout("slots"), id="cross-slot"),
+        pytest.param("TEE", id="basket"),  # the one-server layout: one decide.lua call
+        pytest.param("TEE-11093", id="same"),
+    ],
+)
 def test_two_channels_race_for_the_last_locked_units(store: Store, url: str, tee: str) -> None:
     """6 units, 4 locked for douyin: 3 tmall and 3 douyin processes fire 30 orders each at
     once. tmall never gets more than the 2 shared units, douyin always gets its 4, and

@@ -8,10 +8,12 @@ import math
 from datetime import datetime
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataflows.decider import Decider
+from state import keys
 from state.keys import sku_slot
 from state.store import Store
 from tests.conftest import load
@@ -219,10 +221,13 @@ def _nearest(lines: list[dict[str, Any]], ranked: list[str], free: Any) -> Any:
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(cat=catalogs(), batch=st.lists(orders(), min_size=1, max_size=10), split=st.integers(1, 10))
+@pytest.mark.parametrize("layout", [keys.LAYOUT_ONE, keys.LAYOUT_SLOTS])
 def test_decisions_match_the_contract_model(
-    store: Store, cat: dict[str, Any], batch: list[dict[str, Any]], split: int
+    store: Store, layout: str, cat: dict[str, Any], batch: list[dict[str, Any]], split: int
 ) -> None:
     store.r.flushall()
+    store.r.set(keys.LAYOUT, layout)
+    assert store.layout() == layout
     load(store, cat)
     stock = {s["sku"]: dict(s["stock"]) for s in cat["skus"]}
     d = Decider(store, say=lambda _m: None)
@@ -235,9 +240,12 @@ def test_decisions_match_the_contract_model(
         recs, _ = decide(store, chunk, decider=d)
         got += recs
         # Within one batch, orders spanning hash slots are decided after the batch's
-        # single-slot orders (docs/architecture.md: "Order of decisions"); otherwise in
-        # arrival order.
-        sequence += sorted(chunk, key=_spans_slots)
+        # single-slot orders in the "slots" layout; in the one-server layout a basket is
+        # decided with its first line's slot (docs/architecture.md: "Order of decisions").
+        # Orders of different slots share no SKU: otherwise in arrival order.
+        sequence += sorted(
+            chunk, key=_spans_slots if layout == keys.LAYOUT_SLOTS else _first_slot(chunk)
+        )
     assert sorted(r.order_id for r in got) == sorted(o["order_id"] for o in batch)
     by_id = {r.order_id: r for r in got}
     bought: dict[tuple[str, str], int] = {}
@@ -324,6 +332,14 @@ def _fewest(lines: list[dict[str, Any]], ranked: list[str], free: Any) -> Any:
                 taken.append((best[1], ln["sku"], q))
                 need[ln["sku"]] -= q
     return sorted(taken, key=lambda t: ranked.index(t[0]))
+
+
+def _first_slot(chunk: list[dict[str, Any]]) -> Any:
+    """The one-server layout's order: per slot of the first line, slots as first met."""
+    met: dict[int, int] = {}
+    for o in chunk:
+        met.setdefault(sku_slot(o["lines"][0]["sku"]), len(met))
+    return lambda o: met[sku_slot(o["lines"][0]["sku"])]
 
 
 def _spans_slots(o: dict[str, Any]) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from dataflows.decider import Decider
 from onestock.domain.protocol import MOVE_APPLIED, MOVE_HELD, MOVE_REFUSED
@@ -99,6 +100,7 @@ def test_below_zero_is_refused_whole_and_nothing_is_clamped(store: Store) -> Non
     assert stock(store, "A") == {"wh-a": 3} and stock(store, "B") == {"wh-a": 50}
 
 
+@pytest.mark.layout("slots")
 def test_a_transfer_across_slots_is_all_or_nothing(store: Store) -> None:
     a, b = two_slot_skus()
     load(store, catalog(**{a: {"wh-a": 10}, b: {"wh-a": 1}}))
@@ -131,6 +133,7 @@ def test_every_step_is_idempotent_and_a_crash_between_hold_and_commit_replays(
     assert done[1].payload.split("\x1f") == ["3", "", "-7"]  # counted 3, expected 10
 
 
+@pytest.mark.layout("slots")
 def test_a_movement_after_a_count_across_slots_meets_the_count_done(store: Store) -> None:
     """A movement across slots holds, then commits: a later movement of its batch comes
     after the commit (two counts added up, a sale of a counted SKU was refused)."""

@@ -30,7 +30,14 @@ def catalog(tee: str, limit: int | None = 2, presale: str | None = END) -> dict:
 
 
 # TEE-11093 shares SNEAKER's hash slot (decide.lua); TEE does not (reserve_parts.lua).
-@pytest.fixture(params=["TEE", "TEE-11093"], ids=["cross-slot", "same-slot"])
+# "basket": the same SKUs as cross-slot, in the one-server layout (keys.LAYOUT): one call.
+@pytest.fixture(
+    params=[
+        pytest.param("TEE", marks=pytest.mark.layout("slots"), id="cross-slot"),
+        pytest.param("TEE", id="basket"),
+        pytest.param("TEE-11093", id="same-slot"),
+    ]
+)
 def tee(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -106,6 +113,7 @@ def test_a_rule_is_judged_before_the_stock(store: Store, tee: str) -> None:
     assert reasons(recs) == ["vip_only", "limit_exceeded", "sold_out"]
 
 
+@pytest.mark.layout("slots")
 def test_a_cross_slot_order_that_breaks_a_rule_leaves_nothing_reserved(store: Store) -> None:
     load(store, catalog("TEE", limit=1, presale=None))
     recs, _ = decide(store, [buy("x1", ("SNEAKER", 2), ("TEE", 1))])
@@ -285,6 +293,7 @@ def test_a_sell_out_in_one_step_is_a_sold_out_alert(store: Store, tee: str) -> N
     assert alerts_of(store) == [("SNEAKER", 0, "sold_out")]
 
 
+@pytest.mark.layout("slots")
 def test_a_batch_full_of_cross_slot_orders_a_rule_rejects(store: Store) -> None:
     """Many rejected orders in one batch each settle once (not after a bounded number of
     rounds, which would leave the rest wrongly sold out)."""
@@ -299,6 +308,7 @@ def test_a_batch_full_of_cross_slot_orders_a_rule_rejects(store: Store) -> None:
     assert stock(store, "SNEAKER") == {"wh-a": 49} and stock(store, "TEE") == {"wh-a": 49}
 
 
+@pytest.mark.layout("slots")
 def test_a_read_the_script_contradicts_is_judged_again(store: Store) -> None:
     """The read says the customer bought nothing; the script knows 2 (of 2): the reservation
     is refused, released, and the order decided again on a fresh read."""

@@ -56,7 +56,14 @@ def test_once_decide_lua_says_sold_out_the_next_batch_refuses_on_the_read(store:
 
 
 # TEE-16840 shares HOT's hash slot (decide.lua); TEE does not (the cross-slot path).
-@pytest.mark.parametrize("tee", ["TEE", "TEE-16840"], ids=["cross-slot", "same-slot"])
+@pytest.mark.parametrize(
+    "tee",
+    [
+        pytest.param("TEE", marks=pytest.mark.layout("slots"), id="cross-slot"),
+        pytest.param("TEE", id="basket"),  # the one-server layout: one decide.lua call
+        pytest.param("TEE-16840", id="same-slot"),
+    ],
+)
 def test_a_basket_with_a_sold_out_line_is_refused_on_the_read(
     store: Store, tee: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,6 +122,7 @@ def test_an_order_decided_before_a_crash_keeps_its_stored_acceptance(store: Stor
     assert not stored(store, "a3")  # a batch after the mark: refused on the read
 
 
+@pytest.mark.layout("slots")
 def test_parts_a_crash_left_reserved_go_back_before_the_batchs_later_orders(
     store: Store,
 ) -> None:

@@ -56,15 +56,19 @@ class Row(NamedTuple):
     differing: int  # calls answered differently
 
 
-def run_bench_scripts(baseline: str, orders: int, rounds: int) -> list[Row]:
-    """Capture, replay, print the table; the rows (the control row's script is suffixed)."""
+def run_bench_scripts(baseline: str, orders: int, rounds: int, layout: str) -> list[Row]:
+    """Capture (in the dataset ``layout``: reserve_parts.lua runs only in "slots"), replay,
+    print the table; the rows (the control row's script is suffixed)."""
     console = Console()
     here = Path(__file__).resolve().parents[2] / "state" / "lua"
     with _baseline_dir(baseline) as base:
         console.print(f"capturing the script calls of a drain of {orders:,} orders ...")
-        calls = capture(orders)
+        calls = capture(orders, layout)
         rows = []
         for name, got in calls.items():
+            if not got:
+                console.print(f"no calls of {name} in the {layout!r} layout")
+                continue
             console.print(f"replaying {len(got):,} calls of {name} ...")
             rows.append(replay(name, got, base, here, rounds))
             rows.append(replay(name, got, base, base, rounds)._replace(script=name + " (control)"))
@@ -106,8 +110,9 @@ def source(lua_dir: Path, name: str) -> str:
     return "\n".join((lua_dir / f"{n}.lua").read_text() for n in ("lib_protocol", *libs, base))
 
 
-def capture(orders: int) -> dict[str, list[Call]]:
-    """The calls of the SCRIPTS an in-process drain of the demo burst makes (accepted)."""
+def capture(orders: int, layout: str) -> dict[str, list[Call]]:
+    """The calls of the SCRIPTS an in-process drain of the demo burst makes (accepted), in
+    the dataset ``layout`` (keys.LAYOUT)."""
     captured: dict[str, list[Call]] = {name: [] for name in SCRIPTS}
     real = wire.scripts
     with harness.scratch_redis("onestock-scripts-") as (server, _):
@@ -121,7 +126,7 @@ def capture(orders: int) -> dict[str, list[Call]]:
                     captured[name].append((list(ks), [_arg(a) for a in args]))
             return real(client, calls)
 
-        harness.reset(store, catalog=burst.accepted_catalog())
+        harness.reset(store, catalog=burst.accepted_catalog(), layout=layout)
         harness.push(store, list(burst.orders(orders, burst.demo_catalog(), seed=2026)))
         from dataflows.decider import Decider
 

@@ -89,7 +89,8 @@ def run_cli(h: History, tmp: Path) -> tuple[Observed, dict[str, int]]:
     w = min(h.workers, k)
     env = {"ONESTOCK_REDIS_URL": server.url, "ONESTOCK_HOME": str(tmp / "home"),
            "ONESTOCK_SHARDS": str(k), "ONESTOCK_BATCH_SIZE": str(rng.choice([1, 2, 5, 20])),
-           "ONESTOCK_SNAPSHOT_MS": str(rng.choice([200, 500, 1000]))}  # fmt: skip
+           "ONESTOCK_SNAPSHOT_MS": str(rng.choice([200, 500, 1000])),
+           "ONESTOCK_LAYOUT": h.layout}  # fmt: skip
     if h.features.generations:  # a generation ends a few seconds in (every run alike)
         env["ONESTOCK_GENERATION_OFFSET_MS"] = str(boundary_offset(h, (1000, 6000)))
     cli = Cli(env, tmp)

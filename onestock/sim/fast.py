@@ -143,6 +143,7 @@ class _Play:
         self.rng = rng = random.Random(h.seed * 7919 + 17)
         self.admin = admin = Store.connect(url)
         admin.r.flushall()
+        admin.r.set(keys.LAYOUT, h.layout)
         admin.r.script_flush()  # the same commands every time: NOSCRIPT round trips count too
         self.anchor = anchor_of(h)
         self.lines = h.render_events(self.anchor)

@@ -51,6 +51,10 @@ class Features:
     # the end of a generation of the idempotency state (state/gens.py) falls inside the
     # history: every event after it must still find what the events before it left
     generations: bool = True
+    # baskets across hash slots reserved slot by slot on the one server (the "slots" layout,
+    # a Redis Cluster's: keys.LAYOUT) in about half the histories; else every history in the
+    # one-server layout (a basket decided in one decide.lua call)
+    slot_path: bool = True
 
     @classmethod
     def names(cls) -> list[str]:

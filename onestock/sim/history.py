@@ -51,6 +51,7 @@ class History:
     catalog: dict[str, Any]
     reload: dict[str, Any] | None  # its SKUs' stock is filled in by the driver
     reload_at: int  # the reload comes after this many events were pushed
+    layout: str = "one"  # the dataset's layout (keys.LAYOUT: "one" or "slots")
     events: list[Event] = field(default_factory=list)
 
     def movements(self) -> int:
@@ -112,6 +113,8 @@ def generate(seed: int, features: Features) -> History:
     skus = [s["sku"] for s in cat["skus"]]
     shards = rng.choice([1, 2, 3, 4])
     h = History(seed, f, shards, rng.choice([1, 2]) if shards > 1 else 1, lateness, cat, None, 0)
+    if f.slot_path and random.Random(seed * 7 + 5).random() < 0.5:  # (the rest as without it)
+        h.layout = "slots"
     base, t = _orders(rng, f, cat, skus, n, lateness)
     events: list[tuple[float, Event]] = [(float(i), e) for i, e in enumerate(base)]
     end = float(len(base))
