@@ -139,7 +139,10 @@ class Store:
 
     def load_catalog(self, catalog: Catalog, replace_stock: Iterable[str]) -> None:
         """Store the (already validated and merged) catalog; replace stock of the named SKUs."""
-        self.layout()  # (fixed before the first catalog: a dataset with one has a layout)
+        # The layout is fixed before the first catalog (a dataset with one has a layout), and
+        # asked again here: the database may have been emptied since this process asked
+        self._layout = None
+        self.layout()
         by_sku = {s.sku: s for s in catalog.skus}
         camps = campaign_fields(catalog.campaigns)  # the definitions beside the SKU's stock
         named = set(replace_stock)

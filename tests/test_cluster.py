@@ -56,6 +56,7 @@ def owner(store: Store, slot: int) -> str:
 def test_the_url_of_one_node_is_detected_as_a_cluster(cstore: Store) -> None:
     assert isinstance(cstore.r, RedisCluster)
     assert len(cstore.r.get_primaries()) == 3  # type: ignore[union-attr]
+    assert cstore.layout() == keys.LAYOUT_SLOTS  # a basket across masters: slot by slot
 
 
 def test_a_burst_through_the_dataflow_on_the_cluster(
