@@ -493,10 +493,12 @@ class Decider:
         held_ids: set[str],
     ) -> None:
         """The orders of one slot each: decide.lua, a slot's orders in calls of CALL_ORDERS,
-        in order (one round trip for all). An answer the protocol does not know raises."""
+        in order, the slots in ascending order (one round trip for all; a basket decided with
+        its first line's slot meets the other slots' orders in an order easy to state). An
+        answer the protocol does not know raises."""
         groups = [
             g[i : i + CALL_ORDERS]
-            for g in slot_orders.values()
+            for g in (slot_orders[slot] for slot in sorted(slot_orders))
             for i in range(0, len(g), CALL_ORDERS)
         ]
         results = self.wait.call(self.store.skus.decide, groups, self._decide_args(ranked))

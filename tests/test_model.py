@@ -243,9 +243,7 @@ def test_decisions_match_the_contract_model(
         # single-slot orders in the "slots" layout; in the one-server layout a basket is
         # decided with its first line's slot (docs/architecture.md: "Order of decisions").
         # Orders of different slots share no SKU: otherwise in arrival order.
-        sequence += sorted(
-            chunk, key=_spans_slots if layout == keys.LAYOUT_SLOTS else _first_slot(chunk)
-        )
+        sequence += sorted(chunk, key=_spans_slots if layout == keys.LAYOUT_SLOTS else _first_slot)
     assert sorted(r.order_id for r in got) == sorted(o["order_id"] for o in batch)
     by_id = {r.order_id: r for r in got}
     bought: dict[tuple[str, str], int] = {}
@@ -334,12 +332,9 @@ def _fewest(lines: list[dict[str, Any]], ranked: list[str], free: Any) -> Any:
     return sorted(taken, key=lambda t: ranked.index(t[0]))
 
 
-def _first_slot(chunk: list[dict[str, Any]]) -> Any:
-    """The one-server layout's order: per slot of the first line, slots as first met."""
-    met: dict[int, int] = {}
-    for o in chunk:
-        met.setdefault(sku_slot(o["lines"][0]["sku"]), len(met))
-    return lambda o: met[sku_slot(o["lines"][0]["sku"])]
+def _first_slot(o: dict[str, Any]) -> int:
+    """The one-server layout's order: by the slot of the first line, ascending."""
+    return sku_slot(o["lines"][0]["sku"])
 
 
 def _spans_slots(o: dict[str, Any]) -> bool:
