@@ -29,6 +29,7 @@ from dataflows.view import CatalogView
 from onestock.domain import events, meter
 from onestock.domain.protocol import Code, ProtocolError
 from onestock.domain.records import rejected
+from onestock.domain.routing import plan
 from onestock.domain.types import Order
 from state import gens, keys
 from state.conn import Waiter, parse_id
@@ -415,6 +416,9 @@ class Decider:
         decide them again (``buckets.borrow_and_decide``); remember where nothing could be
         lent (``_dry``)."""
         again = [o for o in bucketed if buckets.short(outcome[o.order_id])]
+        if any(len(o.lines) > 1 for o in again):
+            self._refuse_helpless(again, outcome)
+            again = [o for o in again if buckets.short(outcome[o.order_id])]
         if not again:
             return
 
@@ -433,6 +437,29 @@ class Decider:
                 self._dry.discard(where)
             else:
                 self._dry.add(where)
+
+    def _refuse_helpless(self, short: list[Order], outcome: dict[str, str]) -> None:
+        """Baskets short in a hot SKU's bucket that borrowing cannot help: a line of a SKU
+        without buckets that cannot be served on its own on a read (``decide.lua`` says
+        short for the whole basket). Refused on that read, as the slot-by-slot path plans
+        them; without it every borrowing round would gather the hot SKU into bucket 0."""
+        count = self.view.buckets.count
+        todo = [(o, [ln for ln in o.lines if keys.public(ln.sku) not in count]) for o in short]
+        todo = [(o, plain) for o, plain in todo if plain]
+        if not todo:
+            return
+        names = sorted({ln.sku for _, plain in todo for ln in plain})
+        stock = self.wait.call(self.store.skus.stock_levels, names)
+        floors, fewest = self.view.floors, bool(self.view.fewest)
+        for o, plain in todo:
+            pickup = o.delivery.store if o.delivery.mode == "pickup" else None
+            mine = None if o.channel in self.view.store_channels else floors
+            ranking = self._ranking(o)
+            for ln in plain:
+                res = plan([ln], stock, ranking, pickup, mine, fewest)
+                if isinstance(res, str):
+                    outcome[o.order_id] = rejected(res)
+                    break
 
     def _refuse_whole(self, orders: list[Order], outcome: dict[str, str]) -> None:
         """Hot-SKU orders of one line still short after borrowing: those a read of their

@@ -86,18 +86,26 @@ class Store:
 
     def layout(self) -> str:
         """The dataset's layout (``keys.LAYOUT``), fixed by the first process that asks: a
-        Cluster's is LAYOUT_SLOTS; a fresh single-server dataset's LAYOUT_ONE (or what
-        ONESTOCK_LAYOUT says); one with a catalog but no layout key predates the key: it
-        was decided slot by slot, and stays so (its parts and decisions live there)."""
+        Cluster's is LAYOUT_SLOTS (a key saying otherwise: a dataset moved there, refused);
+        a fresh single-server dataset's LAYOUT_ONE (or what ONESTOCK_LAYOUT says); one with
+        a catalog but no layout key predates the key: it was decided slot by slot, and
+        stays so (its parts and decisions live there)."""
         if self._layout is None:
             self._layout = self._resolve()
             self.slot = keys.sku_slot if self._layout == keys.LAYOUT_SLOTS else keys.one_slot
         return self._layout
 
     def _resolve(self) -> str:
-        if isinstance(self.r, RedisCluster):
-            return keys.LAYOUT_SLOTS
         got = self.r.get(keys.LAYOUT)
+        if isinstance(self.r, RedisCluster):  # (a dataset decided on one server, moved here)
+            if got is not None and got != keys.LAYOUT_SLOTS.encode():
+                raise OnestockError(
+                    f"Redis key {keys.LAYOUT} holds {got!r}: a dataset of the one-server layout "
+                    "cannot be decided on a Redis Cluster (its baskets' replays would take "
+                    "their units again)"
+                )
+            self.r.set(keys.LAYOUT, keys.LAYOUT_SLOTS, nx=True)
+            return keys.LAYOUT_SLOTS
         if got is None:
             want = os.environ.get(LAYOUT_ENV) or keys.LAYOUT_ONE
             if want not in (keys.LAYOUT_ONE, keys.LAYOUT_SLOTS):

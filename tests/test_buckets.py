@@ -883,3 +883,38 @@ def test_leases_are_renewed_while_held_and_a_lost_one_says_so(
         with pytest.raises(buckets.LeaseLost):
             leases.renew()
     assert not any(store.r.exists(k) for k in names)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [pytest.param("slots", marks=pytest.mark.layout("slots")), pytest.param("one")],
+)
+def test_a_basket_whose_plain_line_is_sold_out_moves_no_hot_units(
+    store: Store, layout: str
+) -> None:
+    """decide.lua says short for a whole basket with a hot SKU; when its other SKU (no
+    buckets) is what is missing, borrowing cannot help: refused at once, nothing borrowed
+    (it gathered every unit of HOT into bucket 0, round after round, in batch after batch)."""
+    cat = catalog({"wh-a": 20, "wh-b": 8})
+    cat["skus"][1]["stock"] = {"wh-a": 0}  # SIDE sold out
+    load(store, cat)
+    assert keys.sku_slot("HOT") != keys.sku_slot("SIDE") and store.layout() == layout
+    before = [levels(store, "HOT", b) for b in range(4)]
+    borrowed: list[int] = []
+    real = store.buckets.borrow
+
+    def counted(*a: Any, **k: Any) -> Any:
+        borrowed.append(1)
+        return real(*a, **k)
+
+    store.buckets.borrow = counted  # type: ignore[method-assign]
+    d = Decider(store, say=lambda _m: None)
+    for i in range(3):
+        basket = order(f"b{i}", ("HOT", 1), ("SIDE", 1), lat=31.2, lon=121.5)
+        recs, _ = decide(store, [basket, order(f"s{i}", ("HOT", 1), lat=31.2, lon=121.5)], 3, d)
+        got = {r.order_id: (r.status, r.reason) for r in recs}
+        assert got == {f"b{i}": ("rejected", "sold_out"), f"s{i}": ("accepted", None)}
+    assert not borrowed
+    after = [levels(store, "HOT", b) for b in range(4)]
+    assert after[0] == before[0] and after[1:] != before[1:]  # the singles took from bucket 3
+    assert sum(sum(x.values()) for x in after) == sum(sum(x.values()) for x in before) - 3

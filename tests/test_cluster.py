@@ -16,6 +16,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from onestock import burst
+from onestock.domain.errors import OnestockError
 from onestock.ops import services as ops
 from onestock.ops.metrics import Reader
 from state import keys
@@ -53,10 +54,13 @@ def owner(store: Store, slot: int) -> str:
     return str(node.name)
 
 
-def test_the_url_of_one_node_is_detected_as_a_cluster(cstore: Store) -> None:
+def test_the_url_of_one_node_is_detected_as_a_cluster(cstore: Store, cluster: LocalCluster) -> None:
     assert isinstance(cstore.r, RedisCluster)
     assert len(cstore.r.get_primaries()) == 3  # type: ignore[union-attr]
     assert cstore.layout() == keys.LAYOUT_SLOTS  # a basket across masters: slot by slot
+    cstore.r.set(keys.LAYOUT, keys.LAYOUT_ONE)  # a one-server dataset moved onto the cluster
+    with pytest.raises(OnestockError, match="cannot be decided on a Redis Cluster"):
+        Store.connect(cluster.url).layout()
 
 
 def test_a_burst_through_the_dataflow_on_the_cluster(
