@@ -144,6 +144,14 @@ class Decider:
         self._seen: dict[int, int] = {}
         # per shard: its watermark (keys.watermark) as this process last read or moved it
         self._wm: dict[int, tuple[int, int]] = {}
+        # per shard: the last entry id whose outcomes this process wrote (``written``)
+        self._written: dict[int, tuple[int, int]] = {}
+
+    def written(self, shard: int) -> tuple[int, int]:
+        """The last entry id of ``shard`` whose outcomes this process wrote ((0, 0): none):
+        the source reads a shard's next batch only once its last one is written
+        (``dataflows.source``)."""
+        return self._written.get(shard, (0, 0))
 
     def refresh(self) -> None:
         self.one = self.wait.call(self.store.layout) == keys.LAYOUT_ONE
@@ -602,8 +610,12 @@ class Decider:
                 self._no_early.add(d.shard)
             else:
                 self._no_early.discard(d.shard)
-            if not idle and d.last_id != "-" and d.shard in self._wm:
-                self._wm[d.shard] = max(self._wm[d.shard], parse_id(d.last_id))
+            if not idle and d.last_id != "-":
+                done = parse_id(d.last_id)
+                if d.shard in self._wm:
+                    self._wm[d.shard] = max(self._wm[d.shard], done)
+                if done > self._written.get(d.shard, (0, 0)):
+                    self._written[d.shard] = done
         if self.view.campaign_skus:  # how far the shard read in event time (first-N)
             seen = self._seen.get(d.shard)
             now = int(time.time() * 1000)

@@ -70,6 +70,7 @@ def build_flow(url: str, settings: Settings, *, until_drained: bool = False) -> 
     source = ShardSource(
         lambda: decider().store,
         settings.shards,
+        lambda shard: decider().written(shard),
         batch_size=settings.batch_size,
         poll_ms=settings.poll_ms,
         until_drained=until_drained,

@@ -25,6 +25,7 @@ STARTED = threading.Event()  # this process's partitions are built: the dataflow
 
 Batch = tuple[int, list[tuple[str, bytes]]]  # (shard, [(entry id, raw event), ...])
 TICK_S = 0.1  # a caught-up shard still sends an empty batch this often (gift settlement)
+BUSY_WAIT = timedelta(milliseconds=1)  # a shard whose last batch is not written yet: ask again
 
 
 class _ShardPartition(StatefulSourcePartition[Batch, str]):
@@ -35,11 +36,22 @@ class _ShardPartition(StatefulSourcePartition[Batch, str]):
         self.awake: datetime | None = None
         self.waiting = False
         self.ticked = 0.0
+        # The last batch handed out, until the decider wrote its outcomes: a shard's next
+        # batch is read only then. (With several workers Bytewax decided up to six batches
+        # of a shard ahead of its sink: a payment, return, cancel, fulfilment or changed
+        # copy of an order whose batch was not written yet found no order.) Every event so
+        # meets the outcomes of the batches before it.
+        self.unwritten: tuple[int, int] | None = None
 
     def next_batch(self) -> list[Batch]:
         if STOP.is_set():
             raise StopIteration
         src = self.src
+        if self.unwritten is not None:  # the batch handed out last: are its outcomes written?
+            if src.written(self.shard) < self.unwritten:
+                self.awake = datetime.now(UTC) + BUSY_WAIT
+                return []
+            self.unwritten = None
         try:
             rows = src.store.shards.read(self.shard, self.last, src.batch_size)
             if not rows and src.until_drained and src.store.shards.drained(self.shard, self.last):
@@ -63,6 +75,7 @@ class _ShardPartition(StatefulSourcePartition[Batch, str]):
             return []
         self.awake = None
         self.last = rows[-1][0]
+        self.unwritten = parse_id(self.last)
         return [(self.shard, rows)]
 
     def next_awake(self) -> datetime | None:
@@ -77,6 +90,7 @@ class ShardSource(FixedPartitionedSource[Batch, str]):
         self,
         store_factory: Callable[[], Store],
         shards: int,
+        written: Callable[[int], tuple[int, int]],
         *,
         batch_size: int = 500,
         poll_ms: int = 20,
@@ -84,6 +98,8 @@ class ShardSource(FixedPartitionedSource[Batch, str]):
         say: Callable[[str], None] = print,
     ) -> None:
         self.store_factory = store_factory
+        # the last entry id of a shard whose outcomes are written (``Decider.written``)
+        self.written = written
         self.shards = shards
         self.batch_size = batch_size
         self.poll = timedelta(milliseconds=poll_ms)

@@ -86,7 +86,7 @@ class Worker:
         _aim_payments(self.decider, faults, aim)
         _aim_reroute(self.decider, faults, aim)
         self.decider.settler.last = math.inf  # no wall-clock settling: settle() at seeded points
-        self.source = ShardSource(lambda: self.store, k, say=_quiet)
+        self.source = ShardSource(lambda: self.store, k, self.decider.written, say=_quiet)
         self.parts = {s: self.source.build_part("read", str(s), r) for s, r in resume.items()}
         for part in self.parts.values():
             part.ticked = math.inf  # no wall-clock ticks either: the driver ticks
@@ -174,6 +174,9 @@ class _Play:
         # another process folds the records now and then (state/ledger.py; its own draws, so
         # the histories' other draws and crash points stay as they were)
         self.fold_rng = random.Random(h.seed * 31 + 5)
+        # Bytewax may decide a shard's next batch before it emits the one before: now and
+        # then two batches of a shard are decided, then both emitted (a source of its own)
+        self.lag_rng = random.Random(h.seed * 31 + 11)
 
     def start(self) -> None:
         """(Re)start every worker process: a crash takes the whole cluster down."""
@@ -244,7 +247,8 @@ class _Play:
         judged_after = bool(self.window)  # batches begun after the reload: judged by its rules
         for x in [s] + [x for x in heads if x != s and x % w == s % w and rng.random() < 0.3]:
             p.source.batch_size = rng.randint(1, 6)
-            for shard, rows in p.parts[x].next_batch():
+            reads = 2 if self.lag_rng.random() < 0.3 else 1  # (the second: nothing, by design)
+            for shard, rows in [b for _ in range(reads) for b in p.parts[x].next_batch()]:
                 ids = {_order_id(raw) for _, raw in rows}  # (before deciding: it may crash)
                 if judged_after:
                     self.after.update(ids - self.before)

@@ -13,6 +13,9 @@ class Features:
 
     garbage: bool = True  # lines that are not JSON, not objects, without an order_id
     dups: bool = True  # exact copies of an order (webhook retries)
+    # copies of an order under its id with other lines (the order changed, then resent):
+    # the first one's outcome stands, the copy takes nothing
+    changed_copies: bool = True
     cancels: bool = True  # cancels after their order
     early_cancels: bool = True  # cancels before their order (in the same batch or earlier)
     returns: bool = True  # returns, partial and duplicated

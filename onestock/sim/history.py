@@ -121,6 +121,7 @@ def generate(seed: int, features: Features) -> History:
     locations = [loc["id"] for loc in cat["locations"]]
     for i, e in enumerate(base):
         events += _aftersale(rng, f, i, e, end, locations)
+        events += _changed_copy(seed, f, e, i, end, skus)
     if f.garbage:
         for _ in range(rng.randint(1, 4)):
             events.append((rng.uniform(-1, end), Event("garbage", raw=rng.choice(GARBAGE))))
@@ -196,6 +197,27 @@ def _hostile(rng: random.Random, f: Features, body: dict[str, Any], oid: str) ->
             body["lines"][0]["sku"] += SUR
     if f.bad_times and rng.random() < 0.03:
         body["paid_at"] = rng.choice(BAD_TIMES)
+
+
+def _changed_copy(
+    seed: int, f: Features, e: Event, i: int, end: float, skus: list[str]
+) -> list[tuple[float, Event]]:
+    """Now and then a copy of order ``i`` under its id with other lines: its first line's
+    SKU swapped (the SKU that keeps its decision changes with it), soon after it (the same
+    batch, the next, or one while the first is not yet written) or later. Drawn from a
+    source of its own: the rest of the history stays as without it."""
+    rng = random.Random(seed * 31 + i)
+    body = e.body or {}
+    if not f.changed_copies or rng.random() >= 0.06 or not isinstance(body.get("lines"), list):
+        return []
+    if len(skus) < 2:
+        return []
+    copy = orjson.loads(orjson.dumps(body))
+    first = copy["lines"][0]
+    first["sku"] = rng.choice([s for s in skus if s != first.get("sku")])
+    copy["lines"] = [first] + [ln for ln in copy["lines"][1:] if ln.get("sku") != first["sku"]]
+    k = i + rng.choice([0.0005, 0.002, 0.5, 2.0]) if rng.random() < 0.7 else rng.uniform(i, end)
+    return [(k, Event("order", copy))]
 
 
 def _aftersale(
