@@ -37,10 +37,10 @@ class _ShardPartition(StatefulSourcePartition[Batch, str]):
         self.waiting = False
         self.ticked = 0.0
         # The last batch handed out, until the decider wrote its outcomes: a shard's next
-        # batch is read only then. (With several workers Bytewax decided up to six batches
-        # of a shard ahead of its sink: a payment, return, cancel, fulfilment or changed
-        # copy of an order whose batch was not written yet found no order.) Every event so
-        # meets the outcomes of the batches before it.
+        # batch is read only then, so every event meets the outcomes of the batches before
+        # it (decided ahead of its sink, a payment, return, cancel, fulfilment or changed
+        # copy of an order whose batch was not written yet found no order). Bytewax 0.21.1
+        # with one worker per process happens to keep to this; here it is enforced.
         self.unwritten: tuple[int, int] | None = None
 
     def next_batch(self) -> list[Batch]:

@@ -174,8 +174,8 @@ class _Play:
         # another process folds the records now and then (state/ledger.py; its own draws, so
         # the histories' other draws and crash points stay as they were)
         self.fold_rng = random.Random(h.seed * 31 + 5)
-        # Bytewax may decide a shard's next batch before it emits the one before: now and
-        # then two batches of a shard are decided, then both emitted (a source of its own)
+        # now and then the driver asks a shard for two batches before it emits the first:
+        # the source must hand out nothing until the first is written (a source of its own)
         self.lag_rng = random.Random(h.seed * 31 + 11)
 
     def start(self) -> None:
