@@ -88,7 +88,7 @@ def test_the_environment_chooses_a_fresh_datasets_layout_only(
 def test_a_bad_stored_layout_is_a_one_line_error(url: str) -> None:
     store = fresh(url)
     store.r.set(keys.LAYOUT, "both")
-    with pytest.raises(OnestockError, match="os:layout holds 'both'") as err:
+    with pytest.raises(OnestockError, match=f"{keys.LAYOUT} holds 'both'") as err:
         store.layout()
     assert "\n" not in str(err.value)
 
