@@ -60,6 +60,10 @@ class Decided(msgspec.Struct):
     # per record (onestock.domain.meter)
     meter: tuple[int, int, int, int, list[str]] | None = None
     gen: int = -1  # the generation its registry writes go to (state/gens.py; -1: as it is)
+    # (first record, how many): records of orders the batch's prelude found in no registry
+    # generation, which emit.lua need not look up again (nothing else writes them between:
+    # one owner per shard, one batch of it in flight; ``Shards.emit``)
+    known: tuple[int, int] = (0, 0)
 
 
 class _Prelude(NamedTuple):
@@ -139,6 +143,9 @@ class Decider:
         self._no_early: set[int] = set()
         # per shard: its decide mark as this process last wrote or read it (keys.decide_mark)
         self._mark: dict[int, tuple[int, int]] = {}
+        # per shard: the generation of its last quarantine (keys.quarantined), when it had one
+        self._quarantined: dict[int, int] = {}
+        self._fresh = False  # no order of the batch was ever decided (``_prelude``)
         self.refusals = Refusals()  # sold-out orders refused on a batch's first read
         # per shard: the greatest paid_at (ms) of the valid orders this process decided there
         self._seen: dict[int, int] = {}
@@ -146,6 +153,14 @@ class Decider:
         self._wm: dict[int, tuple[int, int]] = {}
         # per shard: the last entry id whose outcomes this process wrote (``written``)
         self._written: dict[int, tuple[int, int]] = {}
+
+    def quarantined(self, shard: int) -> None:
+        """An event of ``shard`` was quarantined (dataflows/quarantine.py): its order may have
+        been decided with no record, so no batch of the shard is fresh until a later copy
+        can no longer find that decision (two generations on)."""
+        gen = self.store.gen.now
+        self.wait.call(self.store.shards.quarantine, shard, gen)
+        self._quarantined[shard] = gen
 
     def written(self, shard: int) -> tuple[int, int]:
         """The last entry id of ``shard`` whose outcomes this process wrote ((0, 0): none):
@@ -200,7 +215,7 @@ class Decider:
         for part in parts[:-1]:
             self.store.gen.now = gens.of_id(part[0][0])
             d = self._process(shard, part)
-            self.emit(Decided(d.shard, "-", d.records, d.dead, d.meter, d.gen))
+            self.emit(Decided(d.shard, "-", d.records, d.dead, d.meter, d.gen, d.known))
         self.store.gen.now = gens.of_id(parts[-1][0][0])
         return self._process(shard, parts[-1])
 
@@ -265,6 +280,7 @@ class Decider:
             )  # fmt: skip
             records += moved  # registry triples of the movements' records
             tags += moved_tags
+        known = (len(records) // 3, len(batch.firsts))  # the orders' triples come next
         sums = triples(
             batch.firsts, outcome, held_ids, decided, records, tags, self.view.campaign_skus
         )
@@ -280,7 +296,7 @@ class Decider:
         if later.paid_ms > self._seen.get(shard, -1):  # (first-N: payments rank by paid_at)
             self._seen[shard] = later.paid_ms
         self._after[shard] = last_id
-        return Decided(shard, last_id, records, batch.dead, sums, self.store.gen.now)
+        return Decided(shard, last_id, records, batch.dead, sums, self.store.gen.now, known)
 
     # -- the phases of a batch ---------------------------------------------------------------
 
@@ -324,14 +340,22 @@ class Decider:
         )
         if mark is None:  # this process's first batch of the shard: the stored mark
             mark = parse_id(pre.mark)  # type: ignore[arg-type]
+            if pre.quarantined is not None:
+                self._quarantined[shard] = pre.quarantined
             if parse_id(last_id) > mark:
                 self.wait.call(self.store.shards.set_mark, shard, last_id)
-        # Refusals on the read only when every order of the batch comes after the mark (no
-        # process ever decided them; a replayed one may hold units, or parts a crashed
-        # attempt reserved, that the scripts give back before the batch's later orders),
-        # and when the catalog did not change under the read (the view would not be the one
-        # the stock was read with)
-        refusing = parse_id(first_id) > mark and pre.version == self.version
+        # Fresh: every order of the batch comes after the mark, so no process ever decided
+        # it (a replayed one may hold units, or parts a crashed attempt reserved, that the
+        # scripts give back before the batch's later orders); an earlier copy of one has its
+        # record written (the source hands out one batch of a shard at a time), which the
+        # registry read found; unless a quarantine left a decision without its record.
+        # A fresh batch's orders are refused on the read where the catalog did not change
+        # under it (the view would not be the one the stock was read with), and decide.lua
+        # reads no stored outcome for them.
+        q = self._quarantined.get(shard)
+        fresh = parse_id(first_id) > mark and (q is None or self.store.gen.now > q + 2)
+        self._fresh = fresh
+        refusing = fresh and pre.version == self.version
         self._mark[shard] = max(mark, parse_id(last_id))
         if pre.version != self.version:
             self.refresh()
@@ -605,7 +629,7 @@ class Decider:
         self._changed()
         if d.records or d.dead or not idle:
             if self.wait.call(
-                self.store.shards.emit, d.shard, d.last_id, d.records, d.dead, d.meter
+                self.store.shards.emit, d.shard, d.last_id, d.records, d.dead, d.meter, d.known
             ):
                 self._no_early.add(d.shard)
             else:
@@ -734,4 +758,5 @@ class Decider:
         return DecideArgs(
             view.router.ids, view.loc_index, view.safety, view.fewest, view.store_channels,
             view.version, ranked, self._paid, self._spread, self._retry, self._pending.keys(),
+            self._fresh,
         )  # fmt: skip

@@ -6,7 +6,10 @@ batch whose processing raises anything but "Redis is away" is split in halves an
 processed again, down to the single event that raises: that event becomes a dead letter
 with the exception as its reason (said once on stderr), and every other event of the batch
 gets its usual outcome. Processing again is safe: the decide mark has moved past the batch,
-so every order goes to the scripts, which answer a replay with its stored outcome.
+so every order goes to the scripts, which answer a replay with its stored outcome. The
+culprit may have been decided before it raised, with no record: the shard says so
+(``Decider.quarantined``), so that for two generations a later copy of it, whatever batch it
+comes in, goes to the scripts too and finds that decision.
 
 Since the culprit is quarantined in the same step, the same event cannot stop the dataflow
 again on the next start: a crash loop on restart is impossible by construction.
@@ -31,6 +34,7 @@ def process(
         raise  # Redis is away and the worker is stopping: the next start decides the batch
     except Exception as exc:  # noqa: BLE001 - any other failure is the batch's, not the flow's
         if len(entries) <= 1:
+            decider.quarantined(shard)
             return _quarantined(shard, entries, exc, say)
     mid = len(entries) // 2
     return merge(

@@ -147,6 +147,14 @@ def decide_mark(shard: int) -> str:
     return f"{shard_tag(shard)}:dmark"
 
 
+def quarantined(shard: int) -> str:
+    """The generation (state/gens.py) of the shard's last quarantined event: an order decided
+    before its batch raised has no record, and a later copy must find its stored decision;
+    until that generation is past, no batch of the shard counts as fresh (dataflows/decider.py).
+    """
+    return f"{shard_tag(shard)}:quarantined"
+
+
 def counters(shard: int) -> str:
     return f"{shard_tag(shard)}:counts"
 

@@ -42,6 +42,7 @@ class Prelude(NamedTuple):
     skus: dict[str, Alone | None]  # per SKU asked: ``read_alone``
     bought: dict[tuple[str, str], int]  # per (SKU, customer) asked: units sold so far
     mark: str | None  # the stored decide mark, when it was asked for
+    quarantined: int | None  # with it: the generation of the shard's last quarantine, if any
 
 
 class Shards:
@@ -171,8 +172,9 @@ class Shards:
         commands += reads
         if mark is None:
             written = ("EXISTS", *self.registry_keys(shard))
-            commands += [("GET", keys.decide_mark(shard)), written,
-                         ("XREVRANGE", keys.inbox(shard), "+", "-", "COUNT", "1")]  # fmt: skip
+            top = ("XREVRANGE", keys.inbox(shard), "+", "-", "COUNT", "1")
+            commands += [("GET", keys.quarantined(shard)), ("GET", keys.decide_mark(shard)),
+                         written, top]  # fmt: skip
         else:
             commands.append(("SET", keys.decide_mark(shard), mark))
         replies = wire.reads(self.r, commands)
@@ -183,10 +185,18 @@ class Shards:
         at += len(skus)
         counts = bought_counts(groups, replies[at : at + len(groups)], len(pairs))
         bought = dict(zip(pairs, counts, strict=True))
-        stored = _stored_mark(*replies[-3:]) if mark is None else None
-        return Prelude(version, registry, read, bought, stored)
+        stored = quarantined = None
+        if mark is None:
+            stored = _stored_mark(*replies[-3:])
+            quarantined = None if replies[-4] is None else int(replies[-4])
+        return Prelude(version, registry, read, bought, stored, quarantined)
 
     # -- a batch's writes ------------------------------------------------------------------
+
+    def quarantine(self, shard: int, gen: int) -> None:
+        """Say that an event of ``shard`` was quarantined in generation ``gen``
+        (``keys.quarantined``)."""
+        self.r.set(keys.quarantined(shard), gen)
 
     def set_mark(self, shard: int, mark: str) -> None:
         """Write the shard's decide mark (``keys.decide_mark``); only the shard's owner does."""
@@ -206,6 +216,7 @@ class Shards:
         records: list[str],
         dead: list[list[str]],
         meter: Meter | None = None,
+        known: tuple[int, int] = (0, 0),
     ) -> bool:
         """Write a decided batch exactly once and advance the shard's trim watermark; True
         when no cancel of the shard waits for its order (none came before its order).
@@ -213,14 +224,18 @@ class Shards:
         ``records`` is flat: order_id, registry value, packed record, order_id, ...;
         ``dead``: [entry id, raw, reason] each; ``meter``: the batch's latency sums and
         counts (received->decided ms, n, paid->decided ms, n) and one metric tag per record
-        (``emit.lua`` counts the tags of the records it writes now).
+        (``emit.lua`` counts the tags of the records it writes now). ``known``: (first, n)
+        records whose keys the caller read in none of the registry's generations since its
+        shard's last emit (the decider's prelude): emit.lua skips looking them up. Sound
+        only for the shard's one owner, with no other emit of the shard in between.
         """
         now, before, after = self.registry_keys(shard)
         ks = [now, keys.outbox(shard), keys.deadbox(shard), keys.inbox(shard),
               keys.watermark(shard), keys.counters(shard), keys.held(shard),
               keys.decided(shard), keys.returns(shard), keys.movements(shard), before,
               after]  # fmt: skip
-        calls = [(self._emit, ks, args) for args in _emit_args(last_id, records, dead, meter)]
+        argvs = _emit_args(last_id, records, dead, meter, known)
+        calls = [(self._emit, ks, args) for args in argvs]
         return bool(wire.scripts(self.r, calls)[-1][2])
 
     # -- outputs ---------------------------------------------------------------------------
@@ -269,7 +284,11 @@ def _stored_mark(got: bytes | None, written: int, top: list[tuple[bytes, Any]]) 
 
 
 def _emit_args(
-    last_id: str, records: list[str], dead: list[list[str]], meter: Meter | None
+    last_id: str,
+    records: list[str],
+    dead: list[list[str]],
+    meter: Meter | None,
+    known: tuple[int, int] = (0, 0),
 ) -> list[list[Any]]:
     """ARGV of each emit.lua call of a batch (the layout: its header).
 
@@ -307,5 +326,8 @@ def _emit_args(
         r_ids = [oid for oid, value in zip(part[0::3], part[1::3], strict=True)
                  if value == _CAMPAIGN_REJECTED]  # fmt: skip
         args += [len(r_ids), RS.join(oid + _REJECTED for oid in r_ids)]
+        # the known records of this call, 1-based first and last (0 0: none)
+        first, last = max(known[0], i), min(known[0] + known[1], i + len(part_tags)) - 1
+        args += [first - i + 1, last - i + 1] if first <= last else [0, 0]
         calls.append(args)
     return calls

@@ -45,6 +45,9 @@ class DecideArgs(NamedTuple):
     # stock: they may take any unit there)
     retry: set[str]  # orders whose hot-SKU bucket may borrow: BUCKET_SHORT, not sold_out
     pending: Collection[str] = frozenset()  # orders whose payment is pending
+    # no order of the calls was ever decided (decide.lua reads no stored outcome): only the
+    # decider says so, of a batch wholly after its shard's decide mark (Decider._prelude)
+    fresh: bool = False
 
 
 class Part(NamedTuple):
@@ -337,7 +340,8 @@ def _decide_args(orders: list[Order], args: DecideArgs) -> tuple[list[str], list
         body += [o.order_id, spec, o.customer.id]
     skus = list(sku_index)
     locs, chans = args.locations, list(chan_index)
-    header = [len(skus), len(locs), len(chans), args.fewest, *skus, *locs, *args.safety, *chans]
+    header = [len(skus), len(locs), len(chans), args.fewest, int(args.fresh), *skus, *locs,
+              *args.safety, *chans]  # fmt: skip
     return skus, [*header, *body, args.version]  # (the version last: decide.lua)
 
 

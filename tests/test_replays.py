@@ -85,3 +85,81 @@ def test_a_shards_next_batch_is_read_once_its_last_is_written(
     assert len(recs) == 1 and recs[0].status == "accepted"
     assert [(ln.sku, ln.qty) for s in recs[0].shipments for ln in s.lines] == [("A", 1)]
     assert store.skus.stock_levels(["A", "B"]) == {"A": {"st-c": 4}, "B": {"st-c": 5}}
+
+
+def _hmgets(store: Store) -> int:
+    """HMGET calls the server has run (scripts' included)."""
+    return int(store.r.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+
+
+def test_a_batchs_orders_are_looked_up_once_and_written_once_however_often_sent(
+    store: Store,
+) -> None:
+    """The prelude looked the batch's orders up in the registry: emit.lua does not again
+    (``Decided.known``). A call sent twice (a reply lost, the retry sends it again; or the
+    batch written twice) finds its first known record written and looks every record up:
+    nothing is written twice."""
+    load(store, COPIES)
+    store.shards.shard_count(1)
+    d = Decider(store, say=lambda _m: None)
+    entries = [(f"{i + 1}-0", orjson.dumps(order(f"k{i}", ("A", 1)))) for i in range(3)]
+    out = d.process(0, entries)
+    assert out.known == (0, 3)
+    before = _hmgets(store)
+    d.emit(out)
+    assert _hmgets(store) == before  # looked up in the prelude only
+    store.shards.emit(0, out.last_id, out.records, out.dead, out.meter, out.known)
+    assert _hmgets(store) == before + 3  # the second run read the three generations
+    assert [r.order_id for r in ops.records(store, 1)] == ["k0", "k1", "k2"]
+
+
+def test_the_known_records_are_told_to_each_emit_call_of_a_large_batch() -> None:
+    """A batch goes in calls of EMIT_RECORDS records: each call is told which of its own
+    records (1-based, first and last) are known, or 0 0."""
+    from state.shards import EMIT_RECORDS, _emit_args
+
+    n = 2 * EMIT_RECORDS + 11
+    records = [f for i in range(n) for f in (f"o{i}", "A", f"rec{i}")]
+    spans = [c[-2:] for c in _emit_args("9-0", records, [], None, (5, 2 * EMIT_RECORDS))]
+    assert spans == [[6, EMIT_RECORDS], [1, EMIT_RECORDS], [1, 5]]
+    spans = [c[-2:] for c in _emit_args("9-0", records, [], None, (EMIT_RECORDS, 3))]
+    assert spans == [[0, 0], [1, 3], [0, 0]]
+    assert _emit_args("9-0", records, [], None)[0][-2:] == [0, 0]
+
+
+class _RaisesAfterDeciding(Decider):
+    """A decider whose batch raises after decide.lua decided it, when it holds order "p1",
+    once (the net under the design: dataflows/quarantine.py)."""
+
+    failing = True
+
+    def _aftersale(self, shard, batch, *args):  # type: ignore[no-untyped-def]
+        if self.failing and "p1" in batch.firsts:
+            self.failing = False
+            raise RuntimeError("made to fail after deciding")
+        return super()._aftersale(shard, batch, *args)
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["same-process", "restarted"])
+def test_a_copy_of_a_quarantined_order_finds_its_decision(store: Store, restarted: bool) -> None:
+    """The quarantined order was decided (its unit taken) before its batch raised, and has no
+    record. A later copy comes in a batch wholly after the decide mark, which would skip the
+    stored outcomes: the shard's quarantine makes it read them, so the copy gets the stored
+    decision and its unit is taken once (also in a process started after the quarantine)."""
+    from dataflows import quarantine
+
+    load(store, COPIES)
+    store.shards.shard_count(1)
+    d = _RaisesAfterDeciding(store, say=lambda _m: None)
+    said: list[str] = []
+    out = quarantine.process(d, 0, [("1-0", orjson.dumps(order("p1", ("A", 1))))], said.append)
+    d.emit(out)
+    assert len(out.dead) == 1 and "made to fail" in out.dead[0][2] and len(said) == 1
+    assert store.skus.stock_levels(["A"]) == {"A": {"st-c": 4}}  # decided before the raise
+    later = Decider(store, say=lambda _m: None) if restarted else d
+    entries = [("2-0", orjson.dumps(order("p1", ("A", 1)))),
+               ("3-0", orjson.dumps(order("x1", ("A", 1))))]  # fmt: skip
+    later.emit(later.process(0, entries))
+    recs = {r.order_id: r.status for r in ops.records(store, 1)}
+    assert recs == {"p1": "accepted", "x1": "accepted"}
+    assert store.skus.stock_levels(["A"]) == {"A": {"st-c": 3}}

@@ -160,7 +160,7 @@ def items_of(name: str, args: list[Any]) -> list[int]:
     keys (emit): one per item."""
     if name == "decide.lua":
         nskus, nlocs, nchans = int(args[0]), int(args[1]), int(args[2])
-        at = 4 + nskus + 2 * nlocs + nchans  # norders
+        at = 5 + nskus + 2 * nlocs + nchans  # norders
         return [at + 1 + 3 * o for o in range(int(args[at]))]
     if name == "reserve_parts.lua":
         p = 1 + int(args[0])

@@ -7,7 +7,8 @@
 --       sold per customer (each also of the generation before: read, not written), K_ALERTS its low-stock alerts stream, K_CANDIDATES / K_PROGRESS its
 --       gift campaigns' candidates and progress (see lib_stock.lua). All in one slot.
 -- ARGV: nskus, nlocs, nchans, fewest (1: split an order over as few locations as possible,
---       else nearest first), sku names (nskus), location ids (nlocs), safety stock per
+--       else nearest first), fresh (1: no order of this call was ever decided, so no
+--       stored outcome is read: dataflows/decider.py, Decider._prelude), sku names (nskus), location ids (nlocs), safety stock per
 --       location (nlocs: units that online channels cannot take there), channel ids (nchans:
 --       those of this call's orders), norders, then per order ORDER_ARGS = 3
 --       arguments: the order id, a little-endian binary spec (its layout: lib_route.lua),
@@ -17,7 +18,8 @@ local A_NSKUS = 1
 local A_NLOCS = 2
 local A_NCHANS = 3
 local A_FEWEST = 4
-local A_LISTS = 5 -- the first of the lists: sku names, locations, safety stock, channels
+local A_FRESH = 5
+local A_LISTS = 6 -- the first of the lists: sku names, locations, safety stock, channels
 local ORDER_ARGS = 3 -- per order, at these offsets from its first argument:
 local O_ID = 0
 local O_SPEC = 1
@@ -51,7 +53,7 @@ local CHUNK = 4000
 local function bad(msg) return redis.error_reply('ERR decide.lua: ' .. msg) end
 
 -- The call (read_call): its counts, lists and catalog version.
-local nskus, nlocs, nchans, norders, version, fewest
+local nskus, nlocs, nchans, norders, version, fewest, fresh
 local first -- ARGV index of the first order's first argument
 local skus, locs, chans, safety, NONE = {}, {}, {}, {}, {}
 
@@ -70,6 +72,8 @@ local function read_call()
     return bad('bad header')
   end
   fewest = ARGV[A_FEWEST] == '1'
+  fresh = ARGV[A_FRESH] == '1'
+  if not fresh and ARGV[A_FRESH] ~= '0' then return bad('bad header') end
   local at_loc = A_LISTS + nskus -- the first location; then safety stock, channels
   local at_safety, at_chan = at_loc + nlocs, at_loc + 2 * nlocs
   for i = 1, nskus do skus[i] = ARGV[A_LISTS + i - 1] end
@@ -105,9 +109,11 @@ local function ids_by_home()
 end
 
 -- A replayed order keeps its stored outcome: one HMGET per decision hash for the batch.
--- (Asked before the staleness check: a stored outcome stands whatever the catalog.)
+-- (Asked before the staleness check: a stored outcome stands whatever the catalog.) A
+-- fresh call has none to read.
 local function read_stored(by_home)
   local stored = {}
+  if fresh then return stored end
   for h, ids in pairs(by_home) do
     for i = 1, #ids, CHUNK do
       local got = hmget_gens(h, { unpack(ids, i, math.min(i + CHUNK - 1, #ids)) })

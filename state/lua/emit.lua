@@ -26,7 +26,10 @@ local K_REGISTRY_NEXT = 12 -- K_REGISTRY's (read: an order's fields are looked u
 --       "R<reason>", "C" arrived cancelled, "X" a cancellation, "T" a return)), then
 --       ntags and (tag, how many records carry it) pairs: the same tags counted; then the
 --       number of rejected campaign orders ("r", below) and their decisions ("<order
---       id>\31R") joined by \30, as the fast path writes them.
+--       id>\31R") joined by \30, as the fast path writes them; last, the first and the
+--       last record (1-based, of this call) that the caller read in none of the three
+--       registry hashes since the shard's last emit (0 0: none): not looked up again here
+--       (state/shards.py, Shards.emit: the shard's one owner, one batch in flight).
 -- Fast path: when no record is in the registry yet and none is special (below; a rejected
 --       campaign order is not), the joined records are written as they came and the counted
 --       tags added: no record or tag is split out in Lua (every string Lua makes costs; this
@@ -66,7 +69,19 @@ if not blob or not ndl then return redis.error_reply('ERR emit.lua: bad shape') 
 local tb = p + 3 * ndl -- the metrics tail
 local nagg = tonumber(ARGV[tb + 6])
 local nrej = nagg and tonumber(ARGV[tb + 7 + 2 * nagg])
-if not nrej or #ARGV ~= tb + 8 + 2 * nagg then return redis.error_reply('ERR emit.lua: bad shape') end
+local known_first = nrej and tonumber(ARGV[tb + 9 + 2 * nagg])
+local known_last = known_first and tonumber(ARGV[tb + 10 + 2 * nagg])
+if not known_last or #ARGV ~= tb + 10 + 2 * nagg
+   or not ((known_first == 0 and known_last == 0)
+           or (known_first >= 1 and known_first <= known_last and known_last <= nrec)) then
+  return redis.error_reply('ERR emit.lua: bad shape')
+end
+-- Every run of this call writes all its known records into K_REGISTRY at once: if the first
+-- is there, the call ran before (a retry after a lost reply, a batch written twice), and
+-- every record is looked up, so a second run writes nothing twice.
+if known_first > 0 and redis.call('HEXISTS', KEYS[K_REGISTRY], ARGV[1 + 2 * known_first]) == 1 then
+  known_first, known_last = 0, 0
+end
 
 local CHUNK = 4000
 local argv, call, unpack, byte, sub = ARGV, redis.call, unpack, string.byte, string.sub
@@ -109,36 +124,49 @@ local no_early = call('HLEN', KEYS[K_REGISTRY]) == 0
 local written, dead, wr, wp = 0, 0, 0, 0
 local tags = {} -- metric tag -> new records carrying it
 
--- The records not in the registry yet (fresh[k] for record k), and whether the batch takes
--- the fast path (plain: all are fresh, and none is special).
-local function read_fresh()
-  local fresh, plain, seen = {}, true, {}
-  for i = 1, nrec, CHUNK do
-    local last_k = math.min(i + CHUNK - 1, nrec)
-    local ids = {}
-    for k = i, last_k do ids[k - i + 1] = argv[1 + 2 * k] end
+-- The registry values of the records outside the known ones (record k -> its value), in
+-- the three generations, the newest first.
+local function read_stored()
+  local ask, at, stored = {}, {}, {}
+  for k = 1, nrec do
+    if k < known_first or k > known_last then
+      ask[#ask + 1] = argv[1 + 2 * k]
+      at[#ask] = k
+    end
+  end
+  for i = 1, #ask, CHUNK do
+    local ids = { unpack(ask, i, math.min(i + CHUNK - 1, #ask)) }
     local got = call('HMGET', KEYS[K_REGISTRY_NEXT], unpack(ids))
     for _, k in ipairs({ K_REGISTRY, K_REGISTRY_OLD }) do
       local more = call('HMGET', KEYS[k], unpack(ids))
       for j = 1, #ids do if not got[j] then got[j] = more[j] end end
     end
-    for k = i, last_k do
-      local oid = ids[k - i + 1]
-      local was = got[k - i + 1]
-      if was and not seen[oid] and sub(oid, 1, PREFIX) == REG_STATE then
-        -- a later version of an order's record: fresh while the stored version is older
-        local v = tonumber(string.match(argv[2 + 2 * k], '^(%d+)'))
-        if v and tonumber(was) < v then was = nil end
-      end
-      if was or seen[oid] then
-        plain = false
-      else
-        fresh[k] = true
-        local kind = byte(argv[2 + 2 * k], 1)
-        if kind == HELD_BYTE or byte(oid, 1) == 0 then plain = false end -- or an internal field
-      end
-      seen[oid] = true
+    for j = 1, #ids do if got[j] then stored[at[i + j - 1]] = got[j] end end
+  end
+  return stored
+end
+
+-- The records not in the registry yet (fresh[k] for record k), and whether the batch takes
+-- the fast path (plain: all are fresh, and none is special).
+local function read_fresh()
+  local fresh, plain, seen = {}, true, {}
+  local stored = read_stored()
+  for k = 1, nrec do
+    local oid = argv[1 + 2 * k]
+    local was = stored[k]
+    if was and not seen[oid] and sub(oid, 1, PREFIX) == REG_STATE then
+      -- a later version of an order's record: fresh while the stored version is older
+      local v = tonumber(string.match(argv[2 + 2 * k], '^(%d+)'))
+      if v and tonumber(was) < v then was = nil end
     end
+    if was or seen[oid] then
+      plain = false
+    else
+      fresh[k] = true
+      local kind = byte(argv[2 + 2 * k], 1)
+      if kind == HELD_BYTE or byte(oid, 1) == 0 then plain = false end -- or an internal field
+    end
+    seen[oid] = true
   end
   return fresh, plain
 end
