@@ -216,3 +216,58 @@ def test_a_return_with_an_unpaired_surrogate_escape_is_a_dead_letter() -> None:
     raw = b'{"type": "return", "order_id": "r1", "location": "wh\\ud800", "lines": []}'
     d = events.decode(raw)
     assert isinstance(d, events.Dead) and d.reason.startswith("not a return")
+
+
+_PIECES = {
+    "year": st.sampled_from(["1999", "2004", "2026", "2038", "2100", "0000", "20x6"]),
+    "date": st.sampled_from(["-11-11", "-02-29", "-13-01", "-11-31", "-01-01"]),
+    "sep": st.sampled_from(["T", "t", " ", "x"]),
+    "clock": st.sampled_from(["00:00:00", "23:59:59", "23:59:60", "12:34:56", "24:00:00"]),
+    "frac": st.one_of(
+        st.just(""),
+        st.from_regex(r"\A[.,][0-9]{0,8}\Z"),
+        st.sampled_from([".12\u0663", ".1\u00b23", ". 12", ".000", ".999"]),
+    ),
+    "tz": st.sampled_from(
+        [
+            "Z",
+            "z",
+            "+08:00",
+            "-05:00",
+            "+0800",
+            "+24:00",
+            "",
+            "+08:00:30",
+            "+08:00:30.5",
+            "-00:00",
+            "+08",
+            "Zx",
+        ]
+    ),  # fmt: skip
+}
+
+
+# the ends of the exact range; a burst's time; one below it where the float product is off
+_MS = [*range(2**40 - 3, 2**40 + 3), *range(2**31 * 1000 - 3, 2**31 * 1000 + 3)]
+_MS += [1_763_000_000_123, 1_099_511_427_781]
+
+
+@given(st.fixed_dictionaries(_PIECES), st.sampled_from(_MS))
+def test_paid_at_fast_path_equals_the_full_parse(p: dict[str, str], ms: int) -> None:
+    """paid_at_ms (a whole second parsed once, its milliseconds added) answers exactly what
+    rfc3339_ms does, for well-formed texts, malformed ones and the ends of its exact range."""
+    from datetime import UTC, datetime, timedelta
+
+    text = p["year"] + p["date"] + p["sep"] + p["clock"] + p["frac"] + p["tz"]
+    at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    usual = at.isoformat(timespec="milliseconds").replace("+00:00", p["tz"] or "Z")
+    for t in (text, usual):
+        for _ in range(2):  # the second time from the cache
+            assert events.paid_at_ms(t) == events.rfc3339_ms(t), t
+
+
+def test_paid_at_parses_each_whole_second_once() -> None:
+    events._paid_ms.clear()
+    texts = [f"2026-11-11T00:00:01.{i:03d}+08:00" for i in range(1000)]
+    assert [events.paid_at_ms(t) for t in texts] == [events.rfc3339_ms(t) for t in texts]
+    assert list(events._paid_ms) == ["2026-11-11T00:00:01+08:00"]
