@@ -93,6 +93,10 @@ DEC_RULED = "\x00d:"
 # + movement id: the movement's state in this slot (protocol.MOVE_*; kept in the decision
 # hash of the first SKU of the slot's movement.lua call)
 DEC_MOVEMENT = "\x00m:"
+# + the first order id of a fresh decide.lua call (one that reads no stored outcome): the
+# call ran, so a second send of it (a lost reply retried) reads them (in the decision hash of
+# the call's first SKU)
+DEC_FRESH_CALL = "\x00F:"
 # What a winner's gift is instead of a location (gift.lua, gift_return.lua, settled_ack.lua):
 # NUL-prefixed too, so a location id never reads as one.
 GIFT_NONE = "\x00-"  # no unit was left: the campaign ends at this rank

@@ -163,3 +163,24 @@ def test_a_copy_of_a_quarantined_order_finds_its_decision(store: Store, restarte
     recs = {r.order_id: r.status for r in ops.records(store, 1)}
     assert recs == {"p1": "accepted", "x1": "accepted"}
     assert store.skus.stock_levels(["A"]) == {"A": {"st-c": 3}}
+
+
+@pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "not-fresh"])
+def test_a_decide_call_sent_twice_takes_its_units_once(store: Store, fresh: bool) -> None:
+    """A lost reply makes the retry send the same decide.lua call again: a fresh call (which
+    reads no stored outcome) finds its own mark and answers what it decided the first time."""
+    from onestock.domain.types import order_decoder
+    from state import skus
+
+    load(store, COPIES)
+    orders = [order_decoder.decode(orjson.dumps(order(f"f{i}", (s, 2)))) for i, s in
+              enumerate("AB")]  # fmt: skip
+    ids = [o.order_id for o in orders]
+    version, _ = store.catalog()
+    args = skus.DecideArgs(["st-c"], {"st-c": 1}, [0], 0, set(), version,
+                           dict.fromkeys(ids, b"\x00\x00"), dict.fromkeys(ids, 1),
+                           set(), set(), fresh=fresh)  # fmt: skip
+    first = store.skus.decide([orders], args)
+    assert store.skus.decide([orders], args) == first
+    assert [r.decode().split("\x1f")[0] for r in first[0]] == ["A", "A"]
+    assert store.skus.stock_levels(["A", "B"]) == {"A": {"st-c": 3}, "B": {"st-c": 3}}

@@ -110,10 +110,15 @@ end
 
 -- A replayed order keeps its stored outcome: one HMGET per decision hash for the batch.
 -- (Asked before the staleness check: a stored outcome stands whatever the catalog.) A
--- fresh call has none to read.
+-- fresh call has none to read, unless it ran before: its mark (DEC_FRESH_CALL and its first
+-- order id, in its first SKU's decision hash, written with its outcomes) says it was sent
+-- again (a reply lost, the call retried), and it reads them like any call.
 local function read_stored(by_home)
   local stored = {}
-  if fresh then return stored end
+  if fresh and norders > 0
+     and call('HEXISTS', sku_key(1, K_RECORDS), DEC_FRESH_CALL .. ARGV[first + O_ID]) == 0 then
+    return stored
+  end
   for h, ids in pairs(by_home) do
     for i = 1, #ids, CHUNK do
       local got = hmget_gens(h, { unpack(ids, i, math.min(i + CHUNK - 1, #ids)) })
@@ -390,6 +395,11 @@ end
 
 -- Write back what changed.
 local function write_back(records)
+  if fresh and norders > 0 then
+    local rec = records[1]
+    rec[#rec + 1] = DEC_FRESH_CALL .. ARGV[first + O_ID]
+    rec[#rec + 1] = norders
+  end
   for s = 1, nskus do
     settle_alert(s, skus[s], total[s], stock[s])
     write_changed(sku_key(s, K_STOCK), dirty[s], stock[s])
