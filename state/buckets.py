@@ -21,6 +21,7 @@ from collections import defaultdict
 from typing import Any, NamedTuple
 
 import redis
+from redis.lock import Lock
 
 from onestock.domain.protocol import SEP
 from onestock.domain.types import Sku
@@ -53,6 +54,15 @@ def split(sku: Sku, floors: dict[str, int]) -> list[dict[str, int]]:
     return out
 
 
+class Lease(Lock):
+    """redis-py's Lock, which a lost reply does not keep out: when the reply to its SET NX is
+    lost, the client sends it again and finds the key taken, by this very token. Without
+    this check the mover waited for its own lease to expire (LEASE_S) before moving."""
+
+    def do_acquire(self, token: str) -> bool:
+        return super().do_acquire(token) or self.redis.get(self.name) == token
+
+
 class Buckets:
     """Moves and reads of bucketed SKUs' stock (a part of ``state.store.Store``)."""
 
@@ -64,8 +74,9 @@ class Buckets:
     def lease(self, sku: str) -> Any:
         """The SKU's mover lease (redis-py's Lock: a token, an expiry, released by script)."""
         return self.r.lock(
-            keys.lend_lock(sku), timeout=LEASE_S, sleep=0.002, blocking_timeout=WAIT_S
-        )
+            keys.lend_lock(sku), timeout=LEASE_S, sleep=0.002, blocking_timeout=WAIT_S,
+            lock_class=Lease,
+        )  # fmt: skip
 
     def borrow(
         self,

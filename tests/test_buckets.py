@@ -918,3 +918,18 @@ def test_a_basket_whose_plain_line_is_sold_out_moves_no_hot_units(
     after = [levels(store, "HOT", b) for b in range(4)]
     assert after[0] == before[0] and after[1:] != before[1:]  # the singles took from bucket 3
     assert sum(sum(x.values()) for x in after) == sum(sum(x.values()) for x in before) - 3
+
+
+def test_a_lease_whose_reply_was_lost_is_held_without_waiting(store: Store) -> None:
+    """The SET NX of a lease reached Redis and its reply was lost: the client's retry finds
+    the key taken by its own token, and holds the lease at once (not after LEASE_S)."""
+    import time
+
+    lease = store.buckets.lease("HOT")
+    store.r.set(keys.lend_lock("HOT"), b"tok", px=5000)  # the first send got through
+    started = time.monotonic()
+    assert lease.acquire(token="tok", blocking_timeout=1)
+    assert time.monotonic() - started < 0.5
+    assert not store.buckets.lease("HOT").acquire(blocking=False)  # and nobody else does
+    lease.release()
+    assert store.r.get(keys.lend_lock("HOT")) is None
