@@ -106,6 +106,11 @@ def _by_slot(orders: list[Order], one: bool) -> tuple[dict[int, list[Order]], li
     return slot_orders, cross
 
 
+def _where(t: tuple[str, int, str]) -> tuple[str, str]:
+    """A bucket target's (SKU, pickup store or ""): what ``Decider._dry`` holds."""
+    return t[0], t[2]
+
+
 class Decider:
     def __init__(
         self,
@@ -421,8 +426,10 @@ class Decider:
 
     def _assign_buckets(self, shard: int, todo: list[Order], outcome: dict[str, str]) -> _Judged:
         """Orders of hot SKUs renamed to the bucket that decides them (dataflows.buckets):
-        they may borrow; one of a SKU whose other buckets had nothing to lend at the last
-        borrowing (``_dry``) goes straight to borrowing."""
+        they may borrow; an order of one line of a SKU whose other buckets had nothing to
+        lend at the last borrowing (``_dry``) goes straight to borrowing, whose first round
+        asks decide.lua. A basket is asked first here: short, it may be refused on a read
+        (``_refuse_helpless``), which a replayed basket decided before must never be."""
         plan, dry, retry, spread = self.view.buckets, self._dry, self._retry, self._spread
         kept: list[Order] = []
         bucketed: list[Order] = []  # orders of hot SKUs split into buckets, renamed
@@ -437,7 +444,7 @@ class Decider:
             retry.add(oid)
             if b:  # bucket 0 alone holds safety stock
                 spread.add(oid)
-            if dry and all((t[0], t[2]) in dry for t in plan.targets(renamed)):
+            if dry and len(o.lines) == 1 and _where(plan.targets(renamed)[0]) in dry:
                 outcome[oid] = Code.BUCKET_SHORT  # sold out at the last look: straight to borrowing
                 continue
             kept.append(renamed)

@@ -920,6 +920,35 @@ def test_a_basket_whose_plain_line_is_sold_out_moves_no_hot_units(
     assert sum(sum(x.values()) for x in after) == sum(sum(x.values()) for x in before) - 3
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [pytest.param("slots", marks=pytest.mark.layout("slots")), pytest.param("one")],
+)
+def test_a_replayed_basket_of_a_dry_hot_sku_keeps_its_stored_decision(
+    store: Store, layout: str
+) -> None:
+    """A basket took SIDE's last unit and its run died before the record. The process that
+    replays the batch found HOT's other buckets dry (a borrow earlier): such orders go
+    straight to borrowing, and a basket there was refused on a read of SIDE (0 units, taken
+    by the basket itself) without decide.lua being asked: rejected, with its units held
+    (the randomized check's seed 920557). A basket is asked first: it keeps its decision."""
+    cat = catalog({"wh-a": 20, "wh-b": 8})
+    cat["skus"][1]["stock"] = {"wh-a": 1}
+    load(store, cat)
+    assert store.layout() == layout
+    store.shards.shard_count(1)
+    basket = raw(order("b1", ("HOT", 1), ("SIDE", 1), lat=31.2, lon=121.5))
+    entries = [("1-0", basket)]
+    Decider(store, say=lambda _m: None).process(0, entries)  # then the process dies
+    again = Decider(store, say=lambda _m: None)
+    again.refresh()  # (a catalog read clears it)
+    again._dry.add(("HOT", ""))  # what a borrow that found nothing to lend leaves
+    again.emit(again.process(0, entries))
+    recs = {r.order_id: r.status for r in ops.records(store, 1)}
+    assert recs == {"b1": "accepted"}
+    assert store.skus.stock_levels(["SIDE"])["SIDE"] == {"wh-a": 0}
+
+
 def test_a_lease_whose_reply_was_lost_is_held_without_waiting(store: Store) -> None:
     """The SET NX of a lease reached Redis and its reply was lost: the client's retry finds
     the key taken by its own token, and holds the lease at once (not after LEASE_S)."""
