@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis
 
 from dataflows.decider import Decided, Decider
 from dataflows.source import ShardSource
@@ -177,6 +178,8 @@ class _Play:
         # now and then the driver asks a shard for two batches before it emits the first:
         # the source must hand out nothing until the first is written (a source of its own)
         self.lag_rng = random.Random(h.seed * 31 + 11)
+        if h.features.lost_replies:
+            self.faults.lose_replies(random.Random(h.seed * 31 + 13))
 
     def start(self) -> None:
         """(Re)start every worker process: a crash takes the whole cluster down."""
@@ -192,7 +195,7 @@ class _Play:
                     rng.choice(seen[s]) if r < 0.7 else seen[s][-1])  # fmt: skip
             try:
                 procs.append(Worker(self.url, self.faults, k, resume, self.aim))
-            except Crash:
+            except (Crash, redis.ConnectionError):
                 procs.clear()
         self.faults.arm()
 
@@ -284,8 +287,8 @@ class _Play:
                         faults.set_hook(self.fire_reload, 5)
                 elif not chunks and not self.step():
                     break
-            except Crash:
-                self.start()
+            except (Crash, redis.ConnectionError):  # (a Redis error the step does not retry:
+                self.start()  # the worker process stops, as a crash; restarted)
         if faults.hook is not None:
             faults.hook = None
             self.fire_reload()
@@ -314,7 +317,7 @@ class _Play:
                       after_reload={a for a in self.after if a}, first_crash_ms=faults.first_ms,
                       problems=problems, entry_ms=self.entry_ms, rank_paid=rank_paid,
                       drained=self.drained, capacity=cap, **pub)  # fmt: skip
-        return ob, {"events": len(self.lines), "faults": faults.crashes + len(window)}
+        return ob, {"events": len(self.lines), "faults": faults.crashes + faults.lost + len(window)}
 
 
 def run_fast(h: History, url: str) -> tuple[Observed, dict[str, int]]:
@@ -360,7 +363,7 @@ def drain(
             before = int(time.time() * 1000)
             if _drained(procs):
                 return before, int(time.time() * 1000)
-        except Crash:
+        except (Crash, redis.ConnectionError):
             start()
             continue
         if time.monotonic() > deadline:

@@ -1,7 +1,10 @@
 """Crashes for fast mode: the dataflow's Redis clients count the commands they send; at a
 seeded count the process "dies" (a private exception no retry loop of the product catches,
 raised before the command reached Redis or after it did, its reply lost), and at another a
-hook runs (a catalog reload from another process, between two commands of a batch).
+hook runs (a catalog reload from another process, between two commands of a batch). With
+lost replies, at other seeded counts the connection drops once a command reached Redis: the
+product sees redis.ConnectionError and its retries send the command again (redis-py's own,
+``Waiter.call``'s): every write must be one a second send changes nothing by.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ class Faults:
         self.hook: Callable[[], None] | None = None
         self.hook_after = False
         self.first_ms: int | None = None  # wall ms of the first crash
+        self.lose_rng: random.Random | None = None  # lost replies' draws (``lose_replies``)
+        self.lose_at = 0
+        self.lost = 0  # replies lost so far
         self.aims: dict[str, int] = {}  # per aim: crashes ``aimed`` may still arm (1 each)
         self.arm()
 
@@ -66,6 +72,20 @@ class Faults:
             return got
 
         return call
+
+    def lose_replies(self, rng: random.Random) -> None:
+        """From now on, every 1 to 300 commands a reply is lost (draws from ``rng`` alone:
+        the crashes' and the history's draws stay as they were)."""
+        self.lose_rng = rng
+        self.lose_at = self.count + rng.randint(1, 300)
+
+    def lose(self) -> bool:
+        """Is the reply of the command just sent lost?"""
+        if self.lose_rng is None or self.count < self.lose_at:
+            return False
+        self.lose_at = self.count + self.lose_rng.randint(1, 300)
+        self.lost += 1
+        return True
 
     def set_hook(self, hook: Callable[[], None], within: int) -> None:
         """Run ``hook`` at one of the next ``within`` commands: before it is sent, or after
@@ -103,6 +123,9 @@ def faulty_store(url: str, faults: Faults) -> Store:
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             faults.before()
             super().send_packed_command(command, check_health)
+            if faults.lose():  # Redis has the command; the connection drops before its reply
+                self.disconnect()
+                raise redis.ConnectionError("simulated: the connection dropped, reply lost")
             faults.after()
 
     return Store(redis.Redis.from_url(url, health_check_interval=10, connection_class=Conn))

@@ -58,6 +58,9 @@ class Features:
     # a Redis Cluster's: keys.LAYOUT) in about half the histories; else every history in the
     # one-server layout (a basket decided in one decide.lua call)
     slot_path: bool = True
+    # fast mode: now and then a connection drops after Redis got a command, before its reply:
+    # the product's retries send it again (redis-py's, state.conn.Waiter's)
+    lost_replies: bool = True
 
     @classmethod
     def names(cls) -> list[str]:
