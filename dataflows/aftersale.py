@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from dataflows.gifts import Settler
 from onestock.domain import events
 from onestock.domain.protocol import RS, SEP, Code, ProtocolError, code_of
-from onestock.domain.records import pack
+from onestock.domain.records import allocations, pack
 from state import keys
 from state.conn import Waiter, parse_id
 from state.keys import public
@@ -368,10 +368,11 @@ class Aftersale:
         self, orders: list[tuple[str, str]], void: frozenset[str] = frozenset()
     ) -> dict[str, int]:
         """Give the units of accepted outcomes back (undo_units.lua per slot), per SKU only
-        what is still out: the allocations minus the units returned before (keys.DEC_RETURNED <order
-        id>'), taken off the last allocations first; for the orders in ``void`` (rejected
-        after their decision) what the decision took of the rules too. Returns per order the
-        first-N candidacies removed.
+        what is still out: the allocations minus the units returned before
+        (keys.DEC_RETURNED <order id>), taken off the last allocations first, in the record's
+        order (``records.allocations``); for the orders in ``void`` (rejected after their
+        decision) what the decision took of the rules too. Returns per order the first-N
+        candidacies removed.
 
         A hot-SKU bucket b > 0 keeps its allocations in its own slot, while the SKU's returns
         land in its own keys (bucket 0, with keys.DEC_RETURNED): a first phase marks the order
@@ -381,8 +382,7 @@ class Aftersale:
         allocs: list[tuple[str, list[tuple[str, str, int]]]] = []
         marks: list[tuple[str, list[tuple[str, str, int, int]]]] = []
         for oid, res in orders:
-            f = res.split(SEP)
-            part = [(f[i + 1], f[i], int(f[i + 2])) for i in range(1, len(f) - 2, 3)]
+            part = [(sku, loc, qty) for loc, sku, qty in allocations(res)]  # the record's order
             allocs.append((oid, part))
             hot = {public(sku) for sku, _, _ in part if sku != public(sku)}
             if hot:

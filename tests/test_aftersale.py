@@ -447,3 +447,29 @@ def test_a_return_before_its_order_in_one_batch_is_refused_as_in_two(store: Stor
     o = orjson.dumps(buy("o", 0, ("SOCKS", 2)))
     d.emit(d.process(sharding.shard_of(o, SHARDS), [("10-0", r), ("11-0", o)]))
     assert dead_reasons(store) == ["return refused: no such order"] and total(store) == 98
+
+
+def test_a_cancel_takes_returned_units_off_the_last_allocations_in_the_record_s_order(
+    store: Store,
+) -> None:
+    """A re-route appended a unit at st-c, where the order already shipped from: its outcome
+    lists st-c, wh-a, st-c; its record groups st-c's two units first. One unit was returned
+    before the cancel: it comes off the record's last allocation (wh-a), so the cancel gives
+    back both st-c units (it gave one back at st-c and one at wh-a: the randomized check's
+    seed 252610, which a helper traced; the audit found 2 units off)."""
+    from onestock.domain.protocol import SEP
+
+    load(store, {"channels": [{"id": "tmall"}],
+                 "locations": [{"id": loc, "kind": "warehouse", "lat": 30.0, "lon": 120.0}
+                               for loc in ("st-c", "wh-a", "wh-b")],
+                 "skus": [{"sku": "S0", "stock": {"wh-b": 5}},
+                          {"sku": "S2", "stock": {"st-c": 5, "wh-a": 5}}]})  # fmt: skip
+    d = Decider(store, say=lambda _m: None)
+    store.r.hset(keys.decisions("S2", store.gen.now), keys.DEC_RETURNED + "o1", 1)
+    outcome = SEP.join(["A", "wh-b", "S0", "1", "st-c", "S2", "1", "wh-a", "S2", "1",
+                        "st-c", "S2", "1"])  # fmt: skip
+    d.aftersale.undo([("o1", outcome)])
+    assert store.skus.stock_levels(["S0", "S2"]) == {
+        "S0": {"wh-b": 6},
+        "S2": {"st-c": 7, "wh-a": 5},
+    }

@@ -92,17 +92,32 @@ def iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def shipments(outcome: str, mode: str) -> list[Shipment]:
-    """Accepted outcome -> shipments grouped by location, in allocation order."""
+def allocations(outcome: str) -> list[tuple[str, str, int]]:
+    """An accepted outcome's (location, SKU, qty) in the record's order: grouped by location,
+    the locations in the order they first appear, each one's in allocation order. A re-route
+    appends what it took at a location the order may already ship from; the record shows it
+    with that location, and what counts "last" (returned units are taken off the last
+    allocations first: ``Aftersale.undo``) follows the record."""
     fields = outcome.split(SEP)
-    by_loc: dict[str, Shipment] = {}
+    by_loc: dict[str, list[tuple[str, str, int]]] = {}
     for i in range(1, len(fields) - 2, 3):
-        # a hot SKU's bucket (``state.keys.bucket``) is shown as the SKU
-        loc, sku, qty = fields[i], fields[i + 1].partition(BUCKET)[0], int(fields[i + 2])
+        loc = fields[i]
+        group = by_loc.get(loc)
+        if group is None:
+            group = by_loc[loc] = []
+        group.append((loc, fields[i + 1], int(fields[i + 2])))
+    return [a for group in by_loc.values() for a in group]
+
+
+def shipments(outcome: str, mode: str) -> list[Shipment]:
+    """Accepted outcome -> shipments grouped by location (``allocations``' order)."""
+    by_loc: dict[str, Shipment] = {}
+    for loc, sku, qty in allocations(outcome):
         ship = by_loc.get(loc)
         if ship is None:
             ship = by_loc[loc] = Shipment(location=loc, mode=mode, lines=[])
-        ship.lines.append(ShipLine(sku=sku, qty=qty))
+        # a hot SKU's bucket (``state.keys.bucket``) is shown as the SKU
+        ship.lines.append(ShipLine(sku=sku.partition(BUCKET)[0], qty=qty))
     return list(by_loc.values())
 
 
