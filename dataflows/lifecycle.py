@@ -9,10 +9,11 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from dataflows.aftersale import Aftersale
-from dataflows.fulfilment import DAY_MS, Fulfilments, Places, allocations
+from dataflows.fulfilment import DAY_MS, Fulfilments, Places
 from dataflows.payments import Payments
 from onestock.domain import events, meter
 from onestock.domain.protocol import Code
+from onestock.domain.records import allocations
 from onestock.domain.types import Order
 from state import keys
 from state.conn import Waiter
