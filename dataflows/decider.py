@@ -126,6 +126,11 @@ class Decider:
         self.housekeeper = Housekeeper(store, self.wait) if sweeping else None
         self.version = -1
         self.one = False  # the dataset's layout decides a basket in one call (Store.layout)
+        # One server: a crash loses its last writes together (one AOF), the decide mark with
+        # the decisions after it; a Cluster's masters fail over apart, and a shard's node may
+        # lose its mark while a SKU's keeps the decisions. Only on one server may a batch
+        # after the mark skip the stored outcomes (``_prelude``).
+        self._alone = isinstance(store.r, redis.Redis)
         self.view = CatalogView(None)
         self.settler = Settler(store, say)
         self.aftersale = Aftersale(store, self.wait, self.settler)
@@ -354,13 +359,13 @@ class Decider:
         # scripts give back before the batch's later orders); an earlier copy of one has its
         # record written (the source hands out one batch of a shard at a time), which the
         # registry read found; unless a quarantine left a decision without its record.
-        # A fresh batch's orders are refused on the read where the catalog did not change
-        # under it (the view would not be the one the stock was read with), and decide.lua
-        # reads no stored outcome for them.
+        # Such a batch's orders are refused on the read where the catalog did not change
+        # under it (the view would not be the one the stock was read with); on one server
+        # (``_alone``) the batch is fresh: decide.lua reads no stored outcome for it.
         q = self._quarantined.get(shard)
-        fresh = parse_id(first_id) > mark and (q is None or self.store.gen.now > q + 2)
-        self._fresh = fresh
-        refusing = fresh and pre.version == self.version
+        after = parse_id(first_id) > mark and (q is None or self.store.gen.now > q + 2)
+        self._fresh = after and self._alone
+        refusing = after and pre.version == self.version
         self._mark[shard] = max(mark, parse_id(last_id))
         if pre.version != self.version:
             self.refresh()
@@ -633,6 +638,8 @@ class Decider:
         idle = d.last_id == "0-0"  # a tick: the shard has nothing left to read
         if d.gen >= 0:
             self.store.gen.now = d.gen
+        elif d.records:  # (they would land in whichever generation this process last used)
+            raise ProtocolError(f"records of shard {d.shard} without their generation")
         self._changed()
         if d.records or d.dead or not idle:
             if self.wait.call(

@@ -35,26 +35,37 @@ def process(
     except Exception as exc:  # noqa: BLE001 - any other failure is the batch's, not the flow's
         if len(entries) <= 1:
             decider.quarantined(shard)
-            return _quarantined(shard, entries, exc, say)
+            return _quarantined(shard, entries, exc, say, decider.store.gen.now)
     mid = len(entries) // 2
-    return merge(
-        process(decider, shard, entries[:mid], say), process(decider, shard, entries[mid:], say)
-    )
+    first = process(decider, shard, entries[:mid], say)
+    second = process(decider, shard, entries[mid:], say)
+    if first.records and second.gen not in (-1, first.gen):
+        # the halves write in different generations (state/gens.py): the first is written
+        # now, without moving the watermark, as Decider._segmented writes a batch's parts
+        decider.emit(Decided(shard, "-", first.records, first.dead, first.meter, first.gen))
+        return second
+    return merge(first, second)
 
 
 def _quarantined(
-    shard: int, entries: list[tuple[str, bytes]], exc: Exception, say: Callable[[str], None]
+    shard: int,
+    entries: list[tuple[str, bytes]],
+    exc: Exception,
+    say: Callable[[str], None],
+    gen: int,
 ) -> Decided:
     if not entries:
         return Decided(shard, "0-0", [], [])
     eid, raw = entries[0]
     why = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
     say(f"shard {shard}: entry {eid} made deciding raise ({why}): quarantined as a dead letter")
-    return Decided(shard, eid, [], [[eid, text_of(raw), f"quarantined: deciding it raised {why}"]])
+    dead = [[eid, text_of(raw), f"quarantined: deciding it raised {why}"]]
+    return Decided(shard, eid, [], dead, gen=gen)
 
 
 def merge(a: Decided, b: Decided) -> Decided:
-    """Two consecutive parts of one batch as one (``b`` after ``a``)."""
+    """Two consecutive parts of one batch as one (``b`` after ``a``), written in one
+    generation (``a``'s records are in ``b``'s, or ``b`` has none)."""
     meter = None
     if a.meter is not None or b.meter is not None:
         zero: tuple[int, int, int, int, list[str]] = (0, 0, 0, 0, [])
@@ -65,4 +76,5 @@ def merge(a: Decided, b: Decided) -> Decided:
             mb = (0, 0, 0, 0, [""] * (len(b.records) // 3))
         meter = (ma[0] + mb[0], ma[1] + mb[1], ma[2] + mb[2], ma[3] + mb[3], ma[4] + mb[4])
     last = b.last_id if b.last_id != "0-0" else a.last_id
-    return Decided(a.shard, last, a.records + b.records, a.dead + b.dead, meter)
+    gen = b.gen if b.gen != -1 else a.gen
+    return Decided(a.shard, last, a.records + b.records, a.dead + b.dead, meter, gen)
