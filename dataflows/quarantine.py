@@ -3,7 +3,8 @@
 ``Decider.process`` never raises for bad input by design (decoding classifies every event,
 and every text is validated before it reaches Redis); this is the net under that design. A
 batch whose processing raises anything but "Redis is away" is split in halves and each half
-processed again, down to the single event that raises: that event becomes a dead letter
+processed again and written in turn (the second half's events meet the first's outcomes, as
+in any batch), down to the single event that raises: that event becomes a dead letter
 with the exception as its reason (said once on stderr), and every other event of the batch
 gets its usual outcome. Processing again is safe: the decide mark has moved past the batch,
 so every order goes to the scripts, which answer a replay with its stored outcome. The
@@ -38,13 +39,11 @@ def process(
             return _quarantined(shard, entries, exc, say, decider.store.gen.now)
     mid = len(entries) // 2
     first = process(decider, shard, entries[:mid], say)
-    second = process(decider, shard, entries[mid:], say)
-    if first.records and second.gen not in (-1, first.gen):
-        # the halves write in different generations (state/gens.py): the first is written
-        # now, without moving the watermark, as Decider._segmented writes a batch's parts
-        decider.emit(Decided(shard, "-", first.records, first.dead, first.meter, first.gen))
-        return second
-    return merge(first, second)
+    # written before the second half is decided, as Decider._segmented writes a batch's parts
+    # (an event of the second half meets the outcomes of the first: a payment its order), in
+    # the first half's generation, without moving the watermark (the second half's last does)
+    decider.emit(Decided(shard, "-", first.records, first.dead, first.meter, first.gen))
+    return process(decider, shard, entries[mid:], say)
 
 
 def _quarantined(
@@ -61,20 +60,3 @@ def _quarantined(
     say(f"shard {shard}: entry {eid} made deciding raise ({why}): quarantined as a dead letter")
     dead = [[eid, text_of(raw), f"quarantined: deciding it raised {why}"]]
     return Decided(shard, eid, [], dead, gen=gen)
-
-
-def merge(a: Decided, b: Decided) -> Decided:
-    """Two consecutive parts of one batch as one (``b`` after ``a``), written in one
-    generation (``a``'s records are in ``b``'s, or ``b`` has none)."""
-    meter = None
-    if a.meter is not None or b.meter is not None:
-        zero: tuple[int, int, int, int, list[str]] = (0, 0, 0, 0, [])
-        ma, mb = a.meter or zero, b.meter or zero
-        if a.meter is None:
-            ma = (0, 0, 0, 0, [""] * (len(a.records) // 3))
-        if b.meter is None:
-            mb = (0, 0, 0, 0, [""] * (len(b.records) // 3))
-        meter = (ma[0] + mb[0], ma[1] + mb[1], ma[2] + mb[2], ma[3] + mb[3], ma[4] + mb[4])
-    last = b.last_id if b.last_id != "0-0" else a.last_id
-    gen = b.gen if b.gen != -1 else a.gen
-    return Decided(a.shard, last, a.records + b.records, a.dead + b.dead, meter, gen)
