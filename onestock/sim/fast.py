@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import redis
 
+from dataflows import quarantine
 from dataflows.decider import Decided, Decider
 from dataflows.source import ShardSource
 from onestock.domain import sharding
@@ -180,6 +181,10 @@ class _Play:
         self.lag_rng = random.Random(h.seed * 31 + 11)
         if h.features.lost_replies:
             self.faults.lose_replies(random.Random(h.seed * 31 + 13))
+        # now and then a whole batch raises after deciding (its halves do not): the flow's
+        # quarantine splits it and decides the halves again (its own draws)
+        self.split_rng = random.Random(h.seed * 31 + 17) if h.features.split_batches else None
+        self.splits = 0
 
     def start(self) -> None:
         """(Re)start every worker process: a crash takes the whole cluster down."""
@@ -257,7 +262,9 @@ class _Play:
                     self.after.update(ids - self.before)
                 else:
                     self.before.update(ids)
-                out.append(p.decider.process(shard, rows))
+                split = self.split_rng is not None and self.split_rng.random() < 0.15
+                self.splits += split and len(rows) > 1
+                out.append(_decide_batch(p.decider, shard, rows, split))
             self.seen[x].append(p.parts[x].snapshot())
         return out
 
@@ -317,7 +324,8 @@ class _Play:
                       after_reload={a for a in self.after if a}, first_crash_ms=faults.first_ms,
                       problems=problems, entry_ms=self.entry_ms, rank_paid=rank_paid,
                       drained=self.drained, capacity=cap, **pub)  # fmt: skip
-        return ob, {"events": len(self.lines), "faults": faults.crashes + faults.lost + len(window)}
+        n = faults.crashes + faults.lost + self.splits + len(window)
+        return ob, {"events": len(self.lines), "faults": n}
 
 
 def run_fast(h: History, url: str) -> tuple[Observed, dict[str, int]]:
@@ -411,6 +419,31 @@ def _order_id(raw: bytes) -> str | None:
     except (orjson.JSONDecodeError, AttributeError):
         return None
     return oid if isinstance(oid, str) else None
+
+
+class _Split(Exception):
+    """A whole batch made to raise after deciding (feature ``split_batches``)."""
+
+
+def _decide_batch(d: Decider, shard: int, rows: list[tuple[str, bytes]], split: bool) -> Decided:
+    """The flow's step (``quarantine.process``); with ``split`` the batch (two or more events)
+    raises once, when its orders are decided (at its first ``_aftersale``, before its cancels
+    and returns), as a bug its halves do not meet would: the quarantine decides the halves."""
+    if not split or len(rows) < 2:
+        return quarantine.process(d, shard, rows, _quiet)
+    real, armed = d._aftersale, [True]
+
+    def raising(sh: int, batch: Any, *args: Any) -> Any:
+        if armed:
+            armed.clear()
+            raise _Split("a whole batch made to raise after deciding")
+        return real(sh, batch, *args)
+
+    d._aftersale = raising  # type: ignore[method-assign]
+    try:
+        return quarantine.process(d, shard, rows, _quiet)
+    finally:
+        d._aftersale = real  # type: ignore[method-assign]
 
 
 def _quiet(_msg: str) -> None:

@@ -19,8 +19,9 @@ import redis
 from state.store import Store
 
 
-class Crash(Exception):
-    """The simulated process dies here (no retry loop of the product catches it)."""
+class Crash(BaseException):
+    """The simulated process dies here: no retry loop of the product catches it, nor the
+    flow's quarantine of a batch that raises (``except Exception``)."""
 
 
 class Faults:

@@ -61,6 +61,9 @@ class Features:
     # fast mode: now and then a connection drops after Redis got a command, before its reply:
     # the product's retries send it again (redis-py's, state.conn.Waiter's)
     lost_replies: bool = True
+    # fast mode: now and then a whole batch raises after deciding and the quarantine
+    # (dataflows/quarantine.py) decides its halves again
+    split_batches: bool = True
 
     @classmethod
     def names(cls) -> list[str]:
