@@ -439,7 +439,7 @@ def _decide_batch(d: Decider, shard: int, rows: list[tuple[str, bytes]], split: 
             raise _Split("a whole batch made to raise after deciding")
         return real(sh, batch, *args)
 
-    d._aftersale = raising  # type: ignore[method-assign]
+    d._aftersale = raising  # type: ignore[method-assign,assignment]
     try:
         return quarantine.process(d, shard, rows, _quiet)
     finally:
