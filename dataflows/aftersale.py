@@ -39,6 +39,8 @@ CANCELLED_BEFORE = 2  # refused: a cancel gave the order's units of the SKU back
 MORE_THAN_SHIPPED = 3  # refused: the SKU would get back more than shipped
 REFUSED_WITH = 4  # refused: another line of the same return was
 _HELD = Code.HELD.encode()  # a registry value's first byte while its record is held
+# undo_units.lua's `returned` of another bucket's allocation of a hot SKU (placed, not given)
+_ANOTHER_BUCKET = -1
 _RESTOCK_CODES = {APPLIED_BEFORE, APPLIED, CANCELLED_BEFORE, MORE_THAN_SHIPPED, REFUSED_WITH}
 
 # (SKU, order id, return digest, location, qty, units of the SKU shipped): one line of a
@@ -375,26 +377,42 @@ class Aftersale:
         candidacies removed.
 
         A hot-SKU bucket b > 0 keeps its allocations in its own slot, while the SKU's returns
-        land in its own keys (bucket 0, with keys.DEC_RETURNED): a first phase marks the order
-        undone there (keys.DEC_UNDONE: no return lands after it) and reads the count in the same
-        call; the second gives the bucket back the rest. A crash in between replays both
+        land in its own keys (bucket 0, with keys.DEC_RETURNED): a first phase there marks the
+        order undone (keys.DEC_UNDONE: no return lands after it), reads the count in the same
+        call, gives bucket 0's own allocations back and says how many returned units fall on
+        each other bucket's (all of the SKU's allocations in the record's order, the last
+        first); the second gives each bucket b the rest. A crash in between replays both
         (idempotent; the count cannot change once marked)."""
-        allocs: list[tuple[str, list[tuple[str, str, int]]]] = []
+        allocs: list[tuple[str, list[tuple[str, str, int]], set[str]]] = []
         marks: list[tuple[str, list[tuple[str, str, int, int]]]] = []
+        others: dict[tuple[str, str], list[str]] = {}  # (order, SKU) -> other buckets' names
         for oid, res in orders:
             part = [(sku, loc, qty) for loc, sku, qty in allocations(res)]  # the record's order
-            allocs.append((oid, part))
-            hot = {public(sku) for sku, _, _ in part if sku != public(sku)}
+            hot = sorted({public(sku) for sku, _, _ in part if sku != public(sku)})
+            allocs.append((oid, part, set(hot)))
             if hot:
-                marks.append((oid, [(sku, "", 0, 0) for sku in sorted(hot)]))
-        back: dict[tuple[str, str], int] = {}  # (order id, SKU) -> units returned before
+                marks.append(
+                    (
+                        oid,
+                        [
+                            (h, loc, qty, 0 if sku == h else _ANOTHER_BUCKET)
+                            for h in hot
+                            for sku, loc, qty in part
+                            if public(sku) == h
+                        ],
+                    )
+                )
+                for h in hot:
+                    others[(oid, h)] = [sku for sku, _, _ in part if public(sku) == h != sku]
+        back: dict[tuple[str, str], int] = {}  # (order id, bucket) -> its returned units
         for oid, skus, got in self.wait.call(self.store.skus.undo_units, marks, void):
-            for sku, n in zip(skus, got[1:], strict=True):
-                back[(oid, sku)] = int(n)
+            names = [name for sku in skus for name in others[(oid, sku)]]
+            for name, n in zip(names, got[1 + len(skus) :], strict=True):
+                back[(oid, name)] = back.get((oid, name), 0) + int(n)
         quads = [
-            (oid, [(sku, loc, qty, back.get((oid, public(sku)), 0) if sku != public(sku) else 0)
-                   for sku, loc, qty in part])
-            for oid, part in allocs
+            (oid, [(sku, loc, qty, back.get((oid, sku), 0)) for sku, loc, qty in part
+                   if sku not in hot])  # (bucket 0's given back in the first phase)
+            for oid, part, hot in allocs
         ]  # fmt: skip
         removed: dict[str, int] = {}
         for oid, _, got in self.wait.call(self.store.skus.undo_units, quads, void):

@@ -9,11 +9,13 @@
 -- ARGV: nskus, sku names (nskus), norders, then per order: order id, void (1: the order was
 --       rejected after its decision, which is void: below; else 0), n, then n quadruples
 --       (sku index, location, qty >= 0, returned): the order's allocations in this slot, in
---       the order of its outcome. `returned` (read on a SKU's first quadruple) = units of the
---       SKU returned for the order as counted in another slot: for a hot-SKU bucket b > 0,
---       the '\0rq' of the SKU's own keys (bucket 0), where its returns land; else 0. A
---       quadruple with qty 0 gives nothing back and only marks: the order's units of that
---       SKU lie in another bucket (dataflows/aftersale.py `_undo`, its first phase).
+--       the order of its record (records.allocations). `returned` (read on a SKU's first
+--       quadruple) = units of the SKU returned for the order as counted in another slot: for
+--       a hot-SKU bucket b > 0, its share of the '\0rq' of the SKU's own keys (bucket 0),
+--       where its returns land; else 0. `returned` -1 marks another bucket's allocation of
+--       the SKU (dataflows/aftersale.py `undo`, its first phase, in bucket 0): it gives
+--       nothing back here, and takes its place in the order the returned units are taken
+--       off; the answer says how many fell on it.
 -- Per SKU and order at most once, and atomically with return_units.lua (which refuses a
 -- return once "\0u:<order id>" is set): the units still out go back to the locations they came
 -- from, i.e. the allocations minus the units returned ('\0rq' + returned), those taken off the
@@ -26,7 +28,9 @@
 -- limit and its draw from its channel's lock go back too, as decide.lua kept them (DEC_RULED;
 -- a cross-slot order's are in its parts: release_parts.lua 'rules').
 -- Returns per order {candidacies removed (0: none, or already settled), then per SKU of the
--- order in this call (in order of first appearance) its units returned before the cancel}.
+-- order in this call (in order of first appearance) its units returned before the cancel,
+-- then per other bucket's allocation (in the same order) the returned units taken off it}.
+-- (Those cuts are answered alike on a replay: they follow from the count and the order.)
 local nskus = tonumber(ARGV[1])
 if not nskus or #KEYS ~= SKU_KEYS * nskus then return redis.error_reply('ERR undo_units.lua: bad header') end
 local names = {}
@@ -45,16 +49,17 @@ for o = 1, norders do
   for j = 1, n do
     local b = p + 3 + 4 * (j - 1)
     local s, q, r = tonumber(ARGV[b]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-    if not s or s < 1 or s > nskus or not q or q < 0 or not r or r < 0 then
+    if not s or s < 1 or s > nskus or not q or q < 0 or not r or r < -1 then
       return redis.error_reply('ERR undo_units.lua: bad allocation of order #' .. o)
     end
+    local foreign = r == -1
     local e = by_sku[s]
     if not e then
-      e = { {}, r }
+      e = { {}, foreign and 0 or r }
       by_sku[s] = e
       skus[#skus + 1] = s
     end
-    if q > 0 then e[1][#e[1] + 1] = { ARGV[b + 1], q } end
+    if q > 0 or foreign then e[1][#e[1] + 1] = { ARGV[b + 1], q, foreign } end
   end
   orders[o] = { oid, skus, by_sku, void == '1' }
   p = p + 3 + 4 * n
@@ -79,11 +84,16 @@ end
 local out, touched = {}, {}
 for o, od in ipairs(orders) do
   local oid, skus, by_sku, void = od[1], od[2], od[3], od[4]
-  local res = { 0 }
+  local res, foreign = { 0 }, {}
   for _, s in ipairs(skus) do
     local allocs, returned = by_sku[s][1], by_sku[s][2]
     returned = returned + returned_units(s, oid)
     res[#res + 1] = returned
+    local cuts = {}
+    for j = #allocs, 1, -1 do -- what came back already is taken off the last ones first
+      cuts[j] = math.min(returned, allocs[j][2])
+      returned = returned - cuts[j]
+    end
     if not hget_gens(s, DEC_UNDONE .. oid) then
       redis.call('HSET', sku_key(s, K_RECORDS), DEC_UNDONE .. oid, 1)
       if void then unrule(s, oid) end
@@ -91,17 +101,18 @@ for o, od in ipairs(orders) do
       for id in pairs(camps or {}) do
         res[1] = res[1] + redis.call('ZREM', sku_key(s, K_CANDIDATES), candidate_members(id, oid))
       end
-      for j = #allocs, 1, -1 do -- what came back already is taken off the last ones first
-        local loc, q = allocs[j][1], allocs[j][2]
-        local cut = math.min(returned, q)
-        returned = returned - cut
-        if q > cut then
-          add_units(sku_key(s, K_STOCK), loc, q - cut)
+      for j, a in ipairs(allocs) do
+        if not a[3] and a[2] > cuts[j] then
+          add_units(sku_key(s, K_STOCK), a[1], a[2] - cuts[j])
           touched[s] = true
         end
       end
     end
+    for j, a in ipairs(allocs) do
+      if a[3] then foreign[#foreign + 1] = cuts[j] end
+    end
   end
+  for _, cut in ipairs(foreign) do res[#res + 1] = cut end
   out[o] = res
 end
 for s in pairs(touched) do -- units came back: the SKU's alert level may change
