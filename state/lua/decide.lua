@@ -4,13 +4,15 @@
 -- KEYS: for SKU i of this call (1-based), the lib_stock.lua layout: sku_key(i, K_STOCK) = its
 --       stock hash (location -> units, plus NUL-prefixed fields: the marker, its rules, its
 --       alert flag), K_RECORDS its decision hash (order id -> stored outcome), K_BOUGHT units
---       sold per customer (each also of the generation before: read, not written), K_ALERTS its low-stock alerts stream, K_CANDIDATES / K_PROGRESS its
---       gift campaigns' candidates and progress (see lib_stock.lua). All in one slot.
+--       sold per customer (each also of the generation before: read, not written), K_ALERTS
+--       its low-stock alerts stream, K_CANDIDATES / K_PROGRESS its gift campaigns'
+--       candidates and progress (see lib_stock.lua). All in one slot.
 -- ARGV: nskus, nlocs, nchans, fewest (1: split an order over as few locations as possible,
 --       else nearest first), fresh (1: no order of this call was ever decided, so no
---       stored outcome is read: dataflows/decider.py, Decider._prelude), sku names (nskus), location ids (nlocs), safety stock per
---       location (nlocs: units that online channels cannot take there), channel ids (nchans:
---       those of this call's orders), norders, then per order ORDER_ARGS = 3
+--       stored outcome is read: dataflows/decider.py, Decider._prelude), sku names (nskus),
+--       location ids (nlocs), safety stock per location (nlocs: units that online channels
+--       cannot take there), channel ids (nchans: those of this call's orders), norders, then
+--       per order ORDER_ARGS = 3
 --       arguments: the order id, a little-endian binary spec (its layout: lib_route.lua),
 --       and the customer id (always given: the rules judged are the ones stored here,
 --       whatever the caller's catalog said); last, the catalog version (below).
