@@ -390,20 +390,15 @@ class Aftersale:
             part = [(sku, loc, qty) for loc, sku, qty in allocations(res)]  # the record's order
             hot = sorted({public(sku) for sku, _, _ in part if sku != public(sku)})
             allocs.append((oid, part, set(hot)))
-            if hot:
-                marks.append(
-                    (
-                        oid,
-                        [
-                            (h, loc, qty, 0 if sku == h else _ANOTHER_BUCKET)
-                            for h in hot
-                            for sku, loc, qty in part
-                            if public(sku) == h
-                        ],
-                    )
-                )
-                for h in hot:
-                    others[(oid, h)] = [sku for sku, _, _ in part if public(sku) == h != sku]
+            mark: list[tuple[str, str, int, int]] = []
+            for h in hot:  # bucket 0 gives its own back and places the other buckets'
+                mine = [(sku, loc, qty) for sku, loc, qty in part if public(sku) == h]
+                mark += [
+                    (h, loc, qty, 0 if sku == h else _ANOTHER_BUCKET) for sku, loc, qty in mine
+                ]
+                others[(oid, h)] = [sku for sku, _, _ in mine if sku != h]
+            if mark:
+                marks.append((oid, mark))
         back: dict[tuple[str, str], int] = {}  # (order id, bucket) -> its returned units
         for oid, skus, got in self.wait.call(self.store.skus.undo_units, marks, void):
             names = [name for sku in skus for name in others[(oid, sku)]]

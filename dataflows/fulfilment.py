@@ -27,7 +27,7 @@ from dataflows.buckets import BucketPlan, gathered
 from dataflows.payments import fresh
 from onestock.domain import events
 from onestock.domain.protocol import INTERNAL, SEP, Code, ProtocolError
-from onestock.domain.records import allocations, iso_ms, pack, rejected
+from onestock.domain.records import allocations, by_location, iso_ms, pack, rejected
 from onestock.domain.routing import Router
 from onestock.domain.types import MovedLine, MovementRecord, json_encoder
 from state import keys
@@ -73,11 +73,8 @@ def _accepted(allocs: list[Alloc]) -> str:
     they first appear): the order ``records.allocations`` reads back, so the stored outcome
     lists its allocations as its record does (a re-route appends what it took, perhaps at a
     location the order already ships from)."""
-    by_loc: dict[str, list[Alloc]] = {}
-    for a in allocs:
-        by_loc.setdefault(a[0], []).append(a)
     return Code.ACCEPTED + "".join(
-        f"{SEP}{loc}{SEP}{sku}{SEP}{q}" for group in by_loc.values() for loc, sku, q in group
+        f"{SEP}{loc}{SEP}{sku}{SEP}{q}" for loc, sku, q in by_location(allocs)
     )
 
 

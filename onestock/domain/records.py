@@ -99,14 +99,17 @@ def allocations(outcome: str) -> list[tuple[str, str, int]]:
     with that location, and what counts "last" (returned units are taken off the last
     allocations first: ``Aftersale.undo``) follows the record."""
     fields = outcome.split(SEP)
-    by_loc: dict[str, list[tuple[str, str, int]]] = {}
-    for i in range(1, len(fields) - 2, 3):
-        loc = fields[i]
-        group = by_loc.get(loc)
-        if group is None:
-            group = by_loc[loc] = []
-        group.append((loc, fields[i + 1], int(fields[i + 2])))
-    return [a for group in by_loc.values() for a in group]
+    return by_location([(fields[i], fields[i + 1], int(fields[i + 2]))
+                        for i in range(1, len(fields) - 2, 3)])  # fmt: skip
+
+
+def by_location(allocs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """(location, SKU, qty) allocations grouped by location, the locations in the order they
+    first appear, each one's in their order: the record's order (``allocations``)."""
+    groups: dict[str, list[tuple[str, str, int]]] = {}
+    for a in allocs:
+        groups.setdefault(a[0], []).append(a)
+    return [a for group in groups.values() for a in group]
 
 
 def shipments(outcome: str, mode: str) -> list[Shipment]:
