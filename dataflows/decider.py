@@ -156,6 +156,7 @@ class Decider:
         # per shard: the generation of its last quarantine (keys.quarantined), when it had one
         self._quarantined: dict[int, int] = {}
         self._fresh = False  # no order of the batch was ever decided (``_prelude``)
+        self._journal: str | None = None  # its shard's journal, on one server (keys.journal)
         self.refusals = Refusals()  # sold-out orders refused on a batch's first read
         # per shard: the greatest paid_at (ms) of the valid orders this process decided there
         self._seen: dict[int, int] = {}
@@ -343,11 +344,17 @@ class Decider:
         fields = ids if step == 1 else [f for oid in ids for f in (oid, ec + oid)]
         mark = self._mark.get(shard)
         ahead = mark is not None and parse_id(last_id) > mark
+        q = self._quarantined.get(shard)
+        calm = q is None or self.store.gen.now > q + 2
+        # A fresh batch known so before the read: the batch before it was written, so the
+        # journal's outcomes are in the registry (deleted here: it holds one batch's calls)
+        forget = self._alone and calm and mark is not None and parse_id(first_id) > mark
         rules = self.view.rules
         skus, pairs, whole = self.refusals.to_read(firsts, rules.limits, rules.bucketed)
         pre = self.wait.call(
-            self.store.shards.prelude, shard, fields, skus, pairs, last_id if ahead else None
-        )
+            self.store.shards.prelude, shard, fields, skus, pairs, last_id if ahead else None,
+            forget,
+        )  # fmt: skip
         if mark is None:  # this process's first batch of the shard: the stored mark
             mark = parse_id(pre.mark)  # type: ignore[arg-type]
             if pre.quarantined is not None:
@@ -361,10 +368,13 @@ class Decider:
         # registry read found; unless a quarantine left a decision without its record.
         # Such a batch's orders are refused on the read where the catalog did not change
         # under it (the view would not be the one the stock was read with); on one server
-        # (``_alone``) the batch is fresh: decide.lua reads no stored outcome for it.
+        # (``_alone``) the batch is fresh: decide.lua reads no stored outcome for it, and its
+        # outcomes go to the shard's journal, which a replay reads (it is kept while a
+        # quarantine keeps batches from being fresh: the quarantined event's may be there).
         q = self._quarantined.get(shard)
         after = parse_id(first_id) > mark and (q is None or self.store.gen.now > q + 2)
         self._fresh = after and self._alone
+        self._journal = keys.journal(shard) if self._alone else None
         refusing = after and pre.version == self.version
         self._mark[shard] = max(mark, parse_id(last_id))
         if pre.version != self.version:
@@ -772,5 +782,5 @@ class Decider:
         return DecideArgs(
             view.router.ids, view.loc_index, view.safety, view.fewest, view.store_channels,
             view.version, ranked, self._paid, self._spread, self._retry, self._pending.keys(),
-            self._fresh,
+            self._fresh, self._journal,
         )  # fmt: skip

@@ -93,10 +93,6 @@ DEC_RULED = "\x00d:"
 # + movement id: the movement's state in this slot (protocol.MOVE_*; kept in the decision
 # hash of the first SKU of the slot's movement.lua call)
 DEC_MOVEMENT = "\x00m:"
-# + the first order id of a fresh decide.lua call (one that reads no stored outcome): the
-# call ran, so a second send of it (a lost reply retried) reads them (in the decision hash of
-# the call's first SKU)
-DEC_FRESH_CALL = "\x00F:"
 # What a winner's gift is instead of a location (gift.lua, gift_return.lua, settled_ack.lua):
 # NUL-prefixed too, so a location id never reads as one.
 GIFT_NONE = "\x00-"  # no unit was left: the campaign ends at this rank
@@ -149,6 +145,16 @@ def decide_mark(shard: int) -> str:
     an entry after it was never decided (nothing of it is stored anywhere). Set before a
     batch's first decision is written."""
     return f"{shard_tag(shard)}:dmark"
+
+
+def journal(shard: int) -> str:
+    """On a single server, the outcomes of the shard's fresh decide.lua calls (those of a
+    batch wholly after its decide mark) since its last fresh batch began: per call, keyed by
+    its first order id, the MessagePack list [order id, outcome, ...]. It stands in for the
+    per-order entries of the decision hashes (one write per call, not per order): a replay
+    of the batch after a crash reads it; the next fresh batch's first read deletes it
+    (dataflows/decider.py, Decider._prelude; decide.lua)."""
+    return f"{shard_tag(shard)}:journal"
 
 
 def quarantined(shard: int) -> str:

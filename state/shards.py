@@ -158,12 +158,14 @@ class Shards:
         skus: list[str],
         pairs: list[tuple[str, str]],
         mark: str | None,
+        forget: bool = False,
     ) -> Prelude:
         """What deciding a batch of ``shard`` reads first, in one round trip: the catalog
         version, ``registry`` of these fields, ``read_alone`` of these SKUs, the units sold
         so far of these (SKU, customer) pairs, and the shard's decide mark: ``mark`` is the
         caller's new one, written here; without it the stored mark is read instead
-        (``Prelude.mark``; see ``set_mark``)."""
+        (``Prelude.mark``; see ``set_mark``). ``forget``: the shard's journal is deleted
+        (keys.journal: the caller knows the batch before was written)."""
         commands: list[tuple[str, ...]] = [("GET", keys.CATALOG_VERSION)]
         if fields:
             commands += self.registry_reads(shard, fields)
@@ -177,6 +179,8 @@ class Shards:
                          written, top]  # fmt: skip
         else:
             commands.append(("SET", keys.decide_mark(shard), mark))
+        if forget:
+            commands.append(("DEL", keys.journal(shard)))
         replies = wire.reads(self.r, commands)
         version = int(replies[0] or 0)
         registry = newer_first(*replies[1:4]) if fields else []

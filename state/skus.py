@@ -48,6 +48,9 @@ class DecideArgs(NamedTuple):
     # no order of the calls was ever decided (decide.lua reads no stored outcome): only the
     # decider says so, of a batch wholly after its shard's decide mark (Decider._prelude)
     fresh: bool = False
+    # on a single server, the journal of the batch's shard (keys.journal): fresh calls write
+    # their outcomes there, every call reads it (a fresh one needs it)
+    journal: str | None = None
 
 
 class Part(NamedTuple):
@@ -181,7 +184,10 @@ class Skus:
     def decide(self, calls: list[list[Order]], args: DecideArgs) -> list[list[bytes]]:
         """One atomic decide.lua call per list of orders (the SKUs of each list lie in one
         slot), all in one round trip: per call, per order its outcome."""
-        return self._per_slot(self._decide, keys.decisions, [_decide_args(o, args) for o in calls])
+        if args.fresh and args.journal is None:
+            raise ValueError("a fresh decide.lua call needs its shard's journal")
+        calls_args = [_decide_args(o, args) for o in calls]
+        return self._per_slot(self._decide, keys.decisions, calls_args, args.journal)
 
     def reserve_parts(
         self, slots: list[list[Part]], floors: dict[str, int], version: int
@@ -269,12 +275,15 @@ class Skus:
         script: Script,
         second: Callable[[str, int], str],
         calls: list[tuple[list[str], list[Any]]],
+        last: str | None = None,
     ) -> list[Any]:
         """Independent one-slot script calls (SKUs, ARGV), pipelined on a single server (each
         stays atomic; a Redis Cluster client runs them one by one, each routed to its slot's
-        node)."""
+        node). ``last``: a key every call takes after its SKUs' (single server only)."""
         self.touched.update(keys.public(sku) for s, _ in calls for sku in s)
-        return wire.scripts(self.r, [(script, sku_keys(s, second, self.gen), a) for s, a in calls])
+        more = [] if last is None else [last]
+        jobs = [(script, sku_keys(s, second, self.gen) + more, a) for s, a in calls]
+        return wire.scripts(self.r, jobs)
 
 
 def sku_keys(skus: list[str], second: Callable[[str, int], str], gen: Gen) -> list[str]:

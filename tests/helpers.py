@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from dataflows.decider import Decider
@@ -66,6 +67,17 @@ def decide(
     d.emit(out)
     rows: Any = store.r.xrange(keys.outbox(shard), "-", "+")
     return [record_from_packed(p) for _, f in rows[before:] for p in packed_records(f)], out.dead
+
+
+def decided_ids(store: Store, sku: str, shard: int = 0) -> set[str]:
+    """The order ids decide.lua stored an outcome of: in the SKU's decision hash (this
+    generation) or in the shard's journal (a fresh call's, keys.journal)."""
+    fields: Any = store.r.hkeys(keys.decisions(sku, store.gen.now))
+    ids = {f.decode() for f in fields}
+    packed: Any
+    for packed in store.r.hvals(keys.journal(shard)):
+        ids.update(msgspec.msgpack.decode(packed)[0::2])
+    return ids
 
 
 def stock(store: Store, sku: str) -> dict[str, int]:

@@ -9,6 +9,7 @@ import pytest
 from dataflows.decider import Decider
 from dataflows.source import ShardSource
 from onestock.ops import services as ops
+from state import keys
 from state.store import Store
 from tests.conftest import load
 from tests.helpers import order
@@ -179,11 +180,59 @@ def test_a_decide_call_sent_twice_takes_its_units_once(store: Store, fresh: bool
     version, _ = store.catalog()
     args = skus.DecideArgs(["st-c"], {"st-c": 1}, [0], 0, set(), version,
                            dict.fromkeys(ids, b"\x00\x00"), dict.fromkeys(ids, 1),
-                           set(), set(), fresh=fresh)  # fmt: skip
+                           set(), set(), fresh=fresh, journal=keys.journal(0))  # fmt: skip
     first = store.skus.decide([orders], args)
     assert store.skus.decide([orders], args) == first
     assert [r.decode().split("\x1f")[0] for r in first[0]] == ["A", "A"]
     assert store.skus.stock_levels(["A", "B"]) == {"A": {"st-c": 3}, "B": {"st-c": 3}}
+    # a fresh call's outcomes are in the journal, not the decision hashes (one write)
+    assert store.r.hexists(keys.decisions("A", store.gen.now), "f0") is not fresh
+
+
+def test_fresh_calls_that_begin_with_the_same_order_keep_both_outcomes(store: Store) -> None:
+    """A borrowing round may send a call beginning with the order an earlier call of the
+    batch left short: its journal entry adds to the earlier one, and a replay of the batch
+    (not fresh, after a crash) finds every order's outcome there and takes no unit again."""
+    from onestock.domain.types import order_decoder
+    from state import skus
+
+    load(store, COPIES)
+    orders = {i: order_decoder.decode(orjson.dumps(order(i, ("A", 1)))) for i in
+              ("x1", "x2", "x3")}  # fmt: skip
+    version, _ = store.catalog()
+
+    def args(fresh: bool) -> skus.DecideArgs:
+        return skus.DecideArgs(["st-c"], {"st-c": 1}, [0], 0, set(), version,
+                               dict.fromkeys(orders, b"\x00\x00"), dict.fromkeys(orders, 1),
+                               set(), set(), fresh=fresh, journal=keys.journal(0))  # fmt: skip
+
+    x1, x2, x3 = orders.values()
+    store.skus.decide([[x1, x2]], args(True))
+    store.skus.decide([[x1, x3]], args(True))
+    assert store.skus.stock_levels(["A"]) == {"A": {"st-c": 2}}
+    replay = store.skus.decide([[x3, x2, x1]], args(False))
+    assert [r.decode().split("\x1f")[0] for r in replay[0]] == ["A", "A", "A"]
+    assert store.skus.stock_levels(["A"]) == {"A": {"st-c": 2}}
+    assert store.r.hlen(keys.journal(0)) == 1
+
+
+def test_the_journal_holds_one_batch_and_a_crash_replay_reads_it(store: Store) -> None:
+    """A fresh batch's outcomes live in its shard's journal until the next fresh batch: a
+    replay of the batch after its records were lost decides nothing again; the next batch
+    deletes the entries before writing its own."""
+    load(store, COPIES)
+    store.shards.shard_count(1)
+    d = Decider(store, say=lambda _m: None)
+    d.process(0, [("1-0", orjson.dumps(order("j1", ("A", 2))))])  # never emitted: a crash
+    assert store.r.hlen(keys.journal(0)) == 1
+    later = Decider(store, say=lambda _m: None)
+    later.emit(later.process(0, [("1-0", orjson.dumps(order("j1", ("A", 2)))),
+                                 ("2-0", orjson.dumps(order("j2", ("A", 1))))]))  # fmt: skip
+    assert store.skus.stock_levels(["A"]) == {"A": {"st-c": 2}}
+    later.emit(later.process(0, [("3-0", orjson.dumps(order("j3", ("B", 1))))]))
+    assert store.r.hkeys(keys.journal(0)) == [b"j3"]
+    recs = {r.order_id: r.status for r in ops.records(store, 1)}
+    assert recs == {"j1": "accepted", "j2": "accepted", "j3": "accepted"}
 
 
 class _RaisesOnBoth(Decider):

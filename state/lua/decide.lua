@@ -6,10 +6,13 @@
 --       alert flag), K_RECORDS its decision hash (order id -> stored outcome), K_BOUGHT units
 --       sold per customer (each also of the generation before: read, not written), K_ALERTS
 --       its low-stock alerts stream, K_CANDIDATES / K_PROGRESS its gift campaigns'
---       candidates and progress (see lib_stock.lua). All in one slot.
+--       candidates and progress (see lib_stock.lua). All in one slot. On a single server
+--       one more key, last: the journal of the batch's shard (keys.journal), which a fresh
+--       call writes its outcomes to (one field, not one per order) and any call reads.
 -- ARGV: nskus, nlocs, nchans, fewest (1: split an order over as few locations as possible,
 --       else nearest first), fresh (1: no order of this call was ever decided, so no
---       stored outcome is read: dataflows/decider.py, Decider._prelude), sku names (nskus),
+--       stored outcome is read, and its outcomes go to the journal, which it needs:
+--       dataflows/decider.py, Decider._prelude), sku names (nskus),
 --       location ids (nlocs), safety stock per location (nlocs: units that online channels
 --       cannot take there), channel ids (nchans: those of this call's orders), norders, then
 --       per order ORDER_ARGS = 3
@@ -41,7 +44,9 @@ local O_CUSTOMER = 2
 -- An order flagged FLAG_SHORT (a hot SKU's bucket may borrow units from its other buckets)
 -- whose stock falls short returns BUCKET_SHORT instead, stores nothing and changes nothing:
 -- it is decided again once the bucket borrowed (dataflows/buckets.py).
--- A replayed order id returns its stored outcome and changes nothing. Stock never goes
+-- A replayed order id returns its stored outcome and changes nothing: stored in its home
+-- SKU's decision hash or, by a fresh call, in the journal (the MessagePack list [order id,
+-- outcome, ...] under the call's first order id). Stock never goes
 -- below zero. Every write happens after the whole ARGV was parsed and validated (Redis does
 -- not roll back a failing script): decisions run on Lua tables, written back at the end.
 local tonumber, concat, call, unpack = tonumber, table.concat, redis.call, unpack
@@ -55,7 +60,7 @@ local CHUNK = 4000
 local function bad(msg) return redis.error_reply('ERR decide.lua: ' .. msg) end
 
 -- The call (read_call): its counts, lists and catalog version.
-local nskus, nlocs, nchans, norders, version, fewest, fresh
+local nskus, nlocs, nchans, norders, version, fewest, fresh, journal
 local first -- ARGV index of the first order's first argument
 local skus, locs, chans, safety, NONE = {}, {}, {}, {}, {}
 
@@ -70,12 +75,16 @@ local any_low = false -- does any SKU of this call have a low-stock threshold
 local function read_call()
   nskus, nlocs = tonumber(ARGV[A_NSKUS]), tonumber(ARGV[A_NLOCS])
   nchans = tonumber(ARGV[A_NCHANS])
-  if not nskus or not nlocs or not nchans or nskus < 1 or #KEYS ~= SKU_KEYS * nskus then
+  if not nskus or not nlocs or not nchans or nskus < 1
+     or (#KEYS ~= SKU_KEYS * nskus and #KEYS ~= SKU_KEYS * nskus + 1) then
     return bad('bad header')
   end
+  if #KEYS > SKU_KEYS * nskus then journal = KEYS[#KEYS] end
   fewest = ARGV[A_FEWEST] == '1'
   fresh = ARGV[A_FRESH] == '1'
-  if not fresh and ARGV[A_FRESH] ~= '0' then return bad('bad header') end
+  if not fresh and ARGV[A_FRESH] ~= '0' or fresh and not journal then
+    return bad('bad header')
+  end
   local at_loc = A_LISTS + nskus -- the first location; then safety stock, channels
   local at_safety, at_chan = at_loc + nlocs, at_loc + 2 * nlocs
   for i = 1, nskus do skus[i] = ARGV[A_LISTS + i - 1] end
@@ -110,16 +119,22 @@ local function ids_by_home()
   return by_home
 end
 
--- A replayed order keeps its stored outcome: one HMGET per decision hash for the batch.
--- (Asked before the staleness check: a stored outcome stands whatever the catalog.) A
--- fresh call has none to read, unless it ran before: its mark (DEC_FRESH_CALL and its first
--- order id, in its first SKU's decision hash, written with its outcomes) says it was sent
--- again (a reply lost, the call retried), and it reads them like any call.
+-- A replayed order keeps its stored outcome: every entry of the journal, and one HMGET per
+-- decision hash for the batch. (Asked before the staleness check: a stored outcome stands
+-- whatever the catalog.) A fresh call has none to read, unless it ran before: its journal
+-- entry (`prior`) says it was sent again (a reply lost, the call retried), and it reads
+-- them like any call. Returns the stored outcomes and `prior`.
 local function read_stored(by_home)
-  local stored = {}
-  if fresh and norders > 0
-     and call('HEXISTS', sku_key(1, K_RECORDS), DEC_FRESH_CALL .. ARGV[first + O_ID]) == 0 then
-    return stored
+  local stored, prior = {}, false
+  if fresh then
+    prior = norders > 0 and call('HGET', journal, ARGV[first + O_ID])
+    if not prior then return stored, prior end
+  end
+  if journal then
+    for _, packed in ipairs(call('HVALS', journal)) do
+      local list = cmsgpack.unpack(packed)
+      for i = 1, #list, 2 do stored[list[i]] = list[i + 1] end
+    end
   end
   for h, ids in pairs(by_home) do
     for i = 1, #ids, CHUNK do
@@ -129,7 +144,7 @@ local function read_stored(by_home)
       end
     end
   end
-  return stored
+  return stored, prior
 end
 
 -- units already sold to each customer of this batch, of SKU s
@@ -283,8 +298,9 @@ local function becomes_candidate(oid, blob, lines)
   return candidate
 end
 
--- The decision hashes' new fields: per SKU index, (field, value) pairs (decide_all).
-local records = {}
+-- The decision hashes' new fields: per SKU index, (field, value) pairs (decide_all); and
+-- a fresh call's outcomes, the journal's: order id, outcome, ...
+local records, journaled = {}, {}
 
 -- An accepted order's effects on the rules of its SKUs, kept per SKU in the SKU's decision
 -- hash under DEC_RULED .. oid (keys.py): the customer, the channel, the units counted against
@@ -369,7 +385,8 @@ local function decide_one(oid, blob, customer)
 end
 
 -- Pass 2: decide in order, on the Lua tables. Returns the outcomes; `records` gets, per SKU
--- index, the (order id, outcome) pairs its decision hash stores (and keep_ruled's).
+-- index, the (order id, outcome) pairs its decision hash stores (and keep_ruled's); in a
+-- fresh call `journaled` gets them instead.
 local function decide_all(stored)
   local out = {}
   for s = 1, nskus do records[s] = {} end
@@ -385,8 +402,11 @@ local function decide_all(stored)
       out[o] = res
       if res ~= BUCKET_SHORT then
         stored[oid] = res
-        local h1, h2 = byte(blob, SPEC_HOME, SPEC_HOME + 1)
-        local rec = records[h1 + 256 * h2]
+        local rec = journaled
+        if not fresh then
+          local h1, h2 = byte(blob, SPEC_HOME, SPEC_HOME + 1)
+          rec = records[h1 + 256 * h2]
+        end
         rec[#rec + 1] = oid
         rec[#rec + 1] = res
       end
@@ -395,12 +415,17 @@ local function decide_all(stored)
   return out
 end
 
--- Write back what changed.
-local function write_back(records)
+-- Write back what changed. A fresh call's journal entry keeps what an earlier call of the
+-- same first order id wrote there (`prior`: the same call sent again, or a borrowing round
+-- of the batch that began with the order it left short).
+local function write_back(records, prior)
   if fresh and norders > 0 then
-    local rec = records[1]
-    rec[#rec + 1] = DEC_FRESH_CALL .. ARGV[first + O_ID]
-    rec[#rec + 1] = norders
+    local entry = journaled
+    if prior then
+      entry = cmsgpack.unpack(prior)
+      for i = 1, #journaled do entry[#entry + 1] = journaled[i] end
+    end
+    call('HSET', journal, ARGV[first + O_ID], cmsgpack.pack(entry))
   end
   for s = 1, nskus do
     settle_alert(s, skus[s], total[s], stock[s])
@@ -419,9 +444,9 @@ if failed then return failed end
 local by_home
 by_home, failed = ids_by_home()
 if failed then return failed end
-local stored = read_stored(by_home)
+local stored, prior = read_stored(by_home)
 read_skus()
 if rules_newer(stock, nskus, version) then return stale_outcomes(stored) end
 local out = decide_all(stored)
-write_back(records)
+write_back(records, prior)
 return out

@@ -66,7 +66,6 @@ local DEC_RETURN = '\0r:'
 local DEC_RETURNED = '\0rq:'
 local DEC_RULED = '\0d:'
 local DEC_MOVEMENT = '\0m:'
-local DEC_FRESH_CALL = '\0F:'
 
 -- a winner's gift instead of a location (keys.py)
 local GIFT_NONE = '\0-'
