@@ -76,6 +76,7 @@ ReturnLine = tuple[str, str, str, str, int, int]
 # index, qty; then the ranking
 _HEAD = struct.Struct("<HHHHBQ")
 _LINE = struct.Struct("<HI")
+_HEAD_LINE = struct.Struct("<HHHHBQHI")  # a one-line order's head and line
 # the flags beside bit 0 (FLAG_VIP: a VIP, the customer's bool): FLAG_SAFETY may take safety
 # stock, FLAG_SHORT answers BUCKET_SHORT instead of sold_out, FLAG_PENDING: not a first-N
 # candidate (yet)
@@ -317,13 +318,19 @@ def _decide_args(orders: list[Order], args: DecideArgs) -> tuple[list[str], list
     store_channels, spread, retry = args.store_channels, args.spread, args.retry
     pending = args.pending
     for o in orders:
-        ranking = ranked[o.order_id]
         lines = o.lines
-        for ln in lines:
-            if ln.sku not in sku_index:
-                sku_index[ln.sku] = len(sku_index) + 1
-        # The outcome lives with the order's smallest SKU name: the same key on every replay.
-        home = sku_index[min(ln.sku for ln in lines)] if len(lines) > 1 else sku_index[lines[0].sku]
+        one = len(lines) == 1
+        if one:
+            home = sku_index.get(lines[0].sku)
+            if home is None:
+                home = sku_index[lines[0].sku] = len(sku_index) + 1
+        else:
+            for ln in lines:
+                if ln.sku not in sku_index:
+                    sku_index[ln.sku] = len(sku_index) + 1
+            # The outcome lives with the order's smallest SKU name: the same key on every
+            # replay.
+            home = sku_index[min(ln.sku for ln in lines)]
         chan = chan_index.get(o.channel)
         if chan is None:
             chan = chan_index[o.channel] = len(chan_index) + 1
@@ -336,13 +343,15 @@ def _decide_args(orders: list[Order], args: DecideArgs) -> tuple[list[str], list
             flags |= _PENDING
         if o.delivery.mode == "pickup":
             pickup = loc_index[o.delivery.store]  # type: ignore[index]
-            head = _HEAD.pack(home, pickup, len(lines), chan, flags, paid_of[o.order_id])
             ranking = b""
         else:
-            head = _HEAD.pack(home, 0, len(lines), chan, flags, paid_of[o.order_id])
-        if len(lines) == 1:
-            spec = head + _LINE.pack(sku_index[lines[0].sku], lines[0].qty) + ranking
+            pickup = 0
+            ranking = ranked[o.order_id]
+        paid = paid_of[o.order_id]
+        if one:  # (the usual order: its head and line in one pack)
+            spec = _HEAD_LINE.pack(home, pickup, 1, chan, flags, paid, home, lines[0].qty) + ranking
         else:
+            head = _HEAD.pack(home, pickup, len(lines), chan, flags, paid)
             spec = head + b"".join(_LINE.pack(sku_index[ln.sku], ln.qty) for ln in lines) + ranking
         # (the customer id always goes: the script judges the rules Redis holds, which a
         # catalog loaded since the caller's view may have given a per-customer limit)
