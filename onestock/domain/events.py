@@ -329,20 +329,21 @@ PAID_CACHE = 4096
 # (2**31 s), ``rfc3339_ms``'s float product is the exact floor of every time with up to 6
 # fraction digits (its rounding errors stay below half a unit there), so the sum equals it.
 _EXACT_MS = range(2**40, 2**31 * 1000)
+_MILLIS = {f"{ms:03d}": ms for ms in range(1000)}  # a fraction of 3 ASCII digits -> its ms
 
 
 def paid_at_ms(text: str) -> int | None:
     """``rfc3339_ms(text)``, the same for every text, parsed once per whole second for the
     usual shape (``YYYY-MM-DDTHH:MM:SS.mmm`` and an offset)."""
     if len(text) > 23 and text[19] == "." and text[23] in "+-Z" and text[16] == ":":
-        frac = text[20:23]
-        if frac.isdigit() and frac.isascii():
+        frac = _MILLIS.get(text[20:23])
+        if frac is not None:
             key = text[:19] + text[23:]
             base = _paid_ms.get(key, _UNSEEN)
             if base == _UNSEEN:
                 base = _parse_paid(key)
             if base is not None and base in _EXACT_MS:
-                return base + int(frac)
+                return base + frac
     ms = _paid_ms.get(text, _UNSEEN)
     return _parse_paid(text) if ms == _UNSEEN else ms
 
