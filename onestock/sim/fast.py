@@ -185,6 +185,10 @@ class _Play:
         # quarantine splits it and decides the halves again (its own draws)
         self.split_rng = random.Random(h.seed * 31 + 17) if h.features.split_batches else None
         self.splits = 0
+        # push indices of orders whose first event makes deciding raise, every time (its own
+        # draws): each ends a dead letter, and its later copy must find its decision
+        self.poisoned = _poisoned(self.lines, random.Random(h.seed * 31 + 19), self.camp) if (
+            h.features.poison) else []  # fmt: skip
 
     def start(self) -> None:
         """(Re)start every worker process: a crash takes the whole cluster down."""
@@ -264,7 +268,9 @@ class _Play:
                     self.before.update(ids)
                 split = self.split_rng is not None and self.split_rng.random() < 0.15
                 self.splits += split and len(rows) > 1
-                out.append(_decide_batch(p.decider, shard, rows, split))
+                order, poisoned = self.order, self.poisoned
+                bad = {eid for eid, _ in rows if order.get((shard, eid), -1) in poisoned}
+                out.append(_decide_batch(p.decider, shard, rows, split, bad))
             self.seen[x].append(p.parts[x].snapshot())
         return out
 
@@ -323,8 +329,9 @@ class _Play:
                       reload_window=window[0] if window else None, versions=vers, ranks=ranks,
                       after_reload={a for a in self.after if a}, first_crash_ms=faults.first_ms,
                       problems=problems, entry_ms=self.entry_ms, rank_paid=rank_paid,
-                      drained=self.drained, capacity=cap, **pub)  # fmt: skip
-        n = faults.crashes + faults.lost + self.splits + len(window)
+                      drained=self.drained, capacity=cap, poisoned=self.poisoned,
+                      **pub)  # fmt: skip
+        n = faults.crashes + faults.lost + self.splits + len(window) + len(self.poisoned)
         return ob, {"events": len(self.lines), "faults": n}
 
 
@@ -422,21 +429,57 @@ def _order_id(raw: bytes) -> str | None:
 
 
 class _Split(Exception):
-    """A whole batch made to raise after deciding (feature ``split_batches``)."""
+    """A whole batch made to raise after deciding (feature ``split_batches``), or every
+    batch that decides a poisoned event (feature ``poison``)."""
 
 
-def _decide_batch(d: Decider, shard: int, rows: list[tuple[str, bytes]], split: bool) -> Decided:
+def _poisoned(lines: list[bytes], rng: random.Random, camp: dict[str, Any] | None) -> list[int]:
+    """Now and then (at most two per history) an order's first event whose order id no other
+    event names but its exact copies, one of them later: no payment, cancel, return or
+    fulfilment of it meets it while it has no record. Not one of the campaign's SKU (a
+    candidate's held record is settled apart)."""
+    out: list[int] = []
+    gift_sku = camp["sku"] if camp else None
+    for i, raw in enumerate(lines):
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if (not isinstance(body, dict) or "type" in body or "payment" in body
+                or not isinstance(body.get("order_id"), str)
+                or not isinstance(body.get("lines"), list)):  # fmt: skip
+            continue
+        if any(isinstance(ln, dict) and ln.get("sku") == gift_sku for ln in body["lines"]):
+            continue
+        name = orjson.dumps(body["order_id"])
+        named = [j for j, other in enumerate(lines) if name in other]
+        if named[0] != i or len(named) < 2 or any(lines[j] != raw for j in named):
+            continue
+        if rng.random() < 0.6:
+            out.append(i)
+            if len(out) == 2:
+                break
+    return out
+
+
+def _decide_batch(
+    d: Decider, shard: int, rows: list[tuple[str, bytes]], split: bool, bad: set[str]
+) -> Decided:
     """The flow's step (``quarantine.process``); with ``split`` the batch (two or more events)
     raises once, when its orders are decided (at its first ``_aftersale``, before its cancels
-    and returns), as a bug its halves do not meet would: the quarantine decides the halves."""
-    if not split or len(rows) < 2:
+    and returns), as a bug its halves do not meet would: the quarantine decides the halves.
+    A batch that decides an event of ``bad`` (entry ids) raises so every time: the quarantine
+    makes that event a dead letter."""
+    if (not split or len(rows) < 2) and not bad:
         return quarantine.process(d, shard, rows, _quiet)
-    real, armed = d._aftersale, [True]
+    real, armed = d._aftersale, [True] if split and len(rows) > 1 else []
 
     def raising(sh: int, batch: Any, *args: Any) -> Any:
         if armed:
             armed.clear()
             raise _Split("a whole batch made to raise after deciding")
+        if bad and any(eid in bad for eid, _ in batch.firsts.values()):
+            raise _Split("a poisoned event made to raise after deciding")
         return real(sh, batch, *args)
 
     d._aftersale = raising  # type: ignore[method-assign,assignment]

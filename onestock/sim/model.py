@@ -63,6 +63,9 @@ class Observed:
     rank_paid: dict[str, int] = field(default_factory=dict)  # order id -> paid_at it ranked by
     # (location, day) -> the orders counted against its daily capacity (empty: not read)
     capacity: dict[tuple[str, int], set[str]] = field(default_factory=dict)
+    # push indices of the orders the fast driver made raise after deciding (feature poison):
+    # each is quarantined, a dead letter; a later copy of it gets its record
+    poisoned: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -309,6 +312,7 @@ class Checker:
             ):
                 self.fail("outcome.final", f"{oid!r}: printed record is not the latest")
         want = Counter(e.raw.decode("utf-8", "replace") for e in self.evs if e.kind == "dead")
+        want.update(ob.lines[i].decode("utf-8", "replace") for i in ob.poisoned)
         theirs = self.return_raws | self.paid_raws | self.ship_raws  # (judged with their orders)
         got = Counter(d["raw"] for d in ob.deadletters if d["raw"] not in theirs)
         for raw in want - got:
