@@ -140,7 +140,7 @@ def borrow_and_decide(
                 borrow(list(targets), True)
                 decide(group, {o.order_id for o in group})
         else:  # every order, also one that borrowed nothing: the scripts answer a replay
-            # with its stored outcome (an order sent here as dry, ``Decider._dry``, was not
+            # with its stored outcome (an order sent here as dry, ``Borrowing.dry``, was not
             # asked yet), and only an order they found short may be refused on the read
             decide(pending, set(of))
         pending = still(pending)

@@ -17,6 +17,7 @@ import redis
 from dataflows import buckets
 from dataflows.aftersale import Aftersale
 from dataflows.batch import Batch, by_generation, decode, triples
+from dataflows.borrowing import Borrowing
 from dataflows.cross_slot import StaleCatalog, decide_cross
 from dataflows.fulfilment import DAY_MS
 from dataflows.gifts import Settler
@@ -29,7 +30,6 @@ from dataflows.view import CatalogView
 from onestock.domain import events, meter
 from onestock.domain.protocol import Code, ProtocolError
 from onestock.domain.records import rejected
-from onestock.domain.routing import plan
 from onestock.domain.types import Order
 from state import gens, keys
 from state.conn import Waiter, parse_id
@@ -106,11 +106,6 @@ def _by_slot(orders: list[Order], one: bool) -> tuple[dict[int, list[Order]], li
     return slot_orders, cross
 
 
-def _where(t: tuple[str, int, str]) -> tuple[str, str]:
-    """A bucket target's (SKU, pickup store or ""): what ``Decider._dry`` holds."""
-    return t[0], t[2]
-
-
 class Decider:
     def __init__(
         self,
@@ -141,14 +136,6 @@ class Decider:
         self._pending: dict[str, int] = {}  # the batch's pending orders -> deadline ms
         self._after: dict[int, str] = {}  # per shard: the last entry id this process decided
         self._paid: dict[str, int] = {}  # paid_at ms of the batch's orders sent to Lua
-        # Hot-SKU buckets: orders that say "short" instead of sold_out in this round, and
-        # orders decided in a bucket other than 0 (it holds no safety stock)
-        self._retry: set[str] = set()
-        self._spread: set[str] = set()
-        # (bucketed SKU, pickup store or "" for shipments) whose other buckets had nothing to
-        # lend at the last borrowing: such orders skip the first round and go straight to
-        # borrowing (sold out: one round, not three)
-        self._dry: set[tuple[str, str]] = set()
         # shards whose last emit said no cancel waits for its order (keys.REG_NO_EARLY)
         self._no_early: set[int] = set()
         # per shard: its decide mark as this process last wrote or read it (keys.decide_mark)
@@ -158,6 +145,7 @@ class Decider:
         self._fresh = False  # no order of the batch was ever decided (``_prelude``)
         self._journal: str | None = None  # its shard's journal, on one server (keys.journal)
         self.refusals = Refusals()  # sold-out orders refused on a batch's first read
+        self.borrowing = Borrowing(store, self.wait.call, self.refusals)  # hot-SKU buckets
         # per shard: the greatest paid_at (ms) of the valid orders this process decided there
         self._seen: dict[int, int] = {}
         # per shard: its watermark (keys.watermark) as this process last read or moved it
@@ -185,7 +173,7 @@ class Decider:
         if version != self.version:
             self.version, catalog = self.wait.call(self.store.catalog)
             self.view = CatalogView(catalog, self.version)
-            self._dry.clear()
+            self.borrowing.dry.clear()
             if catalog is not None:
                 self.settler.load(catalog)
                 buckets.reconcile(self.store, self.wait.call, self.view.buckets)
@@ -274,7 +262,10 @@ class Decider:
             self._room(batch.firsts, judged, pre.mark)  # full days: left out (new orders)
         self._decide(judged.todo, outcome, held_ids)
         if judged.bucketed:
-            self._borrow(judged.bucketed, outcome, held_ids)
+            self.borrowing.borrow(
+                self.view, judged.bucketed, outcome,
+                lambda orders: self._decide(orders, outcome, held_ids), self._ranking, self._paid,
+            )  # fmt: skip
         new = self.lifecycle.route(
             batch.firsts, outcome, held_ids, self._pending, self.view.places, self._ranking,
             decided,
@@ -394,7 +385,7 @@ class Decider:
         skipped (dropped from ``batch.firsts``); one a cancel came before is cancelled, never
         decided; an invalid one, or one the catalog (``_precheck``) or the read
         (``Refusals.judge``) refuses, is rejected; the rest go to the scripts, those of hot
-        SKUs renamed to their bucket (``_assign_buckets``)."""
+        SKUs renamed to their bucket (``Borrowing.assign``)."""
         firsts, got, step = batch.firsts, pre.registry, pre.step
         view = self.view
         short, bought = pre.short, pre.bought
@@ -433,99 +424,11 @@ class Decider:
             if d.deadline_ms:  # type: ignore[union-attr]
                 self._pending[oid] = self._deadline(firsts[oid][0], d.deadline_ms)  # type: ignore[union-attr]
             todo.append(o)
-        self._retry.clear()
-        self._spread.clear()
+        self.borrowing.retry.clear()
+        self.borrowing.spread.clear()
         if not view.buckets.count:
             return _Judged(outcome, todo, [])
-        return self._assign_buckets(shard, todo, outcome)
-
-    def _assign_buckets(self, shard: int, todo: list[Order], outcome: dict[str, str]) -> _Judged:
-        """Orders of hot SKUs renamed to the bucket that decides them (dataflows.buckets):
-        they may borrow; an order of one line of a SKU whose other buckets had nothing to
-        lend at the last borrowing (``_dry``) goes straight to borrowing, whose first round
-        asks decide.lua. A basket is asked first here: short, it may be refused on a read
-        (``_refuse_helpless``), which a replayed basket decided before must never be."""
-        plan, dry, retry, spread = self.view.buckets, self._dry, self._retry, self._spread
-        kept: list[Order] = []
-        bucketed: list[Order] = []  # orders of hot SKUs split into buckets, renamed
-        for o in todo:
-            assigned = plan.assign(o, shard)
-            if assigned is None:
-                kept.append(o)
-                continue
-            renamed, b = assigned
-            oid = renamed.order_id
-            bucketed.append(renamed)
-            retry.add(oid)
-            if b:  # bucket 0 alone holds safety stock
-                spread.add(oid)
-            if dry and len(o.lines) == 1 and _where(plan.targets(renamed)[0]) in dry:
-                outcome[oid] = Code.BUCKET_SHORT  # sold out at the last look: straight to borrowing
-                continue
-            kept.append(renamed)
-        return _Judged(outcome, kept, bucketed)
-
-    def _borrow(self, bucketed: list[Order], outcome: dict[str, str], held_ids: set[str]) -> None:
-        """Hot-SKU orders whose bucket was short: borrow from the SKU's other buckets and
-        decide them again (``buckets.borrow_and_decide``); remember where nothing could be
-        lent (``_dry``)."""
-        again = [o for o in bucketed if buckets.short(outcome[o.order_id])]
-        if any(len(o.lines) > 1 for o in again):
-            self._refuse_helpless(again, outcome)
-            again = [o for o in again if buckets.short(outcome[o.order_id])]
-        if not again:
-            return
-
-        def decide(orders: list[Order], retry: set[str]) -> None:
-            self._retry = retry
-            self._decide(orders, outcome, held_ids)
-
-        def refuse(orders: list[Order]) -> None:
-            self._refuse_whole(orders, outcome)
-
-        moved = buckets.borrow_and_decide(
-            self.store, self.wait.call, self.view.buckets, again, outcome, decide, refuse
-        )
-        for where, units in moved.items():  # none of the SKU's buckets could lend
-            if units:
-                self._dry.discard(where)
-            else:
-                self._dry.add(where)
-
-    def _refuse_helpless(self, short: list[Order], outcome: dict[str, str]) -> None:
-        """Baskets short in a hot SKU's bucket that borrowing cannot help: a line of a SKU
-        without buckets that cannot be served on its own on a read (``decide.lua`` says
-        short for the whole basket). Refused on that read, as the slot-by-slot path plans
-        them; without it every borrowing round would gather the hot SKU into bucket 0."""
-        count = self.view.buckets.count
-        todo = [(o, [ln for ln in o.lines if keys.public(ln.sku) not in count]) for o in short]
-        todo = [(o, plain) for o, plain in todo if plain]
-        if not todo:
-            return
-        names = sorted({ln.sku for _, plain in todo for ln in plain})
-        stock = self.wait.call(self.store.skus.stock_levels, names)
-        floors, fewest = self.view.floors, bool(self.view.fewest)
-        for o, plain in todo:
-            pickup = o.delivery.store if o.delivery.mode == "pickup" else None
-            mine = None if o.channel in self.view.store_channels else floors
-            ranking = self._ranking(o)
-            for ln in plain:
-                res = plan([ln], stock, ranking, pickup, mine, fewest)
-                if isinstance(res, str):
-                    outcome[o.order_id] = rejected(res)
-                    break
-
-    def _refuse_whole(self, orders: list[Order], outcome: dict[str, str]) -> None:
-        """Hot-SKU orders of one line still short after borrowing: those a read of their
-        SKU's buckets at one moment shows it cannot cover are refused (``Refusals.whole``);
-        the others stay short."""
-        plan = self.view.buckets
-        skus = {o.lines[0].sku.partition(keys.BUCKET)[0] for o in orders if len(o.lines) == 1}
-        counts = {sku: plan.count[sku] for sku in skus if sku in plan.count}
-        if counts:
-            read = self.wait.call(self.store.buckets.snapshot, counts, self.version)
-            outcome.update(self.refusals.whole(orders, read, self.view.floors, self._paid,
-                                               self.view.store_channels))  # fmt: skip
+        return _Judged(outcome, *self.borrowing.assign(view, shard, todo, outcome))
 
     def _aftersale(
         self,
@@ -620,8 +523,8 @@ class Decider:
         router = self.view.router
         rankings = [router.decode(ranked[o.order_id]) for o in cross]
         decide_cross(
-            self.store, self.wait.call, cross, rankings, outcome, self.view.rules, self._retry,
-            paid=self._paid,
+            self.store, self.wait.call, cross, rankings, outcome, self.view.rules,
+            self.borrowing.retry, paid=self._paid,
         )  # fmt: skip
         candidates: dict[str, list[tuple[str, int]]] = {}
         for o in cross:
@@ -778,9 +681,9 @@ class Decider:
         """What the batch's decide.lua calls take besides their orders (``state.skus`` packs
         them): the catalog as this process's view has it, and the orders' rankings, paid_at
         and hot-SKU bucket flags."""
-        view = self.view
+        view, hot = self.view, self.borrowing
         return DecideArgs(
             view.router.ids, view.loc_index, view.safety, view.fewest, view.store_channels,
-            view.version, ranked, self._paid, self._spread, self._retry, self._pending.keys(),
+            view.version, ranked, self._paid, hot.spread, hot.retry, self._pending.keys(),
             self._fresh, self._journal,
         )  # fmt: skip

@@ -942,7 +942,7 @@ def test_a_replayed_basket_of_a_dry_hot_sku_keeps_its_stored_decision(
     Decider(store, say=lambda _m: None).process(0, entries)  # then the process dies
     again = Decider(store, say=lambda _m: None)
     again.refresh()  # (a catalog read clears it)
-    again._dry.add(("HOT", ""))  # what a borrow that found nothing to lend leaves
+    again.borrowing.dry.add(("HOT", ""))  # what a borrow that found nothing to lend leaves
     again.emit(again.process(0, entries))
     recs = {r.order_id: r.status for r in ops.records(store, 1)}
     assert recs == {"b1": "accepted"}
