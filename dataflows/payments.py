@@ -183,7 +183,7 @@ class Payments:
         out: list[str] = []
         undo: list[tuple[str, str]] = []
         for d, st in zip(due, states, strict=True):
-            if st.value is None or st.value[:1] != Code.RESERVED or st.cancelling:
+            if st.value is None or st.value[:1] != Code.RESERVED or st.cancelling or st.ahead:
                 continue
             undo.append((d.order_id, st.value))
             version = str(st.version + 1)

@@ -34,6 +34,11 @@ class OrderState(NamedTuple):
     # left it so, or its record is written. The events before that cancel, replayed, judge
     # the order without it; the timers (expiries, claim timeouts) leave it alone.
     cancelling: bool = False
+    # its outcome is in the registry of the generation after the caller's: a part of a later
+    # batch was written before a crash, and this replay of earlier entries runs a generation
+    # back. A timer leaves it alone: a later version written here would lie under that
+    # outcome (reads take the newest generation's), and the order would be expired twice.
+    ahead: bool = False
 
 
 class Payments:
@@ -95,6 +100,7 @@ class Payments:
                     channel,
                     mode or "ship",
                     k is not None or x is not None,
+                    got[0][5 * i] is not None,  # (got[0]: the generation after gen.now)
                 )
             )
         return out
