@@ -335,11 +335,11 @@ class Decider:
         fields = ids if step == 1 else [f for oid in ids for f in (oid, ec + oid)]
         mark = self._mark.get(shard)
         ahead = mark is not None and parse_id(last_id) > mark
-        q = self._quarantined.get(shard)
-        calm = q is None or self.store.gen.now > q + 2
         # A fresh batch known so before the read: the batch before it was written, so the
         # journal's outcomes are in the registry (deleted here: it holds one batch's calls)
-        forget = self._alone and calm and mark is not None and parse_id(first_id) > mark
+        forget = (
+            self._alone and mark is not None and parse_id(first_id) > mark and self._calm(shard)
+        )
         rules = self.view.rules
         skus, pairs, whole = self.refusals.to_read(firsts, rules.limits, rules.bucketed)
         pre = self.wait.call(
@@ -362,8 +362,7 @@ class Decider:
         # (``_alone``) the batch is fresh: decide.lua reads no stored outcome for it, and its
         # outcomes go to the shard's journal, which a replay reads (it is kept while a
         # quarantine keeps batches from being fresh: the quarantined event's may be there).
-        q = self._quarantined.get(shard)
-        after = parse_id(first_id) > mark and (q is None or self.store.gen.now > q + 2)
+        after = parse_id(first_id) > mark and self._calm(shard)
         self._fresh = after and self._alone
         self._journal = keys.journal(shard) if self._alone else None
         refusing = after and pre.version == self.version
@@ -379,6 +378,12 @@ class Decider:
             )  # fmt: skip
             short.update(self.refusals.pooled(read, self.view.floors))
         return _Prelude(ids, pre.registry, step, short, pre.bought, mark)
+
+    def _calm(self, shard: int) -> bool:
+        """No quarantine of the shard in this generation or the two before (its event may
+        have been decided with no record: no batch of the shard is fresh meanwhile)."""
+        q = self._quarantined.get(shard)
+        return q is None or self.store.gen.now > q + 2
 
     def _judge(self, shard: int, batch: Batch, pre: _Prelude) -> _Judged:
         """Every order judged before deciding: a replay of an order whose record exists is
