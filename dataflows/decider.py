@@ -258,7 +258,7 @@ class Decider:
         outcome = judged.outcome
         held_ids: set[str] = set()
         self._skip.clear()
-        if self.view.places.capacity and judged.todo:
+        if self.view.places.capacity and judged.todo and self._calm(shard):
             self._room(batch.firsts, judged, pre.mark)  # full days: left out (new orders)
         self._decide(judged.todo, outcome, held_ids)
         if judged.bucketed:
@@ -351,7 +351,11 @@ class Decider:
             if pre.quarantined is not None:
                 self._quarantined[shard] = pre.quarantined
             if parse_id(last_id) > mark:
-                self.wait.call(self.store.shards.set_mark, shard, last_id)
+                # fresh: every entry up to the mark is at or before the watermark (the source
+                # resumes there at the latest and reads on in order), so written: the journal
+                # of the process before goes too (else each start would leave its batch there)
+                forget = self._alone and parse_id(first_id) > mark and self._calm(shard)
+                self.wait.call(self.store.shards.set_mark, shard, last_id, forget)
         # Fresh: every order of the batch comes after the mark, so no process ever decided
         # it (a replayed one may hold units, or parts a crashed attempt reserved, that the
         # scripts give back before the batch's later orders); an earlier copy of one has its
@@ -656,7 +660,9 @@ class Decider:
         ``Lifecycle.route``; so is an order at or before the shard's decide ``mark``, which a
         run that died before writing its record may have decided: decide.lua answers its
         replay with the stored outcome, its units still taken, and capacity.lua counts it
-        once, so rejecting it here would lose those units.)"""
+        once, so rejecting it here would lose those units. For the same reason no order
+        comes here while a quarantine may have left a decision without its record:
+        ``_calm``.)"""
         places, index = self.view.places, self.view.router.index
         by_day: dict[int, list[Order]] = {}
         for o in judged.todo:

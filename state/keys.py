@@ -152,8 +152,9 @@ def journal(shard: int) -> str:
     batch wholly after its decide mark) since its last fresh batch began: per call, keyed by
     its first order id, the MessagePack list [order id, outcome, ...]. It stands in for the
     per-order entries of the decision hashes (one write per call, not per order): a replay
-    of the batch after a crash reads it; the next fresh batch's first read deletes it
-    (dataflows/decider.py, Decider._prelude; decide.lua)."""
+    of the batch after a crash reads it; the next fresh batch deletes it (with its first
+    read, or right after it in a process's first batch of the shard: dataflows/decider.py,
+    Decider._prelude; decide.lua)."""
     return f"{shard_tag(shard)}:journal"
 
 

@@ -202,9 +202,13 @@ class Shards:
         (``keys.quarantined``)."""
         self.r.set(keys.quarantined(shard), gen)
 
-    def set_mark(self, shard: int, mark: str) -> None:
-        """Write the shard's decide mark (``keys.decide_mark``); only the shard's owner does."""
-        self.r.set(keys.decide_mark(shard), mark)
+    def set_mark(self, shard: int, mark: str, forget: bool = False) -> None:
+        """Write the shard's decide mark (``keys.decide_mark``); only the shard's owner does.
+        ``forget``: and delete the shard's journal (as ``prelude``'s)."""
+        commands: list[tuple[str, ...]] = [("SET", keys.decide_mark(shard), mark)]
+        if forget:
+            commands.append(("DEL", keys.journal(shard)))
+        wire.reads(self.r, commands)
 
     def mark_cancelling(self, shard: int, order_ids: list[str]) -> list[bytes | None]:
         """Say in the shard's registry that these orders are being cancelled; each one's
