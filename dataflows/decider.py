@@ -335,11 +335,13 @@ class Decider:
         fields = ids if step == 1 else [f for oid in ids for f in (oid, ec + oid)]
         mark = self._mark.get(shard)
         ahead = mark is not None and parse_id(last_id) > mark
+
+        def after(m: tuple[int, int]) -> bool:  # the batch is wholly after mark m (below)
+            return parse_id(first_id) > m and self._calm(shard)
+
         # A fresh batch known so before the read: the batch before it was written, so the
         # journal's outcomes are in the registry (deleted here: it holds one batch's calls)
-        forget = (
-            self._alone and mark is not None and parse_id(first_id) > mark and self._calm(shard)
-        )
+        forget = self._alone and mark is not None and after(mark)
         rules = self.view.rules
         skus, pairs, whole = self.refusals.to_read(firsts, rules.limits, rules.bucketed)
         pre = self.wait.call(
@@ -354,7 +356,7 @@ class Decider:
                 # fresh: every entry up to the mark is at or before the watermark (the source
                 # resumes there at the latest and reads on in order), so written: the journal
                 # of the process before goes too (else each start would leave its batch there)
-                forget = self._alone and parse_id(first_id) > mark and self._calm(shard)
+                forget = self._alone and after(mark)
                 self.wait.call(self.store.shards.set_mark, shard, last_id, forget)
         # Fresh: every order of the batch comes after the mark, so no process ever decided
         # it (a replayed one may hold units, or parts a crashed attempt reserved, that the
@@ -366,10 +368,10 @@ class Decider:
         # (``_alone``) the batch is fresh: decide.lua reads no stored outcome for it, and its
         # outcomes go to the shard's journal, which a replay reads (it is kept while a
         # quarantine keeps batches from being fresh: the quarantined event's may be there).
-        after = parse_id(first_id) > mark and self._calm(shard)
-        self._fresh = after and self._alone
+        fresh = after(mark)
+        self._fresh = fresh and self._alone
         self._journal = keys.journal(shard) if self._alone else None
-        refusing = after and pre.version == self.version
+        refusing = fresh and pre.version == self.version
         self._mark[shard] = max(mark, parse_id(last_id))
         if pre.version != self.version:
             self.refresh()
