@@ -124,9 +124,12 @@ def decide_cross(
     retry: set[str] | None = None,
     *,
     paid: dict[str, int],
+    refused: dict[str, str] | None = None,
 ) -> None:
     """Decide cross-slot orders into ``outcome``; ``call`` wraps Redis calls (retry on outage);
-    ``paid``: paid_at in epoch ms per order id (parsed once, at decode).
+    ``paid``: paid_at in epoch ms per order id (parsed once, at decode). ``refused``: orders
+    that may have been decided, which the caller's catalog refuses, with the reason: one
+    reserved whole keeps its stored outcome, any other gets the reason (its parts released).
     An order in ``retry`` that only a hot SKU's bucket is short for gets BUCKET_SHORT (decided again
     once the bucket borrowed; ``dataflows.buckets``) instead of being rejected."""
     items = [_Item(o, r, rules, paid[o.order_id]) for o, r in zip(orders, rankings, strict=True)]
@@ -145,7 +148,10 @@ def decide_cross(
             continue
         if parts.count(None) < n:
             partial.append(it)
-        pending.append(it)
+        if refused and it.order.order_id in refused:
+            outcome[it.order.order_id] = refused[it.order.order_id]
+        else:
+            pending.append(it)
     if partial:
         _release(store, call, partial)
     stalled = 0

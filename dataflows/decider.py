@@ -136,6 +136,9 @@ class Decider:
         self._pending: dict[str, int] = {}  # the batch's pending orders -> deadline ms
         self._after: dict[int, str] = {}  # per shard: the last entry id this process decided
         self._paid: dict[str, int] = {}  # paid_at ms of the batch's orders sent to Lua
+        # orders the catalog refuses that may have been decided (``_judge``): their reasons,
+        # given where the scripts find no stored outcome (FLAG_STORED)
+        self._refused: dict[str, str] = {}
         # shards whose last emit said no cancel waits for its order (keys.REG_NO_EARLY)
         self._no_early: set[int] = set()
         # per shard: its decide mark as this process last wrote or read it (keys.decide_mark)
@@ -245,6 +248,7 @@ class Decider:
             return Decided(shard, last_id, [], [])
         self._paid.clear()
         self._pending.clear()
+        self._refused.clear()
         decided = str(int(time.time() * 1000))
         batch = decode(entries, int(decided))
         # Batch(firsts {order id: (entry id, Decoded)}, cancels, returns, dead, seen)
@@ -403,6 +407,11 @@ class Decider:
         judge, precheck, paid = self.refusals.judge, self._precheck, self._paid
         channels = view.store_channels
         Valid, cancelled = events.Valid, Code.CANCELLED
+        calm, mark = self._calm(shard), pre.mark
+
+        def maybe(eid: str) -> bool:  # the order may have been decided (_Prelude.mark)
+            return not calm or parse_id(eid) <= mark
+
         outcome: dict[str, str] = {}
         todo: list[Order] = []
         # a cancel earlier in this batch than its order: the order is never decided, as when
@@ -425,7 +434,13 @@ class Decider:
                 continue
             o = d.order  # type: ignore[union-attr]
             reason = precheck(o)
-            if reason is None and short and (len(o.lines) > 1 or o.lines[0].sku in short):
+            if reason is not None:
+                if maybe(firsts[oid][0]):
+                    # a run that died before its record may have decided it (its units
+                    # taken) by the catalog before: only its stored outcome is asked
+                    self._refused[oid] = reason
+                    reason = None
+            elif short and (len(o.lines) > 1 or o.lines[0].sku in short):
                 paid_ms = d.paid_ms  # type: ignore[union-attr]
                 reason = judge(o, paid_ms, short, bought, channels)
             if reason is not None:
@@ -514,6 +529,8 @@ class Decider:
                 elif text == Code.STALE:
                     stale = True
                     continue
+                elif text == Code.UNDECIDED and o.order_id in self._refused:
+                    text = self._refused[o.order_id]  # never decided: the catalog's reason
                 else:
                     raise ProtocolError(f"decide.lua answered {text[:40]!r} for {o.order_id!r}")
                 outcome[o.order_id] = text
@@ -535,7 +552,7 @@ class Decider:
         rankings = [router.decode(ranked[o.order_id]) for o in cross]
         decide_cross(
             self.store, self.wait.call, cross, rankings, outcome, self.view.rules,
-            self.borrowing.retry, paid=self._paid,
+            self.borrowing.retry, paid=self._paid, refused=self._refused,
         )  # fmt: skip
         candidates: dict[str, list[tuple[str, int]]] = {}
         for o in cross:
@@ -698,5 +715,5 @@ class Decider:
         return DecideArgs(
             view.router.ids, view.loc_index, view.safety, view.fewest, view.store_channels,
             view.version, ranked, self._paid, hot.spread, hot.retry, self._pending.keys(),
-            self._fresh, self._journal,
+            self._fresh, self._journal, self._refused.keys(),
         )  # fmt: skip

@@ -51,6 +51,9 @@ class DecideArgs(NamedTuple):
     # on a single server, the journal of the batch's shard (keys.journal): fresh calls write
     # their outcomes there, every call reads it (a fresh one needs it)
     journal: str | None = None
+    # orders that may have been decided, which the caller's catalog now refuses: only their
+    # stored outcome is asked (FLAG_STORED; UNDECIDED where none); never in a fresh call
+    stored: Collection[str] = frozenset()
 
 
 class Part(NamedTuple):
@@ -79,8 +82,8 @@ _LINE = struct.Struct("<HI")
 _HEAD_LINE = struct.Struct("<HHHHBQHI")  # a one-line order's head and line
 # the flags beside bit 0 (FLAG_VIP: a VIP, the customer's bool): FLAG_SAFETY may take safety
 # stock, FLAG_SHORT answers BUCKET_SHORT instead of sold_out, FLAG_PENDING: not a first-N
-# candidate (yet)
-_SAFETY, _SHORT, _PENDING = 2, 4, 8
+# candidate (yet), FLAG_STORED: only its stored outcome is asked
+_SAFETY, _SHORT, _PENDING, _STORED = 2, 4, 8, 16
 
 
 class Skus:
@@ -185,8 +188,8 @@ class Skus:
     def decide(self, calls: list[list[Order]], args: DecideArgs) -> list[list[bytes]]:
         """One atomic decide.lua call per list of orders (the SKUs of each list lie in one
         slot), all in one round trip: per call, per order its outcome."""
-        if args.fresh and args.journal is None:
-            raise ValueError("a fresh decide.lua call needs its shard's journal")
+        if args.fresh and (args.journal is None or args.stored):
+            raise ValueError("a fresh decide.lua call needs its shard's journal, no FLAG_STORED")
         calls_args = [_decide_args(o, args) for o in calls]
         return self._per_slot(self._decide, keys.decisions, calls_args, args.journal)
 
@@ -316,7 +319,7 @@ def _decide_args(orders: list[Order], args: DecideArgs) -> tuple[list[str], list
     body: list[Any] = [len(orders)]
     ranked, paid_of, loc_index = args.ranked, args.paid, args.loc_index
     store_channels, spread, retry = args.store_channels, args.spread, args.retry
-    pending = args.pending
+    pending, stored = args.pending, args.stored
     for o in orders:
         lines = o.lines
         one = len(lines) == 1
@@ -341,7 +344,10 @@ def _decide_args(orders: list[Order], args: DecideArgs) -> tuple[list[str], list
             flags |= _SHORT
         if pending and o.order_id in pending:
             flags |= _PENDING
-        if o.delivery.mode == "pickup":
+        if stored and o.order_id in stored:  # (its store may be gone from the catalog)
+            flags |= _STORED
+            pickup, ranking = 0, b""
+        elif o.delivery.mode == "pickup":
             pickup = loc_index[o.delivery.store]  # type: ignore[index]
             ranking = b""
         else:

@@ -353,3 +353,99 @@ def test_a_quarantined_pickups_copy_finds_its_decision_on_a_full_day(store: Stor
     d.emit(d.process(0, [("3-0", orjson.dumps(p1))]))  # the later copy
     assert {r.order_id: r.status for r in ops.records(store, 1)} == {"p1": "accepted"}
     assert store.skus.stock_levels(["A"]) == {"A": {"st-c": 4}}
+
+
+PICKUP = {
+    "channels": [{"id": "tmall"}, {"id": "jd"}],
+    "locations": [{"id": "st-c", "kind": "store", "lat": 30.3, "lon": 120.2, "pickup": True}],
+    "skus": [{"sku": "A", "stock": {"st-c": 5}}, {"sku": "B", "stock": {"st-c": 5}}],
+}
+
+
+def _pickup(oid: str, *lines: tuple[str, int]) -> dict:  # type: ignore[type-arg]
+    o = order(oid, *lines)
+    o["delivery"] = {"mode": "pickup", "store": "st-c"}
+    return o
+
+
+def _no_pickup(cat: dict, levels: dict[str, int]) -> dict:  # type: ignore[type-arg]
+    """The catalog, pickup ended at its store, stock as the store counts it now."""
+    return {
+        **cat,
+        "locations": [{**cat["locations"][0], "pickup": False}],
+        "skus": [{"sku": s, "stock": {"st-c": n}} for s, n in levels.items()],
+    }
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param([("A", 1)], id="one-line"),
+        pytest.param([("A", 1), ("B", 1)], marks=pytest.mark.layout("slots"), id="cross-slot"),
+    ],
+)
+def test_a_replayed_order_keeps_its_decision_under_a_catalog_that_refuses_it(
+    store: Store, lines: list[tuple[str, int]]
+) -> None:
+    """An order decided by a run that died before its record was written, then a catalog
+    that ends pickup at its store: the replay is not refused before the scripts can answer
+    (its units would stay taken with no record); its stored acceptance stands."""
+    load(store, PICKUP)
+    store.shards.shard_count(1)
+    p1 = _pickup("p1", *lines)
+    Decider(store, say=lambda _m: None).process(0, [("1-0", orjson.dumps(p1))])  # dies here
+    taken = {s: 4 for s, _ in lines}
+    assert {s: v["st-c"] for s, v in store.skus.stock_levels(list(taken)).items()} == taken
+    load(store, _no_pickup(PICKUP, {"A": 4, "B": 5 if len(lines) == 1 else 4}))
+    later = Decider(store, say=lambda _m: None)
+    later.emit(later.process(0, [("1-0", orjson.dumps(p1))]))
+    assert {r.order_id: r.status for r in ops.records(store, 1)} == {"p1": "accepted"}
+    assert {s: v["st-c"] for s, v in store.skus.stock_levels(list(taken)).items()} == taken
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param([("A", 1)], id="one-line"),
+        pytest.param([("A", 1), ("B", 1)], marks=pytest.mark.layout("slots"), id="cross-slot"),
+    ],
+)
+def test_an_undecided_order_before_the_mark_gets_the_catalogs_refusal(
+    url: str, store: Store, lines: list[tuple[str, int]]
+) -> None:
+    """An order at or before the decide mark that no run decided (the run died before it
+    came to it) is asked for its stored outcome only: none, so the catalog's refusal
+    stands and nothing is taken."""
+    load(store, PICKUP)
+    store.shards.shard_count(1)
+    entries = [("1-0", orjson.dumps(_pickup("p2", *lines)))]
+
+    def dies(*_a: object) -> None:
+        raise ConnectionError("killed")
+
+    first = Decider(store, say=lambda _m: None)
+    first._decide = dies  # type: ignore[method-assign,assignment]
+    with pytest.raises(ConnectionError):
+        first.process(0, entries)  # the mark moved past 1-0; nothing decided
+    load(store, _no_pickup(PICKUP, {"A": 5, "B": 5}))
+    later = Decider(Store.connect(url), say=lambda _m: None)
+    later.emit(later.process(0, entries))
+    got = {r.order_id: (r.status, r.reason) for r in ops.records(store, 1)}
+    assert got == {"p2": ("rejected", "pickup_unavailable")}
+    assert store.skus.stock_levels(["A", "B"]) == {"A": {"st-c": 5}, "B": {"st-c": 5}}
+    assert store.r.hlen(keys.parts("A", store.gen.now)) == 0
+
+
+def test_a_replayed_order_of_a_channel_since_removed_keeps_its_decision(store: Store) -> None:
+    """The same for an order whose channel a later catalog no longer has."""
+    load(store, PICKUP)
+    store.shards.shard_count(1)
+    o1 = order("o1", ("A", 2))
+    o1["channel"] = "jd"
+    Decider(store, say=lambda _m: None).process(0, [("1-0", orjson.dumps(o1))])  # dies here
+    load(store, {**PICKUP, "channels": [{"id": "tmall"}], "skus": [
+        {"sku": "A", "stock": {"st-c": 3}}, {"sku": "B", "stock": {"st-c": 5}}]})  # fmt: skip
+    later = Decider(store, say=lambda _m: None)
+    later.emit(later.process(0, [("1-0", orjson.dumps(o1))]))
+    assert {r.order_id: r.status for r in ops.records(store, 1)} == {"o1": "accepted"}
+    assert store.skus.stock_levels(["A"]) == {"A": {"st-c": 3}}

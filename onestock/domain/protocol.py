@@ -36,6 +36,9 @@ class Code(StrEnum):
     HELD = "H"  # registry: + the outcome; the record waits for its gift to be settled
     BUCKET_SHORT = "B"  # a hot SKU's bucket was short: borrow from the others, decide again
     STALE = "S"  # decide.lua / reserve_parts.lua: the caller's catalog is older; no change
+    # decide.lua, decide_cross: an order asked only for its stored outcome (one that may have
+    # been decided, now refused by the catalog: Decider._judge) has none; nothing changed
+    UNDECIDED = "U"
     CAMPAIGN_REJECTED = "r"  # registry: a rejected order of a campaign SKU (decisions stream)
     EARLY_CANCEL = "P"  # registry: a cancel waits for its order (keys.REG_EARLY_CANCEL)
     RETURN = "T"  # registry and metric tag: an accepted return's record

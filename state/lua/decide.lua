@@ -44,6 +44,8 @@ local O_CUSTOMER = 2
 -- An order flagged FLAG_SHORT (a hot SKU's bucket may borrow units from its other buckets)
 -- whose stock falls short returns BUCKET_SHORT instead, stores nothing and changes nothing:
 -- it is decided again once the bucket borrowed (dataflows/buckets.py).
+-- An order flagged FLAG_STORED (one that may have been decided, which the caller's catalog
+-- now refuses) returns its stored outcome too, else UNDECIDED: it is never decided here.
 -- A replayed order id returns its stored outcome and changes nothing: stored in its home
 -- SKU's decision hash or, by a fresh call, in the journal (the MessagePack list [order id,
 -- outcome, ...] under the call's first order id). Stock never goes
@@ -394,10 +396,12 @@ local function decide_all(stored)
     local a = first + ORDER_ARGS * (o - 1)
     local oid = ARGV[a + O_ID]
     local prev = stored[oid]
+    local blob = ARGV[a + O_SPEC]
     if prev then
       out[o] = prev
+    elseif not fresh and byte(blob, SPEC_FLAGS) >= FLAG_STORED then -- (the highest flag)
+      out[o] = UNDECIDED
     else
-      local blob = ARGV[a + O_SPEC]
       local res = decide_one(oid, blob, ARGV[a + O_CUSTOMER])
       out[o] = res
       if res ~= BUCKET_SHORT then

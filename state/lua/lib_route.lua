@@ -22,6 +22,9 @@ local FLAG_VIP = 1 -- the customer is a VIP
 local FLAG_SAFETY = 2
 local FLAG_SHORT = 4 -- "short" (BUCKET_SHORT) instead of sold_out (decide.lua)
 local FLAG_PENDING = 8 -- its payment is pending: reserved, not a first-N candidate yet
+-- only its stored outcome is asked (decide.lua): UNDECIDED where none, nothing changes;
+-- never in a fresh call (the highest flag: decide.lua tests it with >=)
+local FLAG_STORED = 16
 --
 -- Lines, as the route functions take them: flat {sku index, qty, sku index, qty, ...}.
 -- `stock`: per SKU index its stock table (read_stock); `floors`: per location the units this
@@ -57,7 +60,7 @@ local function read_spec(blob, exists, ruled)
   end
   return lines, any, p1 + 256 * p2, c1 + 256 * c2, f % (2 * FLAG_VIP) >= FLAG_VIP,
     f % (2 * FLAG_SAFETY) >= FLAG_SAFETY, f % (2 * FLAG_SHORT) >= FLAG_SHORT,
-    f >= FLAG_PENDING
+    f % (2 * FLAG_PENDING) >= FLAG_PENDING
 end
 
 -- The byte of the spec where the ranking of an order of nl lines starts.
