@@ -12,6 +12,9 @@ from onestock.domain.protocol import Code
 from onestock.domain.records import head, held, pack
 from state import gens
 
+# an input entry with its event decoded: (entry id, raw event, decoded)
+Entry = tuple[str, bytes, events.Decoded]
+
 
 class Batch(NamedTuple):
     """A batch decoded (``decode``)."""
@@ -27,13 +30,24 @@ class Batch(NamedTuple):
     fulfilments: list[tuple[str, bytes, events.Fulfilment]]  # likewise
 
 
-def decode(entries: list[tuple[str, bytes]], now_ms: int) -> Batch:
-    """Each entry classified: an order's first event in the batch (a later copy changes
-    nothing), cancels, returns, movements, payments, fulfilment events, dead letters.
+def decoded(entries: list[tuple[str, bytes]], now_ms: int) -> list[Entry]:
+    """Each entry with its event decoded, once per batch (``events.decode``, never raises).
 
     A paid_at is judged against the moment its entry came (its id's time: the same on every
     replay, and what the idempotency window's dead letters rely on, docs/memory.md), or
     ``now_ms`` for an entry id before events.EARLIEST_MS (only hand-made test streams)."""
+    classify, earliest = events.decode, events.EARLIEST_MS
+    out: list[Entry] = []
+    for eid, raw in entries:
+        came = int(eid[: eid.index("-")])
+        out.append((eid, raw, classify(raw, came if came >= earliest else now_ms)))
+    return out
+
+
+def decode(entries: list[Entry]) -> Batch:
+    """Each decoded entry classified: an order's first event in the batch (a later copy
+    changes nothing), cancels, returns, movements, payments, fulfilment events, dead
+    letters."""
     firsts: dict[str, tuple[str, events.Decoded]] = {}
     dead: list[list[Any]] = []
     cancels: dict[str, str] = {}
@@ -42,13 +56,11 @@ def decode(entries: list[tuple[str, bytes]], now_ms: int) -> Batch:
     paids: list[tuple[str, bytes, events.Paid]] = []
     fulfilments: list[tuple[str, bytes, events.Fulfilment]] = []
     seen = -1
-    classify, Dead, Valid, Cancel = events.decode, events.Dead, events.Valid, events.Cancel
+    Dead, Valid, Cancel = events.Dead, events.Valid, events.Cancel
     # an order paid before this came longer ago than the window allows (only then is its
     # own entry's time looked at): a dead letter, never decided (events.STALE_MS)
     stale = int(entries[-1][0].partition("-")[0]) - events.STALE_MS if entries else 0
-    for eid, raw in entries:
-        came = int(eid[: eid.index("-")])
-        d = classify(raw, came if came >= events.EARLIEST_MS else now_ms)
+    for eid, raw, d in entries:
         cls = d.__class__
         if cls is Valid:
             why = _stale(eid, d) if d.paid_ms < stale else ""  # type: ignore[union-attr,arg-type]
@@ -77,13 +89,13 @@ def decode(entries: list[tuple[str, bytes]], now_ms: int) -> Batch:
     return Batch(firsts, cancels, returns, dead, seen, movements, paids, fulfilments)
 
 
-def by_generation(entries: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
+def by_generation(entries: list[Entry]) -> list[list[Entry]]:
     """The entries (in id order) split where their generation changes (state/gens.py): each
     part's scripts write in one generation's idempotency state (and read the ones beside it)."""
     first = gens.of_id(entries[0][0])
     if gens.of_id(entries[-1][0]) == first:
         return [entries]
-    parts: list[list[tuple[str, bytes]]] = [[]]
+    parts: list[list[Entry]] = [[]]
     for e in entries:
         g = gens.of_id(e[0])
         if g != first:

@@ -16,7 +16,7 @@ import redis
 
 from dataflows import buckets
 from dataflows.aftersale import Aftersale
-from dataflows.batch import Batch, by_generation, decode, triples
+from dataflows.batch import Batch, Entry, by_generation, decode, decoded, triples
 from dataflows.borrowing import Borrowing
 from dataflows.cross_slot import StaleCatalog, decide_cross
 from dataflows.fulfilment import DAY_MS
@@ -212,8 +212,9 @@ class Decider:
         """The batch's parts (``payments.segments``) in order: each but the last written
         at once (emit.lua without moving the watermark: the last part moves it)."""
         if not entries:
-            return self._process(shard, entries)
-        parts = [p for same in by_generation(entries) for p in segments(same)]
+            return self._tick(shard)
+        now = int(time.time() * 1000)
+        parts = [p for same in by_generation(decoded(entries, now)) for p in segments(same)]
         for part in parts[:-1]:
             self.store.gen.now = gens.of_id(part[0][0])
             d = self._process(shard, part)
@@ -236,21 +237,19 @@ class Decider:
         meter = (0, 0, 0, 0, later.tags) if later.records else None
         return Decided(shard, "0-0", later.records, [], meter, self.store.gen.now)
 
-    def _process(self, shard: int, entries: list[tuple[str, bytes]]) -> Decided:
+    def _process(self, shard: int, entries: list[Entry]) -> Decided:
         """The batch's phases, each named by what it hands on (every phase is one call per
         batch: the loops over orders stay inside them)."""
-        if not entries:  # a tick from a caught-up shard
-            return self._tick(shard)
         last_id = entries[-1][0]
         entries = self._after_watermark(shard, entries)
-        # [(entry id, raw event), ...]: only entries no outcome was written for
+        # [(entry id, raw event, decoded), ...]: only entries no outcome was written for
         if not entries:
             return Decided(shard, last_id, [], [])
         self._paid.clear()
         self._pending.clear()
         self._refused.clear()
         decided = str(int(time.time() * 1000))
-        batch = decode(entries, int(decided))
+        batch = decode(entries)
         # Batch(firsts {order id: (entry id, Decoded)}, cancels, returns, dead, seen)
         pre = self._prelude(shard, batch.firsts, entries[0][0], last_id)
         # _Prelude(ids, registry values, step, SKUs short on the read, bought), catalog fresh
@@ -306,9 +305,7 @@ class Decider:
 
     # -- the phases of a batch ---------------------------------------------------------------
 
-    def _after_watermark(
-        self, shard: int, entries: list[tuple[str, bytes]]
-    ) -> list[tuple[str, bytes]]:
+    def _after_watermark(self, shard: int, entries: list[Entry]) -> list[Entry]:
         """The entries after the shard's watermark. Entries at or before it have their
         outcomes written (a resume from an older snapshot reads them again): never decided
         again, whatever changed since (a return refused then would find its order now)."""

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dataflows.aftersale import Aftersale
+from dataflows.batch import Entry
 from onestock.domain import events
 from onestock.domain.protocol import SEP, Code
 from onestock.domain.records import head, held, iso_ms, pack
@@ -40,6 +41,8 @@ from state.payments import OrderState
 from state.store import Store
 
 EXPIRE_LIMIT = 1000  # due orders expired per batch or tick of a shard (the rest: the next)
+# the events an order may have no other event beside in a batch's part (``segments``)
+_LATER = frozenset({events.Paid, events.Fulfilment})
 # a paid event that changes nothing and has no outcome of its own (the order was paid)
 _ALREADY_PAID = ""
 # why a payment of an order that is not reserved is refused, by the order's outcome code
@@ -49,24 +52,21 @@ _NOT_RESERVED: dict[str, str] = {
 }
 
 
-def segments(entries: list[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
-    """The batch in parts such that an order with a ``paid`` or a ``fulfilment`` event in a
-    part has no other event there (it then meets the order as earlier parts left it,
-    whatever the batching). Batches without either are one part (a byte test of the batch
-    joined, no decoding: a word across two entries' seam would only cost the split)."""
-    joined = b"\n".join([raw for _, raw in entries])
-    if b'"paid"' not in joined and b'"fulfilment"' not in joined:
+def segments(entries: list[Entry]) -> Iterator[list[Entry]]:
+    """The batch (decoded) in parts such that an order with a ``paid`` or a ``fulfilment``
+    event in a part has no other event there (it then meets the order as earlier parts left
+    it, whatever the batching). Batches without either are one part."""
+    if not any(e[2].__class__ in _LATER for e in entries):
         yield entries
         return
     start = 0
     named: set[str] = set()  # the order ids of the part's events
     later: set[str] = set()  # those with a payment or a fulfilment event in the part
-    for i, (_, raw) in enumerate(entries):
-        d = events.decode(raw)
+    for i, (_, _, d) in enumerate(entries):
         oid = _order_id(d)
         if oid is None:
             continue
-        is_later = d.__class__ is events.Paid or d.__class__ is events.Fulfilment
+        is_later = d.__class__ in _LATER
         if (is_later and oid in named) or oid in later:
             yield entries[start:i]
             start, named, later = i, set(), set()

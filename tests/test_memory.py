@@ -33,9 +33,10 @@ def catalog(limit: int | None = None) -> dict[str, Any]:
 
 
 def test_a_batch_splits_where_the_generation_changes_and_keys_name_theirs() -> None:
-    from dataflows.batch import by_generation
+    from dataflows.batch import by_generation, decoded
 
-    entries = [(f"{L - 2}-0", b"a"), (f"{L - 1}-5", b"b"), (f"{L}-0", b"c"), (f"{2 * L}-1", b"d")]
+    ids = [f"{L - 2}-0", f"{L - 1}-5", f"{L}-0", f"{2 * L}-1"]
+    entries = decoded(list(zip(ids, [b"a", b"b", b"c", b"d"], strict=True)), 0)
     assert [[e[1] for e in p] for p in by_generation(entries)] == [[b"a", b"b"], [b"c"], [b"d"]]
     assert by_generation(entries[:2]) == [entries[:2]]
     assert gens.generation(keys.emitted(3, 7).encode(), ":done:") == 7

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from dataflows.decider import Decider
-from onestock.domain import sharding
+from onestock.domain import events, sharding
 from onestock.domain.records import iso_ms
 from onestock.domain.types import FulfilmentRecord
 from onestock.ops import services as ops
@@ -166,6 +166,25 @@ def test_payment_and_order_in_one_batch_as_in_two(store: Store) -> None:
         ("reserved", 1), ("accepted", 2), ("cancelled", 3)
     ]  # fmt: skip
     assert socks(store) == 100
+
+
+def test_a_batch_splits_at_a_payment_however_its_json_spells_it() -> None:
+    """The parts are cut on the decoded events, never on their bytes: a payment whose type
+    is spelt with a JSON escape splits the batch like any other."""
+    from dataflows.batch import decoded
+    from dataflows.payments import segments
+
+    t = now_ms()
+    raw = [
+        orjson.dumps(pending("o1", t + 3_600_000)),
+        b'{"type":"p\\u0061id","order_id":"o1",' + f'"paid_at":"{iso_ms(t)}"}}'.encode(),
+        orjson.dumps(order("o2", ("SOCKS", 1))),
+    ]
+    entries = decoded([(f"{t + i}-0", r) for i, r in enumerate(raw)], t)
+    assert entries[1][2].__class__ is events.Paid
+    assert [[e[0] for e in part] for part in segments(entries)] == [
+        [f"{t}-0"], [f"{t + 1}-0", f"{t + 2}-0"]
+    ]  # fmt: skip
 
 
 def test_a_paid_campaign_order_is_ranked_by_its_payment(store: Store) -> None:
