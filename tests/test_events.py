@@ -271,3 +271,7 @@ def test_paid_at_parses_each_whole_second_once() -> None:
     texts = [f"2026-11-11T00:00:01.{i:03d}+08:00" for i in range(1000)]
     assert [events.paid_at_ms(t) for t in texts] == [events.rfc3339_ms(t) for t in texts]
     assert list(events._paid_ms) == ["2026-11-11T00:00:01+08:00"]
+    events._utc_s.clear()
+    texts = [f"2026-11-11T00:00:01.{i:03d}Z" for i in range(1000)]
+    assert [events.paid_at_ms(t) for t in texts] == [events.rfc3339_ms(t) for t in texts]
+    assert list(events._utc_s) == ["2026-11-11T00:00:01"]

@@ -332,9 +332,22 @@ _EXACT_MS = range(2**40, 2**31 * 1000)
 _MILLIS = {f"{ms:03d}": ms for ms in range(1000)}  # a fraction of 3 ASCII digits -> its ms
 
 
+# The usual paid_at of all, in UTC with milliseconds: its whole second's text (the first 19
+# characters) -> the second's epoch ms where the milliseconds add exactly, else None.
+_utc_s: dict[str, int | None] = {}
+
+
 def paid_at_ms(text: str) -> int | None:
     """``rfc3339_ms(text)``, the same for every text, parsed once per whole second for the
-    usual shape (``YYYY-MM-DDTHH:MM:SS.mmm`` and an offset)."""
+    usual shape (``YYYY-MM-DDTHH:MM:SS.mmm`` and an offset; ``Z`` the quickest)."""
+    if len(text) == 24 and text[23] == "Z" and text[19] == "." and text[16] == ":":
+        frac = _MILLIS.get(text[20:23])
+        if frac is not None:
+            base = _utc_s.get(text[:19], _UNSEEN)
+            if base == _UNSEEN:
+                base = _utc_second(text[:19])
+            if base is not None:
+                return base + frac
     if len(text) > 23 and text[19] == "." and text[23] in "+-Z" and text[16] == ":":
         frac = _MILLIS.get(text[20:23])
         if frac is not None:
@@ -346,6 +359,14 @@ def paid_at_ms(text: str) -> int | None:
                 return base + frac
     ms = _paid_ms.get(text, _UNSEEN)
     return _parse_paid(text) if ms == _UNSEEN else ms
+
+
+def _utc_second(second: str) -> int | None:
+    ms = rfc3339_ms(second + "Z")
+    if len(_utc_s) >= PAID_CACHE:
+        _utc_s.clear()
+    _utc_s[second] = exact = ms if ms is not None and ms in _EXACT_MS else None
+    return exact
 
 
 def _parse_paid(text: str) -> int | None:
