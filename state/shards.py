@@ -168,7 +168,12 @@ class Shards:
         (keys.journal: the caller knows the batch before was written)."""
         commands: list[tuple[str, ...]] = [("GET", keys.CATALOG_VERSION)]
         if fields:
-            commands += self.registry_reads(shard, fields)
+            # An order's first record, and a cancel that came before the order, are written
+            # in the generation of an entry at or before the order's: in this one or the one
+            # before, never the one after (a later entry or tick writes only later versions
+            # there, of orders recorded before), which is not read here.
+            now = self.gen.now
+            commands += [("HMGET", keys.emitted(shard, g), *fields) for g in (now, now - 1)]
         commands += [("HGETALL", keys.stock(sku)) for sku in skus]
         reads, groups = bought_reads(pairs, self.gen)
         commands += reads
@@ -183,8 +188,8 @@ class Shards:
             commands.append(("DEL", keys.journal(shard)))
         replies = wire.reads(self.r, commands)
         version = int(replies[0] or 0)
-        registry = newer_first(*replies[1:4]) if fields else []
-        at = 4 if fields else 1
+        registry = newer_first(*replies[1:3]) if fields else []
+        at = 3 if fields else 1
         read = {sku: read_alone(got) for sku, got in zip(skus, replies[at:], strict=False)}
         at += len(skus)
         counts = bought_counts(groups, replies[at : at + len(groups)], len(pairs))
@@ -233,9 +238,10 @@ class Shards:
         ``dead``: [entry id, raw, reason] each; ``meter``: the batch's latency sums and
         counts (received->decided ms, n, paid->decided ms, n) and one metric tag per record
         (``emit.lua`` counts the tags of the records it writes now). ``known``: (first, n)
-        records whose keys the caller read in none of the registry's generations since its
-        shard's last emit (the decider's prelude): emit.lua skips looking them up. Sound
-        only for the shard's one owner, with no other emit of the shard in between.
+        records whose keys the caller read in neither the batch's generation of the registry
+        nor the one before since its shard's last emit (the decider's prelude; the one after
+        cannot hold them, as ``prelude`` says): emit.lua skips looking them up. Sound only
+        for the shard's one owner, with no other emit of the shard in between.
         """
         now, before, after = self.registry_keys(shard)
         ks = [now, keys.outbox(shard), keys.deadbox(shard), keys.inbox(shard),

@@ -27,9 +27,10 @@ local K_REGISTRY_NEXT = 12 -- K_REGISTRY's (read: an order's fields are looked u
 --       ntags and (tag, how many records carry it) pairs: the same tags counted; then the
 --       number of rejected campaign orders ("r", below) and their decisions ("<order
 --       id>\31R") joined by \30, as the fast path writes them; last, the first and the
---       last record (1-based, of this call) that the caller read in none of the three
---       registry hashes since the shard's last emit (0 0: none): not looked up again here
---       (state/shards.py, Shards.emit: the shard's one owner, one batch in flight).
+--       last record (1-based, of this call) that the caller read in neither K_REGISTRY
+--       nor the generation before since the shard's last emit (0 0: none; the generation
+--       after never holds them: state/shards.py, Shards.prelude): not looked up again here
+--       (Shards.emit: the shard's one owner, one batch in flight).
 -- Fast path: when no record is in the registry yet and none is special (below; a rejected
 --       campaign order is not), the joined records are written as they came and the counted
 --       tags added: no record or tag is split out in Lua (every string Lua makes costs; this
