@@ -60,10 +60,11 @@ class Decided(msgspec.Struct):
     # per record (onestock.domain.meter)
     meter: tuple[int, int, int, int, list[str]] | None = None
     gen: int = -1  # the generation its registry writes go to (state/gens.py; -1: as it is)
-    # (first record, how many): records of orders the batch's prelude found in no registry
-    # generation, which emit.lua need not look up again (nothing else writes them between:
-    # one owner per shard, one batch of it in flight; ``Shards.emit``)
-    known: tuple[int, int] = (0, 0)
+    # (first record, how many, none held): records of orders the batch's prelude found in no
+    # registry generation, which emit.lua need not look up again (nothing else writes them
+    # between: one owner per shard, one batch of it in flight; ``Shards.emit``), and whether
+    # none of them waits for its gift (Code.HELD)
+    known: tuple[int, int, bool] = (0, 0, False)
 
 
 class _Prelude(NamedTuple):
@@ -285,7 +286,7 @@ class Decider:
             )  # fmt: skip
             records += moved  # registry triples of the movements' records
             tags += moved_tags
-        known = (len(records) // 3, len(batch.firsts))  # the orders' triples come next
+        known = (len(records) // 3, len(batch.firsts), not held_ids)  # the orders' triples next
         sums = triples(
             batch.firsts, outcome, held_ids, decided, records, tags, self.view.campaign_skus
         )

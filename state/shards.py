@@ -229,7 +229,7 @@ class Shards:
         records: list[str],
         dead: list[list[str]],
         meter: Meter | None = None,
-        known: tuple[int, int] = (0, 0),
+        known: tuple[int, int, bool] = (0, 0, False),
     ) -> bool:
         """Write a decided batch exactly once and advance the shard's trim watermark; True
         when no cancel of the shard waits for its order (none came before its order).
@@ -240,8 +240,10 @@ class Shards:
         (``emit.lua`` counts the tags of the records it writes now). ``known``: (first, n)
         records whose keys the caller read in neither the batch's generation of the registry
         nor the one before since its shard's last emit (the decider's prelude; the one after
-        cannot hold them, as ``prelude`` says): emit.lua skips looking them up. Sound only
-        for the shard's one owner, with no other emit of the shard in between.
+        cannot hold them, as ``prelude`` says), distinct order ids: emit.lua skips looking
+        them up; and True when none of them is held (``Code.HELD``): a call whose records
+        are all known then writes them as they came, reading nothing. Sound only for the
+        shard's one owner, with no other emit of the shard in between.
         """
         now, before, after = self.registry_keys(shard)
         ks = [now, keys.outbox(shard), keys.deadbox(shard), keys.inbox(shard),
@@ -302,7 +304,7 @@ def _emit_args(
     records: list[str],
     dead: list[list[str]],
     meter: Meter | None,
-    known: tuple[int, int] = (0, 0),
+    known: tuple[int, int, bool] = (0, 0, False),
 ) -> list[list[Any]]:
     """ARGV of each emit.lua call of a batch (the layout: its header).
 
@@ -340,8 +342,9 @@ def _emit_args(
         r_ids = [oid for oid, value in zip(part[0::3], part[1::3], strict=True)
                  if value == _CAMPAIGN_REJECTED]  # fmt: skip
         args += [len(r_ids), RS.join(oid + _REJECTED for oid in r_ids)]
-        # the known records of this call, 1-based first and last (0 0: none)
+        # the known records of this call, 1-based first and last (0 0: none), none held
         first, last = max(known[0], i), min(known[0] + known[1], i + len(part_tags)) - 1
         args += [first - i + 1, last - i + 1] if first <= last else [0, 0]
+        args.append(int(known[2]))
         calls.append(args)
     return calls

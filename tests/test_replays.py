@@ -108,7 +108,7 @@ def test_a_batchs_orders_are_looked_up_once_and_written_once_however_often_sent(
     d = Decider(store, say=lambda _m: None)
     entries = [(f"{i + 1}-0", orjson.dumps(order(f"k{i}", ("A", 1)))) for i in range(3)]
     out = d.process(0, entries)
-    assert out.known == (0, 3)
+    assert out.known == (0, 3, True)
     before = _hmgets(store)
     d.emit(out)
     assert _hmgets(store) == before  # looked up in the prelude only
@@ -119,16 +119,16 @@ def test_a_batchs_orders_are_looked_up_once_and_written_once_however_often_sent(
 
 def test_the_known_records_are_told_to_each_emit_call_of_a_large_batch() -> None:
     """A batch goes in calls of EMIT_RECORDS records: each call is told which of its own
-    records (1-based, first and last) are known, or 0 0."""
+    records (1-based, first and last) are known, or 0 0, and whether none of them is held."""
     from state.shards import EMIT_RECORDS, _emit_args
 
     n = 2 * EMIT_RECORDS + 11
     records = [f for i in range(n) for f in (f"o{i}", "A", f"rec{i}")]
-    spans = [c[-2:] for c in _emit_args("9-0", records, [], None, (5, 2 * EMIT_RECORDS))]
-    assert spans == [[6, EMIT_RECORDS], [1, EMIT_RECORDS], [1, 5]]
-    spans = [c[-2:] for c in _emit_args("9-0", records, [], None, (EMIT_RECORDS, 3))]
-    assert spans == [[0, 0], [1, 3], [0, 0]]
-    assert _emit_args("9-0", records, [], None)[0][-2:] == [0, 0]
+    spans = [c[-3:] for c in _emit_args("9-0", records, [], None, (5, 2 * EMIT_RECORDS, True))]
+    assert spans == [[6, EMIT_RECORDS, 1], [1, EMIT_RECORDS, 1], [1, 5, 1]]
+    spans = [c[-3:] for c in _emit_args("9-0", records, [], None, (EMIT_RECORDS, 3, False))]
+    assert spans == [[0, 0, 0], [1, 3, 0], [0, 0, 0]]
+    assert _emit_args("9-0", records, [], None)[0][-3:] == [0, 0, 0]
 
 
 class _RaisesAfterDeciding(Decider):

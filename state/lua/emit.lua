@@ -29,12 +29,14 @@ local K_REGISTRY_NEXT = 12 -- K_REGISTRY's (read: an order's fields are looked u
 --       id>\31R") joined by \30, as the fast path writes them; last, the first and the
 --       last record (1-based, of this call) that the caller read in neither K_REGISTRY
 --       nor the generation before since the shard's last emit (0 0: none; the generation
---       after never holds them: state/shards.py, Shards.prelude): not looked up again here
---       (Shards.emit: the shard's one owner, one batch in flight).
+--       after never holds them: state/shards.py, Shards.prelude), distinct order ids: not
+--       looked up again here (Shards.emit: the shard's one owner, one batch in flight);
+--       then 1 when none of them is held (HELD), else 0.
 -- Fast path: when no record is in the registry yet and none is special (below; a rejected
 --       campaign order is not), the joined records are written as they came and the counted
 --       tags added: no record or tag is split out in Lua (every string Lua makes costs; this
---       script runs once per batch).
+--       script runs once per batch). A call whose records are all known and none held takes
+--       it without reading anything: orders, distinct, fresh (the caller's word).
 -- Counters (K_COUNTERS): "records", "dead", "trimmed" (input entries trimmed), and per metric
 --       tag "m<tag>" how many new records carried it, "sum_r"/"sum_p" the latency sums in ms.
 --       Tags count only records written now, so a replay after a crash counts nothing twice;
@@ -72,7 +74,8 @@ local nagg = tonumber(ARGV[tb + 6])
 local nrej = nagg and tonumber(ARGV[tb + 7 + 2 * nagg])
 local known_first = nrej and tonumber(ARGV[tb + 9 + 2 * nagg])
 local known_last = known_first and tonumber(ARGV[tb + 10 + 2 * nagg])
-if not known_last or #ARGV ~= tb + 10 + 2 * nagg
+local none_held = ARGV[tb + 11 + 2 * nagg]
+if not known_last or #ARGV ~= tb + 11 + 2 * nagg or (none_held ~= '0' and none_held ~= '1')
    or not ((known_first == 0 and known_last == 0)
            or (known_first >= 1 and known_first <= known_last and known_last <= nrec)) then
   return redis.error_reply('ERR emit.lua: bad shape')
@@ -309,7 +312,10 @@ local function advance_watermark()
   end
 end
 
-local fresh, plain = read_fresh()
+local fresh, plain = nil, true
+if none_held == '0' or known_first ~= 1 or known_last ~= nrec then
+  fresh, plain = read_fresh()
+end
 if plain then
   write_plain()
 else
