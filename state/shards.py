@@ -166,14 +166,16 @@ class Shards:
         caller's new one, written here; without it the stored mark is read instead
         (``Prelude.mark``; see ``set_mark``). ``forget``: the shard's journal is deleted
         (keys.journal: the caller knows the batch before was written)."""
-        commands: list[tuple[str, ...]] = [("GET", keys.CATALOG_VERSION)]
+        commands: list[wire.Command] = [("GET", keys.CATALOG_VERSION)]
         if fields:
             # An order's first record, and a cancel that came before the order, are written
             # in the generation of an entry at or before the order's: in this one or the one
             # before, never the one after (a later entry or tick writes only later versions
             # there, of orders recorded before), which is not read here.
             now = self.gen.now
-            commands += [("HMGET", keys.emitted(shard, g), *fields) for g in (now, now - 1)]
+            commands.append(
+                wire.Same("HMGET", (keys.emitted(shard, now), keys.emitted(shard, now - 1)), fields)
+            )
         commands += [("HGETALL", keys.stock(sku)) for sku in skus]
         reads, groups = bought_reads(pairs, self.gen)
         commands += reads

@@ -8,12 +8,26 @@ pooled redis-py connection. A Redis Cluster client keeps redis-py's routing per 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import hiredis
 import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
+
+
+class Same(NamedTuple):
+    """``name key *args`` for each of ``keys``, in order (one reply each): on a single
+    server the arguments after the key are packed once, for every key (RESP sends them as
+    the same bytes); e.g. one batch's order ids looked up in two generations of a hash."""
+
+    name: str
+    keys: tuple[str, ...]
+    args: list[Any]
+
+
+Command = tuple[Any, ...] | Same
 
 
 def scripts(
@@ -34,20 +48,44 @@ def scripts(
         return round_trip(client, commands)
 
 
-def reads(client: redis.Redis | RedisCluster, commands: list[tuple[Any, ...]]) -> list[Any]:
+def reads(client: redis.Redis | RedisCluster, commands: Sequence[Command]) -> list[Any]:
     """Read commands in one round trip (a pipeline routed per slot on a cluster); replies as
-    Redis sends them (HGETALL: a flat list on a single server)."""
+    Redis sends them (HGETALL: a flat list on a single server), one per key of a ``Same``."""
     if not commands:
         return []
     if isinstance(client, redis.Redis):
         return round_trip(client, commands)
     pipe = client.pipeline(transaction=False)
     for command in commands:
-        pipe.execute_command(*command)
+        if isinstance(command, Same):
+            for key in command.keys:
+                pipe.execute_command(command.name, key, *command.args)
+        else:
+            pipe.execute_command(*command)
     return pipe.execute()  # type: ignore[no-any-return]
 
 
-def round_trip(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+def _packed(commands: Sequence[Command]) -> tuple[bytes, int]:
+    """The commands packed in one buffer, and how many replies they get."""
+    out: list[bytes] = []
+    for c in commands:
+        if not isinstance(c, Same):
+            out.append(hiredis.pack_command(c))
+            continue
+        first = hiredis.pack_command((c.name, c.keys[0], *c.args))
+        cut = len(_head(c.name, c.keys[0], len(c.args)))
+        out.append(first)
+        out += [_head(c.name, key, len(c.args)) + first[cut:] for key in c.keys[1:]]
+    return b"".join(out), sum(len(c.keys) if isinstance(c, Same) else 1 for c in commands)
+
+
+def _head(name: str, key: str, nargs: int) -> bytes:
+    """RESP of a command's array header, its name and its key (what precedes its args)."""
+    n, k = name.encode(), key.encode()
+    return b"*%d\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (nargs + 2, len(n), n, len(k), k)
+
+
+def round_trip(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     """Commands sent in one write and their replies read in order (single server). Every
     reply is read before the first error reply is raised, so the connection goes back to
     the pool in step; a broken connection raises redis.ConnectionError (retried by
@@ -55,10 +93,11 @@ def round_trip(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
-        conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
+        packed, n = _packed(commands)
+        conn.send_packed_command([packed])
         replies: list[Any] = []
         error: redis.ResponseError | None = None
-        for _ in commands:
+        for _ in range(n):
             try:
                 replies.append(conn.read_response())
             except redis.ResponseError as exc:

@@ -274,3 +274,18 @@ def test_scripts_flushed_from_redis_are_loaded_again(loaded: Store) -> None:
     recs, _ = decide(loaded, [order("after-flush", ("SNEAKER", 2))])
     assert [(r.order_id, r.status) for r in recs] == [("after-flush", "accepted")]
     assert sum(stock(loaded, "SNEAKER").values()) == 10
+
+
+def test_one_lookup_over_several_keys_answers_as_one_command_each(store: Store) -> None:
+    """``wire.Same``: the arguments after the key packed once for every key (one batch's
+    order ids in two generations of a registry) get the replies separate commands get."""
+    from state import wire
+
+    store.r.hset("g:1", mapping={"a": "1", "ü-2": "x", "9": "nine"})
+    store.r.hset("g:é", mapping={"b": "2", "a": "one"})
+    fields: list[object] = ["a", "b", "ü-2", b"\xff", 9, "none"]
+    same = wire.Same("HMGET", ("g:1", "g:é", "g:none"), fields)
+    plain = [("HMGET", k, *fields) for k in same.keys]
+    got = wire.reads(store.r, [("GET", "nothing"), same, ("HLEN", "g:1")])
+    assert got == [None, *wire.reads(store.r, plain), 3]
+    assert got[1] == [b"1", None, b"x", None, b"nine", None]
