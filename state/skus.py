@@ -77,9 +77,9 @@ ReturnLine = tuple[str, str, str, str, int, int]
 # decide.lua's binary spec of an order (its layout: lib_route.lua): home SKU index, pickup
 # location index (0 = ship), lines, channel index, flags, paid_at ms; then per line SKU
 # index, qty; then the ranking
-_HEAD = struct.Struct("<HHHHBQ")
+_HEAD = struct.Struct("<HHHHBHQ")
 _LINE = struct.Struct("<HI")
-_HEAD_LINE = struct.Struct("<HHHHBQHI")  # a one-line order's head and line
+_HEAD_LINE = struct.Struct("<HHHHBHQHI")  # a one-line order's head and line
 # the flags beside bit 0 (FLAG_VIP: a VIP, the customer's bool): FLAG_SAFETY may take safety
 # stock, FLAG_SHORT answers BUCKET_SHORT instead of sold_out, FLAG_PENDING: not a first-N
 # candidate (yet), FLAG_STORED: only its stored outcome is asked
@@ -312,8 +312,8 @@ def _parts_key(sku: str, gen: int) -> str:
 
 
 def _decide_args(orders: list[Order], args: DecideArgs) -> tuple[list[str], list[Any]]:
-    """(SKUs, ARGV) of one decide.lua call: each order is its id, a binary spec and its
-    customer id (the layout: decide.lua's header; the spec's: lib_route.lua's)."""
+    """(SKUs, ARGV) of one decide.lua call: each order is its id and a binary spec ending
+    with its customer id (the layout: decide.lua's header; the spec's: lib_route.lua's)."""
     sku_index: dict[str, int] = {}
     chan_index: dict[str, int] = {}
     body: list[Any] = [len(orders)]
@@ -354,14 +354,20 @@ def _decide_args(orders: list[Order], args: DecideArgs) -> tuple[list[str], list
             pickup = 0
             ranking = ranked[o.order_id]
         paid = paid_of[o.order_id]
+        # (the customer id always goes, last: the script judges the rules Redis holds, which
+        # a catalog loaded since the caller's view may have given a per-customer limit)
+        cust = o.customer.id.encode()
         if one:  # (the usual order: its head and line in one pack)
-            spec = _HEAD_LINE.pack(home, pickup, 1, chan, flags, paid, home, lines[0].qty) + ranking
+            head = _HEAD_LINE.pack(
+                home, pickup, 1, chan, flags, len(cust), paid, home, lines[0].qty
+            )
+            spec = head + ranking + cust
         else:
-            head = _HEAD.pack(home, pickup, len(lines), chan, flags, paid)
-            spec = head + b"".join(_LINE.pack(sku_index[ln.sku], ln.qty) for ln in lines) + ranking
-        # (the customer id always goes: the script judges the rules Redis holds, which a
-        # catalog loaded since the caller's view may have given a per-customer limit)
-        body += [o.order_id, spec, o.customer.id]
+            head = _HEAD.pack(home, pickup, len(lines), chan, flags, len(cust), paid)
+            spec = b"".join(
+                [head, *(_LINE.pack(sku_index[ln.sku], ln.qty) for ln in lines), ranking, cust]
+            )
+        body += [o.order_id, spec]
     skus = list(sku_index)
     locs, chans = args.locations, list(chan_index)
     header = [len(skus), len(locs), len(chans), args.fewest, int(args.fresh), *skus, *locs,

@@ -141,3 +141,20 @@ def test_bench_scripts_against_this_checkout_answers_alike() -> None:
     assert {r.script for r in rows} >= {"decide.lua", "reserve_parts.lua", "emit.lua"}
     assert all(r.items > 0 and r.differing == 0 for r in rows), rows
     assert all(r.baseline_us > 0 and r.current_us > 0 for r in rows), rows
+
+
+def test_bench_scripts_says_when_the_baselines_arguments_differ(tmp_path: Path) -> None:
+    """A baseline whose script refuses this checkout's calls (another ARGV layout) ends the
+    bench with one line saying so, not a traceback."""
+    import shutil
+
+    from onestock.bench.scripts import run_bench_scripts
+    from onestock.domain.errors import OnestockError
+
+    lua_dir = tmp_path / "lua"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "state" / "lua", lua_dir)
+    decide = lua_dir / "decide.lua"
+    decide.write_text("do return redis.error_reply('ERR decide.lua: bad order count') end\n"
+                      + decide.read_text())  # fmt: skip
+    with pytest.raises(OnestockError, match="baseline's decide.lua refused a call .* layout"):
+        run_bench_scripts(str(lua_dir), 500, 1, "one")

@@ -27,12 +27,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import redis
 from redis.commands.core import Script
 from rich.console import Console
 from rich.table import Table
 
 from onestock import burst, harness
 from onestock.bench.measure import bare_drain
+from onestock.domain.errors import OnestockError
 from onestock.domain.settings import DEFAULT_SHARDS
 from state import wire
 from state.conn import lua
@@ -161,7 +163,7 @@ def items_of(name: str, args: list[Any]) -> list[int]:
     if name == "decide.lua":
         nskus, nlocs, nchans = int(args[0]), int(args[1]), int(args[2])
         at = 5 + nskus + 2 * nlocs + nchans  # norders
-        return [at + 1 + 3 * o for o in range(int(args[at]))]
+        return [at + 1 + 2 * o for o in range(int(args[at]))]  # (id, spec) per order
     if name == "reserve_parts.lua":
         p = 1 + int(args[0])
         p += 1 + 2 * int(args[p]) + 1  # the safety stock, the version
@@ -207,7 +209,15 @@ def replay(name: str, calls: list[Call], base: Path, current: Path, rounds: int)
                 answers: list[Any] = [None, None]
                 for side in (0, 1) if (i + rnd) % 2 == 0 else (1, 0):
                     r, sha = sides[side]
-                    answers[side] = r.evalsha(sha, len(ks), *ks, *fresh)
+                    try:
+                        answers[side] = r.evalsha(sha, len(ks), *ks, *fresh)
+                    except redis.ResponseError as exc:
+                        which = ("the baseline's", "this checkout's")[side]
+                        raise OnestockError(
+                            f"bench-scripts: {which} {name} refused a call ({exc}): its "
+                            "arguments' layout differs; compare against a revision with "
+                            "this checkout's layout"
+                        ) from None
                 differing += answers[0] != answers[1]
                 items += len(at)
             for side, (r, sha) in enumerate(sides):

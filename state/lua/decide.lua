@@ -15,20 +15,19 @@
 --       dataflows/decider.py, Decider._prelude), sku names (nskus),
 --       location ids (nlocs), safety stock per location (nlocs: units that online channels
 --       cannot take there), channel ids (nchans: those of this call's orders), norders, then
---       per order ORDER_ARGS = 3
---       arguments: the order id, a little-endian binary spec (its layout: lib_route.lua),
---       and the customer id (always given: the rules judged are the ones stored here,
---       whatever the caller's catalog said); last, the catalog version (below).
+--       per order ORDER_ARGS = 2
+--       arguments: the order id and a little-endian binary spec (its layout: lib_route.lua),
+--       which ends with the customer id (always given: the rules judged are the ones stored
+--       here, whatever the caller's catalog said); last, the catalog version (below).
 local A_NSKUS = 1
 local A_NLOCS = 2
 local A_NCHANS = 3
 local A_FEWEST = 4
 local A_FRESH = 5
 local A_LISTS = 6 -- the first of the lists: sku names, locations, safety stock, channels
-local ORDER_ARGS = 3 -- per order, at these offsets from its first argument:
+local ORDER_ARGS = 2 -- per order, at these offsets from its first argument:
 local O_ID = 0
 local O_SPEC = 1
-local O_CUSTOMER = 2
 -- Rules, checked in this order before any stock: vip_only (before the SKU's pre-sale end
 -- only VIPs buy it), limit_exceeded (units sold to the customer + qty > the SKU's limit),
 -- then the channel locks (sold_out when the SKU's units minus the other channels' active
@@ -152,8 +151,8 @@ end
 -- units already sold to each customer of this batch, of SKU s
 local function read_sold(s)
   local custs, seen = {}, {}
-  for a = first + O_CUSTOMER, first + ORDER_ARGS * norders - 1, ORDER_ARGS do
-    local c = ARGV[a]
+  for a = first + O_SPEC, first + ORDER_ARGS * norders - 1, ORDER_ARGS do
+    local c = spec_customer(ARGV[a])
     if c ~= '' and not seen[c] then seen[c] = true; custs[#custs + 1] = c end
   end
   return read_bought(s, custs)
@@ -221,7 +220,7 @@ local function decide_stock(blob, lines, pickup, floors)
     end
     if #lines == 2 then -- the common case: one line, shipped
       local s, q = lines[1], lines[2]
-      local loc = nearest_holding(blob, locs, stock[s], floors, q)
+      local loc = nearest_holding(blob, ranking_end(blob), locs, stock[s], floors, q)
       if loc then
         take(s, loc, q)
         return ACCEPTED .. SEP .. loc .. SEP .. skus[s] .. SEP .. q
@@ -348,7 +347,7 @@ end
 -- and no low-stock threshold, that a single location can take: its ACCEPTED outcome, taken,
 -- as decide_one would decide it (without its tables); else nil: decide_one decides it.
 local function decide_plain(blob)
-  local p1, p2, n1, n2, _, _, f = byte(blob, SPEC_PICKUP, SPEC_FLAGS)
+  local p1, p2, n1, n2, _, _, f, l1, l2 = byte(blob, SPEC_PICKUP, SPEC_CUSTOMER + 1)
   if n1 ~= 1 or n2 ~= 0 or p1 ~= 0 or p2 ~= 0 then return nil end
   local s1, s2, q1, q2, q3, q4 = byte(blob, SPEC_HEAD + 1, SPEC_HEAD + LINE_BYTES)
   local s = s1 + 256 * s2
@@ -356,21 +355,22 @@ local function decide_plain(blob)
   local q = q1 + 256 * (q2 + 256 * (q3 + 256 * q4))
   if total[s] < q then return nil end
   local floors = f % (2 * FLAG_SAFETY) >= FLAG_SAFETY and NONE or safety
-  local loc = nearest_holding(blob, locs, stock[s], floors, q)
+  local loc = nearest_holding(blob, #blob - l1 - 256 * l2, locs, stock[s], floors, q)
   if not loc then return nil end
   take(s, loc, q)
   return ACCEPTED .. SEP .. loc .. SEP .. skus[s] .. SEP .. q
 end
 
-local function decide_one(oid, blob, customer)
+local function decide_one(oid, blob)
   if not (now or any_low) then
     local res = decide_plain(blob)
     if res then return res end
   end
   local lines, has_rules, pickup, c, vip, all_stock, short, pending = read_spec(blob, exists, ruled)
   if not lines then return UNKNOWN end
-  local draws, ch = nil, chans[c]
-  if has_rules then
+  local draws, ch, customer = nil, chans[c], nil
+  if has_rules then -- (the customer counts only for rules)
+    customer = spec_customer(blob)
     draws = {}
     local broken = rules(blob, lines, customer, vip, ch, draws)
     if broken then return broken end
@@ -402,7 +402,7 @@ local function decide_all(stored)
     elseif not fresh and byte(blob, SPEC_FLAGS) >= FLAG_STORED then -- (the highest flag)
       out[o] = UNDECIDED
     else
-      local res = decide_one(oid, blob, ARGV[a + O_CUSTOMER])
+      local res = decide_one(oid, blob)
       out[o] = res
       if res ~= BUCKET_SHORT then
         stored[oid] = res

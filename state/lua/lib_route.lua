@@ -11,10 +11,13 @@ local SPEC_PICKUP = 3 -- u16 location index of the pickup store, 0 = ship
 local SPEC_NLINES = 5 -- u16 lines
 local SPEC_CHANNEL = 7 -- u16 channel index of the order's channel
 local SPEC_FLAGS = 9 -- u8 FLAG_* bits
-local SPEC_PAID = 10 -- u64 paid_at in epoch milliseconds (time-boxed rules are judged at paid_at)
-local SPEC_HEAD = 17 -- bytes before the first line
+local SPEC_CUSTOMER = 10 -- u16 bytes of the customer id, the spec's last bytes
+local SPEC_PAID = 12 -- u64 paid_at in epoch milliseconds (time-boxed rules are judged at paid_at)
+local SPEC_HEAD = 19 -- bytes before the first line
 local LINE_BYTES = 6 -- then per line: u16 sku index, u32 qty >= 1
 local RANK_BYTES = 2 -- then the ranking: u16 location indices, nearest first (empty for pickup)
+-- and last the customer id (its bytes as SPEC_CUSTOMER says: a call's ARGV has one string
+-- per order fewer; only an order with rules needs it, spec_customer)
 -- The flags:
 local FLAG_VIP = 1 -- the customer is a VIP
 -- it may take safety stock (a store-kind channel, or a hot-SKU bucket other than 0, which
@@ -34,6 +37,18 @@ local FLAG_STORED = 16
 -- then by seq.
 
 local byte = string.byte
+
+-- The customer id (the spec's last bytes).
+local function spec_customer(blob)
+  local l1, l2 = byte(blob, SPEC_CUSTOMER, SPEC_CUSTOMER + 1)
+  return string.sub(blob, #blob - l1 - 256 * l2 + 1)
+end
+
+-- The byte before the customer id: where the ranking ends.
+local function ranking_end(blob)
+  local l1, l2 = byte(blob, SPEC_CUSTOMER, SPEC_CUSTOMER + 1)
+  return #blob - l1 - 256 * l2
+end
 
 -- paid_at in epoch ms (its low 6 bytes: the next 8,000 years)
 local function spec_paid(blob)
@@ -69,10 +84,10 @@ local function ranking_at(nl) return SPEC_HEAD + 1 + LINE_BYTES * nl end
 -- A spec that fits a call of nskus SKUs, nlocs locations, nchans channels: its home SKU
 -- index; else nil and what is malformed ('order' or 'line').
 local function spec_home(blob, nskus, nlocs, nchans)
-  local h1, h2, p1, p2, n1, n2, c1, c2 = byte(blob, SPEC_HOME, SPEC_CHANNEL + 1)
+  local h1, h2, p1, p2, n1, n2, c1, c2, _, l1, l2 = byte(blob, SPEC_HOME, SPEC_CUSTOMER + 1)
   if #blob < SPEC_HEAD then return nil, 'order' end
   local home, pickup, nl, ch = h1 + 256 * h2, p1 + 256 * p2, n1 + 256 * n2, c1 + 256 * c2
-  local rest = #blob - ranking_at(nl) + 1
+  local rest = #blob - l1 - 256 * l2 - ranking_at(nl) + 1
   if home < 1 or home > nskus or pickup > nlocs or nl < 1 or rest < 0 or rest % RANK_BYTES ~= 0
      or ch < 1 or ch > nchans then
     return nil, 'order'
@@ -95,9 +110,10 @@ local function holds_all(stock, loc, lines, floors)
 end
 
 -- An order of one line, shipped (the common case, without the general machinery): the
--- nearest location of its ranking that holds q units of the SKU whose stock table is st.
-local function nearest_holding(blob, locs, st, floors, q)
-  for pos = SPEC_HEAD + 1 + LINE_BYTES, #blob - 1, RANK_BYTES do -- (ranking_at(1))
+-- nearest location of its ranking (ending at byte `last`) that holds q units of the SKU
+-- whose stock table is st.
+local function nearest_holding(blob, last, locs, st, floors, q)
+  for pos = SPEC_HEAD + 1 + LINE_BYTES, last - 1, RANK_BYTES do -- (ranking_at(1))
     local lo, hi = byte(blob, pos, pos + 1)
     local loc = locs[lo + 256 * hi + 1]
     if loc and (st[loc] or 0) - (floors[loc] or 0) >= q then return loc end
@@ -109,7 +125,7 @@ end
 -- locations (the candidates of a split), nearest first.
 local function nearest_whole(blob, at, locs, stock, lines, floors)
   local cands = {}
-  for pos = at, #blob - 1, RANK_BYTES do
+  for pos = at, ranking_end(blob) - 1, RANK_BYTES do
     local lo, hi = byte(blob, pos, pos + 1)
     local loc = locs[lo + 256 * hi + 1]
     if loc then
