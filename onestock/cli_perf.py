@@ -253,6 +253,13 @@ def bench_scripts(
             "'slots' (baskets slot by slot: reserve_parts.lua's calls)."
         ),
     ] = "one",
+    own_calls: Annotated[
+        bool,
+        typer.Option(
+            help="The baseline (a git revision) replays its own code's calls of the same "
+            "orders: for a change to what the scripts take."
+        ),
+    ] = False,
 ) -> None:
     """decide.lua, reserve_parts.lua and emit.lua of this checkout against a baseline's, call
     for call: the calls of an in-process drain (every order accepted) replayed on two fresh
@@ -265,6 +272,8 @@ def bench_scripts(
         raise OnestockError(f"--rounds must be 1..20, not {rounds}")
     if layout not in ("one", "slots"):
         raise OnestockError(f"--layout must be 'one' or 'slots', not {layout!r}")
-    rows = run_bench_scripts(baseline, orders, rounds, layout)
+    if own_calls and Path(baseline).is_dir():
+        raise OnestockError("--own-calls needs a git revision as --baseline, not a directory")
+    rows = run_bench_scripts(baseline, orders, rounds, layout, own_calls)
     if any(r.differing for r in rows if r.script.endswith("(control)")):
         raise OnestockError("the control answered differently: the replay is not repeatable")

@@ -158,3 +158,16 @@ def test_bench_scripts_says_when_the_baselines_arguments_differ(tmp_path: Path) 
                       + decide.read_text())  # fmt: skip
     with pytest.raises(OnestockError, match="baseline's decide.lua refused a call .* layout"):
         run_bench_scripts(str(lua_dir), 500, 1, "one")
+
+
+def test_bench_scripts_own_calls_replays_each_sides_own_calls() -> None:
+    """``--own-calls``: a revision's code drains the same orders in a subprocess of its own
+    tree, and each server replays its side's calls: HEAD against this checkout (the same
+    code in CI) answers alike, and so does the control."""
+    from onestock.bench.scripts import run_bench_scripts
+
+    rows = run_bench_scripts("HEAD", 1500, 1, "one", own_calls=True)
+    assert {r.script for r in rows} == {"decide.lua", "decide.lua (control)", "emit.lua",
+                                        "emit.lua (control)"}  # fmt: skip
+    assert all(r.items > 0 and r.baseline_us > 0 and r.current_us > 0 for r in rows), rows
+    assert all(r.differing == 0 for r in rows if r.script.endswith("(control)")), rows

@@ -13,14 +13,20 @@ shows as differing answers. A control row (the baseline against itself) shows th
 harness's own bias.
 
 The baseline is a directory of Lua files (a ``state/lua`` of another checkout) or a git
-revision of this repository (its ``state/lua``, by ``git archive``).
+revision of this repository (its ``state/lua``, by ``git archive``). A change to what the
+scripts take (their ARGV layout) needs ``--own-calls``: the revision's own code then drains
+the same orders in a subprocess and each server replays its side's own calls (the same
+orders, batched alike), the control being the revision against itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
+import pickle
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -50,6 +56,28 @@ SCRIPTS = {
 Call = tuple[list[str], list[Any]]  # (KEYS, ARGV)
 
 
+class Side(NamedTuple):
+    """What one server replays: per script its calls, each call's item positions
+    (``items_of``, as that side's code lays ARGV out) and the script's text."""
+
+    calls: dict[str, list[Call]]
+    items: dict[str, list[list[int]]]
+    texts: dict[str, str]
+
+
+# Run in a revision's own tree (its code on PYTHONPATH): its side, pickled to argv[3]
+_CAPTURE = """
+import pickle, sys
+from onestock.bench import scripts as s
+from state.conn import lua
+calls = s.capture(int(sys.argv[1]), sys.argv[2])
+items = {n: [s.items_of(n, a) for _, a in got] for n, got in calls.items()}
+texts = {n: lua(base, *libs) for n, (_, libs, base) in s.SCRIPTS.items()}
+with open(sys.argv[3], "wb") as f:
+    pickle.dump((calls, items, texts), f)
+"""
+
+
 class Row(NamedTuple):
     script: str
     items: int  # per side
@@ -58,22 +86,34 @@ class Row(NamedTuple):
     differing: int  # calls answered differently
 
 
-def run_bench_scripts(baseline: str, orders: int, rounds: int, layout: str) -> list[Row]:
+def run_bench_scripts(
+    baseline: str, orders: int, rounds: int, layout: str, own_calls: bool = False
+) -> list[Row]:
     """Capture (in the dataset ``layout``: reserve_parts.lua runs only in "slots"), replay,
-    print the table; the rows (the control row's script is suffixed)."""
+    print the table; the rows (the control row's script is suffixed). ``own_calls``: the
+    baseline (a revision) replays the calls its own code makes (``Side``)."""
     console = Console()
     here = Path(__file__).resolve().parents[2] / "state" / "lua"
-    with _baseline_dir(baseline) as base:
-        console.print(f"capturing the script calls of a drain of {orders:,} orders ...")
-        calls = capture(orders, layout)
+    console.print(f"capturing the script calls of a drain of {orders:,} orders ...")
+    calls = capture(orders, layout)
+    current = Side(calls, {n: [items_of(n, a) for _, a in got] for n, got in calls.items()},
+                   {n: source(here, n) for n in calls})  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if own_calls:
+            console.print(f"capturing {baseline}'s own calls of the same orders ...")
+            base = _revision_side(baseline, orders, layout)
+        else:
+            lua_dir = stack.enter_context(_baseline_dir(baseline))
+            base = current._replace(texts={n: source(lua_dir, n) for n in calls})
         rows = []
         for name, got in calls.items():
             if not got:
                 console.print(f"no calls of {name} in the {layout!r} layout")
                 continue
             console.print(f"replaying {len(got):,} calls of {name} ...")
-            rows.append(replay(name, got, base, here, rounds))
-            rows.append(replay(name, got, base, base, rounds)._replace(script=name + " (control)"))
+            rows.append(replay(name, (base, current), rounds))
+            control = replay(name, (base, base), rounds)
+            rows.append(control._replace(script=name + " (control)"))
     table = Table(title=f"onestock bench-scripts: baseline {baseline} against this checkout")
     for col in ("script", "items", "baseline us/item", "current us/item", "current / baseline",
                 "calls answered differently"):  # fmt: skip
@@ -91,19 +131,41 @@ def _baseline_dir(baseline: str) -> Iterator[Path]:
     if Path(baseline).is_dir():
         yield Path(baseline)
         return
-    root = Path(__file__).resolve().parents[2]
-    got = subprocess.run(["git", "archive", baseline, "state/lua"], cwd=root, capture_output=True)
-    if got.returncode != 0:
-        from onestock.domain.errors import OnestockError
+    with _revision(baseline, "state/lua") as tree:
+        yield tree / "state" / "lua"
 
+
+@contextlib.contextmanager
+def _revision(rev: str, *paths: str) -> Iterator[Path]:
+    """A git revision of this checkout (these paths of it; all without), unpacked."""
+    root = Path(__file__).resolve().parents[2]
+    got = subprocess.run(["git", "archive", rev, *paths], cwd=root, capture_output=True)
+    if got.returncode != 0:
         raise OnestockError(
-            f"--baseline {baseline!r}: neither a directory nor a git revision of {root} "
+            f"--baseline {rev!r}: neither a directory nor a git revision of {root} "
             f"({got.stderr.decode().strip()})"
         )
     with tempfile.TemporaryDirectory(prefix="onestock-scripts-") as tmp:
         with tarfile.open(fileobj=io.BytesIO(got.stdout)) as tar:
             tar.extractall(tmp, filter="data")
-        yield Path(tmp) / "state" / "lua"
+        yield Path(tmp)
+
+
+def _revision_side(rev: str, orders: int, layout: str) -> Side:
+    """A revision's own calls of the same drain (its code, in a subprocess of its tree)."""
+    with _revision(rev) as tree:
+        out = tree / "side.pickle"
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        got = subprocess.run(
+            [sys.executable, "-c", _CAPTURE, str(orders), layout, str(out)],
+            cwd=tree, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        if got.returncode != 0:
+            last = (got.stderr.strip().splitlines() or ["no output"])[-1]
+            raise OnestockError(f"--own-calls: {rev}'s capture failed: {last}")
+        with out.open("rb") as f:
+            calls, items, texts = pickle.load(f)  # (written just now by this checkout's git)
+    return Side(calls, items, texts)
 
 
 def source(lua_dir: Path, name: str) -> str:
@@ -187,43 +249,48 @@ def _fresh(args: list[Any], at: list[int], tag: str) -> list[Any]:
     return out
 
 
-def replay(name: str, calls: list[Call], base: Path, current: Path, rounds: int) -> Row:
-    """Each call on two fresh servers in lockstep (baseline's script on one, ``current``'s on
-    the other), the first of the two alternating; SLOWLOG time per item on each."""
+def replay(name: str, sides: tuple[Side, Side], rounds: int) -> Row:
+    """Each call on two fresh servers in lockstep (the baseline's side on one, the current's
+    on the other: its script, its own call of the same orders), the first of the two
+    alternating; SLOWLOG time per item on each."""
+    if len(sides[0].calls[name]) != len(sides[1].calls[name]):
+        raise OnestockError(
+            f"bench-scripts: {name} was called {len(sides[0].calls[name])} times by the "
+            f"baseline and {len(sides[1].calls[name])} times here: the drains differ"
+        )
     with contextlib.ExitStack() as stack:
         servers = [stack.enter_context(harness.scratch_redis("onestock-replay-"))[0]
                    for _ in range(2)]  # fmt: skip
-        sides = []
-        for server, lua_dir in zip(servers, (base, current), strict=True):
+        loaded = []
+        for server, side in zip(servers, sides, strict=True):
             store = Store.connect(server.url)
             harness.reset(store, catalog=burst.accepted_catalog())
             r = store.r
             r.config_set("slowlog-log-slower-than", 0)
             r.config_set("slowlog-max-len", 1_000_000)
-            sides.append((r, r.script_load(source(lua_dir, name))))
+            loaded.append((r, r.script_load(side.texts[name])))
         spent, items, differing = [0, 0], 0, 0
         for rnd in range(rounds):
-            for i, (ks, args) in enumerate(calls):
-                at = items_of(name, args)
-                fresh = _fresh(args, at, f"#{rnd}")
+            for i in range(len(sides[0].calls[name])):
                 answers: list[Any] = [None, None]
-                for side in (0, 1) if (i + rnd) % 2 == 0 else (1, 0):
-                    r, sha = sides[side]
+                for k in (0, 1) if (i + rnd) % 2 == 0 else (1, 0):
+                    (r, sha), side = loaded[k], sides[k]
+                    ks, args = side.calls[name][i]
+                    fresh = _fresh(args, side.items[name][i], f"#{rnd}")
                     try:
-                        answers[side] = r.evalsha(sha, len(ks), *ks, *fresh)
+                        answers[k] = r.evalsha(sha, len(ks), *ks, *fresh)
                     except redis.ResponseError as exc:
-                        which = ("the baseline's", "this checkout's")[side]
+                        which = ("the baseline's", "this checkout's")[k]
                         raise OnestockError(
                             f"bench-scripts: {which} {name} refused a call ({exc}): its "
-                            "arguments' layout differs; compare against a revision with "
-                            "this checkout's layout"
+                            "arguments' layout differs; compare with --own-calls"
                         ) from None
                 differing += answers[0] != answers[1]
-                items += len(at)
-            for side, (r, sha) in enumerate(sides):
+                items += len(sides[1].items[name][i])
+            for k, (r, sha) in enumerate(loaded):
                 for entry in r.slowlog_get(1_000_000):
                     if sha.encode() in entry["command"]:
-                        spent[side] += entry["duration"]
+                        spent[k] += entry["duration"]
                 r.slowlog_reset()
     n = max(items, 1)
     return Row(name, items, spent[0] / n, spent[1] / n, differing)
