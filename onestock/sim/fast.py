@@ -33,10 +33,12 @@ from dataflows.decider import Decided, Decider
 from dataflows.source import ShardSource
 from onestock.domain import sharding
 from onestock.domain.events import WINDOW_MS
+from onestock.domain.protocol import SEP
+from onestock.domain.types import Order
 from onestock.ops import services as ops
 from onestock.sim import observe
 from onestock.sim.faults import Crash, Faults, faulty_store
-from onestock.sim.history import History, render_catalog
+from onestock.sim.history import History, pickups, render_catalog
 from onestock.sim.model import Observed
 from state import gens, keys
 from state.store import Store
@@ -135,6 +137,31 @@ def _aim_reroute(d: Decider, faults: Faults, aim: str) -> None:
         ship._place = faults.aimed(ship._place, 0.9, aim, after=lambda _: True)  # type: ignore[method-assign]
 
 
+def _aim_pickup(store: Store, faults: Faults, stores: set[str], reload: Callable[[], None]) -> None:
+    """A crash aimed (once) right after the first decide.lua call that took units at one of
+    ``stores`` for a pickup there, whose pickup the reload ends, with the reload in between:
+    the batch's records are not written, and its replay meets a catalog that refuses the
+    pickup (it must keep the decision made). The reload empties ``stores``."""
+    skus = store.skus
+    decide = skus.decide
+    at = [f"{SEP}{s}{SEP}".encode() for s in stores]  # (in an outcome's allocations)
+
+    def took(got: list[list[bytes]]) -> bool:  # (then the reload, from another process)
+        if not any(r[:1] in b"AGV" and any(a in r for a in at) for res in got for r in res):
+            return False
+        reload()
+        return True
+
+    aimed = faults.aimed(decide, 1.0, "pickup", after=took)
+
+    def call(calls: list[list[Order]], args: Any) -> Any:
+        named = any(o.delivery.mode == "pickup" and o.delivery.store in stores
+                    for orders in calls for o in orders)  # fmt: skip
+        return (aimed if named else decide)(calls, args)
+
+    skus.decide = call  # type: ignore[method-assign]
+
+
 class _Play:
     """One history played: the admin client (the "other processes": pushes, the reload), the
     worker processes and what the checker is given. Every random choice comes from one
@@ -189,6 +216,11 @@ class _Play:
         # draws): each ends a dead letter, and its later copy must find its decision
         self.poisoned = _poisoned(self.lines, random.Random(h.seed * 31 + 19), self.camp) if (
             h.features.poison) else []  # fmt: skip
+        # in half the histories whose reload ends pickup at a store (feature reload_ends_pickup;
+        # its own draw), the reload waits for a decide.lua call that took units for a pickup
+        # there, and the process dies before the batch's records (``_aim_pickup``)
+        ended = pickups(self.cats[0]) - pickups(h.reload or self.cats[0])
+        self.ended = ended if random.Random(h.seed * 31 + 23).random() < 0.5 else set()
 
     def start(self) -> None:
         """(Re)start every worker process: a crash takes the whole cluster down."""
@@ -206,6 +238,8 @@ class _Play:
                 procs.append(Worker(self.url, self.faults, k, resume, self.aim))
             except (Crash, redis.ConnectionError):
                 procs.clear()
+        for p in procs if self.ended else ():
+            _aim_pickup(p.store, self.faults, self.ended, self.fire_reload)
         self.faults.arm()
 
     def push(self, i: int, j: int) -> None:
@@ -223,7 +257,9 @@ class _Play:
             tops[x] = rows[-1][0] if rows else tops[x]
 
     def fire_reload(self) -> None:
-        self.window.append(reload(self.admin, self.h, self.anchor, self.cats))
+        if not self.window:  # (once: ``_aim_pickup`` may have fired it before the hook)
+            self.ended.clear()  # (no crash aimed after it)
+            self.window.append(reload(self.admin, self.h, self.anchor, self.cats))
 
     def step(self) -> bool:
         """One worker step: read a batch of some shards, decide, then write them; False
@@ -289,20 +325,21 @@ class _Play:
     def play(self, chunks: list[tuple[int, int]]) -> None:
         """Pushes and worker steps interleaved at random, each crash a restart, until
         everything is pushed and no shard has anything to read; the reload, once, while
-        some of the pushes are done."""
+        some of the pushes are done (or where ``_aim_pickup`` aims it; at the end if not)."""
         h, faults = self.h, self.faults
         while True:
             try:
                 if chunks and (self.rng.random() < 0.4 or not self.step()):
                     i, j = chunks.pop(0)
                     self.push(i, j)
-                    if h.reload is not None and not self.window and j > h.reload_at:
+                    due = h.reload is not None and not self.window and j > h.reload_at
+                    if due and not self.ended:
                         faults.set_hook(self.fire_reload, 5)
                 elif not chunks and not self.step():
                     break
             except (Crash, redis.ConnectionError):  # (a Redis error the step does not retry:
                 self.start()  # the worker process stops, as a crash; restarted)
-        if faults.hook is not None:
+        if h.reload is not None and not self.window:
             faults.hook = None
             self.fire_reload()
 

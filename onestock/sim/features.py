@@ -24,6 +24,10 @@ class Features:
     alerts: bool = True  # low_stock_threshold on some SKUs (checks the sold_out alert)
     reload: bool = True  # a catalog reload mid-burst (same stock levels, rules changed)
     reload_adds_limit: bool = True  # ... which adds a per-customer limit
+    # ... which now and then ends pickup at a store that pickup orders name: an order decided
+    # before it (maybe by a run that died before its record) keeps that decision, one first
+    # decided after it is rejected pickup_unavailable
+    reload_ends_pickup: bool = True
     cancel_after_return: bool = True  # a cancel after a return of the same order
     tail_noop: bool = True  # a shard may end on events that write nothing new
     internal_ids: bool = True  # order ids such as "~nc", "~c:o-003", "#1-0"

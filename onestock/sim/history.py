@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -158,6 +159,7 @@ def generate(seed: int, features: Features) -> History:
 
             no_rules(h.reload)  # (a catalog with a daily capacity: none added by the reload)
         h.reload_at = rng.randint(len(h.events) // 6, len(h.events) // 2)
+        _end_pickup(seed, h)
     return h
 
 
@@ -369,3 +371,25 @@ def _reload(rng: random.Random, cat: dict[str, Any], f: Features) -> dict[str, A
         loc["safety_stock"] = 1 - loc.get("safety_stock", 0)
     new["routing"] = rng.choice(["nearest", "priority", "fewest_shipments"])
     return new
+
+
+def pickups(cat: dict[str, Any]) -> set[str]:
+    """The catalog's locations that offer pickup."""
+    return {loc["id"] for loc in cat["locations"] if loc.get("pickup")}
+
+
+def _end_pickup(seed: int, h: History) -> None:
+    """Now and then the reload ends pickup at the store most pickup orders name (drawn from
+    a source of its own: the rest of the history stays as without it). An order decided
+    before the reload keeps its decision, also when a run died before its record and its
+    replay meets the new catalog; one first decided after it is rejected pickup_unavailable."""
+    if h.reload is None or not h.features.reload_ends_pickup:
+        return
+    named: Counter[str | None] = Counter()
+    for e in h.events:
+        delivery = (e.body or {}).get("delivery") or {}
+        if e.kind in ("order", "closer") and delivery.get("mode") == "pickup":
+            named[delivery.get("store")] += 1
+    stores = [loc for loc in h.reload["locations"] if loc.get("pickup") and named[loc["id"]]]
+    if stores and random.Random(seed * 4_000_037 + 3).random() < 0.5:
+        max(stores, key=lambda loc: named[loc["id"]])["pickup"] = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from onestock.sim.history import BAD_TIMES, GIFT
+from onestock.sim.history import BAD_TIMES, GIFT, pickups
 from onestock.sim.model import ms, ordered, per_sku, units
 
 if TYPE_CHECKING:
@@ -119,6 +119,7 @@ def _limit_rejections(c: Checker, lim: list[dict[str, Any]]) -> None:
 
 def locks_and_presales(c: Checker) -> None:
     _presales_and_pickups(c)
+    _pickups_ended(c)
     _locks(c)
 
 
@@ -141,6 +142,38 @@ def _presales_and_pickups(c: Checker) -> None:
         if dec and dec["status"] == "accepted" and obj.get("delivery", {}).get("mode") == "pickup":
             if {(s["location"], s["mode"]) for s in dec["shipments"]} != {(store, "pickup")}:
                 c.fail("pickup.wrong", f"{oid!r}: pickup at {store!r}, {dec['shipments']}")
+
+
+def _pickups_ended(c: Checker) -> None:
+    """A pickup at a store whose pickup the reload ended, judged by the reloaded catalog alone
+    (fast mode: every batch that held its id began after the reload), is rejected for the
+    first reason that catalog gives (``Decider._precheck``): pickup_unavailable, unless its
+    channel or a SKU is unknown (or it is invalid). One decided before the reload keeps that
+    decision, a replay after a crash too: one outcome per order (``outcome.two_decisions``),
+    its units conserved (``stock.conservation``); one in the reload's window either."""
+    after, cats = c.ob.after_reload, c.ob.catalogs
+    if after is None or len(cats) < 2:
+        return
+    ended, new = pickups(cats[0]) - pickups(cats[-1]), cats[-1]
+    channels, skus = {ch["id"] for ch in new["channels"]}, {s["sku"] for s in new["skus"]}
+    for oid in sorted(after & set(c.decision)):
+        obj, dec = _obj(c, oid), c.decision[oid]
+        delivery = obj.get("delivery") or {}
+        if delivery.get("mode") != "pickup" or delivery.get("store") not in ended:
+            continue
+        if (dec["status"], dec.get("reason")) == ("rejected", "invalid"):
+            continue  # (the decoder's refusal comes first)
+        want = (
+            "unknown_channel"
+            if obj.get("channel") not in channels
+            else "unknown_sku"
+            if any(ln.get("sku") not in skus for ln in obj.get("lines", []))
+            else "pickup_unavailable"
+        )
+        if (dec["status"], dec.get("reason")) != ("rejected", want):
+            c.fail("pickup.ended", f"{oid!r}: pickup at {delivery['store']!r}, ended by the "
+                   f"reload before it was judged, yet {dec['status']} {dec.get('reason') or ''}"
+                   f" (want rejected {want})")  # fmt: skip
 
 
 def _locks(c: Checker) -> None:
