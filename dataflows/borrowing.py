@@ -44,18 +44,25 @@ class Borrowing:
         self.dry: set[tuple[str, str]] = set()
 
     def assign(
-        self, view: CatalogView, shard: int, todo: list[Order], outcome: dict[str, str]
+        self,
+        view: CatalogView,
+        shard: int,
+        todo: list[Order],
+        outcome: dict[str, str],
+        maybe: set[str],
     ) -> tuple[list[Order], list[Order]]:
         """Orders of hot SKUs renamed to the bucket that decides them: (the orders to
         decide, the renamed ones among them or short at once). An order of one line of a
         SKU ``dry`` at the last borrowing goes straight to borrowing, whose first round asks
         decide.lua. A basket is asked first here: short, it may be refused on a read
-        (``_refuse_helpless``), which a replayed basket decided before must never be."""
+        (``_refuse_helpless``), which a replayed basket decided before must never be.
+        ``maybe``: orders an earlier run may have decided (``_decided_in``)."""
         plan_, dry, retry, spread = view.buckets, self.dry, self.retry, self.spread
         kept: list[Order] = []
         bucketed: list[Order] = []  # orders of hot SKUs split into buckets, renamed
+        before = self._decided_in(view, [o for o in todo if o.order_id in maybe]) if maybe else {}
         for o in todo:
-            assigned = plan_.assign(o, shard)
+            assigned = plan_.assign(o, shard, before.get(o.order_id))
             if assigned is None:
                 kept.append(o)
                 continue
@@ -70,6 +77,24 @@ class Borrowing:
                 continue
             kept.append(renamed)
         return kept, bucketed
+
+    def _decided_in(self, view: CatalogView, orders: list[Order]) -> dict[str, int]:
+        """Of these orders an earlier run may have decided, the one-line orders of a hot SKU
+        with an outcome stored in one of its buckets' decision hashes: that bucket. The
+        bucket of such an order depends on the catalog (its channel's kind), which a load
+        since may have changed: its replay must go where its outcome is, or it would be
+        decided again. (A fresh call's outcomes are in its shard's journal, which a call
+        of any bucket reads; a basket is always bucket 0's.)"""
+        count = view.buckets.count
+        ones = [o for o in orders if len(o.lines) == 1 and o.lines[0].sku in count]
+        if not ones:
+            return {}
+        wanted = [
+            (o.order_id, [keys.bucket(o.lines[0].sku, b) for b in range(count[o.lines[0].sku])])
+            for o in ones
+        ]
+        found = self.call(self.store.skus.decided_in, wanted)
+        return {oid: b for (oid, _), b in zip(wanted, found, strict=True) if b is not None}
 
     def borrow(
         self,

@@ -61,16 +61,18 @@ class BucketPlan:
         self.locations = locations  # every location, in the router's order
         self.floors = floors  # safety stock per location (kept by bucket 0 when it lends)
 
-    def assign(self, o: Order, shard: int) -> tuple[Order, int] | None:
-        """The order with each bucketed SKU renamed to the bucket that decides it, and that
-        bucket; None when it has no bucketed SKU."""
+    def assign(self, o: Order, shard: int, b: int | None = None) -> tuple[Order, int] | None:
+        """The order with each bucketed SKU renamed to the bucket that decides it (``b``
+        where given: the bucket an earlier run decided it in), and that bucket; None when it
+        has no bucketed SKU."""
         count = self.count
         lines = o.lines
         if not any(ln.sku in count for ln in lines):
             return None
-        b = 0
-        if len(lines) == 1 and o.channel not in self.store_channels:
-            b = shard % count[lines[0].sku]
+        if b is None:
+            b = 0
+            if len(lines) == 1 and o.channel not in self.store_channels:
+                b = shard % count[lines[0].sku]
         renamed = [
             replace(ln, sku=keys.bucket(ln.sku, b)) if ln.sku in count else ln for ln in lines
         ]

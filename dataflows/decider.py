@@ -78,6 +78,7 @@ class _Prelude(NamedTuple):
     # the shard's decide mark before this batch: an order at or before it may have been
     # decided by a run that died before its record was written (decide.lua holds its units)
     mark: tuple[int, int]
+    fresh: bool = False  # the batch is wholly after the mark, no quarantine near
 
 
 class _Judged(NamedTuple):
@@ -385,7 +386,7 @@ class Decider:
                 self.version,
             )  # fmt: skip
             short.update(self.refusals.pooled(read, self.view.floors))
-        return _Prelude(ids, pre.registry, step, short, pre.bought, mark)
+        return _Prelude(ids, pre.registry, step, short, pre.bought, mark, fresh)
 
     def _calm(self, shard: int) -> bool:
         """No quarantine of the shard in this generation or the two before (its event may
@@ -452,7 +453,12 @@ class Decider:
         self.borrowing.spread.clear()
         if not view.buckets.count:
             return _Judged(outcome, todo, [])
-        return _Judged(outcome, *self.borrowing.assign(view, shard, todo, outcome))
+        # (an order an earlier run may have decided: its replay goes to the bucket that holds
+        # its outcome, which the catalog's bucket choice may no longer name)
+        maybe_ids = (
+            set() if pre.fresh else {o.order_id for o in todo if maybe(firsts[o.order_id][0])}
+        )
+        return _Judged(outcome, *self.borrowing.assign(view, shard, todo, outcome, maybe_ids))
 
     def _aftersale(
         self,

@@ -165,6 +165,21 @@ class Skus:
                 out[i] = value
         return out
 
+    def decided_in(self, wanted: list[tuple[str, list[str]]]) -> list[int | None]:
+        """Per (order id, SKU names): the index of the first SKU whose decision hash (in the
+        three generations) stores an outcome of the order, None where none does; one round
+        trip."""
+        reads = [("HMGET", keys.decisions(name, g), oid)
+                 for oid, names in wanted for name in names for g in self.gen.read()]  # fmt: skip
+        got = [r[0] is not None for r in wire.reads(self.r, reads)]
+        out: list[int | None] = []
+        at = 0
+        for _, names in wanted:
+            held = [any(got[at + 3 * i : at + 3 * i + 3]) for i in range(len(names))]
+            at += 3 * len(names)
+            out.append(held.index(True) if True in held else None)
+        return out
+
     def returned(self, wanted: list[tuple[str, str, str]]) -> list[list[bytes | None]]:
         """Per (SKU, order id, return digest), one round trip: the units of the SKU returned
         for the order so far (``keys.DEC_RETURNED``) and whether that return was applied to

@@ -449,3 +449,54 @@ def test_a_replayed_order_of_a_channel_since_removed_keeps_its_decision(store: S
     later.emit(later.process(0, [("1-0", orjson.dumps(o1))]))
     assert {r.order_id: r.status for r in ops.records(store, 1)} == {"o1": "accepted"}
     assert store.skus.stock_levels(["A"]) == {"A": {"st-c": 3}}
+
+
+def _hot(stock: int, channels: list[dict[str, str]], buckets: int = 4) -> dict:  # type: ignore[type-arg]
+    return {
+        "channels": channels,
+        "locations": [{"id": "wh-a", "lat": 31.2, "lon": 121.5}],
+        "skus": [{"sku": "HOT", "stock": {"wh-a": stock}, "buckets": buckets}],
+    }
+
+
+_WITH_POS = [{"id": "tmall"}, {"id": "pos", "kind": "store"}]
+
+
+@pytest.mark.parametrize(
+    ("shard", "later_channels"),
+    [
+        pytest.param(0, [{"id": "tmall"}], id="removed-shard-0"),
+        pytest.param(1, [{"id": "tmall"}], id="removed"),
+        pytest.param(1, [{"id": "tmall"}, {"id": "pos"}], id="made-online"),
+    ],
+)
+def test_a_hot_sku_replay_goes_to_the_bucket_that_decided_it(
+    url: str, store: Store, shard: int, later_channels: list[dict[str, str]]
+) -> None:
+    """(A helper's review.) A one-line order of a hot SKU from a store-kind channel is
+    decided in bucket 0, an online channel's in bucket shard % B. A run decided it (not
+    fresh: into bucket 0's decision hash) and died before its record; a reload then removed
+    the channel, or made it an online one. Its replay went to bucket shard % B, found no
+    outcome there and was refused (unknown_channel) or decided again: a unit taken twice,
+    or taken with no record. A replay now goes to the bucket whose decision hash holds its
+    outcome."""
+
+    def dies(*_a: object) -> None:
+        raise ConnectionError("killed")
+
+    load(store, _hot(8, _WITH_POS))
+    store.shards.shard_count(4)
+    o1 = order("o1", ("HOT", 1), lat=31.2, lon=121.5)
+    o1["channel"] = "pos"
+    entries = [("1-0", orjson.dumps(o1))]
+    first = Decider(store, say=lambda _m: None)
+    first._decide = dies  # type: ignore[method-assign,assignment]
+    with pytest.raises(ConnectionError):
+        first.process(shard, entries)  # the mark moves past 1-0; nothing decided
+    Decider(Store.connect(url), say=lambda _m: None).process(shard, entries)  # dies after
+    load(store, _hot(7, later_channels))  # stock as counted now
+    later = Decider(Store.connect(url), say=lambda _m: None)
+    later.emit(later.process(shard, entries))
+    got = {r.order_id: (r.status, r.reason) for r in ops.records(store, 4)}
+    assert got == {"o1": ("accepted", None)}
+    assert ops.stock_view(store, "HOT")["HOT"].total == 7
