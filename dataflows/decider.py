@@ -15,11 +15,11 @@ import msgspec
 import redis
 
 from dataflows import buckets
+from dataflows.admission import precheck, room
 from dataflows.aftersale import Aftersale
 from dataflows.batch import Batch, Entry, by_generation, decode, decoded, triples
 from dataflows.borrowing import Borrowing
 from dataflows.cross_slot import StaleCatalog, decide_cross
-from dataflows.fulfilment import DAY_MS
 from dataflows.gifts import Settler
 from dataflows.housekeeping import Housekeeper
 from dataflows.lifecycle import Lifecycle
@@ -397,13 +397,13 @@ class Decider:
     def _judge(self, shard: int, batch: Batch, pre: _Prelude) -> _Judged:
         """Every order judged before deciding: a replay of an order whose record exists is
         skipped (dropped from ``batch.firsts``); one a cancel came before is cancelled, never
-        decided; an invalid one, or one the catalog (``_precheck``) or the read
+        decided; an invalid one, or one the catalog (``admission.precheck``) or the read
         (``Refusals.judge``) refuses, is rejected; the rest go to the scripts, those of hot
         SKUs renamed to their bucket (``Borrowing.assign``)."""
         firsts, got, step = batch.firsts, pre.registry, pre.step
         view = self.view
         short, bought = pre.short, pre.bought
-        judge, precheck, paid = self.refusals.judge, self._precheck, self._paid
+        judge, paid = self.refusals.judge, self._paid
         channels = view.store_channels
         Valid, cancelled = events.Valid, Code.CANCELLED
         calm, mark = self._calm(shard), pre.mark
@@ -432,7 +432,7 @@ class Decider:
                 outcome[oid] = rejected("invalid", d.detail)  # type: ignore[union-attr]
                 continue
             o = d.order  # type: ignore[union-attr]
-            reason = precheck(o)
+            reason = precheck(view, o)
             if reason is not None:
                 if maybe(firsts[oid][0]):
                     # a run that died before its record may have decided it (its units
@@ -635,24 +635,6 @@ class Decider:
             deadline_ms = came + self.view.payment_deadline_ms
         return min(deadline_ms, came + events.STALE_MS)
 
-    def _precheck(self, o: Order) -> str | None:
-        """Rejections that need only the catalog (the Lua script re-checks SKUs atomically)."""
-        view = self.view
-        if o.channel not in view.channels:
-            return rejected("unknown_channel")
-        for ln in o.lines:
-            if ln.sku not in view.skus:
-                return rejected("unknown_sku")
-        if o.delivery.mode == "pickup":
-            store = o.delivery.store
-            if store not in view.locations:
-                return rejected(
-                    "invalid", f"delivery.store: unknown location {store!r} - at `$.delivery.store`"
-                )
-            if store not in view.router.pickup:
-                return NO_PICKUP
-        return None
-
     def _ranking(self, o: Order) -> list[str]:
         """The locations of an order, nearest first."""
         return self.view.router.decode(self._rankings([o])[0])
@@ -671,43 +653,14 @@ class Decider:
         return out
 
     def _room(
-        self,
-        firsts: dict[str, tuple[str, events.Decoded]],
-        judged: _Judged,
-        mark: tuple[int, int],
+        self, firsts: dict[str, tuple[str, events.Decoded]], judged: _Judged, mark: tuple[int, int]
     ) -> None:
-        """Routing honours the daily capacities: the locations whose day (the order's
-        arrival's) is full are left out of the orders' rankings, so decide.lua never routes
-        there; a pickup at a full store is rejected before deciding. (An order that a
-        concurrent worker's orders crowd out after this read is moved or rejected by
-        ``Lifecycle.route``; so is an order at or before the shard's decide ``mark``, which a
-        run that died before writing its record may have decided: decide.lua answers its
-        replay with the stored outcome, its units still taken, and capacity.lua counts it
-        once, so rejecting it here would lose those units. For the same reason no order
-        comes here while a quarantine may have left a decision without its record:
-        ``_calm``.)"""
-        places, index = self.view.places, self.view.router.index
-        by_day: dict[int, list[Order]] = {}
-        for o in judged.todo:
-            if parse_id(firsts[o.order_id][0]) <= mark:  # maybe decided: Lifecycle.route
-                continue
-            by_day.setdefault(int(firsts[o.order_id][0].partition("-")[0]) // DAY_MS, []).append(o)
-        turned: set[str] = set()
-        for day, orders in by_day.items():
-            loads = self.wait.call(self.store.shipments.loads, day, list(places.capacity))
-            full = {loc for loc, n in loads.items() if n >= places.capacity[loc]}
-            if not full:
-                continue
-            drop = frozenset(index[loc] for loc in full)
-            for o in orders:
-                if o.delivery.mode == "pickup" and o.delivery.store in full:
-                    judged.outcome[o.order_id] = rejected(
-                        "pickup_unavailable", "the store has no room for more orders today"
-                    )
-                    turned.add(o.order_id)
-                else:
-                    self._skip[o.order_id] = drop
+        """The daily capacities on the read (``admission.room``): full locations left out of
+        the new orders' rankings, pickups at a full store rejected."""
+        skip, turned = room(self.view, self.store, self.wait.call, firsts, judged.todo, mark)
+        self._skip.update(skip)
         if turned:
+            judged.outcome.update(turned)
             judged.todo[:] = [o for o in judged.todo if o.order_id not in turned]
             judged.bucketed[:] = [o for o in judged.bucketed if o.order_id not in turned]
 

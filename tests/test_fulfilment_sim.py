@@ -88,7 +88,7 @@ def test_a_clean_soak_of_fulfilment_histories(url: str) -> None:
 
 # Found as faults (seeds 74 and 36): an order rejected for daily capacity kept its
 # per-customer-limit count and its first-N rank. Routing now leaves full locations out
-# before deciding (Decider._room); these orders are rejected by decide.lua itself.
+# before deciding (admission.room); these orders are rejected by decide.lua itself.
 
 
 def test_an_order_rejected_for_capacity_counts_against_no_limit(store: Store) -> None:

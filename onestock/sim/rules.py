@@ -147,7 +147,7 @@ def _presales_and_pickups(c: Checker) -> None:
 def _pickups_ended(c: Checker) -> None:
     """A pickup at a store whose pickup the reload ended, judged by the reloaded catalog alone
     (fast mode: every batch that held its id began after the reload), is rejected for the
-    first reason that catalog gives (``Decider._precheck``): pickup_unavailable, unless its
+    first reason that catalog gives (``admission.precheck``): pickup_unavailable, unless its
     channel or a SKU is unknown (or it is invalid). One decided before the reload keeps that
     decision, a replay after a crash too: one outcome per order (``outcome.two_decisions``),
     its units conserved (``stock.conservation``); one in the reload's window either."""
