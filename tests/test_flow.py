@@ -101,7 +101,9 @@ def test_until_drained_gives_every_event_exactly_one_outcome(
     onestock("catalog", "load", str(CATALOG), env=cli_env)
     lines = burst_lines(3000) + GARBAGE
     lines.insert(10, lines[5])  # a duplicate delivery
-    onestock("orders", "push", "-", input=b"\n".join(lines) + b"\n", env=cli_env)
+    # 16 shards: ~190 entries each, so each has whole stream nodes to trim
+    push = ("orders", "push", "-", "--shards", "16")
+    onestock(*push, input=b"\n".join(lines) + b"\n", env=cli_env)
     onestock("run", "--until-drained", "--workers", "2", env=cli_env, timeout=120)
     store = Store.connect(url)
     ids = {

@@ -41,7 +41,6 @@ from rich.table import Table
 from onestock import burst, harness
 from onestock.bench.measure import bare_drain
 from onestock.domain.errors import OnestockError
-from onestock.domain.settings import DEFAULT_SHARDS
 from state import wire
 from state.conn import lua
 from state.store import Store
@@ -54,6 +53,9 @@ SCRIPTS = {
     "emit.lua": ("_emit", (), "emit"),
 }
 Call = tuple[list[str], list[Any]]  # (KEYS, ARGV)
+# The drain's input shards, fixed (not the default K), so that a revision from before the
+# default became 48 drains the orders in the same batches (``--own-calls``)
+SHARDS = 16
 
 
 class Side(NamedTuple):
@@ -190,14 +192,14 @@ def capture(orders: int, layout: str) -> dict[str, list[Call]]:
                     captured[name].append((list(ks), [_arg(a) for a in args]))
             return real(client, calls)
 
-        harness.reset(store, catalog=burst.accepted_catalog(), layout=layout)
-        harness.push(store, list(burst.orders(orders, burst.demo_catalog(), seed=2026)))
+        harness.reset(store, SHARDS, burst.accepted_catalog(), layout)
+        harness.push(store, list(burst.orders(orders, burst.demo_catalog(), seed=2026)), SHARDS)
         from dataflows.decider import Decider
 
         decider = Decider(store, say=lambda _m: None)
         wire.scripts = recording  # type: ignore[assignment]
         try:
-            bare_drain(store, decider, list(range(DEFAULT_SHARDS)), 1000)
+            bare_drain(store, decider, list(range(SHARDS)), 1000)
         finally:
             wire.scripts = real  # type: ignore[assignment]
     return captured

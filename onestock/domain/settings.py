@@ -7,7 +7,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SHARDS = 16  # >= the most dataflow workers we support on one machine (8)
+# Input shards of a new dataset. Bytewax gives each worker whole shards, so K sets how evenly
+# N workers share the work: 48 splits 1, 2, 3, 4, 6, 8, 12 and 16 workers exactly and any
+# count up to 8 within 5 % (16 left 5 to 7 workers 12-31 % apart). More costs per shard:
+# polls and ticks when idle, smaller batches at a given rate (docs/performance.md).
+DEFAULT_SHARDS = 48
 # Two worker processes on two cores. Three overlap more Redis round trips but, with Redis on
 # the same cores, measured erratically (37k to 53k orders/s drained) where two held 45-49k.
 DEFAULT_WORKERS = 2
