@@ -216,6 +216,49 @@ def test_the_default_shard_count_shares_the_usual_worker_counts_evenly() -> None
     assert uneven_shares(K, 12) == "" and uneven_shares(K, 16) == ""
 
 
+def test_bytewax_gives_each_worker_as_many_shards_as_it_can() -> None:
+    """What the shard count's shares rest on (a real Bytewax run, 5 and 7 workers in one
+    process): 48 partitions go 10/10/10/9/9 and 7/7/7/7/7/7/6, not by a hash of their keys."""
+    import threading
+    from collections import Counter
+
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+    from bytewax.testing import TestingSink, cluster_main
+
+    built: list[int] = []
+
+    class Once(StatefulSourcePartition[int, None]):
+        def __init__(self) -> None:
+            self.done = False
+
+        def next_batch(self) -> list[int]:
+            if self.done:
+                raise StopIteration
+            self.done = True
+            return [1]
+
+        def snapshot(self) -> None:
+            return None
+
+    class Shards(FixedPartitionedSource[int, None]):
+        def list_parts(self) -> list[str]:
+            return [str(s) for s in range(48)]
+
+        def build_part(self, step_id: str, for_part: str, resume_state: None) -> Once:
+            built.append(threading.get_ident())
+            return Once()
+
+    for workers, shares in ((5, [9, 9, 10, 10, 10]), (7, [6, 7, 7, 7, 7, 7, 7])):
+        built.clear()
+        out: list[int] = []
+        flow = Dataflow("shares")
+        op.output("out", op.input("in", flow, Shards()), TestingSink(out))
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+        assert len(out) == 48 and sorted(Counter(built).values()) == shares
+
+
 def test_run_says_when_the_workers_cannot_share_the_shards_evenly(
     cli_env: dict[str, str],
 ) -> None:
