@@ -3,7 +3,9 @@
 ``run`` starts N worker processes that form one Bytewax cluster over loopback TCP, forwards
 SIGTERM/SIGINT to them (each ends its partitions cleanly) and returns their exit status. A
 worker dies with its parent (PR_SET_PDEATHSIG), so ``kill -9`` of ``onestock run`` leaves no
-orphan behind, and the next run resumes from the recovery snapshots.
+orphan behind, and the next run resumes from the recovery snapshots. The workers are forked
+from ``run``'s process, which imported the dataflow once for all of them (a fresh interpreter
+each where that process has other threads: a fork would copy none of them).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -216,7 +219,7 @@ def run(
         _check_ports(settings.metrics_port + mine[0], len(mine))
     rdir = recovery_dir(settings.home, instance)
     prepare_recovery(rdir)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Worker] = []
     stop_at: list[float] = []  # when the workers were first asked to stop
 
     def forward(signum: int, _frame: object) -> None:
@@ -233,11 +236,90 @@ def run(
             if stop_at:
                 break
             cmd = _worker_command(url, rdir, i, addresses, settings, until_drained)
-            procs.append(subprocess.Popen(cmd, env=_worker_env(settings, i)))
+            env = _worker_env(settings, i)
+            procs.append(_fork(cmd[3:], env) if _may_fork() else subprocess.Popen(cmd, env=env))
         return _wait(procs, stop_at, lambda: forward(signal.SIGTERM, None))
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _may_fork() -> bool:
+    """Whether this process may fork the workers: one thread only (a fork copies just the
+    calling one; ``python -m onestock`` keeps BLAS to one), on Linux."""
+    try:
+        return threading.active_count() == 1 and len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+class Forked:
+    """A worker forked from this process: what ``run`` asks of a ``subprocess.Popen``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+Worker = subprocess.Popen[bytes] | Forked
+
+
+def _fork(argv: list[str], env: dict[str, str]) -> Forked:
+    """Fork ``worker_main(argv)`` with ``env``. SIGTERM/SIGINT stay blocked across the fork:
+    the child must not run ``run``'s handler (it would signal its siblings); one that comes
+    meanwhile waits for the worker's own (``_stop_on_signals``)."""
+    sigs = {signal.SIGTERM, signal.SIGINT}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    pid = os.fork()
+    if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return Forked(pid)
+    for sig in sigs:
+        signal.signal(sig, signal.SIG_DFL)
+    os.environ.update(env)
+    for stream in (sys.stdout, sys.stderr):  # as PYTHONUNBUFFERED does for a fresh worker
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True, write_through=True)
+    os._exit(_forked_main(argv))
+
+
+def _forked_main(argv: list[str]) -> int:
+    """The forked worker's exit status (it never returns into ``run``'s frames)."""
+    code = 1
+    try:
+        code = worker_main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001, S110 (a closed pipe: the status still stands)
+            pass
+    return code
 
 
 def _processes(
@@ -282,9 +364,7 @@ def _worker_env(settings: Settings, i: int) -> dict[str, str]:
     return env
 
 
-def _wait(
-    procs: list[subprocess.Popen[bytes]], stop_at: list[float], stop: Callable[[], None]
-) -> int:
+def _wait(procs: list[Worker], stop_at: list[float], stop: Callable[[], None]) -> int:
     """Wait for the workers to end; the first failure's status, else 0. One worker failing
     stops the others (``stop``: the cluster cannot go on without it); a worker still running
     STOP_GRACE_S after the first stop (``stop_at``) is killed."""
@@ -304,7 +384,7 @@ def _wait(
     return status
 
 
-def _kill_stragglers(procs: list[subprocess.Popen[bytes]]) -> None:
+def _kill_stragglers(procs: list[Worker]) -> None:
     """Kill the workers still running, e.g. one still waiting for a peer that is gone:
     recovery makes this safe."""
     for i, pr in enumerate(procs):

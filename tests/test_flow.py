@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from onestock import burst
+from onestock.domain.settings import DEFAULT_SHARDS
 from onestock.ops import services as ops
 from onestock.ops.metrics import Reader
 from state.server import RedisServer
@@ -127,6 +128,20 @@ def test_until_drained_gives_every_event_exactly_one_outcome(
     )
 
 
+def forked_children(pid: int) -> list[int]:
+    """The children of ``pid`` that run its own command line (forked, not exec'd)."""
+    mine = Path(f"/proc/{pid}/cmdline").read_bytes()
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    out = []
+    for kid in kids:
+        try:
+            if Path(f"/proc/{kid}/cmdline").read_bytes() == mine:
+                out.append(int(kid))
+        except OSError:
+            pass
+    return out
+
+
 @pytest.mark.slow
 def test_kill_9_mid_burst_then_resume_loses_and_duplicates_nothing(
     cli_env: dict[str, str], url: str
@@ -147,6 +162,9 @@ def test_sigterm_stops_cleanly_and_the_next_run_carries_on(
     store = Store.connect(url)
     proc = start_run(cli_env, "--workers", "2")
     wait_for(lambda: outcomes(store) >= 500)
+    # the workers were forked from the run's process (the dataflow imported once), not started
+    # afresh; the SIGTERM reaches them through it
+    assert len(forked_children(proc.pid)) == 2
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()  # type: ignore[union-attr]
     assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
@@ -232,7 +250,7 @@ def test_recovery_snapshots_hold_each_shards_read_position(
         with sqlite3.connect(p) as db:
             snaps += db.execute("SELECT step_id, state_key FROM snaps").fetchall()
     read = {key for step, key in snaps if step.endswith("read")}
-    assert read == {str(s) for s in range(16)}
+    assert read == {str(s) for s in range(DEFAULT_SHARDS)}
 
 
 EVERY_GARBAGE = [
