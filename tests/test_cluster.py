@@ -217,6 +217,7 @@ def test_bench_scale_drains_against_one_server_and_a_cluster(tmp_path: Path) -> 
         (m, b, w) for m in (1, 3) for b in (1, 3) for w in (1, 2)
     ]
     assert all(p["orders_per_s"] > 0 for p in points)
+    assert all(0 < p["start_s"] < 60 for p in points)  # launch -> first decision
     assert [p["efficiency"] for p in points][::2] == [1.0] * 4
     # one server does all the script work; on three masters, no one does all of it
     assert all(p["busiest_master"] == 1.0 for p in points if p["masters"] == 1)

@@ -90,7 +90,8 @@ def run_scale(
     console = Console()
     console.print(f"generating {n:,} orders ...")
     points = measure_scale(burst_lines(n), workers, masters, buckets, console)
-    console.print(render.scale_table(n, points))
+    # (eight columns: wider than a pipe's 80, so that no heading is cut)
+    Console(width=max(100, console.width)).print(render.scale_table(n, points))
     if out is not None:
         render.write_json(out, points)
     return points

@@ -230,12 +230,18 @@ def drain(store: Store, url: str, home: Path, workers: int) -> tuple[float, floa
     if proc.wait() != 0:
         raise RuntimeError(f"the dataflow exited with status {proc.returncode}")
     flow_s = time.perf_counter() - t0
+    decided = decisions_ms(store)
+    return flow_s, (decided[1] - decided[0]) / 1000 if decided else flow_s
+
+
+def decisions_ms(store: Store) -> tuple[int, int] | None:
+    """The first and the last decision's time (ms since the epoch) in the records."""
     decided = [
         int(p.split(SEP)[5])
         for f in store.shards.entries(keys.outbox, DEFAULT_SHARDS)
         for p in packed_records(f)
     ]
-    return flow_s, (max(decided) - min(decided)) / 1000 if decided else flow_s
+    return (min(decided), max(decided)) if decided else None
 
 
 def per_s(n: int, seconds: float) -> float:
@@ -361,6 +367,7 @@ class ScalePoint(msgspec.Struct):
     efficiency: float  # per-worker rate / the 1-worker rate on the same Redis
     buckets: int = 1  # hot-SKU buckets of the hot SKU
     busiest_master: float = 1.0  # share of all script time spent on the busiest master
+    start_s: float = 0.0  # `onestock run` launched -> its first decision
 
 
 def nodes(store: Store) -> list[Any]:
@@ -396,11 +403,13 @@ def _scale_points(
         harness.push(store, lines)
         for node in nodes(store):
             node.config_resetstat()
+        launched = time.time()
         _, drain_s = drain(store, url, home / f"m{m}b{b}w{w}", w)
         rate = per_s(n, drain_s)
         base = base or rate / w
         busiest = busiest_share(store)
-        points.append(ScalePoint(m, w, rate, rate / w, (rate / w) / base, b, busiest))
+        start_s = (decisions_ms(store) or (0, 0))[0] / 1000 - launched
+        points.append(ScalePoint(m, w, rate, rate / w, (rate / w) / base, b, busiest, start_s))
     return points
 
 

@@ -122,12 +122,13 @@ def bench_table(figs: Figures) -> Table:
 def scale_table(n: int, points: list[ScalePoint]) -> Table:
     """The table of ``onestock bench-scale``: one row per Redis, buckets and workers."""
     table = Table(title=f"onestock bench-scale: {n:,} orders drained")
+    # start: `onestock run` launched -> its first decision
     cols = ("Redis masters", "hot-SKU buckets", "dataflow workers", "orders/s", "per worker",
-            "efficiency", "busiest master")  # fmt: skip
+            "efficiency", "busiest master", "start, s")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="right")
     for p in points:
         table.add_row(str(p.masters), str(p.buckets), str(p.workers), f"{p.orders_per_s:,.0f}",
                       f"{p.per_worker:,.0f}", f"{p.efficiency:.2f}",
-                      f"{p.busiest_master:.0%}")  # fmt: skip
+                      f"{p.busiest_master:.0%}", f"{p.start_s:.2f}")  # fmt: skip
     return table
