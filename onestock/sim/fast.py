@@ -40,6 +40,7 @@ from onestock.sim import observe
 from onestock.sim.faults import Crash, Faults, faulty_store
 from onestock.sim.history import History, pickups, render_catalog
 from onestock.sim.model import Observed
+from onestock.sim.rekind import aim_channel, channel_aim
 from state import gens, keys
 from state.store import Store
 
@@ -221,6 +222,9 @@ class _Play:
         # there, and the process dies before the batch's records (``_aim_pickup``)
         ended = pickups(self.cats[0]) - pickups(h.reload or self.cats[0])
         self.ended = ended if random.Random(h.seed * 31 + 23).random() < 0.5 else set()
+        # ... and likewise where it removes or re-kinds a channel (reload_changes_channel):
+        # a crash after a call that took units for an order of it (``rekind.aim_channel``)
+        self.rekind = None if self.ended else channel_aim(h)
 
     def start(self) -> None:
         """(Re)start every worker process: a crash takes the whole cluster down."""
@@ -240,6 +244,9 @@ class _Play:
                 procs.clear()
         for p in procs if self.ended else ():
             _aim_pickup(p.store, self.faults, self.ended, self.fire_reload)
+        if self.rekind is not None and self.rekind.live:
+            for p in procs:
+                aim_channel(p.store, self.faults, self.rekind, self.fire_reload)
         self.faults.arm()
 
     def push(self, i: int, j: int) -> None:
@@ -259,6 +266,8 @@ class _Play:
     def fire_reload(self) -> None:
         if not self.window:  # (once: ``_aim_pickup`` may have fired it before the hook)
             self.ended.clear()  # (no crash aimed after it)
+            if self.rekind:
+                self.rekind.live = False
             self.window.append(reload(self.admin, self.h, self.anchor, self.cats))
 
     def step(self) -> bool:
@@ -333,7 +342,7 @@ class _Play:
                     i, j = chunks.pop(0)
                     self.push(i, j)
                     due = h.reload is not None and not self.window and j > h.reload_at
-                    if due and not self.ended:
+                    if due and not self.ended and not (self.rekind and self.rekind.live):
                         faults.set_hook(self.fire_reload, 5)
                 elif not chunks and not self.step():
                     break
@@ -367,6 +376,7 @@ class _Play:
                       after_reload={a for a in self.after if a}, first_crash_ms=faults.first_ms,
                       problems=problems, entry_ms=self.entry_ms, rank_paid=rank_paid,
                       drained=self.drained, capacity=cap, poisoned=self.poisoned,
+                      kept=self.rekind.kept if self.rekind else set(),
                       **pub)  # fmt: skip
         n = faults.crashes + faults.lost + self.splits + len(window) + len(self.poisoned)
         return ob, {"events": len(self.lines), "faults": n}

@@ -28,6 +28,11 @@ class Features:
     # before it (maybe by a run that died before its record) keeps that decision, one first
     # decided after it is rejected pickup_unavailable
     reload_ends_pickup: bool = True
+    # ... which now and then removes a channel that orders name or changes a channel's kind
+    # (store <-> online), steered onto one-line orders of hot SKUs (their bucket follows the
+    # kind): an order decided before it keeps that decision, a replay after a crash too, one
+    # of a removed channel first judged after it is rejected unknown_channel (sim/rekind.py)
+    reload_changes_channel: bool = True
     cancel_after_return: bool = True  # a cancel after a return of the same order
     tail_noop: bool = True  # a shard may end on events that write nothing new
     internal_ids: bool = True  # order ids such as "~nc", "~c:o-003", "#1-0"

@@ -160,6 +160,9 @@ def generate(seed: int, features: Features) -> History:
             no_rules(h.reload)  # (a catalog with a daily capacity: none added by the reload)
         h.reload_at = rng.randint(len(h.events) // 6, len(h.events) // 2)
         _end_pickup(seed, h)
+        from onestock.sim.rekind import change_channel
+
+        change_channel(seed, h)  # (drawn from a source of its own too)
     return h
 
 

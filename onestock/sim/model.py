@@ -66,6 +66,9 @@ class Observed:
     # push indices of the orders the fast driver made raise after deciding (feature poison):
     # each is quarantined, a dead letter; a later copy of it gets its record
     poisoned: list[int] = field(default_factory=list)
+    # order ids a decide.lua call took units for right before the reload, its run dying
+    # before their records (fast mode's aim, feature reload_changes_channel): each keeps it
+    kept: set[str] = field(default_factory=set)
 
 
 @dataclass

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from onestock.sim.model import Checker, Ev
 
 Rank = tuple[str, str, int, str, bool]  # campaign, order id, rank, gift from, late
+REFUSED = ("rejected", "unknown_channel")  # an order of a channel the catalog does not have
 
 
 def check(c: Checker) -> None:
@@ -120,6 +121,8 @@ def _limit_rejections(c: Checker, lim: list[dict[str, Any]]) -> None:
 def locks_and_presales(c: Checker) -> None:
     _presales_and_pickups(c)
     _pickups_ended(c)
+    _channel_removed(c)
+    _kept(c)
     _locks(c)
 
 
@@ -174,6 +177,40 @@ def _pickups_ended(c: Checker) -> None:
             c.fail("pickup.ended", f"{oid!r}: pickup at {delivery['store']!r}, ended by the "
                    f"reload before it was judged, yet {dec['status']} {dec.get('reason') or ''}"
                    f" (want rejected {want})")  # fmt: skip
+
+
+def _channel_removed(c: Checker) -> None:
+    """An order of a channel the reload removed, judged by the reloaded catalog alone (fast
+    mode: every batch that held its id began after the reload), is rejected unknown_channel
+    (``admission.precheck``'s first reason), unless it is invalid. One decided before keeps
+    its decision (``_kept``; ``outcome.two_decisions``, ``stock.conservation``)."""
+    after, cats = c.ob.after_reload, c.ob.catalogs
+    if after is None or len(cats) < 2:
+        return
+    gone = {ch["id"] for ch in cats[0]["channels"]} - {ch["id"] for ch in cats[-1]["channels"]}
+    for oid in sorted(after & set(c.decision)):
+        channel, dec = _obj(c, oid).get("channel"), c.decision[oid]
+        got = (dec["status"], dec.get("reason"))
+        if channel in gone and got not in (("rejected", "invalid"), REFUSED):
+            c.fail("channel.removed", f"{oid!r}: channel {channel!r}, removed by the reload "
+                   f"before it was judged, yet {got[0]} {got[1] or ''} (want rejected "
+                   "unknown_channel)")  # fmt: skip
+
+
+def _kept(c: Checker) -> None:
+    """An order a decide.lua call took units for before the reload, its run dying before the
+    records (fast mode's aim), keeps that decision under the reloaded catalog: accepted or
+    reserved (where a location has a daily capacity, maybe moved or rejected for it after;
+    never refused by the catalog)."""
+    capacity = any("daily_capacity" in loc for cat in c.ob.catalogs for loc in cat["locations"])
+    for oid in sorted(c.ob.kept):
+        dec = c.decision.get(oid)
+        if dec is None or dec["status"] in ("accepted", "reserved"):
+            continue  # (none: decided and cancelled in one batch; else outcome.missing)
+        if not capacity or dec.get("reason") in ("unknown_channel", "unknown_sku"):
+            c.fail("channel.replay", f"{oid!r}: decided (its units taken) before the reload, "
+                   f"its run died before the record; then {dec['status']} "
+                   f"{dec.get('reason') or ''}")  # fmt: skip
 
 
 def _locks(c: Checker) -> None:
