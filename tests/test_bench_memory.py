@@ -18,6 +18,7 @@ from onestock.bench.memory import (
     replay_catalog,
 )
 from onestock.domain.events import rfc3339_ms
+from onestock.domain.settings import DEFAULT_SHARDS
 from state import keys, replay
 from state.store import Store
 from tests.conftest import onestock
@@ -46,7 +47,7 @@ def test_two_days_give_one_row_a_day_every_order_decided_and_the_families(
         assert replay.family_of(keys.outbox(0)) in names  # the records
         assert replay.family_of(keys.inbox(0)) in names
         outbox = next(f for f in r.families if f.family == replay.family_of(keys.outbox(0)))
-        assert outbox.keys == 16 and outbox.bytes > 0
+        assert outbox.keys == DEFAULT_SHARDS and outbox.bytes > 0
         assert r.families == sorted(r.families, key=lambda f: (-f.bytes, f.family))
     steady = figs.rows[1].used_memory  # days 2..D: here one day, so max / min is 1
     assert figs.used_memory_ratio == steady / steady == 1.0 == figs.without_outbox_ratio

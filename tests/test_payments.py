@@ -238,7 +238,8 @@ def test_unpaid_orders_expire_exactly_once_through_kill_9(
     ids = [f"p{i:03}" for i in range(300)]
     lines = [orjson.dumps(pending(oid, deadline, ("SOCKS", 1))) for oid in ids]
     lines += [orjson.dumps(paid(oid)) for oid in ids[:100]]
-    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
+    push = ("orders", "push", "-", "--shards", str(SHARDS))  # (``versions`` reads K shards)
+    onestock(*push, input=b"\n".join(lines), env=cli_env)
     proc = start_run(cli_env, "--workers", "2")
     wait_for(lambda: now_ms() > deadline - 400, timeout=30)
     os.killpg(proc.pid, signal.SIGKILL)
