@@ -42,6 +42,7 @@ from state.server import free_port
 RETRIES_MS = 3 * 86_400_000
 
 RECOVERY_PARTITIONS = 4
+_STOPS = {signal.SIGTERM, signal.SIGINT}
 
 # A worker allocates many short-lived objects per order; CPython's cycle collector passes
 # over the young ones every 700 net allocations by default, about 2 us of the decider's
@@ -225,9 +226,8 @@ def run(
     def forward(signum: int, _frame: object) -> None:
         if not stop_at:
             stop_at.append(time.monotonic())
-        for pr in procs:
-            if pr.poll() is None:
-                pr.send_signal(signal.SIGTERM)
+        for pr in procs:  # (no poll here: it may interrupt one; send_signal skips the ended)
+            pr.send_signal(signal.SIGTERM)
 
     # before the first worker starts: a SIGTERM while they start stops them, not just us
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -236,8 +236,13 @@ def run(
             if stop_at:
                 break
             cmd = _worker_command(url, rdir, i, addresses, settings, until_drained)
-            env = _worker_env(settings, i)
-            procs.append(_fork(cmd[3:], env) if _may_fork() else subprocess.Popen(cmd, env=env))
+            # a signal while a worker starts is forwarded once it is in ``procs``
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+            try:
+                env = _worker_env(settings, i)
+                procs.append(_fork(cmd[3:], env) if _may_fork() else subprocess.Popen(cmd, env=env))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return _wait(procs, stop_at, lambda: forward(signal.SIGTERM, None))
     finally:
         for s, h in old.items():
@@ -254,27 +259,41 @@ def _may_fork() -> bool:
 
 
 class Forked:
-    """A worker forked from this process: what ``run`` asks of a ``subprocess.Popen``."""
+    """A worker forked from this process: what ``run`` asks of a ``subprocess.Popen``. Its
+    ``poll`` may be entered again from a signal handler (``forward``): the inner call
+    answers None rather than reap the child under the outer one."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self._busy = False
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+        if self.returncode is None and not self._busy:
+            self._busy = True
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:  # reaped elsewhere: its status is lost, not its end
+                self.returncode = 1
+            finally:
+                self._busy = False
         return self.returncode
 
     def wait(self) -> int:
-        if self.returncode is None:
-            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-        return self.returncode
+        while self.poll() is None:
+            time.sleep(0.01)
+        return self.returncode  # type: ignore[return-value]
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
-            os.kill(self.pid, sig)
+        """Without reaping (a handler may call it inside ``poll``): an unreaped child's pid
+        cannot be reused."""
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
@@ -287,15 +306,14 @@ def _fork(argv: list[str], env: dict[str, str]) -> Forked:
     """Fork ``worker_main(argv)`` with ``env``. SIGTERM/SIGINT stay blocked across the fork:
     the child must not run ``run``'s handler (it would signal its siblings); one that comes
     meanwhile waits for the worker's own (``_stop_on_signals``)."""
-    sigs = {signal.SIGTERM, signal.SIGINT}
     sys.stdout.flush()
     sys.stderr.flush()
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     pid = os.fork()
     if pid:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return Forked(pid)
-    for sig in sigs:
+    for sig in _STOPS:
         signal.signal(sig, signal.SIG_DFL)
     os.environ.update(env)
     for stream in (sys.stdout, sys.stderr):  # as PYTHONUNBUFFERED does for a fresh worker

@@ -1,0 +1,75 @@
+"""The forked workers' handle (dataflows/runner.py ``Forked``) against real processes and
+real signals: `run`'s signal handler polls the workers, and may interrupt a poll of its own.
+After an adversarial review of the forked start."""
+
+from __future__ import annotations
+
+import linecache
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+from dataflows.runner import Forked
+from tests.conftest import ROOT
+
+
+def _dead_child(code: int = 3) -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(code)
+    time.sleep(0.2)  # a zombie now: the next waitpid reaps it
+    return pid
+
+
+def _poll_interrupted_after_waitpid(pr: Any, target: str) -> object:
+    """``pr.poll()`` with a signal, whose handler polls too, sent right after ``target``'s
+    waitpid line: where a SIGTERM to `onestock run` may land."""
+    fired: list[int] = []
+
+    def trace(frame: FrameType, event: str, _arg: object) -> Any:
+        if frame.f_code.co_name != target:
+            return trace
+        before = linecache.getline(frame.f_code.co_filename, frame.f_lineno - 1)
+        if event == "line" and not fired and "waitpid(self.pid" in before:
+            fired.append(1)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return trace
+
+    old = signal.signal(signal.SIGUSR1, lambda *_: pr.poll())
+    sys.settrace(trace)
+    try:
+        return pr.poll()
+    finally:
+        sys.settrace(None)
+        signal.signal(signal.SIGUSR1, old)
+        assert fired, "the signal was never sent"
+
+
+def test_a_poll_interrupted_by_a_handler_that_polls_keeps_the_status() -> None:
+    pr = Forked(_dead_child())
+    assert _poll_interrupted_after_waitpid(pr, "poll") == 3  # was: ChildProcessError
+    assert pr.wait() == 3
+
+
+def test_a_signal_to_an_ended_worker_is_no_error() -> None:
+    pr = Forked(_dead_child(0))
+    assert pr.wait() == 0
+    pr.send_signal(signal.SIGTERM)
+    pr.kill()
+
+
+def test_the_command_line_may_fork_however_it_is_started() -> None:
+    """`python -m onestock` and the `onestock` script (the image's entry point) both import
+    the package first, which keeps BLAS to one thread: after the CLI and the dataflow are
+    imported the process has one thread, so `onestock run` forks its workers."""
+    code = "import onestock.cli, onestock.cli_perf, dataflows.runner as r; print(r._may_fork())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, cwd=ROOT, check=True,
+        env={k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS",
+                                                               "OMP_NUM_THREADS")},
+    )  # fmt: skip
+    assert out.stdout.strip() == b"True", out.stderr
