@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
+from dataflows import forking
 from dataflows.flow import build_flow
 from dataflows.source import STARTED, STOP
 from onestock.domain import events
@@ -42,7 +42,6 @@ from state.server import free_port
 RETRIES_MS = 3 * 86_400_000
 
 RECOVERY_PARTITIONS = 4
-_STOPS = {signal.SIGTERM, signal.SIGINT}
 
 # A worker allocates many short-lived objects per order; CPython's cycle collector passes
 # over the young ones every 700 net allocations by default, about 2 us of the decider's
@@ -220,7 +219,7 @@ def run(
         _check_ports(settings.metrics_port + mine[0], len(mine))
     rdir = recovery_dir(settings.home, instance)
     prepare_recovery(rdir)
-    procs: list[Worker] = []
+    procs: list[forking.Worker] = []
     stop_at: list[float] = []  # when the workers were first asked to stop
 
     def forward(signum: int, _frame: object) -> None:
@@ -237,107 +236,20 @@ def run(
                 break
             cmd = _worker_command(url, rdir, i, addresses, settings, until_drained)
             # a signal while a worker starts is forwarded once it is in ``procs``
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, forking.STOPS)
             try:
                 env = _worker_env(settings, i)
-                procs.append(_fork(cmd[3:], env) if _may_fork() else subprocess.Popen(cmd, env=env))
+                procs.append(
+                    forking.fork(worker_main, cmd[3:], env)
+                    if forking.may_fork()
+                    else subprocess.Popen(cmd, env=env)
+                )
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return _wait(procs, stop_at, lambda: forward(signal.SIGTERM, None))
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def _may_fork() -> bool:
-    """Whether this process may fork the workers: one thread only (a fork copies just the
-    calling one; ``python -m onestock`` keeps BLAS to one), on Linux."""
-    try:
-        return threading.active_count() == 1 and len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
-
-
-class Forked:
-    """A worker forked from this process: what ``run`` asks of a ``subprocess.Popen``. Its
-    ``poll`` may be entered again from a signal handler (``forward``): the inner call
-    answers None rather than reap the child under the outer one."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        self._busy = False
-
-    def poll(self) -> int | None:
-        if self.returncode is None and not self._busy:
-            self._busy = True
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-                if pid:
-                    self.returncode = os.waitstatus_to_exitcode(status)
-            except ChildProcessError:  # reaped elsewhere: its status is lost, not its end
-                self.returncode = 1
-            finally:
-                self._busy = False
-        return self.returncode
-
-    def wait(self) -> int:
-        while self.poll() is None:
-            time.sleep(0.01)
-        return self.returncode  # type: ignore[return-value]
-
-    def send_signal(self, sig: int) -> None:
-        """Without reaping (a handler may call it inside ``poll``): an unreaped child's pid
-        cannot be reused."""
-        if self.returncode is None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-
-Worker = subprocess.Popen[bytes] | Forked
-
-
-def _fork(argv: list[str], env: dict[str, str]) -> Forked:
-    """Fork ``worker_main(argv)`` with ``env``. SIGTERM/SIGINT stay blocked across the fork:
-    the child must not run ``run``'s handler (it would signal its siblings); one that comes
-    meanwhile waits for the worker's own (``_stop_on_signals``)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
-    pid = os.fork()
-    if pid:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        return Forked(pid)
-    for sig in _STOPS:
-        signal.signal(sig, signal.SIG_DFL)
-    os.environ.update(env)
-    for stream in (sys.stdout, sys.stderr):  # as PYTHONUNBUFFERED does for a fresh worker
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(line_buffering=True, write_through=True)
-    os._exit(_forked_main(argv))
-
-
-def _forked_main(argv: list[str]) -> int:
-    """The forked worker's exit status (it never returns into ``run``'s frames)."""
-    code = 1
-    try:
-        code = worker_main(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:  # noqa: BLE001, S110 (a closed pipe: the status still stands)
-            pass
-    return code
 
 
 def _processes(
@@ -382,7 +294,7 @@ def _worker_env(settings: Settings, i: int) -> dict[str, str]:
     return env
 
 
-def _wait(procs: list[Worker], stop_at: list[float], stop: Callable[[], None]) -> int:
+def _wait(procs: list[forking.Worker], stop_at: list[float], stop: Callable[[], None]) -> int:
     """Wait for the workers to end; the first failure's status, else 0. One worker failing
     stops the others (``stop``: the cluster cannot go on without it); a worker still running
     STOP_GRACE_S after the first stop (``stop_at``) is killed."""
@@ -402,7 +314,7 @@ def _wait(procs: list[Worker], stop_at: list[float], stop: Callable[[], None]) -
     return status
 
 
-def _kill_stragglers(procs: list[Worker]) -> None:
+def _kill_stragglers(procs: list[forking.Worker]) -> None:
     """Kill the workers still running, e.g. one still waiting for a peer that is gone:
     recovery makes this safe."""
     for i, pr in enumerate(procs):

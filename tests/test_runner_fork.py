@@ -1,4 +1,4 @@
-"""The forked workers' handle (dataflows/runner.py ``Forked``) against real processes and
+"""The forked workers' handle (dataflows/forking.py ``Forked``) against real processes and
 real signals: `run`'s signal handler polls the workers, and may interrupt a poll of its own.
 After an adversarial review of the forked start."""
 
@@ -13,7 +13,7 @@ import time
 from types import FrameType
 from typing import Any
 
-from dataflows.runner import Forked
+from dataflows.forking import Forked
 from tests.conftest import ROOT
 
 
@@ -66,7 +66,8 @@ def test_the_command_line_may_fork_however_it_is_started() -> None:
     """`python -m onestock` and the `onestock` script (the image's entry point) both import
     the package first, which keeps BLAS to one thread: after the CLI and the dataflow are
     imported the process has one thread, so `onestock run` forks its workers."""
-    code = "import onestock.cli, onestock.cli_perf, dataflows.runner as r; print(r._may_fork())"
+    code = "import onestock.cli, onestock.cli_perf, dataflows.runner as r\n"
+    code += "print(r.forking.may_fork())"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, cwd=ROOT, check=True,
         env={k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS",
