@@ -234,15 +234,16 @@ def run(
         for i in mine:
             if stop_at:
                 break
-            cmd = _worker_command(url, rdir, i, addresses, settings, until_drained)
+            args = _worker_args(url, rdir, i, addresses, settings, until_drained)
             # a signal while a worker starts is forwarded once it is in ``procs``
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, forking.STOPS)
             try:
                 env = _worker_env(settings, i)
+                fresh = [sys.executable, "-m", "dataflows.runner", *args]
                 procs.append(
-                    forking.fork(worker_main, cmd[3:], env)
+                    forking.fork(worker_main, args, env)
                     if forking.may_fork()
-                    else subprocess.Popen(cmd, env=env)
+                    else subprocess.Popen(fresh, env=env)
                 )
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -264,12 +265,11 @@ def _processes(
     return list(range(workers)), addresses
 
 
-def _worker_command(
+def _worker_args(
     url: str, rdir: Path, i: int, addresses: str, settings: Settings, until_drained: bool
 ) -> list[str]:
-    """The command line of worker process ``i`` (``worker_main``)."""
+    """The arguments of worker process ``i`` (``worker_main``)."""
     cmd = [
-        sys.executable, "-m", "dataflows.runner",
         "--url", url, "--recovery", str(rdir), "--process-id", str(i),
         "--addresses", addresses, "--shards", str(settings.shards),
         "--batch-size", str(settings.batch_size), "--poll-ms", str(settings.poll_ms),

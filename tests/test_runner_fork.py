@@ -74,3 +74,23 @@ def test_the_command_line_may_fork_however_it_is_started() -> None:
                                                                "OMP_NUM_THREADS")},
     )  # fmt: skip
     assert out.stdout.strip() == b"True", out.stderr
+
+
+def test_a_run_with_more_threads_starts_fresh_workers(cli_env: dict[str, str], url: str) -> None:
+    """Where BLAS runs threads of its own, `onestock run` cannot fork: its workers are fresh
+    interpreters, and the run decides every order all the same."""
+    from onestock import burst
+    from state.store import Store
+    from tests.conftest import onestock
+    from tests.test_flow import CATALOG
+
+    onestock("catalog", "load", str(CATALOG), env=cli_env)
+    lines = list(burst.orders(300, burst.demo_catalog(), seed=4))
+    onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
+    threads = {**cli_env, "OPENBLAS_NUM_THREADS": "2"}
+    code = "import onestock.cli, dataflows.runner as r; print(r.forking.may_fork())"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT,
+                          env={**os.environ, **threads}).stdout.strip() == b"False"  # fmt: skip
+    onestock("run", "--until-drained", "--workers", "2", env=threads, timeout=120)
+    store = Store.connect(url)
+    assert sum(store.shards.outcome_counts(store.shards.shard_count())) == 300
