@@ -3,9 +3,9 @@
 ``run`` starts N worker processes that form one Bytewax cluster over loopback TCP, forwards
 SIGTERM/SIGINT to them (each ends its partitions cleanly) and returns their exit status. A
 worker dies with its parent (PR_SET_PDEATHSIG), so ``kill -9`` of ``onestock run`` leaves no
-orphan behind, and the next run resumes from the recovery snapshots. The workers are forked
-from ``run``'s process, which imported the dataflow once for all of them (a fresh interpreter
-each where that process has other threads: a fork would copy none of them).
+orphan behind, and the next run resumes from the recovery snapshots. Each worker is a fresh
+interpreter, or with ``ONESTOCK_FORK_WORKERS=1`` forked from ``run``'s process, which has
+imported the dataflow once for all of them (``dataflows.forking``).
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def run(
                 fresh = [sys.executable, "-m", "dataflows.runner", *args]
                 procs.append(
                     forking.fork(worker_main, args, env)
-                    if forking.may_fork()
+                    if settings.fork_workers and forking.may_fork()
                     else subprocess.Popen(fresh, env=env)
                 )
             finally:

@@ -153,18 +153,19 @@ def test_kill_9_mid_burst_then_resume_loses_and_duplicates_nothing(
     check_exactly_once(store, {orjson.loads(x)["order_id"] for x in lines}, dead=0)
 
 
+@pytest.mark.parametrize("fork", ["0", "1"])
 def test_sigterm_stops_cleanly_and_the_next_run_carries_on(
-    cli_env: dict[str, str], url: str
+    cli_env: dict[str, str], url: str, fork: str
 ) -> None:
     onestock("catalog", "load", str(CATALOG), env=cli_env)
     first = burst_lines(2000, seed=4)
     onestock("orders", "push", "-", input=b"\n".join(first), env=cli_env)
     store = Store.connect(url)
-    proc = start_run(cli_env, "--workers", "2")
+    proc = start_run({**cli_env, "ONESTOCK_FORK_WORKERS": fork}, "--workers", "2")
     wait_for(lambda: outcomes(store) >= 500)
-    # the workers were forked from the run's process (the dataflow imported once), not started
-    # afresh; the SIGTERM reaches them through it
-    assert len(forked_children(proc.pid)) == 2
+    # ONESTOCK_FORK_WORKERS=1: the workers were forked from the run's process (the dataflow
+    # imported once), else fresh interpreters; the SIGTERM reaches them through it
+    assert len(forked_children(proc.pid)) == (2 if fork == "1" else 0)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()  # type: ignore[union-attr]
     assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]

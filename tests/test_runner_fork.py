@@ -65,7 +65,8 @@ def test_a_signal_to_an_ended_worker_is_no_error() -> None:
 def test_the_command_line_may_fork_however_it_is_started() -> None:
     """`python -m onestock` and the `onestock` script (the image's entry point) both import
     the package first, which keeps BLAS to one thread: after the CLI and the dataflow are
-    imported the process has one thread, so `onestock run` forks its workers."""
+    imported the process has one thread, so `onestock run` can fork its workers
+    (ONESTOCK_FORK_WORKERS=1)."""
     code = "import onestock.cli, onestock.cli_perf, dataflows.runner as r\n"
     code += "print(r.forking.may_fork())"
     out = subprocess.run(
@@ -77,8 +78,9 @@ def test_the_command_line_may_fork_however_it_is_started() -> None:
 
 
 def test_a_run_with_more_threads_starts_fresh_workers(cli_env: dict[str, str], url: str) -> None:
-    """Where BLAS runs threads of its own, `onestock run` cannot fork: its workers are fresh
-    interpreters, and the run decides every order all the same."""
+    """Where BLAS runs threads of its own, `onestock run` cannot fork even when asked to
+    (ONESTOCK_FORK_WORKERS=1): its workers are fresh interpreters, and the run decides every
+    order all the same."""
     from onestock import burst
     from state.store import Store
     from tests.conftest import onestock
@@ -87,7 +89,7 @@ def test_a_run_with_more_threads_starts_fresh_workers(cli_env: dict[str, str], u
     onestock("catalog", "load", str(CATALOG), env=cli_env)
     lines = list(burst.orders(300, burst.demo_catalog(), seed=4))
     onestock("orders", "push", "-", input=b"\n".join(lines), env=cli_env)
-    threads = {**cli_env, "OPENBLAS_NUM_THREADS": "2"}
+    threads = {**cli_env, "OPENBLAS_NUM_THREADS": "2", "ONESTOCK_FORK_WORKERS": "1"}
     code = "import onestock.cli, dataflows.runner as r; print(r.forking.may_fork())"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT,
                           env={**os.environ, **threads}).stdout.strip() == b"False"  # fmt: skip
