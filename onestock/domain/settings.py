@@ -41,7 +41,7 @@ class Settings:
     # Bytewax's dataflow API (/metrics, /dataflow) on worker i at metrics_port + i; 0: off
     metrics_port: int = 0
     # 1: fork the workers from `onestock run`'s process (a start 2-3 x faster on few cores,
-    # ~5 % more CPU per accepted order: docs/performance.md); 0: a fresh interpreter each
+    # ~6 % more CPU per accepted order: docs/performance.md); 0: a fresh interpreter each
     fork_workers: int = 0
 
     @classmethod
